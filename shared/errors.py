@@ -1,0 +1,35 @@
+"""Every error wgchain raises on purpose derives from :class:`WgchainError`."""
+
+from __future__ import annotations
+
+
+class WgchainError(Exception):
+    """Raised when wgchain refuses to go on; the root of every deliberate error."""
+
+
+class SettingsError(WgchainError):
+    """Raised when a setting (flag, ``WGCHAIN_*`` variable or TOML key) has a bad value."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"invalid setting {setting}: {message}")
+        self.setting = setting
+
+
+class DecodeError(WgchainError):
+    """Raised when a stream entry or a chain log cannot be decoded."""
+
+
+class CommitConflict(WgchainError):
+    """Raised when a stage's atomic commit finds that its stored position moved under it."""
+
+
+class ChainError(WgchainError):
+    """Raised when the chain (JSON-RPC) answers with an error that retrying will not fix."""
+
+
+class ServiceUnavailable(WgchainError):
+    """Raised when a service wgchain needs (Redis, an RPC node, ``wg``) cannot be reached."""
+
+
+class WireGuardError(WgchainError):
+    """Raised when a ``wg`` or ``ip`` command fails or the interface disagrees after an apply."""

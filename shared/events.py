@@ -1,0 +1,241 @@
+"""The typed facts that flow through wgchain's streams.
+
+Pure: msgspec structs and their encoding, no I/O. Every stream entry is an
+envelope of three fields, ``v`` (schema version), ``type`` (the struct's tag) and
+``data`` (the struct as JSON). Readers look at ``type`` first, so an entry of a
+type they do not know is set aside (dead-lettered), never a crash.
+
+New fields must get defaults so that old entries keep decoding;
+``tests/unit/test_events_compat.py`` holds kept samples that prove it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+import msgspec
+
+from shared.errors import DecodeError
+
+#: Schema version written in the ``v`` field of every new entry.
+SCHEMA_VERSION: Final = 1
+#: The ``prev`` digest of the first entry of an events stream (64 hex zeros).
+GENESIS_DIGEST: Final = "0" * 64
+
+
+class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_fields=False):
+    """Base of every tagged struct; the tag is the class name."""
+
+
+# --- chain events (DESIGN §1), exactly the contract's four events --------------------
+
+
+class NodeAccessGranted(_Event, frozen=True, tag=True):
+    token_id: int
+    node_id: str
+    owner: str
+    public_key: str
+
+
+class NodeAccessRevoked(_Event, frozen=True, tag=True):
+    token_id: int
+    node_id: str
+
+
+class NodeAccessTransferred(_Event, frozen=True, tag=True):
+    token_id: int
+    from_address: str
+    to_address: str
+
+
+class PublicKeyUpdated(_Event, frozen=True, tag=True):
+    owner: str
+    public_key: str
+
+
+ChainEvent = NodeAccessGranted | NodeAccessRevoked | NodeAccessTransferred | PublicKeyUpdated
+
+
+class LogEntry(_Event, frozen=True, tag=True):
+    """One contract log in the ``events`` stream, chained to the entry before it."""
+
+    chain_id: int
+    contract: str
+    block_number: int
+    block_hash: str
+    tx_hash: str
+    log_index: int
+    block_timestamp: int
+    event: ChainEvent
+    prev: str = GENESIS_DIGEST
+    digest: str = ""
+
+    def with_digest(self, prev: str) -> LogEntry:
+        """This entry chained after ``prev``: its ``digest`` covers ``prev`` and every field."""
+        unsigned = msgspec.structs.replace(self, prev=prev, digest="")
+        digest = hashlib.sha256(prev.encode() + _ENCODER.encode(unsigned)).hexdigest()
+        return msgspec.structs.replace(unsigned, digest=digest)
+
+    def digest_ok(self) -> bool:
+        """True when ``digest`` matches the entry's content and its ``prev``."""
+        return self.with_digest(self.prev).digest == self.digest
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """Chain order of the log: (block number, log index)."""
+        return (self.block_number, self.log_index)
+
+
+EventsEntry = LogEntry
+
+# --- registry changes (DESIGN §5 registry stream) ------------------------------------
+
+
+class NodeJoined(_Event, frozen=True, tag=True):
+    """A node became a live member (it now gets a peer)."""
+
+    node_id: str
+    token_id: int
+    owner: str
+    public_key: str
+    cause: str
+    block_number: int
+
+
+class NodeChanged(_Event, frozen=True, tag=True):
+    """A live member's key, owner or deciding token changed; it stays live."""
+
+    node_id: str
+    token_id: int
+    owner: str
+    public_key: str
+    cause: str
+    block_number: int
+
+
+class NodeLeft(_Event, frozen=True, tag=True):
+    """A node stopped being a live member; ``reason`` says why."""
+
+    node_id: str
+    reason: str
+    cause: str
+    block_number: int
+
+
+class Conflict(_Event, frozen=True, tag=True):
+    """Two tokens compete (same node, or same key); the lowest token id keeps the peer."""
+
+    kind: str
+    node_id: str
+    token_id: int
+    winner_token_id: int
+    cause: str
+    block_number: int
+
+
+class Anomaly(_Event, frozen=True, tag=True):
+    """An event that the fold recorded but could not use: unknown token, hostile string."""
+
+    kind: str
+    detail: str
+    cause: str
+    block_number: int
+    token_id: int | None = None
+
+
+RegistryChange = NodeJoined | NodeChanged | NodeLeft | Conflict | Anomaly
+
+# --- peers changes (DESIGN §5 peers stream) ------------------------------------------
+
+
+class PeerUpsert(_Event, frozen=True, tag=True):
+    """A live member with its address: the peer every other host should have."""
+
+    node_id: str
+    public_key: str
+    ipv4: str
+    cause: str
+    origin: str
+    block_number: int
+    ipv6: str | None = None
+
+
+class PeerRemove(_Event, frozen=True, tag=True):
+    node_id: str
+    cause: str
+    origin: str
+    block_number: int
+
+
+class AllocationPending(_Event, frozen=True, tag=True):
+    """A live member that the pool has no address for yet (retried when space frees)."""
+
+    node_id: str
+    cause: str
+    origin: str
+    block_number: int
+
+
+PeersChange = PeerUpsert | PeerRemove | AllocationPending
+
+AnyEntry = LogEntry | RegistryChange | PeersChange
+
+_ENCODER: Final = msgspec.json.Encoder()
+_TYPES: Final[dict[str, type[_Event]]] = {
+    cls.__name__: cls
+    for cls in (
+        LogEntry,
+        NodeJoined,
+        NodeChanged,
+        NodeLeft,
+        Conflict,
+        Anomaly,
+        PeerUpsert,
+        PeerRemove,
+        AllocationPending,
+    )
+}
+_DECODERS: Final = {name: msgspec.json.Decoder(cls) for name, cls in _TYPES.items()}
+_CHAIN_DECODER: Final = msgspec.json.Decoder(ChainEvent)
+
+
+def encode(item: msgspec.Struct) -> bytes:
+    """JSON bytes of a struct (deterministic: fields in declaration order)."""
+    return _ENCODER.encode(item)
+
+
+def to_fields(item: _Event) -> dict[str, bytes | str | int]:
+    """The stream-entry fields (envelope) for ``item``."""
+    return {"v": SCHEMA_VERSION, "type": type(item).__name__, "data": _ENCODER.encode(item)}
+
+
+def from_fields(fields: dict[bytes, bytes]) -> AnyEntry:
+    """Decode a stream entry's envelope and then its payload.
+
+    Raises :class:`DecodeError` for a missing field, an unknown type, a version from
+    the future or a payload that does not match its type.
+    """
+    try:
+        version = int(fields[b"v"])
+        kind = fields[b"type"].decode("ascii")
+        data = fields[b"data"]
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"not a wgchain envelope: {exc!r}") from exc
+    if version > SCHEMA_VERSION:
+        raise DecodeError(f"schema version {version} is newer than this reader ({SCHEMA_VERSION})")
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        raise DecodeError(f"unknown entry type {kind[:40]!r}")
+    try:
+        return decoder.decode(data)  # type: ignore[no-any-return]
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"bad {kind} payload: {exc}") from exc
+
+
+def decode_chain_event(data: bytes) -> ChainEvent:
+    """Decode a bare chain event from JSON (used by tests and tools)."""
+    try:
+        return _CHAIN_DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise DecodeError(str(exc)) from exc

@@ -1,0 +1,192 @@
+"""Redis Streams I/O: connecting, reading entries, and the atomic stage commit.
+
+A stage commits its input position, its state changes and its output entries in
+one Lua call that first checks the stored position is the one the stage started
+from; a stage killed at any instant either committed all of a batch or none of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import redis
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from shared.errors import CommitConflict, ServiceUnavailable
+from shared.events import to_fields
+from shared.logs import log, std_logger
+
+#: Stream id before the first entry.
+START: Final = "0-0"
+#: Seconds a Redis operation is retried on connection errors before giving up.
+REDIS_RETRY_SECONDS: Final = 60.0
+#: Seconds a socket connect or read may take.
+REDIS_SOCKET_TIMEOUT: Final = 10.0
+
+Fields = dict[str, bytes | str | int]
+Entry = tuple[str, dict[bytes, bytes]]
+
+
+def connect(url: str) -> redis.Redis:
+    """A client for ``url`` (redis://, rediss://, unix://); fails fast with a clear error."""
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=REDIS_SOCKET_TIMEOUT + 30,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        health_check_interval=30,
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from exc
+    return client
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs)."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+#: Retry policy for Redis calls that are safe to repeat (reads, idempotent commits).
+redis_retry: Final = Retrying(
+    retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
+    wait=wait_random_exponential(multiplier=0.2, max=5),
+    stop=stop_after_delay(REDIS_RETRY_SECONDS),
+    before_sleep=before_sleep_log(std_logger("redis"), 30),  # WARNING
+    reraise=True,
+)
+
+
+def read_after(
+    client: redis.Redis, stream: str, after: str, count: int, block_ms: int | None = None
+) -> list[Entry]:
+    """Up to ``count`` entries of ``stream`` after id ``after`` (blocking up to ``block_ms``)."""
+    if block_ms is None:
+        raw = client.xrange(stream, min=f"({after}", count=count) if after != START else (
+            client.xrange(stream, count=count)
+        )
+        return [(_s(i), f) for i, f in raw]
+    res = client.xread({stream: after}, count=count, block=block_ms)
+    if not res:
+        return []
+    return [(_s(i), f) for i, f in res[0][1]]
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+_COMMIT_LUA: Final = """
+-- KEYS: position, state hash, output stream, dead-letter stream
+-- ARGV: expected position, new position, then counted groups:
+--   n_set, (field, value)*, n_del, field*, n_out, (v, type, data)*, n_dead, (id, reason, raw)*
+local cur = redis.call('GET', KEYS[1]) or ''
+if cur ~= ARGV[1] then
+  return redis.error_reply('CONFLICT position is ' .. cur .. ', expected ' .. ARGV[1])
+end
+local i = 3
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
+local ids = {}
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  ids[#ids + 1] = redis.call('XADD', KEYS[3], '*', 'v', ARGV[i], 'type', ARGV[i + 1],
+                             'data', ARGV[i + 2])
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('XADD', KEYS[4], '*', 'id', ARGV[i], 'reason', ARGV[i + 1], 'raw', ARGV[i + 2])
+  i = i + 3
+end
+if ARGV[2] ~= cur then redis.call('SET', KEYS[1], ARGV[2]) end
+return ids
+"""
+
+
+@dataclass
+class Batch:
+    """What one stage commit writes: state changes, output entries, dead letters."""
+
+    position: str
+    state_set: dict[str, bytes] = field(default_factory=dict)
+    state_del: set[str] = field(default_factory=set)
+    outputs: list[Any] = field(default_factory=list)
+    dead: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+
+class StageStore:
+    """A stage's position, state hash, output stream and dead-letter stream in Redis."""
+
+    def __init__(
+        self, client: redis.Redis, *, position: str, state: str, output: str, dead: str
+    ) -> None:
+        self.client = client
+        self.keys = [position, state, output, dead]
+        self._commit = client.register_script(_COMMIT_LUA)
+
+    def load(self) -> tuple[str, dict[str, bytes]]:
+        """The committed position (``START`` if none) and the whole state hash."""
+        pos, state = redis_retry(self._load)
+        return pos, state
+
+    def _load(self) -> tuple[str, dict[str, bytes]]:
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(self.keys[0])
+        pipe.hgetall(self.keys[1])
+        raw_pos, raw_state = pipe.execute()
+        pos = _s(raw_pos) if raw_pos else START
+        return pos, {_s(k): v for k, v in raw_state.items()}
+
+    def commit(self, expected: str, batch: Batch) -> list[str]:
+        """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
+
+        Raises :class:`CommitConflict` when the stored position is not ``expected``
+        (another instance committed, or the store was reset).
+        """
+        args: list[Any] = ["" if expected == START else expected, batch.position]
+        args.append(len(batch.state_set))
+        for k, v in batch.state_set.items():
+            args += [k, v]
+        args.append(len(batch.state_del))
+        args += sorted(batch.state_del)
+        args.append(len(batch.outputs))
+        for out in batch.outputs:
+            f = to_fields(out)
+            args += [f["v"], f["type"], f["data"]]
+        args.append(len(batch.dead))
+        for ident, reason, raw in batch.dead:
+            args += [ident, reason, raw]
+        try:
+            ids = self._commit(keys=self.keys, args=args)
+        except redis.ResponseError as exc:
+            if "CONFLICT" in str(exc):
+                raise CommitConflict(str(exc)) from exc
+            raise
+        return [_s(i) for i in ids]
+
+
+def xadd_many(client: redis.Redis, stream: str, items: Iterable[Fields]) -> Sequence[Any]:
+    """Append entries in one pipeline (tests and tools; stages use ``StageStore.commit``)."""
+    pipe = client.pipeline(transaction=True)
+    for item in items:
+        pipe.xadd(stream, item)  # type: ignore[arg-type]
+    return pipe.execute()
+
+
+__all__ = ["START", "Batch", "StageStore", "connect", "log", "read_after", "redacted"]

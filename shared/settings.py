@@ -1,0 +1,156 @@
+"""Settings: defaults < TOML file < ``WGCHAIN_*`` environment < command-line flags.
+
+Validated once at start-up with msgspec; a bad value raises :class:`SettingsError`
+naming the setting, which the CLI prints as one line with exit code 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from shared.errors import SettingsError
+from shared.keys import Keys
+
+#: Prefix of the environment variables that configure wgchain.
+ENV_PREFIX = "WGCHAIN_"
+_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every setting, with its default. Field ``x`` is ``WGCHAIN_X`` and ``--x``."""
+
+    #: Redis URL (redis://, rediss://, unix://); empty starts an embedded redis-server.
+    redis_url: str = ""
+    #: JSON-RPC URL(s) of the chain, comma-separated.
+    rpc_url: str = "http://127.0.0.1:8545"
+    #: Address of the DstackAccessNFT contract.
+    contract: str = ""
+    #: Chain id of the network (0: ask the RPC node).
+    chain_id: int = 0
+    #: First block the listener reads.
+    start_block: int = 0
+    #: Blocks behind ``latest`` that the listener treats as final.
+    confirmations: int = 2
+    #: Largest ``eth_getLogs`` block range (blocks).
+    max_block_range: int = 2000
+    #: Seconds between polls of the chain head.
+    poll_interval: float = 1.0
+    #: IPv4 address pool of the network.
+    pool: str = "10.88.0.0/16"
+    #: Optional IPv6 ULA /64 pool ("" for none).
+    pool6: str = ""
+    #: Blocks a released address stays quarantined before another node may take it.
+    quarantine_blocks: int = 100
+    #: Endpoint template for peers that have not announced one, e.g. "{node}.vpn.example:51820".
+    endpoint_template: str = ""
+    #: PersistentKeepalive of every peer (seconds, 0 for off).
+    keepalive: int = 25
+    #: Seconds between an agent's full re-reconciliations (drift repair).
+    reconcile_interval: float = 30.0
+    #: Log level.
+    log_level: str = "INFO"
+    #: Log as JSON lines instead of the human format.
+    log_json: bool = False
+
+    def keys(self) -> Keys:
+        """The Redis keys of this network (needs ``chain_id`` and ``contract``)."""
+        if not self.contract:
+            raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
+        if self.chain_id <= 0:
+            raise SettingsError("WGCHAIN_CHAIN_ID", "required (a positive chain id)")
+        return Keys(self.chain_id, self.contract.lower())
+
+    @property
+    def rpc_urls(self) -> list[str]:
+        return [u.strip() for u in self.rpc_url.split(",") if u.strip()]
+
+
+FIELDS: tuple[str, ...] = Settings.__struct_fields__
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _check(s: Settings) -> None:
+    def bad(field: str, message: str) -> SettingsError:
+        return SettingsError(env_name(field), message)
+
+    if s.contract and not _ADDRESS_RE.fullmatch(s.contract):
+        raise bad("contract", f"{s.contract[:60]!r} is not a 0x-prefixed 20-byte address")
+    if s.redis_url and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
+        raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+    for url in s.rpc_urls or [""]:
+        if urlsplit(url).scheme not in {"http", "https", "ws", "wss"}:
+            raise bad("rpc_url", f"{url[:60]!r} is not an http(s):// or ws(s):// URL")
+    for field in ("chain_id", "start_block", "confirmations", "quarantine_blocks", "keepalive"):
+        if getattr(s, field) < 0:
+            raise bad(field, "must not be negative")
+    if s.max_block_range < 1:
+        raise bad("max_block_range", "must be at least 1")
+    if s.poll_interval <= 0 or s.reconcile_interval <= 0:
+        raise bad("poll_interval", "intervals must be positive")
+    try:
+        pool = ipaddress.IPv4Network(s.pool, strict=True)
+    except ValueError as exc:
+        raise bad("pool", f"{s.pool!r} is not an IPv4 network ({exc})") from None
+    if pool.prefixlen > 30:
+        raise bad("pool", "needs at least a /30")
+    if s.pool6:
+        try:
+            pool6 = ipaddress.IPv6Network(s.pool6, strict=True)
+        except ValueError as exc:
+            raise bad("pool6", f"{s.pool6!r} is not an IPv6 network ({exc})") from None
+        if pool6.prefixlen > 64 or not pool6.is_private:
+            raise bad("pool6", "must be a private (ULA) network of /64 or larger")
+    if s.log_level.upper() not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"}:
+        raise bad("log_level", f"unknown level {s.log_level!r}")
+
+
+def load(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, the environment and ``overrides`` (None values skipped)."""
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    config_file = config_file or environ.get(ENV_PREFIX + "CONFIG") or None
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                table = tomllib.load(fh)
+        except OSError as exc:
+            raise SettingsError("--config", f"cannot read {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError("--config", f"{config_file} is not valid TOML: {exc}") from None
+        table = table.get("wgchain", table)
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in FIELDS:
+                raise SettingsError(f"{config_file}:{key}", "unknown setting")
+            merged[name] = value
+    for field in FIELDS:
+        if env_name(field) in environ:
+            merged[field] = environ[env_name(field)]
+    for field, value in (overrides or {}).items():
+        if value is not None:
+            merged[field] = value
+    for field, value in merged.items():
+        try:
+            msgspec.convert({field: value}, Settings, strict=False)
+        except msgspec.ValidationError as exc:
+            raise SettingsError(env_name(field), str(exc).split(" - at")[0]) from None
+    settings = msgspec.convert(merged, Settings, strict=False)
+    _check(settings)
+    return settings
