@@ -90,7 +90,9 @@ class Stage(Generic[S]):
         self.position = batch.position
         return len(entries)
 
-    def _apply(self, entries: list[tuple[str, dict[bytes, bytes]]], poison: dict[str, str]) -> Batch:
+    def _apply(
+        self, entries: list[tuple[str, dict[bytes, bytes]]], poison: dict[str, str]
+    ) -> Batch:
         batch = Batch(position=entries[-1][0])
         for entry_id, fields in entries:
             if entry_id in poison:
@@ -129,4 +131,6 @@ class _Poison(Exception):
 
 
 def _raw(fields: dict[bytes, bytes]) -> bytes:
-    return msgspec.json.encode({k.decode("latin-1"): v.decode("latin-1") for k, v in fields.items()})
+    return msgspec.json.encode(
+        {k.decode("latin-1"): v.decode("latin-1") for k, v in fields.items()}
+    )

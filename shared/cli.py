@@ -36,14 +36,20 @@ class _Root(click.Group):
 
 
 @click.group(cls=_Root, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_file", type=click.Path(), envvar="WGCHAIN_CONFIG",
-              help="TOML settings file (keys as in WGCHAIN_* without the prefix).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(),
+    envvar="WGCHAIN_CONFIG",
+    help="TOML settings file (keys as in WGCHAIN_* without the prefix).",
+)
 @click.option("--log-json", is_flag=True, default=None, help="Log JSON lines.")
 @click.option("--log-level", default=None, help="TRACE, DEBUG, INFO, WARNING, ERROR.")
 @click.version_option(package_name="wgchain")
 @click.pass_context
-def root(ctx: click.Context, config_file: str | None, log_json: bool | None,
-         log_level: str | None) -> None:
+def root(
+    ctx: click.Context, config_file: str | None, log_json: bool | None, log_level: str | None
+) -> None:
     """wgchain: on-chain access passes turned into live WireGuard configuration."""
     ctx.ensure_object(dict)
     ctx.obj["config_file"] = config_file

@@ -33,3 +33,15 @@ class ServiceUnavailable(WgchainError):
 
 class WireGuardError(WgchainError):
     """Raised when a ``wg`` or ``ip`` command fails or the interface disagrees after an apply."""
+
+
+class BuildError(WgchainError):
+    """Raised when the bundled contract does not compile (solc reports an error)."""
+
+
+class LogRangeError(ChainError):
+    """Raised when a provider refuses an ``eth_getLogs`` block range (too wide, too many results)."""
+
+
+class KeyFileError(WgchainError):
+    """Raised when a private key file is missing, malformed, readable by others, or exists already."""

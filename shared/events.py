@@ -12,7 +12,7 @@ New fields must get defaults so that old entries keep decoding;
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -196,7 +196,9 @@ _TYPES: Final[dict[str, type[_Event]]] = {
         AllocationPending,
     )
 }
-_DECODERS: Final = {name: msgspec.json.Decoder(cls) for name, cls in _TYPES.items()}
+_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
+    name: msgspec.json.Decoder(cls) for name, cls in _TYPES.items()
+}
 _CHAIN_DECODER: Final = msgspec.json.Decoder(ChainEvent)
 
 
@@ -228,7 +230,8 @@ def from_fields(fields: dict[bytes, bytes]) -> AnyEntry:
     if decoder is None:
         raise DecodeError(f"unknown entry type {kind[:40]!r}")
     try:
-        return decoder.decode(data)  # type: ignore[no-any-return]
+        entry: AnyEntry = decoder.decode(data)
+        return entry
     except msgspec.DecodeError as exc:
         raise DecodeError(f"bad {kind} payload: {exc}") from exc
 
@@ -236,6 +239,7 @@ def from_fields(fields: dict[bytes, bytes]) -> AnyEntry:
 def decode_chain_event(data: bytes) -> ChainEvent:
     """Decode a bare chain event from JSON (used by tests and tools)."""
     try:
-        return _CHAIN_DECODER.decode(data)
+        event: ChainEvent = _CHAIN_DECODER.decode(data)
+        return event
     except msgspec.DecodeError as exc:
         raise DecodeError(str(exc)) from exc

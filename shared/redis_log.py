@@ -74,15 +74,14 @@ def read_after(
     client: redis.Redis, stream: str, after: str, count: int, block_ms: int | None = None
 ) -> list[Entry]:
     """Up to ``count`` entries of ``stream`` after id ``after`` (blocking up to ``block_ms``)."""
+    raw: Any
     if block_ms is None:
-        raw = client.xrange(stream, min=f"({after}", count=count) if after != START else (
-            client.xrange(stream, count=count)
-        )
-        return [(_s(i), f) for i, f in raw]
-    res = client.xread({stream: after}, count=count, block=block_ms)
-    if not res:
-        return []
-    return [(_s(i), f) for i, f in res[0][1]]
+        low = START if after == START else f"({after}"
+        raw = client.xrange(stream, min=low, count=count)
+    else:
+        res: Any = client.xread({stream: after}, count=count, block=block_ms)
+        raw = res[0][1] if res else []
+    return [(_s(i), f) for i, f in raw]
 
 
 def _s(value: bytes | str) -> str:

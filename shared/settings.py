@@ -110,7 +110,7 @@ def _check(s: Settings) -> None:
             pool6 = ipaddress.IPv6Network(s.pool6, strict=True)
         except ValueError as exc:
             raise bad("pool6", f"{s.pool6!r} is not an IPv6 network ({exc})") from None
-        if pool6.prefixlen > 64 or not pool6.is_private:
+        if pool6.prefixlen > 64 or not pool6.subnet_of(ipaddress.IPv6Network("fc00::/7")):
             raise bad("pool6", "must be a private (ULA) network of /64 or larger")
     if s.log_level.upper() not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"}:
         raise bad("log_level", f"unknown level {s.log_level!r}")

@@ -35,7 +35,9 @@ def wait_for(
             last_exc = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_exc!r})" if last_exc else ""
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}{detail}")
+            raise TimeoutError(
+                f"timed out after {timeout}s waiting for {what or condition}{detail}"
+            )
         time.sleep(interval)
 
 

@@ -1,0 +1,59 @@
+# wgchain — every task installs what it needs first (idempotent, offline from the registries).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLS := .tools
+SYSTEM_TOOLS := wg wireguard-go ip ping
+ARGS ?=
+
+.PHONY: setup sysdeps demo test check pytest bench soak contract clean
+
+setup: $(VENV)/.installed $(TOOLS)/node_modules/.installed sysdeps
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
+	touch $@
+
+$(TOOLS)/node_modules/.installed: $(TOOLS)/package.json $(TOOLS)/package-lock.json
+	cd $(TOOLS) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# WireGuard userspace + tools from Debian, only when running as root and something is missing.
+sysdeps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing from apt (missing:$$missing)"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq wireguard-go wireguard-tools iproute2 iputils-ping >/dev/null \
+	      || { apt-get update -qq && apt-get install -y -qq wireguard-go wireguard-tools iproute2 iputils-ping >/dev/null; }; \
+	  else \
+	    echo "note: missing$$missing (not root): WireGuard hosts run in file-only mode, e2e tests skip"; \
+	  fi; \
+	fi
+
+demo: setup
+	$(BIN)/wgchain demo $(ARGS)
+
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest $(ARGS)
+
+test: check
+	$(BIN)/pytest $(ARGS)
+
+bench: setup
+	@echo "benchmarks: not yet (issue 6)"
+
+# Rebuild the committed contract artifact from the Solidity source.
+contract: setup
+	$(BIN)/python -m shared.contract.build
+
+clean:
+	rm -rf $(VENV) $(TOOLS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

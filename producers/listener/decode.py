@@ -1,0 +1,277 @@
+"""Decoding the contract's logs by hand: the listener's fast path. Pure, no I/O.
+
+A topic table maps topic0 (the keccak of an event signature, DESIGN §1) to a
+decoder. Indexed arguments come from the topics, strings from the ABI-encoded
+data. Everything here is hostile input: an offset or a length out of range, a
+wrong number of topics or an unknown topic0 raise :class:`DecodeError` (the
+listener dead-letters the log and moves on); invalid UTF-8 is replaced, never a
+crash. Nothing loops over a length taken from the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+from eth_hash.auto import keccak
+
+from shared.errors import DecodeError
+from shared.events import (
+    ChainEvent,
+    LogEntry,
+    NodeAccessGranted,
+    NodeAccessRevoked,
+    NodeAccessTransferred,
+    PublicKeyUpdated,
+)
+
+#: Bytes in one ABI word.
+WORD: Final = 32
+#: Hex characters of a topic, a block hash or a transaction hash (after ``0x``).
+HASH_HEX: Final = 64
+
+
+def topic_of(signature: str) -> str:
+    """topic0 of an event signature: ``0x`` + keccak-256 of its canonical text, lowercase."""
+    return "0x" + keccak(signature.encode("ascii")).hex()
+
+
+#: The four event signatures of IDstackAccessNFT (DESIGN §1), exactly.
+GRANTED_SIG: Final = "NodeAccessGranted(uint256,string,address,string)"
+REVOKED_SIG: Final = "NodeAccessRevoked(uint256,string)"
+TRANSFERRED_SIG: Final = "NodeAccessTransferred(uint256,address,address)"
+KEY_UPDATED_SIG: Final = "PublicKeyUpdated(address,string)"
+
+GRANTED: Final = topic_of(GRANTED_SIG)
+REVOKED: Final = topic_of(REVOKED_SIG)
+TRANSFERRED: Final = topic_of(TRANSFERRED_SIG)
+KEY_UPDATED: Final = topic_of(KEY_UPDATED_SIG)
+
+
+class BlockHeader(msgspec.Struct, frozen=True):
+    """The parts of a block header the listener uses."""
+
+    number: int
+    hash: str
+    parent_hash: str
+    timestamp: int
+
+
+class LogRef(msgspec.Struct, frozen=True):
+    """Where a raw log sits on chain; parsed before its event, so a bad event can be set aside."""
+
+    block_number: int
+    log_index: int
+    block_hash: str
+    tx_hash: str
+    address: str
+    removed: bool = False
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return (self.block_number, self.log_index)
+
+
+# --- words and topics -----------------------------------------------------------------
+
+
+def _hex_bytes(value: object, what: str) -> bytes:
+    if not isinstance(value, str) or not value.startswith(("0x", "0X")):
+        raise DecodeError(f"{what} is not a 0x hex string")
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError as exc:
+        raise DecodeError(f"{what} is not valid hex") from exc
+
+
+def _topic_word(topic: object, index: int) -> bytes:
+    raw = _hex_bytes(topic, f"topic {index}")
+    if len(raw) != WORD:
+        raise DecodeError(f"topic {index} has {len(raw)} bytes, expected {WORD}")
+    return raw
+
+
+def _uint(word: bytes) -> int:
+    return int.from_bytes(word, "big")
+
+
+def _address(word: bytes, what: str) -> str:
+    if any(word[:12]):
+        raise DecodeError(f"{what} is not an address (high bytes set)")
+    return "0x" + word[12:].hex()
+
+
+def _strings(data: bytes, count: int) -> list[str]:
+    """The ``count`` ABI-encoded ``string`` values of ``data`` (each behind an offset word)."""
+    size = len(data)
+    if size < count * WORD:
+        raise DecodeError(f"data has {size} bytes, too short for {count} offsets")
+    out: list[str] = []
+    for i in range(count):
+        offset = _uint(data[i * WORD : (i + 1) * WORD])
+        if offset > size - WORD:
+            raise DecodeError(f"string {i}: offset {offset} is past the end ({size} bytes)")
+        length = _uint(data[offset : offset + WORD])
+        start = offset + WORD
+        if length > size - start:
+            raise DecodeError(f"string {i}: length {length} runs past the end ({size} bytes)")
+        out.append(data[start : start + length].decode("utf-8", errors="replace"))
+    return out
+
+
+# --- the four events --------------------------------------------------------------------
+
+
+def _granted(topics: Sequence[bytes], data: bytes) -> ChainEvent:
+    node_id, key = _strings(data, 2)
+    return NodeAccessGranted(
+        token_id=_uint(topics[1]),
+        node_id=node_id,
+        owner=_address(topics[2], "owner"),
+        public_key=key,
+    )
+
+
+def _revoked(topics: Sequence[bytes], data: bytes) -> ChainEvent:
+    (node_id,) = _strings(data, 1)
+    return NodeAccessRevoked(token_id=_uint(topics[1]), node_id=node_id)
+
+
+def _transferred(topics: Sequence[bytes], data: bytes) -> ChainEvent:
+    return NodeAccessTransferred(
+        token_id=_uint(topics[1]),
+        from_address=_address(topics[2], "from"),
+        to_address=_address(topics[3], "to"),
+    )
+
+
+def _key_updated(topics: Sequence[bytes], data: bytes) -> ChainEvent:
+    (key,) = _strings(data, 1)
+    return PublicKeyUpdated(owner=_address(topics[1], "owner"), public_key=key)
+
+
+_Decoder = Callable[[Sequence[bytes], bytes], ChainEvent]
+
+#: topic0 -> (event name, number of topics including topic0, decoder).
+TOPICS: Final[Mapping[str, tuple[str, int, _Decoder]]] = {
+    GRANTED: ("NodeAccessGranted", 3, _granted),
+    REVOKED: ("NodeAccessRevoked", 2, _revoked),
+    TRANSFERRED: ("NodeAccessTransferred", 4, _transferred),
+    KEY_UPDATED: ("PublicKeyUpdated", 2, _key_updated),
+}
+#: The topic0 values the listener asks ``eth_getLogs`` for.
+TOPIC0S: Final = tuple(TOPICS)
+
+
+def decode_event(topics: object, data: object) -> ChainEvent:
+    """The chain event of a log's ``topics`` (list of 0x hex) and ``data`` (0x hex).
+
+    Raises :class:`DecodeError` (and nothing else) for anything that is not one of
+    the four events, well formed.
+    """
+    if not isinstance(topics, list | tuple) or not topics:
+        raise DecodeError("log has no topics")
+    topic0 = topics[0].lower() if isinstance(topics[0], str) else topics[0]
+    entry = TOPICS.get(topic0) if isinstance(topic0, str) else None
+    if entry is None:
+        shown = topic0[:66] if isinstance(topic0, str) else type(topic0).__name__
+        raise DecodeError(f"unknown topic0 {shown!r}")
+    name, n_topics, decoder = entry
+    if len(topics) != n_topics:
+        raise DecodeError(f"{name} needs {n_topics} topics, log has {len(topics)}")
+    words = [_topic_word(t, i) for i, t in enumerate(topics)]
+    return decoder(words, _hex_bytes(data, "data"))
+
+
+# --- raw JSON-RPC objects ------------------------------------------------------------------
+
+
+def quantity(value: object, what: str) -> int:
+    """A JSON-RPC quantity (``0x`` hex, or an int) as an int."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.startswith(("0x", "0X")) and len(value) > 2:
+        try:
+            return int(value[2:], 16)
+        except ValueError:
+            pass
+    raise DecodeError(f"{what} is not a hex quantity: {str(value)[:40]!r}")
+
+
+def hash32(value: object, what: str) -> str:
+    """A 32-byte hash as lowercase ``0x`` hex."""
+    if (
+        isinstance(value, str)
+        and len(value) == HASH_HEX + 2
+        and value.startswith(("0x", "0X"))
+        and all(c in "0123456789abcdefABCDEF" for c in value[2:])
+    ):
+        return value.lower()
+    raise DecodeError(f"{what} is not a 32-byte hash: {str(value)[:70]!r}")
+
+
+def log_ref(raw: Mapping[str, Any]) -> LogRef:
+    """Where ``raw`` (a JSON-RPC log object) sits on chain; DecodeError if malformed."""
+    if not isinstance(raw, Mapping):
+        raise DecodeError("log is not an object")
+    address = raw.get("address")
+    if not isinstance(address, str) or len(address) != 42:
+        raise DecodeError(f"log address is not an address: {str(address)[:50]!r}")
+    return LogRef(
+        block_number=quantity(raw.get("blockNumber"), "blockNumber"),
+        log_index=quantity(raw.get("logIndex"), "logIndex"),
+        block_hash=hash32(raw.get("blockHash"), "blockHash"),
+        tx_hash=hash32(raw.get("transactionHash"), "transactionHash"),
+        address=address.lower(),
+        removed=raw.get("removed") is True,
+    )
+
+
+def decode_log(raw: Mapping[str, Any], chain_id: int, timestamp: int) -> LogEntry:
+    """The :class:`LogEntry` (without digest) of a JSON-RPC log object.
+
+    ``timestamp`` is the block's timestamp (from its header). Raises
+    :class:`DecodeError` for a malformed log or an event that does not decode.
+    """
+    ref = log_ref(raw)
+    return LogEntry(
+        chain_id=chain_id,
+        contract=ref.address,
+        block_number=ref.block_number,
+        block_hash=ref.block_hash,
+        tx_hash=ref.tx_hash,
+        log_index=ref.log_index,
+        block_timestamp=timestamp,
+        event=decode_event(raw.get("topics"), raw.get("data")),
+    )
+
+
+def header(raw: object) -> BlockHeader:
+    """A :class:`BlockHeader` from a JSON-RPC block object; DecodeError if malformed."""
+    if not isinstance(raw, Mapping):
+        raise DecodeError("block is not an object")
+    return BlockHeader(
+        number=quantity(raw.get("number"), "number"),
+        hash=hash32(raw.get("hash"), "hash"),
+        parent_hash=hash32(raw.get("parentHash"), "parentHash"),
+        timestamp=quantity(raw.get("timestamp"), "timestamp"),
+    )
+
+
+__all__ = [
+    "GRANTED",
+    "KEY_UPDATED",
+    "REVOKED",
+    "TOPIC0S",
+    "TOPICS",
+    "TRANSFERRED",
+    "BlockHeader",
+    "LogRef",
+    "decode_event",
+    "decode_log",
+    "header",
+    "log_ref",
+    "quantity",
+    "topic_of",
+]

@@ -1,0 +1,105 @@
+"""``wgchain run``: listener + registry + ipam in one process, for small setups.
+
+Stages are discovered through the ``wgchain.stages`` entry-point group, so this
+module never imports ``producers`` or ``consumers``. Each stage runs in its own
+thread with its own Redis connection and position; they still talk only through
+streams, exactly as when they run as separate processes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from importlib.metadata import entry_points
+
+import click
+import msgspec
+import requests
+
+from shared.cmdline import stop_event, with_settings
+from shared.devnet.redis_server import RedisServer
+from shared.errors import ChainError, WgchainError
+from shared.logs import log
+from shared.settings import Settings
+
+StageFn = Callable[[Settings, threading.Event], None]
+
+#: Seconds to wait for the chain id from the RPC node.
+CHAIN_ID_TIMEOUT = 10.0
+
+
+def chain_id_of(rpc_url: str) -> int:
+    """Ask an RPC node for its chain id (used when WGCHAIN_CHAIN_ID is not set)."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+    try:
+        resp = requests.post(rpc_url, json=body, timeout=CHAIN_ID_TIMEOUT)
+        return int(msgspec.json.decode(resp.content)["result"], 16)
+    except (requests.RequestException, KeyError, ValueError, msgspec.DecodeError) as exc:
+        raise ChainError(f"cannot read eth_chainId from the RPC node: {exc}") from exc
+
+
+def load_stages(names: list[str] | None = None) -> dict[str, StageFn]:
+    found = {ep.name: ep for ep in entry_points(group="wgchain.stages")}
+    wanted = names or ["listener", "registry", "ipam"]
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise WgchainError(f"stages not installed: {', '.join(missing)}")
+    return {n: found[n].load() for n in wanted}
+
+
+def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = None) -> None:
+    """Run the stages in threads until ``stop`` is set or one of them fails."""
+    stages = load_stages(names)
+    failures: list[str] = []
+
+    def guarded(name: str, fn: StageFn) -> None:
+        try:
+            fn(cfg, stop)
+        except Exception as exc:
+            failures.append(f"{name}: {exc}")
+            log.bind(stage=name).exception("stage failed; stopping the others")
+            stop.set()
+
+    threads = [
+        threading.Thread(target=guarded, args=(n, fn), name=f"wgchain-{n}", daemon=True)
+        for n, fn in stages.items()
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failures:
+        raise WgchainError("; ".join(failures))
+
+
+@click.command()
+@with_settings(
+    "redis_url",
+    "rpc_url",
+    "contract",
+    "chain_id",
+    "start_block",
+    "confirmations",
+    "max_block_range",
+    "poll_interval",
+    "pool",
+    "pool6",
+    "quarantine_blocks",
+    stage="run",
+)
+def run(cfg: Settings) -> None:
+    """Run listener, registry and ipam in one process (embedded Redis when no URL is set)."""
+    if cfg.chain_id == 0:
+        cfg = msgspec.structs.replace(cfg, chain_id=chain_id_of(cfg.rpc_urls[0]))
+    cfg.keys()  # validates contract and chain id before anything starts
+    stop = stop_event()
+    embedded: RedisServer | None = None
+    if not cfg.redis_url:
+        embedded = RedisServer(appendonly=True).start()
+        cfg = msgspec.structs.replace(cfg, redis_url=embedded.url)
+        log.info("embedded redis-server at {} (data in {})", embedded.url, embedded.workdir)
+    try:
+        run_stages(cfg, stop)
+    finally:
+        if embedded is not None:
+            embedded.stop()
