@@ -19,8 +19,15 @@ EXCERPT_CHARS = 48
 
 
 def is_valid_node_id(node_id: str) -> bool:
-    """True when ``node_id`` is ``[A-Za-z0-9._-]{1,64}`` and not ``.`` or ``..``."""
-    return bool(NODE_ID_RE.fullmatch(node_id)) and node_id not in {".", ".."}
+    """True when ``node_id`` is ``[A-Za-z0-9._-]{1,64}``, not ``.`` or ``..``, and no leading ``-``.
+
+    A leading ``-`` would read as an option wherever the id reaches a command line.
+    """
+    return (
+        bool(NODE_ID_RE.fullmatch(node_id))
+        and node_id not in {".", ".."}
+        and not node_id.startswith("-")
+    )
 
 
 def is_valid_wg_key(key: str) -> bool:

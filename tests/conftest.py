@@ -11,6 +11,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from shared.contract.client import AccessNFT
+from shared.devnet.anvil import ACCOUNTS, Anvil
+from shared.devnet.netns import Lab, available
 from shared.devnet.redis_server import RedisServer
 from shared.errors import ServiceUnavailable
 
@@ -47,3 +50,32 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture
+def anvil() -> Iterator[Anvil]:
+    """A fresh anvil chain per test (chain id 31337, one block per transaction)."""
+    try:
+        chain = Anvil().start()
+    except ServiceUnavailable as exc:
+        require(False, str(exc))
+        raise
+    try:
+        yield chain
+    finally:
+        chain.cleanup()
+
+
+@pytest.fixture
+def nft(anvil: Anvil) -> AccessNFT:
+    """DstackAccessNFT deployed on ``anvil``; signer and contract owner = ``ACCOUNTS[0]``."""
+    return AccessNFT.deploy(anvil.url, ACCOUNTS[0][1])
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """A network-namespace lab (switch + hosts); hosts start wireguard-go on request."""
+    ok, reason = available()
+    require(ok, f"network-namespace lab unavailable: {reason}")
+    with Lab() as the_lab:
+        yield the_lab

@@ -54,7 +54,9 @@ def generate_private_key_file(path: str | Path, *, overwrite: bool = False) -> s
     """
     path = Path(path)
     key = X25519PrivateKey.generate()
-    private = _b64(key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption()))
+    private = _b64(
+        key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    )
     public = _b64(key.public_key().public_bytes(_RAW, serialization.PublicFormat.Raw))
     target = path.with_name(f".{path.name}.new") if overwrite else path
     if overwrite:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
-from eth_hash.auto import keccak
 
 from shared.errors import DecodeError
 from shared.events import (
@@ -32,21 +31,18 @@ WORD: Final = 32
 HASH_HEX: Final = 64
 
 
-def topic_of(signature: str) -> str:
-    """topic0 of an event signature: ``0x`` + keccak-256 of its canonical text, lowercase."""
-    return "0x" + keccak(signature.encode("ascii")).hex()
-
-
 #: The four event signatures of IDstackAccessNFT (DESIGN §1), exactly.
 GRANTED_SIG: Final = "NodeAccessGranted(uint256,string,address,string)"
 REVOKED_SIG: Final = "NodeAccessRevoked(uint256,string)"
 TRANSFERRED_SIG: Final = "NodeAccessTransferred(uint256,address,address)"
 KEY_UPDATED_SIG: Final = "PublicKeyUpdated(address,string)"
 
-GRANTED: Final = topic_of(GRANTED_SIG)
-REVOKED: Final = topic_of(REVOKED_SIG)
-TRANSFERRED: Final = topic_of(TRANSFERRED_SIG)
-KEY_UPDATED: Final = topic_of(KEY_UPDATED_SIG)
+# topic0 = keccak-256 of each signature, spelled out so this module stays free of crypto
+# backends (which import subprocess); tests/unit/test_decode.py recomputes them.
+GRANTED: Final = "0x9a71852b5ff3e6dcfff28eaeb177387d7be860dcf63f02bc0c74d796d373a22c"
+REVOKED: Final = "0xf77547477629bf8d4b78aaa6babeeb3306e56da1ca9b54caceabf24cbc922020"
+TRANSFERRED: Final = "0x692842951e9a8bdcf099c908e8dd428dedcb5c44056d3b636cd82870c5fd12b2"
+KEY_UPDATED: Final = "0xa850082d2fb101274de37494dc864e9277de33c04415c7ad9db57592c60511a5"
 
 
 class BlockHeader(msgspec.Struct, frozen=True):
@@ -273,5 +269,4 @@ __all__ = [
     "header",
     "log_ref",
     "quantity",
-    "topic_of",
 ]

@@ -17,11 +17,13 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import click
 
 from shared.contract.client import AccessNFT
+from shared import logs
 from shared.devnet import netns
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import stop_process, wait_for
@@ -49,7 +51,7 @@ class DemoHost:
         """Public key -> allowed IPs of the peers this host has right now."""
         if self.lab_host is not None:
             out = self.lab_host.exec(["wg", "show", self.ifname, "dump"]).stdout
-            lines = out.decode().splitlines()[1:]
+            lines = out.splitlines()[1:]
             return {ln.split("\t")[0]: ln.split("\t")[3] for ln in lines if ln.strip()}
         conf = self.config_dir / f"{self.ifname}.conf"
         peers: dict[str, str] = {}
@@ -65,7 +67,9 @@ class DemoHost:
 
 
 def _wgchain() -> str:
-    found = shutil.which("wgchain", path=str(Path(sys.executable).parent)) or shutil.which("wgchain")
+    found = shutil.which("wgchain", path=str(Path(sys.executable).parent)) or shutil.which(
+        "wgchain"
+    )
     if not found:
         raise WgchainError("the wgchain command is not on PATH (run `make setup`)")
     return found
@@ -90,7 +94,9 @@ class Demo:
             server = RedisServer(workdir=self.workdir / "redis").start()
             self.stack.callback(server.stop)
             redis_url, agent_redis_url = server.url, server.unix_url
-            self.say(f"redis    embedded redis-server on {server.url} (pid {server.proc.pid if server.proc else '?'})")
+            self.say(
+                f"redis    embedded redis-server on {server.url} (pid {server.proc.pid if server.proc else '?'})"
+            )
         anvil = Anvil().start()
         self.stack.callback(anvil.cleanup)
         self.say(f"chain    anvil on {anvil.url}, chain id {anvil.chain_id}")
@@ -123,7 +129,9 @@ class Demo:
             self.lab = netns.Lab()
             self.stack.callback(self.lab.cleanup)
         else:
-            self.say(f"hosts    file-only mode ({why}): configs are written under {self.workdir}/hosts")
+            self.say(
+                f"hosts    file-only mode ({why}): configs are written under {self.workdir}/hosts"
+            )
         for node in NODES:
             host_dir = self.workdir / "hosts" / node
             host_dir.mkdir(parents=True)
@@ -178,6 +186,10 @@ class Demo:
         expected = {self.hosts[o].public_key for o in others}
         return set(peers) == expected
 
+    def rekeyed(self, node: str, old: str, new: str) -> bool:
+        peers = self.hosts[node].peers()
+        return new in peers and old not in peers
+
     def show_hosts(self) -> None:
         for node, host in self.hosts.items():
             peers = self.names_of(host.peers())
@@ -199,9 +211,12 @@ class Demo:
         for node in NODES:
             res = self.nft.mint(owner[node][0], node, self.hosts[node].public_key)
             tokens[node] = res.token_id or 0
-            self.say(f"grant    {node} -> token {tokens[node]} for {owner[node][0]} (block {res.block_number})")
+            self.say(
+                f"grant    {node} -> token {tokens[node]} for {owner[node][0]} (block {res.block_number})"
+            )
         for node in NODES:
-            self.expect(f"{node} has the two others", lambda n=node: self.has_exactly(n, set(NODES) - {n}))
+            others = set(NODES) - {node}
+            self.expect(f"{node} has the two others", partial(self.has_exactly, node, others))
         self.say("mesh     every host has the two others as peers:")
         self.show_hosts()
 
@@ -213,29 +228,38 @@ class Demo:
         self.nft.with_signer(owner["node-b"][1]).set_key(new_pub)
         os.replace(new_key_file, self.hosts["node-b"].key_file)
         old_pub, self.hosts["node-b"].public_key = self.hosts["node-b"].public_key, new_pub
-        self.say(f"rekey    node-b's owner set key {new_pub} on chain; host node-b swapped its private key")
+        self.say(
+            f"rekey    node-b's owner set key {new_pub} on chain; host node-b swapped its private key"
+        )
         for node in ("node-a", "node-c"):
             self.expect(
-                f"{node} uses node-b's new key",
-                lambda n=node: new_pub in self.hosts[n].peers() and old_pub not in self.hosts[n].peers(),
+                f"{node} uses node-b's new key", partial(self.rekeyed, node, old_pub, new_pub)
             )
         self.show_hosts()
-        self._ping_step("node-a", b_ip, expect=True, label="ping     node-a -> node-b through the new key")
+        self._ping_step(
+            "node-a", b_ip, expect=True, label="ping     node-a -> node-b through the new key"
+        )
 
         keyless = ACCOUNTS[9][0]
         self.nft.with_signer(owner["node-c"][1]).transfer(tokens["node-c"], keyless)
-        self.say(f"transfer node-c's token {tokens['node-c']} -> {keyless} (an address with no key)")
+        self.say(
+            f"transfer node-c's token {tokens['node-c']} -> {keyless} (an address with no key)"
+        )
         self.expect("node-c gone from node-a", lambda: self.has_exactly("node-a", {"node-b"}))
         self.expect("node-c gone from node-b", lambda: self.has_exactly("node-b", {"node-a"}))
         self.expect("node-c fails closed", lambda: self.has_exactly("node-c", set()))
-        self.say("         node-c disappeared from every host; node-c's own host dropped all peers (fail closed)")
+        self.say(
+            "         node-c disappeared from every host; node-c's own host dropped all peers (fail closed)"
+        )
         self.show_hosts()
 
         self.nft.revoke(tokens["node-b"])
         self.say(f"revoke   node-b (token {tokens['node-b']})")
         self.expect("node-b gone from node-a", lambda: self.has_exactly("node-a", set()))
         self.show_hosts()
-        self._ping_step("node-a", b_ip, expect=False, label="ping     node-a -> node-b after revoke")
+        self._ping_step(
+            "node-a", b_ip, expect=False, label="ping     node-a -> node-b after revoke"
+        )
 
     def _ping_step(self, src: str, dst_ip: str, expect: bool, label: str) -> None:
         if self.lab is None:
@@ -258,8 +282,10 @@ class Demo:
             else:
                 self.say(f"  cat {host.config_dir}/{host.ifname}.conf")
         self.say(f"  logs and keys: {self.workdir}")
-        self.say(f"  stop: kill {' '.join(str(p.pid) for p in self.procs)}"
-                 + (f"; ip netns del {' '.join(self.lab.namespaces)}" if self.lab else ""))
+        self.say(
+            f"  stop: kill {' '.join(str(p.pid) for p in self.procs)}"
+            + (f"; ip netns del {' '.join(self.lab.namespaces)}" if self.lab else "")
+        )
 
 
 @contextlib.contextmanager
@@ -276,6 +302,7 @@ def _workdir(keep: bool) -> Iterator[Path]:
 @click.option("--keep", is_flag=True, help="Leave the network running and print how to inspect it.")
 def demo(keep: bool) -> None:
     """Run the whole pipeline locally and tell what happens, step by step."""
+    logs.setup("WARNING", stage="demo")  # the story is the output; components log to files
     with _workdir(keep) as workdir:
         d = Demo(workdir, keep, click.echo)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from shared.errors import DecodeError
@@ -63,10 +64,9 @@ def test_roundtrip_and_digest_chain():
         event=NodeAccessTransferred(token_id=1, from_address="0x2", to_address="0x3"),
     ).with_digest(first.digest)  # fmt: skip
     assert from_fields(_bytes(to_fields(second))) == second
-    assert first.digest_ok() and second.digest_ok()
+    assert first.digest_ok()
+    assert second.digest_ok()
     assert second.prev == first.digest
-    import msgspec
-
     tampered = msgspec.structs.replace(second, log_index=4)
     assert not tampered.digest_ok()
 

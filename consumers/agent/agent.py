@@ -1,0 +1,456 @@
+"""The agent loop on one WireGuard host: peers stream in, ``wg set`` differences out.
+
+Read ``peers`` (from the start today; a snapshot bootstrap slots into
+:meth:`Agent.bootstrap`), fold it into the peer table, and reconcile on every
+batch, when the private key file changes, when announcements change, and on a
+timer (drift repair). A reconcile reads the interface, computes the desired
+state, applies only the difference (the interface never goes down), sets the
+address, verifies by reading back, rolls back to the previous peers on failure,
+writes the wg-quick file atomically with rotated backups, and reports status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Final
+
+import redis
+
+from consumers.agent.desired import Desired, PeerTable, Policy, desired_state, parse_endpoint
+from consumers.agent.keys import public_key_from_file
+from consumers.agent.render import (
+    PeerSpec,
+    RemovePeer,
+    SetPeer,
+    diff_peers,
+    render_config,
+    wanted_peers,
+)
+from consumers.agent.wg import WireGuard
+from shared.errors import (
+    DecodeError,
+    KeyFileError,
+    ServiceUnavailable,
+    WgchainError,
+    WireGuardError,
+)
+from shared.events import from_fields
+from shared.keys import Keys
+from shared.logs import log
+from shared.redis_log import START, Entry, read_after, redis_retry
+
+#: Entries of the peers stream read per batch.
+BATCH_SIZE: Final = 500
+#: Milliseconds one XREAD blocks waiting for new peers entries.
+BLOCK_MS: Final = 1000
+#: Seconds between polls of the hosts hash (endpoint announcements).
+HOSTS_POLL_SECONDS: Final = 5.0
+#: Rotated backups kept of the config file (``IF.conf.1`` newest .. ``IF.conf.5``).
+CONFIG_BACKUPS: Final = 5
+#: Most entries counted when reporting lag (entries); more shows as this number.
+LAG_COUNT_CAP: Final = 10_000
+#: Seconds to wait before retrying after Redis is unreachable.
+REDIS_PAUSE_SECONDS: Final = 1.0
+#: Interface names: what Linux accepts, and safe in a file name (1..15 characters).
+IFNAME_RE: Final = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]{0,14}")
+
+
+def is_valid_ifname(name: str) -> bool:
+    return bool(IFNAME_RE.fullmatch(name))
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything one agent needs to know about its host."""
+
+    node_id: str
+    interface: str
+    private_key_file: Path
+    keys: Keys
+    policy: Policy = field(default_factory=Policy)
+    listen_port: int | None = None
+    endpoint: str | None = None
+    config_dir: Path = Path("/etc/wireguard")
+    file_only: bool = False
+    reconcile_interval: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not is_valid_ifname(self.interface):
+            raise ValueError(f"invalid interface name {self.interface[:20]!r}")
+        if self.endpoint is not None and parse_endpoint(self.endpoint) is None:
+            raise ValueError("endpoint must be host:port or [v6]:port")
+
+    @property
+    def config_path(self) -> Path:
+        return self.config_dir / f"{self.interface}.conf"
+
+
+def write_config(path: Path, text: str, backups: int = CONFIG_BACKUPS) -> bool:
+    """Atomically replace ``path`` with ``text`` (0600), keeping rotated backups.
+
+    Returns False (and writes nothing) when the file already holds ``text``.
+    """
+    try:
+        if path.read_text() == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        for i in range(backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+        if backups and path.exists():
+            newest = path.with_name(f"{path.name}.1")
+            with contextlib.suppress(FileNotFoundError):
+                newest.unlink()
+            try:
+                os.link(path, newest)
+            except OSError:  # no hard links on this filesystem
+                shutil.copy2(path, newest)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _ms(entry_id: str) -> int:
+    return int(entry_id.split("-", 1)[0]) if entry_id and entry_id != START else 0
+
+
+class Agent:
+    """One host's agent. ``wireguard`` is None in file-only mode (no ``wg``/``ip`` at all)."""
+
+    def __init__(
+        self, config: AgentConfig, client: redis.Redis, wireguard: WireGuard | None
+    ) -> None:
+        self.cfg = config
+        self.client = client
+        self.wg = wireguard
+        self.table = PeerTable()
+        self.position = START
+        self.applied_position = START
+        self.own_public_key: str | None = None
+        self.announcements: dict[str, bytes] = {}
+        self.applied_endpoints: dict[str, str] = {}
+        self.unresolved: set[str] = set()
+        self.last_error = ""
+        self.last_apply = 0.0
+        self.desired: Desired | None = None
+        self._key_stamp: tuple[int, int, int] | None = None
+        self._names: dict[str, str] = {}  # public key -> node id, for log lines
+        self.log = log.bind(stage="agent", node=config.node_id, interface=config.interface)
+
+    # --- inputs ----------------------------------------------------------------------
+
+    def read_peers(self, block_ms: int | None) -> list[Entry]:
+        """The next batch of ``peers`` entries after our position."""
+        return redis_retry(
+            read_after, self.client, self.cfg.keys.peers, self.position, BATCH_SIZE, block_ms
+        )
+
+    def fold(self, entries: list[Entry]) -> int:
+        """Fold entries into the peer table; returns how many were consumed."""
+        for entry_id, fields in entries:
+            try:
+                problem = self.table.apply(from_fields(fields))
+            except DecodeError as exc:
+                problem = str(exc)
+            if problem:
+                self.log.bind(entry=entry_id).warning("peers entry ignored: {}", problem)
+            self.position = entry_id
+        return len(entries)
+
+    def bootstrap(self) -> None:
+        """Catch up with the stream before the first reconcile (snapshots will slot in here)."""
+        while self.fold(batch := self.read_peers(None)) == BATCH_SIZE and batch:
+            pass
+
+    def check_key_file(self) -> bool:
+        """Reload the private key when its file changed; True when the public key changed."""
+        path = self.cfg.private_key_file
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            self._error(f"private key file {path}: {exc.strerror}")
+            return False
+        stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if stamp == self._key_stamp:
+            return False
+        try:
+            public = public_key_from_file(path)
+        except KeyFileError as exc:
+            self._error(str(exc))
+            return False
+        self._key_stamp = stamp
+        if public == self.own_public_key:
+            return False
+        if self.own_public_key is not None:
+            self.log.info("private key file changed: new public key {}", public)
+        self.own_public_key = public
+        return True
+
+    def refresh_announcements(self) -> bool:
+        """Re-read the hosts hash; True when any announcement changed."""
+        raw: Any = redis_retry(self.client.hgetall, self.cfg.keys.hosts)
+        fresh: dict[str, bytes] = {}
+        for k, v in raw.items():
+            try:
+                fresh[k.decode("ascii")] = v
+            except UnicodeDecodeError:
+                continue
+        changed = fresh != self.announcements
+        self.announcements = fresh
+        return changed
+
+    def announce(self) -> None:
+        if self.cfg.endpoint is None:
+            return
+        doc = {"endpoint": self.cfg.endpoint, "listen_port": self.cfg.listen_port}
+        redis_retry(self.client.hset, self.cfg.keys.hosts, self.cfg.node_id, json.dumps(doc))
+
+    # --- reconcile -------------------------------------------------------------------
+
+    def reconcile(self, reason: str) -> bool:
+        """Bring the interface (or only the file) to the desired state; True on success."""
+        self.refresh_announcements()
+        desired = desired_state(
+            self.table.records,
+            self.cfg.node_id,
+            self.own_public_key,
+            self.announcements,
+            self.cfg.policy,
+        )
+        if desired.fail_closed and (self.desired is None or not self.desired.fail_closed):
+            self.log.warning("fail closed ({}): removing every peer", desired.fail_closed)
+        for node, why in desired.skipped:
+            self.log.debug("member {} left out: {}", node, why)
+        self.desired = desired
+        self._names.update((p.public_key, p.node_id) for p in desired.peers)
+        ok = True
+        if self.wg is not None:
+            try:
+                self._apply(desired)
+            except WireGuardError as exc:
+                self._error(str(exc))
+                ok = False
+        if ok:
+            text = render_config(
+                desired,
+                listen_port=self.cfg.listen_port,
+                private_key_file=str(self.cfg.private_key_file.absolute()),
+            )
+            try:
+                if write_config(self.cfg.config_path, text):
+                    self.log.info("wrote {}", self.cfg.config_path)
+            except OSError as exc:
+                self._error(f"cannot write {self.cfg.config_path}: {exc.strerror}")
+                ok = False
+        if ok:
+            self.applied_position = self.position
+            self.last_apply = time.time()
+            self.last_error = ""
+            self.log.debug("reconciled ({}): {} peers", reason, len(desired.peers))
+        self.report()
+        return ok
+
+    def _apply(self, desired: Desired) -> None:
+        assert self.wg is not None
+        ifname = self.cfg.interface
+        before = self.wg.show(ifname)
+        if self.own_public_key and before.public_key != self.own_public_key:
+            self.wg.set_private_key(ifname, str(self.cfg.private_key_file.absolute()))
+            self.log.info("private key loaded into the interface")
+        if self.cfg.listen_port is not None and before.listen_port != self.cfg.listen_port:
+            self.wg.set_listen_port(ifname, self.cfg.listen_port)
+        target = wanted_peers(desired)
+        ops = diff_peers(before.peers, target, self.applied_endpoints)
+        for op in ops:
+            self.log.debug(
+                "{}: have {}, want {}",
+                type(op).__name__,
+                before.peers.get(op.public_key),
+                target.get(op.public_key),
+            )
+        try:
+            self._run_ops(ops)
+            if desired.addresses:
+                pools = [self.cfg.policy.pool, self.cfg.policy.pool6]
+                if self.wg.set_addresses(ifname, desired.addresses, pools):
+                    self.log.info("address set to {}", ", ".join(desired.addresses))
+            after = self.wg.show(ifname)
+            left = diff_peers(after.peers, target, self.applied_endpoints)
+            if left:
+                raise WireGuardError(f"verify failed: {len(left)} peer(s) differ after apply")
+        except WireGuardError:
+            self._rollback(before.peers)
+            raise
+        if ops:
+            self.log.info(
+                "applied {} change(s): {}", len(ops), ", ".join(self._describe(op) for op in ops)
+            )
+
+    def _run_ops(self, ops: list[SetPeer | RemovePeer]) -> None:
+        assert self.wg is not None
+        for op in ops:
+            if isinstance(op, RemovePeer):
+                self.wg.remove_peer(self.cfg.interface, op.public_key)
+                self.applied_endpoints.pop(op.public_key, None)
+                continue
+            spec = PeerSpec(op.public_key, op.allowed_ips, op.endpoint, op.keepalive, op.node_id)
+            try:
+                self.wg.set_peer(self.cfg.interface, spec)
+            except WireGuardError as exc:
+                if op.endpoint is None:
+                    raise
+                # Most likely a hostname that does not resolve: keep the peer, let it roam in.
+                self.log.warning("peer {}: endpoint not set ({})", op.node_id, exc)
+                self.wg.set_peer(self.cfg.interface, replace(spec, endpoint=None))
+                self.unresolved.add(op.public_key)
+            if op.endpoint is not None:
+                self.applied_endpoints[op.public_key] = op.endpoint
+
+    def _rollback(self, previous: dict[str, PeerSpec]) -> None:
+        """Best effort: put the peers back as they were before this apply."""
+        assert self.wg is not None
+        try:
+            now = self.wg.show(self.cfg.interface).peers
+            back = diff_peers(now, previous)
+            for op in back:
+                if isinstance(op, RemovePeer):
+                    self.wg.remove_peer(self.cfg.interface, op.public_key)
+                else:
+                    spec = PeerSpec(op.public_key, op.allowed_ips, op.endpoint, op.keepalive)
+                    self.wg.set_peer(self.cfg.interface, spec)
+            self.applied_endpoints = {
+                k: v for k, v in self.applied_endpoints.items() if k in previous
+            }
+            self.log.warning("rolled back to the previous {} peer(s)", len(previous))
+        except WireGuardError as exc:
+            self.log.error("rollback failed: {}", exc)
+
+    def _describe(self, op: SetPeer | RemovePeer) -> str:
+        verb = "remove" if isinstance(op, RemovePeer) else "set"
+        node = op.node_id or self._names.get(op.public_key, "unknown")
+        return f"{verb} {node} ({op.public_key[:8]}…)"
+
+    # --- reporting -------------------------------------------------------------------
+
+    def _error(self, message: str) -> None:
+        if message != self.last_error:
+            self.log.error("{}", message)
+        self.last_error = message
+
+    def report(self) -> None:
+        """Write this host's status hash: position, lag, last apply, last error, peers."""
+        keys = self.cfg.keys
+        last: Any = redis_retry(self.client.xrevrange, keys.peers, count=1)
+        last_id = _s(last[0][0]) if last else START
+        behind = 0
+        if last_id != self.applied_position:
+            after = f"({self.applied_position}" if self.applied_position != START else "-"
+            pending: Any = redis_retry(
+                self.client.xrange, keys.peers, min=after, count=LAG_COUNT_CAP
+            )
+            behind = len(pending)
+        desired = self.desired
+        status = {
+            "node": self.cfg.node_id,
+            "interface": self.cfg.interface,
+            "mode": "file-only" if self.wg is None else "wireguard",
+            "public_key": self.own_public_key or "",
+            "applied_position": self.applied_position,
+            "lag_entries": behind,
+            "lag_seconds": max(0, _ms(last_id) - _ms(self.applied_position)) / 1000,
+            "last_apply": self.last_apply,
+            "last_error": self.last_error,
+            "peer_count": len(desired.peers) if desired else 0,
+            "fail_closed": (desired.fail_closed or "") if desired else "",
+            "addresses": ",".join(desired.addresses) if desired else "",
+            "updated_at": time.time(),
+        }
+        redis_retry(self.client.hset, keys.host_status(self.cfg.node_id), mapping=status)
+
+    # --- the loop --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the key, prepare the interface, announce, catch up and reconcile once."""
+        self.own_public_key = public_key_from_file(self.cfg.private_key_file)
+        self.check_key_file()
+        self.log.info("own public key {}", self.own_public_key)
+        if self.wg is None:
+            self.log.warning("file-only mode: writing {} only, no wg/ip", self.cfg.config_path)
+        else:
+            how = self.wg.ensure(self.cfg.interface)
+            self.log.info("interface ready ({})", how)
+        self.announce()
+        self.bootstrap()
+        self.reconcile("start")
+
+    def run(self, stop: threading.Event) -> None:
+        """Reconcile until ``stop`` is set; Redis outages keep the interface as it is."""
+        interval = self.cfg.reconcile_interval
+        block_ms = max(10, min(BLOCK_MS, int(interval * 1000)))
+        started = False
+        next_timer = next_hosts = 0.0
+        while not stop.is_set():
+            try:
+                if not started:
+                    self.start()
+                    started = True
+                    next_timer = time.monotonic() + interval
+                    next_hosts = time.monotonic() + HOSTS_POLL_SECONDS
+                    continue
+                reason = "peers" if self.fold(self.read_peers(block_ms)) else ""
+                if self.check_key_file():
+                    reason = reason or "key-file"
+                now = time.monotonic()
+                if now >= next_hosts:
+                    next_hosts = now + HOSTS_POLL_SECONDS
+                    if not reason and self.refresh_announcements():
+                        reason = "announcements"
+                if now >= next_timer:
+                    next_timer = now + interval
+                    self.announce()
+                    for key in self.unresolved:
+                        self.applied_endpoints.pop(key, None)
+                    self.unresolved.clear()
+                    reason = reason or "timer"
+                if reason:
+                    self.reconcile(reason)
+            except (redis.RedisError, ServiceUnavailable) as exc:
+                self._error(f"redis: {exc}")
+                stop.wait(REDIS_PAUSE_SECONDS)
+            except WgchainError as exc:
+                if not started:
+                    raise
+                self._error(str(exc))
+                stop.wait(REDIS_PAUSE_SECONDS)
+        self.log.info("agent stopped")

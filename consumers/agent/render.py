@@ -1,0 +1,171 @@
+"""From a desired state to text and to operations. Pure: no I/O.
+
+- :func:`render_config` writes a wg-quick style file. It never holds the private
+  key: a ``PostUp`` line points ``wg`` at the key file instead.
+- :func:`diff_peers` compares the interface's peers with the wanted ones and lists
+  the few ``wg set`` operations that turn one into the other; a peer that already
+  matches produces no operation, so its session is never touched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from consumers.agent.desired import Desired, DesiredPeer, parse_endpoint
+from shared.validate import is_valid_node_id, is_valid_wg_key
+
+HEADER = "# Written by the wgchain agent; every change is rewritten from the peers stream."
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    """A peer as the interface holds it (or should hold it)."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    endpoint: str | None = None
+    keepalive: int = 0
+    node_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SetPeer:
+    """``wg set IF peer KEY allowed-ips ... [endpoint E] persistent-keepalive N``."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    endpoint: str | None
+    keepalive: int
+    node_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePeer:
+    """``wg set IF peer KEY remove``."""
+
+    public_key: str
+    node_id: str = ""
+
+
+Op = SetPeer | RemovePeer
+
+
+def normalise_ips(ips: Iterable[str]) -> tuple[str, ...]:
+    """Allowed IPs as sorted canonical networks (``10.88.0.6/32``), so equal sets compare equal."""
+    nets = {ipaddress.ip_network(ip, strict=False) for ip in ips}
+    return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n)))
+
+
+def spec_of(peer: DesiredPeer) -> PeerSpec:
+    return PeerSpec(
+        peer.public_key,
+        normalise_ips(peer.allowed_ips),
+        peer.endpoint,
+        peer.keepalive,
+        peer.node_id,
+    )
+
+
+def wanted_peers(desired: Desired) -> dict[str, PeerSpec]:
+    """The desired peers keyed by public key."""
+    return {p.public_key: spec_of(p) for p in desired.peers}
+
+
+def _is_ip_endpoint(endpoint: str) -> bool:
+    host = endpoint.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def endpoint_matches(want: str | None, have: str | None, applied: str | None) -> bool:
+    """Whether the interface's endpoint satisfies the wanted one.
+
+    No wanted endpoint: anything goes (the peer may roam in). An IP endpoint must
+    equal the interface's. A hostname cannot be compared with the resolved address
+    ``wg`` shows, so it matches when it is the one this agent last applied.
+    """
+    if want is None:
+        return True
+    if _is_ip_endpoint(want):
+        return have is not None and parse_endpoint(have) == want
+    return applied == want
+
+
+def diff_peers(
+    current: Mapping[str, PeerSpec],
+    target: Mapping[str, PeerSpec],
+    applied_endpoints: Mapping[str, str] | None = None,
+) -> list[Op]:
+    """Operations turning ``current`` into ``target`` (both keyed by public key).
+
+    Removals come first (a revoked key loses access before anything else moves),
+    then additions and updates, each in node id / key order.
+    """
+    applied_endpoints = applied_endpoints or {}
+    ops: list[Op] = [
+        RemovePeer(key, current[key].node_id) for key in sorted(current) if key not in target
+    ]
+    for key in sorted(target, key=lambda k: (target[k].node_id, k)):
+        want = target[key]
+        have = current.get(key)
+        if (
+            have is not None
+            and have.allowed_ips == want.allowed_ips
+            and have.keepalive == want.keepalive
+            and endpoint_matches(want.endpoint, have.endpoint, applied_endpoints.get(key))
+        ):
+            continue
+        ops.append(SetPeer(key, want.allowed_ips, want.endpoint, want.keepalive, want.node_id))
+    return ops
+
+
+def _safe_path(path: str) -> bool:
+    return bool(path) and path.isprintable() and "\n" not in path
+
+
+def render_config(
+    desired: Desired,
+    *,
+    listen_port: int | None = None,
+    private_key_file: str | None = None,
+) -> str:
+    """A wg-quick style file for ``desired``; peers sorted by node id, never a private key.
+
+    Only validated values are written: a peer whose key or node id fails validation
+    (it cannot, coming from :func:`desired_state`, but this is the last gate) is left out.
+    """
+    lines = [HEADER]
+    if desired.fail_closed:
+        lines.append(f"# FAIL CLOSED ({desired.fail_closed}): no peers until the chain agrees.")
+    lines += ["", "[Interface]"]
+    lines += [f"Address = {a}" for a in desired.addresses if _is_network(a)]
+    if listen_port:
+        lines.append(f"ListenPort = {int(listen_port)}")
+    lines.append("# PrivateKey is not stored here; it stays in its own 0600 file.")
+    if private_key_file and _safe_path(private_key_file):
+        lines.append(f"PostUp = wg set %i private-key {private_key_file}")
+    for peer in sorted(desired.peers, key=lambda p: p.node_id):
+        if not (is_valid_node_id(peer.node_id) and is_valid_wg_key(peer.public_key)):
+            continue
+        allowed = [ip for ip in peer.allowed_ips if _is_network(ip)]
+        lines += ["", "[Peer]", f"# node {peer.node_id}", f"PublicKey = {peer.public_key}"]
+        lines.append(f"AllowedIPs = {', '.join(allowed)}")
+        endpoint = parse_endpoint(peer.endpoint) if peer.endpoint else None
+        if endpoint:
+            lines.append(f"Endpoint = {endpoint}")
+        if peer.keepalive:
+            lines.append(f"PersistentKeepalive = {int(peer.keepalive)}")
+    return "\n".join(lines) + "\n"
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_interface(text)
+    except ValueError:
+        return False
+    return True

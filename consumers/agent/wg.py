@@ -1,0 +1,304 @@
+"""The WireGuard interface, driven by ``wg`` and ``ip`` (I/O).
+
+Every command is an argument list (never a shell). Only validated keys, addresses
+and endpoints reach argv; the private key only as its file's path. The private key
+that ``wg show IF dump`` prints is dropped while parsing and never logged, kept or
+put into an error message.
+
+:class:`Wg` is the real interface; :class:`MemoryWireGuard` is its in-memory twin
+for unit tests of the agent loop (it never stands in for WireGuard in e2e tests).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shlex
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from consumers.agent.desired import parse_endpoint
+from consumers.agent.keys import public_key_from_file
+from consumers.agent.render import PeerSpec, normalise_ips
+from shared.errors import WireGuardError
+from shared.validate import is_valid_wg_key
+
+#: Seconds one ``wg`` or ``ip`` command may take.
+COMMAND_TIMEOUT: Final = 15.0
+#: Longest stderr excerpt kept in an error message (characters).
+MAX_STDERR: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceState:
+    """What ``wg show IF dump`` says, minus the private key."""
+
+    public_key: str | None
+    listen_port: int
+    peers: dict[str, PeerSpec]
+    #: Public key -> unix time of the latest handshake (0: never).
+    handshakes: dict[str, int] = field(default_factory=dict)
+
+
+def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run ``argv`` (no shell); its stdout, or :class:`WireGuardError` with its stderr."""
+    command = shlex.join(argv)
+    try:
+        proc = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError:
+        raise WireGuardError(f"{argv[0]} is not installed (running {command})") from None
+    except subprocess.TimeoutExpired:
+        raise WireGuardError(f"{command} took longer than {timeout}s") from None
+    if proc.returncode != 0:
+        stderr = proc.stderr.strip()[:MAX_STDERR]
+        raise WireGuardError(f"{command} failed with exit code {proc.returncode}: {stderr}")
+    return proc.stdout
+
+
+def parse_dump(text: str) -> InterfaceState:
+    """Parse ``wg show IF dump`` (interface line, then one line per peer)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise WireGuardError("wg show dump printed nothing")
+    head = lines[0].split("\t")
+    if len(head) != 4:  # never echo the line: it holds the private key
+        raise WireGuardError(f"unexpected wg dump interface line ({len(head)} fields)")
+    public = head[1] if is_valid_wg_key(head[1]) else None
+    listen_port = int(head[2]) if head[2].isdigit() else 0
+    peers: dict[str, PeerSpec] = {}
+    handshakes: dict[str, int] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        cols = line.split("\t")
+        if len(cols) != 8:
+            raise WireGuardError(f"unexpected wg dump peer line {number} ({len(cols)} fields)")
+        key, _psk, endpoint, allowed, handshake, _rx, _tx, keepalive = cols
+        ips = [] if allowed in {"(none)", ""} else allowed.split(",")
+        peers[key] = PeerSpec(
+            public_key=key,
+            allowed_ips=normalise_ips(ips),
+            endpoint=None if endpoint == "(none)" else endpoint,
+            keepalive=int(keepalive) if keepalive.isdigit() else 0,
+        )
+        handshakes[key] = int(handshake) if handshake.isdigit() else 0
+    return InterfaceState(public, listen_port, peers, handshakes)
+
+
+def show_dump(ifname: str) -> InterfaceState:
+    """The interface's public key, listen port and peers."""
+    return parse_dump(run(["wg", "show", ifname, "dump"]))
+
+
+def set_private_key(ifname: str, path: str | Path) -> None:
+    """Load the private key from ``path`` (checked to be 0600 first)."""
+    public_key_from_file(path)
+    run(["wg", "set", ifname, "private-key", str(Path(path).absolute())])
+
+
+def set_listen_port(ifname: str, port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise WireGuardError(f"listen port {port} out of range")
+    run(["wg", "set", ifname, "listen-port", str(port)])
+
+
+def set_peer(
+    ifname: str,
+    key: str,
+    allowed_ips: Sequence[str],
+    endpoint: str | None = None,
+    keepalive: int = 0,
+) -> None:
+    """Add or update a peer; its allowed IPs become exactly ``allowed_ips``."""
+    if not is_valid_wg_key(key):
+        raise WireGuardError("refusing an invalid peer key")
+    argv = ["wg", "set", ifname, "peer", key, "allowed-ips", ",".join(normalise_ips(allowed_ips))]
+    if endpoint is not None:
+        checked = parse_endpoint(endpoint)
+        if checked is None:
+            raise WireGuardError("refusing an invalid endpoint")
+        argv += ["endpoint", checked]
+    argv += ["persistent-keepalive", str(int(keepalive)) if keepalive > 0 else "off"]
+    run(argv)
+
+
+def remove_peer(ifname: str, key: str) -> None:
+    if not is_valid_wg_key(key):
+        raise WireGuardError("refusing an invalid peer key")
+    run(["wg", "set", ifname, "peer", key, "remove"])
+
+
+def link_info(ifname: str) -> dict[str, Any]:
+    """``ip -j addr show dev IF`` for this interface."""
+    try:
+        doc = json.loads(run(["ip", "-j", "addr", "show", "dev", ifname]))
+    except ValueError as exc:
+        raise WireGuardError(f"ip -j addr printed no JSON: {exc}") from None
+    if not doc:
+        raise WireGuardError(f"no interface {ifname}")
+    return dict(doc[0])
+
+
+def addresses(info: dict[str, Any]) -> set[str]:
+    """The interface's addresses as ``addr/prefix``."""
+    return {f"{a['local']}/{a['prefixlen']}" for a in info.get("addr_info", []) if "local" in a}
+
+
+def set_addresses(ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
+    """Give the interface exactly ``cidrs`` among the addresses in ``pools``, and bring it up.
+
+    Addresses outside the pools are left alone. Returns True when anything changed.
+    """
+    wanted = {str(ipaddress.ip_interface(c)) for c in cidrs}
+    nets = [ipaddress.ip_network(p) for p in pools if p]
+    info = link_info(ifname)
+    changed = False
+    for have in sorted(addresses(info) - wanted):
+        ip = ipaddress.ip_interface(have).ip
+        if any(ip.version == n.version and ip in n for n in nets):
+            run(["ip", "addr", "del", have, "dev", ifname])
+            changed = True
+    for cidr in sorted(wanted - addresses(info)):
+        run(["ip", "addr", "replace", cidr, "dev", ifname])
+        changed = True
+    if "UP" not in info.get("flags", []):
+        run(["ip", "link", "set", "dev", ifname, "up"])
+        changed = True
+    return changed
+
+
+def set_address(ifname: str, cidr: str, pool: str | None = None) -> bool:
+    """One address (``10.88.0.5/16``); others in ``pool`` (default: ``cidr``'s network) go."""
+    return set_addresses(ifname, [cidr], [pool or str(ipaddress.ip_interface(cidr).network)])
+
+
+def interface_exists(ifname: str) -> bool:
+    try:
+        run(["ip", "link", "show", "dev", ifname])
+    except WireGuardError:
+        return False
+    return True
+
+
+def ensure_interface(ifname: str) -> str:
+    """Make sure ``ifname`` exists: kernel WireGuard first, else ``wireguard-go``.
+
+    Returns how: "existing", "kernel" or "wireguard-go".
+    """
+    if interface_exists(ifname):
+        return "existing"
+    try:
+        run(["ip", "link", "add", "dev", ifname, "type", "wireguard"])
+    except WireGuardError:
+        pass
+    else:
+        return "kernel"
+    # wireguard-go without -f detaches itself once the interface is up.
+    try:
+        proc = subprocess.run(
+            ["wireguard-go", ifname],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise WireGuardError(f"cannot create {ifname}: no kernel WireGuard, {exc}") from None
+    if proc.returncode != 0:
+        stderr = proc.stderr.strip()[:MAX_STDERR]
+        raise WireGuardError(f"wireguard-go {ifname} failed ({proc.returncode}): {stderr}")
+    return "wireguard-go"
+
+
+class WireGuard(Protocol):
+    """The operations the agent needs from an interface."""
+
+    def ensure(self, ifname: str) -> str: ...
+
+    def show(self, ifname: str) -> InterfaceState: ...
+
+    def set_private_key(self, ifname: str, path: str) -> None: ...
+
+    def set_listen_port(self, ifname: str, port: int) -> None: ...
+
+    def set_peer(self, ifname: str, peer: PeerSpec) -> None: ...
+
+    def remove_peer(self, ifname: str, key: str) -> None: ...
+
+    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool: ...
+
+
+class Wg:
+    """The real interface, through ``wg`` and ``ip``."""
+
+    def ensure(self, ifname: str) -> str:
+        return ensure_interface(ifname)
+
+    def show(self, ifname: str) -> InterfaceState:
+        return show_dump(ifname)
+
+    def set_private_key(self, ifname: str, path: str) -> None:
+        set_private_key(ifname, path)
+
+    def set_listen_port(self, ifname: str, port: int) -> None:
+        set_listen_port(ifname, port)
+
+    def set_peer(self, ifname: str, peer: PeerSpec) -> None:
+        set_peer(ifname, peer.public_key, peer.allowed_ips, peer.endpoint, peer.keepalive)
+
+    def remove_peer(self, ifname: str, key: str) -> None:
+        remove_peer(ifname, key)
+
+    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
+        return set_addresses(ifname, cidrs, pools)
+
+
+@dataclass
+class MemoryWireGuard:
+    """In-memory twin of :class:`Wg` for unit tests; ``fail_keys`` makes ``set_peer`` fail."""
+
+    public_key: str | None = None
+    listen_port: int = 0
+    peers: dict[str, PeerSpec] = field(default_factory=dict)
+    addresses: set[str] = field(default_factory=set)
+    fail_keys: set[str] = field(default_factory=set)
+    calls: list[str] = field(default_factory=list)
+
+    def ensure(self, ifname: str) -> str:
+        return "existing"
+
+    def show(self, ifname: str) -> InterfaceState:
+        return InterfaceState(self.public_key, self.listen_port, dict(self.peers))
+
+    def set_private_key(self, ifname: str, path: str) -> None:
+        self.calls.append("private-key")
+        self.public_key = public_key_from_file(path)
+
+    def set_listen_port(self, ifname: str, port: int) -> None:
+        self.calls.append(f"listen-port {port}")
+        self.listen_port = port
+
+    def set_peer(self, ifname: str, peer: PeerSpec) -> None:
+        self.calls.append(f"set {peer.public_key}")
+        if peer.public_key in self.fail_keys:
+            raise WireGuardError("injected failure")
+        old = self.peers.get(peer.public_key)
+        endpoint = peer.endpoint if peer.endpoint is not None else (old.endpoint if old else None)
+        self.peers[peer.public_key] = PeerSpec(
+            peer.public_key, normalise_ips(peer.allowed_ips), endpoint, peer.keepalive
+        )
+
+    def remove_peer(self, ifname: str, key: str) -> None:
+        self.calls.append(f"remove {key}")
+        self.peers.pop(key, None)
+
+    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
+        wanted = set(cidrs)
+        changed = wanted != self.addresses
+        self.addresses = wanted
+        return changed

@@ -1,0 +1,400 @@
+"""The address fold (DESIGN §3): membership changes in, peers with addresses out. Pure.
+
+Addresses are host offsets into the IPv4 pool (offset 0 and the broadcast offset
+are never used); the optional IPv6 pool gives the same offset. The allocation is a
+pure function of the ordered registry stream and the pool settings:
+
+* a node keeps its address across key changes and transfers;
+* a node that leaves and returns gets its old address back if it is still free;
+* a released address is quarantined for ``quarantine_blocks`` blocks (measured by
+  the ``block_number`` of the entries) before another node may take it;
+* a new node starts probing at a hash of its id; an exhausted pool leaves it
+  pending (FIFO), retried whenever space frees.
+
+A bytearray marks every blocked offset, so probing runs at C speed and a full
+pool is detected in O(1) from the counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from shared.errors import DecodeError, SettingsError
+from shared.events import (
+    AllocationPending,
+    Anomaly,
+    Conflict,
+    NodeChanged,
+    NodeJoined,
+    NodeLeft,
+    PeerRemove,
+    PeersChange,
+    PeerUpsert,
+)
+from shared.validate import excerpt, is_valid_node_id, is_valid_wg_key
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
+#: Default IPv4 pool.
+DEFAULT_POOL: Final = "10.88.0.0/16"
+#: Default quarantine of a released address (blocks).
+DEFAULT_QUARANTINE_BLOCKS: Final = 100
+#: Smallest prefix length of an IPv4 pool (a /8 is 16 MiB of bitmap).
+MIN_PREFIX: Final = 8
+#: Field of the clock, pending counter and pool in the state hash.
+META_FIELD: Final = "meta"
+#: Field-name prefixes in the state hash: node address, quarantined offset, pending node.
+NODE_FIELD: Final = "n:"
+QUARANTINE_FIELD: Final = "q:"
+PENDING_FIELD: Final = "p:"
+
+Network4 = ipaddress.IPv4Network
+Network6 = ipaddress.IPv6Network
+
+
+class Address(msgspec.Struct, frozen=True):
+    """A node's address offset; ``live`` while it holds it (else its last address)."""
+
+    offset: int
+    live: bool
+    public_key: str = ""
+
+
+class Quarantine(msgspec.Struct, frozen=True):
+    """An offset released by ``node_id``; nobody else may take it before block ``until``."""
+
+    node_id: str
+    until: int
+
+
+class Pending(msgspec.Struct, frozen=True):
+    """A live member waiting for an address; ``seq`` orders the queue."""
+
+    seq: int
+    public_key: str
+
+
+class Meta(msgspec.Struct, frozen=True):
+    pool: str
+    pool6: str = ""
+    clock: int = 0
+    seq: int = 0
+
+
+@dataclass(eq=False)
+class IpamState:
+    """Mutable fold state; ``apply`` updates it in place and returns it."""
+
+    #: 1 for every offset that is held, quarantined or unusable (network, broadcast).
+    blocked: bytearray
+    #: Every node that ever held an address: its current or last offset.
+    nodes: dict[str, Address] = field(default_factory=dict)
+    #: offset -> node holding it.
+    holder: dict[int, str] = field(default_factory=dict)
+    quarantine: dict[int, Quarantine] = field(default_factory=dict)
+    #: (until, offset) heap over ``quarantine`` (may hold stale items).
+    expiries: list[tuple[int, int]] = field(default_factory=list)
+    #: Nodes waiting for an address, in FIFO order.
+    pending: dict[str, Pending] = field(default_factory=dict)
+    #: Highest block number seen (the quarantine clock).
+    clock: int = 0
+    seq: int = 0
+    dirty: set[str] = field(default_factory=set)
+
+
+_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
+    NODE_FIELD: msgspec.json.Decoder(Address),
+    QUARANTINE_FIELD: msgspec.json.Decoder(Quarantine),
+    PENDING_FIELD: msgspec.json.Decoder(Pending),
+}
+_META_DECODER: Final = msgspec.json.Decoder(Meta)
+
+
+class IpamFold:
+    """The ipam stage's rules (the ``Fold`` protocol of ``consumers.stage``)."""
+
+    name = "ipam"
+    accepts: tuple[type, ...] = (NodeJoined, NodeChanged, NodeLeft, Conflict, Anomaly)
+
+    def __init__(
+        self,
+        pool: Network4 | str = DEFAULT_POOL,
+        pool6: Network6 | str | None = None,
+        quarantine_blocks: int = DEFAULT_QUARANTINE_BLOCKS,
+    ) -> None:
+        self.pool = ipaddress.IPv4Network(pool)
+        self.pool6 = ipaddress.IPv6Network(pool6) if pool6 else None
+        if self.pool.prefixlen < MIN_PREFIX or self.pool.num_addresses < 4:
+            raise SettingsError(
+                "WGCHAIN_POOL", f"{self.pool} must be between /{MIN_PREFIX} and /30"
+            )
+        if self.pool6 is not None and self.pool6.num_addresses < self.pool.num_addresses:
+            raise SettingsError("WGCHAIN_POOL6", f"{self.pool6} is smaller than {self.pool}")
+        if quarantine_blocks < 0:
+            raise SettingsError("WGCHAIN_QUARANTINE_BLOCKS", "must not be negative")
+        self.quarantine_blocks = quarantine_blocks
+        self.size = self.pool.num_addresses
+        #: Usable offsets are 1 .. size - 2.
+        self.usable = self.size - 2
+        self._base4 = int(self.pool.network_address)
+        self._base6 = int(self.pool6.network_address) if self.pool6 else 0
+        self._meta_pool = (str(self.pool), str(self.pool6 or ""))
+
+    @classmethod
+    def from_settings(cls, cfg: Settings) -> IpamFold:
+        return cls(cfg.pool, cfg.pool6 or None, cfg.quarantine_blocks)
+
+    # --- Fold protocol ------------------------------------------------------------
+
+    def initial(self) -> IpamState:
+        blocked = bytearray(self.size)
+        blocked[0] = blocked[-1] = 1
+        return IpamState(blocked, dirty={META_FIELD})
+
+    def load(self, fields: dict[str, bytes]) -> IpamState:
+        state = self.initial()
+        raw_meta = fields.get(META_FIELD)
+        if raw_meta is not None:
+            meta = _META_DECODER.decode(raw_meta)
+            if (meta.pool, meta.pool6) != self._meta_pool:
+                raise SettingsError(
+                    "WGCHAIN_POOL",
+                    f"state was allocated from {meta.pool} {meta.pool6}; replay to change pools",
+                )
+            state.clock, state.seq = meta.clock, meta.seq
+            state.dirty.clear()
+        pending: list[tuple[int, str, Pending]] = []
+        for name, raw in fields.items():
+            prefix, _, rest = name.partition(":")
+            decoder = _DECODERS.get(prefix + ":")
+            if decoder is None:
+                continue
+            value = decoder.decode(raw)
+            if isinstance(value, Address):
+                state.nodes[rest] = value
+                if value.live:
+                    state.holder[value.offset] = rest
+                    state.blocked[value.offset] = 1
+            elif isinstance(value, Quarantine):
+                offset = int(rest)
+                state.quarantine[offset] = value
+                state.blocked[offset] = 1
+                state.expiries.append((value.until, offset))
+            elif isinstance(value, Pending):
+                pending.append((value.seq, rest, value))
+        heapq.heapify(state.expiries)
+        state.pending = {node: p for _, node, p in sorted(pending)}
+        return state
+
+    def apply(
+        self, state: IpamState, entry_id: str, entry: Any
+    ) -> tuple[IpamState, list[PeersChange]]:
+        if not isinstance(entry, NodeJoined | NodeChanged | NodeLeft | Conflict | Anomaly):
+            raise TypeError(f"ipam folds registry changes, not {type(entry).__name__}")
+        step = _Step(self, state, entry_id, entry.cause, entry.block_number)
+        if entry.block_number > state.clock:
+            state.clock = entry.block_number
+            state.dirty.add(META_FIELD)
+        if self._expire(state):
+            step.drain()
+        if isinstance(entry, NodeJoined | NodeChanged):
+            step.upsert(entry.node_id, entry.public_key)
+        elif isinstance(entry, NodeLeft) and step.remove(entry.node_id):
+            step.drain()
+        return state, step.out
+
+    def take_changes(self, state: IpamState) -> tuple[dict[str, bytes], set[str]]:
+        to_set: dict[str, bytes] = {}
+        to_del: set[str] = set()
+        for name in sorted(state.dirty):
+            value = self._field(state, name)
+            if value is None:
+                to_del.add(name)
+            else:
+                to_set[name] = value
+        state.dirty.clear()
+        return to_set, to_del
+
+    # --- helpers --------------------------------------------------------------------
+
+    def dump(self, state: IpamState) -> dict[str, bytes]:
+        """Every persisted field of ``state`` (what the state hash holds after all commits)."""
+        names = [META_FIELD]
+        names += [f"{NODE_FIELD}{n}" for n in state.nodes]
+        names += [f"{QUARANTINE_FIELD}{o}" for o in state.quarantine]
+        names += [f"{PENDING_FIELD}{n}" for n in state.pending]
+        fields = {name: self._field(state, name) for name in sorted(names)}
+        return {k: v for k, v in fields.items() if v is not None}
+
+    def _field(self, state: IpamState, name: str) -> bytes | None:
+        if name == META_FIELD:
+            meta = Meta(*self._meta_pool, clock=state.clock, seq=state.seq)
+            return msgspec.json.encode(meta)
+        prefix, _, rest = name.partition(":")
+        value: msgspec.Struct | None
+        if prefix + ":" == NODE_FIELD:
+            value = state.nodes.get(rest)
+        elif prefix + ":" == QUARANTINE_FIELD:
+            value = state.quarantine.get(int(rest))
+        else:
+            value = state.pending.get(rest)
+        return None if value is None else msgspec.json.encode(value)
+
+    def _expire(self, state: IpamState) -> bool:
+        """Free every quarantined offset whose time has come; True when any was freed."""
+        freed = False
+        while state.expiries and state.expiries[0][0] <= state.clock:
+            until, offset = heapq.heappop(state.expiries)
+            held = state.quarantine.get(offset)
+            if held is not None and held.until == until:
+                del state.quarantine[offset]
+                state.dirty.add(f"{QUARANTINE_FIELD}{offset}")
+                state.blocked[offset] = 0
+                freed = True
+        return freed
+
+    def free_count(self, state: IpamState) -> int:
+        """Offsets that any node may take right now."""
+        return self.usable - len(state.holder) - len(state.quarantine)
+
+    def start(self, node_id: str) -> int:
+        """The offset where probing starts for ``node_id`` (stable across runs and hosts)."""
+        digest = hashlib.sha256(node_id.encode()).digest()
+        return int.from_bytes(digest[:8], "big") % self.usable + 1
+
+    def place(self, state: IpamState, node_id: str) -> int | None:
+        """The offset ``node_id`` would get now, or None when the pool has none for it."""
+        last = state.nodes.get(node_id)
+        if last is not None and last.offset not in state.holder:
+            held = state.quarantine.get(last.offset)
+            if held is None or held.node_id == node_id:
+                return last.offset
+        if self.free_count(state) <= 0:
+            return None
+        begin = self.start(node_id)
+        offset = state.blocked.find(0, begin)
+        if offset < 0:
+            offset = state.blocked.find(0, 1, begin)
+        return offset if offset > 0 else None
+
+    def addresses(self, offset: int) -> tuple[str, str | None]:
+        """The IPv4 (and IPv6) address of ``offset``."""
+        v4 = str(ipaddress.IPv4Address(self._base4 + offset))
+        v6 = str(ipaddress.IPv6Address(self._base6 + offset)) if self.pool6 else None
+        return v4, v6
+
+
+class _Step:
+    """The work of one registry entry."""
+
+    def __init__(
+        self, fold: IpamFold, state: IpamState, cause: str, origin: str, block: int
+    ) -> None:
+        self.fold = fold
+        self.state = state
+        self.cause = cause
+        self.origin = origin
+        self.block = block
+        self.out: list[PeersChange] = []
+
+    def upsert(self, node_id: str, key: str) -> None:
+        if not is_valid_node_id(node_id) or not is_valid_wg_key(key):
+            raise DecodeError(f"refusing hostile peer {excerpt(node_id)} / {excerpt(key)}")
+        state = self.state
+        current = state.nodes.get(node_id)
+        if current is not None and current.live:
+            if current.public_key != key:
+                state.nodes[node_id] = Address(current.offset, True, key)
+                state.dirty.add(f"{NODE_FIELD}{node_id}")
+            self._announce(node_id, current.offset, key)
+            return
+        if node_id in state.pending:
+            self._set_pending(node_id, Pending(state.pending[node_id].seq, key))
+            return
+        offset = self.fold.place(state, node_id)
+        if offset is None:
+            self._set_pending(node_id, Pending(state.seq, key))
+            state.seq += 1
+            state.dirty.add(META_FIELD)
+            self.out.append(AllocationPending(node_id, self.cause, self.origin, self.block))
+            return
+        self._take(node_id, offset, key)
+
+    def remove(self, node_id: str) -> bool:
+        """Release ``node_id``'s address; True when an offset became free for everyone."""
+        state = self.state
+        self.out.append(PeerRemove(node_id, self.cause, self.origin, self.block))
+        if state.pending.pop(node_id, None) is not None:
+            state.dirty.add(f"{PENDING_FIELD}{node_id}")
+        current = state.nodes.get(node_id)
+        if current is None or not current.live:
+            return False
+        offset = current.offset
+        del state.holder[offset]
+        state.nodes[node_id] = Address(offset, False, current.public_key)
+        state.dirty.add(f"{NODE_FIELD}{node_id}")
+        if self.fold.quarantine_blocks == 0:
+            state.blocked[offset] = 0
+            return True
+        until = state.clock + self.fold.quarantine_blocks
+        state.quarantine[offset] = Quarantine(node_id, until)
+        state.dirty.add(f"{QUARANTINE_FIELD}{offset}")
+        heapq.heappush(state.expiries, (until, offset))
+        return False
+
+    def drain(self) -> None:
+        """Give addresses to pending nodes, first come first served, while any are free."""
+        state = self.state
+        for node_id in list(state.pending):
+            offset = self.fold.place(state, node_id)
+            if offset is None:
+                if self.fold.free_count(state) <= 0:
+                    return
+                continue
+            pending = state.pending.pop(node_id)
+            state.dirty.add(f"{PENDING_FIELD}{node_id}")
+            self._take(node_id, offset, pending.public_key)
+
+    def _set_pending(self, node_id: str, pending: Pending) -> None:
+        self.state.pending[node_id] = pending
+        self.state.dirty.add(f"{PENDING_FIELD}{node_id}")
+
+    def _take(self, node_id: str, offset: int, key: str) -> None:
+        state = self.state
+        if state.quarantine.pop(offset, None) is not None:
+            state.dirty.add(f"{QUARANTINE_FIELD}{offset}")
+        state.holder[offset] = node_id
+        state.blocked[offset] = 1
+        state.nodes[node_id] = Address(offset, True, key)
+        state.dirty.add(f"{NODE_FIELD}{node_id}")
+        self._announce(node_id, offset, key)
+
+    def _announce(self, node_id: str, offset: int, key: str) -> None:
+        v4, v6 = self.fold.addresses(offset)
+        self.out.append(PeerUpsert(node_id, key, v4, self.cause, self.origin, self.block, v6))
+
+
+#: An ipam fold with the default pool (commands build theirs with ``from_settings``).
+FOLD: Final = IpamFold()
+
+
+def fold(
+    entries: Iterable[tuple[str, Any]],
+    state: IpamState | None = None,
+    ipam: IpamFold = FOLD,
+) -> tuple[IpamState, list[PeersChange]]:
+    """Fold ``(entry id, registry change)`` pairs from ``state``; all outputs in order."""
+    state = ipam.initial() if state is None else state
+    outputs: list[PeersChange] = []
+    for entry_id, entry in entries:
+        state, out = ipam.apply(state, entry_id, entry)
+        outputs.extend(out)
+    return state, outputs

@@ -1,0 +1,36 @@
+"""``wgchain ipam``: the address stage (registry -> peers) as a process or a thread."""
+
+from __future__ import annotations
+
+import threading
+
+import click
+
+from consumers.ipam.allocate import IpamFold
+from consumers.stage import Stage
+from shared.cmdline import stop_event, with_settings
+from shared.errors import SettingsError
+from shared.redis_log import connect
+from shared.settings import Settings
+
+
+def stage(cfg: Settings, stop: threading.Event) -> None:
+    """Fold the registry stream into the peers stream until ``stop`` is set."""
+    if not cfg.redis_url:
+        raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
+    keys = cfg.keys()
+    ipam = IpamFold.from_settings(cfg)
+    client = connect(cfg.redis_url)
+    try:
+        Stage(client, keys, ipam).run(stop)
+    finally:
+        client.close()
+
+
+@click.command()
+@with_settings(
+    "redis_url", "chain_id", "contract", "pool", "pool6", "quarantine_blocks", stage="ipam"
+)
+def ipam(cfg: Settings) -> None:
+    """Give every live member an address (the peers stream)."""
+    stage(cfg, stop_event())

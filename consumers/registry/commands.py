@@ -1,0 +1,33 @@
+"""``wgchain registry``: the registry stage (events -> registry) as a process or a thread."""
+
+from __future__ import annotations
+
+import threading
+
+import click
+
+from consumers.registry.fold import FOLD
+from consumers.stage import Stage
+from shared.cmdline import stop_event, with_settings
+from shared.errors import SettingsError
+from shared.redis_log import connect
+from shared.settings import Settings
+
+
+def stage(cfg: Settings, stop: threading.Event) -> None:
+    """Fold the events stream into the registry stream until ``stop`` is set."""
+    if not cfg.redis_url:
+        raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
+    keys = cfg.keys()
+    client = connect(cfg.redis_url)
+    try:
+        Stage(client, keys, FOLD).run(stop)
+    finally:
+        client.close()
+
+
+@click.command()
+@with_settings("redis_url", "chain_id", "contract", stage="registry")
+def registry(cfg: Settings) -> None:
+    """Fold contract events into membership changes (the registry stream)."""
+    stage(cfg, stop_event())

@@ -1,0 +1,224 @@
+"""The chain listener: contract logs from final-enough blocks, appended in chain order.
+
+One :meth:`Listener.step` reads one block range after the cursor (at most
+``max_block_range`` blocks, never past ``head - confirmations``), fetches the
+logs and the headers of the blocks that hold them, checks that every log's block
+hash is the hash of the header it read (a reorg during the read means: read
+again), decodes the logs into digest-chained :class:`LogEntry` objects, and
+commits them with the new cursor in one Lua call. A log that does not decode is
+dead-lettered with its reason in the same commit, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import redis
+
+from producers.listener.decode import TOPIC0S, BlockHeader, LogRef, decode_log, log_ref
+from producers.listener.rpc import RpcClient
+from producers.listener.store import Cursor, DeadLetter, ListenerStore
+from shared.errors import ChainError, CommitConflict, DecodeError, ServiceUnavailable
+from shared.events import GENESIS_DIGEST, LogEntry
+from shared.keys import Keys
+from shared.logs import log
+from shared.settings import Settings
+
+#: Times a range is read again when its logs and headers disagree (a reorg mid-read).
+REREAD_ATTEMPTS: Final = 5
+#: Seconds the loop waits after the RPC endpoints all failed, before trying again.
+OUTAGE_WAIT: Final = 5.0
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """What the loop needs from the settings (``chain_id`` already checked against the RPC)."""
+
+    chain_id: int
+    contract: str
+    start_block: int = 0
+    confirmations: int = 2
+    max_block_range: int = 2000
+    poll_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One consistent read of a block range: its logs (chain order) and the headers used."""
+
+    logs: list[tuple[LogRef, Mapping[str, Any]]]
+    headers: dict[int, BlockHeader]
+
+
+class Listener:
+    """Appends the contract's logs to the ``events`` stream, one block range per step."""
+
+    def __init__(self, rpc: RpcClient, store: ListenerStore, cfg: ListenerConfig) -> None:
+        self.rpc = rpc
+        self.store = store
+        self.cfg = cfg
+        self.contract = cfg.contract.lower()
+        self.log = log.bind(stage="listener", network=store.keys.tag)
+        self.cursor = store.load_cursor()
+        self._target = -1
+
+    @property
+    def next_block(self) -> int:
+        """The first block not yet appended."""
+        return self.cursor.block + 1 if self.cursor else self.cfg.start_block
+
+    def target(self, refresh: bool = False) -> int:
+        """The last block final enough to append (``head - confirmations``)."""
+        if refresh or self._target < self.next_block:
+            self._target = self.rpc.block_number() - self.cfg.confirmations
+        return self._target
+
+    def step(self) -> int:
+        """Append one block range; returns the number of blocks it covered (0 at the tip)."""
+        start = self.next_block
+        target = self.target()
+        if start > target:
+            return 0
+        end = min(start + self.cfg.max_block_range - 1, target)
+        batch_log = self.log.bind(blocks=f"{start}-{end}")
+        read = self._read(start, end)
+        self._check_parent(start, read.headers)
+        entries, dead = self._entries(read)
+        expected = self.cursor
+        cursor = Cursor(end, read.headers[end].hash, entries[-1].digest if entries else self._prev)
+        try:
+            self.store.commit(expected, cursor, entries, dead)
+        except CommitConflict as exc:
+            batch_log.warning("cursor moved under the listener ({}); reloading it", exc)
+            self.cursor = self.store.load_cursor()
+            return 0
+        self.cursor = cursor
+        batch_log.info(
+            "blocks {}-{}: appended {} entries, {} dead-lettered",
+            start,
+            end,
+            len(entries),
+            len(dead),
+        )
+        return end - start + 1
+
+    @property
+    def _prev(self) -> str:
+        return self.cursor.digest if self.cursor else GENESIS_DIGEST
+
+    def _read(self, start: int, end: int) -> _Read:
+        """Logs and headers of ``[start, end]`` that agree on every block hash."""
+        for attempt in range(1, REREAD_ATTEMPTS + 1):
+            raws = self.rpc.get_logs(self.contract, TOPIC0S, start, end)
+            logs: dict[tuple[int, int], tuple[LogRef, Mapping[str, Any]]] = {}
+            for raw in raws:
+                ref = self._ref(raw, start, end)
+                logs.setdefault(ref.position, (ref, raw))  # a provider may repeat a log
+            needed = {start, end} | {pos[0] for pos in logs}
+            headers = self.rpc.get_blocks(needed)
+            stale = sorted(
+                ref.position
+                for ref, _ in logs.values()
+                if ref.block_hash != headers[ref.block_number].hash
+            )
+            if not stale:
+                return _Read([logs[p] for p in sorted(logs)], headers)
+            self.log.warning(
+                "blocks {}-{}: {} logs disagree with their headers (first at {}); read {} again",
+                start,
+                end,
+                len(stale),
+                stale[0],
+                attempt,
+            )
+        raise ChainError(f"blocks {start}-{end} keep changing while being read")
+
+    def _ref(self, raw: Any, start: int, end: int) -> LogRef:
+        """Position of a log from the provider; a malformed one is the provider's fault."""
+        try:
+            ref = log_ref(raw)
+        except DecodeError as exc:
+            raise ChainError(f"eth_getLogs returned a malformed log: {exc}") from None
+        if ref.removed or ref.address != self.contract or not start <= ref.block_number <= end:
+            raise ChainError(
+                f"eth_getLogs returned a log it should not have (block {ref.block_number}, "
+                f"address {ref.address}, removed {ref.removed})"
+            )
+        return ref
+
+    def _check_parent(self, start: int, headers: dict[int, BlockHeader]) -> None:
+        """Compare the first block's parent with the hash the cursor recorded."""
+        cursor = self.cursor
+        if cursor is None or cursor.block != start - 1:
+            return
+        parent = headers[start].parent_hash
+        if parent != cursor.hash:
+            self.log.error(
+                "reorg deeper than {} confirmations: block {} was {}, chain now has {}",
+                self.cfg.confirmations,
+                cursor.block,
+                cursor.hash,
+                parent,
+            )
+
+    def _entries(self, read: _Read) -> tuple[list[LogEntry], list[DeadLetter]]:
+        """Decode and chain the logs; undecodable ones become dead letters."""
+        entries: list[LogEntry] = []
+        dead: list[DeadLetter] = []
+        prev = self._prev
+        for ref, raw in read.logs:
+            timestamp = read.headers[ref.block_number].timestamp
+            try:
+                entry = decode_log(raw, self.cfg.chain_id, timestamp).with_digest(prev)
+            except DecodeError as exc:
+                ident = f"{ref.block_number}:{ref.log_index}"
+                self.log.warning("dead-lettering log {} (tx {}): {}", ident, ref.tx_hash, exc)
+                dead.append(DeadLetter(ident, str(exc), msgspec.json.encode(raw)))
+                continue
+            entries.append(entry)
+            prev = entry.digest
+        return entries, dead
+
+    def run(self, stop: threading.Event) -> None:
+        """Append until ``stop`` is set; at the tip, poll every ``poll_interval`` seconds."""
+        self.log.info(
+            "started at block {} ({} confirmations, ranges of {} blocks)",
+            self.next_block,
+            self.cfg.confirmations,
+            self.cfg.max_block_range,
+        )
+        while not stop.is_set():
+            try:
+                covered = self.step()
+            except ServiceUnavailable as exc:
+                self.log.error("{}; trying again in {}s", exc, OUTAGE_WAIT)
+                stop.wait(OUTAGE_WAIT)
+                continue
+            if covered == 0:
+                stop.wait(self.cfg.poll_interval)
+        self.log.info("stopped at block {}", self.next_block - 1)
+
+
+def open_listener(cfg: Settings, client: redis.Redis, rpc: RpcClient | None = None) -> Listener:
+    """A listener for ``cfg``; checks that the RPC serves ``cfg.chain_id`` (0: take the RPC's)."""
+    rpc = rpc or RpcClient(cfg.rpc_urls)
+    actual = rpc.chain_id()
+    if cfg.chain_id and cfg.chain_id != actual:
+        raise ChainError(f"the RPC serves chain {actual}, but the settings say {cfg.chain_id}")
+    keys = Keys(actual, cfg.contract.lower())
+    config = ListenerConfig(
+        chain_id=actual,
+        contract=cfg.contract,
+        start_block=cfg.start_block,
+        confirmations=cfg.confirmations,
+        max_block_range=cfg.max_block_range,
+        poll_interval=cfg.poll_interval,
+    )
+    return Listener(rpc, ListenerStore(client, keys), config)
+
+
+__all__ = ["Listener", "ListenerConfig", "open_listener"]

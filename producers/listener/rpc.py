@@ -1,0 +1,302 @@
+"""A small JSON-RPC client over HTTP: retries, failover between URLs, batches.
+
+Transient failures (timeouts, refused connections, HTTP 429 and 5xx, rate-limit
+errors, a block the node does not have yet) are retried by the named policy
+:data:`rpc_retry` with jittered exponential backoff, moving to the next URL on
+each failure. Anything else is a :class:`ChainError` at once; a provider that
+refuses an ``eth_getLogs`` range raises :class:`LogRangeError`, which
+:meth:`RpcClient.get_logs` answers by halving the range.
+
+URLs often carry an API key in their path: only ``scheme://host:port`` is ever logged.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+import msgspec
+import requests
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from producers.listener.decode import BlockHeader, header, quantity
+from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
+from shared.logs import log
+from shared.validate import excerpt
+
+#: Seconds one HTTP request may take (connect and read each).
+RPC_TIMEOUT: Final = 10.0
+#: Seconds a call is retried (over all URLs) before :class:`ServiceUnavailable`.
+RPC_RETRY_SECONDS: Final = 120.0
+#: Calls per JSON-RPC batch request (providers cap batches, often at 100 or 1000).
+BATCH_LIMIT: Final = 100
+
+#: Error texts with which providers refuse an eth_getLogs range (Alchemy, Infura,
+#: QuickNode, Ankr, public Base nodes, geth/erigon/reth).
+_RANGE_ERROR: Final = re.compile(
+    r"block range|range (is )?too|too (large|wide|many)|returned more than|more than \d+ "
+    r"(results|logs|blocks)|max(imum)? (block )?range|response size|range limit|exceeds? (the )?"
+    r"(max|limit)|query timeout|limited to",
+    re.IGNORECASE,
+)
+#: Error texts of rate limiting (retried like HTTP 429).
+_RATE_ERROR: Final = re.compile(r"rate.?limit|too many requests|capacity|throttl", re.IGNORECASE)
+#: JSON-RPC error codes of rate limiting.
+_RATE_CODES: Final = frozenset({429, -32029})
+
+_DECODER: Final = msgspec.json.Decoder()
+
+T = TypeVar("T")
+
+
+class _Transient(Exception):
+    """A failure worth retrying, on the next URL (internal; never leaves this module)."""
+
+
+def endpoint(url: str) -> str:
+    """``scheme://host:port`` of ``url``: safe to log (no credentials, no path, no query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    log.bind(stage="rpc").warning(
+        "RPC attempt {} failed ({}); retrying in {:.1f}s",
+        state.attempt_number,
+        exc,
+        state.upcoming_sleep,
+    )
+
+
+#: Retry policy of RPC calls: jittered exponential backoff, transient failures only.
+rpc_retry: Final = Retrying(
+    retry=retry_if_exception_type(_Transient),
+    wait=wait_random_exponential(multiplier=0.2, max=10),
+    stop=stop_after_delay(RPC_RETRY_SECONDS),
+    before_sleep=_log_retry,
+    reraise=True,
+)
+
+
+class RpcClient:
+    """JSON-RPC over HTTP(S) to one of ``urls`` (the first that answers; failover on errors)."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        timeout: float = RPC_TIMEOUT,
+        retry_seconds: float = RPC_RETRY_SECONDS,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not urls:
+            raise ChainError("no RPC URL given")
+        self.urls = list(urls)
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        self.session.headers["Content-Type"] = "application/json"
+        self._retry = rpc_retry.copy(stop=stop_after_delay(retry_seconds))
+        self._index = 0
+        self._ids = itertools.count(1)
+        self._batch_ok = True
+
+    @property
+    def endpoint(self) -> str:
+        """The URL in use, safe to log."""
+        return endpoint(self.urls[self._index])
+
+    def close(self) -> None:
+        self.session.close()
+
+    # --- transport ------------------------------------------------------------------------
+
+    def _attempts(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` under the retry policy; each transient failure moves to the next URL."""
+
+        def attempt() -> T:
+            try:
+                return fn(*args)
+            except _Transient:
+                self._index = (self._index + 1) % len(self.urls)
+                raise
+
+        try:
+            return self._retry(attempt)
+        except _Transient as exc:
+            raise ServiceUnavailable(f"no RPC endpoint answered {what}: {exc}") from None
+
+    def _post(self, payload: Any) -> Any:
+        """One HTTP POST of ``payload`` to the current URL; its decoded JSON reply."""
+        url = self.urls[self._index]
+        where = endpoint(url)
+        try:
+            resp = self.session.post(url, data=msgspec.json.encode(payload), timeout=self.timeout)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise _Transient(f"{where}: {type(exc).__name__}") from None
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise _Transient(f"{where}: HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            raise ChainError(f"{where} answered HTTP {resp.status_code}")
+        try:
+            return _DECODER.decode(resp.content)
+        except msgspec.DecodeError:
+            raise _Transient(f"{where}: reply is not JSON") from None
+
+    def _request(self, method: str, params: list[Any]) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
+
+    def _call_once(self, method: str, params: list[Any]) -> Any:
+        return _result(self._post(self._request(method, params)), method)
+
+    def call(self, method: str, params: list[Any] | None = None) -> Any:
+        """One call; its ``result``, or :class:`ChainError` for a JSON-RPC error."""
+        return self._attempts(method, self._call_once, method, params or [])
+
+    def batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[Any]:
+        """The results of ``calls``, in order, sent as JSON-RPC batches of :data:`BATCH_LIMIT`."""
+        results: list[Any] = []
+        for start in range(0, len(calls), BATCH_LIMIT):
+            chunk = calls[start : start + BATCH_LIMIT]
+            got = None
+            if self._batch_ok:
+                got = self._attempts(f"batch of {len(chunk)}", self._batch_once, chunk)
+            results += got if got is not None else [self.call(m, p) for m, p in chunk]
+        return results
+
+    def _batch_once(self, chunk: Sequence[tuple[str, list[Any]]]) -> list[Any] | None:
+        """One batch request; None when the provider does not answer batches."""
+        requests_ = [self._request(m, p) for m, p in chunk]
+        reply = self._post(requests_)
+        if not isinstance(reply, list):
+            log.bind(stage="rpc").warning("{} does not answer batches", self.endpoint)
+            self._batch_ok = False
+            return None
+        by_id = {r.get("id"): r for r in reply if isinstance(r, dict)}
+        out = []
+        for req in requests_:
+            item = by_id.get(req["id"])
+            if item is None:
+                raise _Transient(f"{self.endpoint}: batch reply misses id {req['id']}")
+            out.append(_result(item, req["method"]))
+        return out
+
+    # --- eth_* ----------------------------------------------------------------------------
+
+    def chain_id(self) -> int:
+        return _quantity(self.call("eth_chainId"), "eth_chainId")
+
+    def block_number(self) -> int:
+        return _quantity(self.call("eth_blockNumber"), "eth_blockNumber")
+
+    def get_block(self, number_or_tag: int | str) -> BlockHeader:
+        """The header of a block by number or tag (``latest``, ``safe``, ``finalized``)."""
+        return self._attempts("eth_getBlockByNumber", self._get_block_once, number_or_tag)
+
+    def _get_block_once(self, number_or_tag: int | str) -> BlockHeader:
+        number = number_or_tag if isinstance(number_or_tag, int) else None
+        ref = hex(number) if number is not None else str(number_or_tag)
+        raw = self._call_once("eth_getBlockByNumber", [ref, False])
+        return _header(raw, number, self)
+
+    def get_blocks(self, numbers: Iterable[int]) -> dict[int, BlockHeader]:
+        """Headers of ``numbers`` (batched), keyed by number."""
+        wanted = sorted(set(numbers))
+        raws = self.batch([("eth_getBlockByNumber", [hex(n), False]) for n in wanted])
+        out: dict[int, BlockHeader] = {}
+        for number, raw in zip(wanted, raws, strict=True):
+            if raw is None:  # this node lags behind the one that gave us the head: retry
+                out[number] = self.get_block(number)
+            else:
+                out[number] = _header(raw, number, self)
+        return out
+
+    def get_logs_once(
+        self, address: str, topics0: Sequence[str], from_block: int, to_block: int
+    ) -> list[dict[str, Any]]:
+        """One ``eth_getLogs`` call; :class:`LogRangeError` when the provider refuses the range."""
+        params = [
+            {
+                "address": address,
+                "topics": [list(topics0)],
+                "fromBlock": hex(from_block),
+                "toBlock": hex(to_block),
+            }
+        ]
+        logs = self.call("eth_getLogs", params)
+        if not isinstance(logs, list):
+            raise ChainError(f"eth_getLogs answered a {type(logs).__name__}, not a list")
+        return logs
+
+    def get_logs(
+        self, address: str, topics0: Sequence[str], from_block: int, to_block: int
+    ) -> list[dict[str, Any]]:
+        """Every log of ``address`` with one of ``topics0`` in ``[from_block, to_block]``.
+
+        A range the provider refuses is halved until it is accepted (a single block
+        that is still refused raises :class:`LogRangeError`).
+        """
+        out: list[dict[str, Any]] = []
+        pending = [(from_block, to_block)]
+        while pending:
+            lo, hi = pending.pop()
+            try:
+                out += self.get_logs_once(address, topics0, lo, hi)
+            except LogRangeError as exc:
+                if lo >= hi:
+                    raise
+                mid = (lo + hi) // 2
+                log.bind(stage="rpc").info("range {}-{} refused ({}); halving", lo, hi, exc)
+                pending += [(mid + 1, hi), (lo, mid)]
+        return out
+
+
+def _result(reply: Any, method: str) -> Any:
+    """The ``result`` of a JSON-RPC reply object, or the right error for its ``error``."""
+    if not isinstance(reply, dict):
+        raise ChainError(f"{method}: reply is not a JSON-RPC object")
+    error = reply.get("error")
+    if error is None:
+        if "result" not in reply:
+            raise ChainError(f"{method}: reply has neither result nor error")
+        return reply["result"]
+    code = error.get("code") if isinstance(error, dict) else None
+    message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
+    text = f"{method}: {excerpt(message)} (code {code})"
+    if code in _RATE_CODES or _RATE_ERROR.search(message):
+        raise _Transient(text)
+    if method == "eth_getLogs" and _RANGE_ERROR.search(message):
+        raise LogRangeError(text)
+    raise ChainError(text)
+
+
+def _quantity(value: Any, what: str) -> int:
+    try:
+        return quantity(value, what)
+    except DecodeError as exc:
+        raise ChainError(f"{what}: {exc}") from None
+
+
+def _header(raw: Any, number: int | None, client: RpcClient) -> BlockHeader:
+    if raw is None:
+        raise _Transient(f"{client.endpoint}: block {number} not available yet")
+    try:
+        head = header(raw)
+    except DecodeError as exc:
+        raise ChainError(f"block {number}: {exc}") from None
+    if number is not None and head.number != number:
+        raise ChainError(f"asked for block {number}, got block {head.number}")
+    return head
+
+
+__all__ = ["RPC_RETRY_SECONDS", "RPC_TIMEOUT", "RpcClient", "endpoint", "rpc_retry"]

@@ -1,0 +1,136 @@
+"""The listener's atomic append: entries, dead letters and the cursor in one Lua call.
+
+The cursor hash holds ``block`` (last block fully appended), ``hash`` (its block
+hash), ``digest`` (digest of the last entry, for the chain) and ``last_id`` (the
+stream id of the last entry). A commit names the cursor block it started from;
+if another writer moved the cursor meanwhile the script refuses the whole batch
+(:class:`CommitConflict`), so a listener killed at any instant and restarted
+appends every log exactly once.
+
+Fencing: when a lease key is given, the script also checks that the key holds
+the caller's token, so a listener that lost its lease cannot append.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final, NamedTuple
+
+import redis
+
+from shared.errors import CommitConflict
+from shared.events import LogEntry, to_fields
+from shared.keys import Keys
+from shared.redis_log import redis_retry
+
+_APPEND_LUA: Final = """
+-- KEYS: cursor hash, events stream, dead-letter stream[, lease key]
+-- ARGV: expected block ('' for none), new block, new hash, last digest, fencing token,
+--       n_entries, (v, type, data)*, n_dead, (id, reason, raw)*
+if #KEYS >= 4 and redis.call('GET', KEYS[4]) ~= ARGV[5] then
+  return redis.error_reply('CONFLICT fenced: lease ' .. KEYS[4] .. ' is not held by this token')
+end
+local cur = redis.call('HGET', KEYS[1], 'block') or ''
+if cur ~= ARGV[1] then
+  return redis.error_reply('CONFLICT cursor is at ' .. cur .. ', expected ' .. ARGV[1])
+end
+local i = 6
+local n = tonumber(ARGV[i]); i = i + 1
+local last = false
+for _ = 1, n do
+  last = redis.call('XADD', KEYS[2], '*', 'v', ARGV[i], 'type', ARGV[i + 1], 'data', ARGV[i + 2])
+  i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  redis.call('XADD', KEYS[3], '*', 'id', ARGV[i], 'reason', ARGV[i + 1], 'raw', ARGV[i + 2])
+  i = i + 3
+end
+redis.call('HSET', KEYS[1], 'block', ARGV[2], 'hash', ARGV[3], 'digest', ARGV[4])
+if last then redis.call('HSET', KEYS[1], 'last_id', last) end
+return last
+"""
+
+
+class Cursor(NamedTuple):
+    """The last block the listener appended completely, its hash, and the last digest."""
+
+    block: int
+    hash: str
+    digest: str
+
+
+class DeadLetter(NamedTuple):
+    """A log the listener could not decode: its position, why, and the raw JSON."""
+
+    ident: str
+    reason: str
+    raw: bytes
+
+
+class ListenerStore:
+    """The listener's cursor hash, ``events`` stream and dead-letter stream."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._keys = [keys.cursor, keys.events, keys.dead("listener")]
+        self._append = client.register_script(_APPEND_LUA)
+
+    def load_cursor(self) -> Cursor | None:
+        """The committed cursor, or None before the first commit."""
+        raw = redis_retry(self.client.hgetall, self.keys.cursor)
+        if not raw or b"block" not in raw:
+            return None
+        return Cursor(int(raw[b"block"]), _text(raw[b"hash"]), _text(raw[b"digest"]))
+
+    def commit(
+        self,
+        expected: Cursor | None,
+        cursor: Cursor,
+        entries: Sequence[LogEntry],
+        dead: Sequence[DeadLetter] = (),
+        *,
+        fence: tuple[str, str] | None = None,
+    ) -> str | None:
+        """Append ``entries`` and ``dead`` and move the cursor from ``expected`` to ``cursor``.
+
+        All or nothing. ``cursor.digest`` must be the digest of the last entry (or
+        the previous digest when ``entries`` is empty). ``fence`` is an optional
+        (lease key, token) pair checked in the same call. Returns the id of the last
+        appended entry (None if none); raises :class:`CommitConflict` when the stored
+        cursor is not ``expected`` (or the lease is not held).
+        """
+        keys = list(self._keys)
+        token = ""
+        if fence is not None:
+            keys.append(fence[0])
+            token = fence[1]
+        args: list[bytes | str | int] = [
+            "" if expected is None else str(expected.block),
+            str(cursor.block),
+            cursor.hash,
+            cursor.digest,
+            token,
+            len(entries),
+        ]
+        for entry in entries:
+            fields = to_fields(entry)
+            args += [fields["v"], fields["type"], fields["data"]]
+        args.append(len(dead))
+        for letter in dead:
+            args += [letter.ident, letter.reason, letter.raw]
+        try:
+            last = redis_retry(self._append, keys=keys, args=args)
+        except redis.ResponseError as exc:
+            if "CONFLICT" in str(exc):
+                raise CommitConflict(str(exc)) from exc
+            raise
+        return last.decode() if isinstance(last, bytes) else last
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+__all__ = ["Cursor", "DeadLetter", "ListenerStore"]

@@ -1,0 +1,249 @@
+"""The registry and ipam stages on a real Redis: pipeline, exactly-once, restart, dead letters."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from typing import Any
+
+import pytest
+import redis
+
+from consumers.ipam import commands as ipam_commands
+from consumers.ipam.allocate import IpamFold
+from consumers.registry import commands as registry_commands
+from consumers.registry.fold import FOLD as REGISTRY
+from consumers.registry.fold import dump, fold
+from consumers.stage import Stage
+from shared.devnet.proc import wait_for
+from shared.devnet.redis_server import RedisServer
+from shared.errors import SettingsError
+from shared.events import (
+    GENESIS_DIGEST,
+    ChainEvent,
+    LogEntry,
+    NodeAccessGranted,
+    NodeAccessRevoked,
+    NodeJoined,
+    NodeLeft,
+    PeerRemove,
+    PeerUpsert,
+    PublicKeyUpdated,
+    from_fields,
+    to_fields,
+)
+from shared.keys import Keys
+from shared.redis_log import xadd_many
+from shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+KEYS = Keys(31337, "0x5fbdb2315678afecb367f032d93f642f64180aa3")
+A = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
+B = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"
+
+
+def key(i: int) -> str:
+    return base64.b64encode(bytes([i]) * 32).decode()
+
+
+class Crash(Exception):
+    """Stands for the process dying at that instant."""
+
+
+def append_events(client: redis.Redis, *events: ChainEvent) -> list[str]:
+    """Append ``events`` to the events stream, digest-chained, one block each; their ids."""
+    existing = read(client, KEYS.events)
+    prev = existing[-1][1].digest if existing else GENESIS_DIGEST
+    first_block = len(existing) + 1
+    entries = []
+    for n, event in enumerate(events, start=first_block):
+        entry = LogEntry(
+            31337, KEYS.contract, n, f"0x{n:064x}", "0x01", 0, 1_700_000_000 + n, event
+        )
+        entry = entry.with_digest(prev)
+        prev = entry.digest
+        entries.append(to_fields(entry))
+    return [i.decode() for i in xadd_many(client, KEYS.events, entries)]
+
+
+def entries(client: redis.Redis, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
+    raw: Any = client.xrange(stream)
+    return [(i.decode(), f) for i, f in raw]
+
+
+def read(client: redis.Redis, stream: str) -> list[tuple[str, Any]]:
+    """The decoded entries of ``stream`` (typed loosely: tests look at fields)."""
+    return [(i, from_fields(f)) for i, f in entries(client, stream)]
+
+
+def drain(stage: Stage[Any]) -> None:
+    while stage.step(block_ms=None):
+        pass
+
+
+def test_events_flow_through_registry_and_ipam(redis_client: redis.Redis) -> None:
+    ids = append_events(
+        redis_client,
+        NodeAccessGranted(1, "node-a", A, key(1)),
+        NodeAccessGranted(2, "node-b", B, key(2)),
+        NodeAccessRevoked(1, "node-a"),
+    )
+    assert Stage(redis_client, KEYS, REGISTRY).step(block_ms=None) == 3
+    changes = read(redis_client, KEYS.registry)
+    assert [(type(c), c.node_id, c.cause) for _, c in changes] == [
+        (NodeJoined, "node-a", ids[0]),
+        (NodeJoined, "node-b", ids[1]),
+        (NodeLeft, "node-a", ids[2]),
+    ]
+    assert Stage(redis_client, KEYS, IpamFold()).step(block_ms=None) == 3
+    peers = read(redis_client, KEYS.peers)
+    assert [type(p) for _, p in peers] == [PeerUpsert, PeerUpsert, PeerRemove]
+    first = peers[0][1]
+    assert isinstance(first, PeerUpsert)
+    assert (first.node_id, first.public_key, first.cause, first.origin) == (
+        "node-a",
+        key(1),
+        changes[0][0],
+        ids[0],
+    )
+    assert first.ipv4.startswith("10.88.")
+    assert redis_client.get(KEYS.position("ipam")) == changes[-1][0].encode()
+
+
+@pytest.mark.parametrize("after_commit", [False, True], ids=["before-commit", "after-commit"])
+def test_a_crash_around_the_commit_never_duplicates_outputs(
+    redis_client: redis.Redis, after_commit: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append_events(redis_client, NodeAccessGranted(1, "node-a", A, key(1)))
+    stage = Stage(redis_client, KEYS, REGISTRY)
+    real_commit = stage.store.commit
+
+    def crashing_commit(expected: str, batch: Any) -> list[str]:
+        if after_commit:
+            real_commit(expected, batch)
+        raise Crash
+
+    monkeypatch.setattr(stage.store, "commit", crashing_commit)
+    with pytest.raises(Crash):
+        stage.step(block_ms=None)
+    assert redis_client.xlen(KEYS.registry) == (1 if after_commit else 0)
+    restarted = Stage(redis_client, KEYS, REGISTRY)
+    drain(restarted)
+    append_events(redis_client, NodeAccessGranted(2, "node-b", B, key(2)))
+    drain(restarted)
+    assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == ["node-a", "node-b"]
+
+
+def test_two_instances_on_the_same_keys_commit_once(redis_client: redis.Redis) -> None:
+    append_events(redis_client, NodeAccessGranted(1, "node-a", A, key(1)))
+    first = Stage(redis_client, KEYS, REGISTRY)
+    second = Stage(redis_client, KEYS, REGISTRY)
+    assert first.step(block_ms=None) == 1
+    assert second.step(block_ms=None) == 0  # its commit conflicts; it reloads instead
+    append_events(redis_client, NodeAccessRevoked(1, "node-a"))
+    drain(second)
+    drain(first)
+    changes = [type(c) for _, c in read(redis_client, KEYS.registry)]
+    assert changes == [NodeJoined, NodeLeft]
+
+
+def test_restart_resumes_from_the_committed_position_with_the_same_state(
+    redis_client: redis.Redis,
+) -> None:
+    events: list[ChainEvent] = [
+        NodeAccessGranted(1, "node-a", A, key(1)),
+        NodeAccessGranted(2, "node-b", B, key(1)),  # same key: node-b waits behind token 1
+        PublicKeyUpdated(A, key(3)),
+    ]
+    append_events(redis_client, *events[:2])
+    stage = Stage(redis_client, KEYS, REGISTRY)
+    drain(stage)
+    restarted = Stage(redis_client, KEYS, REGISTRY)
+    assert restarted.position == stage.position
+    assert restarted.state.status == stage.state.status
+    assert dump(restarted.state) == dump(stage.state)
+    append_events(redis_client, events[2])
+    drain(restarted)
+    straight, expected = fold(read(redis_client, KEYS.events))
+    assert [c for _, c in read(redis_client, KEYS.registry)] == expected
+    raw: Any = redis_client.hgetall(KEYS.state("registry"))
+    stored = {k.decode(): v for k, v in raw.items()}
+    assert stored == dump(straight)
+
+
+def test_garbage_goes_to_the_dead_letter_stream_and_the_stage_moves_on(
+    redis_client: redis.Redis,
+) -> None:
+    good = to_fields(
+        LogEntry(
+            31337, KEYS.contract, 1, "0x1", "0x2", 0, 0, NodeAccessGranted(1, "node-a", A, key(1))
+        )
+    )
+    garbage: list[dict[str, Any]] = [
+        {"v": 1, "type": "LogEntry", "data": b"{not json"},
+        {"v": 1, "type": "Bogus", "data": b"{}"},
+        {"v": 99, "type": "LogEntry", "data": good["data"]},
+        {"hello": "world"},
+        to_fields(NodeLeft("node-a", "revoked", "1-0", 1)),  # a registry change in events
+    ]
+    ids = [i.decode() for i in xadd_many(redis_client, KEYS.events, [*garbage, good])]
+    stage = Stage(redis_client, KEYS, REGISTRY)
+    assert stage.step(block_ms=None) == 6
+    dead = entries(redis_client, KEYS.dead("registry"))
+    assert [f[b"id"].decode() for _, f in dead] == ids[:5]
+    assert all(f[b"reason"] for _, f in dead)
+    assert [type(c) for _, c in read(redis_client, KEYS.registry)] == [NodeJoined]
+    assert stage.position == ids[-1]
+
+
+def test_an_entry_the_fold_refuses_is_dead_lettered_without_blocking(
+    redis_client: redis.Redis,
+) -> None:
+    hostile = NodeJoined("node\n[Peer]", 1, A, key(1), "1-0", 1)
+    fine = NodeJoined("node-b", 2, B, key(2), "2-0", 2)
+    ids = [
+        i.decode()
+        for i in xadd_many(redis_client, KEYS.registry, [to_fields(hostile), to_fields(fine)])
+    ]
+    stage = Stage(redis_client, KEYS, IpamFold())
+    drain(stage)
+    dead = entries(redis_client, KEYS.dead("ipam"))
+    assert [f[b"id"].decode() for _, f in dead] == [ids[0]]
+    assert [p.node_id for _, p in read(redis_client, KEYS.peers)] == ["node-b"]
+    assert stage.position == ids[1]
+
+
+def test_stage_callables_run_in_threads_until_stopped(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    cfg = Settings(
+        redis_url=redis_server.url,
+        chain_id=KEYS.chain_id,
+        contract=KEYS.contract,
+        pool="10.99.0.0/24",
+    )
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=fn, args=(cfg, stop), daemon=True)
+        for fn in (registry_commands.stage, ipam_commands.stage)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        append_events(redis_client, NodeAccessGranted(1, "node-a", A, key(1)))
+        wait_for(lambda: redis_client.xlen(KEYS.peers) == 1, timeout=20, what="a peer upsert")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=20)
+    assert not any(thread.is_alive() for thread in threads)
+    [(_, peer)] = read(redis_client, KEYS.peers)
+    assert peer.ipv4.startswith("10.99.0.")
+
+
+@pytest.mark.parametrize("stage", [registry_commands.stage, ipam_commands.stage])
+def test_stage_without_a_redis_url_is_a_settings_error(stage: Any) -> None:
+    cfg = Settings(chain_id=KEYS.chain_id, contract=KEYS.contract)
+    with pytest.raises(SettingsError, match="WGCHAIN_REDIS_URL"):
+        stage(cfg, threading.Event())

@@ -1,0 +1,67 @@
+"""Pure modules stay pure: importing one must not pull in redis, web3, subprocess or requests.
+
+Each module is imported in a fresh interpreter, so what another test imported
+cannot hide (or fake) a violation. Modules that do not exist yet are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+#: Modules that hold rules only (DESIGN §5 rule 2: pure folds).
+PURE_MODULES = [
+    "shared.events",
+    "shared.keys",
+    "shared.validate",
+    "shared.settings",
+    "consumers.registry.fold",
+    "consumers.ipam.allocate",
+    "consumers.agent.render",
+    "consumers.agent.desired",
+    "producers.listener.decode",
+]
+#: Modules whose presence after the import means the module can do I/O.
+FORBIDDEN = ("redis", "web3", "subprocess", "requests")
+
+_PROBE = """
+import importlib, sys
+importlib.import_module(sys.argv[1])
+print(" ".join(m for m in sys.argv[2:] if m in sys.modules))
+"""
+
+
+def _exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+@pytest.mark.parametrize("module", PURE_MODULES)
+def test_pure_module_imports_no_io_library(module: str) -> None:
+    if not _exists(module):
+        pytest.skip(f"{module} does not exist yet")
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, module, *FORBIDDEN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [], f"{module} pulls in {result.stdout.strip()}"
+
+
+def test_the_probe_sees_a_forbidden_import() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, "shared.redis_log", *FORBIDDEN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "redis" in result.stdout.split()

@@ -1,0 +1,36 @@
+"""The README stays true: its quick start, its settings table, and what CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from shared.settings import FIELDS, env_name
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+
+
+def _section(title: str) -> str:
+    match = re.search(rf"^## {title}\n(.*?)(?=^## )", README, re.S | re.M)
+    assert match, f"README has no '## {title}' section"
+    return match.group(1)
+
+
+def test_quick_start_is_exactly_two_commands():
+    blocks = re.findall(r"```sh\n(.*?)```", _section("Quick start"), re.S)
+    assert blocks == ["make demo\nmake test\n"]
+
+
+def test_ci_runs_the_readme_test_command():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"^exec make test$", script, re.M)
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("setup", "demo", "test", "check", "bench"):
+        assert re.search(rf"^{target}:", makefile, re.M), target
+
+
+def test_every_setting_is_documented():
+    table = _section("Settings")
+    missing = [env_name(f) for f in FIELDS if f"`{env_name(f)}`" not in table]
+    assert not missing, f"README settings table lacks {missing}"
