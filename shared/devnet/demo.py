@@ -76,8 +76,11 @@ def _wgchain() -> str:
 
 
 class Demo:
-    def __init__(self, workdir: Path, keep: bool, echo: Callable[[str], None]) -> None:
+    def __init__(
+        self, workdir: Path, keep: bool, echo: Callable[[str], None], file_only: bool = False
+    ) -> None:
         self.workdir = workdir
+        self.file_only = file_only
         self.keep = keep
         self.say = echo
         self.stack = contextlib.ExitStack()
@@ -124,7 +127,7 @@ class Demo:
         self.stack.callback(stop_process, proc)
 
     def start_hosts(self) -> None:
-        ok, why = netns.available()
+        ok, why = (False, "--file-only was given") if self.file_only else netns.available()
         if ok:
             self.lab = netns.Lab()
             self.stack.callback(self.lab.cleanup)
@@ -300,11 +303,14 @@ def _workdir(keep: bool) -> Iterator[Path]:
 
 @click.command()
 @click.option("--keep", is_flag=True, help="Leave the network running and print how to inspect it.")
-def demo(keep: bool) -> None:
+@click.option(
+    "--file-only", is_flag=True, help="Hosts write config files only (no namespaces, no root)."
+)
+def demo(keep: bool, file_only: bool) -> None:
     """Run the whole pipeline locally and tell what happens, step by step."""
     logs.setup("WARNING", stage="demo")  # the story is the output; components log to files
     with _workdir(keep) as workdir:
-        d = Demo(workdir, keep, click.echo)
+        d = Demo(workdir, keep, click.echo, file_only=file_only)
         try:
             d.start_services()
             d.start_hosts()

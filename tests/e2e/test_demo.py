@@ -59,3 +59,17 @@ def test_demo_tells_the_story_and_cleans_up():
         if "host     node-" in line:
             ifname = line.split("interface ")[1].split(",")[0]
             assert not Path(f"/var/run/wireguard/{ifname}.sock").exists()
+
+
+def test_demo_file_only_mode_needs_no_root():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
+    res = subprocess.run(
+        [WGCHAIN, "demo", "--file-only"],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert "file-only mode (--file-only was given)" in out
+    assert "node-c has no peers" in out  # fail closed after the transfer
+    assert out.count("skipped (file-only mode, no tunnel)") == 3
+    assert out.rstrip().endswith("done     every step behaved as the chain says.")
