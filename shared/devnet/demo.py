@@ -22,8 +22,8 @@ from pathlib import Path
 
 import click
 
-from shared.contract.client import AccessNFT
 from shared import logs
+from shared.contract.client import AccessNFT
 from shared.devnet import netns
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import stop_process, wait_for

@@ -40,7 +40,7 @@ HOSTILE = [
     "node\x00a",
     "-h",
     "--private-key=/etc/shadow",
-    "nоde-a",  # Cyrillic o
+    "n\u043ede-a",  # a look-alike: Cyrillic o
     "A" * 100_000,
     base64.b64encode(bytes(32)).decode(),  # the all-zero key
     "\udcff",
