@@ -119,7 +119,12 @@ class Stage(Generic[S]):
         """Loop until ``stop`` is set; finishes and commits the current batch first."""
         self.log.info("started at position {}", self.position)
         while not stop.is_set():
-            self.step()
+            try:
+                self.step()
+            except redis.RedisError:
+                if not stop.is_set():
+                    raise
+                self.log.warning("Redis unreachable while stopping; nothing half-committed")
         self.log.info("stopped at position {}", self.position)
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from shared import logs, settings
+from shared import logs, settings, shutdown
 from shared.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,7 +49,7 @@ def with_settings(*fields: str, stage: str = "wgchain") -> Callable[[F], F]:
 
 def stop_event() -> threading.Event:
     """An event set by SIGTERM or SIGINT, for loops that finish their batch and exit."""
-    stop = threading.Event()
+    stop = shutdown.SHUTDOWN
 
     def handler(signum: int, frame: Any) -> None:
         logs.log.info("signal {} received, finishing the current batch", signum)

@@ -20,6 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from shared import shutdown
 from shared.errors import CommitConflict, ServiceUnavailable
 from shared.events import to_fields
 from shared.logs import log, std_logger
@@ -64,7 +65,8 @@ def redacted(url: str) -> str:
 redis_retry: Final = Retrying(
     retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
     wait=wait_random_exponential(multiplier=0.2, max=5),
-    stop=stop_after_delay(REDIS_RETRY_SECONDS),
+    stop=stop_after_delay(REDIS_RETRY_SECONDS) | shutdown.requested,
+    sleep=shutdown.sleep,
     before_sleep=before_sleep_log(std_logger("redis"), 30),  # WARNING
     reraise=True,
 )

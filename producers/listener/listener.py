@@ -198,6 +198,11 @@ class Listener:
                 self.log.error("{}; trying again in {}s", exc, OUTAGE_WAIT)
                 stop.wait(OUTAGE_WAIT)
                 continue
+            except redis.RedisError:
+                if not stop.is_set():
+                    raise
+                self.log.warning("Redis unreachable while stopping; nothing half-committed")
+                break
             if covered == 0:
                 stop.wait(self.cfg.poll_interval)
         self.log.info("stopped at block {}", self.next_block - 1)

@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from producers.listener.decode import BlockHeader, header, quantity
+from shared import shutdown
 from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
 from shared.logs import log
 from shared.validate import excerpt
@@ -83,7 +84,8 @@ def _log_retry(state: RetryCallState) -> None:
 rpc_retry: Final = Retrying(
     retry=retry_if_exception_type(_Transient),
     wait=wait_random_exponential(multiplier=0.2, max=10),
-    stop=stop_after_delay(RPC_RETRY_SECONDS),
+    stop=stop_after_delay(RPC_RETRY_SECONDS) | shutdown.requested,
+    sleep=shutdown.sleep,
     before_sleep=_log_retry,
     reraise=True,
 )
@@ -106,7 +108,7 @@ class RpcClient:
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.headers["Content-Type"] = "application/json"
-        self._retry = rpc_retry.copy(stop=stop_after_delay(retry_seconds))
+        self._retry = rpc_retry.copy(stop=stop_after_delay(retry_seconds) | shutdown.requested)
         self._index = 0
         self._ids = itertools.count(1)
         self._batch_ok = True

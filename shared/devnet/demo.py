@@ -86,6 +86,7 @@ class Demo:
         self.stack = contextlib.ExitStack()
         self.hosts: dict[str, DemoHost] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.services: list[subprocess.Popen[bytes]] = []
         self.lab: netns.Lab | None = None
         self.env: dict[str, str] = {}
 
@@ -96,12 +97,14 @@ class Demo:
         if not redis_url:
             server = RedisServer(workdir=self.workdir / "redis").start()
             self.stack.callback(server.stop)
+            self.services += [server.proc] if server.proc else []
             redis_url, agent_redis_url = server.url, server.unix_url
             self.say(
                 f"redis    embedded redis-server on {server.url} (pid {server.proc.pid if server.proc else '?'})"
             )
         anvil = Anvil().start()
         self.stack.callback(anvil.cleanup)
+        self.services += [anvil.proc] if anvil.proc else []
         self.say(f"chain    anvil on {anvil.url}, chain id {anvil.chain_id}")
         self.nft = AccessNFT.deploy(anvil.url, ACCOUNTS[0][1])
         self.say(f"contract DstackAccessNFT deployed at {self.nft.address}")
@@ -285,10 +288,12 @@ class Demo:
             else:
                 self.say(f"  cat {host.config_dir}/{host.ifname}.conf")
         self.say(f"  logs and keys: {self.workdir}")
-        self.say(
-            f"  stop: kill {' '.join(str(p.pid) for p in self.procs)}"
-            + (f"; ip netns del {' '.join(self.lab.namespaces)}" if self.lab else "")
+        procs = [*self.services, *self.procs, *(self.lab.procs if self.lab else [])]
+        pids = " ".join(sorted({str(p.pid) for p in procs}))
+        netns_del = (
+            "".join(f"; ip netns del {ns}" for ns in self.lab.namespaces) if self.lab else ""
         )
+        self.say(f"  stop: kill {pids}{netns_del}; rm -rf {self.workdir}")
 
 
 @contextlib.contextmanager

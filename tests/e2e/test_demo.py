@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import require
 
 from shared.devnet import netns
+from shared.devnet.proc import wait_for
 
 WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 
@@ -38,7 +39,6 @@ def _namespaces() -> set[str]:
 def test_demo_tells_the_story_and_cleans_up():
     ok, why = netns.available()
     require(ok, f"the demo's WireGuard hosts need {why}")
-    before = _namespaces()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
     res = subprocess.run(
         [WGCHAIN, "demo"], env=env, capture_output=True, text=True, timeout=300, check=False
@@ -54,7 +54,15 @@ def test_demo_tells_the_story_and_cleans_up():
     assert "reply received" in lines[positions[4]]
     assert "reply received" in lines[positions[6]]
     assert "no reply" in lines[positions[10]]
-    assert _namespaces() == before  # every namespace it made is gone
+    made = {
+        w.rstrip(",")
+        for ln in lines
+        if "namespace " in ln
+        for w in ln.split()
+        if w.startswith("wgc")
+    }
+    assert len(made) == 3
+    assert not made & _namespaces()  # every namespace it made is gone
     for line in lines:
         if "host     node-" in line:
             ifname = line.split("interface ")[1].split(",")[0]
@@ -73,3 +81,32 @@ def test_demo_file_only_mode_needs_no_root():
     assert "node-c has no peers" in out  # fail closed after the transfer
     assert out.count("skipped (file-only mode, no tunnel)") == 3
     assert out.rstrip().endswith("done     every step behaved as the chain says.")
+
+
+def test_demo_keep_leaves_the_network_running_and_says_how_to_stop_it():
+    ok, why = netns.available()
+    require(ok, f"the demo's WireGuard hosts need {why}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
+    res = subprocess.run(
+        [WGCHAIN, "demo", "--keep"], env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    stop_line = next(ln for ln in res.stdout.splitlines() if ln.startswith("  stop: "))
+    pids = [int(p) for p in stop_line.split("kill ")[1].split(";")[0].split()]
+    try:
+        assert res.returncode == 0, res.stdout + res.stderr
+        inspect = [ln.strip() for ln in res.stdout.splitlines() if "wg show" in ln]
+        assert len(inspect) == 3
+        for cmd in inspect:  # the printed commands work: the interfaces are still up
+            shown = subprocess.run(cmd.split(), capture_output=True, text=True, check=False)
+            assert shown.returncode == 0, shown.stderr
+            assert "listening port: 51820" in shown.stdout
+        assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+    finally:
+        subprocess.run(["sh", "-c", stop_line.removeprefix("  stop: ")], check=False)
+    ours = {w for w in stop_line.split() if w.startswith("wgc")}
+    assert ours
+    assert not ours & _namespaces()
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=20, what="exit"
+    )
