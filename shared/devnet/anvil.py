@@ -18,7 +18,7 @@ from typing import Any
 
 import requests
 
-from shared.devnet.proc import free_port, stop_process, wait_for
+from shared.devnet.proc import ProcessService, free_port, wait_for
 from shared.errors import ChainError, ServiceUnavailable
 
 #: Root of the repository (holds ``.tools``).
@@ -76,7 +76,7 @@ def rpc_call(url: str, method: str, params: list[Any] | None = None) -> Any:
 
 
 @dataclass
-class Anvil:
+class Anvil(ProcessService):
     """An anvil we started: automines one block per transaction unless ``block_time`` is set."""
 
     port: int = 0
@@ -149,18 +149,3 @@ class Anvil:
 
     def block_number(self) -> int:
         return int(self.rpc("eth_blockNumber"), 16)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Anvil:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()

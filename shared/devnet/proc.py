@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from pathlib import Path
+from typing import Self, TypeVar
 
 T = TypeVar("T")
 
@@ -53,3 +55,31 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         proc.wait(timeout=timeout)
     except ProcessLookupError:
         pass
+
+
+class ProcessService:
+    """A service process we started, with its own work folder: stopped by pid, folder removed.
+
+    Subclasses (dataclasses) define ``proc``, ``workdir`` and ``start()``.
+    """
+
+    proc: subprocess.Popen[bytes] | None
+    workdir: Path
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from shared.devnet.proc import free_port, stop_process, wait_for
+from shared.devnet.proc import ProcessService, free_port, wait_for
 from shared.errors import ServiceUnavailable
 
 
@@ -33,7 +33,7 @@ def redis_server_binary() -> str:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(ProcessService):
     """A redis-server we started; listens on TCP and on a unix socket (reachable from netns)."""
 
     port: int = 0
@@ -67,26 +67,11 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no",
             "--protected-mode", "no",
         ]  # fmt: skip
-        log_file = open(self.workdir / "redis.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        with open(self.workdir / "redis.log", "ab") as log_file:
+            self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
         client = redis.Redis.from_url(self.url)
         try:
             wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")
         finally:
             client.close()
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc)
-            self.proc = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()

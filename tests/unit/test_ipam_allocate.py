@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consumers.ipam import allocate
 from consumers.ipam.allocate import IpamFold, IpamState
 from consumers.registry import fold as registry
 from shared.errors import DecodeError, SettingsError
@@ -291,12 +292,7 @@ STREAMS = st.one_of(
 def fold_all(
     ipam: IpamFold, changes: list[tuple[str, RegistryChange]], state: IpamState | None = None
 ) -> tuple[IpamState, list[PeersChange]]:
-    state = ipam.initial() if state is None else state
-    outputs: list[PeersChange] = []
-    for entry_id, change in changes:
-        state, out = ipam.apply(state, entry_id, change)
-        outputs.extend(out)
-    return state, outputs
+    return allocate.fold(changes, state, ipam)
 
 
 @settings(max_examples=150, deadline=None)
