@@ -40,7 +40,14 @@ class BuildError(WgchainError):
 
 
 class LogRangeError(ChainError):
-    """Raised when a provider refuses an ``eth_getLogs`` block range (too wide, too many results)."""
+    """Raised when a provider refuses an ``eth_getLogs`` block range (too wide, too many results).
+
+    ``suggestion`` is the ``(from, to)`` range the provider proposed instead, if any.
+    """
+
+    def __init__(self, message: str, suggestion: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.suggestion = suggestion
 
 
 class KeyFileError(WgchainError):

@@ -80,6 +80,7 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
     "chain_id",
     "start_block",
     "confirmations",
+    "finality",
     "max_block_range",
     "poll_interval",
     "pool",

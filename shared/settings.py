@@ -23,6 +23,9 @@ from shared.keys import Keys
 #: Prefix of the environment variables that configure wgchain.
 ENV_PREFIX = "WGCHAIN_"
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
+#: Block tags the listener may follow instead of counting confirmations.
+FINALITY_TAGS = frozenset({"safe", "finalized"})
+_CONFIRMATIONS_RE = re.compile(r"[0-9]{1,9}")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -40,6 +43,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     start_block: int = 0
     #: Blocks behind ``latest`` that the listener treats as final.
     confirmations: int = 2
+    #: What the listener treats as final: a number of confirmations, "safe" or "finalized"
+    #: (the block tags); when set it wins over ``confirmations`` ("" uses ``confirmations``).
+    finality: str | int = ""
     #: Largest ``eth_getLogs`` block range (blocks).
     max_block_range: int = 2000
     #: Seconds between polls of the chain head.
@@ -69,6 +75,34 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise SettingsError("WGCHAIN_CHAIN_ID", "required (a positive chain id)")
         return Keys(self.chain_id, self.contract.lower())
 
+    def finality_rule(self) -> int | str:
+        """Confirmations (an int) or a block tag (``"safe"``, ``"finalized"``).
+
+        ``finality`` wins over ``confirmations`` when set; a bad value raises
+        :class:`SettingsError` naming ``WGCHAIN_FINALITY``.
+        """
+        value = self.finality
+        if isinstance(value, bool):
+            raise SettingsError(env_name("finality"), f"{value!r} is not a finality")
+        if isinstance(value, int):
+            number = value
+        else:
+            text = value.strip().lower()
+            if not text:
+                return self.confirmations
+            if text in FINALITY_TAGS:
+                return text
+            if not _CONFIRMATIONS_RE.fullmatch(text):
+                raise SettingsError(
+                    env_name("finality"),
+                    f"{value[:40]!r} is neither a number of confirmations nor one of "
+                    + ", ".join(sorted(FINALITY_TAGS)),
+                )
+            number = int(text)
+        if number < 0:
+            raise SettingsError(env_name("finality"), "confirmations must not be negative")
+        return number
+
     @property
     def rpc_urls(self) -> list[str]:
         return [u.strip() for u in self.rpc_url.split(",") if u.strip()]
@@ -95,6 +129,7 @@ def _check(s: Settings) -> None:
     for field in ("chain_id", "start_block", "confirmations", "quarantine_blocks", "keepalive"):
         if getattr(s, field) < 0:
             raise bad(field, "must not be negative")
+    s.finality_rule()
     if s.max_block_range < 1:
         raise bad("max_block_range", "must be at least 1")
     if s.poll_interval <= 0 or s.reconcile_interval <= 0:

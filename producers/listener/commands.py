@@ -38,6 +38,7 @@ def stage(cfg: Settings, stop: threading.Event) -> None:
     "chain_id",
     "start_block",
     "confirmations",
+    "finality",
     "max_block_range",
     "poll_interval",
     stage="listener",

@@ -1,12 +1,14 @@
 """The chain listener: contract logs from final-enough blocks, appended in chain order.
 
-One :meth:`Listener.step` reads one block range after the cursor (at most
-``max_block_range`` blocks, never past ``head - confirmations``), fetches the
-logs and the headers of the blocks that hold them, checks that every log's block
-hash is the hash of the header it read (a reorg during the read means: read
-again), decodes the logs into digest-chained :class:`LogEntry` objects, and
-commits them with the new cursor in one Lua call. A log that does not decode is
-dead-lettered with its reason in the same commit, never dropped silently.
+One :meth:`Listener.step` reads one block range after the cursor (sized by a
+:class:`RangeSizer` kept across steps, at most ``max_block_range`` blocks, never
+past the last final-enough block: ``head - confirmations`` or the ``safe`` /
+``finalized`` block), fetches the logs and the headers of the blocks that hold
+them, checks that every log's block hash is the hash of the header it read (a
+reorg during the read means: read again), decodes the logs into digest-chained
+:class:`LogEntry` objects, and commits them with the new cursor in one Lua call.
+A log that does not decode is dead-lettered with its reason in the same commit,
+never dropped silently.
 """
 
 from __future__ import annotations
@@ -20,9 +22,16 @@ import msgspec
 import redis
 
 from producers.listener.decode import TOPIC0S, BlockHeader, LogRef, decode_log, log_ref
-from producers.listener.rpc import RpcClient
+from producers.listener.ranges import RangeSizer
+from producers.listener.rpc import RpcClient, refused
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
-from shared.errors import ChainError, CommitConflict, DecodeError, ServiceUnavailable
+from shared.errors import (
+    ChainError,
+    CommitConflict,
+    DecodeError,
+    LogRangeError,
+    ServiceUnavailable,
+)
 from shared.events import GENESIS_DIGEST, LogEntry
 from shared.keys import Keys
 from shared.logs import log
@@ -44,6 +53,15 @@ class ListenerConfig:
     confirmations: int = 2
     max_block_range: int = 2000
     poll_interval: float = 1.0
+    #: Block tag (``safe``, ``finalized``) followed instead of ``head - confirmations``.
+    finality_tag: str = ""
+
+    @property
+    def finality(self) -> str:
+        """What counts as final, for logs: ``"3 confirmations"`` or ``"the safe block"``."""
+        if self.finality_tag:
+            return f"the {self.finality_tag} block"
+        return f"{self.confirmations} confirmations"
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,8 @@ class Listener:
         self.log = log.bind(stage="listener", network=store.keys.tag)
         self.cursor = store.load_cursor()
         self._target = -1
+        #: Size of the next eth_getLogs range, learned from the provider across steps.
+        self.sizer = RangeSizer(cfg.max_block_range)
 
     @property
     def next_block(self) -> int:
@@ -72,9 +92,16 @@ class Listener:
         return self.cursor.block + 1 if self.cursor else self.cfg.start_block
 
     def target(self, refresh: bool = False) -> int:
-        """The last block final enough to append (``head - confirmations``)."""
+        """The last block final enough to append (``head - confirmations``, or the tag's).
+
+        Below the cursor when the node is behind (its head, or its safe/finalized
+        block, is lower than what was already appended): the loop then just waits.
+        """
         if refresh or self._target < self.next_block:
-            self._target = self.rpc.block_number() - self.cfg.confirmations
+            if self.cfg.finality_tag:
+                self._target = self.rpc.get_block(self.cfg.finality_tag).number
+            else:
+                self._target = self.rpc.block_number() - self.cfg.confirmations
         return self._target
 
     def step(self) -> int:
@@ -83,9 +110,8 @@ class Listener:
         target = self.target()
         if start > target:
             return 0
-        end = min(start + self.cfg.max_block_range - 1, target)
+        end, read = self._read_sized(start, target)
         batch_log = self.log.bind(blocks=f"{start}-{end}")
-        read = self._read(start, end)
         self._check_parent(start, read.headers)
         entries, dead = self._entries(read)
         expected = self.cursor
@@ -110,10 +136,22 @@ class Listener:
     def _prev(self) -> str:
         return self.cursor.digest if self.cursor else GENESIS_DIGEST
 
+    def _read_sized(self, start: int, target: int) -> tuple[int, _Read]:
+        """The largest range from ``start`` the provider accepts now, and its read."""
+        while True:
+            end = self.sizer.span(start, target)
+            try:
+                read = self._read(start, end)
+            except LogRangeError as exc:
+                refused(self.sizer, start, end, exc)  # raises for a refused single block
+                continue
+            self.sizer.on_success(start, end)
+            return end, read
+
     def _read(self, start: int, end: int) -> _Read:
         """Logs and headers of ``[start, end]`` that agree on every block hash."""
         for attempt in range(1, REREAD_ATTEMPTS + 1):
-            raws = self.rpc.get_logs(self.contract, TOPIC0S, start, end)
+            raws = self.rpc.get_logs_once(self.contract, TOPIC0S, start, end)
             logs: dict[tuple[int, int], tuple[LogRef, Mapping[str, Any]]] = {}
             for raw in raws:
                 ref = self._ref(raw, start, end)
@@ -158,8 +196,8 @@ class Listener:
         parent = headers[start].parent_hash
         if parent != cursor.hash:
             self.log.error(
-                "reorg deeper than {} confirmations: block {} was {}, chain now has {}",
-                self.cfg.confirmations,
+                "reorg behind {}: block {} was {}, chain now has {}",
+                self.cfg.finality,
                 cursor.block,
                 cursor.hash,
                 parent,
@@ -186,9 +224,10 @@ class Listener:
     def run(self, stop: threading.Event) -> None:
         """Append until ``stop`` is set; at the tip, poll every ``poll_interval`` seconds."""
         self.log.info(
-            "started at block {} ({} confirmations, ranges of {} blocks)",
+            "started at block {} (final: {}; ranges of {} to {} blocks)",
             self.next_block,
-            self.cfg.confirmations,
+            self.cfg.finality,
+            self.sizer.size,
             self.cfg.max_block_range,
         )
         while not stop.is_set():
@@ -215,11 +254,13 @@ def open_listener(cfg: Settings, client: redis.Redis, rpc: RpcClient | None = No
     if cfg.chain_id and cfg.chain_id != actual:
         raise ChainError(f"the RPC serves chain {actual}, but the settings say {cfg.chain_id}")
     keys = Keys(actual, cfg.contract.lower())
+    rule = cfg.finality_rule()
     config = ListenerConfig(
         chain_id=actual,
         contract=cfg.contract,
         start_block=cfg.start_block,
-        confirmations=cfg.confirmations,
+        confirmations=rule if isinstance(rule, int) else 0,
+        finality_tag=rule if isinstance(rule, str) else "",
         max_block_range=cfg.max_block_range,
         poll_interval=cfg.poll_interval,
     )

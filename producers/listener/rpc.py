@@ -4,8 +4,10 @@ Transient failures (timeouts, refused connections, HTTP 429 and 5xx, rate-limit
 errors, a block the node does not have yet) are retried by the named policy
 :data:`rpc_retry` with jittered exponential backoff, moving to the next URL on
 each failure. Anything else is a :class:`ChainError` at once; a provider that
-refuses an ``eth_getLogs`` range raises :class:`LogRangeError`, which
-:meth:`RpcClient.get_logs` answers by halving the range.
+refuses an ``eth_getLogs`` range raises :class:`LogRangeError` (with the range
+the provider suggested, when its message names one), which
+:meth:`RpcClient.get_logs` answers by asking a smaller range
+(:class:`~producers.listener.ranges.RangeSizer`).
 
 URLs often carry an API key in their path: only ``scheme://host:port`` is ever logged.
 """
@@ -29,6 +31,7 @@ from tenacity import (
 )
 
 from producers.listener.decode import BlockHeader, header, quantity
+from producers.listener.ranges import RangeSizer
 from shared import shutdown
 from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
 from shared.logs import log
@@ -42,15 +45,31 @@ RPC_RETRY_SECONDS: Final = 120.0
 BATCH_LIMIT: Final = 100
 
 #: Error texts with which providers refuse an eth_getLogs range (Alchemy, Infura,
-#: QuickNode, Ankr, public Base nodes, geth/erigon/reth).
+#: QuickNode, Ankr, Chainstack, public Base nodes, geth/erigon/reth).
 _RANGE_ERROR: Final = re.compile(
-    r"block range|range (is )?too|too (large|wide|many)|returned more than|more than \d+ "
+    r"block range|range (is )?too|too (large|wide|many)|returned more than|more than [\d,]+ "
     r"(results|logs|blocks)|max(imum)? (block )?range|response size|range limit|exceeds? (the )?"
-    r"(max|limit)|query timeout|limited to",
+    r"(max|limit|range)|range exceeds|query timeout|limited to|limit exceeded|(results|logs) "
+    r"limit|too many (results|logs)",
+    re.IGNORECASE,
+)
+#: JSON-RPC codes that, on eth_getLogs, mean "range refused" even without a known text
+#: (Infura's "limit exceeded"); -32602 (invalid params) counts only with a range text.
+_RANGE_CODES: Final = frozenset({-32005})
+#: Error texts of a node that lags behind (a load-balanced pool): retried on the next URL.
+_BEHIND_ERROR: Final = re.compile(
+    r"beyond (the )?current head|after last accepted block|header not found|unknown block",
+    re.IGNORECASE,
+)
+#: The range a provider suggests, ``[0x1, 0x2]`` or ``[1, 2]`` (first one in the text).
+_SUGGESTION: Final = re.compile(
+    r"[\[(]\s*(0x[0-9a-f]{1,16}|\d{1,19})\s*,\s*(0x[0-9a-f]{1,16}|\d{1,19})\s*[\])]",
     re.IGNORECASE,
 )
 #: Error texts of rate limiting (retried like HTTP 429).
-_RATE_ERROR: Final = re.compile(r"rate.?limit|too many requests|capacity|throttl", re.IGNORECASE)
+_RATE_ERROR: Final = re.compile(
+    r"rate.?limit|rate exceeded|too many requests|capacity|throttl", re.IGNORECASE
+)
 #: JSON-RPC error codes of rate limiting.
 _RATE_CODES: Final = frozenset({429, -32029})
 
@@ -241,26 +260,55 @@ class RpcClient:
         return logs
 
     def get_logs(
-        self, address: str, topics0: Sequence[str], from_block: int, to_block: int
+        self,
+        address: str,
+        topics0: Sequence[str],
+        from_block: int,
+        to_block: int,
+        sizer: RangeSizer | None = None,
     ) -> list[dict[str, Any]]:
         """Every log of ``address`` with one of ``topics0`` in ``[from_block, to_block]``.
 
-        A range the provider refuses is halved until it is accepted (a single block
-        that is still refused raises :class:`LogRangeError`).
+        Read in consecutive ranges sized by ``sizer`` (default: one that starts with
+        the whole range): a refused range is asked again smaller, a single block
+        that is still refused raises :class:`LogRangeError`.
         """
+        whole = max(1, to_block - from_block + 1)
+        sizer = sizer or RangeSizer(whole, initial=whole)
         out: list[dict[str, Any]] = []
-        pending = [(from_block, to_block)]
-        while pending:
-            lo, hi = pending.pop()
+        lo = from_block
+        while lo <= to_block:
+            hi = sizer.span(lo, to_block)
             try:
                 out += self.get_logs_once(address, topics0, lo, hi)
             except LogRangeError as exc:
-                if lo >= hi:
-                    raise
-                mid = (lo + hi) // 2
-                log.bind(stage="rpc").info("range {}-{} refused ({}); halving", lo, hi, exc)
-                pending += [(mid + 1, hi), (lo, mid)]
+                refused(sizer, lo, hi, exc)
+                continue
+            sizer.on_success(lo, hi)
+            lo = hi + 1
         return out
+
+
+def refused(sizer: RangeSizer, lo: int, hi: int, exc: LogRangeError) -> None:
+    """Tell ``sizer`` that ``[lo, hi]`` was refused with ``exc``, and log it."""
+    sizer.on_refused(lo, hi, exc.suggestion)
+    log.bind(stage="rpc").info(
+        "eth_getLogs {}-{} refused ({}); next range {} blocks", lo, hi, exc, sizer.size
+    )
+
+
+def suggested_range(message: str) -> tuple[int, int] | None:
+    """The ``(from, to)`` block range a provider's refusal suggests, if it names one."""
+    match = _SUGGESTION.search(message)
+    if match is None:
+        return None
+    lo, hi = (int(g, 0) if g[:2].lower() == "0x" else int(g) for g in match.groups())
+    return (lo, hi) if lo <= hi else None
+
+
+def is_range_refusal(code: Any, message: str) -> bool:
+    """Whether a JSON-RPC error of ``eth_getLogs`` refuses the block range (too wide/full)."""
+    return code in _RANGE_CODES or bool(_RANGE_ERROR.search(message))
 
 
 def _result(reply: Any, method: str) -> Any:
@@ -275,10 +323,10 @@ def _result(reply: Any, method: str) -> Any:
     code = error.get("code") if isinstance(error, dict) else None
     message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
     text = f"{method}: {excerpt(message)} (code {code})"
-    if code in _RATE_CODES or _RATE_ERROR.search(message):
+    if code in _RATE_CODES or _RATE_ERROR.search(message) or _BEHIND_ERROR.search(message):
         raise _Transient(text)
-    if method == "eth_getLogs" and _RANGE_ERROR.search(message):
-        raise LogRangeError(text)
+    if method == "eth_getLogs" and is_range_refusal(code, message):
+        raise LogRangeError(text, suggested_range(message))
     raise ChainError(text)
 
 
@@ -301,4 +349,13 @@ def _header(raw: Any, number: int | None, client: RpcClient) -> BlockHeader:
     return head
 
 
-__all__ = ["RPC_RETRY_SECONDS", "RPC_TIMEOUT", "RpcClient", "endpoint", "rpc_retry"]
+__all__ = [
+    "RPC_RETRY_SECONDS",
+    "RPC_TIMEOUT",
+    "RpcClient",
+    "endpoint",
+    "is_range_refusal",
+    "refused",
+    "rpc_retry",
+    "suggested_range",
+]

@@ -23,6 +23,7 @@ PURE_MODULES = [
     "consumers.agent.render",
     "consumers.agent.desired",
     "producers.listener.decode",
+    "producers.listener.ranges",
 ]
 #: Modules whose presence after the import means the module can do I/O.
 FORBIDDEN = ("redis", "web3", "subprocess", "requests")
