@@ -21,7 +21,7 @@ from tenacity import (
 )
 
 from shared import shutdown
-from shared.errors import CommitConflict, ServiceUnavailable
+from shared.errors import CommitConflict, ServiceUnavailable, SettingsError
 from shared.events import to_fields
 from shared.logs import log, std_logger
 
@@ -37,7 +37,13 @@ Entry = tuple[str, dict[bytes, bytes]]
 
 
 def connect(url: str) -> redis.Redis:
-    """A client for ``url`` (redis://, rediss://, unix://); fails fast with a clear error."""
+    """A client for ``url`` (redis://, rediss://, unix://); fails fast with a clear error.
+
+    An empty ``url`` is a :class:`SettingsError` naming WGCHAIN_REDIS_URL (only ``run``
+    and ``demo`` start an embedded Redis; separate processes must share one).
+    """
+    if not url:
+        raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
     client = redis.Redis.from_url(
         url,
         socket_timeout=REDIS_SOCKET_TIMEOUT + 30,
@@ -83,10 +89,11 @@ def read_after(
     else:
         res: Any = client.xread({stream: after}, count=count, block=block_ms)
         raw = res[0][1] if res else []
-    return [(_s(i), f) for i, f in raw]
+    return [(as_str(i), f) for i, f in raw]
 
 
-def _s(value: bytes | str) -> str:
+def as_str(value: bytes | str) -> str:
+    """A Redis reply (bytes or str) as str."""
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -120,6 +127,23 @@ return ids
 """
 
 
+def pack_entries(items: Sequence[Any]) -> list[Any]:
+    """Lua arguments for appending envelopes: count, then (v, type, data) per item."""
+    args: list[Any] = [len(items)]
+    for item in items:
+        f = to_fields(item)
+        args += [f["v"], f["type"], f["data"]]
+    return args
+
+
+def pack_dead(letters: Sequence[tuple[str, str, bytes]]) -> list[Any]:
+    """Lua arguments for dead letters: count, then (id, reason, raw) per letter."""
+    args: list[Any] = [len(letters)]
+    for ident, reason, raw in letters:
+        args += [ident, reason, raw]
+    return args
+
+
 @dataclass
 class Batch:
     """What one stage commit writes: state changes, output entries, dead letters."""
@@ -151,8 +175,8 @@ class StageStore:
         pipe.get(self.keys[0])
         pipe.hgetall(self.keys[1])
         raw_pos, raw_state = pipe.execute()
-        pos = _s(raw_pos) if raw_pos else START
-        return pos, {_s(k): v for k, v in raw_state.items()}
+        pos = as_str(raw_pos) if raw_pos else START
+        return pos, {as_str(k): v for k, v in raw_state.items()}
 
     def commit(self, expected: str, batch: Batch) -> list[str]:
         """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
@@ -166,20 +190,15 @@ class StageStore:
             args += [k, v]
         args.append(len(batch.state_del))
         args += sorted(batch.state_del)
-        args.append(len(batch.outputs))
-        for out in batch.outputs:
-            f = to_fields(out)
-            args += [f["v"], f["type"], f["data"]]
-        args.append(len(batch.dead))
-        for ident, reason, raw in batch.dead:
-            args += [ident, reason, raw]
+        args += pack_entries(batch.outputs)
+        args += pack_dead(batch.dead)
         try:
             ids = self._commit(keys=self.keys, args=args)
         except redis.ResponseError as exc:
             if "CONFLICT" in str(exc):
                 raise CommitConflict(str(exc)) from exc
             raise
-        return [_s(i) for i in ids]
+        return [as_str(i) for i in ids]
 
 
 def xadd_many(client: redis.Redis, stream: str, items: Iterable[Fields]) -> Sequence[Any]:

@@ -46,7 +46,7 @@ from shared.errors import (
 from shared.events import from_fields
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import START, Entry, read_after, redis_retry
+from shared.redis_log import START, Entry, as_str, read_after, redis_retry
 
 #: Entries of the peers stream read per batch.
 BATCH_SIZE: Final = 500
@@ -135,10 +135,6 @@ def write_config(path: Path, text: str, backups: int = CONFIG_BACKUPS) -> bool:
     finally:
         os.close(dir_fd)
     return True
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _ms(entry_id: str) -> int:
@@ -372,7 +368,7 @@ class Agent:
         """Write this host's status hash: position, lag, last apply, last error, peers."""
         keys = self.cfg.keys
         last: Any = redis_retry(self.client.xrevrange, keys.peers, count=1)
-        last_id = _s(last[0][0]) if last else START
+        last_id = as_str(last[0][0]) if last else START
         behind = 0
         if last_id != self.applied_position:
             after = f"({self.applied_position}" if self.applied_position != START else "-"

@@ -9,15 +9,12 @@ import click
 from consumers.registry.fold import FOLD
 from consumers.stage import Stage
 from shared.cmdline import stop_event, with_settings
-from shared.errors import SettingsError
 from shared.redis_log import connect
 from shared.settings import Settings
 
 
 def stage(cfg: Settings, stop: threading.Event) -> None:
     """Fold the events stream into the registry stream until ``stop`` is set."""
-    if not cfg.redis_url:
-        raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
     keys = cfg.keys()
     client = connect(cfg.redis_url)
     try:

@@ -15,8 +15,6 @@ from shared.settings import Settings
 
 def stage(cfg: Settings, stop: threading.Event) -> None:
     """Run the listener until ``stop`` is set."""
-    if not cfg.redis_url:
-        raise SettingsError("WGCHAIN_REDIS_URL", "required")
     if not cfg.contract:
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     client = connect(cfg.redis_url)

@@ -19,9 +19,9 @@ from typing import Final, NamedTuple
 import redis
 
 from shared.errors import CommitConflict
-from shared.events import LogEntry, to_fields
+from shared.events import LogEntry
 from shared.keys import Keys
-from shared.redis_log import redis_retry
+from shared.redis_log import as_str, pack_dead, pack_entries, redis_retry
 
 _APPEND_LUA: Final = """
 -- KEYS: cursor hash, events stream, dead-letter stream[, lease key]
@@ -82,7 +82,7 @@ class ListenerStore:
         raw = redis_retry(self.client.hgetall, self.keys.cursor)
         if not raw or b"block" not in raw:
             return None
-        return Cursor(int(raw[b"block"]), _text(raw[b"hash"]), _text(raw[b"digest"]))
+        return Cursor(int(raw[b"block"]), as_str(raw[b"hash"]), as_str(raw[b"digest"]))
 
     def commit(
         self,
@@ -112,14 +112,9 @@ class ListenerStore:
             cursor.hash,
             cursor.digest,
             token,
-            len(entries),
+            *pack_entries(entries),
+            *pack_dead(dead),
         ]
-        for entry in entries:
-            fields = to_fields(entry)
-            args += [fields["v"], fields["type"], fields["data"]]
-        args.append(len(dead))
-        for letter in dead:
-            args += [letter.ident, letter.reason, letter.raw]
         try:
             last = redis_retry(self._append, keys=keys, args=args)
         except redis.ResponseError as exc:
@@ -127,10 +122,6 @@ class ListenerStore:
                 raise CommitConflict(str(exc)) from exc
             raise
         return last.decode() if isinstance(last, bytes) else last
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 __all__ = ["Cursor", "DeadLetter", "ListenerStore"]
