@@ -12,7 +12,8 @@ New fields must get defaults so that old entries keep decoding;
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final
+from collections.abc import Iterable
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -73,9 +74,7 @@ class LogEntry(_Event, frozen=True, tag=True):
 
     def with_digest(self, prev: str) -> LogEntry:
         """This entry chained after ``prev``: its ``digest`` covers ``prev`` and every field."""
-        unsigned = msgspec.structs.replace(self, prev=prev, digest="")
-        digest = hashlib.sha256(prev.encode() + _ENCODER.encode(unsigned)).hexdigest()
-        return msgspec.structs.replace(unsigned, digest=digest)
+        return _chained(self, prev)
 
     def digest_ok(self) -> bool:
         """True when ``digest`` matches the entry's content and its ``prev``."""
@@ -87,7 +86,38 @@ class LogEntry(_Event, frozen=True, tag=True):
         return (self.block_number, self.log_index)
 
 
-EventsEntry = LogEntry
+class Retracted(_Event, frozen=True, tag=True):
+    """An earlier entry of the same stream is void: its block left the canonical chain.
+
+    After a reorg deeper than its finality margin the listener appends one for each
+    orphaned ``events`` entry, newest first, then the canonical entries; each stage
+    forwards retractions for the outputs those entries caused (``registry``, then
+    ``peers``). Readers fold as if a retracted entry had never been appended
+    (:func:`effective`). In ``events`` it is digest-chained like a :class:`LogEntry`.
+    """
+
+    #: Id of the void entry, in the same stream.
+    entry_id: str
+    #: Block of the orphaned log that started the chain of retractions, and its old hash.
+    block_number: int
+    block_hash: str
+    #: registry/peers: id of the input entry (itself a ``Retracted``) that caused this one.
+    cause: str = ""
+    #: peers: id of the registry entry that caused this one.
+    origin: str = ""
+    prev: str = GENESIS_DIGEST
+    digest: str = ""
+
+    def with_digest(self, prev: str) -> Retracted:
+        """This entry chained after ``prev`` (events stream only)."""
+        return _chained(self, prev)
+
+    def digest_ok(self) -> bool:
+        """True when ``digest`` matches the entry's content and its ``prev``."""
+        return self.with_digest(self.prev).digest == self.digest
+
+
+EventsEntry = LogEntry | Retracted
 
 # --- registry changes (DESIGN §5 registry stream) ------------------------------------
 
@@ -179,7 +209,7 @@ class AllocationPending(_Event, frozen=True, tag=True):
 
 PeersChange = PeerUpsert | PeerRemove | AllocationPending
 
-AnyEntry = LogEntry | RegistryChange | PeersChange
+AnyEntry = LogEntry | RegistryChange | PeersChange | Retracted
 
 _ENCODER: Final = msgspec.json.Encoder()
 _TYPES: Final[dict[str, type[_Event]]] = {
@@ -194,12 +224,45 @@ _TYPES: Final[dict[str, type[_Event]]] = {
         PeerUpsert,
         PeerRemove,
         AllocationPending,
+        Retracted,
     )
 }
 _DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     name: msgspec.json.Decoder(cls) for name, cls in _TYPES.items()
 }
 _CHAIN_DECODER: Final = msgspec.json.Decoder(ChainEvent)
+
+_Chained = TypeVar("_Chained", LogEntry, Retracted)
+
+
+def _chained(item: _Chained, prev: str) -> _Chained:
+    """``item`` chained after ``prev``: its ``digest`` covers ``prev`` and every field."""
+    unsigned = msgspec.structs.replace(item, prev=prev, digest="")
+    digest = hashlib.sha256(prev.encode() + _ENCODER.encode(unsigned)).hexdigest()
+    return msgspec.structs.replace(unsigned, digest=digest)
+
+
+E = TypeVar("E")
+
+
+def effective(entries: Iterable[tuple[str, E]]) -> list[tuple[str, E]]:
+    """The entries a reader folds: without retractions and the entries they retract.
+
+    ``entries`` are (id, entry) in stream order. Pure; linear in the number of
+    entries (a retraction normally names an entry near the end).
+    """
+    kept: list[tuple[str, E]] = []
+    void: set[str] = set()
+    for entry_id, entry in entries:
+        if isinstance(entry, Retracted):
+            void.add(entry.entry_id)
+            while kept and kept[-1][0] in void:
+                kept.pop()
+            continue
+        kept.append((entry_id, entry))
+    if void:
+        kept = [(i, e) for i, e in kept if i not in void]
+    return kept
 
 
 def encode(item: msgspec.Struct) -> bytes:

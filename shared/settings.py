@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from shared import validate
 from shared.errors import SettingsError
 from shared.keys import Keys
 
@@ -62,6 +63,24 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     keepalive: int = 25
     #: Seconds between an agent's full re-reconciliations (drift repair).
     reconcile_interval: float = 30.0
+    #: Who peers with whom: "mesh" (everyone) or "hub" (spokes peer only with ``hubs``).
+    topology: str = "mesh"
+    #: Hub node ids for ``topology = "hub"``, comma-separated.
+    hubs: str = ""
+    #: Seconds a listener's lease lives without renewal (takeover time after a crash).
+    lease_ttl: float = 10.0
+    #: Name of this listener process in leases and status ("" = host name and pid).
+    listener_id: str = ""
+    #: Peers-stream entries kept when trimming (0 = never trim); snapshots make up for the rest.
+    peers_retention: int = 0
+    #: Address the HTTP API listens on (host:port).
+    api_listen: str = "127.0.0.1:8080"
+    #: Bearer token the HTTP API requires for everything but /healthz and /readyz ("" = open).
+    api_token: str = ""
+    #: Entries a stage may lag behind its input before /readyz reports it not ready.
+    max_lag: int = 1000
+    #: Port of this process's Prometheus /metrics endpoint (0 = none; the API serves its own).
+    metrics_port: int = 0
     #: Log level.
     log_level: str = "INFO"
     #: Log as JSON lines instead of the human format.
@@ -104,6 +123,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return number
 
     @property
+    def hub_list(self) -> list[str]:
+        """``hubs`` as a list of node ids."""
+        return [h.strip() for h in self.hubs.split(",") if h.strip()]
+
+    @property
     def rpc_urls(self) -> list[str]:
         return [u.strip() for u in self.rpc_url.split(",") if u.strip()]
 
@@ -126,7 +150,15 @@ def _check(s: Settings) -> None:
     for url in s.rpc_urls or [""]:
         if urlsplit(url).scheme not in {"http", "https", "ws", "wss"}:
             raise bad("rpc_url", f"{url[:60]!r} is not an http(s):// or ws(s):// URL")
-    for field in ("chain_id", "start_block", "confirmations", "quarantine_blocks", "keepalive"):
+    for field in (
+        "chain_id",
+        "start_block",
+        "confirmations",
+        "quarantine_blocks",
+        "keepalive",
+        "peers_retention",
+        "max_lag",
+    ):
         if getattr(s, field) < 0:
             raise bad(field, "must not be negative")
     s.finality_rule()
@@ -147,6 +179,20 @@ def _check(s: Settings) -> None:
             raise bad("pool6", f"{s.pool6!r} is not an IPv6 network ({exc})") from None
         if pool6.prefixlen > 64 or not pool6.subnet_of(ipaddress.IPv6Network("fc00::/7")):
             raise bad("pool6", "must be a private (ULA) network of /64 or larger")
+    if s.topology not in {"mesh", "hub"}:
+        raise bad("topology", f"{s.topology[:40]!r} is neither 'mesh' nor 'hub'")
+    if s.topology == "hub" and not s.hub_list:
+        raise bad("hubs", "topology 'hub' needs at least one hub node id")
+    for hub in s.hub_list:
+        if not validate.is_valid_node_id(hub):
+            raise bad("hubs", f"{validate.excerpt(hub)} is not a valid node id")
+    if s.lease_ttl < 1:
+        raise bad("lease_ttl", "must be at least 1 second")
+    if not 0 <= s.metrics_port <= 65535:
+        raise bad("metrics_port", "must be a TCP port (0 for none)")
+    host, sep, port = s.api_listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise bad("api_listen", f"{s.api_listen[:60]!r} is not host:port")
     if s.log_level.upper() not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"}:
         raise bad("log_level", f"unknown level {s.log_level!r}")
 
