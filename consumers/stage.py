@@ -16,15 +16,17 @@ import msgspec
 import redis
 
 from shared.errors import CommitConflict, DecodeError
-from shared.events import from_fields
+from shared.events import Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import Batch, StageStore, read_after, redis_retry
+from shared.redis_log import Batch, StageStore, as_str, read_after, redis_retry
 
 #: Entries read and committed per batch.
 BATCH_SIZE: Final = 500
 #: Milliseconds one XREAD blocks waiting for new entries.
 BLOCK_MS: Final = 1000
+#: Entries per page when a retraction scans the input or output stream.
+SCAN_PAGE: Final = 5000
 
 S = TypeVar("S")
 
@@ -45,6 +47,9 @@ class Fold(Protocol[S]):
 
     def take_changes(self, state: S) -> tuple[dict[str, bytes], set[str]]:
         """Persisted fields changed since the last call: (fields to set, fields to delete)."""
+
+    def dump(self, state: S) -> dict[str, bytes]:
+        """Every persisted field of ``state`` (what the state hash holds after all commits)."""
 
 
 class Stage(Generic[S]):
@@ -94,17 +99,31 @@ class Stage(Generic[S]):
         self, entries: list[tuple[str, dict[bytes, bytes]]], poison: dict[str, str]
     ) -> Batch:
         batch = Batch(position=entries[-1][0])
+        decoded: list[tuple[str, Any]] = []
         for entry_id, fields in entries:
             if entry_id in poison:
                 batch.dead.append((entry_id, poison[entry_id], _raw(fields)))
                 continue
             try:
                 entry = from_fields(fields)
-                if not isinstance(entry, self.fold.accepts):
+                if not isinstance(entry, (*self.fold.accepts, Retracted)):
                     raise DecodeError(f"{type(entry).__name__} is not an input of {self.fold.name}")
             except DecodeError as exc:
                 self.log.warning("dead-lettering {}: {}", entry_id, exc)
                 batch.dead.append((entry_id, str(exc), _raw(fields)))
+                continue
+            decoded.append((entry_id, entry))
+        links: list[str] = []  # input id of each output in batch.outputs
+        i = 0
+        while i < len(decoded):
+            entry_id, entry = decoded[i]
+            if isinstance(entry, Retracted):
+                run = [(entry_id, entry)]
+                while i + 1 < len(decoded) and isinstance(decoded[i + 1][1], Retracted):
+                    i += 1
+                    run.append(decoded[i])
+                self._retract(run, batch, links, poison)
+                i += 1
                 continue
             try:
                 self.state, outputs = self.fold.apply(self.state, entry_id, entry)
@@ -112,8 +131,122 @@ class Stage(Generic[S]):
                 self.log.exception("cannot apply {}", entry_id)
                 raise _Poison(entry_id, f"apply failed: {exc!r}") from exc
             batch.outputs.extend(outputs)
-        batch.state_set, batch.state_del = self.fold.take_changes(self.state)
+            links.extend(entry_id for _ in outputs)
+            i += 1
+        changes = self.fold.take_changes(self.state)
+        if batch.replace:
+            batch.state_set, batch.state_del = self.fold.dump(self.state), set()
+        else:
+            batch.state_set, batch.state_del = changes
         return batch
+
+    # --- retractions (deep reorgs) ---------------------------------------------------
+
+    def _retract(
+        self,
+        run: list[tuple[str, Retracted]],
+        batch: Batch,
+        links: list[str],
+        poison: dict[str, str],
+    ) -> None:
+        """Undo the input entries that ``run`` retracts, and retract their outputs.
+
+        The state becomes a clean fold of the effective input up to the end of
+        ``run`` (rebuilt from the start of the input: deep reorgs are rare and
+        this is exact whatever the fold). Outputs of retracted inputs that are
+        still in this batch are dropped; committed ones get ``Retracted``
+        entries of their own, newest first, so the next stage does the same.
+        """
+        void = {r.entry_id: (rid, r) for rid, r in run}
+        kept = [(o, link) for o, link in zip(batch.outputs, links, strict=True) if link not in void]
+        dropped = len(batch.outputs) - len(kept)
+        batch.outputs[:] = [o for o, _ in kept]
+        links[:] = [link for _, link in kept]
+        retractions = [
+            Retracted(
+                entry_id=out_id,
+                block_number=void[cause][1].block_number,
+                block_hash=void[cause][1].block_hash,
+                cause=void[cause][0],
+                origin=void[cause][1].origin or void[cause][0],
+            )
+            for out_id, cause in self._committed_outputs(set(void))
+        ]
+        batch.outputs.extend(retractions)
+        links.extend(r.cause for r in retractions)
+        self.state = self._rebuild(run[-1][0], poison)
+        batch.replace = True
+        self.log.warning(
+            "retracted {} input entries (from block {}): {} outputs retracted, {} unpublished",
+            len(run),
+            min(r.block_number for _, r in run),
+            len(retractions),
+            dropped,
+        )
+
+    def _committed_outputs(self, inputs: set[str]) -> list[tuple[str, str]]:
+        """(output id, input id) of committed outputs caused by ``inputs``, newest first."""
+        first = min(inputs, key=_id_key)
+        found: list[tuple[str, str]] = []
+        already: set[str] = set()
+        last = "+"
+        while True:
+            page: Any = redis_retry(
+                self.client.xrevrange, self.store.keys[2], max=last, count=SCAN_PAGE
+            )
+            for raw_id, fields in page:
+                out_id = as_str(raw_id)
+                try:
+                    out = from_fields(fields)
+                except DecodeError:
+                    continue
+                if isinstance(out, Retracted):
+                    already.add(out.entry_id)
+                    continue
+                link = getattr(out, "cause", "")
+                if _id_key(link) < _id_key(first):
+                    return found
+                if link in inputs and out_id not in already:
+                    found.append((out_id, link))
+            if len(page) < SCAN_PAGE:
+                return found
+            last = f"({as_str(page[-1][0])}"
+
+    def _rebuild(self, until: str, poison: dict[str, str]) -> S:
+        """A clean fold of the effective input up to ``until`` (dead letters skipped)."""
+        skip = set(poison) | self._dead_ids()
+        items: list[tuple[str, Any]] = []
+        low = "-"
+        while True:
+            page: Any = redis_retry(
+                self.client.xrange, self.input, min=low, max=until, count=SCAN_PAGE
+            )
+            for raw_id, fields in page:
+                entry_id = as_str(raw_id)
+                if entry_id in skip:
+                    continue
+                try:
+                    entry = from_fields(fields)
+                except DecodeError:
+                    continue
+                if isinstance(entry, (*self.fold.accepts, Retracted)):
+                    items.append((entry_id, entry))
+            if len(page) < SCAN_PAGE:
+                break
+            low = f"({as_str(page[-1][0])}"
+        state = self.fold.load({})
+        for entry_id, entry in effective(items):
+            try:
+                state, _ = self.fold.apply(state, entry_id, entry)
+            except Exception:  # dead-lettered when it was first seen; skip it again
+                self.log.exception("rebuild: cannot apply {}; skipped", entry_id)
+        self.fold.take_changes(state)
+        return state
+
+    def _dead_ids(self) -> set[str]:
+        """Input ids this stage dead-lettered (they stay out of a rebuild too)."""
+        raw: Any = redis_retry(self.client.xrange, self.store.keys[3])
+        return {as_str(f[b"id"]) for _, f in raw if b"id" in f}
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; finishes and commits the current batch first."""
@@ -133,6 +266,12 @@ class _Poison(Exception):
         super().__init__(reason)
         self.entry_id = entry_id
         self.reason = reason
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair ("" sorts first)."""
+    ms, _, seq = entry_id.partition("-")
+    return (int(ms), int(seq or 0)) if ms.isdigit() else (-1, -1)
 
 
 def _raw(fields: dict[bytes, bytes]) -> bytes:

@@ -103,7 +103,7 @@ class Retracted(_Event, frozen=True, tag=True):
     block_hash: str
     #: registry/peers: id of the input entry (itself a ``Retracted``) that caused this one.
     cause: str = ""
-    #: peers: id of the registry entry that caused this one.
+    #: registry/peers: id of the ``events`` retraction at the start of the chain ("" in events).
     origin: str = ""
     prev: str = GENESIS_DIGEST
     digest: str = ""

@@ -99,13 +99,15 @@ def as_str(value: bytes | str) -> str:
 
 _COMMIT_LUA: Final = """
 -- KEYS: position, state hash, output stream, dead-letter stream
--- ARGV: expected position, new position, then counted groups:
+-- ARGV: expected position, new position, replace ('1': the state hash is rewritten whole),
+--   then counted groups:
 --   n_set, (field, value)*, n_del, field*, n_out, (v, type, data)*, n_dead, (id, reason, raw)*
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then
   return redis.error_reply('CONFLICT position is ' .. cur .. ', expected ' .. ARGV[1])
 end
-local i = 3
+if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
+local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
@@ -153,6 +155,8 @@ class Batch:
     state_del: set[str] = field(default_factory=set)
     outputs: list[Any] = field(default_factory=list)
     dead: list[tuple[str, str, bytes]] = field(default_factory=list)
+    #: True when ``state_set`` is the whole state (after a rebuild): the hash is replaced.
+    replace: bool = False
 
 
 class StageStore:
@@ -184,7 +188,11 @@ class StageStore:
         Raises :class:`CommitConflict` when the stored position is not ``expected``
         (another instance committed, or the store was reset).
         """
-        args: list[Any] = ["" if expected == START else expected, batch.position]
+        args: list[Any] = [
+            "" if expected == START else expected,
+            batch.position,
+            "1" if batch.replace else "0",
+        ]
         args.append(len(batch.state_set))
         for k, v in batch.state_set.items():
             args += [k, v]

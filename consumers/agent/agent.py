@@ -43,7 +43,7 @@ from shared.errors import (
     WgchainError,
     WireGuardError,
 )
-from shared.events import from_fields
+from shared.events import Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import START, Entry, as_str, read_after, redis_retry
@@ -52,6 +52,8 @@ from shared.redis_log import START, Entry, as_str, read_after, redis_retry
 BATCH_SIZE: Final = 500
 #: Milliseconds one XREAD blocks waiting for new peers entries.
 BLOCK_MS: Final = 1000
+#: Entries per page when a retraction makes the agent re-read the peers stream.
+REBUILD_PAGE: Final = 5000
 #: Seconds between polls of the hosts hash (endpoint announcements).
 HOSTS_POLL_SECONDS: Final = 5.0
 #: Rotated backups kept of the config file (``IF.conf.1`` newest .. ``IF.conf.5``).
@@ -173,16 +175,54 @@ class Agent:
         )
 
     def fold(self, entries: list[Entry]) -> int:
-        """Fold entries into the peer table; returns how many were consumed."""
+        """Fold entries into the peer table; returns how many were consumed.
+
+        A ``Retracted`` entry (deep reorg upstream) rebuilds the table from the
+        effective stream up to the last retraction of its run, so the table equals
+        a clean fold of the canonical history.
+        """
+        retract_until = ""
         for entry_id, fields in entries:
             try:
-                problem = self.table.apply(from_fields(fields))
+                entry = from_fields(fields)
             except DecodeError as exc:
-                problem = str(exc)
+                self.log.bind(entry=entry_id).warning("peers entry ignored: {}", exc)
+                self.position = entry_id
+                continue
+            if isinstance(entry, Retracted):
+                retract_until = entry_id
+                self.position = entry_id
+                continue
+            if retract_until:
+                self.table = self._rebuild(retract_until)
+                retract_until = ""
+            problem = self.table.apply(entry)
             if problem:
                 self.log.bind(entry=entry_id).warning("peers entry ignored: {}", problem)
             self.position = entry_id
+        if retract_until:
+            self.table = self._rebuild(retract_until)
         return len(entries)
+
+    def _rebuild(self, until: str) -> PeerTable:
+        """The peer table folded from the effective ``peers`` stream up to ``until``."""
+        items: list[tuple[str, Any]] = []
+        low = "-"
+        while True:
+            page: Any = redis_retry(
+                self.client.xrange, self.cfg.keys.peers, min=low, max=until, count=REBUILD_PAGE
+            )
+            for raw_id, fields in page:
+                with contextlib.suppress(DecodeError):
+                    items.append((as_str(raw_id), from_fields(fields)))
+            if len(page) < REBUILD_PAGE:
+                break
+            low = f"({as_str(page[-1][0])}"
+        table = PeerTable()
+        for _, entry in effective(items):
+            table.apply(entry)
+        self.log.warning("peers retracted upstream (reorg): peer table rebuilt up to {}", until)
+        return table
 
     def bootstrap(self) -> None:
         """Catch up with the stream before the first reconcile (snapshots will slot in here)."""

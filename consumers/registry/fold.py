@@ -118,6 +118,10 @@ class RegistryFold:
     name = "registry"
     accepts: tuple[type, ...] = (LogEntry,)
 
+    def dump(self, state: RegistryState) -> dict[str, bytes]:
+        """Every persisted field of ``state``."""
+        return dump(state)
+
     def load(self, fields: dict[str, bytes]) -> RegistryState:
         state = RegistryState()
         for name, raw in fields.items():
