@@ -32,7 +32,7 @@ from shared.errors import (
     LogRangeError,
     ServiceUnavailable,
 )
-from shared.events import GENESIS_DIGEST, LogEntry
+from shared.events import GENESIS_DIGEST, LogEntry, Retracted
 from shared.keys import Keys
 from shared.logs import log
 from shared.settings import Settings
@@ -85,6 +85,8 @@ class Listener:
         self._target = -1
         #: Size of the next eth_getLogs range, learned from the provider across steps.
         self.sizer = RangeSizer(cfg.max_block_range)
+        #: (lease key, fencing token) every commit checks; set while holding the lease.
+        self.fence: tuple[str, str] | None = None
 
     @property
     def next_block(self) -> int:
@@ -112,12 +114,18 @@ class Listener:
             return 0
         end, read = self._read_sized(start, target)
         batch_log = self.log.bind(blocks=f"{start}-{end}")
-        self._check_parent(start, read.headers)
+        if self._reorged(start, read.headers):
+            return self._rewind()
         entries, dead = self._entries(read)
         expected = self.cursor
-        cursor = Cursor(end, read.headers[end].hash, entries[-1].digest if entries else self._prev)
+        cursor = (expected or Cursor(start - 1, "", GENESIS_DIGEST)).advanced(
+            end,
+            read.headers[end].hash,
+            entries[-1].digest if entries else self._prev,
+            ((ref.block_number, ref.block_hash) for ref, _ in read.logs),
+        )
         try:
-            self.store.commit(expected, cursor, entries, dead)
+            self.store.commit(expected, cursor, entries, dead, fence=self.fence)
         except CommitConflict as exc:
             batch_log.warning("cursor moved under the listener ({}); reloading it", exc)
             self.cursor = self.store.load_cursor()
@@ -188,20 +196,70 @@ class Listener:
             )
         return ref
 
-    def _check_parent(self, start: int, headers: dict[int, BlockHeader]) -> None:
-        """Compare the first block's parent with the hash the cursor recorded."""
+    def _reorged(self, start: int, headers: dict[int, BlockHeader]) -> bool:
+        """True when the first block's parent is not the block the cursor recorded."""
         cursor = self.cursor
-        if cursor is None or cursor.block != start - 1:
-            return
+        if cursor is None or not cursor.hash or cursor.block != start - 1:
+            return False
         parent = headers[start].parent_hash
-        if parent != cursor.hash:
-            self.log.error(
-                "reorg behind {}: block {} was {}, chain now has {}",
-                self.cfg.finality,
-                cursor.block,
-                cursor.hash,
-                parent,
-            )
+        if parent == cursor.hash:
+            return False
+        self.log.error(
+            "reorg deeper than {}: block {} was {}, the chain now has {}",
+            self.cfg.finality,
+            cursor.block,
+            cursor.hash,
+            parent,
+        )
+        return True
+
+    def _rewind(self) -> int:
+        """Walk back to the common ancestor and retract every entry above it.
+
+        The ancestor is the newest checkpoint whose hash the chain still has (all
+        blocks below a matching hash are canonical). A checkpoint block the node
+        does not serve (a lagging node) raises from the RPC layer and the loop
+        waits: only a different hash counts as a reorg. The retractions (newest
+        first, digest-chained) and the rewound cursor are one atomic commit; the
+        canonical logs are then read again as new entries by the next steps.
+        """
+        cursor = self.cursor
+        assert cursor is not None
+        points = sorted({*cursor.recent, (cursor.block, cursor.hash)}, reverse=True)
+        chain = self.rpc.get_blocks(b for b, _ in points)
+        ancestor = next(((b, h) for b, h in points if chain[b].hash == h), None)
+        if ancestor == (cursor.block, cursor.hash):
+            self.log.warning("block {} is still {}: no reorg after all", cursor.block, cursor.hash)
+            return 0
+        if ancestor is None:  # deeper than every checkpoint: start over
+            ancestor = (self.cfg.start_block - 1, "")
+        block, block_hash = ancestor
+        prev = self._prev
+        retractions: list[Retracted] = []
+        for entry_id, orphan in self.store.live_after(block):
+            retraction = Retracted(
+                entry_id=entry_id,
+                block_number=orphan.block_number,
+                block_hash=orphan.block_hash,
+            ).with_digest(prev)
+            retractions.append(retraction)
+            prev = retraction.digest
+        recent = tuple(p for p in cursor.recent if p[0] <= block)
+        rewound = Cursor(block, block_hash, prev, recent)
+        try:
+            self.store.commit(cursor, rewound, retractions, fence=self.fence)
+        except CommitConflict as exc:
+            self.log.warning("cursor moved under the listener ({}); reloading it", exc)
+            self.cursor = self.store.load_cursor()
+            return 0
+        self.cursor = rewound
+        self.log.warning(
+            "reorg: walked back from block {} to common ancestor {}; retracted {} entries",
+            cursor.block,
+            block,
+            len(retractions),
+        )
+        return 1
 
     def _entries(self, read: _Read) -> tuple[list[LogEntry], list[DeadLetter]]:
         """Decode and chain the logs; undecodable ones become dead letters."""
@@ -221,8 +279,12 @@ class Listener:
             prev = entry.digest
         return entries, dead
 
-    def run(self, stop: threading.Event) -> None:
-        """Append until ``stop`` is set; at the tip, poll every ``poll_interval`` seconds."""
+    def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        """Append until ``stop`` is set; at the tip, poll every ``poll_interval`` seconds.
+
+        ``wake`` (set on every new head, and by whoever sets ``stop``) ends the wait
+        at the tip early; polling stays the fallback.
+        """
         self.log.info(
             "started at block {} (final: {}; ranges of {} to {} blocks)",
             self.next_block,
@@ -243,7 +305,9 @@ class Listener:
                 self.log.warning("Redis unreachable while stopping; nothing half-committed")
                 break
             if covered == 0:
-                stop.wait(self.cfg.poll_interval)
+                (wake or stop).wait(self.cfg.poll_interval)
+                if wake is not None:
+                    wake.clear()
         self.log.info("stopped at block {}", self.next_block - 1)
 
 

@@ -13,20 +13,27 @@ the caller's token, so a listener that lost its lease cannot append.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Final, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any, Final, NamedTuple
 
+import msgspec
 import redis
 
 from shared.errors import CommitConflict
-from shared.events import LogEntry
+from shared.events import LogEntry, Retracted, from_fields
 from shared.keys import Keys
 from shared.redis_log import as_str, pack_dead, pack_entries, redis_retry
+
+#: Block-hash checkpoints the cursor keeps (enough to find a common ancestor after a reorg).
+CHECKPOINTS: Final = 256
+#: Entries per page when scanning the events stream backwards.
+PAGE: Final = 1000
+_RECENT: Final = msgspec.json.Decoder(list[tuple[int, str]])
 
 _APPEND_LUA: Final = """
 -- KEYS: cursor hash, events stream, dead-letter stream[, lease key]
 -- ARGV: expected block ('' for none), new block, new hash, last digest, fencing token,
---       n_entries, (v, type, data)*, n_dead, (id, reason, raw)*
+--       recent checkpoints (JSON), n_entries, (v, type, data)*, n_dead, (id, reason, raw)*
 if #KEYS >= 4 and redis.call('GET', KEYS[4]) ~= ARGV[5] then
   return redis.error_reply('CONFLICT fenced: lease ' .. KEYS[4] .. ' is not held by this token')
 end
@@ -34,7 +41,7 @@ local cur = redis.call('HGET', KEYS[1], 'block') or ''
 if cur ~= ARGV[1] then
   return redis.error_reply('CONFLICT cursor is at ' .. cur .. ', expected ' .. ARGV[1])
 end
-local i = 6
+local i = 7
 local n = tonumber(ARGV[i]); i = i + 1
 local last = false
 for _ = 1, n do
@@ -46,18 +53,35 @@ for _ = 1, n do
   redis.call('XADD', KEYS[3], '*', 'id', ARGV[i], 'reason', ARGV[i + 1], 'raw', ARGV[i + 2])
   i = i + 3
 end
-redis.call('HSET', KEYS[1], 'block', ARGV[2], 'hash', ARGV[3], 'digest', ARGV[4])
+redis.call('HSET', KEYS[1], 'block', ARGV[2], 'hash', ARGV[3], 'digest', ARGV[4], 'recent', ARGV[6])
 if last then redis.call('HSET', KEYS[1], 'last_id', last) end
 return last
 """
 
 
 class Cursor(NamedTuple):
-    """The last block the listener appended completely, its hash, and the last digest."""
+    """The last block the listener appended completely, its hash, and the last digest.
+
+    ``recent`` holds (block, hash) checkpoints of blocks already appended (range
+    ends and blocks with logs, the newest :data:`CHECKPOINTS`): after a reorg the
+    newest one still on the chain is the common ancestor to walk back to. An
+    empty ``hash`` means unknown (the cursor was rewound past every checkpoint).
+    """
 
     block: int
     hash: str
     digest: str
+    recent: tuple[tuple[int, str], ...] = ()
+
+    def advanced(
+        self, block: int, block_hash: str, digest: str, seen: Iterable[tuple[int, str]]
+    ) -> Cursor:
+        """The cursor after appending up to ``block``; ``seen``: (block, hash) of its logs."""
+        points = dict(self.recent)
+        points.update(seen)
+        points[block] = block_hash
+        recent = tuple(sorted(points.items())[-CHECKPOINTS:])
+        return Cursor(block, block_hash, digest, recent)
 
 
 class DeadLetter(NamedTuple):
@@ -82,13 +106,39 @@ class ListenerStore:
         raw = redis_retry(self.client.hgetall, self.keys.cursor)
         if not raw or b"block" not in raw:
             return None
-        return Cursor(int(raw[b"block"]), as_str(raw[b"hash"]), as_str(raw[b"digest"]))
+        recent = _RECENT.decode(raw[b"recent"]) if raw.get(b"recent") else ()
+        return Cursor(
+            int(raw[b"block"]),
+            as_str(raw[b"hash"]),
+            as_str(raw[b"digest"]),
+            tuple((int(b), str(h)) for b, h in recent),
+        )
+
+    def live_after(self, block: int) -> list[tuple[str, LogEntry]]:
+        """Entries of logs above ``block`` that no retraction voided yet, newest first."""
+        found: list[tuple[str, LogEntry]] = []
+        void: set[str] = set()
+        last = "+"
+        while True:
+            page: Any = redis_retry(self.client.xrevrange, self.keys.events, max=last, count=PAGE)
+            for raw_id, fields in page:
+                entry_id = as_str(raw_id)
+                entry = from_fields(fields)
+                if isinstance(entry, Retracted):
+                    void.add(entry.entry_id)
+                elif isinstance(entry, LogEntry) and entry_id not in void:
+                    if entry.block_number <= block:
+                        return found
+                    found.append((entry_id, entry))
+            if len(page) < PAGE:
+                return found
+            last = f"({as_str(page[-1][0])}"
 
     def commit(
         self,
         expected: Cursor | None,
         cursor: Cursor,
-        entries: Sequence[LogEntry],
+        entries: Sequence[LogEntry | Retracted],
         dead: Sequence[DeadLetter] = (),
         *,
         fence: tuple[str, str] | None = None,
@@ -112,6 +162,7 @@ class ListenerStore:
             cursor.hash,
             cursor.digest,
             token,
+            msgspec.json.encode(cursor.recent),
             *pack_entries(entries),
             *pack_dead(dead),
         ]

@@ -276,12 +276,13 @@ def test_commit_conflict_when_the_cursor_moved(
     some_history(nft)
     keys = keys_of(anvil, nft)
     store = ListenerStore(redis_client, keys)
-    store.commit(None, Cursor(1, "0x" + "11" * 32, GENESIS_DIGEST), [])
+    block1 = anvil.rpc("eth_getBlockByNumber", ["0x1", False])["hash"]  # a real parent
+    store.commit(None, Cursor(1, block1, GENESIS_DIGEST), [])
     with pytest.raises(CommitConflict):
         store.commit(None, Cursor(2, "0x" + "22" * 32, GENESIS_DIGEST), [])
     with pytest.raises(CommitConflict):
         store.commit(Cursor(0, "", ""), Cursor(2, "0x" + "22" * 32, GENESIS_DIGEST), [])
-    assert store.load_cursor() == Cursor(1, "0x" + "11" * 32, GENESIS_DIGEST)
+    assert store.load_cursor() == Cursor(1, block1, GENESIS_DIGEST)
 
     # Two listeners on one network: the one whose cursor is stale appends nothing twice.
     first = make_listener(redis_client, anvil.url, nft.address, max_block_range=2)
@@ -413,6 +414,7 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(
         WGCHAIN_CONFIRMATIONS="0",
         WGCHAIN_MAX_BLOCK_RANGE="2",
         WGCHAIN_POLL_INTERVAL="0.1",
+        WGCHAIN_LEASE_TTL="1",  # a SIGKILLed leader's lease expires before the restart
     )
 
     def cursor_block() -> int:
