@@ -9,17 +9,21 @@ and restarting gives the same result as never killing it.
 
 from __future__ import annotations
 
+import re
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
 import redis
 
+from shared import metrics
 from shared.errors import CommitConflict, DecodeError
 from shared.events import Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import Batch, StageStore, as_str, read_after, redis_retry
+from shared.redis_log import START, Batch, StageStore, as_str, id_key, read_after, redis_retry
 
 #: Entries read and committed per batch.
 BATCH_SIZE: Final = 500
@@ -27,6 +31,12 @@ BATCH_SIZE: Final = 500
 BLOCK_MS: Final = 1000
 #: Entries per page when a retraction scans the input or output stream.
 SCAN_PAGE: Final = 5000
+#: Output entries between two snapshots (fewer with a smaller retention; never fewer than
+#: the snapshot has peers, so writing snapshots costs O(1) per output entry).
+SNAPSHOT_EVERY: Final = 1000
+#: State-hash field holding the id of the last re-drive request applied (not fold state).
+RETRY_FIELD: Final = "~retry"
+_STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 S = TypeVar("S")
 
@@ -55,29 +65,46 @@ class Fold(Protocol[S]):
 class Stage(Generic[S]):
     """Runs ``fold`` over its input stream with exactly-once effects."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, fold: Fold[S]) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, fold: Fold[S], *, retention: int = 0
+    ) -> None:
         self.fold = fold
         self.client = client
         self.input = keys.input(fold.name)
+        #: The fold's ``snapshot(state) -> bytes`` when it writes snapshots of its output.
+        self.snapshot_of: Callable[[S], bytes] | None = getattr(fold, "snapshot", None)
+        self.snapshot_key = keys.snapshot if self.snapshot_of else None
+        #: Output entries kept when trimming (0: never trim); needs snapshots.
+        self.retention = retention if self.snapshot_of else 0
         self.store = StageStore(
             client,
             position=keys.position(fold.name),
             state=keys.state(fold.name),
             output=keys.output(fold.name),
             dead=keys.dead(fold.name),
+            snapshot=self.snapshot_key,
         )
+        self._since_snapshot = 0
+        self._snapshot_size = 0
+        if self.snapshot_key and not redis_retry(self.client.exists, self.snapshot_key):
+            self._since_snapshot = SNAPSHOT_EVERY  # none yet: write one with the next batch
         self.log = log.bind(stage=fold.name, network=keys.tag)
+        self.retry = keys.retry(fold.name)
+        self.retry_position = START
         self.position, self.state = self._load()
 
     def _load(self) -> tuple[str, S]:
         position, fields = self.store.load()
+        self.retry_position = as_str(fields.pop(RETRY_FIELD, START.encode()))
         return position, self.fold.load(fields)
 
     def step(self, block_ms: int | None = BLOCK_MS, count: int = BATCH_SIZE) -> int:
         """Process at most one batch; returns the number of input entries consumed."""
+        self.redrive()
         entries = redis_retry(read_after, self.client, self.input, self.position, count, block_ms)
         if not entries:
             return 0
+        started = time.monotonic()
         poison: dict[str, str] = {}
         while True:
             try:
@@ -93,6 +120,19 @@ class Stage(Generic[S]):
             self.position, self.state = self._load()
             return 0
         self.position = batch.position
+        self._committed(batch)
+        metrics.stage_committed(
+            self.fold.name,
+            self.client,
+            self.input,
+            self.position,
+            entries=len(entries),
+            full=len(entries) == count,
+            outputs=batch.outputs,
+            dead=len(batch.dead),
+            started=started,
+            state=self.state,
+        )
         return len(entries)
 
     def _apply(
@@ -138,7 +178,41 @@ class Stage(Generic[S]):
             batch.state_set, batch.state_del = self.fold.dump(self.state), set()
         else:
             batch.state_set, batch.state_del = changes
+        every = min(SNAPSHOT_EVERY, self.retention) if self.retention else SNAPSHOT_EVERY
+        if self.snapshot_of is not None and (
+            batch.replace
+            or self._since_snapshot + len(batch.outputs) >= max(every, self._snapshot_size)
+        ):
+            batch.snapshot = self.snapshot_of(self.state)
         return batch
+
+    # --- snapshots and retention -----------------------------------------------------
+
+    def _committed(self, batch: Batch) -> None:
+        """Bookkeeping after a commit: snapshot cadence, then trimming."""
+        if batch.snapshot is None:
+            self._since_snapshot += len(batch.outputs)
+            return
+        self._since_snapshot = 0
+        self._snapshot_size = batch.snapshot.count(b'"node_id"')
+        if self.retention:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop output entries beyond ``retention``, never past the latest snapshot.
+
+        A reader whose position is older than what was dropped starts again from
+        the snapshot, so nothing it needs is lost.
+        """
+        output = self.store.keys[2]
+        newest: Any = redis_retry(self.client.xrevrange, output, "+", "-", count=self.retention)
+        through: Any = redis_retry(self.client.hget, self.snapshot_key, "id")
+        if len(newest) < self.retention or through is None:
+            return
+        keep_from = min(as_str(newest[-1][0]), as_str(through), key=id_key)
+        dropped = redis_retry(self.client.xtrim, output, minid=keep_from, approximate=False)
+        if dropped:
+            self.log.info("trimmed {} entries of {} (kept from {})", dropped, output, keep_from)
 
     # --- retractions (deep reorgs) ---------------------------------------------------
 
@@ -186,7 +260,7 @@ class Stage(Generic[S]):
 
     def _committed_outputs(self, inputs: set[str]) -> list[tuple[str, str]]:
         """(output id, input id) of committed outputs caused by ``inputs``, newest first."""
-        first = min(inputs, key=_id_key)
+        first = min(inputs, key=id_key)
         found: list[tuple[str, str]] = []
         already: set[str] = set()
         last = "+"
@@ -204,7 +278,7 @@ class Stage(Generic[S]):
                     already.add(out.entry_id)
                     continue
                 link = getattr(out, "cause", "")
-                if _id_key(link) < _id_key(first):
+                if id_key(link) < id_key(first):
                     return found
                 if link in inputs and out_id not in already:
                     found.append((out_id, link))
@@ -248,6 +322,62 @@ class Stage(Generic[S]):
         raw: Any = redis_retry(self.client.xrange, self.store.keys[3])
         return {as_str(f[b"id"]) for _, f in raw if b"id" in f}
 
+    # --- re-driven dead letters (``wgchain deadletters retry``) ------------------------
+
+    def redrive(self) -> int:
+        """Apply the dead letters an operator queued in the retry stream; returns how many.
+
+        A request names a dead letter. Its original entry goes through :meth:`_apply`
+        like an input entry (same entry id), in a commit of its own that also stores
+        the request id in the state hash (:data:`RETRY_FIELD`): a request takes effect
+        exactly once. The dead letter and the request are deleted only after that
+        commit (a stage killed in between deletes them when it restarts); an entry
+        that fails again is dead-lettered anew, with the new reason, in the commit.
+        """
+        requests: Any = redis_retry(self.client.xrange, self.retry, count=BATCH_SIZE)
+        for raw_id, fields in requests:
+            request, dead_id = as_str(raw_id), as_str(fields.get(b"dead", b""))
+            pending = id_key(request) > id_key(self.retry_position)
+            if pending and not self._redrive_one(request, dead_id):
+                return 0
+            pipe = self.client.pipeline(transaction=True)
+            if _STREAM_ID.fullmatch(dead_id):
+                pipe.xdel(self.store.keys[3], dead_id)
+            pipe.xdel(self.retry, request)
+            redis_retry(pipe.execute)
+        return len(requests)
+
+    def _redrive_one(self, request: str, dead_id: str) -> bool:
+        """Apply one request's dead letter (gone already: nothing); False on a conflict."""
+        letter: Any = []
+        if _STREAM_ID.fullmatch(dead_id):
+            letter = redis_retry(self.client.xrange, self.store.keys[3], dead_id, dead_id)
+        if not letter:
+            return True
+        fields = letter[0][1]
+        original = [(as_str(fields.get(b"id", b"?")), _unraw(fields.get(b"raw", b"")))]
+        if original[0][1].get(b"type") == b"Retracted":  # only meaningful in stream order
+            why = "a retraction is not re-driven (replay the stage instead)"
+            batch = Batch(self.position, dead=[(original[0][0], why, fields.get(b"raw", b""))])
+        else:
+            try:
+                batch = self._apply(original, {})
+            except _Poison as exc:
+                self.position, self.state = self._load()
+                batch = self._apply(original, {exc.entry_id: exc.reason})
+        batch.position = self.position
+        batch.state_set[RETRY_FIELD] = request.encode()
+        try:
+            redis_retry(self.store.commit, self.position, batch)
+        except CommitConflict as exc:
+            self.log.warning("commit conflict ({}); reloading state", exc)
+            self.position, self.state = self._load()
+            return False
+        self.retry_position = request
+        outcome = "dead-lettered again" if batch.dead else "applied"
+        self.log.info("re-drove dead letter {} (entry {}): {}", dead_id, original[0][0], outcome)
+        return True
+
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; finishes and commits the current batch first."""
         self.log.info("started at position {}", self.position)
@@ -268,13 +398,16 @@ class _Poison(Exception):
         self.reason = reason
 
 
-def _id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair ("" sorts first)."""
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0)) if ms.isdigit() else (-1, -1)
-
-
 def _raw(fields: dict[bytes, bytes]) -> bytes:
     return msgspec.json.encode(
         {k.decode("latin-1"): v.decode("latin-1") for k, v in fields.items()}
     )
+
+
+def _unraw(raw: bytes) -> dict[bytes, bytes]:
+    """The entry fields ``_raw`` encoded (empty when ``raw`` is not such an encoding)."""
+    try:
+        decoded = msgspec.json.decode(raw, type=dict[str, str])
+        return {k.encode("latin-1"): v.encode("latin-1") for k, v in decoded.items()}
+    except (msgspec.DecodeError, UnicodeEncodeError):
+        return {}

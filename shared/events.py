@@ -211,6 +211,17 @@ PeersChange = PeerUpsert | PeerRemove | AllocationPending
 
 AnyEntry = LogEntry | RegistryChange | PeersChange | Retracted
 
+
+class PeersSnapshot(msgspec.Struct, frozen=True):
+    """The full peer set as of one ``peers`` stream id (written by the ipam stage).
+
+    Not a stream entry: it lives in its own hash (``Keys.snapshot``) next to the id
+    it covers through, so a new or long-offline agent starts from it and tails.
+    """
+
+    peers: list[PeerUpsert]
+
+
 _ENCODER: Final = msgspec.json.Encoder()
 _TYPES: Final[dict[str, type[_Event]]] = {
     cls.__name__: cls

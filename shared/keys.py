@@ -60,6 +60,10 @@ class Keys:
         """Stream: entries ``stage`` could not decode or apply, with the reason."""
         return self._key(stage, "dead")
 
+    def retry(self, stage: str) -> str:
+        """Stream: dead letters an operator queued for ``stage`` to apply again."""
+        return self._key(stage, "retry")
+
     def output(self, stage: str) -> str:
         """The stream ``stage`` appends to."""
         return {"registry": self.registry, "ipam": self.peers}[stage]
@@ -68,11 +72,44 @@ class Keys:
         """The stream ``stage`` reads."""
         return {"registry": self.events, "ipam": self.registry}[stage]
 
-    @property
-    def hosts(self) -> str:
-        """Hash: node id -> JSON announcement (endpoint) written by that node's agent."""
-        return self._key("hosts")
+    def host_announce(self, node_id: str) -> str:
+        """String: JSON announcement (endpoint) written by ``node_id``'s agent, and only by it."""
+        return self._key("host", node_id, "announce")
 
     def host_status(self, node_id: str) -> str:
         """Hash: one agent's applied position, lag, last apply and last error."""
         return self._key("host", node_id, "status")
+
+    @property
+    def lease(self) -> str:
+        """String with a TTL: ``<fence>:<listener id>`` of the listener allowed to append."""
+        return self._key("listener", "lease")
+
+    @property
+    def fence(self) -> str:
+        """Counter: the last fencing number handed out with :attr:`lease` (only grows)."""
+        return self._key("listener", "fence")
+
+    @property
+    def backfill_plan(self) -> str:
+        """Hash: the running backfill's plan (id, start, end, size); absent when none runs."""
+        return self._key("backfill", "plan")
+
+    @property
+    def backfill_staged(self) -> str:
+        """Hash: ``<from>-<to>`` -> JSON of a fetched range waiting for the listener."""
+        return self._key("backfill", "staged")
+
+    def backfill_claim(self, span: str) -> str:
+        """String with a short TTL: the worker fetching range ``span`` right now."""
+        return self._key("backfill", "claim", span)
+
+    @property
+    def backfill_queue(self) -> str:
+        """Name of the rq queue of this network's backfill jobs."""
+        return self._key("backfill")
+
+    @property
+    def snapshot(self) -> str:
+        """Hash: ``id`` (peers stream id it covers through) and ``data`` (the full peer set)."""
+        return self._key("peers", "snapshot")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from tenacity import (
     Retrying,
     before_sleep_log,
@@ -31,6 +33,8 @@ START: Final = "0-0"
 REDIS_RETRY_SECONDS: Final = 60.0
 #: Seconds a socket connect or read may take.
 REDIS_SOCKET_TIMEOUT: Final = 10.0
+#: URL schemes of a Redis Cluster, and the scheme of one of its nodes.
+CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 Fields = dict[str, bytes | str | int]
 Entry = tuple[str, dict[bytes, bytes]]
@@ -39,20 +43,32 @@ Entry = tuple[str, dict[bytes, bytes]]
 def connect(url: str) -> redis.Redis:
     """A client for ``url`` (redis://, rediss://, unix://); fails fast with a clear error.
 
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) connects to a Redis Cluster
+    through any of its nodes: every multi-key command and script of wgchain uses the keys
+    of one network, which share a hash tag and so one slot. User, password and query
+    options (``?ssl_ca_certs=/path/ca.pem``) work as in redis-py's ``from_url``.
+
     An empty ``url`` is a :class:`SettingsError` naming WGCHAIN_REDIS_URL (only ``run``
     and ``demo`` start an embedded Redis; separate processes must share one).
     """
     if not url:
         raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
-    client = redis.Redis.from_url(
-        url,
-        socket_timeout=REDIS_SOCKET_TIMEOUT + 30,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-        health_check_interval=30,
-    )
+    scheme, _, rest = url.partition("://")
+    options: dict[str, Any] = {
+        "socket_timeout": REDIS_SOCKET_TIMEOUT + 30,
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+        "health_check_interval": 30,
+    }
     try:
+        if scheme in CLUSTER_SCHEMES:
+            base = f"{CLUSTER_SCHEMES[scheme]}://{rest}"
+            client = cast(redis.Redis, RedisCluster.from_url(base, **options))
+        else:
+            client = redis.Redis.from_url(url, **options)
         client.ping()
-    except redis.RedisError as exc:
+    except ValueError as exc:
+        raise SettingsError("WGCHAIN_REDIS_URL", f"{redacted(url)}: {exc}") from None
+    except (redis.RedisError, RedisClusterException) as exc:
         raise ServiceUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from exc
     return client
 
@@ -92,6 +108,12 @@ def read_after(
     return [(as_str(i), f) for i, f in raw]
 
 
+def id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair (anything that is not an id sorts first)."""
+    ms, _, seq = entry_id.partition("-")
+    return (int(ms), int(seq or 0)) if ms.isdigit() and (not seq or seq.isdigit()) else (-1, -1)
+
+
 def as_str(value: bytes | str) -> str:
     """A Redis reply (bytes or str) as str."""
     return value.decode() if isinstance(value, bytes) else value
@@ -101,7 +123,8 @@ _COMMIT_LUA: Final = """
 -- KEYS: position, state hash, output stream, dead-letter stream
 -- ARGV: expected position, new position, replace ('1': the state hash is rewritten whole),
 --   then counted groups:
---   n_set, (field, value)*, n_del, field*, n_out, (v, type, data)*, n_dead, (id, reason, raw)*
+--   n_set, (field, value)*, n_del, field*, n_out, (v, type, data)*, n_dead, (id, reason, raw)*,
+--   n_snapshot (0 or 1), snapshot data (written to KEYS[5] with the last output id it covers)
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then
   return redis.error_reply('CONFLICT position is ' .. cur .. ', expected ' .. ARGV[1])
@@ -123,6 +146,15 @@ n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('XADD', KEYS[4], '*', 'id', ARGV[i], 'reason', ARGV[i + 1], 'raw', ARGV[i + 2])
   i = i + 3
+end
+n = tonumber(ARGV[i]); i = i + 1
+if n == 1 and #KEYS >= 5 then
+  local through = ids[#ids]
+  if not through then
+    local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+    through = last and last[1] or '0-0'
+  end
+  redis.call('HSET', KEYS[5], 'id', through, 'data', ARGV[i])
 end
 if ARGV[2] ~= cur then redis.call('SET', KEYS[1], ARGV[2]) end
 return ids
@@ -157,16 +189,27 @@ class Batch:
     dead: list[tuple[str, str, bytes]] = field(default_factory=list)
     #: True when ``state_set`` is the whole state (after a rebuild): the hash is replaced.
     replace: bool = False
+    #: A snapshot of the output as of this commit (written with the last output id).
+    snapshot: bytes | None = None
 
 
 class StageStore:
     """A stage's position, state hash, output stream and dead-letter stream in Redis."""
 
     def __init__(
-        self, client: redis.Redis, *, position: str, state: str, output: str, dead: str
+        self,
+        client: redis.Redis,
+        *,
+        position: str,
+        state: str,
+        output: str,
+        dead: str,
+        snapshot: str | None = None,
     ) -> None:
         self.client = client
         self.keys = [position, state, output, dead]
+        if snapshot is not None:
+            self.keys.append(snapshot)
         self._commit = client.register_script(_COMMIT_LUA)
 
     def load(self) -> tuple[str, dict[str, bytes]]:
@@ -200,6 +243,7 @@ class StageStore:
         args += sorted(batch.state_del)
         args += pack_entries(batch.outputs)
         args += pack_dead(batch.dead)
+        args += [0] if batch.snapshot is None else [1, batch.snapshot]
         try:
             ids = self._commit(keys=self.keys, args=args)
         except redis.ResponseError as exc:

@@ -16,6 +16,7 @@ import click
 import msgspec
 import requests
 
+from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.devnet.redis_server import RedisServer
 from shared.errors import ChainError, WgchainError
@@ -55,6 +56,9 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
     def guarded(name: str, fn: StageFn) -> None:
         try:
             fn(cfg, stop)
+        except WgchainError as exc:  # deliberate: reported in one line by the caller
+            failures.append(f"{name}: {exc}")
+            stop.set()
         except Exception as exc:
             failures.append(f"{name}: {exc}")
             log.bind(stage=name).exception("stage failed; stopping the others")
@@ -86,14 +90,19 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
     "pool",
     "pool6",
     "quarantine_blocks",
+    "lease_ttl",
+    "listener_id",
+    "metrics_port",
     stage="run",
 )
 def run(cfg: Settings) -> None:
     """Run listener, registry and ipam in one process (embedded Redis when no URL is set)."""
     if cfg.chain_id == 0:
-        cfg = msgspec.structs.replace(cfg, chain_id=chain_id_of(cfg.rpc_urls[0]))
+        calls = [u for u in cfg.rpc_urls if u.startswith("http")] or cfg.rpc_urls  # not ws(s)
+        cfg = msgspec.structs.replace(cfg, chain_id=chain_id_of(calls[0]))
     cfg.keys()  # validates contract and chain id before anything starts
     stop = stop_event()
+    metrics.serve(cfg.metrics_port)
     embedded: RedisServer | None = None
     if not cfg.redis_url:
         embedded = RedisServer(appendonly=True).start()

@@ -27,12 +27,14 @@ _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 #: Block tags the listener may follow instead of counting confirmations.
 FINALITY_TAGS = frozenset({"safe", "finalized"})
 _CONFIRMATIONS_RE = re.compile(r"[0-9]{1,9}")
+#: Schemes of ``redis_url`` (``+cluster``: a Redis Cluster reached through one of its nodes).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every setting, with its default. Field ``x`` is ``WGCHAIN_X`` and ``--x``."""
 
-    #: Redis URL (redis://, rediss://, unix://); empty starts an embedded redis-server.
+    #: Redis URL (redis://, rediss://, unix://, redis+cluster://); empty starts an embedded one.
     redis_url: str = ""
     #: JSON-RPC URL(s) of the chain, comma-separated.
     rpc_url: str = "http://127.0.0.1:8545"
@@ -145,8 +147,8 @@ def _check(s: Settings) -> None:
 
     if s.contract and not _ADDRESS_RE.fullmatch(s.contract):
         raise bad("contract", f"{s.contract[:60]!r} is not a 0x-prefixed 20-byte address")
-    if s.redis_url and urlsplit(s.redis_url).scheme not in {"redis", "rediss", "unix"}:
-        raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+    if s.redis_url and urlsplit(s.redis_url).scheme not in REDIS_SCHEMES:
+        raise bad("redis_url", "must start with redis://, rediss://, unix:// or redis+cluster://")
     for url in s.rpc_urls or [""]:
         if urlsplit(url).scheme not in {"http", "https", "ws", "wss"}:
             raise bad("rpc_url", f"{url[:60]!r} is not an http(s):// or ws(s):// URL")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
+import msgspec
 import redis
 
 from consumers.agent.desired import Desired, PeerTable, Policy, desired_state, parse_endpoint
@@ -36,6 +37,7 @@ from consumers.agent.render import (
     wanted_peers,
 )
 from consumers.agent.wg import WireGuard
+from shared import metrics
 from shared.errors import (
     DecodeError,
     KeyFileError,
@@ -43,10 +45,11 @@ from shared.errors import (
     WgchainError,
     WireGuardError,
 )
-from shared.events import Retracted, effective, from_fields
+from shared.events import PeersSnapshot, Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import START, Entry, as_str, read_after, redis_retry
+from shared.redis_log import START, Entry, as_str, id_key, read_after, redis_retry
+from shared.validate import excerpt
 
 #: Entries of the peers stream read per batch.
 BATCH_SIZE: Final = 500
@@ -54,7 +57,7 @@ BATCH_SIZE: Final = 500
 BLOCK_MS: Final = 1000
 #: Entries per page when a retraction makes the agent re-read the peers stream.
 REBUILD_PAGE: Final = 5000
-#: Seconds between polls of the hosts hash (endpoint announcements).
+#: Seconds between polls of the members' endpoint announcements.
 HOSTS_POLL_SECONDS: Final = 5.0
 #: Rotated backups kept of the config file (``IF.conf.1`` newest .. ``IF.conf.5``).
 CONFIG_BACKUPS: Final = 5
@@ -139,6 +142,15 @@ def write_config(path: Path, text: str, backups: int = CONFIG_BACKUPS) -> bool:
     return True
 
 
+_SNAPSHOT: Final = msgspec.json.Decoder(PeersSnapshot)
+
+
+def _before(entry_id: str) -> str:
+    """The stream id just before ``entry_id``."""
+    ms, seq = id_key(entry_id)
+    return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}"
+
+
 def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0]) if entry_id and entry_id != START else 0
 
@@ -169,10 +181,61 @@ class Agent:
     # --- inputs ----------------------------------------------------------------------
 
     def read_peers(self, block_ms: int | None) -> list[Entry]:
-        """The next batch of ``peers`` entries after our position."""
+        """The next batch of ``peers`` entries after our position.
+
+        First checks that the stream still holds everything after our position: when
+        entries we have not read were trimmed (retention) we start again from the
+        snapshot; when the stream was reset (Redis lost its data) from scratch.
+        """
+        if self.position != START:
+            self._check_continuity()
         return redis_retry(
             read_after, self.client, self.cfg.keys.peers, self.position, BATCH_SIZE, block_ms
         )
+
+    def _check_continuity(self) -> None:
+        """Start again when entries after our position are gone (trimmed, or Redis reset)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xinfo_stream(self.cfg.keys.peers)
+        pipe.xrange(self.cfg.keys.peers, min=self.position, max=self.position)
+        info, ours = redis_retry(pipe.execute, raise_on_error=False)
+        deleted = START
+        if isinstance(info, dict):
+            deleted = as_str(info.get("max-deleted-entry-id") or START)
+        if id_key(deleted) > id_key(self.position):
+            self.log.warning(
+                "peers entries after {} were trimmed before we read them: using the snapshot",
+                self.position,
+            )
+        elif isinstance(ours, list) and not ours:
+            self.log.warning(
+                "our position {} is not in the peers stream (Redis was reset?): reading again",
+                self.position,
+            )
+        else:
+            return
+        self.table, self.position = PeerTable(), START
+        self.load_snapshot()
+
+    def load_snapshot(self, newer_than: str = START) -> bool:
+        """Replace the table with the latest snapshot if it is newer than ``newer_than``."""
+        raw: Any = redis_retry(self.client.hmget, self.cfg.keys.snapshot, "id", "data")
+        if raw[0] is None or raw[1] is None:
+            return False
+        through = as_str(raw[0])
+        if id_key(through) <= id_key(newer_than):
+            return False
+        try:
+            snapshot = _SNAPSHOT.decode(raw[1])
+        except msgspec.DecodeError as exc:
+            self.log.error("snapshot unreadable ({}); ignoring it", excerpt(str(exc)))
+            return False
+        table = PeerTable()
+        for peer in snapshot.peers:
+            table.apply(peer)
+        self.table, self.position = table, through
+        self.log.info("peer table from the snapshot at {} ({} peers)", through, len(table.records))
+        return True
 
     def fold(self, entries: list[Entry]) -> int:
         """Fold entries into the peer table; returns how many were consumed.
@@ -183,6 +246,8 @@ class Agent:
         """
         retract_until = ""
         for entry_id, fields in entries:
+            if id_key(entry_id) <= id_key(self.position):
+                continue  # already covered by a snapshot loaded in this batch
             try:
                 entry = from_fields(fields)
             except DecodeError as exc:
@@ -194,15 +259,28 @@ class Agent:
                 self.position = entry_id
                 continue
             if retract_until:
-                self.table = self._rebuild(retract_until)
+                self._retract(retract_until)
                 retract_until = ""
+                if id_key(entry_id) <= id_key(self.position):
+                    continue
             problem = self.table.apply(entry)
             if problem:
                 self.log.bind(entry=entry_id).warning("peers entry ignored: {}", problem)
             self.position = entry_id
         if retract_until:
-            self.table = self._rebuild(retract_until)
+            self._retract(retract_until)
         return len(entries)
+
+    def _retract(self, until: str) -> None:
+        """Make the table a clean fold of the effective stream up to ``until``.
+
+        The ipam stage writes a snapshot in the same commit as any retraction, so
+        the snapshot (which may be newer still) is the quick and exact way; without
+        one, the stream is folded again from its start.
+        """
+        self.log.warning("peers retracted upstream (reorg) at {}", until)
+        if not self.load_snapshot(newer_than=_before(until)):
+            self.table, self.position = self._rebuild(until), until
 
     def _rebuild(self, until: str) -> PeerTable:
         """The peer table folded from the effective ``peers`` stream up to ``until``."""
@@ -221,11 +299,12 @@ class Agent:
         table = PeerTable()
         for _, entry in effective(items):
             table.apply(entry)
-        self.log.warning("peers retracted upstream (reorg): peer table rebuilt up to {}", until)
+        self.log.info("peer table folded again up to {}", until)
         return table
 
     def bootstrap(self) -> None:
-        """Catch up with the stream before the first reconcile (snapshots will slot in here)."""
+        """Catch up before the first reconcile: the latest snapshot, then the stream after it."""
+        self.load_snapshot(newer_than=self.position)
         while self.fold(batch := self.read_peers(None)) == BATCH_SIZE and batch:
             pass
 
@@ -254,14 +333,15 @@ class Agent:
         return True
 
     def refresh_announcements(self) -> bool:
-        """Re-read the hosts hash; True when any announcement changed."""
-        raw: Any = redis_retry(self.client.hgetall, self.cfg.keys.hosts)
-        fresh: dict[str, bytes] = {}
-        for k, v in raw.items():
-            try:
-                fresh[k.decode("ascii")] = v
-            except UnicodeDecodeError:
-                continue
+        """Re-read the members' announcements (one MGET); True when any changed.
+
+        Each agent writes only its own key (``Keys.host_announce``), so an ACL can
+        confine it; the list of hosts comes from the peer table, not a shared index.
+        """
+        nodes = sorted(self.table.records)
+        keys = [self.cfg.keys.host_announce(node) for node in nodes]
+        raw: Any = redis_retry(self.client.mget, keys) if keys else []
+        fresh = {node: value for node, value in zip(nodes, raw, strict=True) if value is not None}
         changed = fresh != self.announcements
         self.announcements = fresh
         return changed
@@ -270,12 +350,14 @@ class Agent:
         if self.cfg.endpoint is None:
             return
         doc = {"endpoint": self.cfg.endpoint, "listen_port": self.cfg.listen_port}
-        redis_retry(self.client.hset, self.cfg.keys.hosts, self.cfg.node_id, json.dumps(doc))
+        key = self.cfg.keys.host_announce(self.cfg.node_id)
+        redis_retry(self.client.set, key, json.dumps(doc))
 
     # --- reconcile -------------------------------------------------------------------
 
     def reconcile(self, reason: str) -> bool:
         """Bring the interface (or only the file) to the desired state; True on success."""
+        started = time.monotonic()
         self.refresh_announcements()
         desired = desired_state(
             self.table.records,
@@ -314,6 +396,7 @@ class Agent:
             self.last_apply = time.time()
             self.last_error = ""
             self.log.debug("reconciled ({}): {} peers", reason, len(desired.peers))
+        metrics.agent_applied(self.cfg.keys.tag, started)
         self.report()
         return ok
 
@@ -400,6 +483,7 @@ class Agent:
     # --- reporting -------------------------------------------------------------------
 
     def _error(self, message: str) -> None:
+        metrics.agent_error(self.cfg.keys.tag)
         if message != self.last_error:
             self.log.error("{}", message)
         self.last_error = message
@@ -441,6 +525,8 @@ class Agent:
         self.own_public_key = public_key_from_file(self.cfg.private_key_file)
         self.check_key_file()
         self.log.info("own public key {}", self.own_public_key)
+        policy = self.cfg.policy
+        self.log.info("topology {} {}", policy.topology, ",".join(policy.hubs))
         if self.wg is None:
             self.log.warning("file-only mode: writing {} only, no wg/ip", self.cfg.config_path)
         else:

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from consumers.agent.acl import agent_user, password_from_file, setuser
 from consumers.agent.agent import Agent, AgentConfig, is_valid_ifname
 from consumers.agent.desired import Policy, parse_endpoint
 from consumers.agent.keys import generate_private_key_file
 from consumers.agent.wg import Wg
+from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import ServiceUnavailable
 from shared.redis_log import connect
@@ -42,7 +44,10 @@ from shared.validate import excerpt, is_valid_node_id
     "pool6",
     "endpoint_template",
     "keepalive",
+    "topology",
+    "hubs",
     "reconcile_interval",
+    "metrics_port",
     stage="agent",
 )
 @click.pass_context
@@ -88,6 +93,8 @@ def agent(
             pool6=cfg.pool6,
             endpoint_template=cfg.endpoint_template,
             keepalive=cfg.keepalive,
+            topology=cfg.topology,
+            hubs=tuple(cfg.hub_list),
         ),
         listen_port=listen_port,
         endpoint=parse_endpoint(endpoint) if endpoint else None,
@@ -96,6 +103,7 @@ def agent(
         reconcile_interval=cfg.reconcile_interval,
     )
     stop = stop_event()
+    metrics.serve(cfg.metrics_port)
     client = connect(cfg.redis_url)
     try:
         Agent(config, client, None if file_only else Wg()).run(stop)
@@ -111,3 +119,24 @@ def agent(
 def init(private_key_file: Path, force: bool) -> None:
     """Create a WireGuard key pair: the private key in a 0600 file, the public key printed."""
     click.echo(generate_private_key_file(private_key_file, overwrite=force))
+
+
+@agent.command("acl")
+@click.option("--node", "node_id", required=True, help="The host's node id.")
+@click.option(
+    "--password-file",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The agent's Redis password (a random one is created, mode 0600, if missing).",
+)
+@with_settings("chain_id", "contract", stage="agent")
+def acl(cfg: Settings, node_id: str, password_file: Path) -> None:
+    """Print the ACL SETUSER command that confines this host's agent (run it as a Redis admin)."""
+    if not is_valid_node_id(node_id):
+        raise click.BadParameter(f"{excerpt(node_id)!r} is not a node id", param_hint="--node")
+    rules = setuser(cfg.keys(), node_id, password_from_file(password_file))
+    click.echo(" ".join(rules))
+    click.echo(
+        f"# the agent's URL: redis://{agent_user(node_id)}:<password in {password_file}>@HOST:PORT",
+        err=True,
+    )

@@ -6,6 +6,11 @@ table, the host's own public key and the hosts' endpoint announcements into the
 peer set of one node (DESIGN §4). It fails closed, with a reason, when the node is
 not a live member or the chain's key is not the host's own key.
 
+Topologies: ``mesh`` peers every member with every other, each with its /32 (and
+/128). ``hub`` peers hubs with everyone and spokes with the hubs only; on a spoke
+the first live hub also carries the whole pool, so spoke-to-spoke traffic goes
+through that hub (which must forward it: ``net.ipv4.ip_forward=1``).
+
 Every string is validated again here (node ids, keys, addresses, endpoints) even
 though upstream stages validated it: nothing unchecked reaches a file or argv.
 """
@@ -16,7 +21,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Final
 
 from shared.events import AllocationPending, PeerRemove, PeerUpsert
@@ -137,11 +142,18 @@ class Policy:
     #: PersistentKeepalive (seconds, 0 for off).
     keepalive: int = 25
     topology: str = "mesh"
-    hubs: frozenset[str] = field(default_factory=frozenset)
+    #: Hub node ids for ``topology = "hub"``, in order of preference: a spoke routes the
+    #: whole pool through the first of them that is a live member.
+    hubs: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.topology not in TOPOLOGIES:
             raise ValueError(f"unknown topology {self.topology!r} (one of {TOPOLOGIES})")
+        if self.topology == "hub" and not self.hubs:
+            raise ValueError("topology 'hub' needs at least one hub node id")
+        bad = [h for h in self.hubs if not is_valid_node_id(h)]
+        if bad:
+            raise ValueError(f"invalid hub node id {excerpt(bad[0])}")
         if self.keepalive < 0 or self.keepalive > 65535:
             raise ValueError("keepalive must be 0..65535 seconds")
         ipaddress.IPv4Network(self.pool)
@@ -237,6 +249,8 @@ def desired_state(
         peers.append(
             DesiredPeer(other, record.public_key, tuple(allowed), endpoint, policy.keepalive)
         )
+    if policy.topology == "hub" and node_id not in policy.hubs:
+        peers = _route_through_hub(peers, policy, pool, pool6)
     return Desired(node_id, tuple(addresses), tuple(peers), None, tuple(skipped))
 
 
@@ -245,6 +259,26 @@ def _selected(policy: Policy, node_id: str, other: str) -> bool:
     if policy.topology == "mesh":
         return True
     return node_id in policy.hubs or other in policy.hubs
+
+
+def _route_through_hub(
+    peers: list[DesiredPeer],
+    policy: Policy,
+    pool: ipaddress.IPv4Network,
+    pool6: ipaddress.IPv6Network | None,
+) -> list[DesiredPeer]:
+    """A spoke's peers with the whole pool routed to its first live hub.
+
+    WireGuard gives a prefix to one peer only, so one hub carries the pool (and the
+    IPv6 pool); the others keep their own addresses. Traffic to another spoke then
+    goes to that hub, which forwards it when routing is enabled on it.
+    """
+    present = {p.node_id for p in peers}
+    route = next((h for h in policy.hubs if h in present), None)
+    pools = (str(pool),) + ((str(pool6),) if pool6 is not None else ())
+    return [
+        replace(p, allowed_ips=p.allowed_ips + pools) if p.node_id == route else p for p in peers
+    ]
 
 
 def _record_problem(

@@ -36,6 +36,7 @@ from shared.events import (
     NodeLeft,
     PeerRemove,
     PeersChange,
+    PeersSnapshot,
     PeerUpsert,
 )
 from shared.validate import excerpt, is_valid_node_id, is_valid_wg_key
@@ -222,6 +223,19 @@ class IpamFold:
                 to_set[name] = value
         state.dirty.clear()
         return to_set, to_del
+
+    def snapshot(self, state: IpamState) -> bytes:
+        """The full peer set (every node holding an address), for ``Keys.snapshot``."""
+        peers = []
+        for node_id, address in sorted(state.nodes.items()):
+            if address.live:
+                v4, v6 = self.addresses(address.offset)
+                peers.append(
+                    PeerUpsert(
+                        node_id, address.public_key, v4, "snapshot", "snapshot", state.clock, v6
+                    )
+                )
+        return msgspec.json.encode(PeersSnapshot(peers))
 
     # --- helpers --------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import click
 
 from consumers.ipam.allocate import IpamFold
 from consumers.stage import Stage
+from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.redis_log import connect
 from shared.settings import Settings
@@ -19,15 +20,25 @@ def stage(cfg: Settings, stop: threading.Event) -> None:
     ipam = IpamFold.from_settings(cfg)
     client = connect(cfg.redis_url)
     try:
-        Stage(client, keys, ipam).run(stop)
+        Stage(client, keys, ipam, retention=cfg.peers_retention).run(stop)
     finally:
         client.close()
 
 
 @click.command()
 @with_settings(
-    "redis_url", "chain_id", "contract", "pool", "pool6", "quarantine_blocks", stage="ipam"
+    "redis_url",
+    "chain_id",
+    "contract",
+    "pool",
+    "pool6",
+    "quarantine_blocks",
+    "peers_retention",
+    "metrics_port",
+    stage="ipam",
 )
 def ipam(cfg: Settings) -> None:
     """Give every live member an address (the peers stream)."""
-    stage(cfg, stop_event())
+    stop = stop_event()
+    metrics.serve(cfg.metrics_port)
+    stage(cfg, stop)

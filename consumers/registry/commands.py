@@ -8,6 +8,7 @@ import click
 
 from consumers.registry.fold import FOLD
 from consumers.stage import Stage
+from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.redis_log import connect
 from shared.settings import Settings
@@ -24,7 +25,9 @@ def stage(cfg: Settings, stop: threading.Event) -> None:
 
 
 @click.command()
-@with_settings("redis_url", "chain_id", "contract", stage="registry")
+@with_settings("redis_url", "chain_id", "contract", "metrics_port", stage="registry")
 def registry(cfg: Settings) -> None:
     """Fold contract events into membership changes (the registry stream)."""
-    stage(cfg, stop_event())
+    stop = stop_event()
+    metrics.serve(cfg.metrics_port)
+    stage(cfg, stop)

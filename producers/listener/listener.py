@@ -21,10 +21,12 @@ from typing import Any, Final
 import msgspec
 import redis
 
+from producers.backfill.append import append_staged
 from producers.listener.decode import TOPIC0S, BlockHeader, LogRef, decode_log, log_ref
 from producers.listener.ranges import RangeSizer
 from producers.listener.rpc import RpcClient, refused
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
+from shared import metrics
 from shared.errors import (
     ChainError,
     CommitConflict,
@@ -108,9 +110,13 @@ class Listener:
 
     def step(self) -> int:
         """Append one block range; returns the number of blocks it covered (0 at the tip)."""
+        staged = append_staged(self)  # a running backfill's next range, strictly in order
+        if staged is not None:
+            return staged
         start = self.next_block
         target = self.target()
         if start > target:
+            metrics.listener_progress(self.store.keys.tag, start - 1, target)
             return 0
         end, read = self._read_sized(start, target)
         batch_log = self.log.bind(blocks=f"{start}-{end}")
@@ -127,10 +133,20 @@ class Listener:
         try:
             self.store.commit(expected, cursor, entries, dead, fence=self.fence)
         except CommitConflict as exc:
+            if "fenced" in str(exc):
+                raise  # the lease is lost: the supervisor steps down now
             batch_log.warning("cursor moved under the listener ({}); reloading it", exc)
             self.cursor = self.store.load_cursor()
             return 0
         self.cursor = cursor
+        metrics.appended(
+            self.store.keys.tag,
+            entries=len(entries),
+            dead=len(dead),
+            end=end,
+            final_block=target,
+            end_time=read.headers[end].timestamp,
+        )
         batch_log.info(
             "blocks {}-{}: appended {} entries, {} dead-lettered",
             start,
@@ -249,6 +265,8 @@ class Listener:
         try:
             self.store.commit(cursor, rewound, retractions, fence=self.fence)
         except CommitConflict as exc:
+            if "fenced" in str(exc):
+                raise  # the lease is lost: the supervisor steps down now
             self.log.warning("cursor moved under the listener ({}); reloading it", exc)
             self.cursor = self.store.load_cursor()
             return 0

@@ -1,32 +1,48 @@
-"""A small JSON-RPC client over HTTP: retries, failover between URLs, batches.
+"""A small JSON-RPC client over HTTP: bounded calls, retries, failover between URLs, batches.
 
-Transient failures (timeouts, refused connections, HTTP 429 and 5xx, rate-limit
-errors, a block the node does not have yet) are retried by the named policy
-:data:`rpc_retry` with jittered exponential backoff, moving to the next URL on
-each failure. Anything else is a :class:`ChainError` at once; a provider that
-refuses an ``eth_getLogs`` range raises :class:`LogRangeError` (with the range
-the provider suggested, when its message names one), which
-:meth:`RpcClient.get_logs` answers by asking a smaller range
-(:class:`~producers.listener.ranges.RangeSizer`).
+Every answer falls in one of four classes:
 
-URLs often carry an API key in their path: only ``scheme://host:port`` is ever logged.
+* **transient** (a timeout, a refused or dropped connection, HTTP 429 or 5xx, a
+  rate-limit error, a block the node does not have yet, a JSON-RPC error of an
+  overloaded provider such as "no backends available"): retried by the named
+  policy :data:`rpc_retry` with jittered exponential backoff, on the next URL each
+  time, until ``retry_seconds`` have passed; then :class:`ServiceUnavailable`;
+* **unusable** (another HTTP 4xx, a reply that is not JSON or not JSON-RPC): a
+  fault of that URL (an expired API key, a captive portal), so the other URLs are
+  tried once each, at once; when every URL answered so, :class:`ChainError`;
+* **refused range**: an ``eth_getLogs`` range the provider will not serve raises
+  :class:`LogRangeError` (with the range the provider suggested, when its message
+  names one), which :meth:`RpcClient.get_logs` answers by asking a smaller range
+  (:class:`~producers.listener.ranges.RangeSizer`);
+* **any other JSON-RPC error** (``execution reverted``, invalid params): the
+  answer to the question, the same on every node: :class:`ChainError` at once.
+
+Each HTTP request is bounded: no wait for the connection or for the next bytes
+longer than ``timeout``, and the reply is abandoned once ``timeout`` has passed
+since the request started (so a call takes at most about twice ``timeout``).
+
+URLs often carry an API key in their path: only ``scheme://host:port`` is ever
+logged, and error texts from providers are shown through :func:`excerpt`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 import requests
+import urllib3
 from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception_type,
-    stop_after_delay,
+    stop_before_delay,
     wait_random_exponential,
 )
 
@@ -37,20 +53,26 @@ from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavail
 from shared.logs import log
 from shared.validate import excerpt
 
-#: Seconds one HTTP request may take (connect and read each).
+#: Seconds one HTTP request may wait (to connect, for the next bytes, for the whole reply).
 RPC_TIMEOUT: Final = 10.0
 #: Seconds a call is retried (over all URLs) before :class:`ServiceUnavailable`.
 RPC_RETRY_SECONDS: Final = 120.0
+#: Seconds of the first backoff (it doubles on each retry, with full jitter) ...
+RPC_BACKOFF: Final = 0.2
+#: ... up to this many seconds.
+RPC_MAX_BACKOFF: Final = 10.0
 #: Calls per JSON-RPC batch request (providers cap batches, often at 100 or 1000).
 BATCH_LIMIT: Final = 100
+#: Most bytes taken from one socket read (the deadline is checked between reads).
+_CHUNK: Final = 1 << 16
 
 #: Error texts with which providers refuse an eth_getLogs range (Alchemy, Infura,
-#: QuickNode, Ankr, Chainstack, public Base nodes, geth/erigon/reth).
+#: QuickNode, Ankr, Chainstack, Tenderly, dRPC, public Base nodes, geth/erigon/reth).
 _RANGE_ERROR: Final = re.compile(
     r"block range|range (is )?too|too (large|wide|many)|returned more than|more than [\d,]+ "
     r"(results|logs|blocks)|max(imum)? (block )?range|response size|range limit|exceeds? (the )?"
-    r"(max|limit|range)|range exceeds|query timeout|limited to|limit exceeded|(results|logs) "
-    r"limit|too many (results|logs)",
+    r"(max|limit|range)|range exceeds|query time(d )?out|limited to|limit exceeded|(results|logs) "
+    r"limit|too many (results|logs)|ranges over \d",
     re.IGNORECASE,
 )
 #: JSON-RPC codes that, on eth_getLogs, mean "range refused" even without a known text
@@ -61,9 +83,10 @@ _BEHIND_ERROR: Final = re.compile(
     r"beyond (the )?current head|after last accepted block|header not found|unknown block",
     re.IGNORECASE,
 )
-#: The range a provider suggests, ``[0x1, 0x2]`` or ``[1, 2]`` (first one in the text).
+_NUMBER: Final = r"(0x[0-9a-f]{1,16}|\d{1,19})"
+#: The range a provider suggests: ``[0x1, 0x2]``, ``[1, 2]`` or reth's ``range 1-2``.
 _SUGGESTION: Final = re.compile(
-    r"[\[(]\s*(0x[0-9a-f]{1,16}|\d{1,19})\s*,\s*(0x[0-9a-f]{1,16}|\d{1,19})\s*[\])]",
+    rf"[\[(]\s*{_NUMBER}\s*,\s*{_NUMBER}\s*[\])]|\brange {_NUMBER}\s*-\s*{_NUMBER}\b",
     re.IGNORECASE,
 )
 #: Error texts of rate limiting (retried like HTTP 429).
@@ -72,6 +95,13 @@ _RATE_ERROR: Final = re.compile(
 )
 #: JSON-RPC error codes of rate limiting.
 _RATE_CODES: Final = frozenset({429, -32029})
+#: Error texts of an overloaded or half-down provider (HTTP 200 with a JSON-RPC error):
+#: retried, after the range check (an eth_getLogs "query timeout" asks for a smaller range).
+_BUSY_ERROR: Final = re.compile(
+    r"time(d)? ?out|no backends? available|temporarily unavailable|service unavailable|"
+    r"bad gateway|upstream|overloaded|try again later",
+    re.IGNORECASE,
+)
 
 _DECODER: Final = msgspec.json.Decoder()
 
@@ -79,7 +109,11 @@ T = TypeVar("T")
 
 
 class _Transient(Exception):
-    """A failure worth retrying, on the next URL (internal; never leaves this module)."""
+    """A failure worth retrying after a backoff, on the next URL (never leaves this module)."""
+
+
+class _Unusable(ChainError):
+    """This URL answered something unusable: try the other URLs (then a :class:`ChainError`)."""
 
 
 def endpoint(url: str) -> str:
@@ -99,11 +133,23 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-#: Retry policy of RPC calls: jittered exponential backoff, transient failures only.
+def _backoff(first: float, longest: float) -> Callable[[RetryCallState], float]:
+    """Jittered exponential backoff after a transient failure; none before trying another URL."""
+    jittered = wait_random_exponential(multiplier=first, max=longest)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        return 0.0 if isinstance(exc, _Unusable) else float(jittered(state))
+
+    return wait
+
+
+#: Retry policy of RPC calls: jittered exponential backoff, transient failures only, and
+#: no attempt started when its backoff would end after :data:`RPC_RETRY_SECONDS`.
 rpc_retry: Final = Retrying(
-    retry=retry_if_exception_type(_Transient),
-    wait=wait_random_exponential(multiplier=0.2, max=10),
-    stop=stop_after_delay(RPC_RETRY_SECONDS) | shutdown.requested,
+    retry=retry_if_exception_type((_Transient, _Unusable)),
+    wait=_backoff(RPC_BACKOFF, RPC_MAX_BACKOFF),
+    stop=stop_before_delay(RPC_RETRY_SECONDS) | shutdown.requested,
     sleep=shutdown.sleep,
     before_sleep=_log_retry,
     reraise=True,
@@ -111,7 +157,12 @@ rpc_retry: Final = Retrying(
 
 
 class RpcClient:
-    """JSON-RPC over HTTP(S) to one of ``urls`` (the first that answers; failover on errors)."""
+    """JSON-RPC over HTTP(S) to one of ``urls`` (the first that answers; failover on errors).
+
+    ``timeout`` bounds each HTTP request, ``retry_seconds`` each call (all its
+    retries), and ``backoff``/``max_backoff`` are the first and the longest wait
+    between two attempts.
+    """
 
     def __init__(
         self,
@@ -119,6 +170,8 @@ class RpcClient:
         *,
         timeout: float = RPC_TIMEOUT,
         retry_seconds: float = RPC_RETRY_SECONDS,
+        backoff: float = RPC_BACKOFF,
+        max_backoff: float = RPC_MAX_BACKOFF,
         session: requests.Session | None = None,
     ) -> None:
         if not urls:
@@ -127,7 +180,10 @@ class RpcClient:
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.headers["Content-Type"] = "application/json"
-        self._retry = rpc_retry.copy(stop=stop_after_delay(retry_seconds) | shutdown.requested)
+        self._retry = rpc_retry.copy(
+            wait=_backoff(backoff, max_backoff),
+            stop=stop_before_delay(retry_seconds) | shutdown.requested,
+        )
         self._index = 0
         self._ids = itertools.count(1)
         self._batch_ok = True
@@ -138,47 +194,87 @@ class RpcClient:
         return endpoint(self.urls[self._index])
 
     def close(self) -> None:
+        """Close the HTTP connections."""
         self.session.close()
 
     # --- transport ------------------------------------------------------------------------
 
+    def _next_url(self) -> None:
+        self._index = (self._index + 1) % len(self.urls)
+
     def _attempts(self, what: str, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` under the retry policy; each transient failure moves to the next URL."""
+        """``fn(*args)`` under the retry policy; each failure moves to the next URL."""
+        unusable: list[str] = []
 
         def attempt() -> T:
             try:
                 return fn(*args)
+            except _Unusable as exc:
+                unusable.append(str(exc))
+                if len(unusable) >= len(self.urls):
+                    raise ChainError("; ".join(dict.fromkeys(unusable))) from None
+                self._next_url()
+                raise
             except _Transient:
-                self._index = (self._index + 1) % len(self.urls)
+                self._next_url()
                 raise
 
         try:
             return self._retry(attempt)
-        except _Transient as exc:
+        except (_Transient, _Unusable) as exc:
             raise ServiceUnavailable(f"no RPC endpoint answered {what}: {exc}") from None
 
-    def _post(self, payload: Any) -> Any:
-        """One HTTP POST of ``payload`` to the current URL; its decoded JSON reply."""
+    def _post(self, payload: Any) -> tuple[int, Any]:
+        """One bounded HTTP POST of ``payload`` to the current URL: (status, decoded JSON).
+
+        Raises :class:`_Transient` for what is worth retrying and :class:`_Unusable`
+        for an answer that is not JSON-RPC; a 4xx with a JSON body is returned so
+        that the caller can read the error it holds.
+        """
         url = self.urls[self._index]
         where = endpoint(url)
+        deadline = time.monotonic() + self.timeout
+        data = msgspec.json.encode(payload)
         try:
-            resp = self.session.post(url, data=msgspec.json.encode(payload), timeout=self.timeout)
-        except (requests.Timeout, requests.ConnectionError) as exc:
+            with self.session.post(url, data=data, timeout=self.timeout, stream=True) as resp:
+                status = resp.status_code
+                if status == 429 or status >= 500:
+                    raise _Transient(f"{where}: HTTP {status}")
+                body = bytearray()
+                while chunk := resp.raw.read1(_CHUNK, decode_content=True):
+                    body += chunk  # one socket read at a time: a trickle meets the deadline
+                    if time.monotonic() > deadline:
+                        raise _Transient(f"{where}: reply took over {self.timeout:g}s")
+        except (requests.Timeout, requests.ConnectionError, urllib3.exceptions.HTTPError) as exc:
             raise _Transient(f"{where}: {type(exc).__name__}") from None
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise _Transient(f"{where}: HTTP {resp.status_code}")
-        if resp.status_code >= 400:
-            raise ChainError(f"{where} answered HTTP {resp.status_code}")
+        except requests.RequestException as exc:  # an invalid URL: no use retrying
+            raise ChainError(f"{where}: {type(exc).__name__}") from None
         try:
-            return _DECODER.decode(resp.content)
+            reply = _DECODER.decode(body)
         except msgspec.DecodeError:
-            raise _Transient(f"{where}: reply is not JSON") from None
+            reply = None
+        if 200 <= status < 300:
+            if reply is None:
+                raise _Unusable(f"{where}: reply is not JSON")
+            return status, reply
+        if isinstance(reply, dict | list):
+            return status, reply
+        raise _Unusable(f"{where} answered HTTP {status}")
 
     def _request(self, method: str, params: list[Any]) -> dict[str, Any]:
         return {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
 
     def _call_once(self, method: str, params: list[Any]) -> Any:
-        return _result(self._post(self._request(method, params)), method)
+        status, reply = self._post(self._request(method, params))
+        try:
+            return _result(reply, method)
+        except LogRangeError:
+            raise  # QuickNode and Alchemy refuse ranges with HTTP 413 and 400
+        except ChainError as exc:
+            if 200 <= status < 300:
+                raise
+            why = "" if isinstance(exc, _Unusable) else f": {exc}"
+            raise _Unusable(f"{self.endpoint} answered HTTP {status}{why}") from None
 
     def call(self, method: str, params: list[Any] | None = None) -> Any:
         """One call; its ``result``, or :class:`ChainError` for a JSON-RPC error."""
@@ -198,9 +294,17 @@ class RpcClient:
     def _batch_once(self, chunk: Sequence[tuple[str, list[Any]]]) -> list[Any] | None:
         """One batch request; None when the provider does not answer batches."""
         requests_ = [self._request(m, p) for m, p in chunk]
-        reply = self._post(requests_)
+        status, reply = self._post(requests_)
         if not isinstance(reply, list):
-            log.bind(stage="rpc").warning("{} does not answer batches", self.endpoint)
+            # A rate limit is retried like any other; any other error ("batch requests
+            # are not supported", in any words) means single calls from now on.
+            with contextlib.suppress(ChainError):
+                _result(reply, "batch")
+            log.bind(stage="rpc").warning(
+                "{} does not answer batches (HTTP {}); single calls from now on",
+                self.endpoint,
+                status,
+            )
             self._batch_ok = False
             return None
         by_id = {r.get("id"): r for r in reply if isinstance(r, dict)}
@@ -215,9 +319,11 @@ class RpcClient:
     # --- eth_* ----------------------------------------------------------------------------
 
     def chain_id(self) -> int:
+        """``eth_chainId``."""
         return _quantity(self.call("eth_chainId"), "eth_chainId")
 
     def block_number(self) -> int:
+        """``eth_blockNumber``: the head of the node that answers."""
         return _quantity(self.call("eth_blockNumber"), "eth_blockNumber")
 
     def get_block(self, number_or_tag: int | str) -> BlockHeader:
@@ -302,7 +408,8 @@ def suggested_range(message: str) -> tuple[int, int] | None:
     match = _SUGGESTION.search(message)
     if match is None:
         return None
-    lo, hi = (int(g, 0) if g[:2].lower() == "0x" else int(g) for g in match.groups())
+    groups = [g for g in match.groups() if g is not None]
+    lo, hi = (int(g, 0) if g[:2].lower() == "0x" else int(g) for g in groups)
     return (lo, hi) if lo <= hi else None
 
 
@@ -312,21 +419,34 @@ def is_range_refusal(code: Any, message: str) -> bool:
 
 
 def _result(reply: Any, method: str) -> Any:
-    """The ``result`` of a JSON-RPC reply object, or the right error for its ``error``."""
+    """The ``result`` of a JSON-RPC reply object, or the right error for its ``error``.
+
+    The error's ``data`` is read too: some providers (Tenderly) say "invalid params"
+    and explain the refusal there.
+    """
     if not isinstance(reply, dict):
-        raise ChainError(f"{method}: reply is not a JSON-RPC object")
+        raise _Unusable(f"{method}: reply is not a JSON-RPC object")
     error = reply.get("error")
     if error is None:
         if "result" not in reply:
-            raise ChainError(f"{method}: reply has neither result nor error")
+            raise _Unusable(f"{method}: reply has neither result nor error")
         return reply["result"]
     code = error.get("code") if isinstance(error, dict) else None
     message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
-    text = f"{method}: {excerpt(message)} (code {code})"
-    if code in _RATE_CODES or _RATE_ERROR.search(message) or _BEHIND_ERROR.search(message):
+    data = error.get("data") if isinstance(error, dict) else None
+    detail = (
+        "" if data is None else str(data.get("payload", data) if isinstance(data, dict) else data)
+    )
+    text = f"{method}: {excerpt(message)}"
+    text += f" ({excerpt(detail)})" if detail else ""
+    text += f" (code {code})"
+    both = f"{message} {detail}"
+    if code in _RATE_CODES or _RATE_ERROR.search(both) or _BEHIND_ERROR.search(both):
         raise _Transient(text)
-    if method == "eth_getLogs" and is_range_refusal(code, message):
-        raise LogRangeError(text, suggested_range(message))
+    if method == "eth_getLogs" and is_range_refusal(code, both):
+        raise LogRangeError(text, suggested_range(message) or suggested_range(detail))
+    if _BUSY_ERROR.search(both):
+        raise _Transient(text)
     raise ChainError(text)
 
 
@@ -350,6 +470,8 @@ def _header(raw: Any, number: int | None, client: RpcClient) -> BlockHeader:
 
 
 __all__ = [
+    "RPC_BACKOFF",
+    "RPC_MAX_BACKOFF",
     "RPC_RETRY_SECONDS",
     "RPC_TIMEOUT",
     "RpcClient",

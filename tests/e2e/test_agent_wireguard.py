@@ -194,7 +194,7 @@ def test_agents_follow_the_peers_stream(net: Net) -> None:
     assert status["lag_entries"] == "0"
     assert status["last_error"] == ""
     assert status["peer_count"] == "0"
-    assert json.loads(net.client.hget(net.keys.hosts, a.name))["endpoint"] == (  # type: ignore[arg-type]
+    assert json.loads(net.client.get(net.keys.host_announce(a.name)))["endpoint"] == (  # type: ignore[arg-type]
         f"{a.host.underlay_ip}:{PORT}"
     )
 

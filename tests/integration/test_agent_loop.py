@@ -147,7 +147,7 @@ def test_file_only_loop_follows_the_stream(
     status = client.hgetall(keys.host_status("a"))
     assert status[b"mode"] == b"file-only"  # type: ignore[index]
     assert status[b"lag_entries"] == b"0"  # type: ignore[index]
-    assert client.hget(keys.hosts, "a") is not None
+    assert client.get(keys.host_announce("a")) is not None
 
 
 def test_cli_rejects_a_bad_node_id(tmp_path: Path, redis_server: RedisServer) -> None:

@@ -1,23 +1,21 @@
 """The listener's JSON-RPC client against a real anvil, behind a misbehaving HTTP proxy.
 
-The proxy (a real HTTP server on a free port) forwards to anvil but can answer
-the first requests with 503/429/garbage, refuse wide ``eth_getLogs`` ranges the
-way hosted providers do (in their wordings, with or without a suggested range),
-refuse batches, or answer a head (and safe/finalized block) lower than the real one.
+The proxy (:mod:`faultproxy`, a real HTTP server on a free port) forwards to anvil
+but can answer the first requests with 503/429/garbage/silence, refuse wide
+``eth_getLogs`` ranges the way hosted providers do (in their wordings, with or
+without a suggested range), refuse batches, or answer a head (and safe/finalized
+block) lower than the real one. Faults during a whole run: ``test_rpc_faults.py``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 
-import msgspec
 import pytest
 import redis
-import requests
-from eth_utils.crypto import keccak
+from faultproxy import REFUSALS, TOPICS, Delay, FaultProxy, RpcError, Trickle, chain_positions
 
 from producers.listener.listener import Listener, ListenerConfig, open_listener
 from producers.listener.ranges import RangeSizer
@@ -36,149 +34,92 @@ pytestmark = pytest.mark.integration
 KEY = "A" * 43 + "="
 
 
-class Proxy:
-    """An HTTP JSON-RPC proxy to ``upstream`` with scripted misbehaviour."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        #: Replies served before proxying: an int is an HTTP status, bytes a 200 body.
-        self.script: list[int | bytes] = []
-        #: Every request answered with this HTTP status (None: proxy).
-        self.always: int | None = None
-        #: Widest eth_getLogs range accepted (blocks), None for any.
-        self.max_range: int | None = None
-        #: Wording of the refusal: a key of :data:`REFUSALS`.
-        self.refusal = "quicknode"
-        #: Block reported as the head and as the safe/finalized block (None: the real ones).
-        self.behind: int | None = None
-        self.behind_answers = 0
-        self.batches = True
-        self.requests = 0
-        self.refused_ranges: list[tuple[int, int]] = []
-        self.lock = threading.Lock()
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                status, reply = proxy.answer(body)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/v2/secret-api-key"
-
-    def answer(self, body: bytes) -> tuple[int, bytes]:
-        with self.lock:
-            self.requests += 1
-            if self.always is not None:
-                return self.always, b"{}"
-            if self.script:
-                step = self.script.pop(0)
-                return (step, b"{}") if isinstance(step, int) else (200, step)
-        request = msgspec.json.decode(body)
-        if isinstance(request, list):
-            if not self.batches:
-                error = {"code": -32600, "message": "batch requests are not supported"}
-                return 200, msgspec.json.encode({"jsonrpc": "2.0", "id": None, "error": error})
-            return 200, msgspec.json.encode([self.one(r) for r in request])
-        return 200, msgspec.json.encode(self.one(request))
-
-    def one(self, request: dict[str, Any]) -> dict[str, Any]:
-        method, params = request["method"], request.get("params") or []
-        if method == "eth_getLogs" and self.max_range is not None:
-            lo, hi = (int(params[0][k], 16) for k in ("fromBlock", "toBlock"))
-            if hi - lo + 1 > self.max_range:
-                with self.lock:
-                    self.refused_ranges.append((lo, hi))
-                code, message = REFUSALS[self.refusal](lo, hi, self.max_range)
-                return {
-                    "jsonrpc": "2.0",
-                    "id": request["id"],
-                    "error": {"code": code, "message": message},
-                }
-        behind = self.behind
-        if behind is not None and method == "eth_blockNumber":
-            with self.lock:
-                self.behind_answers += 1
-            return {"jsonrpc": "2.0", "id": request["id"], "result": hex(behind)}
-        if (
-            behind is not None
-            and method == "eth_getBlockByNumber"
-            and params[0] in ("latest", "safe", "finalized")
-        ):
-            with self.lock:
-                self.behind_answers += 1
-            request = {**request, "params": [hex(behind), *params[1:]]}
-        reply: dict[str, Any] = requests.post(self.upstream, json=request, timeout=30).json()
-        return reply
-
-
-def _alchemy(lo: int, hi: int, k: int) -> tuple[int, str]:
-    return -32602, (
-        "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block "
-        "range and no limit on the response size, or you can request any block range with a cap "
-        f"of 10K logs in the response. Based on your parameters, this block range should work: "
-        f"[{hex(lo)}, {hex(lo + k - 1)}]"
-    )
-
-
-#: Refusals of an eth_getLogs range [lo, hi] wider than k blocks: (code, message).
-REFUSALS: dict[str, Callable[[int, int, int], tuple[int, str]]] = {
-    "quicknode": lambda lo, hi, k: (-32602, f"eth_getLogs is limited to a {k} block range"),
-    "alchemy": _alchemy,
-    "infura": lambda lo, hi, k: (
-        -32005,
-        f"query returned more than 10000 results. Try with this block range "
-        f"[{hex(lo)}, {hex(lo + k - 1)}].",
-    ),
-    "same_back": lambda lo, hi, k: (
-        -32005,
-        f"query returned more than 10000 results. Try with this block range [{lo}, {hi}].",
-    ),
-    "larger": lambda lo, hi, k: (
-        -32602,
-        f"Log response size exceeded. this block range should work: [{hex(lo)}, {hex(hi + k)}]",
-    ),
-    "plain": lambda lo, hi, k: (-32000, "block range too large"),
-}
-
-
 @pytest.fixture
-def proxy(anvil: Anvil) -> Iterator[Proxy]:
-    p = Proxy(anvil.url)
-    p.thread.start()
-    try:
+def proxy(anvil: Anvil) -> Iterator[FaultProxy]:
+    with FaultProxy(anvil.url) as p:
         yield p
-    finally:
-        p.server.shutdown()
-        p.server.server_close()
 
 
-def test_transient_failures_are_retried(proxy: Proxy, anvil: Anvil) -> None:
-    proxy.script = [503, 429, b"<html>bad gateway</html>"]
-    client = RpcClient([proxy.url], retry_seconds=30)
+def test_transient_failures_are_retried(proxy: FaultProxy, anvil: Anvil) -> None:
+    proxy.script = [
+        503,
+        429,
+        RpcError(-32005, "Your app has exceeded its capacity"),
+        RpcError(-32000, "no backends available for method"),
+        RpcError(-32000, "upstream request timeout"),
+        502,
+    ]
+    client = RpcClient([proxy.url], retry_seconds=30, backoff=0.01, max_backoff=0.05)
     assert client.chain_id() == anvil.chain_id
-    assert proxy.requests == 4
+    assert proxy.requests == 7
 
 
-def test_client_errors_are_not_retried(proxy: Proxy) -> None:
-    proxy.always = 403
+def test_a_silent_endpoint_times_out_and_is_retried(proxy: FaultProxy, anvil: Anvil) -> None:
+    proxy.script = [Delay(3.0)]
+    client = RpcClient([proxy.url], timeout=0.3, retry_seconds=30, backoff=0.01)
+    assert client.chain_id() == anvil.chain_id
+    assert proxy.requests == 2
+
+
+def test_a_reply_that_trickles_in_is_abandoned_at_the_deadline(
+    proxy: FaultProxy, anvil: Anvil
+) -> None:
+    # Bytes keep coming (never a silence as long as the timeout) for 5 s: only the
+    # per-call deadline ends the wait; without it the blanks are "not JSON" after 5 s.
+    proxy.script = [Trickle(5.0)]
+    client = RpcClient([proxy.url], timeout=0.5, retry_seconds=30, backoff=0.01)
+    assert client.chain_id() == anvil.chain_id
+    assert proxy.requests == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404])
+def test_client_errors_are_not_retried(status: int, proxy: FaultProxy) -> None:
+    proxy.always = status
     client = RpcClient([proxy.url], retry_seconds=30)
-    with pytest.raises(ChainError, match="HTTP 403") as info:
+    with pytest.raises(ChainError, match=f"HTTP {status}") as info:
         client.block_number()
     assert proxy.requests == 1
     assert "secret-api-key" not in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("body", [b"<html>bad gateway</html>", b"[1, 2", b'"just a string"'])
+def test_malformed_replies_are_one_line_chain_errors_not_retried(
+    body: bytes, proxy: FaultProxy
+) -> None:
+    proxy.script = [body] * 10
+    client = RpcClient([proxy.url], retry_seconds=30)
+    with pytest.raises(ChainError) as info:
+        client.block_number()
+    assert not isinstance(info.value, ServiceUnavailable)
+    assert proxy.requests == 1
+    assert "\n" not in str(info.value)
+    assert "secret-api-key" not in str(info.value)
+
+
+def test_a_url_that_answers_garbage_fails_over_to_the_next(proxy: FaultProxy, anvil: Anvil) -> None:
+    proxy.script = [b"<html>captive portal</html>"]
+    client = RpcClient([proxy.url, anvil.url], retry_seconds=30)
+    assert client.block_number() == anvil.block_number()
+    assert proxy.requests == 1
+    assert client.endpoint == anvil.url
+    proxy.always = 401  # an expired key on the first URL: the second still serves
+    client = RpcClient([proxy.url, anvil.url], retry_seconds=30)
+    assert client.chain_id() == anvil.chain_id
+
+
+def test_execution_reverted_is_not_retried(proxy: FaultProxy, nft: AccessNFT) -> None:
+    client = RpcClient([proxy.url], retry_seconds=30)
+    call = {"to": nft.address, "data": "0xdeadbeef"}  # no such function, no fallback
+    with pytest.raises(ChainError, match="revert") as info:
+        client.call("eth_call", [call, "latest"])
+    assert proxy.requests == 1
+    assert not isinstance(info.value, ServiceUnavailable)
+
+
+def test_a_url_of_another_scheme_is_a_chain_error() -> None:
+    with pytest.raises(ChainError, match="InvalidSchema"):
+        RpcClient(["ftp://127.0.0.1:1/key"], retry_seconds=1).block_number()
 
 
 def test_jsonrpc_errors_are_chain_errors(anvil: Anvil) -> None:
@@ -195,7 +136,7 @@ def test_unreachable_endpoints_give_up_with_service_unavailable() -> None:
     assert "key-" not in str(info.value)
 
 
-def test_failover_moves_to_the_next_url(proxy: Proxy, anvil: Anvil) -> None:
+def test_failover_moves_to_the_next_url(proxy: FaultProxy, anvil: Anvil) -> None:
     proxy.always = 502
     client = RpcClient([proxy.url, anvil.url], retry_seconds=30)
     assert client.block_number() == anvil.block_number()
@@ -203,7 +144,7 @@ def test_failover_moves_to_the_next_url(proxy: Proxy, anvil: Anvil) -> None:
     assert client.endpoint == anvil.url
 
 
-def test_batches_fall_back_to_single_calls(proxy: Proxy, anvil: Anvil) -> None:
+def test_batches_fall_back_to_single_calls(proxy: FaultProxy, anvil: Anvil) -> None:
     anvil.mine(3)
     proxy.batches = False
     client = RpcClient([proxy.url], retry_seconds=30)
@@ -214,7 +155,7 @@ def test_batches_fall_back_to_single_calls(proxy: Proxy, anvil: Anvil) -> None:
 
 
 def test_refused_ranges_are_halved_and_nothing_is_lost(
-    proxy: Proxy, anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis
+    proxy: FaultProxy, anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis
 ) -> None:
     for i in range(6):
         nft.mint(ACCOUNTS[1 + i % 3][0], f"node-{i}", KEY)
@@ -235,27 +176,10 @@ def test_refused_ranges_are_halved_and_nothing_is_lost(
 
 # --- adaptive ranges, a lagging head, finality tags ---------------------------------------
 
-TOPICS = [
-    "0x" + keccak(text=sig).hex()
-    for sig in (
-        "NodeAccessGranted(uint256,string,address,string)",
-        "NodeAccessRevoked(uint256,string)",
-        "NodeAccessTransferred(uint256,address,address)",
-        "PublicKeyUpdated(address,string)",
-    )
-]
-
 
 def scan(anvil: Anvil, contract: str, to_block: int) -> list[tuple[int, int, str]]:
     """Independent eth_getLogs scan of the contract's four events (block, index, tx)."""
-    logs = anvil.rpc(
-        "eth_getLogs",
-        [{"address": contract, "topics": [TOPICS], "fromBlock": "0x0", "toBlock": hex(to_block)}],
-    )
-    return sorted(
-        (int(x["blockNumber"], 16), int(x["logIndex"], 16), x["transactionHash"].lower())
-        for x in logs
-    )
+    return chain_positions(anvil.url, contract, to_block)
 
 
 def appended(client: redis.Redis, keys: Keys) -> list[tuple[int, int, str]]:
@@ -283,9 +207,13 @@ def listener_via(
     return Listener(RpcClient([url], retry_seconds=30), store, config)
 
 
-@pytest.mark.parametrize("refusal", ["alchemy", "infura", "same_back", "larger", "plain"])
+#: Refusals that suggest a smaller range starting at the asked block (taken at once).
+SUGGESTING = ("alchemy", "alchemy_400", "infura", "reth")
+
+
+@pytest.mark.parametrize("refusal", sorted(REFUSALS))
 def test_refusals_in_each_wording_still_give_the_complete_stream(
-    refusal: str, proxy: Proxy, anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis
+    refusal: str, proxy: FaultProxy, anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis
 ) -> None:
     spread_history(anvil, nft)
     proxy.max_range = 4
@@ -307,11 +235,11 @@ def test_refusals_in_each_wording_still_give_the_complete_stream(
     assert proxy.refused_ranges  # the provider did refuse
     # The learned size is kept across steps: the wide range is not asked again each step.
     assert steps > 4
-    assert len(proxy.refused_ranges) <= (1 if refusal in ("alchemy", "infura") else 5)
+    assert len(proxy.refused_ranges) <= (1 if refusal in SUGGESTING else 5)
 
 
 def test_a_provider_that_refuses_a_single_block_is_a_hard_error(
-    proxy: Proxy, anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis
+    proxy: FaultProxy, anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis
 ) -> None:
     nft.mint(ACCOUNTS[1][0], "alpha", KEY)
     proxy.max_range = 0
@@ -325,7 +253,7 @@ def test_a_provider_that_refuses_a_single_block_is_a_hard_error(
 @pytest.mark.parametrize("finality", [{"confirmations": 0}, {"finality_tag": "safe"}])
 def test_a_head_below_the_cursor_just_waits_and_catches_up_later(
     finality: dict[str, Any],
-    proxy: Proxy,
+    proxy: FaultProxy,
     anvil: Anvil,
     nft: AccessNFT,
     redis_client: redis.Redis,
@@ -398,7 +326,7 @@ def test_safe_and_finalized_append_only_up_to_the_tagged_block(
 
 
 def test_get_logs_covers_the_whole_range_through_refusals(
-    proxy: Proxy, anvil: Anvil, nft: AccessNFT
+    proxy: FaultProxy, anvil: Anvil, nft: AccessNFT
 ) -> None:
     spread_history(anvil, nft, count=5)
     proxy.max_range = 3

@@ -17,6 +17,7 @@ from consumers.agent.desired import (
     desired_state,
     parse_endpoint,
 )
+from consumers.agent.render import RemovePeer, SetPeer, diff_peers, normalise_ips, wanted_peers
 from shared.events import AllocationPending, PeerRemove, PeerUpsert
 
 
@@ -179,17 +180,77 @@ def test_own_address_outside_pool_fails_closed() -> None:
     assert result.peers == ()
 
 
-def test_hub_topology_spokes_see_only_hubs() -> None:
-    policy = Policy(topology="hub", hubs=frozenset({"a"}))
+def allowed(result: Desired) -> dict[str, tuple[str, ...]]:
+    return {p.node_id: normalise_ips(p.allowed_ips) for p in result.peers}
+
+
+def test_hub_topology_spokes_see_only_hubs_and_route_the_pool_through_it() -> None:
+    policy = Policy(topology="hub", hubs=("a",))
     spoke = desired_state(MESH, "b", key(2), {}, policy)
     hub = desired_state(MESH, "a", key(1), {}, policy)
-    assert [p.node_id for p in spoke.peers] == ["a"]
-    assert [p.node_id for p in hub.peers] == ["b", "c"]
+    assert allowed(spoke) == {"a": ("10.88.0.0/16", "10.88.0.1/32")}
+    assert allowed(hub) == {"b": ("10.88.0.2/32",), "c": ("10.88.0.3/32",)}
+    assert spoke.addresses == ("10.88.0.2/16",)
 
 
-def test_unknown_topology_rejected() -> None:
+def test_mesh_routes_no_pool() -> None:
+    result = desired_state(MESH, "b", key(2), {}, POLICY)
+    assert allowed(result) == {"a": ("10.88.0.1/32",), "c": ("10.88.0.3/32",)}
+
+
+def test_first_live_hub_in_listed_order_carries_the_pool() -> None:
+    table = table_of(*(upsert(n, i, f"10.88.0.{i}") for i, n in enumerate("abcd", start=1)))
+    policy = Policy(topology="hub", hubs=("c", "a"))
+    spoke = desired_state(table, "b", key(2), {}, policy)
+    assert allowed(spoke) == {"a": ("10.88.0.1/32",), "c": ("10.88.0.0/16", "10.88.0.3/32")}
+    hub = desired_state(table, "c", key(3), {}, policy)
+    assert allowed(hub) == {n: (f"10.88.0.{i}/32",) for i, n in ((1, "a"), (2, "b"), (4, "d"))}
+    # hub c leaves: the pool moves to a, the next listed hub
+    del table["c"]
+    spoke = desired_state(table, "b", key(2), {}, policy)
+    assert allowed(spoke) == {"a": ("10.88.0.0/16", "10.88.0.1/32")}
+
+
+def test_spoke_without_a_live_hub_has_no_peers() -> None:
+    policy = Policy(topology="hub", hubs=("x",))
+    result = desired_state(MESH, "b", key(2), {}, policy)
+    assert result.peers == ()
+    assert result.fail_closed is None
+
+
+def test_hub_carries_the_ipv6_pool_too() -> None:
+    table = table_of(upsert("a", 1, "10.88.0.1", "fd00::1"), upsert("b", 2, "10.88.0.2", "fd00::2"))
+    policy = Policy(pool6="fd00::/64", topology="hub", hubs=("a",))
+    spoke = desired_state(table, "b", key(2), {}, policy)
+    assert allowed(spoke) == {"a": ("10.88.0.0/16", "10.88.0.1/32", "fd00::/64", "fd00::1/128")}
+
+
+def test_switching_topology_updates_peers_in_place() -> None:
+    """mesh -> hub on a spoke: the other spoke goes, the hub is updated, never re-added."""
+    before = wanted_peers(desired_state(MESH, "b", key(2), {}, POLICY))
+    after = wanted_peers(desired_state(MESH, "b", key(2), {}, Policy(topology="hub", hubs=("a",))))
+    ops = diff_peers(before, after)
+    assert ops == [
+        RemovePeer(key(3), "c"),
+        SetPeer(key(1), ("10.88.0.0/16", "10.88.0.1/32"), None, 25, "a"),
+    ]
+    assert diff_peers(after, before) == [
+        SetPeer(key(1), ("10.88.0.1/32",), None, 25, "a"),
+        SetPeer(key(3), ("10.88.0.3/32",), None, 25, "c"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"topology": "star"},
+        {"topology": "hub"},
+        {"topology": "hub", "hubs": ("a", "../etc")},
+    ],
+)
+def test_bad_topology_rejected(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        Policy(topology="star")
+        Policy(**kwargs)  # type: ignore[arg-type]
 
 
 def test_desired_is_plain_data() -> None:

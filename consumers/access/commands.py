@@ -1,0 +1,112 @@
+"""``wgchain check``: one access check, answered from the registry (or from the log at a block).
+
+Exit codes: 0 granted, 1 denied, 2 bad arguments or settings, 3 no answer (Redis
+unreachable). Every failure is one line on stderr.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Any, Final
+
+import click
+import msgspec
+import redis
+
+from consumers.access.checker import AccessChecker, InvalidArgument
+from consumers.access.decide import Decision
+from shared.cmdline import with_settings
+from shared.errors import SettingsError, WgchainError
+from shared.redis_log import connect
+from shared.settings import Settings
+
+#: Exit code of a denied check.
+EXIT_DENIED: Final = 1
+#: Exit code of malformed arguments.
+EXIT_USAGE: Final = 2
+#: Exit code when no answer could be given (Redis unreachable, ...).
+EXIT_NO_ANSWER: Final = 3
+
+
+class BadArguments(click.ClickException):
+    """Malformed arguments: one line on stderr (no usage block), exit 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"wgchain check: {self.format_message()}", err=True)
+
+
+class NoAnswer(BadArguments):
+    """The check could not be answered (Redis unreachable, ...): one line, exit 3."""
+
+    exit_code = EXIT_NO_ANSWER
+
+
+@click.command("check")
+@click.option("--node", default="", help="Node id to check.")
+@click.option("--key", default=None, help="WireGuard public key that wants to reach the node.")
+@click.option("--address", default=None, help="0x address: does it hold an active pass?")
+@click.option("--at-block", default=None, help="Answer for this past block (folded from the log).")
+@click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@with_settings("redis_url", "chain_id", "contract", stage="check")
+@click.pass_context
+def check(
+    ctx: click.Context,
+    *,
+    cfg: Settings,
+    node: str,
+    key: str | None,
+    address: str | None,
+    at_block: str | None,
+    as_json: bool,
+) -> None:
+    """Is KEY (or ADDRESS) allowed on NODE? Exit 0 granted, 1 denied, 2 bad arguments, 3 no answer."""
+    if not node:
+        raise BadArguments("--node is required")
+    if (key is None) == (address is None):
+        raise BadArguments("give exactly one of --key and --address")
+    block = _block(at_block)
+    try:
+        keys = cfg.keys()
+        client = connect(cfg.redis_url)
+    except SettingsError as exc:
+        raise BadArguments(str(exc)) from None
+    except WgchainError as exc:
+        raise NoAnswer(str(exc)) from None
+    try:
+        with AccessChecker(client, keys) as checker:
+            if key is not None:
+                decision = checker.check_key(node, key, at_block=block)
+            else:
+                decision = checker.check_address(node, address or "", at_block=block)
+    except InvalidArgument as exc:
+        raise BadArguments(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
+    except (redis.RedisError, WgchainError) as exc:
+        raise NoAnswer(f"no answer: {exc}") from None
+    finally:
+        client.close()
+    click.echo(msgspec.json.encode(decision).decode() if as_json else describe(decision))
+    ctx.exit(0 if decision.granted else EXIT_DENIED)
+
+
+def describe(decision: Decision) -> str:
+    """One human line for ``decision`` (node ids are validated, details escaped)."""
+    verdict = "granted" if decision.granted else "denied"
+    parts = [f"{verdict}: {decision.reason}", f"node {decision.node}"]
+    if decision.detail:
+        parts.append(decision.detail)
+    if decision.token_id is not None:
+        parts.append(
+            f"token {decision.token_id}" + (f" of {decision.owner}" if decision.owner else "")
+        )
+    if decision.at_block is not None:
+        parts.append(f"at block {decision.at_block}")
+    return " — ".join(parts)
+
+
+def _block(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise BadArguments(f"--at-block: {text[:40]!r} is not a block number")
+    return int(text)

@@ -1,0 +1,204 @@
+"""Access decisions from the registry projection. Pure.
+
+A :class:`View` is a :class:`RegistryState` (the registry fold's state) plus an
+index of every token that ever named a node, so that "revoked" can be told from
+"never a member". :func:`decide_key` answers "may this WireGuard key reach this
+node", :func:`decide_address` "does this address hold an active pass for this
+node"; both name the reason of a denial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+import msgspec
+
+from consumers.registry.fold import RegistryState, Status
+from shared.validate import excerpt
+
+#: The key (or address) opens the node.
+GRANTED: Final = "granted"
+#: No token, active or revoked, has ever named the node.
+NOT_MEMBER: Final = "not-a-member"
+#: Tokens named the node, but every one of them is revoked (or this address's one is).
+REVOKED: Final = "revoked"
+#: The node is a member, but its key on chain is another key.
+KEY_MISMATCH: Final = "key-mismatch"
+#: The node is a member, but its owner has no usable WireGuard key on chain.
+KEY_INVALID: Final = "key-invalid"
+#: The key (or the address's token) lost a conflict: the lowest token id keeps the peer.
+CONFLICT: Final = "conflict"
+#: Address checks: an active pass names the node, but another address holds it.
+NOT_OWNER: Final = "not-owner"
+#: Every reason a decision may give.
+REASONS: Final = (GRANTED, NOT_MEMBER, REVOKED, KEY_MISMATCH, KEY_INVALID, CONFLICT, NOT_OWNER)
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to an access check."""
+
+    #: True only when the key (or address) opens the node.
+    granted: bool
+    #: One of :data:`REASONS`.
+    reason: str
+    node: str
+    #: One human sentence (chain strings in it are escaped excerpts).
+    detail: str = ""
+    #: The token the answer is about (the node's member token, or the address's token).
+    token_id: int | None = None
+    #: The owner of that token (lowercase 0x address).
+    owner: str | None = None
+    #: True when the node is a live member (it has a WireGuard peer).
+    live: bool = False
+    #: The registry stage position (``events`` entry id) the answer reflects.
+    position: str = ""
+    #: Set when the answer is for a past block (folded from the log).
+    at_block: int | None = None
+
+
+class View:
+    """A registry state and, for each node id, every token that ever named it."""
+
+    def __init__(self, state: RegistryState) -> None:
+        self.state = state
+        self.named: dict[str, set[int]] = {}
+        self._token_node: dict[int, str] = {}
+        self.touch(state.tokens)
+
+    def touch(self, token_ids: Iterable[int]) -> None:
+        """Re-index ``token_ids`` after the fold changed them."""
+        for token_id in token_ids:
+            record = self.state.tokens.get(token_id)
+            old = self._token_node.get(token_id)
+            if old is not None and (record is None or record.node_id != old):
+                holders = self.named[old]
+                holders.discard(token_id)
+                if not holders:
+                    del self.named[old]
+            if record is not None:
+                self.named.setdefault(record.node_id, set()).add(token_id)
+                self._token_node[token_id] = record.node_id
+
+    def status(self, node: str) -> Status | None:
+        """The registry's published view of ``node`` (None: no active token names it)."""
+        return self.state.status.get(node)
+
+    def known(self, node: str) -> bool:
+        """True when a token (active or revoked) has ever named ``node``."""
+        return node in self.named
+
+    def nodes(self) -> list[str]:
+        """Every node id a token has ever named, sorted."""
+        return sorted(self.named)
+
+
+def decide_key(view: View, node: str, key: str) -> Decision:
+    """May WireGuard public key ``key`` reach ``node``? (both already validated)."""
+    state = view.state
+    status = view.status(node)
+    if status is None:
+        return _absent(view, node)
+
+    def member(reason: str, detail: str) -> Decision:
+        return Decision(
+            granted=reason == GRANTED,
+            reason=reason,
+            node=node,
+            detail=detail,
+            token_id=status.token_id,
+            owner=status.owner,
+            live=status.live,
+        )
+
+    if status.live and status.public_key == key:
+        return member(GRANTED, "live member")
+    for token_id in sorted(state.node_tokens.get(node, set()) - {status.token_id}):
+        owner = state.tokens[token_id].owner
+        if state.keys.get(owner) == key:
+            detail = (
+                f"token {token_id} also names this node; the lower token {status.token_id} keeps it"
+            )
+            return Decision(
+                granted=False,
+                reason=CONFLICT,
+                node=node,
+                detail=detail,
+                token_id=token_id,
+                owner=owner,
+                live=status.live,
+            )
+    if status.reason == "key-conflict" and status.public_key == key:
+        winner_token, winner_node = state.winners[key]
+        return member(
+            CONFLICT, f"the key is also {winner_node}'s (token {winner_token}), which keeps it"
+        )
+    if status.reason == "no-key":
+        return member(KEY_INVALID, "the owner has no WireGuard key on chain")
+    if status.reason == "invalid-key":
+        detail = f"the owner's key on chain is not a WireGuard key: {excerpt(status.public_key)}"
+        return member(KEY_INVALID, detail)
+    return member(KEY_MISMATCH, "the node's key on chain is another key")
+
+
+def decide_address(view: View, node: str, address: str) -> Decision:
+    """Does ``address`` (0x + 40 hex, any case) hold an active pass for ``node``?"""
+    state = view.state
+    owner = address.lower()
+    status = view.status(node)
+    live = status is not None and status.live
+    active = sorted(t for t in state.node_tokens.get(node, ()) if state.tokens[t].owner == owner)
+    if active and status is not None:
+        if status.token_id in active:
+            detail = "active pass" + ("" if live else f" (not live: {status.reason})")
+            return Decision(
+                granted=True,
+                reason=GRANTED,
+                node=node,
+                detail=detail,
+                token_id=status.token_id,
+                owner=owner,
+                live=live,
+            )
+        detail = (
+            f"token {active[0]} is active, but the lower token {status.token_id} keeps the node"
+        )
+        return Decision(
+            granted=False,
+            reason=CONFLICT,
+            node=node,
+            detail=detail,
+            token_id=active[0],
+            owner=owner,
+            live=live,
+        )
+    if not view.known(node):
+        return Decision(
+            granted=False, reason=NOT_MEMBER, node=node, detail="no token has named this node"
+        )
+    held = sorted(t for t in view.named[node] if state.tokens[t].owner == owner)
+    if held:
+        detail = f"token {held[-1]} of this address was revoked"
+        return Decision(
+            granted=False, reason=REVOKED, node=node, detail=detail, token_id=held[-1], owner=owner
+        )
+    if status is None:
+        detail = "no active pass names this node"
+    else:
+        detail = f"the pass is held by {status.owner or 'nobody'}"
+    return Decision(granted=False, reason=NOT_OWNER, node=node, detail=detail, live=live)
+
+
+def _absent(view: View, node: str) -> Decision:
+    """The decision for a node that no active token names."""
+    if not view.known(node):
+        return Decision(
+            granted=False, reason=NOT_MEMBER, node=node, detail="no token has named this node"
+        )
+    tokens = sorted(view.named[node])
+    last = tokens[-1]
+    detail = f"token{'s' if len(tokens) > 1 else ''} {', '.join(map(str, tokens))} revoked"
+    owner = view.state.tokens[last].owner or None
+    return Decision(
+        granted=False, reason=REVOKED, node=node, detail=detail, token_id=last, owner=owner
+    )

@@ -1,0 +1,213 @@
+"""The HTTP API (Starlette): access checks, nodes, hosts, the log, health and metrics.
+
+Endpoints are plain functions (Starlette runs them in its thread pool, so the
+blocking Redis client is fine). Every answer is JSON encoded with msgspec, except
+``/metrics`` (Prometheus text). A bearer token, when configured, guards
+everything but ``/healthz`` and ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib.metadata import version
+from typing import Final
+
+import msgspec
+import redis
+from prometheus_client import Counter, Histogram
+from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from consumers.access.checker import AccessChecker, InvalidArgument, valid_node
+from consumers.api.reads import NotFound, Reads
+from consumers.api.schemas import ErrorBody, Health, HostList, Ready, openapi
+from shared import metrics
+from shared.errors import WgchainError
+from shared.keys import Keys
+
+#: Paths that answer without the bearer token (health checks).
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
+#: Default and largest page of ``/v1/nodes``.
+NODES_PAGE: Final = (1000, 10_000)
+#: Default and largest page of ``/v1/events``.
+EVENTS_PAGE: Final = (100, 1000)
+_STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_JSON: Final = "application/json"
+
+REQUESTS: Final = Counter("wgchain_api_requests", "HTTP API requests answered", ["route", "code"])
+LATENCY: Final = Histogram("wgchain_api_request_seconds", "HTTP API request latency", ["route"])
+DECISIONS: Final = Counter("wgchain_access_decisions", "Access checks answered", ["reason"])
+
+
+def json_response(body: msgspec.Struct, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(body), status_code=status, media_type=_JSON)
+
+
+def error(status: int, message: str, param: str | None = None) -> Response:
+    return json_response(ErrorBody(error=message, param=param), status)
+
+
+class BearerAuth:
+    """ASGI middleware: 401 unless ``Authorization: Bearer <token>`` (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
+            ok = scheme.lower() == "bearer" and hmac.compare_digest(
+                given.strip().encode(), self.token
+            )
+            if not ok:
+                response = error(401, "missing or wrong bearer token")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="wgchain"'
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise InvalidArgument(name, f"must be an integer from {low} to {high}")
+    return int(text)
+
+
+def _route(name: str, fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
+    """Errors to JSON answers, and metrics, around one endpoint."""
+
+    def handler(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            response = fn(request)
+        except InvalidArgument as exc:
+            response = error(400, str(exc), exc.param)
+        except NotFound as exc:
+            response = error(404, f"no token has ever named node {exc}")
+        except (redis.RedisError, WgchainError) as exc:
+            response = error(503, f"unavailable: {type(exc).__name__}")
+        REQUESTS.labels(name, str(response.status_code)).inc()
+        LATENCY.labels(name).observe(time.perf_counter() - started)
+        return response
+
+    return handler
+
+
+def create_app(
+    client: redis.Redis, keys: Keys, *, token: str = "", max_lag: int = 1000
+) -> Starlette:
+    """The API for one network; the registry follower runs while the app is served."""
+    checker = AccessChecker(client, keys)
+    reads = Reads(client, keys, checker.cache)
+    document = msgspec.json.encode(openapi(version("wgchain"), auth=bool(token)))
+
+    def access(request: Request) -> Response:
+        q = request.query_params
+        node = q.get("node")
+        if node is None:
+            raise InvalidArgument("node", "required")
+        key, address = q.get("key"), q.get("address")
+        if (key is None) == (address is None):
+            raise InvalidArgument("key", "give exactly one of key and address")
+        at = q.get("at_block")
+        if at is not None and not at.isdigit():
+            raise InvalidArgument("at_block", "must be a block number")
+        block = None if at is None else int(at)
+        if key is not None:
+            decision = checker.check_key(node, key, at_block=block)
+        else:
+            decision = checker.check_address(node, address or "", at_block=block)
+        DECISIONS.labels(decision.reason).inc()
+        return json_response(decision)
+
+    def nodes(request: Request) -> Response:
+        after = request.query_params.get("after", "")
+        limit = _int(request, "limit", NODES_PAGE[0], 1, NODES_PAGE[1])
+        return json_response(reads.nodes(after, limit))
+
+    def node(request: Request) -> Response:
+        return json_response(reads.node(valid_node(request.path_params["node"])))
+
+    def hosts(request: Request) -> Response:
+        return json_response(HostList(hosts=reads.snapshot.hosts()))
+
+    def events(request: Request) -> Response:
+        after = request.query_params.get("after", "0-0")
+        if after == "0":
+            after = "0-0"
+        if not _STREAM_ID.fullmatch(after):
+            raise InvalidArgument("after", "must be a stream id such as 1700000000000-0")
+        limit = _int(request, "limit", EVENTS_PAGE[0], 1, EVENTS_PAGE[1])
+        return json_response(reads.events(after, limit))
+
+    def healthz(request: Request) -> Response:
+        return json_response(Health("ok"))
+
+    def readyz(request: Request) -> Response:
+        try:
+            client.ping()
+            stages = reads.snapshot.stages(cap=max_lag + 1)
+        except redis.RedisError as exc:
+            body = Ready(ready=False, redis=False, max_lag=max_lag, detail=type(exc).__name__)
+            return json_response(body, 503)
+        behind = [s.name for s in stages if s.lag_entries > max_lag]
+        detail = f"behind by more than {max_lag} entries: {', '.join(behind)}" if behind else ""
+        body = Ready(ready=not behind, redis=True, max_lag=max_lag, stages=stages, detail=detail)
+        return json_response(body, 503 if behind else 200)
+
+    def metrics_page(request: Request) -> Response:
+        page, content_type = metrics.render()
+        return Response(page, media_type=content_type)
+
+    def openapi_json(request: Request) -> Response:
+        return Response(document, media_type=_JSON)
+
+    endpoints: dict[str, Callable[[Request], Response]] = {
+        "/v1/access": access,
+        "/v1/nodes": nodes,
+        "/v1/nodes/{node}": node,
+        "/v1/hosts": hosts,
+        "/v1/events": events,
+        "/healthz": healthz,
+        "/readyz": readyz,
+        "/metrics": metrics_page,
+        "/openapi.json": openapi_json,
+    }
+    routes = [Route(path, _route(path, fn), methods=["GET"]) for path, fn in endpoints.items()]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        checker.cache.start()
+        try:
+            yield
+        finally:
+            checker.close()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return error(status, exc.detail if isinstance(exc, HTTPException) else "internal error")
+
+    middleware = [Middleware(BearerAuth, token=token)] if token else []
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+__all__ = ["create_app"]

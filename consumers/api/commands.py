@@ -1,0 +1,44 @@
+"""``wgchain api``: serve the HTTP API with uvicorn on ``WGCHAIN_API_LISTEN``.
+
+The bearer token comes from ``WGCHAIN_API_TOKEN`` (or the TOML file), never from a
+flag: a flag would show it in the process list.
+"""
+
+from __future__ import annotations
+
+import click
+import uvicorn
+
+from consumers.api.app import create_app
+from shared.cmdline import with_settings
+from shared.logs import log
+from shared.redis_log import connect, redacted
+from shared.settings import Settings
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (or ``[v6]:port``) as (host, port); settings validated the form."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+@click.command("api")
+@with_settings("redis_url", "chain_id", "contract", "api_listen", "max_lag", stage="api")
+def api(cfg: Settings) -> None:
+    """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI)."""
+    keys = cfg.keys()
+    client = connect(cfg.redis_url)
+    host, port = split_listen(cfg.api_listen)
+    app = create_app(client, keys, token=cfg.api_token, max_lag=cfg.max_lag)
+    auth = "bearer token required" if cfg.api_token else "no token (open)"
+    log.info(
+        "API on http://{}:{} for {} via {}; {}", host, port, keys.tag, redacted(cfg.redis_url), auth
+    )
+    level = {"success": "info"}.get(cfg.log_level.lower(), cfg.log_level.lower())
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=level, access_log=False, log_config=None
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        client.close()

@@ -1,0 +1,217 @@
+"""The API's response bodies (msgspec structs) and its OpenAPI 3.1 document. Pure."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from consumers.access.decide import REASONS, Decision
+from consumers.status.model import HostInfo, StageInfo
+from shared.events import LogEntry, Retracted
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every 4xx/5xx answer."""
+
+    error: str
+    #: The query parameter at fault, for a 400.
+    param: str | None = None
+
+
+class Health(msgspec.Struct):
+    status: str
+
+
+class Ready(msgspec.Struct, kw_only=True):
+    """Ready when Redis answers and every stage is at most ``max_lag`` entries behind."""
+
+    ready: bool
+    redis: bool
+    max_lag: int
+    stages: list[StageInfo] = []
+    detail: str = ""
+
+
+class NodeSummary(msgspec.Struct, kw_only=True):
+    """A node as the registry and the address pool see it."""
+
+    node: str
+    #: An active token names the node.
+    member: bool
+    #: It is a member with a valid key that won every conflict: it has a WireGuard peer.
+    live: bool
+    #: Why it is not live: ``no-key``, ``invalid-key``, ``key-conflict``, ``revoked`` ("" if live).
+    reason: str
+    token_id: int | None = None
+    owner: str | None = None
+    #: The member's key when it is a valid WireGuard key (None otherwise).
+    public_key: str | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+
+class NodeList(msgspec.Struct, kw_only=True):
+    nodes: list[NodeSummary]
+    #: Pass as ``after`` for the next page (None: this was the last page).
+    next: str | None = None
+    #: Registry stage position the list reflects.
+    position: str
+
+
+class NodeDetail(NodeSummary, kw_only=True):
+    #: Block of the ``NodeJoined`` that made the node live (None when not live).
+    since_block: int | None = None
+    #: The endpoint its host announced.
+    endpoint: str | None = None
+    #: Its agent's status (None: no agent reported for this node).
+    host: HostInfo | None = None
+    position: str
+
+
+class HostList(msgspec.Struct):
+    hosts: list[HostInfo]
+
+
+class EventItem(msgspec.Struct, kw_only=True):
+    """One ``events`` entry (``error`` instead when it does not decode)."""
+
+    id: str
+    entry: LogEntry | Retracted | None = None
+    error: str = ""
+
+
+class EventsPage(msgspec.Struct, kw_only=True):
+    entries: list[EventItem]
+    #: Pass as ``after`` for the next page (None: the log has no more entries now).
+    next: str | None = None
+
+
+_REF: Final = "#/components/schemas/{name}"
+_STRUCTS: Final = (Decision, NodeList, NodeDetail, HostList, EventsPage, Health, Ready, ErrorBody)
+
+
+def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _param(
+    name: str, description: str, schema: dict[str, Any], required: bool = False
+) -> dict[str, Any]:
+    where = "path" if name == "node" and required else "query"
+    return {
+        "name": name,
+        "in": where,
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def openapi(version: str, auth: bool) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API (schemas generated from the response structs)."""
+    refs, components = msgspec.json.schema_components(_STRUCTS, ref_template=_REF)
+    ref = dict(zip((s.__name__ for s in _STRUCTS), refs, strict=True))
+    error = ref["ErrorBody"]
+    bad = {"400": _json(error, "invalid parameter")}
+    denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
+    unavailable = {"503": _json(error, "Redis unreachable")}
+    node_q = _param("node", "node id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"})
+    node_p = _param("node", "node id", {"type": "string"}, required=True)
+
+    def get(
+        summary: str, ok: dict[str, Any], params: list[dict[str, Any]] | None = None, /, **more: Any
+    ) -> dict[str, Any]:
+        op: dict[str, Any] = {"summary": summary, "responses": {"200": ok, **more, **denied}}
+        if params:
+            op["parameters"] = params
+        return {"get": op}
+
+    paths = {
+        "/v1/access": get(
+            "Access check: may KEY (or does ADDRESS) reach NODE? 200 with granted true/false.",
+            _json(ref["Decision"], "the decision and its reason"),
+            [
+                {**node_q, "required": True},
+                _param("key", "WireGuard public key (give key or address)", {"type": "string"}),
+                _param("address", "0x address (give key or address)", {"type": "string"}),
+                _param("at_block", "answer for this past block", {"type": "integer", "minimum": 0}),
+            ],
+            **bad,
+            **unavailable,
+        ),
+        "/v1/nodes": get(
+            "Every node a token ever named, by id, in pages.",
+            _json(ref["NodeList"], "a page of nodes"),
+            [
+                _param("after", "node id to start after", {"type": "string"}),
+                _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 10000}),
+            ],
+            **bad,
+            **unavailable,
+        ),
+        "/v1/nodes/{node}": get(
+            "One node: membership, key, address, owner, token, since-block, host status.",
+            _json(ref["NodeDetail"], "the node"),
+            [node_p],
+            **bad,
+            **{"404": _json(error, "no token ever named this node")},
+            **unavailable,
+        ),
+        "/v1/hosts": get(
+            "Every agent: applied position, lag, last apply, last error, endpoint.",
+            _json(ref["HostList"], "the hosts"),
+            **unavailable,
+        ),
+        "/v1/events": get(
+            "The events log, in pages.",
+            _json(ref["EventsPage"], "a page of entries"),
+            [
+                _param("after", "stream id to start after (0-0: the start)", {"type": "string"}),
+                _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
+            ],
+            **bad,
+            **unavailable,
+        ),
+        "/healthz": {
+            "get": {
+                "summary": "The process is up.",
+                "responses": {"200": _json(ref["Health"], "up")},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Redis reachable and every stage within the lag limit.",
+                "responses": {
+                    "200": _json(ref["Ready"], "ready"),
+                    "503": _json(ref["Ready"], "not ready"),
+                },
+            }
+        },
+        "/metrics": get(
+            "Prometheus metrics of this process.",
+            {
+                "description": "text exposition",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        ),
+        "/openapi.json": get(
+            "This document.", {"description": "OpenAPI 3.1", "content": {"application/json": {}}}
+        ),
+    }
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "wgchain",
+            "version": version,
+            "description": "Reads of the wgchain pipeline. Access reasons: " + ", ".join(REASONS),
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+    if auth:
+        doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        doc["security"] = [{"bearer": []}]
+        for path in ("/healthz", "/readyz"):
+            paths[path]["get"]["security"] = []
+    return doc

@@ -1,0 +1,1 @@
+"""``wgchain audit``: replay, history, verify and export, all answered from the log."""

@@ -1,0 +1,129 @@
+"""Canonical dumps, digests and field-level diffs of projections. Pure.
+
+A state hash is compared as its sorted (field, value) pairs. A stream is compared
+by its *effective content*: the entries left after retractions (``effective``), in
+order, as canonical JSON, with stream ids that differ between two runs of the same
+fold replaced by something that does not: in ``peers``, ``cause`` (the id of the
+``registry`` entry that caused it) becomes ``#n``, that entry's position in the
+effective ``registry`` content. ``events`` ids (``cause`` in ``registry``, ``origin``
+in ``peers``) are the same in a replay, which keeps them, so they are compared as is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+
+from consumers.audit.entries import Decoded, Undecodable
+from shared.events import effective, encode
+from shared.validate import excerpt
+
+_JSON: Final = msgspec.json.Decoder()
+
+
+def state_digest(fields: Mapping[str, bytes]) -> str:
+    """sha256 of a state hash's canonical dump (sorted fields)."""
+    pairs = [(k, fields[k].decode("latin-1")) for k in sorted(fields)]
+    return hashlib.sha256(msgspec.json.encode(pairs)).hexdigest()
+
+
+def content_digest(items: Sequence[bytes]) -> str:
+    """sha256 of a stream's canonical content (see :func:`content`)."""
+    return hashlib.sha256(msgspec.json.encode([i.decode("latin-1") for i in items])).hexdigest()
+
+
+def ordinals(registry: Sequence[Decoded]) -> dict[str, int]:
+    """registry entry id -> its position in the effective registry content."""
+    return {entry_id: n for n, (entry_id, _) in enumerate(effective(registry))}
+
+
+def content(entries: Sequence[Decoded], causes: Mapping[str, int] | None = None) -> list[bytes]:
+    """The effective entries of a stream as canonical JSON; with ``causes`` (registry id ->
+    position), ``cause`` ids are replaced by their position (``#n``)."""
+    out: list[bytes] = []
+    for _, entry in effective(entries):
+        if isinstance(entry, Undecodable):
+            out.append(msgspec.json.encode({"type": "undecodable", "reason": entry.reason}))
+            continue
+        cause = getattr(entry, "cause", "")
+        if causes is not None and cause:
+            number = causes.get(cause)
+            shown = f"#{number}" if number is not None else f"?{cause}"
+            out.append(encode(msgspec.structs.replace(entry, cause=shown)))
+        else:
+            out.append(encode(entry))
+    return out
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return _JSON.decode(raw)
+    except msgspec.DecodeError:
+        return raw.decode("latin-1")
+
+
+def _show(value: Any) -> str:
+    text = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+    return excerpt(text)
+
+
+def _paths(live: Any, replay: Any, path: str) -> Iterator[str]:
+    """``path: live X, replay Y`` for every leaf where two JSON values differ."""
+    if isinstance(live, dict) and isinstance(replay, dict):
+        for key in sorted(set(live) | set(replay), key=str):
+            sub = f"{path}.{excerpt(str(key))}"
+            if key not in live:
+                yield f"{sub}: only in the replay: {_show(replay[key])}"
+            elif key not in replay:
+                yield f"{sub}: only live: {_show(live[key])}"
+            elif live[key] != replay[key]:
+                yield from _paths(live[key], replay[key], sub)
+    elif live != replay:
+        yield f"{path}: live {_show(live)}, replay {_show(replay)}"
+
+
+def diff_state(live: Mapping[str, bytes], replay: Mapping[str, bytes]) -> list[str]:
+    """One line per difference between two state hashes, field by field (JSON leaf by leaf)."""
+    lines: list[str] = []
+    for name in sorted(set(live) | set(replay)):
+        a, b = live.get(name), replay.get(name)
+        shown = excerpt(name)
+        if a == b:
+            continue
+        if a is None and b is not None:
+            lines.append(f"{shown}: only in the replay: {_show(_parse(b))}")
+        elif b is None and a is not None:
+            lines.append(f"{shown}: only live: {_show(_parse(a))}")
+        elif a is not None and b is not None:
+            lines.extend(_paths(_parse(a), _parse(b), shown))
+    return lines
+
+
+def diff_content(live: Sequence[bytes], replay: Sequence[bytes]) -> list[str]:
+    """One line per difference between two streams' contents, entry by entry."""
+    lines: list[str] = []
+    for n in range(max(len(live), len(replay))):
+        a = live[n] if n < len(live) else None
+        b = replay[n] if n < len(replay) else None
+        if a == b:
+            continue
+        if a is None and b is not None:
+            lines.append(f"entry #{n}: only in the replay: {_show(_parse(b))}")
+        elif b is None and a is not None:
+            lines.append(f"entry #{n}: only live: {_show(_parse(a))}")
+        elif a is not None and b is not None:
+            lines.extend(_paths(_parse(a), _parse(b), f"entry #{n}"))
+    return lines
+
+
+__all__ = [
+    "content",
+    "content_digest",
+    "diff_content",
+    "diff_state",
+    "ordinals",
+    "state_digest",
+]

@@ -1,0 +1,270 @@
+"""``audit history``: the timeline of a node, a key or an owner, folded from the log. Pure.
+
+The log is folded in stream order with the registry fold
+(``consumers.registry.fold``), skipping the entries that a ``Retracted`` entry
+voids, which is exactly folding ``effective(log)``. A row is shown for every entry
+that names the subject or changes what the subject looks like (its view); a voided
+entry that names the subject is shown marked ``retracted`` (not applied), and so is
+the retraction that voided it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from consumers.audit.entries import Decoded, Undecodable, utc, void_ids
+from consumers.registry.fold import FOLD, RegistryState
+from shared.errors import SettingsError
+from shared.events import (
+    ChainEvent,
+    LogEntry,
+    NodeAccessGranted,
+    Retracted,
+)
+from shared.validate import excerpt
+
+_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a timeline."""
+
+    entry_id: str
+    block: int
+    time: str
+    tx: str
+    log_index: int
+    event: str
+    fields: dict[str, Any]
+    state: dict[str, Any]
+    retracted: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The row as a JSON object."""
+        return dataclasses.asdict(self)
+
+
+class Subject(Protocol):
+    """What a timeline follows: a node, a key or an owner."""
+
+    def names(self, event: ChainEvent) -> bool:
+        """Whether ``event`` mentions the subject (shown even when it changes nothing)."""
+
+    def observe(self, state: RegistryState, event: ChainEvent) -> None:
+        """Update the subject's own indexes after ``event`` was applied."""
+
+    def view(self, state: RegistryState) -> dict[str, Any]:
+        """The subject's resulting state (a row is shown when it changes)."""
+
+
+def _token(event: ChainEvent) -> int | None:
+    return getattr(event, "token_id", None)
+
+
+class NodeSubject:
+    """A node id: its published status and every token that ever named it."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.tokens: set[int] = set()
+        #: Tokens whose grant named the node, applied or not (a retracted grant's token).
+        self.named: set[int] = set()
+
+    def names(self, event: ChainEvent) -> bool:
+        token = _token(event)
+        named = getattr(event, "node_id", None) == self.node
+        if named and isinstance(event, NodeAccessGranted):
+            self.named.add(event.token_id)
+        return named or token in self.tokens or token in self.named
+
+    def observe(self, state: RegistryState, event: ChainEvent) -> None:
+        token = _token(event)
+        record = state.tokens.get(token) if token is not None else None
+        if token is not None and record is not None and record.node_id == self.node:
+            self.tokens.add(token)
+
+    def view(self, state: RegistryState) -> dict[str, Any]:
+        status = state.status.get(self.node)
+        tokens = {
+            str(t): "active" if state.tokens[t].active else "revoked" for t in sorted(self.tokens)
+        }
+        if status is None:
+            return {"live": False, "reason": "no active token", "tokens": tokens}
+        return {
+            "live": status.live,
+            "reason": status.reason,
+            "token": status.token_id,
+            "owner": status.owner,
+            "key": status.public_key,
+            "tokens": tokens,
+        }
+
+
+class KeySubject:
+    """A WireGuard key: the owners that set it and the nodes that would use it."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.owners: set[str] = set()
+
+    def names(self, event: ChainEvent) -> bool:
+        return getattr(event, "public_key", None) == self.key
+
+    def observe(self, state: RegistryState, event: ChainEvent) -> None:
+        owner = getattr(event, "owner", None)
+        if isinstance(owner, str):
+            owner = owner.lower()
+            if state.keys.get(owner) == self.key:
+                self.owners.add(owner)
+            else:
+                self.owners.discard(owner)
+
+    def view(self, state: RegistryState) -> dict[str, Any]:
+        winner = state.winners.get(self.key)
+        nodes = {
+            node: "live" if winner is not None and winner[1] == node else "key-conflict"
+            for node in sorted(state.candidates.get(self.key, {}))
+        }
+        return {"owners": sorted(self.owners), "nodes": nodes}
+
+
+class OwnerSubject:
+    """An address: its key and the tokens it holds, with their nodes' status."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner.lower()
+        self.tokens: set[int] = set()
+
+    def names(self, event: ChainEvent) -> bool:
+        addresses = (getattr(event, name, "") for name in ("owner", "from_address", "to_address"))
+        return any(a.lower() == self.owner for a in addresses if isinstance(a, str))
+
+    def observe(self, state: RegistryState, event: ChainEvent) -> None:
+        token = _token(event)
+        record = state.tokens.get(token) if token is not None else None
+        if token is None or record is None:
+            return
+        if record.owner == self.owner:
+            self.tokens.add(token)
+        else:
+            self.tokens.discard(token)
+
+    def view(self, state: RegistryState) -> dict[str, Any]:
+        tokens: dict[str, Any] = {}
+        for t in sorted(self.tokens):
+            record = state.tokens[t]
+            status = state.status.get(record.node_id)
+            live = status is not None and status.live and status.token_id == t
+            shown = "live" if live else ("active" if record.active else "revoked")
+            tokens[str(t)] = {"node": record.node_id, "status": shown}
+        return {"key": state.keys.get(self.owner, ""), "tokens": tokens}
+
+
+def subject(node: str | None, key: str | None, owner: str | None) -> Subject:
+    """The subject of ``--node``, ``--key`` or ``--owner`` (exactly one must be given)."""
+    given = [v for v in (node, key, owner) if v is not None]
+    if len(given) != 1:
+        raise SettingsError("--node/--key/--owner", "give exactly one of them")
+    if node is not None:
+        return NodeSubject(node)
+    if key is not None:
+        return KeySubject(key)
+    assert owner is not None
+    if not _ADDRESS.fullmatch(owner):
+        raise SettingsError("--owner", f"{excerpt(owner)} is not a 0x-prefixed 20-byte address")
+    return OwnerSubject(owner)
+
+
+def _fields(event: ChainEvent) -> dict[str, Any]:
+    fields: dict[str, Any] = msgspec.to_builtins(event)
+    fields.pop("type", None)
+    return fields
+
+
+def _row(entry_id: str, entry: LogEntry, state: dict[str, Any], retracted: bool) -> Row:
+    return Row(
+        entry_id=entry_id,
+        block=entry.block_number,
+        time=utc(entry.block_timestamp),
+        tx=entry.tx_hash,
+        log_index=entry.log_index,
+        event=type(entry.event).__name__,
+        fields=_fields(entry.event),
+        state=state,
+        retracted=retracted,
+    )
+
+
+def timeline(events: Iterable[Decoded], who: Subject) -> list[Row]:
+    """The rows of ``who``'s timeline over the events log ``events`` (stream order)."""
+    events = list(events)
+    void = void_ids(events)
+    state = RegistryState()
+    shown: set[str] = set()
+    rows: list[Row] = []
+    view = who.view(state)
+    for entry_id, entry in events:
+        if isinstance(entry, Undecodable):
+            rows.append(
+                Row(entry_id, -1, "", "", -1, "Undecodable", {"reason": entry.reason}, view)
+            )
+            continue
+        if isinstance(entry, Retracted):
+            if entry.entry_id in shown:
+                fields = {"entry_id": entry.entry_id, "block_hash": entry.block_hash}
+                rows.append(
+                    Row(entry_id, entry.block_number, "", "", -1, "Retracted", fields, view)
+                )
+            continue
+        if not isinstance(entry, LogEntry):
+            continue
+        if entry_id in void:
+            if who.names(entry.event):
+                rows.append(_row(entry_id, entry, view, retracted=True))
+                shown.add(entry_id)
+            continue
+        named = who.names(entry.event)
+        state, _ = FOLD.apply(state, entry_id, entry)
+        who.observe(state, entry.event)
+        after = who.view(state)
+        if named or after != view:
+            rows.append(_row(entry_id, entry, after, retracted=False))
+        view = after
+    return rows
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{excerpt(str(k))}: {_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_text(v) for v in value) + "]"
+    return excerpt(value) if isinstance(value, str) else str(value)
+
+
+def render(row: Row) -> str:
+    """One row as a text line; every chain string is escaped."""
+    event = " ".join(f"{k}={_text(v)}" for k, v in row.fields.items())
+    state = " ".join(f"{k}={_text(v)}" for k, v in row.state.items())
+    mark = "  RETRACTED (not applied)" if row.retracted else ""
+    where = f"block {row.block}" if row.block >= 0 else "block ?"
+    tx = f"tx {row.tx} log {row.log_index}" if row.tx else ""
+    return f"{row.entry_id}  {where}  {row.time}  {tx}  {row.event} {event}{mark}\n    -> {state}"
+
+
+__all__ = [
+    "KeySubject",
+    "NodeSubject",
+    "OwnerSubject",
+    "Row",
+    "Subject",
+    "render",
+    "subject",
+    "timeline",
+]

@@ -1,0 +1,341 @@
+"""``audit replay``: rebuild the projections from the log and compare them with the live ones.
+
+The log's entries up to the bound are copied, with their ids, into the ``events``
+stream of a scratch namespace (``Keys(..., prefix="wgchain-audit-<random>")``), and
+the real stages (:class:`~consumers.stage.Stage` with the registry and ipam folds)
+run over it until they are idle; the scratch keys are deleted afterwards (and expire
+within :data:`SCRATCH_TTL` seconds if the audit is killed). Then four projections
+are compared by sha256 digest, with a field-level diff when they differ:
+
+* ``registry state`` and ``ipam state`` (the allocations): the state hashes. The live
+  side only keeps its *current* state, so they are compared when the live stage's
+  position is exactly the replay's (always without ``--until``, see below);
+  otherwise the line says SKIP and why.
+* ``registry stream`` and ``peers stream``: effective content (``compare.content``)
+  of the live streams' prefixes caused by events up to the bound — every registry
+  entry names its ``events`` cause and every peers entry its ``registry`` cause, so
+  these prefixes are exactly what the stages wrote for the entries the replay
+  covers, whatever they did afterwards.
+
+Without ``--until`` the bound is the live registry stage's position, taken from a
+snapshot in which the ipam stage has consumed the whole ``registry`` stream; the
+audit waits (``--wait``) for the registry stage to reach the end of the log first
+and says so when it did not.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import redis
+
+from consumers.audit import compare
+from consumers.audit.entries import Decoded, decode, id_key
+from consumers.audit.progress import bar
+from consumers.audit.streams import read_stream
+from consumers.ipam.allocate import IpamFold
+from consumers.registry.fold import RegistryFold
+from consumers.stage import Fold, Stage
+from shared.errors import WgchainError
+from shared.keys import Keys
+from shared.redis_log import START, as_str, redis_retry
+
+#: Prefix of scratch namespaces (a random suffix follows).
+SCRATCH_PREFIX: Final = "wgchain-audit-"
+#: Seconds a scratch key lives if the audit dies before deleting it.
+SCRATCH_TTL: Final = 3600
+#: Entries copied per pipeline.
+COPY_CHUNK: Final = 1000
+#: Seconds between two snapshots while waiting for the live stages.
+POLL: Final = 0.2
+STAGES: Final = ("registry", "ipam")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The live positions and state hashes, read atomically."""
+
+    events_last: str
+    registry_last: str
+    positions: dict[str, str]
+    states: dict[str, dict[str, bytes]]
+
+
+@dataclass
+class Outcome:
+    """The comparison of one projection."""
+
+    name: str
+    status: str  # OK, DIFF or SKIP
+    detail: str
+    diff: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """What a replay covered and how each projection compared."""
+
+    bound: str
+    entries: int
+    scratch: str
+    notes: list[str] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status != "DIFF" for o in self.outcomes)
+
+
+def snapshot(client: redis.Redis, keys: Keys) -> Snapshot:
+    """Positions, state hashes and the last ids of ``events`` and ``registry``, atomically."""
+
+    def read() -> list[Any]:
+        pipe = client.pipeline(transaction=True)
+        pipe.xrevrange(keys.events, count=1)
+        pipe.xrevrange(keys.registry, count=1)
+        for stage in STAGES:
+            pipe.get(keys.position(stage))
+            pipe.hgetall(keys.state(stage))
+        result: list[Any] = pipe.execute()
+        return result
+
+    ev, reg, reg_pos, reg_state, ipam_pos, ipam_state = redis_retry(read)
+    return Snapshot(
+        events_last=as_str(ev[0][0]) if ev else START,
+        registry_last=as_str(reg[0][0]) if reg else START,
+        positions={
+            "registry": as_str(reg_pos) if reg_pos else START,
+            "ipam": as_str(ipam_pos) if ipam_pos else START,
+        },
+        states={
+            "registry": {as_str(k): v for k, v in reg_state.items()},
+            "ipam": {as_str(k): v for k, v in ipam_state.items()},
+        },
+    )
+
+
+def registry_prefix(registry: list[Decoded], bound: str) -> list[Decoded]:
+    """The registry entries caused by events up to ``bound`` (a prefix of the stream)."""
+    limit = id_key(bound)
+    out: list[Decoded] = []
+    for entry_id, entry in registry:
+        cause = getattr(entry, "cause", None)
+        if isinstance(cause, str) and id_key(cause) > limit:
+            break
+        out.append((entry_id, entry))
+    return out
+
+
+def peers_prefix(peers: list[Decoded], registry: list[Decoded], bound: str) -> list[Decoded]:
+    """The peers entries caused by events up to ``bound`` (a prefix of the stream).
+
+    A peers entry's ``cause`` is the ``registry`` entry it came from (a retraction's
+    too); ``registry`` holds the registry prefix of the same bound.
+    """
+    known = {i for i, _ in registry}
+    out: list[Decoded] = []
+    for entry_id, entry in peers:
+        cause = getattr(entry, "cause", None)
+        if isinstance(cause, str) and cause not in known:
+            break
+        out.append((entry_id, entry))
+    return out
+
+
+class Replay:
+    """One audit replay against the live namespace ``keys``."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        ipam: IpamFold,
+        *,
+        wait: float = 30.0,
+        max_diff: int = 20,
+        show_progress: bool = False,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.ipam = ipam
+        self.wait = wait
+        self.max_diff = max_diff
+        self.show = show_progress
+        self.scratch = Keys(keys.chain_id, keys.contract, SCRATCH_PREFIX + secrets.token_hex(6))
+
+    # --- the live side ------------------------------------------------------------
+
+    def _settle(self, bound: str | None, notes: list[str]) -> tuple[str, Snapshot]:
+        """The bound and a live snapshot in which the stages have reached it (or an error)."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            snap = snapshot(self.client, self.keys)
+            ready, why = self._ready(snap, bound)
+            if ready and (bound is not None or snap.positions["registry"] == snap.events_last):
+                break
+            if time.monotonic() >= deadline:
+                if not ready:
+                    raise WgchainError(f"the live stages have not reached the bound: {why}")
+                notes.append(
+                    f"the registry stage is at {snap.positions['registry']}, behind the end of "
+                    f"the log ({snap.events_last}): entries after it are not compared"
+                )
+                break
+            time.sleep(POLL)
+        return (snap.positions["registry"] if bound is None else bound), snap
+
+    def _ready(self, snap: Snapshot, bound: str | None) -> tuple[bool, str]:
+        registry_at, ipam_at = snap.positions["registry"], snap.positions["ipam"]
+        if bound is None:
+            ok = ipam_at == snap.registry_last
+            return ok, f"ipam is at {ipam_at}, the registry stream ends at {snap.registry_last}"
+        if id_key(registry_at) < id_key(bound):
+            return False, f"registry is at {registry_at}, before {bound}"
+        prefix = registry_prefix(decode(read_stream(self.client, self.keys.registry)), bound)
+        last = prefix[-1][0] if prefix else START
+        if id_key(ipam_at) < id_key(last):
+            return False, f"ipam is at {ipam_at}, before {last}"
+        return True, ""
+
+    # --- the scratch side ---------------------------------------------------------
+
+    def _scratch_keys(self) -> list[str]:
+        s = self.scratch
+        names = [s.events, s.registry, s.peers]
+        for stage in STAGES:
+            names += [s.position(stage), s.state(stage), s.dead(stage)]
+        return names
+
+    def _expire(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for name in self._scratch_keys():
+            pipe.expire(name, SCRATCH_TTL)
+        pipe.execute()
+
+    def _copy(self, bound: str) -> int:
+        """Copy the log up to ``bound`` into the scratch ``events`` stream, ids kept."""
+        entries = read_stream(self.client, self.keys.events, high=bound) if bound != START else []
+        with bar("copying the log", len(entries), self.show) as progress:
+            for start in range(0, len(entries), COPY_CHUNK):
+                chunk = entries[start : start + COPY_CHUNK]
+                pipe = self.client.pipeline(transaction=False)
+                for entry_id, fields in chunk:
+                    pipe.xadd(self.scratch.events, fields, id=entry_id)  # type: ignore[arg-type]
+                pipe.execute()
+                self._expire()
+                progress.advance(len(chunk))
+        return len(entries)
+
+    def _run(self, fold: Fold[Any], total: int) -> None:
+        """Run the real stage ``fold`` over its scratch input until it is idle."""
+        stage = Stage(self.client, self.scratch, fold)
+        with bar(f"replaying {fold.name}", total, self.show) as progress:
+            while True:
+                done = stage.step(block_ms=None)
+                if not done:
+                    return
+                self._expire()
+                progress.advance(done)
+
+    def cleanup(self) -> None:
+        """Delete every key of the scratch namespace."""
+        names = set(self._scratch_keys())
+        names.update(as_str(k) for k in self.client.scan_iter(match=f"{self.scratch.prefix}:*"))
+        self.client.delete(*names)
+
+    # --- the comparison -----------------------------------------------------------
+
+    def run(self, bound: str | None) -> Report:
+        """Replay the log up to ``bound`` (None: the live registry position) and compare."""
+        notes: list[str] = []
+        bound, snap = self._settle(bound, notes)
+        try:
+            copied = self._copy(bound)
+            self._run(RegistryFold(), copied)
+            replayed = self.client.xlen(self.scratch.registry)
+            self._run(self.ipam, int(replayed))
+            replay = snapshot(self.client, self.scratch)
+            ours = self._streams(self.scratch, bound)
+        finally:
+            self.cleanup()
+        live = self._streams(self.keys, bound)
+        report = Report(bound, copied, self.scratch.prefix, notes)
+        report.outcomes = [
+            self._state("registry", snap, replay, bound),
+            self._state("ipam", snap, replay, live[2]),
+            self._stream("registry stream", live[0], ours[0]),
+            self._stream("peers stream", live[1], ours[1]),
+        ]
+        return report
+
+    def _streams(self, keys: Keys, bound: str) -> tuple[list[bytes], list[bytes], str]:
+        """Effective contents of the registry and peers prefixes, and the registry prefix end."""
+        registry = registry_prefix(decode(read_stream(self.client, keys.registry)), bound)
+        peers = peers_prefix(decode(read_stream(self.client, keys.peers)), registry, bound)
+        causes = compare.ordinals(registry)
+        last = registry[-1][0] if registry else START
+        return compare.content(registry), compare.content(peers, causes), last
+
+    def _state(self, stage: str, live: Snapshot, replay: Snapshot, upto: str) -> Outcome:
+        """Compare ``stage``'s state hashes when the live one is at the replay's point."""
+        name = f"{stage} state"
+        at = live.positions[stage]
+        if at != upto:
+            return Outcome(name, "SKIP", f"the live stage is at {at}, the replay at {upto}")
+        return self._outcome(
+            name,
+            live=compare.state_digest(live.states[stage]),
+            replay=compare.state_digest(replay.states[stage]),
+            size=len(live.states[stage]),
+            diff=lambda: compare.diff_state(live.states[stage], replay.states[stage]),
+            unit="fields",
+        )
+
+    def _stream(self, name: str, live: list[bytes], replay: list[bytes]) -> Outcome:
+        return self._outcome(
+            name,
+            live=compare.content_digest(live),
+            replay=compare.content_digest(replay),
+            size=len(live),
+            diff=lambda: compare.diff_content(live, replay),
+            unit="entries",
+        )
+
+    def _outcome(
+        self,
+        name: str,
+        *,
+        live: str,
+        replay: str,
+        size: int,
+        diff: Callable[[], list[str]],
+        unit: str,
+    ) -> Outcome:
+        if live == replay:
+            return Outcome(name, "OK", f"sha256 {live[:16]} ({size} {unit})")
+        lines = diff()
+        shown = lines[: self.max_diff]
+        if len(lines) > len(shown):
+            shown.append(f"... and {len(lines) - len(shown)} more differences")
+        return Outcome(name, "DIFF", f"live sha256 {live[:16]}, replay sha256 {replay[:16]}", shown)
+
+
+def render(report: Report) -> list[str]:
+    """The report as text lines."""
+    bound = "nothing (empty log)" if report.bound == START else report.bound
+    lines = [
+        f"replayed {report.entries} events entries up to {bound} "
+        f"in scratch namespace {report.scratch} (deleted)"
+    ]
+    lines += [f"note: {n}" for n in report.notes]
+    for outcome in report.outcomes:
+        lines.append(f"{outcome.status:<5} {outcome.name:<16} {outcome.detail}")
+        lines += [f"      {d}" for d in outcome.diff]
+    return lines
+
+
+__all__ = ["Outcome", "Replay", "Report", "peers_prefix", "registry_prefix", "render", "snapshot"]

@@ -1,0 +1,105 @@
+"""The fleet status as rich tables. Pure (builds renderables, prints nothing).
+
+Every string that came from Redis or the chain is shown through
+``validate.excerpt`` inside a ``Text`` (never parsed as rich markup).
+"""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from consumers.status.model import FleetStatus, HostInfo
+from shared.validate import excerpt
+
+
+def _t(value: object) -> Text:
+    """A table cell that shows ``value`` literally, escaped and shortened."""
+    return Text("—" if value is None or value == "" else excerpt(str(value)))
+
+
+def age(then: float | None, now: float) -> str:
+    """``then`` as "12s ago", "3m ago", "2h ago" ("never" for None)."""
+    if then is None:
+        return "never"
+    seconds = max(0.0, now - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def _lag(entries: int, capped: bool) -> str:
+    return f"≥{entries}" if capped else str(entries)
+
+
+def render(status: FleetStatus, now: float | None = None) -> Group:
+    """Summary, stages, hosts and counts of ``status``."""
+    now = time.time() if now is None else now
+    lst = status.listener
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+    summary.add_row("network", _t(status.network))
+    summary.add_row("chain head", _t("unknown" if lst.chain_head is None else lst.chain_head))
+    cursor = "none" if lst.cursor_block is None else str(lst.cursor_block)
+    lag = "" if lst.lag_blocks is None else f" ({lst.lag_blocks} blocks behind)"
+    summary.add_row("listener cursor", _t(cursor + lag))
+    if lst.lease_holder is None:
+        lease = "none"
+    else:
+        details = []
+        if lst.lease_fence is not None:
+            details.append(f"fence {lst.lease_fence}")
+        if lst.lease_ttl_seconds is not None:
+            details.append(f"{lst.lease_ttl_seconds:.1f}s left")
+        lease = lst.lease_holder + (f" ({', '.join(details)})" if details else "")
+    summary.add_row("lease holder", _t(lease))
+    summary.add_row("events", _t(lst.events))
+
+    stages = Table(title="stages", title_justify="left")
+    for column in ("stage", "position", "lag", "dead letters"):
+        stages.add_column(column)
+    blocks = None if lst.lag_blocks is None else f"{lst.lag_blocks} blocks"
+    stages.add_row("listener", _t(lst.last_entry), _t(blocks), _t(lst.dead_letters))
+    for stage in status.stages:
+        stages.add_row(
+            stage.name,
+            _t(stage.position),
+            _lag(stage.lag_entries, stage.lag_capped),
+            str(stage.dead_letters),
+        )
+
+    hosts = Table(title=f"hosts ({len(status.hosts)})", title_justify="left")
+    for column in ("node", "endpoint", "applied", "lag", "last apply", "peers", "last error"):
+        hosts.add_column(column)
+    for host in status.hosts:
+        hosts.add_row(*_host_row(host, now))
+
+    c = status.counts
+    counts = Text(
+        f"conflicts {c.conflicts}   anomalies {c.anomalies}   "
+        f"pending allocations {c.pending_allocations}   dead letters {c.dead_letters}"
+    )
+    return Group(summary, stages, hosts, counts)
+
+
+def _host_row(host: HostInfo, now: float) -> list[Text | str]:
+    if host.updated_at is None:
+        return [_t(host.node), _t(host.endpoint), "—", "—", "never reported", "—", "—"]
+    lag = _lag(host.lag_entries, host.lag_capped)
+    if host.lag_entries:
+        lag += f" ({host.lag_seconds:.1f}s)"
+    error = host.last_error or (host.fail_closed and f"fail closed: {host.fail_closed}")
+    return [
+        _t(host.node),
+        _t(host.endpoint),
+        _t(host.applied_position),
+        lag,
+        age(host.last_apply, now),
+        str(host.peer_count),
+        Text(excerpt(error), style="red") if error else _t(""),
+    ]

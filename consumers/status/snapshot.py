@@ -1,0 +1,329 @@
+"""The fleet's state in one Redis round trip: listener, stages, hosts and counts.
+
+A single Lua script reads everything (so the picture is consistent, and one
+status costs one round trip whether there are 3 hosts or 1,000): the listener's
+cursor and lease, each stage's position and how many input entries it is behind,
+every agent's status hash (found with ``SCAN`` on the host-status key pattern,
+so agents that announce no endpoint are found too), how many ``peers`` entries
+each agent has not applied yet (one backward walk of the stream for all hosts,
+capped), the recorded conflicts and anomalies, pending allocations and dead
+letters. The chain head comes from the RPC node when it answers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import msgspec
+import redis
+import requests
+
+from consumers.status.model import Counts, FleetStatus, HostInfo, ListenerInfo, StageInfo
+from shared.keys import Keys
+from shared.redis_log import START, as_str
+
+#: Most entries counted when measuring a lag; a larger lag shows as "at least" this.
+LAG_CAP: Final = 1000
+#: Keys examined per SCAN step while looking for agent status hashes.
+SCAN_COUNT: Final = 1000
+#: Seconds to wait for the RPC node's block number before showing "unknown".
+RPC_TIMEOUT: Final = 2.0
+#: The stages, in pipeline order.
+STAGES: Final = ("registry", "ipam")
+
+_LUA: Final = """
+-- KEYS: cursor, lease, events, registry, peers, registry position, ipam position,
+--       listener dead, registry dead, ipam dead, ipam state
+-- ARGV: mode (full | hosts | host | stages), lag cap, pattern of the per-host keys
+--       (mode host: that host's status key), scan count, (mode host: its announce key)
+-- Host keys are found with SCAN: the script reads keys it was not given, all under the
+-- network's hash tag (one cluster slot).
+local mode, cap = ARGV[1], tonumber(ARGV[2])
+
+local function split(id)
+  local ms, seq = string.match(id or '', '^(%d+)%-(%d+)$')
+  if not ms then return 0, 0 end
+  return tonumber(ms), tonumber(seq)
+end
+local function newer(a, b)  -- a > b
+  local am, as = split(a)
+  local bm, bs = split(b)
+  if am ~= bm then return am > bm end
+  return as > bs
+end
+
+-- entries of `stream` after each of `positions` (at most cap), walking back from the end once
+local function lags(stream, positions)
+  local seen, order = {}, {}
+  for _, p in ipairs(positions) do
+    if not seen[p] then seen[p] = true; order[#order + 1] = p end
+  end
+  table.sort(order, newer)
+  local result, idx, count, max = {}, 1, 0, '+'
+  while idx <= #order and count < cap do
+    local page = redis.call('XREVRANGE', stream, max, '-', 'COUNT', 500)
+    if #page == 0 then break end
+    for _, e in ipairs(page) do
+      while idx <= #order and not newer(e[1], order[idx]) do
+        result[order[idx]] = count; idx = idx + 1
+      end
+      if idx > #order or count >= cap then break end
+      count = count + 1
+    end
+    max = '(' .. page[#page][1]
+  end
+  while idx <= #order do result[order[idx]] = count; idx = idx + 1 end
+  local out = {}
+  for i, p in ipairs(positions) do out[i] = result[p] end
+  return out
+end
+
+local function tail(stream)
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #last == 0 then return false end
+  return last[1][1]
+end
+
+local positions = {redis.call('GET', KEYS[6]) or '0-0', redis.call('GET', KEYS[7]) or '0-0'}
+local stage_lags = {}
+if mode == 'full' or mode == 'stages' then
+  stage_lags = {lags(KEYS[3], {positions[1]})[1], lags(KEYS[4], {positions[2]})[1]}
+end
+if mode == 'stages' then return {positions, stage_lags} end
+
+local statuses, announces = {}, {}
+local function consider(k)
+  local kind = redis.call('TYPE', k).ok
+  if kind == 'hash' and string.sub(k, -7) == ':status' then statuses[#statuses + 1] = k
+  elseif kind == 'string' and string.sub(k, -9) == ':announce' then announces[#announces + 1] = k end
+end
+if mode == 'host' then
+  consider(ARGV[3]); consider(ARGV[5])
+else
+  local found, cursor = {}, '0'
+  repeat
+    local r = redis.call('SCAN', cursor, 'MATCH', ARGV[3], 'COUNT', tonumber(ARGV[4]))
+    cursor = r[1]
+    for _, k in ipairs(r[2]) do
+      if not found[k] then found[k] = true; consider(k) end
+    end
+  until cursor == '0'
+end
+table.sort(statuses)
+local hashes, applied = {}, {}
+for i, k in ipairs(statuses) do
+  hashes[i] = redis.call('HGETALL', k)
+  applied[i] = redis.call('HGET', k, 'applied_position') or '0-0'
+end
+local endpoints = {}
+for i, k in ipairs(announces) do endpoints[i] = redis.call('GET', k) end
+local tails = {tail(KEYS[3]), tail(KEYS[4]), tail(KEYS[5])}
+local hosts = {statuses, hashes, lags(KEYS[5], applied), announces, endpoints, tails}
+if mode ~= 'full' then return {positions, stage_lags, hosts} end
+
+local conflicts, anomalies, low = 0, 0, '-'
+while true do
+  local page = redis.call('XRANGE', KEYS[4], low, '+', 'COUNT', 1000)
+  for _, e in ipairs(page) do
+    local f = e[2]
+    for i = 1, #f, 2 do
+      if f[i] == 'type' then
+        if f[i + 1] == 'Conflict' then conflicts = conflicts + 1
+        elseif f[i + 1] == 'Anomaly' then anomalies = anomalies + 1 end
+        break
+      end
+    end
+  end
+  if #page < 1000 then break end
+  low = '(' .. page[#page][1]
+end
+local pending = 0
+for _, k in ipairs(redis.call('HKEYS', KEYS[11])) do
+  if string.sub(k, 1, 2) == 'p:' then pending = pending + 1 end
+end
+local listener = {
+  redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2]) or false,
+  redis.call('PTTL', KEYS[2]), redis.call('XLEN', KEYS[3]),
+}
+local dead = {redis.call('XLEN', KEYS[8]), redis.call('XLEN', KEYS[9]), redis.call('XLEN', KEYS[10])}
+return {positions, stage_lags, hosts, listener, dead, {conflicts, anomalies, pending}}
+"""
+
+
+class _Announcement(msgspec.Struct):
+    endpoint: str | None = None
+
+
+_ANNOUNCEMENT: Final = msgspec.json.Decoder(_Announcement)
+
+
+class Snapshot:
+    """Runs the status script for one network."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._script = client.register_script(_LUA)
+        lease = getattr(keys, "lease", None)
+        self._keys = [
+            keys.cursor,
+            lease if isinstance(lease, str) else keys.cursor + ":lease",
+            keys.events,
+            keys.registry,
+            keys.peers,
+            keys.position("registry"),
+            keys.position("ipam"),
+            keys.dead("listener"),
+            keys.dead("registry"),
+            keys.dead("ipam"),
+            keys.state("ipam"),
+        ]
+        self._host_prefix = keys.host_status("\0").partition("\0")[0]
+
+    def _run(self, mode: str, cap: int, node: str = "") -> list[Any]:
+        args: list[str | int] = [mode, cap, _glob_escape(self._host_prefix) + "*", SCAN_COUNT]
+        if node:
+            args[2:] = [self.keys.host_status(node), SCAN_COUNT, self.keys.host_announce(node)]
+        reply: Any = self._script(keys=self._keys, args=args)
+        return list(reply)
+
+    def stages(self, cap: int = LAG_CAP) -> list[StageInfo]:
+        """Each stage's position and lag (lags counted up to ``cap``)."""
+        positions, lags = self._run("stages", cap)
+        return _stages(positions, lags, cap, [0, 0])
+
+    def hosts(self, cap: int = LAG_CAP) -> list[HostInfo]:
+        """Every agent that reported or announced itself, by node id."""
+        _, _, hosts = self._run("hosts", cap)
+        return self._hosts(hosts, cap)
+
+    def host(self, node: str, cap: int = LAG_CAP) -> HostInfo | None:
+        """One agent's status (None when it neither reported nor announced itself)."""
+        _, _, hosts = self._run("host", cap, node)
+        return next((h for h in self._hosts(hosts, cap) if h.node == node), None)
+
+    def fleet(self, rpc_urls: list[str], cap: int = LAG_CAP) -> FleetStatus:
+        """The whole status; ``rpc_urls`` are asked for the chain head (may be empty)."""
+        positions, lags, hosts, listener, dead, counts = self._run("full", cap)
+        cursor = _pairs(listener[0])
+        block = int(cursor["block"]) if cursor.get("block", "").isdigit() else None
+        head = chain_head(rpc_urls)
+        info = ListenerInfo(
+            cursor_block=block,
+            cursor_hash=cursor.get("hash"),
+            last_entry=cursor.get("last_id"),
+            chain_head=head,
+            lag_blocks=max(0, head - block) if head is not None and block is not None else None,
+            events=int(listener[3]),
+            dead_letters=int(dead[0]),
+        )
+        if listener[1]:
+            fence, _, holder = as_str(listener[1]).partition(":")
+            info.lease_holder = holder or fence
+            info.lease_fence = int(fence) if fence.isdigit() and holder else None
+            ttl = int(listener[2])
+            info.lease_ttl_seconds = ttl / 1000 if ttl >= 0 else None
+        return FleetStatus(
+            network=self.keys.tag,
+            generated_at=time.time(),
+            listener=info,
+            stages=_stages(positions, lags, cap, [int(d) for d in dead[1:]]),
+            hosts=self._hosts(hosts, cap),
+            counts=Counts(
+                conflicts=int(counts[0]),
+                anomalies=int(counts[1]),
+                pending_allocations=int(counts[2]),
+                dead_letters=sum(int(d) for d in dead),
+            ),
+        )
+
+    def _hosts(self, raw: list[Any], cap: int) -> list[HostInfo]:
+        statuses, hashes, lags, announces, docs, tails = raw
+        endpoints: dict[str, str | None] = {}
+        for key, doc in zip(announces, docs, strict=True):
+            try:
+                endpoints[self._node(key, ":announce")] = _ANNOUNCEMENT.decode(doc).endpoint
+            except msgspec.DecodeError:
+                endpoints[self._node(key, ":announce")] = None
+        peers_tail = as_str(tails[2]) if tails[2] else START
+        hosts: dict[str, HostInfo] = {}
+        for key, flat, lag in zip(statuses, hashes, lags, strict=True):
+            node = self._node(key, ":status")
+            host = _host(node, _pairs(flat), int(lag), cap, peers_tail)
+            host.endpoint = endpoints.get(node)
+            hosts[node] = host
+        for node, endpoint in endpoints.items():
+            if node not in hosts:
+                hosts[node] = HostInfo(node=node, endpoint=endpoint)
+        return [hosts[n] for n in sorted(hosts)]
+
+    def _node(self, key: bytes | str, suffix: str) -> str:
+        """The node id inside a per-host key."""
+        return as_str(key)[len(self._host_prefix) : -len(suffix)]
+
+
+def _host(node: str, fields: dict[str, str], lag: int, cap: int, peers_tail: str) -> HostInfo:
+    def number(name: str) -> float | None:
+        try:
+            return float(fields[name])
+        except (KeyError, ValueError):
+            return None
+
+    applied = fields.get("applied_position", START)
+    last_apply = number("last_apply")
+    return HostInfo(
+        node=node,
+        interface=fields.get("interface", ""),
+        mode=fields.get("mode", ""),
+        applied_position=applied,
+        lag_entries=lag,
+        lag_capped=lag >= cap,
+        lag_seconds=max(0, _ms(peers_tail) - _ms(applied)) / 1000,
+        last_apply=last_apply or None,
+        last_error=fields.get("last_error", ""),
+        peer_count=int(number("peer_count") or 0),
+        fail_closed=fields.get("fail_closed", ""),
+        addresses=fields.get("addresses", ""),
+        updated_at=number("updated_at"),
+    )
+
+
+def _stages(positions: list[Any], lags: list[Any], cap: int, dead: list[int]) -> list[StageInfo]:
+    return [
+        StageInfo(
+            name=name,
+            position=as_str(pos),
+            lag_entries=int(lag),
+            lag_capped=int(lag) >= cap,
+            dead_letters=d,
+        )
+        for name, pos, lag, d in zip(STAGES, positions, lags, dead, strict=True)
+    ]
+
+
+def chain_head(urls: list[str], timeout: float = RPC_TIMEOUT) -> int | None:
+    """The latest block number from the first RPC URL that answers, else None."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
+    for url in urls:
+        try:
+            resp = requests.post(url, json=body, timeout=timeout)
+            return int(msgspec.json.decode(resp.content)["result"], 16)
+        except (requests.RequestException, KeyError, TypeError, ValueError, msgspec.DecodeError):
+            continue
+    return None
+
+
+def _pairs(flat: list[Any]) -> dict[str, str]:
+    """A flat HGETALL reply as a dict of str (undecodable bytes replaced)."""
+    values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
+    return dict(zip(values[::2], values[1::2], strict=True))
+
+
+def _ms(entry_id: str) -> int:
+    ms = entry_id.partition("-")[0]
+    return int(ms) if ms.isdigit() else 0
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

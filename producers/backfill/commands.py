@@ -1,0 +1,323 @@
+"""``wgchain backfill`` (plan, enqueue, watch) and ``wgchain worker`` (run rq workers)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import click
+import redis
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from producers.backfill.jobs import (
+    JOB_RETRIES,
+    MAINTENANCE_INTERVAL,
+    WORKER_TTL,
+    BackfillWorker,
+    WorkerContext,
+    configure,
+    enqueue,
+    queue_for,
+    requeue_abandoned,
+    worker_name,
+)
+from producers.backfill.plan import Plan
+from producers.backfill.store import BackfillStore
+from producers.listener.listener import open_listener
+from producers.listener.rpc import RpcClient
+from producers.listener.store import ListenerStore
+from shared.cmdline import stop_event, with_settings
+from shared.errors import ChainError, SettingsError, WgchainError
+from shared.keys import Keys
+from shared.logs import log
+from shared.redis_log import connect
+from shared.settings import Settings
+
+#: Blocks per job unless ``--size`` says otherwise (capped by ``max_block_range``).
+DEFAULT_SIZE: Final = 2000
+#: Seconds between two looks at the progress (and at abandoned jobs) while waiting.
+MONITOR_INTERVAL: Final = 1.0
+#: Seconds between plain progress lines (JSON logs, or no terminal).
+PROGRESS_LOG_EVERY: Final = 5.0
+
+
+def _require_contract(cfg: Settings) -> None:
+    if not cfg.contract:
+        raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
+
+
+@click.command("backfill")
+@click.option("--from", "from_block", type=click.IntRange(min=0), default=None,
+              help="First block [default: the listener's next block].")  # fmt: skip
+@click.option("--to", "to_block", type=click.IntRange(min=0), default=None,
+              help="Last block [default: the last final block].")  # fmt: skip
+@click.option("--size", type=click.IntRange(min=1), default=DEFAULT_SIZE, show_default=True,
+              help="Blocks per job (at most max_block_range).")  # fmt: skip
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="Show progress until every range is appended.")  # fmt: skip
+@click.option("--cancel", is_flag=True,
+              help="Drop the running backfill; the listener reads its blocks itself.")  # fmt: skip
+@with_settings(
+    "redis_url",
+    "rpc_url",
+    "contract",
+    "chain_id",
+    "start_block",
+    "confirmations",
+    "finality",
+    "max_block_range",
+    stage="backfill",
+)
+def backfill(
+    cfg: Settings,
+    *,
+    from_block: int | None,
+    to_block: int | None,
+    size: int,
+    wait: bool,
+    cancel: bool,
+) -> None:
+    """Fetch blocks FROM-TO in parallel with rq workers; the listener appends them in order."""
+    _require_contract(cfg)
+    client = connect(cfg.redis_url)
+    listener = None
+    try:
+        listener = open_listener(cfg, client)
+        keys = listener.store.keys
+        store = BackfillStore(client, keys)
+        queue = queue_for(client, keys)
+        if cancel:
+            _cancel(store, queue)
+            return
+        running = store.plan()
+        if running is not None:
+            raise WgchainError(
+                f"backfill {running.id} of blocks {running.start}-{running.end} is running; "
+                "wait for it or `wgchain backfill --cancel`"
+            )
+        start = listener.next_block if from_block is None else from_block
+        final = listener.target(refresh=True)
+        end = final if to_block is None else to_block
+        if start < listener.next_block:
+            raise WgchainError(
+                f"blocks before {listener.next_block} are already in the events stream "
+                f"(--from {start})"
+            )
+        if end > final:
+            raise WgchainError(f"block {end} is not final yet (the last final block is {final})")
+        if start > end and from_block is None:
+            log.info("nothing to backfill: the events stream reaches block {}", start - 1)
+            return
+        if start > end:
+            raise WgchainError(f"--from {start} is past the last block to backfill ({end})")
+        plan = Plan(uuid.uuid4().hex[:12], start, end, min(size, cfg.max_block_range))
+        _start(store, queue, plan, keys)
+        if wait:
+            fancy = sys.stdout.isatty() and not cfg.log_json
+            _Monitor(store, ListenerStore(client, keys), queue, plan).run(stop_event(), fancy)
+    finally:
+        if listener is not None:
+            listener.rpc.close()
+        client.close()
+
+
+def _cancel(store: BackfillStore, queue: Queue) -> None:
+    plan = store.plan()
+    store.drop()
+    queue.empty()  # type: ignore[no-untyped-call]
+    if plan is None:
+        log.info("no backfill is running")
+    else:
+        log.info("plan {} (blocks {}-{}) cancelled", plan.id, plan.start, plan.end)
+
+
+def _start(store: BackfillStore, queue: Queue, plan: Plan, keys: Keys) -> None:
+    if not store.create(plan):
+        raise WgchainError("another backfill started meanwhile; see `wgchain backfill --cancel`")
+    try:
+        enqueue(queue, plan, keys)
+    except redis.RedisError:
+        store.drop(plan.id)
+        raise
+    log.info(
+        "plan {}: blocks {}-{} in {} jobs of up to {} blocks on rq queue {}",
+        plan.id,
+        plan.start,
+        plan.end,
+        len(plan.spans),
+        plan.size,
+        queue.name,
+    )
+
+
+@dataclass
+class _Progress:
+    ranges: int
+    fetched: int
+    blocks: int
+    appended: int
+
+    @property
+    def done(self) -> bool:
+        return self.appended >= self.blocks
+
+
+_Show = Callable[[_Progress], None]
+
+
+@dataclass
+class _Lines:
+    """Plain progress lines: on change, at most every :data:`PROGRESS_LOG_EVERY` seconds."""
+
+    plan: Plan
+    last: float = field(default=-PROGRESS_LOG_EVERY)
+    seen: tuple[int, int] = (-1, -1)
+
+    def __call__(self, p: _Progress) -> None:
+        moment = time.monotonic()
+        if (p.fetched, p.appended) == self.seen or moment - self.last < PROGRESS_LOG_EVERY:
+            return
+        self.last, self.seen = moment, (p.fetched, p.appended)
+        log.info(
+            "plan {}: {}/{} ranges fetched, {}/{} blocks appended",
+            self.plan.id,
+            p.fetched,
+            p.ranges,
+            p.appended,
+            p.blocks,
+        )
+
+
+@dataclass
+class _Monitor:
+    """Watches a plan until every block is appended; retries abandoned jobs meanwhile."""
+
+    store: BackfillStore
+    listener: ListenerStore
+    queue: Queue
+    plan: Plan
+
+    def run(self, stop: threading.Event, fancy: bool) -> None:
+        """Progress bar (``fancy``) or plain log lines, until done, failed, cancelled or ``stop``."""
+        if not fancy:
+            self._loop(stop, _Lines(self.plan))
+            return
+        columns = (
+            TextColumn("{task.description:<9}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns) as bar:
+            fetched = bar.add_task("fetched", total=len(self.plan.spans))
+            appended = bar.add_task("appended", total=self.plan.blocks)
+
+            def show(p: _Progress) -> None:
+                bar.update(fetched, completed=p.fetched)
+                bar.update(appended, completed=p.appended)
+
+            self._loop(stop, show)
+
+    def _loop(self, stop: threading.Event, show: _Show) -> None:
+        while True:
+            requeue_abandoned(self.queue)
+            progress = self._progress()
+            show(progress)
+            if progress.done:
+                log.info(
+                    "plan {}: blocks {}-{} appended",
+                    self.plan.id,
+                    self.plan.start,
+                    self.plan.end,
+                )
+                return
+            self._check_alive()
+            if stop.wait(MONITOR_INTERVAL):
+                log.info("stopped watching; backfill {} goes on", self.plan.id)
+                return
+
+    def _progress(self) -> _Progress:
+        plan = self.plan
+        cursor = self.listener.load_cursor()
+        last = (
+            plan.start - 1 if cursor is None else min(max(cursor.block, plan.start - 1), plan.end)
+        )
+        appended_ranges = sum(1 for span in plan.spans if span.end <= last)
+        ranges = len(plan.spans)
+        fetched = min(ranges, appended_ranges + self.store.staged_count())
+        return _Progress(ranges, fetched, plan.blocks, last - plan.start + 1)
+
+    def _check_alive(self) -> None:
+        prefix = f"backfill-{self.plan.id}-"
+        failed = [
+            i for i in FailedJobRegistry(queue=self.queue).get_job_ids() if i.startswith(prefix)
+        ]
+        if failed:
+            job = self.queue.fetch_job(failed[0])
+            raise WgchainError(
+                f"backfill {self.plan.id}: {len(failed)} ranges failed {JOB_RETRIES + 1} times "
+                f"(first: blocks {failed[0].removeprefix(prefix)}: {_failure(job)}); "
+                "`wgchain backfill --cancel` lets the listener read them itself"
+            )
+        current = self.store.plan()
+        if current is None or current.id != self.plan.id:
+            progress = self._progress()
+            if not progress.done:
+                raise WgchainError(
+                    f"backfill {self.plan.id} was dropped before it completed "
+                    "(cancelled, or the listener found it inconsistent: see its log)"
+                )
+
+
+def _failure(job: Job | None) -> str:
+    """The last line of a failed job's error (its worker may have died instead)."""
+    result = job.latest_result() if job is not None else None
+    lines = (result.exc_string or "").strip().splitlines() if result is not None else []
+    return lines[-1][:300] if lines else "its worker stopped"
+
+
+@click.command("worker")
+@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
+@with_settings("redis_url", "rpc_url", "contract", "chain_id", "max_block_range", stage="worker")
+def worker(cfg: Settings, burst: bool) -> None:
+    """Run an rq worker for this network's backfill jobs (any number, on any machine)."""
+    _require_contract(cfg)
+    client = connect(cfg.redis_url)
+    rpc = RpcClient(cfg.rpc_urls)
+    try:
+        chain_id = rpc.chain_id()
+        if cfg.chain_id and cfg.chain_id != chain_id:
+            raise ChainError(
+                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
+            )
+        keys = Keys(chain_id, cfg.contract.lower())
+        configure(WorkerContext(client, rpc, chain_id, keys.contract, cfg.max_block_range))
+        queue = queue_for(client, keys)
+        rq_worker = BackfillWorker(
+            [queue],
+            name=worker_name(),
+            connection=client,
+            serializer=JSONSerializer,
+            worker_ttl=WORKER_TTL,
+            maintenance_interval=MAINTENANCE_INTERVAL,
+        )
+        log.bind(stage="worker").info(
+            "{} serving queue {} (RPC {})", rq_worker.name, queue.name, rpc.endpoint
+        )
+        level = "DEBUG" if cfg.log_level.upper() in {"TRACE", "DEBUG"} else "WARNING"
+        rq_worker.work(burst=burst, logging_level=level, with_scheduler=False)
+    finally:
+        rpc.close()
+        client.close()
+
+
+__all__ = ["backfill", "worker"]

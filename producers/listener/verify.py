@@ -1,0 +1,258 @@
+"""The completeness check of ``wgchain listen --verify-range B1 B2``.
+
+The contract's logs of blocks ``B1..B2`` (its four event topics) are read again
+with ``eth_getLogs``, in ranges the provider accepts, and compared by chain
+position (block number, log index) with the stream's effective entries (those
+left once retractions are applied, :func:`~shared.events.effective`) of the same
+blocks. An entry must carry its log's block hash, transaction hash, contract,
+chain and decoded event, and a digest that covers its content. Every difference
+is one line:
+
+* ``missing``: a log on chain with no entry (unless the listener dead-lettered it
+  because it does not decode);
+* ``extra``: an entry with no such log on chain, a second entry for one log, or a
+  stream entry that does not decode;
+* ``mismatch``: an entry that differs from its log (each differing field named).
+
+Then a summary line; :func:`check` returns the exit code (0 when the stream and
+the chain agree). Everything read from Redis or the chain is hostile: shown
+through :func:`~shared.validate.excerpt`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final
+
+import click
+import msgspec
+import redis
+
+from producers.listener.decode import TOPIC0S, decode_log, log_ref
+from producers.listener.heads import split_urls
+from producers.listener.ranges import INITIAL_RANGE, RangeSizer
+from producers.listener.rpc import RpcClient
+from shared.errors import ChainError, DecodeError, SettingsError
+from shared.events import AnyEntry, LogEntry, effective, from_fields
+from shared.keys import Keys
+from shared.redis_log import as_str, connect
+from shared.settings import Settings
+from shared.validate import excerpt
+
+#: Stream entries read per XRANGE call.
+PAGE: Final = 1000
+_HASH: Final = re.compile(r"0x[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One difference between the stream and the chain."""
+
+    kind: str
+    block: int
+    log_index: int
+    tx_hash: str
+    what: str
+
+    def __str__(self) -> str:
+        where = f"block {self.block} log {self.log_index}" if self.block >= 0 else "stream"
+        tx = f" tx {_shown(self.tx_hash)}" if self.tx_hash else ""
+        return f"{self.kind:<8} {where}{tx}: {self.what}"
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of one check of blocks ``first..last``."""
+
+    first: int
+    last: int
+    on_chain: int
+    in_stream: int
+    findings: list[Finding]
+    #: Last block the listener has appended (None: nothing yet).
+    cursor: int | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the stream holds exactly the chain's logs."""
+        return not self.findings
+
+    def summary(self) -> str:
+        """One line: the counts, and the verdict."""
+        counts = {k: sum(f.kind == k for f in self.findings) for k in ("missing", "extra")}
+        mismatched = len(self.findings) - sum(counts.values())
+        line = (
+            f"blocks {self.first}-{self.last}: {self.on_chain} logs on chain, "
+            f"{self.in_stream} entries in the stream; {counts['missing']} missing, "
+            f"{counts['extra']} extra, {mismatched} mismatched"
+        )
+        if self.cursor is None or self.cursor < self.last:
+            appended = "nothing" if self.cursor is None else f"up to block {self.cursor}"
+            line += f" (the listener has appended {appended})"
+        return line + (": identical" if self.ok else ": DIFFERENT")
+
+
+def _shown(value: str) -> str:
+    """A hash as is, anything else escaped and cut short."""
+    return value if _HASH.fullmatch(value) else f"'{excerpt(value)}'"
+
+
+def _stream(client: redis.Redis, key: str) -> tuple[list[tuple[str, AnyEntry]], list[Finding]]:
+    """Every entry of ``key`` in order (decoded), and a finding for each that does not decode."""
+    entries: list[tuple[str, AnyEntry]] = []
+    bad: list[Finding] = []
+    low = "-"
+    while True:
+        raw: Any = client.xrange(key, min=low, count=PAGE)
+        for entry_id, fields in raw:
+            ident = as_str(entry_id)
+            try:
+                entries.append((ident, from_fields(fields)))
+            except DecodeError as exc:
+                bad.append(
+                    Finding(
+                        "extra", -1, -1, "", f"entry {ident} does not decode: {excerpt(str(exc))}"
+                    )
+                )
+        if len(raw) < PAGE:
+            return entries, bad
+        low = "(" + as_str(raw[-1][0])
+
+
+def _dead_letters(client: redis.Redis, key: str) -> set[str]:
+    """``block:index`` of the logs the listener dead-lettered."""
+    raw: Any = client.xrange(key)
+    return {as_str(fields.get(b"id", b"")) for _, fields in raw}
+
+
+def _differences(entry: LogEntry, log: LogEntry) -> list[str]:
+    """The fields in which ``entry`` (the stream's) differs from ``log`` (the chain's)."""
+    out = [
+        f"{name} {_shown(str(ours))} in the stream, {_shown(str(theirs))} on chain"
+        for name, ours, theirs in (
+            ("block hash", entry.block_hash, log.block_hash),
+            ("tx", entry.tx_hash, log.tx_hash),
+            ("contract", entry.contract.lower(), log.contract),
+            ("chain", entry.chain_id, log.chain_id),
+        )
+        if ours != theirs
+    ]
+    if type(entry.event) is not type(log.event):
+        out.append(
+            f"event {type(entry.event).__name__} in the stream, {type(log.event).__name__} on chain"
+        )
+    else:
+        ours_ev = msgspec.structs.asdict(entry.event)
+        theirs_ev = msgspec.structs.asdict(log.event)
+        out += [
+            f"{name} {_shown(str(ours_ev[name]))} in the stream, "
+            f"{_shown(str(theirs_ev[name]))} on chain"
+            for name in ours_ev
+            if ours_ev[name] != theirs_ev[name]
+        ]
+    if not entry.digest_ok():
+        out.append("its digest does not cover its content (edited)")
+    return out
+
+
+def verify_range(
+    rpc: RpcClient,
+    client: redis.Redis,
+    keys: Keys,
+    first: int,
+    last: int,
+    *,
+    max_block_range: int = INITIAL_RANGE,
+) -> Report:
+    """Compare the effective stream entries of blocks ``first..last`` with the chain's logs."""
+    entries, findings = _stream(client, keys.events)
+    ours: dict[tuple[int, int], LogEntry] = {}
+    in_stream = 0
+    for _, entry in effective(entries):
+        if not isinstance(entry, LogEntry) or not first <= entry.block_number <= last:
+            continue
+        in_stream += 1
+        if entry.position in ours:
+            findings.append(_finding("extra", entry, "a second entry for this log"))
+        else:
+            ours[entry.position] = entry
+    dead = _dead_letters(client, keys.dead("listener"))
+    sizer = RangeSizer(max_block_range, initial=min(INITIAL_RANGE, max_block_range))
+    raws = rpc.get_logs(keys.contract, TOPIC0S, first, last, sizer)
+    on_chain = 0
+    for raw in raws:
+        try:
+            ref = log_ref(raw)
+        except DecodeError as exc:
+            raise ChainError(f"eth_getLogs returned a malformed log: {exc}") from None
+        if ref.removed or ref.address != keys.contract:
+            raise ChainError(f"eth_getLogs returned a log of {excerpt(ref.address)}")
+        on_chain += 1
+        position = (ref.block_number, ref.log_index)
+        mine = ours.pop(position, None)
+        try:
+            log = decode_log(raw, keys.chain_id, 0)
+        except DecodeError as exc:
+            if mine is None and f"{ref.block_number}:{ref.log_index}" in dead:
+                continue  # the listener set it aside, as it must
+            what = f"does not decode ({exc})"
+            if mine is None:
+                findings.append(Finding("missing", *position, ref.tx_hash, what))
+            else:
+                findings.append(_finding("mismatch", mine, f"its log on chain {what}"))
+            continue
+        if mine is None:
+            findings.append(_finding("missing", log, _describe(log)))
+        elif problems := _differences(mine, log):
+            findings.append(_finding("mismatch", mine, "; ".join(problems)))
+    for mine in ours.values():
+        findings.append(_finding("extra", mine, f"no such log on chain ({_describe(mine)})"))
+    findings.sort(key=lambda f: (f.block, f.log_index, f.kind))
+    cursor = client.hget(keys.cursor, "block")
+    return Report(
+        first, last, on_chain, in_stream, findings, int(cursor) if cursor is not None else None
+    )
+
+
+def _finding(kind: str, entry: LogEntry, what: str) -> Finding:
+    return Finding(kind, entry.block_number, entry.log_index, entry.tx_hash, what)
+
+
+def _describe(entry: LogEntry) -> str:
+    """The event in a few words: its type and token or owner."""
+    event = entry.event
+    token = getattr(event, "token_id", None)
+    who = f"token {token}" if token is not None else f"owner {excerpt(getattr(event, 'owner', ''))}"
+    return f"{type(event).__name__} {who}"
+
+
+def check(cfg: Settings, first: int, last: int) -> int:
+    """Run the check for ``cfg``'s contract, print its lines; the exit code (0: identical)."""
+    if not cfg.contract:
+        raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
+    if first > last:
+        raise SettingsError("--verify-range", f"{first} is after {last}")
+    rpc = RpcClient(split_urls(cfg.rpc_urls)[0])
+    client = connect(cfg.redis_url)
+    try:
+        chain_id = rpc.chain_id()
+        if cfg.chain_id and cfg.chain_id != chain_id:
+            raise ChainError(
+                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
+            )
+        head = rpc.block_number()
+        if last > head:
+            raise SettingsError("--verify-range", f"block {last} is after the chain's head {head}")
+        keys = Keys(chain_id, cfg.contract.lower())
+        report = verify_range(rpc, client, keys, first, last, max_block_range=cfg.max_block_range)
+    finally:
+        rpc.close()
+        client.close()
+    for finding in report.findings:
+        click.echo(str(finding))
+    click.echo(report.summary())
+    return 0 if report.ok else 1
+
+
+__all__ = ["Finding", "Report", "check", "verify_range"]

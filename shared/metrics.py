@@ -1,0 +1,199 @@
+"""Prometheus metrics of every wgchain process, defined once (all named ``wgchain_*``).
+
+Long-running processes (``listen``, ``registry``, ``ipam``, ``agent``, ``run``)
+serve them on ``WGCHAIN_METRICS_PORT`` (:func:`serve`); the API serves
+:func:`render` from its own app. The code that does the work calls the one-line
+helpers below. ``network`` labels are ``<chain id>:<contract>`` (a :attr:`Keys.tag`
+is accepted and its braces dropped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Protocol, runtime_checkable
+
+import redis
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+from shared.errors import WgchainError
+from shared.events import Conflict
+
+#: Most input entries counted when measuring a stage's lag; more shows as this number.
+LAG_CAP: Final = 10_000
+#: Histogram buckets (seconds) for batch and apply latencies.
+BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+EVENTS_APPENDED = Counter(
+    "wgchain_events_appended", "Contract logs appended to the events stream.", ["network"]
+)
+CURSOR_BLOCK = Gauge(
+    "wgchain_listener_cursor_block", "Last block the listener appended.", ["network"]
+)
+FINAL_BLOCK = Gauge(
+    "wgchain_chain_final_block",
+    "Last block final enough to append (head - confirmations, or the safe/finalized block).",
+    ["network"],
+)
+LAG_BLOCKS = Gauge(
+    "wgchain_listener_lag_blocks",
+    "Final-enough blocks not appended yet (final block - cursor block).",
+    ["network"],
+)
+LAG_SECONDS = Gauge(
+    "wgchain_listener_lag_seconds",
+    "Age of the cursor block while final blocks wait to be appended (0 when caught up).",
+    ["network"],
+)
+STAGE_LAG = Gauge(
+    "wgchain_stage_lag_entries",
+    f"Input entries a stage has not committed yet (capped at {LAG_CAP}).",
+    ["network", "stage"],
+)
+STAGE_BATCH = Histogram(
+    "wgchain_stage_batch_seconds",
+    "Seconds from reading a batch to committing it.",
+    ["network", "stage"],
+    buckets=BUCKETS,
+)
+STAGE_ENTRIES = Counter(
+    "wgchain_stage_entries", "Input entries a stage committed.", ["network", "stage"]
+)
+DEAD_LETTERS = Counter(
+    "wgchain_dead_letters", "Entries moved to a dead-letter stream.", ["network", "stage"]
+)
+CONFLICTS = Counter(
+    "wgchain_conflicts", "Conflicts the registry published (duplicate node or key).", ["network"]
+)
+PENDING = Gauge(
+    "wgchain_pending_allocations", "Members waiting for a free address in the pool.", ["network"]
+)
+AGENT_APPLY = Histogram(
+    "wgchain_agent_apply_seconds",
+    "Seconds one agent reconcile takes (read, apply the difference, verify, write the file).",
+    ["network"],
+    buckets=BUCKETS,
+)
+AGENT_ERRORS = Counter("wgchain_agent_errors", "Errors an agent reported.", ["network"])
+LEASE_HOLDER = Gauge(
+    "wgchain_lease_holder", "1 while this process holds the listener lease.", ["network"]
+)
+
+_TAG_RE: Final = re.compile(r"\{([^{}]*)\}")
+_COUNT_AFTER: Final = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
+
+
+@runtime_checkable
+class _HasPending(Protocol):
+    pending: Mapping[str, Any]
+
+
+def label(network: str) -> str:
+    """``network`` as a label value, ``31337:0xabc…``: from a key tag or any key of the network."""
+    tagged = _TAG_RE.search(network)
+    return tagged.group(1) if tagged else network
+
+
+def serve(port: int) -> None:
+    """Serve ``/metrics`` on ``port`` (all interfaces) in a daemon thread; 0 serves nothing."""
+    if not port:
+        return
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        raise WgchainError(f"cannot serve metrics on port {port}: {exc.strerror}") from None
+
+
+def render() -> tuple[bytes, str]:
+    """The metrics page and its content type, for an app that serves ``/metrics`` itself."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def listener_progress(
+    network: str, cursor_block: int, final_block: int, cursor_time: float | None = None
+) -> None:
+    """Where the listener is: its cursor, the final block, and how far behind (blocks, seconds).
+
+    ``cursor_time`` is the cursor block's timestamp (None when it is unknown: the
+    seconds gauge then only drops to 0 when caught up).
+    """
+    net = label(network)
+    behind = max(0, final_block - cursor_block)
+    CURSOR_BLOCK.labels(net).set(cursor_block)
+    FINAL_BLOCK.labels(net).set(final_block)
+    LAG_BLOCKS.labels(net).set(behind)
+    if behind == 0:
+        LAG_SECONDS.labels(net).set(0)
+    elif cursor_time is not None:
+        LAG_SECONDS.labels(net).set(max(0.0, time.time() - cursor_time))
+
+
+def appended(
+    network: str, *, entries: int, dead: int, end: int, final_block: int, end_time: float
+) -> None:
+    """One listener commit: ``entries`` appended and ``dead`` dead-lettered up to block ``end``."""
+    EVENTS_APPENDED.labels(label(network)).inc(entries)
+    DEAD_LETTERS.labels(label(network), "listener").inc(dead)
+    listener_progress(network, end, final_block, end_time)
+
+
+def stage_committed(
+    stage: str,
+    client: redis.Redis,
+    stream: str,
+    position: str,
+    *,
+    entries: int,
+    full: bool,
+    outputs: Iterable[object],
+    dead: int,
+    started: float,
+    state: object,
+) -> None:
+    """One stage commit of ``entries`` read from ``stream`` since ``started`` (monotonic).
+
+    Records the latency, dead letters, conflicts among ``outputs``, pending allocations
+    (a state with ``pending``) and the lag: 0 unless the batch was ``full``, then the
+    entries left after ``position`` (counted in Redis; skipped if Redis fails).
+    """
+    net = label(stream)
+    STAGE_BATCH.labels(net, stage).observe(time.monotonic() - started)
+    STAGE_ENTRIES.labels(net, stage).inc(entries)
+    DEAD_LETTERS.labels(net, stage).inc(dead)
+    conflicts = sum(isinstance(o, Conflict) for o in outputs)
+    if conflicts:
+        CONFLICTS.labels(net).inc(conflicts)
+    if isinstance(state, _HasPending):
+        PENDING.labels(net).set(len(state.pending))
+    with contextlib.suppress(redis.RedisError):
+        STAGE_LAG.labels(net, stage).set(backlog(client, stream, position) if full else 0)
+
+
+def backlog(client: redis.Redis, stream: str, position: str, cap: int = LAG_CAP) -> int:
+    """Entries of ``stream`` after ``position`` (at most ``cap``), counted inside Redis."""
+    return int(client.eval(_COUNT_AFTER, 1, stream, position, cap))  # type: ignore[no-untyped-call]
+
+
+def agent_applied(network: str, started: float) -> None:
+    """One agent reconcile that began at ``started`` (monotonic) is over."""
+    AGENT_APPLY.labels(label(network)).observe(time.monotonic() - started)
+
+
+def agent_error(network: str) -> None:
+    """An agent reported an error (Redis, ``wg``, the key file, the config file)."""
+    AGENT_ERRORS.labels(label(network)).inc()
+
+
+def set_lease_holder(network: str, held: bool) -> None:
+    """Whether this process holds the listener lease of ``network`` right now."""
+    LEASE_HOLDER.labels(label(network)).set(1 if held else 0)

@@ -1,0 +1,156 @@
+"""Every ``wgchain`` subcommand, given bad arguments, bad settings or unreachable services,
+prints one clear line and exits non-zero: never a traceback, never a password."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from shared.devnet.proc import free_port
+
+pytestmark = pytest.mark.integration
+
+WGCHAIN = str(Path(sys.executable).parent / "wgchain")
+CONTRACT = "0x" + "12" * 20
+SIGNER = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's, public
+KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+PASSWORD = "hunter2-secret"
+COMMANDS = sorted(ep.name for ep in entry_points(group="wgchain.commands"))
+
+#: One ordinary invocation per subcommand that reads settings and then needs Redis.
+USES_REDIS: dict[str, list[str]] = {
+    "agent": ["agent", "--node", "a", "--interface", "wgerr0", "--private-key-file", "{tmp}/k",
+              "--file-only", "--config-dir", "{tmp}/conf"],
+    "api": ["api"],
+    "audit": ["audit", "replay"],
+    "backfill": ["backfill"],
+    "check": ["check", "--node", "n", "--key", KEY],
+    "deadletters": ["deadletters", "list"],
+    "deadletters retry": ["deadletters", "retry", "--all"],
+    "ipam": ["ipam"],
+    "listen": ["listen"],
+    "registry": ["registry"],
+    "run": ["run"],
+    "status": ["status"],
+    "worker": ["worker"],
+}  # fmt: skip
+#: Commands that need the chain before anything else.
+USES_RPC: dict[str, list[str]] = {
+    "contract deploy": ["contract", "deploy", "--private-key", SIGNER],
+    "contract mint": ["contract", "mint", "--to", CONTRACT, "--node", "n", "--key", KEY,
+                      "--private-key", SIGNER],
+    "run (chain id from the RPC node)": ["run", "--chain-id", "0"],
+}  # fmt: skip
+
+
+#: (setting, bad value): a bad value anywhere in the environment stops every command.
+BAD_SETTINGS = [
+    ("WGCHAIN_POOL", "10.0.0.0/33"),
+    ("WGCHAIN_REDIS_URL", "http://127.0.0.1:1"),
+    ("WGCHAIN_CONTRACT", "0x12\n[Peer]"),
+    ("WGCHAIN_LOG_LEVEL", "LOUD"),
+    ("WGCHAIN_CONFIRMATIONS", "-3"),
+]
+
+
+def run(argv: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
+    return subprocess.run(
+        [WGCHAIN, *(a.replace("{tmp}", str(tmp)) for a in argv)],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def one_line(res: subprocess.CompletedProcess[str]) -> str:
+    """The only stderr line (asserted), after checking there is no traceback nor password."""
+    assert "Traceback" not in res.stderr, res.stderr
+    assert PASSWORD not in res.stderr + res.stdout
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+def test_the_tables_cover_every_subcommand() -> None:
+    covered = {argv[0] for argv in USES_REDIS.values()} | {"contract", "demo"}
+    assert set(COMMANDS) <= covered, "add new subcommands to the tables above"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_unknown_option_is_one_line_and_exit_2(command: str, tmp_path: Path) -> None:
+    res = run([command, "--no-such-option"], tmp_path)
+    assert res.returncode == 2
+    line = one_line(res)
+    assert line.startswith(f"wgchain {command}: ")
+    assert "No such option '--no-such-option'" in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agent", "--node", "-h", "--interface", "wg0", "--private-key-file", "k"],
+        ["agent", "--node", "a\n[Peer]", "--interface", "wg0", "--private-key-file", "k"],
+        ["agent", "--node", "a", "--interface", "../../etc", "--private-key-file", "k"],
+        ["agent", "acl", "--node", "../x", "--password-file", "{tmp}/pw"],
+        ["deadletters", "list", "--limit", "-1"],
+        ["deadletters", "show"],
+        ["deadletters", "retry", "1-1", "--all"],
+        ["deadletters", "retry", "--stage", "listener", "--all"],
+        ["contract", "mint", "--to", "nowhere"],
+        ["backfill", "1", "2"],
+        ["no-such-command"],
+    ],
+    ids=lambda argv: " ".join(argv)[:40],
+)
+def test_a_bad_argument_is_one_line_and_exit_2(argv: list[str], tmp_path: Path) -> None:
+    res = run(argv, tmp_path, WGCHAIN_CONTRACT=CONTRACT, WGCHAIN_CHAIN_ID="1")
+    assert res.returncode == 2
+    line = one_line(res)
+    assert line.startswith("wgchain"), line
+    assert "\x00" not in line
+    assert "--help" in line or "invalid setting" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "setting", "value"),
+    [  # every command, each with one of the bad settings in turn
+        (name, *BAD_SETTINGS[i % len(BAD_SETTINGS)]) for i, name in enumerate(sorted(USES_REDIS))
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it(
+    name: str, setting: str, value: str, tmp_path: Path
+) -> None:
+    env = {"WGCHAIN_CONTRACT": CONTRACT, "WGCHAIN_CHAIN_ID": "31337", setting: value}
+    res = run(USES_REDIS[name], tmp_path, **env)
+    assert res.returncode != 0
+    line = one_line(res)
+    assert setting in line
+    assert "[Peer]" not in line.replace(r"\n[Peer]", "")  # shown escaped, if at all
+
+
+@pytest.mark.parametrize("name", sorted(USES_REDIS))
+def test_redis_unreachable_is_one_line(name: str, tmp_path: Path) -> None:
+    url = f"redis://wgchain:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    res = run(USES_REDIS[name], tmp_path, WGCHAIN_REDIS_URL=url, WGCHAIN_CONTRACT=CONTRACT,
+              WGCHAIN_CHAIN_ID="31337", WGCHAIN_RPC_URL=f"http://127.0.0.1:{free_port()}")  # fmt: skip
+    assert res.returncode != 0
+    line = one_line(res)
+    assert "cannot reach Redis" in line
+    assert "wgchain:***@" in line  # the URL shown with its password redacted
+
+
+@pytest.mark.parametrize("name", sorted(USES_RPC))
+def test_rpc_down_is_one_line(name: str, tmp_path: Path) -> None:
+    rpc = f"http://127.0.0.1:{free_port()}"
+    res = run(USES_RPC[name], tmp_path, WGCHAIN_RPC_URL=rpc, WGCHAIN_CONTRACT=CONTRACT)
+    assert res.returncode == 1
+    line = one_line(res)
+    assert "RPC" in line or "eth_chainId" in line, line
