@@ -374,6 +374,7 @@ class Stage(Generic[S]):
             self.position, self.state = self._load()
             return False
         self.retry_position = request
+        self._committed(batch)
         outcome = "dead-lettered again" if batch.dead else "applied"
         self.log.info("re-drove dead letter {} (entry {}): {}", dead_id, original[0][0], outcome)
         return True

@@ -28,46 +28,7 @@ from shared.redis_log import as_str, connect
 from shared.settings import Settings
 
 
-class _Usage(click.UsageError):
-    """A usage error shown as one line (the root CLI prints it and exits 2)."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(self.format_message(), err=True)
-
-
-def _one_line(ctx: click.Context, exc: click.UsageError) -> click.UsageError:
-    if isinstance(exc, _Usage | click.exceptions.NoArgsIsHelpError):
-        return exc
-    return _Usage(f"{ctx.command_path}: {exc.format_message()}", ctx)
-
-
-class _Command(click.Command):
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _one_line(ctx, exc) from None
-
-
-class _Group(click.Group):
-    command_class = _Command
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        try:
-            return super().parse_args(ctx, args)
-        except click.UsageError as exc:
-            raise _one_line(ctx, exc) from None
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as exc:
-            raise _one_line(ctx, exc) from None
-
-
-@click.group(cls=_Group)
+@click.group()
 def audit() -> None:
     """Audit the log and the projections: replay, history, verify, export."""
 

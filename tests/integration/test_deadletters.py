@@ -187,6 +187,16 @@ def test_list_and_show_print_them_escaped(
     assert "\x00" not in out
     assert all(line.isascii() and line.isprintable() for line in out.splitlines())
 
+    # the listener's dead letters (logs it could not decode) are listed, never re-driven
+    raw_log = b'{"topics": ["0x\xff"], "data": "0x00"}'
+    listener_letter = redis_client.xadd(keys.dead("listener"), {"id": "12:3", "reason": "bad log", "raw": raw_log}).decode()  # type: ignore[union-attr]  # fmt: skip
+    code, out, _ = wgchain(capsys, redis_server, keys, "list", "--stage", "listener")
+    assert out.splitlines()[0].split()[:2] == ["listener", listener_letter]
+    code, _, err = wgchain(capsys, redis_server, keys, "retry", listener_letter)
+    assert code == 1
+    assert "is a chain log that did not decode; it is not re-driven" in err
+    assert redis_client.xlen(keys.retry("registry")) == 0
+
     code, _, err = wgchain(capsys, redis_server, keys, "show", "1-1")
     assert code == 1
     assert err.strip() == "wgchain: no dead letter 1-1 in listener, registry, ipam"
