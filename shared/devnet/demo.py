@@ -22,13 +22,14 @@ from pathlib import Path
 
 import click
 
-from shared import logs
+from shared import logs, settings
 from shared.contract.client import AccessNFT
 from shared.devnet import netns
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import stop_process, wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.errors import WgchainError
+from shared.redis_log import connect
 
 #: Seconds a story step may take before the demo gives up.
 STEP_TIMEOUT = 60.0
@@ -314,6 +315,9 @@ def _workdir(keep: bool) -> Iterator[Path]:
 def demo(keep: bool, file_only: bool) -> None:
     """Run the whole pipeline locally and tell what happens, step by step."""
     logs.setup("WARNING", stage="demo")  # the story is the output; components log to files
+    cfg = settings.load()  # a bad WGCHAIN_* setting: one line, before anything starts
+    if cfg.redis_url:
+        connect(cfg.redis_url).close()  # an unreachable Redis: one line, nothing started
     with _workdir(keep) as workdir:
         d = Demo(workdir, keep, click.echo, file_only=file_only)
         try:
