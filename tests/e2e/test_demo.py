@@ -54,12 +54,8 @@ def test_demo_tells_the_story_and_cleans_up():
     assert "reply received" in lines[positions[4]]
     assert "reply received" in lines[positions[6]]
     assert "no reply" in lines[positions[10]]
-    made = {
-        w.rstrip(",")
-        for ln in lines
-        if "namespace " in ln
-        for w in ln.split()
-        if w.startswith("wgc")
+    made = {  # "namespace <ns>, interface <if>": the word after "namespace"
+        ln.split("namespace ", 1)[1].split(",", 1)[0] for ln in lines if "namespace " in ln
     }
     assert len(made) == 3
     assert not made & _namespaces()  # every namespace it made is gone
