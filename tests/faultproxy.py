@@ -169,6 +169,11 @@ class FaultProxy:
         #: eth_blockNumber answers served first, one per call (then the real head).
         self.heads: list[int] = []
         self.batches = True
+        #: Requests holding an eth_getLogs (alone or in a batch) answered, first, by a lagging
+        #: backend behind a load balancer: its chain ends at ``stale_head``, so it answers no
+        #: logs past it and no headers past it; other requests reach an up-to-date backend.
+        self.stale_requests = 0
+        self.stale_head = 0
         #: Counters: requests received, faults injected, lagging answers, refused ranges.
         self.requests = 0
         self.faults = 0
@@ -259,6 +264,14 @@ class FaultProxy:
         if isinstance(fault, bytes):
             return 200, fault
         request = msgspec.json.decode(body)
+        calls = request if isinstance(request, list) else [request]
+        stale = False
+        if any(isinstance(c, dict) and c.get("method") == "eth_getLogs" for c in calls):
+            with self.lock:
+                stale, self.stale_requests = (
+                    self.stale_requests > 0,
+                    max(0, self.stale_requests - 1),
+                )
         if isinstance(fault, RpcError):
             error = {"code": fault.code, "message": fault.message}
             ids = [r["id"] for r in request] if isinstance(request, list) else [request["id"]]
@@ -269,13 +282,22 @@ class FaultProxy:
             if not self.batches:
                 error = {"code": -32600, "message": "batch requests are not supported"}
                 return 200, msgspec.json.encode({"jsonrpc": "2.0", "id": None, "error": error})
-            return 200, msgspec.json.encode([self.one(r)[1] for r in request])
-        status, reply = self.one(request)
+            return 200, msgspec.json.encode([self.one(r, stale)[1] for r in request])
+        status, reply = self.one(request, stale)
         return status, msgspec.json.encode(reply)
 
-    def one(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def one(self, request: dict[str, Any], stale: bool = False) -> tuple[int, dict[str, Any]]:
         """Answer one JSON-RPC request: refused, lagging, or forwarded upstream."""
         method, params = request["method"], request.get("params") or []
+        if stale and method == "eth_getLogs":
+            lo, hi = (int(params[0][k], 16) for k in ("fromBlock", "toBlock"))
+            if lo > self.stale_head:
+                return 200, {"jsonrpc": "2.0", "id": request["id"], "result": []}
+            clamped = {**params[0], "toBlock": hex(min(hi, self.stale_head))}
+            request = {**request, "params": [clamped]}
+        numbered = method == "eth_getBlockByNumber" and params[0].startswith("0x")
+        if stale and numbered and int(params[0], 16) > self.stale_head:
+            return 200, {"jsonrpc": "2.0", "id": request["id"], "result": None}
         if method == "eth_getLogs" and self.max_range is not None:
             lo, hi = (int(params[0][k], 16) for k in ("fromBlock", "toBlock"))
             if hi - lo + 1 > self.max_range:

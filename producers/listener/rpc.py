@@ -360,9 +360,29 @@ class RpcClient:
                 "toBlock": hex(to_block),
             }
         ]
-        logs = self.call("eth_getLogs", params)
+        logs = self._attempts("eth_getLogs", self._logs_once, params, to_block)
         if not isinstance(logs, list):
             raise ChainError(f"eth_getLogs answered a {type(logs).__name__}, not a list")
+        return logs
+
+    def _logs_once(self, params: list[Any], to_block: int) -> Any:
+        """``eth_getLogs`` batched with the header of ``to_block``, from the same node.
+
+        Behind a load balancer a lagging node answers ``[]`` for blocks it does not
+        have yet (missed events near the tip). When the node that answered the logs
+        has no ``to_block`` either, its answer is not trusted: retried elsewhere.
+        Providers that refuse batches get the single call.
+        """
+        if not self._batch_ok:
+            return self._call_once("eth_getLogs", params)
+        got = self._batch_once(
+            [("eth_getLogs", params), ("eth_getBlockByNumber", [hex(to_block), False])]
+        )
+        if got is None:  # batches just turned out to be refused
+            return self._call_once("eth_getLogs", params)
+        logs, header = got
+        if header is None:
+            raise _Transient(f"{self.endpoint} has no block {to_block} yet; its logs may lag")
         return logs
 
     def get_logs(

@@ -206,3 +206,25 @@ def test_the_first_url_dying_mid_run_fails_over_without_a_gap(
     assert not errors
     assert second.requests > 0
     assert_complete(redis_client, anvil, nft)
+
+
+def test_a_lagging_backend_answering_no_logs_near_the_tip_is_not_believed(
+    proxy: FaultProxy, anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis
+) -> None:
+    """Behind a load balancer, a node that lacks the newest blocks answers ``[]`` for them.
+
+    Its empty answer must not be appended as "no logs": the listener asks for the
+    range's last header in the same request, sees the node lacks it, and asks again.
+    """
+    history(anvil, nft)
+    listener = listener_for([proxy.url], anvil, nft, redis_client)
+    run_to_tip(listener, anvil)
+    lagging_from = anvil.block_number()
+    for i in range(3):  # new logs near the tip, which the lagging backend does not have
+        nft.mint(ACCOUNTS[5][0], f"tip-{i}", KEY)
+    proxy.stale_head = lagging_from
+    proxy.stale_requests = 3
+    listener.sizer.size = 8  # the new blocks fit one range
+    run_to_tip(listener, anvil)
+    assert proxy.stale_requests == 0, "the lagging backend answered"
+    assert_complete(redis_client, anvil, nft)
