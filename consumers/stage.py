@@ -19,7 +19,7 @@ import msgspec
 import redis
 
 from shared import metrics
-from shared.errors import CommitConflict, DecodeError
+from shared.errors import CommitConflict, DecodeError, ServiceUnavailable
 from shared.events import Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.logs import log
@@ -86,8 +86,8 @@ class Stage(Generic[S]):
         )
         self._since_snapshot = 0
         self._snapshot_size = 0
-        if self.snapshot_key and not redis_retry(self.client.exists, self.snapshot_key):
-            self._since_snapshot = SNAPSHOT_EVERY  # none yet: write one with the next batch
+        if self.snapshot_key:
+            self._since_snapshot = self._outputs_since_snapshot()
         self.log = log.bind(stage=fold.name, network=keys.tag)
         self.retry = keys.retry(fold.name)
         self.retry_position = START
@@ -98,11 +98,31 @@ class Stage(Generic[S]):
         self.retry_position = as_str(fields.pop(RETRY_FIELD, START.encode()))
         return position, self.fold.load(fields)
 
+    def _check_position(self) -> None:
+        """Reload when the stored position is not ours (checked while idle).
+
+        Redis lost data (restarted empty, or from older data): input we had passed
+        may be there again, under ids at or before our position, and would never be
+        read. A commit would notice too (its position check fails), but only once
+        new input arrives.
+        """
+        raw: Any = redis_retry(self.client.get, self.store.keys[0])
+        stored = as_str(raw) if raw else START
+        if stored == self.position:
+            return
+        self.log.warning(
+            "stored position is {}, not {} (Redis lost data?); reloading state",
+            stored,
+            self.position,
+        )
+        self.position, self.state = self._load()
+
     def step(self, block_ms: int | None = BLOCK_MS, count: int = BATCH_SIZE) -> int:
         """Process at most one batch; returns the number of input entries consumed."""
         self.redrive()
         entries = redis_retry(read_after, self.client, self.input, self.position, count, block_ms)
         if not entries:
+            self._check_position()
             return 0
         started = time.monotonic()
         poison: dict[str, str] = {}
@@ -197,6 +217,23 @@ class Stage(Generic[S]):
         self._snapshot_size = batch.snapshot.count(b'"node_id"')
         if self.retention:
             self._trim()
+
+    def _outputs_since_snapshot(self) -> int:
+        """Output entries after the latest snapshot (a restart keeps the cadence going).
+
+        Counted up to :data:`SNAPSHOT_EVERY`; with no snapshot at all, that many (so
+        the next batch writes one).
+        """
+        through: Any = redis_retry(self.client.hget, self.snapshot_key, "id")
+        if through is None:
+            return SNAPSHOT_EVERY
+        after: Any = redis_retry(
+            self.client.xrange,
+            self.store.keys[2],
+            min=f"({as_str(through)}",
+            count=SNAPSHOT_EVERY,
+        )
+        return len(after)
 
     def _trim(self) -> None:
         """Drop output entries beyond ``retention``, never past the latest snapshot.
@@ -380,14 +417,20 @@ class Stage(Generic[S]):
         return True
 
     def run(self, stop: threading.Event) -> None:
-        """Loop until ``stop`` is set; finishes and commits the current batch first."""
+        """Loop until ``stop`` is set; finishes and commits the current batch first.
+
+        Redis calls are retried (``redis_retry``); a Redis that stays unreachable
+        beyond that ends the stage with :class:`ServiceUnavailable` (one line, exit 1).
+        """
         self.log.info("started at position {}", self.position)
         while not stop.is_set():
             try:
                 self.step()
-            except redis.RedisError:
+            except redis.RedisError as exc:
                 if not stop.is_set():
-                    raise
+                    raise ServiceUnavailable(
+                        f"Redis failed under the {self.fold.name} stage: {exc}"
+                    ) from exc
                 self.log.warning("Redis unreachable while stopping; nothing half-committed")
         self.log.info("stopped at position {}", self.position)
 

@@ -213,3 +213,19 @@ def test_redis_reset_makes_the_agent_read_the_new_stream_from_scratch(
 
     catch_up(host)
     assert set(host.table.records) == {"node-z"}
+
+
+def test_snapshot_cadence_survives_restarts(redis_client: redis.Redis) -> None:
+    """An ipam stage restarted after every batch still snapshots (and so trims) on time."""
+    live = Network(redis_client, "restarts", RETENTION)
+    rng = random.Random(17)
+    for block, event in history(rng, 1, 60):
+        live.append(block, event)
+        live.stages[0].step(block_ms=None, count=4)
+        ipam = Stage(redis_client, live.keys, live.stages[1].fold, retention=RETENTION)
+        ipam.step(block_ms=None, count=4)  # a fresh process every time
+    through: Any = redis_client.hget(live.keys.snapshot, "id")
+    data: Any = redis_client.hget(live.keys.snapshot, "data")
+    after: Any = redis_client.xrange(live.keys.peers, min=f"({through.decode()}")
+    assert len(after) <= max(RETENTION, data.count(b'"node_id"')) + 4
+    assert redis_client.xlen(live.keys.peers) < 60
