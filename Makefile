@@ -49,8 +49,21 @@ pytest: setup
 test: check
 	$(BIN)/pytest $(ARGS)
 
+# Benchmarks, each against its baseline in the same run (table + bench-results.json);
+# sizes are flags, e.g. make bench ARGS="--only B2 --b2-events 1000000".
 bench: setup
-	@echo "benchmarks: not yet (issue 6)"
+	$(BIN)/python tests/benchmarks/run.py $(ARGS)
+
+# The long crash harness: 2,000 operations, >= 20 SIGKILLs, a real wireguard-go host (root).
+# It prints its seed; SEED=<seed> replays a run.
+SEED ?=
+soak: setup
+	$(BIN)/python -m tests.crash.harness --ops 2000 --kills 20 --wg $(if $(SEED),--seed $(SEED)) $(ARGS)
+
+.PHONY: bench-smoke
+# Tiny sizes: proves every benchmark still runs (what CI's pytest does too).
+bench-smoke: setup
+	$(BIN)/python tests/benchmarks/run.py --smoke --out bench-smoke.json $(ARGS)
 
 # Rebuild the committed contract artifact from the Solidity source.
 contract: setup
