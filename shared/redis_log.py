@@ -7,9 +7,9 @@ from; a stage killed at any instant either committed all of a batch or none of i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -36,6 +36,7 @@ REDIS_SOCKET_TIMEOUT: Final = 10.0
 #: URL schemes of a Redis Cluster, and the scheme of one of its nodes.
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
+T = TypeVar("T")
 Fields = dict[str, bytes | str | int]
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -83,8 +84,26 @@ def redacted(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+class _RedisRetrying(Retrying):
+    """Tenacity's ``Retrying`` that also says when Redis answers again after failures."""
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        enclosing = dict(self.statistics)  # of the call this one runs in, if nested
+        try:
+            result = super().__call__(fn, *args, **kwargs)
+            attempts = int(self.statistics.get("attempt_number", 1))
+        finally:  # per-thread statistics: give the enclosing call its own back
+            self.statistics.clear()
+            self.statistics.update(enclosing)
+        if attempts > 1:
+            log.bind(stage="wgchain.redis").warning(
+                "Redis reachable again after {} attempts", attempts
+            )
+        return result
+
+
 #: Retry policy for Redis calls that are safe to repeat (reads, idempotent commits).
-redis_retry: Final = Retrying(
+redis_retry: Final = _RedisRetrying(
     retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
     wait=wait_random_exponential(multiplier=0.2, max=5),
     stop=stop_after_delay(REDIS_RETRY_SECONDS) | shutdown.requested,

@@ -65,6 +65,8 @@ CONFIG_BACKUPS: Final = 5
 LAG_COUNT_CAP: Final = 10_000
 #: Seconds to wait before retrying after Redis is unreachable.
 REDIS_PAUSE_SECONDS: Final = 1.0
+#: Seconds without a new peers entry after which a hold ends even short of its block.
+HOLD_QUIET_SECONDS: Final = 120.0
 #: Interface names: what Linux accepts, and safe in a file name (1..15 characters).
 IFNAME_RE: Final = re.compile(r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]{0,14}")
 
@@ -151,6 +153,12 @@ def _before(entry_id: str) -> str:
     return f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}"
 
 
+def _block_of(entry: object) -> int:
+    """The chain block a peers entry stems from (0 when it names none)."""
+    block = getattr(entry, "block_number", 0)
+    return block if isinstance(block, int) else 0
+
+
 def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0]) if entry_id and entry_id != START else 0
 
@@ -167,6 +175,12 @@ class Agent:
         self.table = PeerTable()
         self.position = START
         self.applied_position = START
+        #: Block of the newest peers entry the table covers, and of the applied table.
+        self.block = self.applied_block = 0
+        #: After the stream was reset or trimmed: the applied block a rebuilt table must
+        #: reach before it is applied (0: no hold), and when an entry last arrived.
+        self.hold_block = 0
+        self.last_entries = 0.0
         self.own_public_key: str | None = None
         self.announcements: dict[str, bytes] = {}
         self.applied_endpoints: dict[str, str] = {}
@@ -183,22 +197,32 @@ class Agent:
     def read_peers(self, block_ms: int | None) -> list[Entry]:
         """The next batch of ``peers`` entries after our position.
 
-        First checks that the stream still holds everything after our position: when
-        entries we have not read were trimmed (retention) we start again from the
-        snapshot; when the stream was reset (Redis lost its data) from scratch.
+        Each read is checked against the stream: when entries we have not read were
+        trimmed (retention) we start again from the snapshot; when the stream was
+        reset (Redis lost its data) from scratch. The check follows the read in the
+        same retried call, so a read that waited through a Redis restart is checked.
         """
-        if self.position != START:
-            self._check_continuity()
-        return redis_retry(
-            read_after, self.client, self.cfg.keys.peers, self.position, BATCH_SIZE, block_ms
-        )
+        return redis_retry(self._read_peers, block_ms)
 
-    def _check_continuity(self) -> None:
-        """Start again when entries after our position are gone (trimmed, or Redis reset)."""
+    def _read_peers(self, block_ms: int | None) -> list[Entry]:
+        peers = self.cfg.keys.peers
+        entries = read_after(self.client, peers, self.position, BATCH_SIZE, block_ms)
+        if self.position != START and not self._check_continuity():
+            entries = read_after(self.client, peers, self.position, BATCH_SIZE, None)
+        return entries
+
+    def _check_continuity(self) -> bool:
+        """True when the stream still holds everything after our position.
+
+        Else (entries were trimmed, or Redis was reset) the table starts again from
+        the snapshot or from scratch, and False. That table may be older than the
+        applied one (the pipeline is still refilling the stream): the applied
+        configuration is then held until the table reaches its block (:meth:`_held`).
+        """
         pipe = self.client.pipeline(transaction=False)
         pipe.xinfo_stream(self.cfg.keys.peers)
         pipe.xrange(self.cfg.keys.peers, min=self.position, max=self.position)
-        info, ours = redis_retry(pipe.execute, raise_on_error=False)
+        info, ours = pipe.execute(raise_on_error=False)
         deleted = START
         if isinstance(info, dict):
             deleted = as_str(info.get("max-deleted-entry-id") or START)
@@ -213,9 +237,20 @@ class Agent:
                 self.position,
             )
         else:
-            return
-        self.table, self.position = PeerTable(), START
+            return True
+        self.hold_block = max(self.hold_block, self.applied_block)
+        self.table, self.position, self.block = PeerTable(), START, 0
         self.load_snapshot()
+        self.last_entries = time.monotonic()
+        if self.block >= self.hold_block:
+            self.hold_block = 0  # the snapshot is not behind: nothing to hold
+        else:
+            self.log.warning(
+                "keeping the configuration applied at block {} until the peers stream "
+                "reaches that block again",
+                self.hold_block,
+            )
+        return False
 
     def load_snapshot(self, newer_than: str = START) -> bool:
         """Replace the table with the latest snapshot if it is newer than ``newer_than``."""
@@ -234,6 +269,11 @@ class Agent:
         for peer in snapshot.peers:
             table.apply(peer)
         self.table, self.position = table, through
+        blocks = [self.block, *(p.block_number for p in snapshot.peers)]
+        last: Any = redis_retry(self.client.xrange, self.cfg.keys.peers, through, through)
+        with contextlib.suppress(DecodeError):  # the entry the snapshot covers through
+            blocks += [_block_of(from_fields(fields)) for _, fields in last]
+        self.block = max(blocks)
         self.log.info("peer table from the snapshot at {} ({} peers)", through, len(table.records))
         return True
 
@@ -254,6 +294,7 @@ class Agent:
                 self.log.bind(entry=entry_id).warning("peers entry ignored: {}", exc)
                 self.position = entry_id
                 continue
+            self.block = max(self.block, _block_of(entry))
             if isinstance(entry, Retracted):
                 retract_until = entry_id
                 self.position = entry_id
@@ -269,6 +310,8 @@ class Agent:
             self.position = entry_id
         if retract_until:
             self._retract(retract_until)
+        if entries:
+            self.last_entries = time.monotonic()
         return len(entries)
 
     def _retract(self, until: str) -> None:
@@ -357,6 +400,8 @@ class Agent:
 
     def reconcile(self, reason: str) -> bool:
         """Bring the interface (or only the file) to the desired state; True on success."""
+        if self._held():
+            return False
         started = time.monotonic()
         self.refresh_announcements()
         desired = desired_state(
@@ -393,12 +438,39 @@ class Agent:
                 ok = False
         if ok:
             self.applied_position = self.position
+            self.applied_block = self.block
             self.last_apply = time.time()
             self.last_error = ""
             self.log.debug("reconciled ({}): {} peers", reason, len(desired.peers))
         metrics.agent_applied(self.cfg.keys.tag, started)
         self.report()
         return ok
+
+    def _held(self) -> bool:
+        """True while a table rebuilt after a reset is behind the applied configuration.
+
+        A Redis that lost its data is refilled by the pipeline from the chain; a table
+        folded from a partly refilled stream is an older state of the network, and
+        applying it would cut tunnels that the chain still grants. The hold ends when
+        the table reaches the applied block, or when the refilled stream stays short
+        of it for :data:`HOLD_QUIET_SECONDS` (that block is gone from the chain: a
+        deep reorg). An empty stream (nothing refilled yet) never ends it.
+        """
+        if not self.hold_block:
+            return False
+        if self.block < self.hold_block:
+            quiet = time.monotonic() - self.last_entries >= HOLD_QUIET_SECONDS
+            if not (self.block and quiet):
+                return True
+            self.log.warning(
+                "the peers stream stopped at block {}, short of block {}: applying it",
+                self.block,
+                self.hold_block,
+            )
+        else:
+            self.log.info("the peers stream reached block {} again: reconciling", self.block)
+        self.hold_block = 0
+        return False
 
     def _apply(self, desired: Desired) -> None:
         assert self.wg is not None

@@ -10,7 +10,7 @@ import click
 import uvicorn
 
 from consumers.api.app import create_app
-from shared.cmdline import with_settings
+from shared.cmdline import stop_event, with_settings
 from shared.logs import log
 from shared.redis_log import connect, redacted
 from shared.settings import Settings
@@ -38,6 +38,7 @@ def api(cfg: Settings) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level=level, access_log=False, log_config=None
     )
+    stop_event()  # uvicorn re-raises SIGTERM after its graceful stop: then only log it, exit 0
     try:
         uvicorn.Server(config).run()
     finally:

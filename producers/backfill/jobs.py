@@ -303,6 +303,17 @@ class BackfillWorker(SimpleWorker):
         for queue in self.queues:
             requeue_abandoned(queue)
 
+    def teardown(self) -> None:
+        """Unregister on the way out; a stop while Redis is unreachable still exits cleanly.
+
+        The worker's key then expires by itself (its TTL), rq's maintenance drops it
+        from the worker registry, and the pubsub thread is a daemon.
+        """
+        try:
+            super().teardown()  # type: ignore[no-untyped-call]
+        except redis.ConnectionError as exc:
+            log.bind(stage="worker").warning("Redis unreachable while stopping: {}", exc)
+
 
 def worker_name() -> str:
     """``<host>-<pid>-<random>``: unique among live workers, and tells where a job runs."""

@@ -224,7 +224,9 @@ class LeasedListeners:
                 self._tick()
                 stop.wait(self.interval)
         except redis.RedisError as exc:
-            raise ServiceUnavailable(f"Redis failed under the listener leases: {exc}") from exc
+            if not stop.is_set():
+                raise ServiceUnavailable(f"Redis failed under the listener leases: {exc}") from exc
+            self.log.warning("Redis unreachable while stopping ({})", exc)
         finally:
             self._shutdown()
 
