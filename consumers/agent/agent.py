@@ -33,6 +33,7 @@ from consumers.agent.render import (
     RemovePeer,
     SetPeer,
     diff_peers,
+    is_ip_endpoint,
     render_config,
     wanted_peers,
 )
@@ -163,6 +164,39 @@ def _ms(entry_id: str) -> int:
     return int(entry_id.split("-", 1)[0]) if entry_id and entry_id != START else 0
 
 
+def _deleted_after(info: object) -> str:
+    """The newest id XDEL (or, from Redis 7.2, XTRIM) removed from a stream (``0-0``: none)."""
+    if not isinstance(info, dict):
+        return START
+    return as_str(info.get("max-deleted-entry-id") or START)
+
+
+def _trimmed_past(info: object, position: str) -> bool:
+    """Whether XINFO STREAM ``info`` shows the stream trimmed past ``position``.
+
+    Redis 7.0's XTRIM leaves ``max-deleted-entry-id`` alone, so a trim shows as a
+    first entry after ``position`` in a stream that has lost entries (more added
+    than it holds). A stream refilled after a reset lost none: it was reset.
+    """
+    if not isinstance(info, dict):
+        return False
+    added, length = info.get("entries-added"), info.get("length")
+    if isinstance(added, int) and isinstance(length, int):
+        if added <= length:
+            return False
+        if length == 0:
+            return True  # trimmed to nothing
+    first = info.get("recorded-first-entry-id")
+    if not first:
+        entry = info.get("first-entry")
+        first = entry[0] if isinstance(entry, list | tuple) and entry else None
+    return first is not None and id_key(as_str(first)) > id_key(position)
+
+
+def _spec(op: SetPeer) -> PeerSpec:
+    return PeerSpec(op.public_key, op.allowed_ips, op.endpoint, op.keepalive, op.node_id)
+
+
 class Agent:
     """One host's agent. ``wireguard`` is None in file-only mode (no ``wg``/``ip`` at all)."""
 
@@ -190,6 +224,7 @@ class Agent:
         self.desired: Desired | None = None
         self._key_stamp: tuple[int, int, int] | None = None
         self._names: dict[str, str] = {}  # public key -> node id, for log lines
+        self._announce_keys: dict[str, str] = {}  # node id -> its announcement key
         self.log = log.bind(stage="agent", node=config.node_id, interface=config.interface)
 
     # --- inputs ----------------------------------------------------------------------
@@ -223,10 +258,9 @@ class Agent:
         pipe.xinfo_stream(self.cfg.keys.peers)
         pipe.xrange(self.cfg.keys.peers, min=self.position, max=self.position)
         info, ours = pipe.execute(raise_on_error=False)
-        deleted = START
-        if isinstance(info, dict):
-            deleted = as_str(info.get("max-deleted-entry-id") or START)
-        if id_key(deleted) > id_key(self.position):
+        if id_key(_deleted_after(info)) > id_key(self.position) or (
+            isinstance(ours, list) and not ours and _trimmed_past(info, self.position)
+        ):
             self.log.warning(
                 "peers entries after {} were trimmed before we read them: using the snapshot",
                 self.position,
@@ -382,12 +416,18 @@ class Agent:
         confine it; the list of hosts comes from the peer table, not a shared index.
         """
         nodes = sorted(self.table.records)
-        keys = [self.cfg.keys.host_announce(node) for node in nodes]
+        keys = [self._announce_key(node) for node in nodes]
         raw: Any = redis_retry(self.client.mget, keys) if keys else []
         fresh = {node: value for node, value in zip(nodes, raw, strict=True) if value is not None}
         changed = fresh != self.announcements
         self.announcements = fresh
         return changed
+
+    def _announce_key(self, node: str) -> str:
+        key = self._announce_keys.get(node)
+        if key is None:
+            key = self._announce_keys[node] = self.cfg.keys.host_announce(node)
+        return key
 
     def announce(self) -> None:
         if self.cfg.endpoint is None:
@@ -496,10 +536,11 @@ class Agent:
                 pools = [self.cfg.policy.pool, self.cfg.policy.pool6]
                 if self.wg.set_addresses(ifname, desired.addresses, pools):
                     self.log.info("address set to {}", ", ".join(desired.addresses))
-            after = self.wg.show(ifname)
-            left = diff_peers(after.peers, target, self.applied_endpoints)
-            if left:
-                raise WireGuardError(f"verify failed: {len(left)} peer(s) differ after apply")
+            if ops:  # read back once; with no operation ``before`` already matched ``target``
+                after = self.wg.show(ifname)
+                left = diff_peers(after.peers, target, self.applied_endpoints)
+                if left:
+                    raise WireGuardError(f"verify failed: {len(left)} peer(s) differ after apply")
         except WireGuardError:
             self._rollback(before.peers)
             raise
@@ -509,24 +550,50 @@ class Agent:
             )
 
     def _run_ops(self, ops: list[SetPeer | RemovePeer]) -> None:
+        """Removals first, then sets, many peers per ``wg set``.
+
+        A peer whose endpoint is a hostname gets a command of its own, and so does
+        every peer of a batch that failed: a peer whose endpoint cannot be set (most
+        likely a hostname that does not resolve) is then set without one.
+        """
         assert self.wg is not None
+        removals = [op.public_key for op in ops if isinstance(op, RemovePeer)]
+        if removals:
+            self.wg.remove_peers(self.cfg.interface, removals)
+            for key in removals:
+                self.applied_endpoints.pop(key, None)
+        batch: list[SetPeer] = []
+        alone: list[SetPeer] = []
         for op in ops:
-            if isinstance(op, RemovePeer):
-                self.wg.remove_peer(self.cfg.interface, op.public_key)
-                self.applied_endpoints.pop(op.public_key, None)
-                continue
-            spec = PeerSpec(op.public_key, op.allowed_ips, op.endpoint, op.keepalive, op.node_id)
+            if isinstance(op, SetPeer):
+                by_ip = op.endpoint is None or is_ip_endpoint(op.endpoint)
+                (batch if by_ip else alone).append(op)
+        if batch:
             try:
-                self.wg.set_peer(self.cfg.interface, spec)
-            except WireGuardError as exc:
-                if op.endpoint is None:
-                    raise
-                # Most likely a hostname that does not resolve: keep the peer, let it roam in.
-                self.log.warning("peer {}: endpoint not set ({})", op.node_id, exc)
-                self.wg.set_peer(self.cfg.interface, replace(spec, endpoint=None))
-                self.unresolved.add(op.public_key)
-            if op.endpoint is not None:
-                self.applied_endpoints[op.public_key] = op.endpoint
+                self.wg.set_peers(self.cfg.interface, [_spec(op) for op in batch])
+            except WireGuardError:
+                alone = batch + alone  # again one by one (setting a peer twice is harmless)
+            else:
+                for op in batch:
+                    if op.endpoint is not None:
+                        self.applied_endpoints[op.public_key] = op.endpoint
+        for op in alone:
+            self._set_one(op)
+
+    def _set_one(self, op: SetPeer) -> None:
+        assert self.wg is not None
+        spec = _spec(op)
+        try:
+            self.wg.set_peer(self.cfg.interface, spec)
+        except WireGuardError as exc:
+            if op.endpoint is None:
+                raise
+            # Most likely a hostname that does not resolve: keep the peer, let it roam in.
+            self.log.warning("peer {}: endpoint not set ({})", op.node_id, exc)
+            self.wg.set_peer(self.cfg.interface, replace(spec, endpoint=None))
+            self.unresolved.add(op.public_key)
+        if op.endpoint is not None:
+            self.applied_endpoints[op.public_key] = op.endpoint
 
     def _rollback(self, previous: dict[str, PeerSpec]) -> None:
         """Best effort: put the peers back as they were before this apply."""
@@ -534,12 +601,12 @@ class Agent:
         try:
             now = self.wg.show(self.cfg.interface).peers
             back = diff_peers(now, previous)
-            for op in back:
-                if isinstance(op, RemovePeer):
-                    self.wg.remove_peer(self.cfg.interface, op.public_key)
-                else:
-                    spec = PeerSpec(op.public_key, op.allowed_ips, op.endpoint, op.keepalive)
-                    self.wg.set_peer(self.cfg.interface, spec)
+            removals = [op.public_key for op in back if isinstance(op, RemovePeer)]
+            if removals:
+                self.wg.remove_peers(self.cfg.interface, removals)
+            sets = [_spec(op) for op in back if isinstance(op, SetPeer)]
+            if sets:
+                self.wg.set_peers(self.cfg.interface, sets)
             self.applied_endpoints = {
                 k: v for k, v in self.applied_endpoints.items() if k in previous
             }
@@ -599,6 +666,7 @@ class Agent:
         self.log.info("own public key {}", self.own_public_key)
         policy = self.cfg.policy
         self.log.info("topology {} {}", policy.topology, ",".join(policy.hubs))
+        self.remove_stale_temp_files()
         if self.wg is None:
             self.log.warning("file-only mode: writing {} only, no wg/ip", self.cfg.config_path)
         else:
@@ -607,6 +675,15 @@ class Agent:
         self.announce()
         self.bootstrap()
         self.reconcile("start")
+
+    def remove_stale_temp_files(self) -> None:
+        """Delete temp files of :func:`write_config` that a kill left before their rename."""
+        path = self.cfg.config_path
+        with contextlib.suppress(FileNotFoundError):
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+                    self.log.info("removed the stale temp file {}", stale)
 
     def run(self, stop: threading.Event) -> None:
         """Reconcile until ``stop`` is set; Redis outages keep the interface as it is."""

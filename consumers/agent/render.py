@@ -5,6 +5,10 @@
 - :func:`diff_peers` compares the interface's peers with the wanted ones and lists
   the few ``wg set`` operations that turn one into the other; a peer that already
   matches produces no operation, so its session is never touched.
+
+Per-peer results (canonical allowed IPs, a peer's ``[Peer]`` block) are pure
+functions of the peer, memoised in bounded caches: rendering 10,000 peers again
+after one change re-checks one peer.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
-from consumers.agent.desired import Desired, DesiredPeer, parse_endpoint
+from consumers.agent.desired import CACHE_SIZE, Desired, DesiredPeer, parse_endpoint
 from shared.validate import is_valid_node_id, is_valid_wg_key
 
 HEADER = "# Written by the wgchain agent; every change is rewritten from the peers stream."
@@ -54,11 +59,18 @@ Op = SetPeer | RemovePeer
 
 def normalise_ips(ips: Iterable[str]) -> tuple[str, ...]:
     """Allowed IPs as sorted canonical networks (``10.88.0.6/32``), so equal sets compare equal."""
+    return _normalise(tuple(ips))
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _normalise(ips: tuple[str, ...]) -> tuple[str, ...]:
     nets = {ipaddress.ip_network(ip, strict=False) for ip in ips}
     return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n)))
 
 
+@lru_cache(maxsize=CACHE_SIZE)
 def spec_of(peer: DesiredPeer) -> PeerSpec:
+    """The interface's view of a desired peer (canonical allowed IPs)."""
     return PeerSpec(
         peer.public_key,
         normalise_ips(peer.allowed_ips),
@@ -73,7 +85,9 @@ def wanted_peers(desired: Desired) -> dict[str, PeerSpec]:
     return {p.public_key: spec_of(p) for p in desired.peers}
 
 
-def _is_ip_endpoint(endpoint: str) -> bool:
+@lru_cache(maxsize=CACHE_SIZE)
+def is_ip_endpoint(endpoint: str) -> bool:
+    """Whether ``endpoint`` names an IP address (``wg`` need not resolve it)."""
     host = endpoint.rpartition(":")[0].strip("[]")
     try:
         ipaddress.ip_address(host)
@@ -91,7 +105,7 @@ def endpoint_matches(want: str | None, have: str | None, applied: str | None) ->
     """
     if want is None:
         return True
-    if _is_ip_endpoint(want):
+    if is_ip_endpoint(want):
         return have is not None and parse_endpoint(have) == want
     return applied == want
 
@@ -110,18 +124,21 @@ def diff_peers(
     ops: list[Op] = [
         RemovePeer(key, current[key].node_id) for key in sorted(current) if key not in target
     ]
-    for key in sorted(target, key=lambda k: (target[k].node_id, k)):
-        want = target[key]
-        have = current.get(key)
-        if (
-            have is not None
-            and have.allowed_ips == want.allowed_ips
-            and have.keepalive == want.keepalive
-            and endpoint_matches(want.endpoint, have.endpoint, applied_endpoints.get(key))
-        ):
-            continue
-        ops.append(SetPeer(key, want.allowed_ips, want.endpoint, want.keepalive, want.node_id))
-    return ops
+    sets = [
+        SetPeer(key, want.allowed_ips, want.endpoint, want.keepalive, want.node_id)
+        for key, want in target.items()
+        if not _satisfied(current.get(key), want, applied_endpoints.get(key))
+    ]
+    return ops + sorted(sets, key=lambda op: (op.node_id, op.public_key))
+
+
+def _satisfied(have: PeerSpec | None, want: PeerSpec, applied: str | None) -> bool:
+    return (
+        have is not None
+        and have.allowed_ips == want.allowed_ips
+        and have.keepalive == want.keepalive
+        and endpoint_matches(want.endpoint, have.endpoint, applied)
+    )
 
 
 def _safe_path(path: str) -> bool:
@@ -149,20 +166,28 @@ def render_config(
     lines.append("# PrivateKey is not stored here; it stays in its own 0600 file.")
     if private_key_file and _safe_path(private_key_file):
         lines.append(f"PostUp = wg set %i private-key {private_key_file}")
-    for peer in sorted(desired.peers, key=lambda p: p.node_id):
-        if not (is_valid_node_id(peer.node_id) and is_valid_wg_key(peer.public_key)):
-            continue
-        allowed = [ip for ip in peer.allowed_ips if _is_network(ip)]
-        lines += ["", "[Peer]", f"# node {peer.node_id}", f"PublicKey = {peer.public_key}"]
-        lines.append(f"AllowedIPs = {', '.join(allowed)}")
-        endpoint = parse_endpoint(peer.endpoint) if peer.endpoint else None
-        if endpoint:
-            lines.append(f"Endpoint = {endpoint}")
-        if peer.keepalive:
-            lines.append(f"PersistentKeepalive = {int(peer.keepalive)}")
+    blocks = (_peer_block(peer) for peer in sorted(desired.peers, key=lambda p: p.node_id))
+    lines += [block for block in blocks if block is not None]
     return "\n".join(lines) + "\n"
 
 
+@lru_cache(maxsize=CACHE_SIZE)
+def _peer_block(peer: DesiredPeer) -> str | None:
+    """The lines of one ``[Peer]`` (starting with a blank line), or None when it is invalid."""
+    if not (is_valid_node_id(peer.node_id) and is_valid_wg_key(peer.public_key)):
+        return None
+    allowed = [ip for ip in peer.allowed_ips if _is_network(ip)]
+    lines = ["", "[Peer]", f"# node {peer.node_id}", f"PublicKey = {peer.public_key}"]
+    lines.append(f"AllowedIPs = {', '.join(allowed)}")
+    endpoint = parse_endpoint(peer.endpoint) if peer.endpoint else None
+    if endpoint:
+        lines.append(f"Endpoint = {endpoint}")
+    if peer.keepalive:
+        lines.append(f"PersistentKeepalive = {int(peer.keepalive)}")
+    return "\n".join(lines)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
 def _is_network(text: str) -> bool:
     try:
         ipaddress.ip_interface(text)

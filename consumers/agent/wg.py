@@ -17,10 +17,11 @@ import shlex
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from consumers.agent.desired import parse_endpoint
+from consumers.agent.desired import CACHE_SIZE, parse_endpoint
 from consumers.agent.keys import public_key_from_file
 from consumers.agent.render import PeerSpec, normalise_ips
 from shared.errors import WireGuardError
@@ -30,6 +31,8 @@ from shared.validate import is_valid_wg_key
 COMMAND_TIMEOUT: Final = 15.0
 #: Longest stderr excerpt kept in an error message (characters).
 MAX_STDERR: Final = 500
+#: Most peer clauses in one ``wg set`` (about 60 KiB of argv, far below ARG_MAX).
+PEERS_PER_CALL: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +80,21 @@ def parse_dump(text: str) -> InterfaceState:
         if len(cols) != 8:
             raise WireGuardError(f"unexpected wg dump peer line {number} ({len(cols)} fields)")
         key, _psk, endpoint, allowed, handshake, _rx, _tx, keepalive = cols
-        ips = [] if allowed in {"(none)", ""} else allowed.split(",")
-        peers[key] = PeerSpec(
-            public_key=key,
-            allowed_ips=normalise_ips(ips),
-            endpoint=None if endpoint == "(none)" else endpoint,
-            keepalive=int(keepalive) if keepalive.isdigit() else 0,
-        )
+        peers[key] = _peer_spec(key, endpoint, allowed, keepalive)
         handshakes[key] = int(handshake) if handshake.isdigit() else 0
     return InterfaceState(public, listen_port, peers, handshakes)
+
+
+@lru_cache(maxsize=CACHE_SIZE)
+def _peer_spec(key: str, endpoint: str, allowed: str, keepalive: str) -> PeerSpec:
+    """A peer from its ``wg show dump`` columns (memoised: most peers never change)."""
+    ips = [] if allowed in {"(none)", ""} else allowed.split(",")
+    return PeerSpec(
+        public_key=key,
+        allowed_ips=normalise_ips(ips),
+        endpoint=None if endpoint == "(none)" else endpoint,
+        keepalive=int(keepalive) if keepalive.isdigit() else 0,
+    )
 
 
 def show_dump(ifname: str) -> InterfaceState:
@@ -105,6 +114,22 @@ def set_listen_port(ifname: str, port: int) -> None:
     run(["wg", "set", ifname, "listen-port", str(port)])
 
 
+def peer_args(
+    key: str, allowed_ips: Sequence[str], endpoint: str | None = None, keepalive: int = 0
+) -> list[str]:
+    """One validated ``peer KEY allowed-ips ... [endpoint E] persistent-keepalive N`` clause."""
+    if not is_valid_wg_key(key):
+        raise WireGuardError("refusing an invalid peer key")
+    args = ["peer", key, "allowed-ips", ",".join(normalise_ips(allowed_ips))]
+    if endpoint is not None:
+        checked = parse_endpoint(endpoint)
+        if checked is None:
+            raise WireGuardError("refusing an invalid endpoint")
+        args += ["endpoint", checked]
+    args += ["persistent-keepalive", str(int(keepalive)) if keepalive > 0 else "off"]
+    return args
+
+
 def set_peer(
     ifname: str,
     key: str,
@@ -113,22 +138,31 @@ def set_peer(
     keepalive: int = 0,
 ) -> None:
     """Add or update a peer; its allowed IPs become exactly ``allowed_ips``."""
-    if not is_valid_wg_key(key):
-        raise WireGuardError("refusing an invalid peer key")
-    argv = ["wg", "set", ifname, "peer", key, "allowed-ips", ",".join(normalise_ips(allowed_ips))]
-    if endpoint is not None:
-        checked = parse_endpoint(endpoint)
-        if checked is None:
-            raise WireGuardError("refusing an invalid endpoint")
-        argv += ["endpoint", checked]
-    argv += ["persistent-keepalive", str(int(keepalive)) if keepalive > 0 else "off"]
-    run(argv)
+    run(["wg", "set", ifname, *peer_args(key, allowed_ips, endpoint, keepalive)])
+
+
+def set_peers(ifname: str, peers: Sequence[PeerSpec]) -> None:
+    """Add or update many peers, :data:`PEERS_PER_CALL` per ``wg set``.
+
+    Every clause is validated before the first command runs; a failing command
+    leaves the peers of earlier commands set (the caller rolls back).
+    """
+    clauses = [peer_args(p.public_key, p.allowed_ips, p.endpoint, p.keepalive) for p in peers]
+    for i in range(0, len(clauses), PEERS_PER_CALL):
+        run(["wg", "set", ifname, *(a for c in clauses[i : i + PEERS_PER_CALL] for a in c)])
 
 
 def remove_peer(ifname: str, key: str) -> None:
-    if not is_valid_wg_key(key):
+    remove_peers(ifname, [key])
+
+
+def remove_peers(ifname: str, keys: Sequence[str]) -> None:
+    """Remove many peers, :data:`PEERS_PER_CALL` per ``wg set``."""
+    if not all(is_valid_wg_key(key) for key in keys):
         raise WireGuardError("refusing an invalid peer key")
-    run(["wg", "set", ifname, "peer", key, "remove"])
+    for i in range(0, len(keys), PEERS_PER_CALL):
+        clauses = (("peer", key, "remove") for key in keys[i : i + PEERS_PER_CALL])
+        run(["wg", "set", ifname, *(a for c in clauses for a in c)])
 
 
 def link_info(ifname: str) -> dict[str, Any]:
@@ -228,7 +262,11 @@ class WireGuard(Protocol):
 
     def set_peer(self, ifname: str, peer: PeerSpec) -> None: ...
 
+    def set_peers(self, ifname: str, peers: Sequence[PeerSpec]) -> None: ...
+
     def remove_peer(self, ifname: str, key: str) -> None: ...
+
+    def remove_peers(self, ifname: str, keys: Sequence[str]) -> None: ...
 
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool: ...
 
@@ -251,8 +289,14 @@ class Wg:
     def set_peer(self, ifname: str, peer: PeerSpec) -> None:
         set_peer(ifname, peer.public_key, peer.allowed_ips, peer.endpoint, peer.keepalive)
 
+    def set_peers(self, ifname: str, peers: Sequence[PeerSpec]) -> None:
+        set_peers(ifname, peers)
+
     def remove_peer(self, ifname: str, key: str) -> None:
         remove_peer(ifname, key)
+
+    def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
+        remove_peers(ifname, keys)
 
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
         return set_addresses(ifname, cidrs, pools)
@@ -293,9 +337,17 @@ class MemoryWireGuard:
             peer.public_key, normalise_ips(peer.allowed_ips), endpoint, peer.keepalive
         )
 
+    def set_peers(self, ifname: str, peers: Sequence[PeerSpec]) -> None:
+        for peer in peers:
+            self.set_peer(ifname, peer)
+
     def remove_peer(self, ifname: str, key: str) -> None:
         self.calls.append(f"remove {key}")
         self.peers.pop(key, None)
+
+    def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
+        for key in keys:
+            self.remove_peer(ifname, key)
 
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
         wanted = set(cidrs)
