@@ -69,6 +69,8 @@ class Stage(Generic[S]):
         self, client: redis.Redis, keys: Keys, fold: Fold[S], *, retention: int = 0
     ) -> None:
         self.fold = fold
+        #: Entry types this stage reads: the fold's, and retractions.
+        self._reads = (*fold.accepts, Retracted)
         self.client = client
         self.input = keys.input(fold.name)
         #: The fold's ``snapshot(state) -> bytes`` when it writes snapshots of its output.
@@ -166,7 +168,7 @@ class Stage(Generic[S]):
                 continue
             try:
                 entry = from_fields(fields)
-                if not isinstance(entry, (*self.fold.accepts, Retracted)):
+                if not isinstance(entry, self._reads):
                     raise DecodeError(f"{type(entry).__name__} is not an input of {self.fold.name}")
             except DecodeError as exc:
                 self.log.warning("dead-lettering {}: {}", entry_id, exc)
@@ -340,7 +342,7 @@ class Stage(Generic[S]):
                     entry = from_fields(fields)
                 except DecodeError:
                     continue
-                if isinstance(entry, (*self.fold.accepts, Retracted)):
+                if isinstance(entry, self._reads):
                     items.append((entry_id, entry))
             if len(page) < SCAN_PAGE:
                 break

@@ -151,9 +151,15 @@ end
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
 local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
+while n > 0 do  -- one HSET per chunk of fields (unpack stays far below Lua's stack limit)
+  local m = math.min(n, 1000)
+  redis.call('HSET', KEYS[2], unpack(ARGV, i, i + 2 * m - 1)); i = i + 2 * m; n = n - m
+end
 n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('HDEL', KEYS[2], ARGV[i]); i = i + 1 end
+while n > 0 do
+  local m = math.min(n, 1000)
+  redis.call('HDEL', KEYS[2], unpack(ARGV, i, i + m - 1)); i = i + m; n = n - m
+end
 local ids = {}
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do

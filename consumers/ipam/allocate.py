@@ -301,7 +301,8 @@ class IpamFold:
 
     def addresses(self, offset: int) -> tuple[str, str | None]:
         """The IPv4 (and IPv6) address of ``offset``."""
-        v4 = str(ipaddress.IPv4Address(self._base4 + offset))
+        n = self._base4 + offset
+        v4 = f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"  # str(IPv4Address(n))
         v6 = str(ipaddress.IPv6Address(self._base6 + offset)) if self.pool6 else None
         return v4, v6
 

@@ -10,6 +10,7 @@ crash. Nothing loops over a length taken from the data.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
@@ -29,6 +30,8 @@ from shared.events import (
 WORD: Final = 32
 #: Hex characters of a topic, a block hash or a transaction hash (after ``0x``).
 HASH_HEX: Final = 64
+#: A 32-byte hash: ``0x`` and exactly :data:`HASH_HEX` ASCII hex digits.
+_HASH_RE: Final = re.compile(rf"0[xX][0-9a-fA-F]{{{HASH_HEX}}}")
 
 
 #: The four event signatures of IDstackAccessNFT (DESIGN §1), exactly.
@@ -158,6 +161,7 @@ TOPICS: Final[Mapping[str, tuple[str, int, _Decoder]]] = {
 }
 #: The topic0 values the listener asks ``eth_getLogs`` for.
 TOPIC0S: Final = tuple(TOPICS)
+_TOPIC0_WORDS: Final = {topic: bytes.fromhex(topic[2:]) for topic in TOPICS}
 
 
 def decode_event(topics: object, data: object) -> ChainEvent:
@@ -176,7 +180,9 @@ def decode_event(topics: object, data: object) -> ChainEvent:
     name, n_topics, decoder = entry
     if len(topics) != n_topics:
         raise DecodeError(f"{name} needs {n_topics} topics, log has {len(topics)}")
-    words = [_topic_word(t, i) for i, t in enumerate(topics)]
+    # topic0 is one of the known constants (valid hex): only the other topics are parsed
+    words = [_TOPIC0_WORDS[topic0]]
+    words += [_topic_word(topics[i], i) for i in range(1, n_topics)]
     return decoder(words, _hex_bytes(data, "data"))
 
 
@@ -197,12 +203,7 @@ def quantity(value: object, what: str) -> int:
 
 def hash32(value: object, what: str) -> str:
     """A 32-byte hash as lowercase ``0x`` hex."""
-    if (
-        isinstance(value, str)
-        and len(value) == HASH_HEX + 2
-        and value.startswith(("0x", "0X"))
-        and all(c in "0123456789abcdefABCDEF" for c in value[2:])
-    ):
+    if isinstance(value, str) and _HASH_RE.fullmatch(value):
         return value.lower()
     raise DecodeError(f"{what} is not a 32-byte hash: {str(value)[:70]!r}")
 
@@ -224,13 +225,17 @@ def log_ref(raw: Mapping[str, Any]) -> LogRef:
     )
 
 
-def decode_log(raw: Mapping[str, Any], chain_id: int, timestamp: int) -> LogEntry:
+def decode_log(
+    raw: Mapping[str, Any], chain_id: int, timestamp: int, ref: LogRef | None = None
+) -> LogEntry:
     """The :class:`LogEntry` (without digest) of a JSON-RPC log object.
 
-    ``timestamp`` is the block's timestamp (from its header). Raises
-    :class:`DecodeError` for a malformed log or an event that does not decode.
+    ``timestamp`` is the block's timestamp (from its header); ``ref`` is
+    ``log_ref(raw)`` when the caller has it already. Raises :class:`DecodeError` for
+    a malformed log or an event that does not decode.
     """
-    ref = log_ref(raw)
+    if ref is None:
+        ref = log_ref(raw)
     return LogEntry(
         chain_id=chain_id,
         contract=ref.address,

@@ -287,7 +287,7 @@ class Listener:
         for ref, raw in read.logs:
             timestamp = read.headers[ref.block_number].timestamp
             try:
-                entry = decode_log(raw, self.cfg.chain_id, timestamp).with_digest(prev)
+                entry = decode_log(raw, self.cfg.chain_id, timestamp, ref).with_digest(prev)
             except DecodeError as exc:
                 ident = f"{ref.block_number}:{ref.log_index}"
                 self.log.warning("dead-lettering log {} (tx {}): {}", ident, ref.tx_hash, exc)
