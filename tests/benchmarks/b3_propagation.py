@@ -1,4 +1,4 @@
-"""B3 propagation: from a mint's receipt to the new peer on every agent.
+"""B3 propagation: from a mint's submission to the new peer on every agent.
 
 A real anvil (one block per transaction, confirmations 0) and a fresh
 ``redis-server``; listener, registry and ipam run in one child process (the
@@ -12,10 +12,13 @@ Then mints, one at a time: each mint waits for its receipt, then for every agent
 to report the new peer, before the next one starts. An agent notes the moment a
 reconcile that includes the peer finished (its config file written, and for a
 real interface the ``wg set`` applied and read back); the latency of a mint is
-that moment minus the receipt time, on the slowest agent.
+that moment minus the time the mint was submitted, on the slowest agent. (Timing from
+the receipt would under-count, even below zero: web3 learns of the receipt by polling
+every 0.1 s, often after the pipeline has already delivered the peer. Submission
+time includes mining, instant on anvil, so the figure is an upper bound.)
 
 Where the time goes: the stream ids (the millisecond at which Redis appended each
-entry) give the hops receipt -> ``events`` -> ``registry`` -> ``peers``; the rest
+entry) give the hops submission -> ``events`` -> ``registry`` -> ``peers``; the rest
 is the agents' reconcile.
 
 Baseline, on the same chain afterwards: the predecessor's loop, which re-reads
@@ -161,8 +164,9 @@ def run(
             for k in range(mints):
                 node = f"bench-{k:04d}"
                 key = base64.b64encode(rng.randbytes(32)).decode()
-                nft.mint(owner(1000 + k), node, key)
-                receipts[node] = time.time()
+                sent = time.time()  # the receipt is known only after web3's receipt poll
+                nft.mint(owner(1000 + k), node, key)  # (0.1 s): timing from it under-counts
+                receipts[node] = sent
                 wait_all(len(nodes) + k, node)
             answers = [b.finish() for b in reversed(background)]
             background.clear()
