@@ -23,7 +23,6 @@ from shared.keys import Keys
 
 #: Prefix of the environment variables that configure wgchain.
 ENV_PREFIX = "WGCHAIN_"
-_ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 #: Block tags the listener may follow instead of counting confirmations.
 FINALITY_TAGS = frozenset({"safe", "finalized"})
 _CONFIRMATIONS_RE = re.compile(r"[0-9]{1,9}")
@@ -145,7 +144,7 @@ def _check(s: Settings) -> None:
     def bad(field: str, message: str) -> SettingsError:
         return SettingsError(env_name(field), message)
 
-    if s.contract and not _ADDRESS_RE.fullmatch(s.contract):
+    if s.contract and not validate.is_valid_address(s.contract):
         raise bad("contract", f"{s.contract[:60]!r} is not a 0x-prefixed 20-byte address")
     if s.redis_url and urlsplit(s.redis_url).scheme not in REDIS_SCHEMES:
         raise bad("redis_url", "must start with redis://, rediss://, unix:// or redis+cluster://")

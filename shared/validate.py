@@ -14,8 +14,15 @@ import re
 NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 #: Characters of a WireGuard public key in standard base64 (44 characters, one ``=``).
 WG_KEY_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
+#: An Ethereum address: ``0x`` and 40 hex digits (any case).
+ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{40}")
 #: Longest excerpt of a hostile string that is ever shown (characters).
 EXCERPT_CHARS = 48
+
+
+def is_valid_address(address: str) -> bool:
+    """True when ``address`` is ``0x`` followed by exactly 40 hex digits."""
+    return bool(ADDRESS_RE.fullmatch(address))
 
 
 def is_valid_node_id(node_id: str) -> bool:

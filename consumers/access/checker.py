@@ -8,9 +8,8 @@ pure registry fold up to block ``B``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 import redis
@@ -26,7 +25,6 @@ from shared.logs import log
 from shared.redis_log import as_str
 
 #: An Ethereum address as accepted by ``check_address``.
-ADDRESS_RE: Final = re.compile(r"0x[0-9a-fA-F]{40}")
 
 
 class InvalidArgument(WgchainError):
@@ -54,7 +52,7 @@ def valid_key(key: str) -> str:
 
 def valid_address(address: str) -> str:
     """``address`` in lowercase if it is 0x + 40 hex digits, else :class:`InvalidArgument`."""
-    if not ADDRESS_RE.fullmatch(address):
+    if not validate.is_valid_address(address):
         raise InvalidArgument("address", f"{validate.excerpt(address)} is not a 0x address")
     return address.lower()
 

@@ -11,10 +11,9 @@ the retraction that voided it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -27,9 +26,7 @@ from shared.events import (
     NodeAccessGranted,
     Retracted,
 )
-from shared.validate import excerpt
-
-_ADDRESS: Final = re.compile(r"0x[0-9a-fA-F]{40}")
+from shared.validate import excerpt, is_valid_address
 
 
 @dataclass(frozen=True)
@@ -177,7 +174,7 @@ def subject(node: str | None, key: str | None, owner: str | None) -> Subject:
     if key is not None:
         return KeySubject(key)
     assert owner is not None
-    if not _ADDRESS.fullmatch(owner):
+    if not is_valid_address(owner):
         raise SettingsError("--owner", f"{excerpt(owner)} is not a 0x-prefixed 20-byte address")
     return OwnerSubject(owner)
 
