@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 from producers.backfill.store import BackfillStore
 from producers.listener.store import Cursor, DeadLetter
-from shared.errors import CommitConflict, DecodeError
+from shared.errors import DecodeError
 from shared.events import GENESIS_DIGEST, LogEntry
 
 if TYPE_CHECKING:
@@ -118,17 +118,8 @@ def append_staged(listener: Listener) -> int | None:
     cursor = (expected or Cursor(start - 1, "", GENESIS_DIGEST)).advanced(
         staged.end, staged.end_hash, prev, ((e.block_number, e.block_hash) for e in entries)
     )
-    try:
-        listener.store.commit(
-            expected, cursor, entries, dead, fence=getattr(listener, "fence", None)
-        )
-    except CommitConflict as exc:
-        if "fenced" in str(exc):
-            raise  # the lease is lost: the supervisor steps down now
-        plan_log.warning("cursor moved under the listener ({}); reloading it", exc)
-        listener.cursor = listener.store.load_cursor()
+    if not listener.commit(expected, cursor, entries, dead):
         return 0
-    listener.cursor = cursor
     store.unstage(span)
     plan_log.info(
         "blocks {}-{} (backfill): appended {} entries, {} dead-lettered",

@@ -14,7 +14,7 @@ never dropped silently.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -130,15 +130,8 @@ class Listener:
             entries[-1].digest if entries else self._prev,
             ((ref.block_number, ref.block_hash) for ref, _ in read.logs),
         )
-        try:
-            self.store.commit(expected, cursor, entries, dead, fence=self.fence)
-        except CommitConflict as exc:
-            if "fenced" in str(exc):
-                raise  # the lease is lost: the supervisor steps down now
-            batch_log.warning("cursor moved under the listener ({}); reloading it", exc)
-            self.cursor = self.store.load_cursor()
+        if not self.commit(expected, cursor, entries, dead):
             return 0
-        self.cursor = cursor
         metrics.appended(
             self.store.keys.tag,
             entries=len(entries),
@@ -155,6 +148,29 @@ class Listener:
             len(dead),
         )
         return end - start + 1
+
+    def commit(
+        self,
+        expected: Cursor | None,
+        cursor: Cursor,
+        entries: Sequence[LogEntry | Retracted],
+        dead: Sequence[DeadLetter] = (),
+    ) -> bool:
+        """Append under our fence and move the cursor; False when another writer moved it.
+
+        The cursor is then reloaded from Redis. A fenced commit (the lease is lost)
+        raises :class:`CommitConflict`, so the lease supervisor steps down at once.
+        """
+        try:
+            self.store.commit(expected, cursor, entries, dead, fence=self.fence)
+        except CommitConflict as exc:
+            if "fenced" in str(exc):
+                raise
+            self.log.warning("cursor moved under the listener ({}); reloading it", exc)
+            self.cursor = self.store.load_cursor()
+            return False
+        self.cursor = cursor
+        return True
 
     @property
     def _prev(self) -> str:
@@ -262,15 +278,8 @@ class Listener:
             prev = retraction.digest
         recent = tuple(p for p in cursor.recent if p[0] <= block)
         rewound = Cursor(block, block_hash, prev, recent)
-        try:
-            self.store.commit(cursor, rewound, retractions, fence=self.fence)
-        except CommitConflict as exc:
-            if "fenced" in str(exc):
-                raise  # the lease is lost: the supervisor steps down now
-            self.log.warning("cursor moved under the listener ({}); reloading it", exc)
-            self.cursor = self.store.load_cursor()
+        if not self.commit(cursor, rewound, retractions):
             return 0
-        self.cursor = rewound
         self.log.warning(
             "reorg: walked back from block {} to common ancestor {}; retracted {} entries",
             cursor.block,
