@@ -16,11 +16,12 @@ import click
 import msgspec
 import requests
 
-from shared import metrics
+from shared import health, metrics
 from shared.cmdline import stop_event, with_settings
 from shared.devnet.redis_server import RedisServer
-from shared.errors import ChainError, WgchainError
+from shared.errors import ChainError, ServiceUnavailable, SettingsError, WgchainError
 from shared.logs import log
+from shared.redis_log import keep_going
 from shared.settings import Settings
 
 StageFn = Callable[[Settings, threading.Event], None]
@@ -30,13 +31,23 @@ CHAIN_ID_TIMEOUT = 10.0
 
 
 def chain_id_of(rpc_url: str) -> int:
-    """Ask an RPC node for its chain id (used when WGCHAIN_CHAIN_ID is not set)."""
+    """Ask an RPC node for its chain id (used when WGCHAIN_CHAIN_ID is not set).
+
+    :class:`ServiceUnavailable` when the node does not answer (``run`` waits for it),
+    :class:`ChainError` when its answer is not a chain id.
+    """
     body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
     try:
         resp = requests.post(rpc_url, json=body, timeout=CHAIN_ID_TIMEOUT)
-        return int(msgspec.json.decode(resp.content)["result"], 16)
-    except (requests.RequestException, KeyError, ValueError, msgspec.DecodeError) as exc:
+    except requests.RequestException as exc:
+        health.RPC.failed(f"eth_chainId: {type(exc).__name__}")
+        raise ServiceUnavailable(f"cannot read eth_chainId from the RPC node: {exc}") from exc
+    try:
+        chain_id = int(msgspec.json.decode(resp.content)["result"], 16)
+    except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
         raise ChainError(f"cannot read eth_chainId from the RPC node: {exc}") from exc
+    health.RPC.ok()
+    return chain_id
 
 
 def load_stages(names: list[str] | None = None) -> dict[str, StageFn]:
@@ -93,16 +104,25 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
     "lease_ttl",
     "listener_id",
     "metrics_port",
+    "metrics_listen",
     stage="run",
 )
 def run(cfg: Settings) -> None:
-    """Run listener, registry and ipam in one process (embedded Redis when no URL is set)."""
-    if cfg.chain_id == 0:
-        calls = [u for u in cfg.rpc_urls if u.startswith("http")] or cfg.rpc_urls  # not ws(s)
-        cfg = msgspec.structs.replace(cfg, chain_id=chain_id_of(calls[0]))
-    cfg.keys()  # validates contract and chain id before anything starts
+    """Run listener, registry and ipam in one process (embedded Redis when no URL is set).
+
+    Outages of Redis or the RPC node, at start-up or later, are waited out.
+    """
     stop = stop_event()
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
+    if cfg.chain_id == 0:
+        if not cfg.contract:  # fail before any wait
+            raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
+        calls = [u for u in cfg.rpc_urls if u.startswith("http")] or cfg.rpc_urls  # not ws(s)
+        chain_id = keep_going(lambda: chain_id_of(calls[0]), stop)
+        if chain_id is None:
+            return
+        cfg = msgspec.structs.replace(cfg, chain_id=chain_id)
+    cfg.keys()  # validates contract and chain id before anything starts
     embedded: RedisServer | None = None
     if not cfg.redis_url:
         embedded = RedisServer(appendonly=True).start()

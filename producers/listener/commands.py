@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from producers.listener.rpc import RpcClient
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import SettingsError
-from shared.redis_log import connect
+from shared.redis_log import connect, keep_going
 from shared.settings import Settings
 from shared.validate import excerpt
 
@@ -48,14 +49,17 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     call_urls, head_urls = split_urls(cfg.rpc_urls)
     wanted = list(dict.fromkeys(networks)) or [(cfg.chain_id, cfg.contract)]
-    client = connect(cfg.redis_url)
+    client = connect(cfg.redis_url, wait=stop)
     rpcs: list[RpcClient] = []
     try:
         listeners: list[Listener] = []
         for chain_id, contract in wanted:
             rpcs.append(RpcClient(call_urls))
             one = msgspec.structs.replace(cfg, chain_id=chain_id, contract=contract)
-            listeners.append(open_listener(one, client, rpcs[-1]))
+            opened = keep_going(functools.partial(open_listener, one, client, rpcs[-1]), stop)
+            if opened is None:  # stopped while Redis or the RPC node was unreachable
+                return
+            listeners.append(opened)
         leased = LeasedListeners(client, listeners, listener_id(cfg.listener_id), cfg.lease_ttl)
         heads = HeadWatcher(head_urls, leased.wakes).start(stop) if head_urls else None
         try:
@@ -100,6 +104,7 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     "lease_ttl",
     "listener_id",
     "metrics_port",
+    "metrics_listen",
     stage="listener",
 )
 def listen(cfg: Settings, networks: tuple[str, ...], verify_range: tuple[int, int] | None) -> None:
@@ -111,7 +116,7 @@ def listen(cfg: Settings, networks: tuple[str, ...], verify_range: tuple[int, in
     if verify_range:
         click.get_current_context().exit(verify.check(cfg, *verify_range))
     stop = stop_event()
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     stage(cfg, stop, [parse_network(n) for n in networks])
 
 
