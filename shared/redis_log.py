@@ -81,9 +81,9 @@ def connect(url: str, *, wait: threading.Event | None = None) -> redis.Redis:
     if not url:
         raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
     if wait is not None:
-        return keep_going(lambda: _ping(_client(url), refused=url), wait) or _client(url)
+        return keep_going(lambda: _ping(client_for(url), refused=url), wait) or client_for(url)
     try:
-        return _ping(_client(url))
+        return _ping(client_for(url))
     except (redis.RedisError, RedisClusterException) as exc:
         raise ServiceUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from exc
 
@@ -104,8 +104,12 @@ def _ping(client: redis.Redis, refused: str = "") -> redis.Redis:
     return client
 
 
-def _client(url: str) -> redis.Redis:
-    """A client for ``url``, not connected yet (a cluster client asks a node for the slots)."""
+def client_for(url: str) -> redis.Redis:
+    """A client for ``url``, not connected yet (a cluster client asks a node for the slots).
+
+    For a server that must start while Redis is down (the API): its requests fail, and
+    answer 503, until Redis is back. Everything else uses :func:`connect`.
+    """
     scheme, _, rest = url.partition("://")
     options: dict[str, Any] = {
         "socket_timeout": REDIS_SOCKET_TIMEOUT + 30,
@@ -378,6 +382,7 @@ __all__ = [
     "START",
     "Batch",
     "StageStore",
+    "client_for",
     "connect",
     "keep_going",
     "log",

@@ -10,9 +10,11 @@ import click
 import uvicorn
 
 from consumers.api.app import create_app
+from consumers.status.health import Limits
 from shared.cmdline import stop_event, with_settings
+from shared.errors import SettingsError
 from shared.logs import log
-from shared.redis_log import connect, redacted
+from shared.redis_log import client_for, redacted
 from shared.settings import Settings
 
 
@@ -23,13 +25,27 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 @click.command("api")
-@with_settings("redis_url", "chain_id", "contract", "api_listen", "max_lag", stage="api")
+@with_settings(
+    "redis_url",
+    "chain_id",
+    "contract",
+    "api_listen",
+    "max_lag",
+    "max_listener_lag",
+    "max_lag_seconds",
+    stage="api",
+)
 def api(cfg: Settings) -> None:
-    """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI)."""
+    """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI).
+
+    It starts and serves while Redis is down (reads answer 503 until Redis is back).
+    """
     keys = cfg.keys()
-    client = connect(cfg.redis_url)
+    if not cfg.redis_url:
+        raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
+    client = client_for(cfg.redis_url)
     host, port = split_listen(cfg.api_listen)
-    app = create_app(client, keys, token=cfg.api_token, max_lag=cfg.max_lag)
+    app = create_app(client, keys, token=cfg.api_token, limits=Limits.of(cfg))
     auth = "bearer token required" if cfg.api_token else "no token (open)"
     log.info(
         "API on http://{}:{} for {} via {}; {}", host, port, keys.tag, redacted(cfg.redis_url), auth

@@ -7,7 +7,7 @@ from typing import Any, Final
 import msgspec
 
 from consumers.access.decide import REASONS, Decision
-from consumers.status.model import HostInfo, StageInfo
+from consumers.status.model import FleetStatus, HostInfo, Issue, Problem, StageInfo
 from shared.events import LogEntry, Retracted
 
 
@@ -19,18 +19,25 @@ class ErrorBody(msgspec.Struct, kw_only=True):
     param: str | None = None
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
+    """This process: ``ok``, or ``failing`` with the reason in one line."""
+
     status: str
+    reason: str = ""
 
 
 class Ready(msgspec.Struct, kw_only=True):
-    """Ready when Redis answers and every stage is at most ``max_lag`` entries behind."""
+    """Ready when nothing is wrong with the pipeline (``problems`` empty; see ``wgchain status``)."""
 
     ready: bool
     redis: bool
     max_lag: int
     stages: list[StageInfo] = []
+    #: The problems, one per line ("" when ready).
     detail: str = ""
+    problems: list[Problem] = []
+    #: ``ok``, ``warning`` or ``critical``.
+    health: str = "ok"
 
 
 class NodeSummary(msgspec.Struct, kw_only=True):
@@ -73,6 +80,12 @@ class HostList(msgspec.Struct):
     hosts: list[HostInfo]
 
 
+class IssueList(msgspec.Struct):
+    """The current conflicts, anomalies and pending allocations, each with its cause."""
+
+    issues: list[Issue]
+
+
 class EventItem(msgspec.Struct, kw_only=True):
     """One ``events`` entry (``error`` instead when it does not decode)."""
 
@@ -88,7 +101,18 @@ class EventsPage(msgspec.Struct, kw_only=True):
 
 
 _REF: Final = "#/components/schemas/{name}"
-_STRUCTS: Final = (Decision, NodeList, NodeDetail, HostList, EventsPage, Health, Ready, ErrorBody)
+_STRUCTS: Final = (
+    Decision,
+    NodeList,
+    NodeDetail,
+    HostList,
+    IssueList,
+    FleetStatus,
+    EventsPage,
+    Health,
+    Ready,
+    ErrorBody,
+)
 
 
 def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
@@ -115,7 +139,7 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
     error = ref["ErrorBody"]
     bad = {"400": _json(error, "invalid parameter")}
     denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
-    unavailable = {"503": _json(error, "Redis unreachable")}
+    unavailable = {"503": _json(error, "Redis unreachable, or no data for this network")}
     node_q = _param("node", "node id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"})
     node_p = _param("node", "node id", {"type": "string"}, required=True)
 
@@ -163,6 +187,17 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             _json(ref["HostList"], "the hosts"),
             **unavailable,
         ),
+        "/v1/issues": get(
+            "The current conflicts, anomalies and pending allocations, each with its cause.",
+            _json(ref["IssueList"], "the issues"),
+            **unavailable,
+        ),
+        "/v1/status": get(
+            "The fleet status (listener, stages, hosts, issues) and its problems, as "
+            "`wgchain status --json` prints it.",
+            _json(ref["FleetStatus"], "the status"),
+            **unavailable,
+        ),
         "/v1/events": get(
             "The events log, in pages.",
             _json(ref["EventsPage"], "a page of entries"),
@@ -175,13 +210,16 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
         ),
         "/healthz": {
             "get": {
-                "summary": "The process is up.",
-                "responses": {"200": _json(ref["Health"], "up")},
+                "summary": "This process works: Redis answers it and its registry follower runs.",
+                "responses": {
+                    "200": _json(ref["Health"], "working"),
+                    "503": _json(ref["Health"], "failing, with the reason"),
+                },
             }
         },
         "/readyz": {
             "get": {
-                "summary": "Redis reachable and every stage within the lag limit.",
+                "summary": "Nothing wrong with the pipeline: the problems `wgchain status` names.",
                 "responses": {
                     "200": _json(ref["Ready"], "ready"),
                     "503": _json(ref["Ready"], "not ready"),

@@ -37,8 +37,23 @@ from consumers.status.model import (
     Problem,
 )
 from shared.health import duration
+from shared.settings import Settings
 from shared.validate import excerpt
 
+#: Every problem code, with its severity (the table above).
+PROBLEM_CODES: Final = {
+    "no-data": CRITICAL,
+    "no-lease": CRITICAL,
+    "head-below-cursor": CRITICAL,
+    "listener-trouble": CRITICAL,
+    "listener-silent": CRITICAL,
+    "listener-lag": CRITICAL,
+    "stage-lag": CRITICAL,
+    "stage-stalled": CRITICAL,
+    "host-stale": WARNING,
+    "host-behind": WARNING,
+    "pool-exhausted": WARNING,
+}
 #: A host is stale after this many reconcile intervals without a report.
 STALE_INTERVALS: Final = 3
 _RANK: Final = {OK: 0, WARNING: 1, CRITICAL: 2}
@@ -55,6 +70,16 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_lag_seconds: float = 60.0
     #: Reconcile interval assumed for agents that do not report theirs (seconds).
     reconcile_interval: float = 30.0
+
+    @classmethod
+    def of(cls, cfg: Settings) -> Limits:
+        """The thresholds of the settings ``cfg``."""
+        return cls(
+            max_lag=cfg.max_lag,
+            max_listener_lag=cfg.max_listener_lag,
+            max_lag_seconds=cfg.max_lag_seconds,
+            reconcile_interval=cfg.reconcile_interval,
+        )
 
 
 def is_stale(host: HostInfo, now: float, default_interval: float) -> bool:
@@ -79,6 +104,7 @@ def assess(
     found: list[Problem] = []
 
     def add(code: str, severity: str, subject: str, message: str) -> None:
+        assert PROBLEM_CODES[code] == severity, code
         found.append(Problem(code=code, severity=severity, subject=subject, message=message))
 
     for host in fleet.hosts:
@@ -189,4 +215,4 @@ def _done(fleet: FleetStatus, found: list[Problem]) -> list[Problem]:
     return found
 
 
-__all__ = ["STALE_INTERVALS", "Limits", "assess", "is_stale"]
+__all__ = ["PROBLEM_CODES", "STALE_INTERVALS", "Limits", "assess", "is_stale"]

@@ -33,6 +33,7 @@ from consumers.status.model import (
     Counts,
     FleetStatus,
     HostInfo,
+    Issue,
     ListenerInfo,
     StageInfo,
 )
@@ -227,6 +228,14 @@ class Snapshot:
         """One agent's status (None when it neither reported nor announced itself)."""
         _, _, hosts = self._run("host", cap, node)
         return next((h for h in self._hosts(hosts, cap) if h.node == node), None)
+
+    def issues(self) -> list[Issue]:
+        """The current conflicts, anomalies and pending allocations (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hget(self.keys.state("registry"), ISSUES_FIELD)
+        pipe.hget(self.keys.state("ipam"), PENDING_ISSUES_FIELD)
+        found, pending = pipe.execute()
+        return listed(found) + listed(pending)
 
     def fleet(
         self, rpc_urls: list[str], cap: int = LAG_CAP, limits: Limits | None = None

@@ -48,7 +48,7 @@ from tenacity import (
 
 from producers.listener.decode import BlockHeader, header, quantity
 from producers.listener.ranges import RangeSizer
-from shared import shutdown
+from shared import health, shutdown
 from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
 from shared.logs import log
 from shared.validate import excerpt
@@ -124,13 +124,10 @@ def endpoint(url: str) -> str:
 
 
 def _log_retry(state: RetryCallState) -> None:
+    """One failed attempt, for :data:`health.RPC` (it logs when failures start, once a
+    minute while they last, and when the RPC answers again; not every attempt)."""
     exc = state.outcome.exception() if state.outcome else None
-    log.bind(stage="rpc").warning(
-        "RPC attempt {} failed ({}); retrying in {:.1f}s",
-        state.attempt_number,
-        exc,
-        state.upcoming_sleep,
-    )
+    health.RPC.failed(exc)
 
 
 def _backoff(first: float, longest: float) -> Callable[[RetryCallState], float]:
@@ -161,7 +158,8 @@ class RpcClient:
 
     ``timeout`` bounds each HTTP request, ``retry_seconds`` each call (all its
     retries), and ``backoff``/``max_backoff`` are the first and the longest wait
-    between two attempts.
+    between two attempts. Failures and recoveries are told to ``outage`` (the
+    process's :data:`health.RPC` unless given, e.g. a quiet one for one-shot commands).
     """
 
     def __init__(
@@ -173,6 +171,7 @@ class RpcClient:
         backoff: float = RPC_BACKOFF,
         max_backoff: float = RPC_MAX_BACKOFF,
         session: requests.Session | None = None,
+        outage: health.Outage = health.RPC,
     ) -> None:
         if not urls:
             raise ChainError("no RPC URL given")
@@ -180,9 +179,13 @@ class RpcClient:
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.headers["Content-Type"] = "application/json"
+        self.outage = outage
         self._retry = rpc_retry.copy(
             wait=_backoff(backoff, max_backoff),
             stop=stop_before_delay(retry_seconds) | shutdown.requested,
+            before_sleep=lambda state: outage.failed(
+                state.outcome.exception() if state.outcome else None
+            ),
         )
         self._index = 0
         self._ids = itertools.count(1)
@@ -220,9 +223,12 @@ class RpcClient:
                 raise
 
         try:
-            return self._retry(attempt)
+            result = self._retry(attempt)
         except (_Transient, _Unusable) as exc:
+            self.outage.failed(exc)
             raise ServiceUnavailable(f"no RPC endpoint answered {what}: {exc}") from None
+        self.outage.ok()
+        return result
 
     def _post(self, payload: Any) -> tuple[int, Any]:
         """One bounded HTTP POST of ``payload`` to the current URL: (status, decoded JSON).
