@@ -20,7 +20,7 @@ from consumers.audit.replay import Replay, render
 from consumers.audit.streams import read_stream
 from consumers.audit.verify import Verify
 from consumers.ipam.allocate import IpamFold
-from producers.listener.rpc import RpcClient
+from producers.listener.verify import DEFAULT_TIMEOUT, bounded_rpc, within
 from shared.cmdline import with_settings
 from shared.errors import ChainError, SettingsError, WgchainError
 from shared.keys import Keys
@@ -147,13 +147,19 @@ def history(
               help="Last block to re-read [default: the listener cursor's block].")  # fmt: skip
 @click.option("--max-problems", type=click.IntRange(min=1), default=20, show_default=True,
               help="Problem lines shown per check.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="Give up (one line, exit 1) when an RPC call gets no answer within SECONDS, "
+                   "retries included.")  # fmt: skip
 @_WAIT
 @with_settings("redis_url", "rpc_url", "chain_id", "contract", "max_block_range", stage="audit")
 def verify(
     cfg: Settings,
+    *,
     from_block: int | None,
     to_block: int | None,
     max_problems: int,
+    timeout: float,
     wait: float,
 ) -> None:
     """Re-read the chain: logs, digest chain and contract views; exits 1 on any mismatch."""
@@ -162,24 +168,25 @@ def verify(
     if not cfg.contract:
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     client = connect(cfg.redis_url)
-    rpc = RpcClient(cfg.rpc_urls)
+    rpc = bounded_rpc(cfg.rpc_urls, timeout)
     try:
-        chain_id = rpc.chain_id()
-        if cfg.chain_id and cfg.chain_id != chain_id:
-            raise ChainError(
-                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
-            )
-        keys = Keys(chain_id, cfg.contract.lower())
-        show = enabled(cfg.log_json)
-        checks = Verify(
-            client,
-            keys,
-            rpc,
-            fetch=fetcher(client, keys, rpc, cfg.max_block_range, show),
-            max_block_range=cfg.max_block_range,
-            wait=wait,
-            show_progress=show,
-        ).run(from_block, to_block)
+        with within(timeout):
+            chain_id = rpc.chain_id()
+            if cfg.chain_id and cfg.chain_id != chain_id:
+                raise ChainError(
+                    f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
+                )
+            keys = Keys(chain_id, cfg.contract.lower())
+            show = enabled(cfg.log_json)
+            checks = Verify(
+                client,
+                keys,
+                rpc,
+                fetch=fetcher(client, keys, rpc, cfg.max_block_range, show),
+                max_block_range=cfg.max_block_range,
+                wait=wait,
+                show_progress=show,
+            ).run(from_block, to_block)
     finally:
         rpc.close()
         client.close()

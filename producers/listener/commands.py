@@ -91,6 +91,15 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     help="Do not listen: compare the events stream of blocks B1..B2 of --contract with "
     "an eth_getLogs scan, print the differences (exit 0 when identical, 1 otherwise).",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=verify.DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --verify-range: give up (one line, exit 1) when an RPC call gets no answer "
+    "within SECONDS, retries included.",
+)
 @with_settings(
     "redis_url",
     "rpc_url",
@@ -107,14 +116,19 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     "metrics_listen",
     stage="listener",
 )
-def listen(cfg: Settings, networks: tuple[str, ...], verify_range: tuple[int, int] | None) -> None:
+def listen(
+    cfg: Settings,
+    networks: tuple[str, ...],
+    verify_range: tuple[int, int] | None,
+    timeout: float,
+) -> None:
     """Append the contract's logs (final-enough blocks) to the events stream.
 
     Any number of processes may run: per network one holds the lease and appends,
     the others stand by (and spread the leases of several networks among them).
     """
     if verify_range:
-        click.get_current_context().exit(verify.check(cfg, *verify_range))
+        click.get_current_context().exit(verify.check(cfg, *verify_range, timeout=timeout))
     stop = stop_event()
     metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     stage(cfg, stop, [parse_network(n) for n in networks])

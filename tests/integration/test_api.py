@@ -26,6 +26,7 @@ from consumers.agent.keys import generate_private_key_file
 from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import FOLD
 from consumers.stage import Stage
+from producers.listener.lease import Lease
 from producers.listener.listener import Listener, open_listener
 from shared.contract.client import AccessNFT, TxResult
 from shared.devnet.anvil import ACCOUNTS, Anvil
@@ -45,6 +46,8 @@ ROUTES = {
     "/v1/nodes",
     "/v1/nodes/{node}",
     "/v1/hosts",
+    "/v1/issues",
+    "/v1/status",
     "/v1/events",
     "/healthz",
     "/readyz",
@@ -131,6 +134,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             cfg, client, nft, listener, stages, f"http://127.0.0.1:{port}", key_a, minted_a, ""
         )
         w.settle()
+        assert Lease(client, keys, "listener-api", 3600).acquire()  # a listener holds it
         agent = Agent(agent_cfg, client, None)
         agent.start()  # file-only: announce, reconcile once, report
         w.applied = agent.applied_position
@@ -142,6 +146,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "WGCHAIN_API_LISTEN": f"127.0.0.1:{port}",
             "WGCHAIN_API_TOKEN": TOKEN,
             "WGCHAIN_MAX_LAG": "0",
+            # the world is stepped by hand: its listener and agent are not at work all along
+            "WGCHAIN_MAX_LAG_SECONDS": "3600",
+            "WGCHAIN_RECONCILE_INTERVAL": "3600",
         }
         api = subprocess.Popen([WGCHAIN, "api"], env=env, stderr=subprocess.DEVNULL)
 

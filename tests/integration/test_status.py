@@ -222,6 +222,7 @@ def test_status_round_trips_do_not_grow_with_hosts(redis_server: RedisServer) ->
         ).decode()  # type: ignore[union-attr]
         for i in range(50)
     ]
+    setup.hset(keys.cursor, mapping={"block": 1, "hash": "0x01", "digest": "00"})  # data
     pool = redis.ConnectionPool.from_url(redis_server.url, connection_class=_Counting)
     client = redis.Redis(connection_pool=pool)
     snapshot = Snapshot(client, keys)
