@@ -103,13 +103,17 @@ REDIS: Final = Outage("Redis")
 RPC: Final = Outage("RPC")
 
 
+def _now() -> float:
+    return time.monotonic()  # looked up at each call (tests replace the clock)
+
+
 @dataclass
 class Work:
     """One loop of this process: when it last made progress, and what stops it, if anything."""
 
     name: str
     bound: float = WORK_BOUND
-    last: float = field(default_factory=time.monotonic)
+    last: float = field(default_factory=_now)
     problem: str = ""
 
     def beat(self) -> None:

@@ -40,8 +40,9 @@ START: Final = "0-0"
 #: Seconds one Redis operation is retried on connection errors before it raises (long-running
 #: loops then start over with :func:`keep_going`, so an outage of any length is waited out).
 REDIS_RETRY_SECONDS: Final = 60.0
-#: Longest wait between two attempts while Redis is unreachable (seconds).
-REDIS_MAX_BACKOFF: Final = 5.0
+#: Longest wait between two attempts while Redis is unreachable (seconds): the processes
+#: resume within about this long of Redis answering again.
+REDIS_MAX_BACKOFF: Final = 2.0
 #: Seconds a socket connect or read may take.
 REDIS_SOCKET_TIMEOUT: Final = 10.0
 #: URL schemes of a Redis Cluster, and the scheme of one of its nodes.

@@ -45,6 +45,9 @@ from shared.validate import excerpt
 
 #: Seconds a stopping process waits for each of its listener threads to finish.
 STOP_TIMEOUT: Final = 30.0
+#: Seconds a tick waits for the listener thread of a lost lease to end (a lease lost in a
+#: Redis outage is then taken again in the same tick, not one tick later).
+STEP_DOWN_WAIT: Final = 1.0
 
 _ACQUIRE_LUA: Final = """
 -- KEYS: lease, fence counter; ARGV: listener id, ttl (ms)
@@ -245,6 +248,9 @@ class LeasedListeners:
             self._reap(seat)
             if seat.lease.token is not None and not seat.lease.renew():  # leading or handing over
                 self._step_down(seat)
+                if seat.thread is not None:  # usually ends at once: take a lease again this tick
+                    seat.thread.join(min(STEP_DOWN_WAIT, self.interval))
+                    self._reap(seat)
         leading = [s for s in self.seats if s.leading]
         for seat in leading[share:]:
             self.log.info(
