@@ -110,16 +110,12 @@ class Listener:
         """
         if refresh or self._target < self.next_block:
             cursor = self.cursor
-            seen = look(
-                self.rpc,
-                self.cfg.finality_tag,
-                self.cfg.confirmations,
-                cursor.block if cursor else None,
-            )
+            block = cursor.block if cursor is not None and cursor.block >= 0 else None
+            seen = look(self.rpc, self.cfg.finality_tag, self.cfg.confirmations, block)
             self.seen, self._target = seen, seen.final
-            self.watch.saw(seen, cursor.block if cursor else None)
-            if cursor is not None:
-                metrics.head_distance(self.store.keys.tag, seen.head, cursor.block)
+            self.watch.saw(seen, block)
+            if block is not None:
+                metrics.head_distance(self.store.keys.tag, seen.head, block)
         return self._target
 
     def step(self) -> int:
