@@ -148,7 +148,9 @@ def test_the_api_starts_while_redis_is_down_and_answers_once_it_is_back(
     procs.append(proc)
     url = f"http://{listen}"
     try:
-        down = wait_for(lambda: requests.get(url + "/healthz", timeout=5), timeout=30, what="api")
+        [down] = wait_for(
+            lambda: [requests.get(url + "/healthz", timeout=5)], timeout=30, what="api"
+        )
         assert down.status_code == 503
         assert "Redis unreachable" in down.json()["reason"]
         access = requests.get(url + "/v1/access", params={"node": "n", "key": KEY_X}, timeout=5)
