@@ -146,7 +146,8 @@ class _RedisRetrying(Retrying):
         finally:  # per-thread statistics: give the enclosing call its own back
             self.statistics.clear()
             self.statistics.update(enclosing)
-        health.REDIS.ok()
+        if not enclosing:  # the outermost call tells whether the outage is over
+            health.REDIS.ok()
         return result
 
 
