@@ -338,6 +338,45 @@ def test_metrics_are_prometheus_text(world: World) -> None:
     assert 'wgchain_access_decisions_total{reason="granted"}' in res.text
 
 
+def test_the_fleet_gauges_come_with_the_metrics(world: World) -> None:
+    text = world.get("/metrics").text
+    net = f'network="{world.cfg.chain_id}:{world.cfg.contract.lower()}"'
+    assert f"wgchain_fleet_up{{{net}}} 1.0" in text
+    assert f"wgchain_network_has_data{{{net}}} 1.0" in text
+    assert f"wgchain_listener_lease_held{{{net}}} 1.0" in text
+    assert f'wgchain_health_problems{{{net},code="no-lease",severity="critical"}} 0.0' in text
+    assert f"wgchain_live_members{{{net}}} 2.0" in text  # node-a and node-b
+    assert f'wgchain_host_lag_entries{{{net},node="node-a"}}' in text
+    assert f'wgchain_host_stale{{{net},node="node-a"}} 0.0' in text
+    assert f'wgchain_host_fail_closed{{{net},node="node-a"}} 0.0' in text
+    assert f'wgchain_host_apply_age_seconds{{{net},node="node-a"}}' in text
+
+
+def test_issues_and_status_are_the_current_ones(world: World) -> None:
+    assert world.get("/v1/issues").json() == {"issues": []}
+    status = world.get("/v1/status").json()
+    assert status["network"] == world.cfg.keys().tag
+    assert status["health"] == "ok", status["problems"]
+    assert status["counts"]["conflicts"] == 0
+    assert {h["node"] for h in status["hosts"]} == {"node-a"}
+
+
+def test_readyz_names_every_problem_and_access_says_when_there_is_no_data(world: World) -> None:
+    keys = world.cfg.keys()
+    holder: Any = world.client.get(keys.lease)
+    world.client.delete(keys.lease)
+    try:
+        res = world.get("/readyz", token=None)
+        assert res.status_code == 503
+        body = res.json()
+        assert [p["code"] for p in body["problems"]] == ["no-lease"]
+        assert body["health"] == "critical"
+        assert "no listener holds the lease" in body["detail"]
+    finally:
+        world.client.set(keys.lease, holder)
+    assert world.get("/readyz", token=None).status_code == 200
+
+
 def test_openapi_lists_every_route(world: World) -> None:
     doc = world.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")

@@ -26,7 +26,7 @@ from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import free_port
 from shared.devnet.redis_server import RedisServer
-from shared.events import PeerUpsert, to_fields
+from shared.events import PeerUpsert, from_fields, to_fields
 from shared.keys import Keys
 from shared.settings import load
 
@@ -105,6 +105,15 @@ def test_status_reports_the_whole_fleet(
     agent.start()  # file-only: announces, reconciles once and reports
     applied = agent.applied_position
 
+    granted: Any = client.xrange(keys.events)
+    cause = {from_fields(f).event.node_id: i.decode() for i, f in granted[:5]}  # type: ignore[union-attr]
+    found = {(i.kind, i.reason, i.node, i.cause) for i in Snapshot(client, keys).issues()}
+    assert found == {
+        ("conflict", "duplicate-key", "node-d", cause["node-d"]),  # node-b keeps the key
+        ("anomaly", "invalid-key", "node-e", cause["node-e"]),
+        ("pending", "pool-exhausted", "node-c", cause["node-c"]),
+    }
+
     nft.revoke(revoke_me)  # the agent is not running any more: it falls behind
     settle()
     behind: Any = client.xrange(keys.peers, min=f"({applied}")
@@ -148,6 +157,11 @@ def test_status_reports_the_whole_fleet(
     counts = doc["counts"]
     assert counts["conflicts"] == 0  # current ones: node-d took over when node-b was revoked
     assert counts["anomalies"] == 1  # node-e's key
+    assert [(i["kind"], i["node"]) for i in doc["issues"]] == [
+        ("anomaly", "node-e"),
+        ("pending", "node-c"),
+        ("pending", "node-d"),  # it took over node-b's key, and waits for an address
+    ]
     assert counts["pending_allocations"] == 2  # node-c, and node-d once node-b left
     assert counts["dead_letters"] == 1
 
