@@ -120,6 +120,7 @@ class Listener:
 
     def step(self) -> int:
         """Append one block range; returns the number of blocks it covered (0 at the tip)."""
+        self.watch.record({})  # "still at work", for status (throttled: at most once a second)
         staged = append_staged(self)  # a running backfill's next range, strictly in order
         if staged is not None:
             return staged

@@ -19,6 +19,7 @@ import pytest
 import redis
 import requests
 from conftest import require
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
@@ -339,17 +340,29 @@ def test_metrics_are_prometheus_text(world: World) -> None:
 
 
 def test_the_fleet_gauges_come_with_the_metrics(world: World) -> None:
-    text = world.get("/metrics").text
-    net = f'network="{world.cfg.chain_id}:{world.cfg.contract.lower()}"'
-    assert f"wgchain_fleet_up{{{net}}} 1.0" in text
-    assert f"wgchain_network_has_data{{{net}}} 1.0" in text
-    assert f"wgchain_listener_lease_held{{{net}}} 1.0" in text
-    assert f'wgchain_health_problems{{{net},code="no-lease",severity="critical"}} 0.0' in text
-    assert f"wgchain_live_members{{{net}}} 2.0" in text  # node-a and node-b
-    assert f'wgchain_host_lag_entries{{{net},node="node-a"}}' in text
-    assert f'wgchain_host_stale{{{net},node="node-a"}} 0.0' in text
-    assert f'wgchain_host_fail_closed{{{net},node="node-a"}} 0.0' in text
-    assert f'wgchain_host_apply_age_seconds{{{net},node="node-a"}}' in text
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(world.get("/metrics").text)
+        for s in family.samples
+    }
+    net = ("network", f"{world.cfg.chain_id}:{world.cfg.contract.lower()}")
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, frozenset({net, *labels.items()})))
+
+    assert value("wgchain_fleet_up") == 1
+    assert value("wgchain_network_has_data") == 1
+    assert value("wgchain_listener_lease_held") == 1
+    assert value("wgchain_health_problems", code="no-lease", severity="critical") == 0
+    assert value("wgchain_health_problems", code="host-stale", severity="warning") == 0
+    assert value("wgchain_live_members") == 2  # node-a and node-b
+    assert value("wgchain_host_lag_entries", node="node-a") is not None
+    assert value("wgchain_host_stale", node="node-a") == 0
+    assert value("wgchain_host_fail_closed", node="node-a") == 0
+    assert value("wgchain_fail_closed_hosts") == 0
+    age = value("wgchain_host_apply_age_seconds", node="node-a")
+    assert age is not None
+    assert age >= 0
 
 
 def test_issues_and_status_are_the_current_ones(world: World) -> None:

@@ -436,3 +436,42 @@ def test_timeout_bounds_one_shot_commands_against_a_silent_rpc(
     assert len(lines) == 1, res.stderr
     assert "the RPC node did not answer within 2s (--timeout)" in lines[0]
     assert "Traceback" not in res.stderr
+
+
+# --- the metrics address --------------------------------------------------------------------
+
+
+def _listening(port: int) -> set[str]:
+    """Local IPv4 addresses with a socket listening on ``port`` (from /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, _, hex_port = local.partition(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+    return found
+
+
+def test_metrics_bind_loopback_unless_told_otherwise(
+    redis_server: RedisServer, tmp_path: Path, procs: list[Proc]
+) -> None:
+    env = base_env(
+        WGCHAIN_REDIS_URL=redis_server.url,
+        WGCHAIN_CONTRACT=OTHER_CONTRACT,
+        WGCHAIN_CHAIN_ID="31337",
+    )
+    default, chosen = free_port(), free_port()
+    procs.append(Proc(["registry", "--metrics-port", str(default)], env, tmp_path / "a.log"))
+    told = {**env, "WGCHAIN_METRICS_LISTEN": "127.0.0.2"}
+    procs.append(Proc(["registry", "--metrics-port", str(chosen)], told, tmp_path / "b.log"))
+    wait_for(lambda: healthz(default)[0] == 200, timeout=90, what="the default address")
+    assert _listening(default) == {"127.0.0.1"}  # not every interface
+    ok = wait_for(
+        lambda: requests.get(f"http://127.0.0.2:{chosen}/healthz", timeout=5).ok,
+        timeout=90,
+        what="the chosen address",
+    )
+    assert ok
+    assert _listening(chosen) == {"127.0.0.2"}
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{chosen}/healthz", timeout=5)
