@@ -145,6 +145,11 @@ class _Lazy:
                     made = self._made = (checker, Reads(self.client, self.keys, checker.cache))
         return made
 
+    @property
+    def made(self) -> bool:
+        """Whether the checker exists (its follower then reports Redis outages every second)."""
+        return self._made is not None
+
     def start(self) -> None:
         """Follow the registry stream from now on (at once if the checker exists)."""
         self.following = True
@@ -230,11 +235,13 @@ def create_app(
         return json_response(Reads.events_of(client, keys, after, limit))
 
     def healthz(request: Request) -> Response:
-        try:
-            client.ping()
-            health.REDIS.ok()
-        except redis.RedisError as exc:
-            health.REDIS.failed(exc)
+        if health.REDIS.down() or not lazy.made:  # else the follower keeps the verdict fresh
+            try:
+                client.ping()
+                lazy.get()
+                health.REDIS.ok()
+            except redis.RedisError as exc:
+                health.REDIS.failed(exc)
         verdict = health.verdict((health.REDIS,))
         if verdict.healthy:
             return json_response(Health("ok"))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final
 import msgspec
 
 from consumers.status.model import ANOMALY, CONFLICT, Issue
-from shared.validate import excerpt, is_valid_node_id
+from shared.validate import excerpt
 
 if TYPE_CHECKING:
     from consumers.registry.fold import RegistryState
@@ -26,6 +26,9 @@ ISSUES_FIELD: Final = "~issues"
 _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(list[Issue])
 
+#: Why a member is not live that makes an issue (``no-key`` is not one: a transfer to an
+#: address without a key, on purpose).
+_PROBLEMS: Final = frozenset({"invalid-node-id", "key-conflict", "invalid-key"})
 #: (kind, reason, token, winner, detail) of one issue as the state shows it now.
 _Found = tuple[str, str, int, int | None, str]
 
@@ -33,19 +36,22 @@ _Found = tuple[str, str, int, int | None, str]
 def node_issues(state: RegistryState, node: str) -> list[_Found]:
     """What is wrong with ``node`` in ``state`` (no causes: those come from the history)."""
     tokens = state.node_tokens.get(node)
-    if not tokens:
+    status = state.status.get(node)  # present exactly while an active token names the node
+    if not tokens or status is None:
         return []
-    member = min(tokens)
-    found: list[_Found] = []
-    if not is_valid_node_id(node):
+    if len(tokens) == 1 and status.reason not in _PROBLEMS:
+        return []  # the common case, without building anything
+    member = status.token_id  # the lowest active token
+    if status.reason == "invalid-node-id":
         return [(ANOMALY, "invalid-node-id", member, None, f"node id {excerpt(node)}")]
-    for token in sorted(tokens):
-        if token != member:
-            found.append((CONFLICT, "duplicate-node", token, member, ""))
-    status = state.status.get(node)
-    if status is not None and status.reason == "key-conflict":
+    found: list[_Found] = [
+        (CONFLICT, "duplicate-node", token, member, "")
+        for token in sorted(tokens)
+        if token != member
+    ]
+    if status.reason == "key-conflict":
         found.append((CONFLICT, "duplicate-key", member, None, ""))
-    elif status is not None and status.reason == "invalid-key":
+    elif status.reason == "invalid-key":
         found.append((ANOMALY, "invalid-key", member, None, f"key {excerpt(status.public_key)}"))
     return found
 
