@@ -356,8 +356,6 @@ def test_current_issues_not_totals_and_a_status_that_does_not_grow_with_history(
     redis_server: RedisServer,
 ) -> None:
     """Conflicts that were resolved are not listed; 20,000 entries of history cost what 10 do."""
-    from consumers.registry.fold import FOLD
-    from consumers.stage import Stage
     from consumers.status.snapshot import Snapshot
 
     keys = Keys(31337, "0x" + "56" * 20)
@@ -382,8 +380,6 @@ def test_current_issues_not_totals_and_a_status_that_does_not_grow_with_history(
     few = commands(10)
     many = commands(20_000 - 10)
     assert many == few
-    stage = Stage(client, keys, FOLD)
-    assert stage.position == "0-0"
     client.close()
 
 
