@@ -241,12 +241,26 @@ def run(
     base_p = percentiles(base_lat)
     tokens = len(nodes) + mints + baseline_mints
     rows = [
-        _row(f"B3 propagation: {agents} file-only agents", file_lat, base_p, params, tokens),
+        _row(
+            "B3.file_agents",
+            f"B3 propagation: {agents} file-only agents",
+            file_lat,
+            base_p,
+            params,
+            tokens,
+        ),
     ]
     rows[0].extra["agent_reconcile_p50_ms"] = reconcile_ms["file"][50]
     if wg_lat:
         rows.append(
-            _row(f"B3 propagation: {wg_hosts} wireguard-go host(s)", wg_lat, base_p, params, tokens)
+            _row(
+                "B3.wg_hosts",
+                f"B3 propagation: {wg_hosts} wireguard-go host(s)",
+                wg_lat,
+                base_p,
+                params,
+                tokens,
+            )
         )
         rows[1].extra["agent_reconcile_p50_ms"] = reconcile_ms["wg"][50]
     per = percentiles(per_agent)
@@ -299,10 +313,16 @@ def _latencies(
 
 
 def _row(
-    name: str, samples: list[float], base: dict[int, float], params: dict[str, Any], tokens: int
+    row_id: str,
+    name: str,
+    samples: list[float],
+    base: dict[int, float],
+    params: dict[str, Any],
+    tokens: int,
 ) -> Result:
     p = percentiles(samples)
     return Result(
+        id=row_id,
         name=name,
         value=p[99],
         unit="ms (p99)",
