@@ -323,7 +323,9 @@ class Network:
             progress = fs.read_progress(self.workdir, names)
             behind = [n for n in names if not fs.reached(progress, [n], target)]
             errors = {e for n in names for e in progress.get(n, {}).get("errors", [])}
-            raise NotConverged(f"{exc} (behind: {', '.join(behind)}; {errors or ''})") from None
+            notes = [f"behind: {', '.join(behind)}"] if behind else []
+            notes += [f"agent errors: {'; '.join(sorted(errors))}"] if errors else []
+            raise NotConverged(f"{exc} ({'; '.join(notes)})" if notes else str(exc)) from None
 
     def _mark(self, k: int) -> None:
         (self.workdir / f"mark-{k}").touch()
@@ -378,7 +380,10 @@ class Network:
     # --- figures -----------------------------------------------------------------------
 
     def _cpu(self) -> dict[str, float]:
-        return {n: fs.cpu_seconds(b.proc.pid) for n, b in self.children.items()}
+        """CPU seconds of every child so far, and of the whole machine (busy, total)."""
+        cpu = {n: fs.cpu_seconds(b.proc.pid) for n, b in self.children.items()}
+        cpu["machine_busy"], cpu["machine_total"] = fs.machine_cpu()
+        return cpu
 
     def _agent_rss(self) -> int:
         """RSS of the processes of the in-memory (or file-only) agents, together."""

@@ -86,8 +86,10 @@ def figures(net: Any) -> tuple[dict[str, Any], dict[int, float], dict[int, float
             "agent_read_bytes_per_change": read / changes / n,
             "agent_cpu_ms_per_change": agent_cpu * 1000 / changes / n,
             "pipeline_cpu_ms_per_change": stages_cpu * 1000 / changes,
-            "cpu_busy_during_series": (series["cpu_s"] + agent_cpu + stages_cpu)
+            "cpu_share_of_machine_ours": (series["cpu_s"] + agent_cpu + stages_cpu)
             / (wall * (os.cpu_count() or 1)),
+            "cpu_busy_machine": (cpu_after["machine_busy"] - cpu_before["machine_busy"])
+            / max(1e-9, cpu_after["machine_total"] - cpu_before["machine_total"]),
             "redis_idle_cpu_pct": 100 * idle["cpu_s"] / max(idle["seconds"], 1e-9),
             "redis_idle_commands_per_s": idle["commands"] / max(idle["seconds"], 1e-9),
             "redis_idle_top_commands_per_s": fs.top_commands(idle, max(idle["seconds"], 1e-9)),
