@@ -99,5 +99,14 @@ def figures(net: Any) -> tuple[dict[str, Any], dict[int, float], dict[int, float
             "applied_times_sampled": sum(a["sampled"] for a in everyone.values()),
         }
     )
+    # extrapolation (README): Redis's cost per agent, and what one Redis core serves
+    hosts = max(1, len(everyone))
+    per_change = series["cpu_s"] / changes / hosts
+    per_idle_s = idle["cpu_s"] / max(idle["seconds"], 1e-9) / hosts
+    extra["redis_cpu_us_per_agent_per_change"] = per_change * 1e6
+    extra["redis_idle_cpu_us_per_agent_per_s"] = per_idle_s * 1e6
+    extra["one_redis_core_changes_per_s_at_1000_agents"] = max(0.0, 1 - 1000 * per_idle_s) / (
+        1000 * max(per_change, 1e-9)
+    )
     extra = {k: round(v, 3) if isinstance(v, float) else v for k, v in extra.items()}
     return extra, lat, flo
