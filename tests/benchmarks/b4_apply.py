@@ -404,7 +404,8 @@ class Running:
 
         started = time.time()
         self.thread.start()
-        self.bootstrap_s = watch.wait_applied(self.agent, last_id, BOOT_TIMEOUT) - started
+        at = watch.wait_applied(self.agent, last_id, BOOT_TIMEOUT, self.thread.is_alive)
+        self.bootstrap_s = at - started
 
     def change(self, upsert: PeerUpsert) -> float:
         """Append ``upsert``; milliseconds until the agent has applied it."""
@@ -413,7 +414,8 @@ class Running:
         time.sleep(GAP)
         start = time.time()
         entry_id = self.writer.xadd(self.keys.peers, to_fields(upsert)).decode()  # type: ignore[arg-type,union-attr]
-        return (watch.wait_applied(self.agent, entry_id, CHANGE_TIMEOUT) - start) * 1000
+        at = watch.wait_applied(self.agent, entry_id, CHANGE_TIMEOUT, self.thread.is_alive)
+        return (at - start) * 1000
 
     def stop(self) -> None:
         self.halt.set()

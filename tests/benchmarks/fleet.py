@@ -18,13 +18,16 @@ The process talks to the benchmark through files in ``params["dir"]``:
   of pushing the machine out of memory.
 
 On SIGTERM it stops its agents and prints, per agent, every applied position with
-its time, and the bytes read from Redis at each mark.
+its time, a digest of its peers' keys (the twin's, or the real interface's), and the
+bytes read from Redis at each mark.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -44,6 +47,19 @@ JOIN_SECONDS: Final = 30.0
 def _min_position(agents: list[Any]) -> tuple[int, int]:
     """The lowest applied position over ``agents`` ((0, 0) if one has applied nothing)."""
     return min((a.bench_log.last for a in agents), default=(0, 0))
+
+
+def peer_digest(keys: list[str]) -> str:
+    """A digest of a set of peer public keys (to compare an agent's peers with the stream)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+
+def _wg_peers(ifname: str) -> list[str]:
+    """The public keys of a real interface's peers."""
+    out = subprocess.run(
+        ["wg", "show", ifname, "peers"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    return out.split()
 
 
 def _write(path: Path, doc: dict[str, Any]) -> None:
@@ -70,6 +86,8 @@ def fleet_child(params: dict[str, Any]) -> dict[str, Any]:
     rss_empty = proc_status()["VmRSS"]
     watched = watch.agent_class()
     agents: list[Any] = []
+    twins: list[Any] = []
+    wires: list[Any] = []  # per agent: its twin, or None (a real interface, or file-only)
     boxes: list[list[int]] = []
     threads: list[threading.Thread] = []
     for spec in params["agents"]:
@@ -86,8 +104,12 @@ def fleet_child(params: dict[str, Any]) -> dict[str, Any]:
         box = [0]
         client = watch.counting_client(params["redis_url"], box)
         wireguard = {"memory": MemoryWireGuard, "wireguard": Wg}.get(mode)
-        agent = watched(config, client, wireguard() if wireguard else None)
+        twin = wireguard() if wireguard else None
+        agent = watched(config, client, twin)
         agents.append(agent)
+        wires.append(twin if isinstance(twin, MemoryWireGuard) else None)
+        if isinstance(twin, MemoryWireGuard):
+            twins.append(twin)
         boxes.append(box)
         threads.append(threading.Thread(target=agent.run, args=(stop,), daemon=True))
     for thread in threads:
@@ -99,6 +121,8 @@ def fleet_child(params: dict[str, Any]) -> dict[str, Any]:
     peak = rss_empty
     oom = ""
     while not stop.wait(PROGRESS_SECONDS):
+        for twin in twins:
+            twin.calls.clear()  # the twin's call log (for unit tests) would only grow
         rss = proc_status()["VmRSS"]
         peak = max(peak, rss)
         mark = folder / f"mark-{len(marks)}"
@@ -127,13 +151,23 @@ def fleet_child(params: dict[str, Any]) -> dict[str, Any]:
             os._exit(3)  # at once: the agents' threads must not grow further
     for thread in threads:
         thread.join(timeout=JOIN_SECONDS)
+    digests = [
+        peer_digest(list(twin.peers) if twin is not None else _wg_peers(spec["interface"]))
+        if mode != "file"
+        else ""
+        for spec, twin in zip(params["agents"], wires, strict=True)
+    ]
     return {
         "rss_empty": rss_empty,
         "rss_end": proc_status()["VmRSS"],
         "rss_peak": max(peak, proc_status()["VmHWM"]),
         "marks": marks,
         "agents": {
-            spec["node"]: {"applied": agent.bench_log.marks, "sampled": agent.bench_log.sampled}
-            for spec, agent in zip(params["agents"], agents, strict=True)
+            spec["node"]: {
+                "applied": agent.bench_log.marks,
+                "sampled": agent.bench_log.sampled,
+                "peers": digest,
+            }
+            for spec, agent, digest in zip(params["agents"], agents, digests, strict=True)
         },
     }

@@ -25,7 +25,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import redis
@@ -118,10 +118,13 @@ class Sampler(threading.Thread):
                     agent.bench_log.note(position, sampled=True)
 
 
-def wait_applied(agent: Any, target: str, timeout: float) -> float:
+def wait_applied(
+    agent: Any, target: str, timeout: float, alive: Callable[[], bool] | None = None
+) -> float:
     """Block until ``agent`` has applied ``target``; when it did (time.time()).
 
-    Raises TimeoutError after ``timeout`` seconds.
+    Raises TimeoutError after ``timeout`` seconds, RuntimeError when ``alive()`` turns
+    False (the agent's thread ended).
     """
     log: AppliedLog = agent.bench_log
     deadline = time.monotonic() + timeout
@@ -136,6 +139,8 @@ def wait_applied(agent: Any, target: str, timeout: float) -> float:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"the agent did not apply {target} within {timeout:g} s")
+        if alive is not None and not alive():
+            raise RuntimeError(f"the agent stopped before it applied {target}")
         log.changed.wait(min(left, SAMPLE_SECONDS))
 
 
