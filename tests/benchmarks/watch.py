@@ -111,10 +111,12 @@ class Sampler(threading.Thread):
         self.stop = stop
 
     def run(self) -> None:
+        last: list[object] = [None] * len(self.agents)
         while not self.stop.wait(SAMPLE_SECONDS):
-            for agent in self.agents:
+            for i, agent in enumerate(self.agents):
                 position = position_of(agent)
-                if position is not None:
+                if position is not None and position != last[i]:  # cheap: parse on change only
+                    last[i] = position
                     agent.bench_log.note(position, sampled=True)
 
 
