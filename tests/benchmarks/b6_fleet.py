@@ -426,8 +426,8 @@ class Network:
         return Result(
             id=row_id,
             name=self._name(),
-            value=elapsed * 1000,
-            unit="ms (p99)",
+            value=elapsed,
+            unit="s until it stopped (see status)",
             baseline="did not converge: no baseline",
             baseline_value=0.0,
             better="lower",
