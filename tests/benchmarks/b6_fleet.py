@@ -196,9 +196,10 @@ class Network:
             self.extra["bootstrap_s"] = time.monotonic() - started
             self.rss_after_bootstrap = self._agent_rss()
             self.phase("bootstrapped")
-            idle = fs.RedisSample.take(client)
+            idle, cpu = fs.RedisSample.take(client), self._cpu()
             time.sleep(self.idle_seconds)
             self.idle = idle.delta(fs.RedisSample.take(client))
+            self.idle_cpu = cpu, self._cpu()
             self._mark(0)
             self.before = fs.RedisSample.take(client), self._cpu()
             self._series(emitter, client, last, rng)

@@ -91,6 +91,12 @@ def figures(net: Any) -> tuple[dict[str, Any], dict[int, float], dict[int, float
             "cpu_busy_machine": (cpu_after["machine_busy"] - cpu_before["machine_busy"])
             / max(1e-9, cpu_after["machine_total"] - cpu_before["machine_total"]),
             "redis_idle_cpu_pct": 100 * idle["cpu_s"] / max(idle["seconds"], 1e-9),
+            "agent_idle_cpu_ms_per_agent_per_s": sum(
+                net.idle_cpu[1][k] - net.idle_cpu[0][k] for k in fleet
+            )
+            * 1000
+            / max(idle["seconds"], 1e-9)
+            / n,
             "redis_idle_commands_per_s": idle["commands"] / max(idle["seconds"], 1e-9),
             "redis_idle_top_commands_per_s": fs.top_commands(idle, max(idle["seconds"], 1e-9)),
             "memory_per_agent_mib": mib(net.rss_after_bootstrap - rss_empty) / n,

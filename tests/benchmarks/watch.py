@@ -105,14 +105,17 @@ def position_of(agent: Any) -> object:
 class Sampler(threading.Thread):
     """Reads every agent's ``applied_position`` every :data:`SAMPLE_SECONDS` (the fallback)."""
 
-    def __init__(self, agents: Iterable[Any], stop: threading.Event) -> None:
+    def __init__(
+        self, agents: Iterable[Any], stop: threading.Event, interval: float = SAMPLE_SECONDS
+    ) -> None:
         super().__init__(name="bench-sampler", daemon=True)
         self.agents = list(agents)
         self.stop = stop
+        self.interval = interval
 
     def run(self) -> None:
         last: list[object] = [None] * len(self.agents)
-        while not self.stop.wait(SAMPLE_SECONDS):
+        while not self.stop.wait(self.interval):
             for i, agent in enumerate(self.agents):
                 position = position_of(agent)
                 if position is not None and position != last[i]:  # cheap: parse on change only
