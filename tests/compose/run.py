@@ -49,7 +49,7 @@ HOSTS = {"node-a": "host-a", "node-b": "host-b", "node-c": "host-c"}
 KEY_FILE = "/var/lib/wgchain/private.key"
 #: Seconds allowed for the topology to become healthy / for one convergence.
 UP_TIMEOUT = 300
-CONVERGE_TIMEOUT = 90
+CONVERGE_TIMEOUT = 180
 
 
 def wait(what: str, check: Callable[[], T | None], timeout: float = CONVERGE_TIMEOUT) -> T:
