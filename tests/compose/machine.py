@@ -249,14 +249,6 @@ class Engine:
         return run(["docker", *args], check=check, env=self.env, quiet=not check)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def _stop(proc: subprocess.Popen[bytes], what: str) -> None:
     if proc.poll() is not None:
         return
@@ -267,6 +259,27 @@ def _stop(proc: subprocess.Popen[bytes], what: str) -> None:
         log(f"{what} (pid {proc.pid}) did not stop in {STOP_TIMEOUT:.0f}s: killing it")
         proc.kill()
         proc.wait(timeout=10)
+
+
+def _ours(run_dir: Path) -> list[int]:
+    """Processes (containerd-shims) whose command line names our run directory."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if str(run_dir).encode() in cmdline.read_bytes():
+                pids.append(int(cmdline.parent.name))
+    return [p for p in pids if p != os.getpid()]
+
+
+def _reap_shims(run_dir: Path) -> None:
+    """Wait for our containerd-shims to exit after the engine stopped; kill them by pid at last."""
+    deadline = time.monotonic() + 15
+    while (pids := _ours(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            log(f"killed a containerd-shim that outlived the engine (pid {pid})")
 
 
 def _unmount_under(path: Path) -> None:
@@ -341,12 +354,7 @@ def engine() -> Iterator[Engine]:
             if proc is not None:
                 _stop(proc, what)
         logs.close()
-        # containerd-shims of ours that outlived the engine (none after a clean stop).
-        for pidfile in glob.glob(str(run_dir / "**" / "*.pid"), recursive=True):
-            with contextlib.suppress(ValueError, OSError):
-                pid = int(Path(pidfile).read_text().strip() or 0)
-                if pid > 1 and _pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+        _reap_shims(run_dir)
         _unmount_under(run_dir)
         _unmount_under(data_root)
         shutil.rmtree(run_dir, ignore_errors=True)
