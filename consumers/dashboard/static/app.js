@@ -105,7 +105,7 @@ function render(problem) {
   const { view } = route();
   showView(view);
   if (!state.status) return;
-  setText(document.getElementById('network'), state.status.network);
+  setText(document.getElementById('network'), state.status.network.replace(/^\{(.*)\}$/, '$1'));
   if (view === 'fleet') renderFleet(state.status);
   if (view === 'members' && state.nodes) renderMembers(state.nodes, state.status);
   if (view === 'topology' && state.topo) renderTopology(state.topo, state.status);

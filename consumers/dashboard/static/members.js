@@ -109,13 +109,13 @@ const boxes = new Map();
 function section(id, title, items, columns, key) {
   let box = boxes.get(id);
   if (!box) {
-    const table = h('table', { 'data-empty': 'None.' }, h('thead'), h('tbody'));
+    const table = h('table', { class: 'cards-on-phone', 'data-empty': 'None.' }, h('thead'), h('tbody'));
     box = h('section', { class: 'attention', 'aria-labelledby': id },
       h('h3', { id }), h('div', { class: 'table-wrap' }, table));
     boxes.set(id, box);
   }
   setText(box.querySelector('h3'), `${title} (${items.length})`);
-  renderTable(box.querySelector('table'), items, columns, key);
+  renderTable(box.querySelector('table'), items, columns, key, [], false);
   return box;
 }
 

@@ -5,12 +5,13 @@ import { fill, h, humanize, show, syncRows } from './dom.js';
 /**
  * Render ``items`` into ``table`` (thead + tbody). ``columns``: [{key, label, cell?}],
  * where ``cell(item)`` returns a Node or a string (default: the field, shown as text).
- * Fields of the items that no column and no entry of ``known`` names get a column too.
+ * Fields of the items that no column and no entry of ``known`` names get a column too
+ * (unless ``extras`` is false: a list that shows a chosen few fields of bigger objects).
  */
-export function renderTable(table, items, columns, key, known = []) {
+export function renderTable(table, items, columns, key, known = [], extras = true) {
   const named = new Set([...columns.map((c) => c.key), ...known]);
   const extra = [];
-  for (const item of items) {
+  for (const item of extras ? items : []) {
     for (const field of Object.keys(item)) {
       if (!named.has(field) && !extra.includes(field)) extra.push(field);
     }

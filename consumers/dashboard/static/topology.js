@@ -115,6 +115,7 @@ export function renderTopology(topo, status) {
   svg.setAttribute('width', size.toFixed(0));
   svg.style.setProperty('--size', `${size.toFixed(0)}px`);
   const pairs = tunnels(kind, members);
+  svg.classList.toggle('many', members.length > 60);
   const showAll = kind === 'hub' || members.length <= ALL_MESH_LINES;
   const edges = s('g', { class: 'edges', 'aria-hidden': 'true' },
     showAll ? pairs.map(([a, b]) => line(at.get(a), at.get(b), 'edge')) : []);
@@ -157,28 +158,28 @@ export function renderTopology(topo, status) {
 
 /** Too many members: the hubs, and one ring that stands for all the others. */
 function drawSummary(svg, topo) {
-  const size = 420;
-  const c = size / 2;
-  svg.setAttribute('viewBox', `0 0 ${size} ${size}`);
-  svg.setAttribute('width', size);
-  svg.style.setProperty('--size', `${size}px`);
+  const [width, height, c, r] = [520, 470, 260, 170];
+  svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
+  svg.setAttribute('width', width);
+  svg.style.setProperty('--size', `${width}px`);
+  svg.classList.remove('many');
+  const cy = 20 + r;
   const spokes = topo.live - topo.live_hubs.length;
   const hubs = topo.live_hubs.map((x, i) => {
     const a = (2 * Math.PI * i) / topo.live_hubs.length - Math.PI / 2;
-    const r = topo.live_hubs.length > 1 ? 50 : 0;
-    const p = { x: c + r * Math.cos(a), y: c + r * Math.sin(a) };
-    return s('g', { class: 'node hub ok' },
+    const d = topo.live_hubs.length > 1 ? 60 : 0;
+    const p = { x: c + d * Math.cos(a), y: cy + d * Math.sin(a) };
+    return s('g', { class: 'node hub none' },
       s('circle', { cx: p.x, cy: p.y, r: 20, class: 'hub-ring' }),
       s('circle', { cx: p.x, cy: p.y, r: 14, class: 'dot' }),
-      s('text', { x: p.x, y: p.y + 36, 'text-anchor': 'middle', class: 'hub-label' }, x));
+      s('text', { x: p.x, y: p.y + 38, 'text-anchor': 'middle', class: 'hub-label' }, x));
   });
   const text = topo.topology === 'hub'
     ? `${spokes} spokes, each with a tunnel to every hub`
     : `${topo.live} members, each with a tunnel to every other`;
   fill(svg,
-    s('circle', { cx: c, cy: c, r: 170, class: 'ring summary' }),
-    s('text', { x: c, y: topo.live_hubs.length ? c + 120 : c, 'text-anchor': 'middle', class: 'summary-label' }, text),
-    s('text', { x: c, y: (topo.live_hubs.length ? c + 120 : c) + 22, 'text-anchor': 'middle', class: 'hint' },
-      `${topo.tunnels} tunnels`),
+    s('circle', { cx: c, cy, r, class: 'ring summary' }),
+    s('text', { x: c, y: cy + r + 40, 'text-anchor': 'middle', class: 'summary-label' }, text),
+    s('text', { x: c, y: cy + r + 64, 'text-anchor': 'middle', class: 'hint' }, `${topo.tunnels} tunnels`),
     hubs);
 }
