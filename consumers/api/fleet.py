@@ -10,6 +10,7 @@ with the log, so the dashboard asks for it only when a node's story is opened.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import msgspec
 
@@ -21,6 +22,10 @@ from consumers.audit.history import NodeSubject, timeline
 from consumers.audit.streams import read_stream
 from consumers.dashboard import topology as drawing
 from consumers.status.model import FleetStatus
+
+#: The event of a timeline row for an ``events`` entry that does not decode (every subject
+#: gets one: it might have concerned it).
+UNDECODABLE: Final = "Undecodable"
 
 
 class FleetReads:
@@ -74,7 +79,7 @@ class FleetReads:
         """The newest ``limit`` rows of ``node``'s timeline; :class:`NotFound` if never named."""
         events = decode(read_stream(self.reads.client, self.reads.keys.events))
         rows = timeline(events, NodeSubject(node))
-        if not rows:
+        if all(r.event == UNDECODABLE for r in rows):  # nothing on chain ever named it
             with self.reads.cache.fresh() as view:
                 if not view.known(node):
                     raise NotFound(node)

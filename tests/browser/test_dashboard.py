@@ -404,7 +404,8 @@ def test_members_with_search_and_what_needs_attention(world: World, browser: Any
     key = world.keys["node-a"]
     assert "live" in a[1]
     assert a[2].startswith("10.77.0.")
-    assert key not in a[3] and key[:8] in a[3], "the key is shortened"
+    assert key not in a[3], "the key is shortened"
+    assert key[:8] in a[3]
     title = js(browser, "return document.querySelector('#members tbody tr code').title;")
     assert title == key, "the full key on hover"
     assert f"#{world.minted['node-a'].token_id}" in a[5]
@@ -457,7 +458,8 @@ def test_the_topology_draws_the_live_members(world: World, browser: Any) -> None
     drawn = until(
         browser,
         lambda: js(
-            browser, "return [...document.querySelectorAll('#topo a.node')].map(a => a.dataset.node);"
+            browser,
+            "return [...document.querySelectorAll('#topo a.node')].map(a => a.dataset.node);",
         ),
         "the topology",
     )
@@ -467,15 +469,54 @@ def test_the_topology_draws_the_live_members(world: World, browser: Any) -> None
     assert "3 tunnels" in summary
     lines = js(browser, "return document.querySelectorAll('#topo .edges line').length;")
     assert lines == 3
-    browser.find_element("css selector", "#topo a.node").send_keys("")  # focus by keyboard
-    js(browser, "document.querySelector('#topo a.node').focus();")
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    js(browser, "document.getElementById('h-topology').focus();")
+    for _ in range(10):  # the keyboard reaches the drawing's members
+        ActionChains(browser).send_keys(Keys.TAB).perform()
+        if js(browser, "return document.activeElement.matches('#topo a.node');"):
+            break
+    member = js(browser, "return document.activeElement.dataset.node;")
+    assert member in HOSTS, "Tab reaches a member of the drawing"
     focus = js(browser, "return document.getElementById('topo-focus').textContent;")
+    assert f"{member}, 10.77.0." in focus
     assert "2 tunnels" in focus
     shoot(world, browser, "dashboard-topology")
     dark(browser, True)
     shoot(world, browser, "dashboard-topology-dark")
     dark(browser, False)
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    until(browser, lambda: rows(browser, "history"), f"{member}'s story, opened by keyboard")
     assert console(browser) == []
+
+
+def test_what_a_screen_reader_needs(world: World, browser: Any) -> None:
+    """Every control has a name, every table its column headers, every view a heading."""
+    unnamed = js(
+        browser,
+        """
+        const name = (el) => (el.labels && el.labels.length) || el.getAttribute('aria-label')
+          || el.textContent.trim();
+        return [...document.querySelectorAll('input:not([hidden]), select, button, a, svg a')]
+          .filter((el) => !name(el)).map((el) => el.outerHTML.slice(0, 80));
+        """,
+    )
+    assert unnamed == []
+    headless = js(
+        browser,
+        "return [...document.querySelectorAll('table')].filter(t => t.tBodies[0]?.rows.length"
+        " && !t.querySelector('thead th[scope=col]')).map(t => t.id);",
+    )
+    assert headless == []
+    views = js(
+        browser,
+        "return [...document.querySelectorAll('main > section')].map(s =>"
+        " s.querySelector('h1') && s.getAttribute('aria-labelledby'));",
+    )
+    assert all(views), "each view is a labelled region with a heading"
+    assert js(browser, "return document.documentElement.lang;") == "en"
+    assert js(browser, "return document.getElementById('conn').getAttribute('role');") == "status"
 
 
 def test_a_revoke_updates_the_page_without_a_reload(world: World, browser: Any) -> None:
@@ -497,7 +538,9 @@ def test_a_revoke_updates_the_page_without_a_reload(world: World, browser: Any) 
 
     def converged_again() -> dict[str, list[str]] | None:
         hosts = rows(browser, "hosts")
-        ok = set(hosts) == set(HOSTS) and all(head in h and "converged" in h[1] for h in hosts.values())
+        ok = set(hosts) == set(HOSTS) and all(
+            head in h and "converged" in h[1] for h in hosts.values()
+        )
         return hosts if ok and "fail-closed" in hosts["node-c"][1] else None
 
     hosts = until(browser, converged_again, "the hosts converged on the revoke")
