@@ -1,7 +1,7 @@
 // The dashboard: a token prompt when the API wants one, three views and a node's story,
 // refreshed by polling the JSON API every second (fetch with the Authorization header).
 import { allNodes, ApiError, AuthError, authRequired, getJSON, setToken, token } from './api.js';
-import { copy, setText } from './dom.js';
+import { copy, setText, shorten } from './dom.js';
 import { renderFleet } from './fleet.js';
 import { renderNode } from './history.js';
 import { renderMembers } from './members.js';
@@ -105,8 +105,12 @@ function render(problem) {
   const { view } = route();
   showView(view);
   if (!state.status) return;
-  setText(document.getElementById('network'), state.status.network.replace(/^\{(.*)\}$/, '$1'));
-  if (view === 'fleet') renderFleet(state.status);
+  const network = state.status.network.replace(/^\{(.*)\}$/, '$1');
+  const [chain, contract] = network.split(':');
+  const tag = document.getElementById('network');
+  setText(tag, contract ? `chain ${chain} · ${shorten(contract, 6, 4)}` : network);
+  tag.title = `Network ${network}`;
+  if (view === 'fleet') renderFleet(state.status, state.nodes);
   if (view === 'members' && state.nodes) renderMembers(state.nodes, state.status);
   if (view === 'topology' && state.topo) renderTopology(state.topo, state.status);
   if (view === 'node') {

@@ -81,6 +81,11 @@ export function show(value) {
   return String(value);
 }
 
+/** "1 conflict", "2 conflicts". */
+export function plural(n, word, many = `${word}s`) {
+  return `${n} ${n === 1 ? word : many}`;
+}
+
 /** "lag_entries" -> "Lag entries". */
 export function humanize(name) {
   const words = String(name).replace(/_/g, ' ');

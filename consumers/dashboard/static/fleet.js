@@ -1,6 +1,6 @@
 // The fleet view: every host's convergence against the head of the peers stream, the
 // listener and each stage. Fields this page does not know yet are shown as extra columns.
-import { ago, chip, fill, h, humanize, setText, show } from './dom.js';
+import { ago, chip, fill, h, humanize, plural, setText, show } from './dom.js';
 import { renderTable } from './table.js';
 
 /** True/false when the status says (or lets us tell) whether a host is stale; null: unknown. */
@@ -78,14 +78,16 @@ function facts(dl, pairs) {
   fill(dl, pairs.flatMap(([term, value]) => [h('dt', {}, term), h('dd', {}, value)]));
 }
 
-/** Render the whole fleet view from ``/v1/status``. */
-export function renderFleet(status) {
+/** Render the whole fleet view from ``/v1/status`` (and ``/v1/nodes``, for what needs attention). */
+export function renderFleet(status, nodes) {
   const now = status.generated_at;
   const hosts = status.hosts || [];
   const converged = hosts.filter((x) => hostState(x, now).converged).length;
   const listener = status.listener || {};
   const counts = status.counts || {};
-  const attention = (counts.conflicts || 0) + (counts.anomalies || 0) + (counts.pending_allocations || 0);
+  const withoutPeer = (nodes || []).filter((n) => n.member && !n.live).length;
+  const pending = counts.pending_allocations || 0;
+  const attention = withoutPeer + pending;
   fill(document.getElementById('fleet-cards'), [
     card('Hosts converged', `${converged} / ${hosts.length}`,
       hosts.length && converged === hosts.length ? 'ok' : 'warn',
@@ -97,8 +99,8 @@ export function renderFleet(status) {
     card('Dead letters', String(counts.dead_letters || 0), counts.dead_letters ? 'bad' : 'ok',
       'entries a stage set aside'),
     card('Needs attention', String(attention), attention ? 'warn' : 'ok',
-      `${counts.conflicts || 0} conflicts, ${counts.anomalies || 0} anomalies, `
-      + `${counts.pending_allocations || 0} pending`),
+      `${plural(withoutPeer, 'member')} without a peer, ${pending} waiting for an address; `
+      + `${plural(counts.conflicts || 0, 'conflict')}, ${plural(counts.anomalies || 0, 'anomaly', 'anomalies')} recorded`),
   ]);
   setText(document.getElementById('hosts-head'), status.peers_head
     ? `A host has converged when it has applied ${status.peers_head}, the newest entry of the peers stream.`

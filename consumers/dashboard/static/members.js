@@ -1,6 +1,6 @@
 // The members view: every node with its address, key, owner, token, whether it is live
 // (or why not) and its host's state; a search box and a filter; what needs attention.
-import { arrange, chip, h, humanize, setText, shorten, show } from './dom.js';
+import { arrange, chip, h, humanize, plural, setText, shorten, show } from './dom.js';
 import { hostState } from './fleet.js';
 import { renderTable } from './table.js';
 
@@ -148,9 +148,9 @@ function renderAttention(nodes, status) {
   const recorded = boxes.get('recorded') || h('p', { class: 'hint' });
   boxes.set('recorded', recorded);
   setText(recorded,
-    `Recorded in the registry stream since the start: ${counts.conflicts || 0} conflicts, `
-    + `${counts.anomalies || 0} anomalies (strings from the chain that were refused); `
-    + `${counts.pending_allocations || 0} live members waiting for an address; `
-    + `${counts.dead_letters || 0} dead letters.`);
+    `Recorded in the registry stream since the start: ${plural(counts.conflicts || 0, 'conflict')}, `
+    + `${plural(counts.anomalies || 0, 'anomaly', 'anomalies')} (strings from the chain that were refused). `
+    + `Now: ${plural(counts.pending_allocations || 0, 'live member')} waiting for an address, `
+    + `${plural(counts.dead_letters || 0, 'dead letter')}.`);
   arrange(document.getElementById('attention'), [recorded, ...out]);
 }
