@@ -9,6 +9,8 @@ with the log, so the dashboard asks for it only when a node's story is opened.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -23,6 +25,8 @@ from consumers.audit.streams import read_stream
 from consumers.dashboard import topology as drawing
 from consumers.status.model import FleetStatus
 
+#: Seconds a ``/v1/status`` answer is shared between requests.
+STATUS_TTL: Final = 0.5
 #: The event of a timeline row for an ``events`` entry that does not decode (every subject
 #: gets one: it might have concerned it).
 UNDECODABLE: Final = "Undecodable"
@@ -42,16 +46,27 @@ class FleetReads:
         self.head = ChainHead(rpc_urls)
         self.topology_name = topology
         self.hubs = list(hubs)
+        self._status_lock = threading.Lock()
+        self._status: tuple[float, FleetStatus] | None = None
 
     def status(self) -> FleetStatus:
-        """The fleet status; the chain head as last seen (None: unknown)."""
-        fleet = self.reads.snapshot.fleet([])
-        head = self.head.latest()
-        listener = fleet.listener
-        listener.chain_head = head
-        if head is not None and listener.cursor_block is not None:
-            listener.lag_blocks = max(0, head - listener.cursor_block)
-        return fleet
+        """The fleet status; the chain head as last seen (None: unknown).
+
+        Answers of the last :data:`STATUS_TTL` seconds are shared: however many dashboards
+        poll, Redis runs the status script at most about twice a second.
+        """
+        with self._status_lock:
+            now = time.monotonic()
+            if self._status is not None and now - self._status[0] < STATUS_TTL:
+                return self._status[1]
+            fleet = self.reads.snapshot.fleet([])
+            head = self.head.latest()
+            listener = fleet.listener
+            listener.chain_head = head
+            if head is not None and listener.cursor_block is not None:
+                listener.lag_blocks = max(0, head - listener.cursor_block)
+            self._status = (now, fleet)
+            return fleet
 
     def topology(self) -> Topology:
         """Live members (with addresses up to the draw limit), hubs and tunnel count."""

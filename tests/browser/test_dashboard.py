@@ -523,39 +523,54 @@ def test_what_a_screen_reader_needs(world: World, browser: Any) -> None:
 
 
 def test_a_revoke_updates_the_page_without_a_reload(world: World, browser: Any) -> None:
-    go(browser, world, "members")
-    until(browser, lambda: "node-c" in rows(browser, "members"), "node-c as a member")
+    """The fleet view follows a revoke on chain by itself; the member's row goes.
+
+    The test measures, and prints, how long after Redis shows each step the page shows
+    it (for the report; no timing is asserted: the page refreshes every second).
+    """
+    go(browser, world, "fleet")
+    until(browser, lambda: len(rows(browser, "hosts")) == 3, "the hosts")
     js(browser, "window.__notReloaded = true;")
     before = world.peers_head()
     world.nft.revoke(world.minted["node-c"].token_id or 0)
+    seen: dict[str, float] = {}
 
-    def pipeline_done() -> bool:
-        return world.peers_head() != before and world.converged()
-
-    wait_for(pipeline_done, timeout=WAIT, what="the agents applying the revoke")
-    applied_at = time.monotonic()
-    until(browser, lambda: "node-c" not in rows(browser, "members"), "node-c's row removed")
-    members_at = time.monotonic()
-    go(browser, world, "fleet")
-    head = world.peers_head()
-
-    def converged_again() -> dict[str, list[str]] | None:
+    def page_converged() -> bool:
+        head = world.peers_head()
         hosts = rows(browser, "hosts")
-        ok = set(hosts) == set(HOSTS) and all(
-            head in h and "converged" in h[1] for h in hosts.values()
+        return (
+            head != before
+            and set(hosts) == set(HOSTS)
+            and all(head in h and "converged" in h[1] for h in hosts.values())
+            and "fail-closed: not-a-member" in hosts["node-c"][1]
         )
-        return hosts if ok and "fail-closed" in hosts["node-c"][1] else None
 
-    hosts = until(browser, converged_again, "the hosts converged on the revoke")
-    fleet_at = time.monotonic()
-    assert "fail-closed: not-a-member" in hosts["node-c"][1]
-    assert js(browser, "return window.__notReloaded === true;"), "updated without a reload"
-    print(  # the latency a person sees; asserted nowhere (timing lives in benchmarks)
-        f"dashboard: revoke applied by every agent -> members row gone "
-        f"{members_at - applied_at:.2f} s; fleet view converged {fleet_at - members_at:.2f} s "
-        f"after switching to it"
-    )
+    deadline = time.monotonic() + WAIT
+    while "page" not in seen and time.monotonic() < deadline:
+        if "redis" not in seen and world.peers_head() != before and world.converged():
+            seen["redis"] = time.monotonic()
+        if page_converged():
+            seen["page"] = time.monotonic()
+        time.sleep(0.05)
+    assert "page" in seen, "the fleet view never showed the hosts converged on the revoke"
+    assert "redis" in seen, "the page ran ahead of Redis?"
     shoot(world, browser, "dashboard-fleet-after-revoke")
+
+    go(browser, world, "members")
+    until(browser, lambda: "node-a" in rows(browser, "members"), "the members")
+    assert "node-c" not in rows(browser, "members"), "a revoked node is no current member"
+    js(
+        browser,
+        "document.getElementById('show').value = 'all';"
+        "document.getElementById('show').dispatchEvent(new Event('input'));",
+    )
+    revoked = until(browser, lambda: rows(browser, "members").get("node-c"), "node-c, revoked")
+    assert "revoked" in revoked[1]
+    assert js(browser, "return window.__notReloaded === true;"), "updated without a reload"
+    print(  # what a person waits; asserted nowhere (timing lives in benchmarks)
+        f"dashboard: every agent applied the revoke -> the fleet view showed it "
+        f"{seen['page'] - seen['redis']:.2f} s later"
+    )
     assert console(browser) == []
 
 

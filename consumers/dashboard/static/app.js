@@ -9,6 +9,8 @@ import { renderTopology } from './topology.js';
 
 /** Milliseconds between two refreshes: a change shows within about this plus one request. */
 const REFRESH_MS = 1000;
+/** Milliseconds between two reads of a node's history (each folds the whole log). */
+const HISTORY_MS = 5000;
 
 const state = {
   status: null,
@@ -18,6 +20,7 @@ const state = {
   topoMark: '',
   node: null,
   nodeMark: '',
+  historyAt: 0,
   timer: 0,
   busy: false,
 };
@@ -74,11 +77,18 @@ async function refresh() {
       state.topo = await getJSON('v1/topology');
       state.topoMark = mark;
     }
-    if (view === 'node' && (mark !== state.nodeMark || state.node?.detail.node !== node)) {
+    if (view === 'node' && (state.node?.detail.node !== node || mark !== state.nodeMark)) {
+      const other = state.node?.detail.node !== node;
       const path = `v1/nodes/${encodeURIComponent(node)}`;
-      const [detail, history] = await Promise.all([getJSON(path), getJSON(`${path}/history`)]);
+      const detail = await getJSON(path);
+      // the history folds the whole log: asked again at most every HISTORY_MS
+      const due = other || performance.now() - state.historyAt >= HISTORY_MS;
+      const history = due ? await getJSON(`${path}/history`) : state.node.history;
       state.node = { detail, history };
-      state.nodeMark = mark;
+      if (due) {
+        state.historyAt = performance.now();
+        state.nodeMark = mark; // taken with a fresh history only: a held-back change comes later
+      }
     }
     render();
     document.getElementById('signout').hidden = !authRequired();
