@@ -669,3 +669,106 @@ def test_the_topology_stays_readable_at_200_members(world: World, browser: Any) 
     assert "vpn-000.eu-west" in big["text"], "the hubs are still named"
     shoot(world, browser, "dashboard-topology-summary")
     assert console(browser) == []
+
+
+def test_fields_it_does_not_know_yet_and_hostile_strings(world: World, browser: Any) -> None:
+    """The status grows (problems, current issues, new host fields): the page shows what
+    comes, formatted by name, and a hostile string from the chain stays text."""
+    now = time.time()
+    hostile = '<img src=x onerror="document.title=3">'
+    status = {
+        "network": "{31337:0x5fbdb2315678afecb367f032d93f642f64180aa3}",
+        "generated_at": now,
+        "listener": {"cursor_block": 7, "chain_head": 9, "lag_blocks": 2, "polled_at": now - 3},
+        "stages": [{"name": "registry", "position": "1-0", "lag_entries": 0, "dead_letters": 0}],
+        "hosts": [
+            {
+                "node": "node-a",
+                "endpoint": "198.51.100.1:51820",
+                "applied_position": "1-0",
+                "lag_entries": 0,
+                "lag_seconds": 0.0,
+                "last_apply": now - 100,
+                "last_error": "",
+                "peer_count": 2,
+                "fail_closed": "",
+                "updated_at": now - 100,
+                "reconcile_interval": 30.0,
+                "stale": True,
+                "held": True,
+                "applied_block": 7,
+                "handshake_latest": now - 12,
+                "waiting_seconds": 1.5,
+                "tunnel_mtu": 1420,
+            }
+        ],
+        "counts": {"conflicts": 1, "anomalies": 1, "pending_allocations": 0, "dead_letters": 0},
+        "peers_head": "1-0",
+        "issues": [
+            {"kind": "anomaly", "reason": "invalid-node-id", "node": hostile, "token_id": 6,
+             "cause": "5-0", "block": 7, "detail": "<script>document.title=4</script>"},
+            {"kind": "conflict", "reason": "duplicate-key", "node": "node-d", "token_id": 4,
+             "winner_token_id": 2, "cause": "4-0", "block": 6},
+        ],
+        "problems": [
+            {"code": "host-stale", "severity": "critical", "subject": "node-a",
+             "message": "node-a has not reported for 100 s (3 reconcile intervals: 90 s)"},
+        ],
+        "health": "critical",
+        "surprises": [{"what": hostile, "count": 1}],
+    }  # fmt: skip
+    nodes = [
+        {"node": "node-a", "member": True, "live": True, "reason": "", "token_id": 1,
+         "owner": "0x70997970c51812dc3a010c7d01b50e0d17dc79c8", "public_key": world.keys["node-a"],
+         "ipv4": "10.77.0.2", "ipv6": None},
+    ]  # fmt: skip
+    error = browser.execute_async_script(
+        """
+        const [status, nodes, done] = arguments;
+        const base = document.baseURI;
+        Promise.all(['fleet.js', 'members.js'].map((f) => import(new URL(`ui/${f}`, base).href)))
+          .then(([fleet, members]) => {
+            for (const s of document.querySelectorAll('main > section')) {
+              s.hidden = !['fleet', 'members'].includes(s.dataset.view);
+            }
+            fleet.renderFleet(status, nodes);
+            members.renderMembers(nodes, status);
+            done('');
+          }, (err) => done(String(err)));
+        """,
+        status,
+        nodes,
+    )
+    assert error == ""
+    heads = js(
+        browser, "return [...document.querySelectorAll('#hosts thead th')].map(t => t.textContent);"
+    )
+    assert {"Block", "Handshake", "Tunnel mtu"} <= set(heads), heads
+    a = rows(browser, "hosts")["node-a"]
+    assert "stale" in a[1]
+    assert "held" in a[1]
+    assert "converged" not in a[1]
+    assert "12 s ago" in a, "a unix time is shown as an age"
+    assert "1.5 s" in a, "how long the oldest unapplied entry has waited"
+    assert "1420" in a
+    listener = js(browser, "return document.getElementById('listener').textContent;")
+    assert "Polled at3 s ago" in listener
+    problems = js(browser, "return document.getElementById('problems-panel').textContent;")
+    assert "critical" in problems
+    assert "has not reported for 100 s" in problems
+    cards = js(browser, "return document.getElementById('fleet-cards').textContent;")
+    assert "Healthcritical" in cards
+    attention = js(browser, "return document.getElementById('attention').textContent;")
+    assert "Conflicts, anomalies and pending allocations (2)" in attention
+    assert hostile in attention, "the hostile node id is shown, as text"
+    assert "#4 (#2 keeps it)" in attention
+    assert "5-0 (block 7)" in attention
+    assert "Surprises (1)" in attention, "a list the page does not know is shown too"
+    assert "Now: 1 conflict, 1 anomaly" in attention
+    assert (
+        js(browser, "return document.querySelectorAll('#attention img, #attention script').length;")
+        == 0
+    )
+    assert js(browser, "return document.title;") == "wgchain · fleet", "no hostile script ran"
+    shoot(world, browser, "dashboard-future-fields")
+    assert console(browser) == []

@@ -81,6 +81,20 @@ export function show(value) {
   return String(value);
 }
 
+/** Fields holding a unix time (shown as "12 s ago"). */
+const TIMES = new Set(['handshake_latest', 'polled_at', 'updated_at', 'last_apply', 'generated_at']);
+
+/** A field's value for a person, by its name: times as "… ago", ``*_seconds`` in seconds. */
+export function formatField(name, value, now) {
+  if (typeof value === 'number' && (TIMES.has(name) || name.endsWith('_at'))) {
+    if (value === 0) return 'none';
+    return now ? `${ago(now - value)} ago` : new Date(value * 1000).toISOString();
+  }
+  if (typeof value === 'number' && name.endsWith('_seconds')) return `${value.toFixed(1)} s`;
+  if (typeof value === 'number' && name.endsWith('_interval')) return `${value} s`;
+  return show(value);
+}
+
 /** "1 conflict", "2 conflicts". */
 export function plural(n, word, many = `${word}s`) {
   return `${n} ${n === 1 ? word : many}`;

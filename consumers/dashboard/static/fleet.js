@@ -1,6 +1,6 @@
 // The fleet view: every host's convergence against the head of the peers stream, the
 // listener and each stage. Fields this page does not know yet are shown as extra columns.
-import { ago, chip, fill, h, humanize, plural, setText, show } from './dom.js';
+import { ago, chip, fill, formatField, h, humanize, plural, setText, show } from './dom.js';
 import { renderTable } from './table.js';
 
 /** True/false when the status says (or lets us tell) whether a host is stale; null: unknown. */
@@ -30,13 +30,15 @@ export function hostState(host, now) {
   if (host.fail_closed) {
     chips.push(chip(`fail-closed: ${host.fail_closed}`, 'warn', 'no peers at all on this host'));
   }
-  if (host.held) chips.push(chip('held', 'warn', String(host.held)));
+  if (host.held) {
+    chips.push(chip('held', 'warn', 'keeps its last applied configuration until the pipeline catches up'));
+  }
   return { converged, stale, chips };
 }
 
 const HOST_KNOWN = [
   'interface', 'mode', 'lag_capped', 'fail_closed', 'updated_at', 'stale', 'held',
-  'reconcile_interval',
+  'reconcile_interval', 'lag_seconds',
 ];
 
 function hostColumns(now) {
@@ -48,11 +50,15 @@ function hostColumns(now) {
     { key: 'state', label: 'State', cell: (x) => h('span', { class: 'chips' }, hostState(x, now).chips) },
     { key: 'endpoint', label: 'Endpoint', className: 'mono' },
     { key: 'applied_position', label: 'Applied', className: 'mono' },
+    { key: 'applied_block', label: 'Block', className: 'num', optional: true },
     {
       key: 'lag_entries', label: 'Behind', className: 'num',
       cell: (x) => `${x.lag_entries}${x.lag_capped ? '+' : ''}`,
     },
-    { key: 'lag_seconds', label: 'Lag', className: 'num', cell: (x) => `${x.lag_seconds.toFixed(1)} s` },
+    {
+      key: 'waiting_seconds', label: 'Lag', className: 'num',
+      cell: (x) => `${Number(x.waiting_seconds ?? x.lag_seconds ?? 0).toFixed(1)} s`,
+    },
     {
       key: 'last_apply', label: 'Last apply', className: 'num',
       cell: (x) => (x.last_apply ? `${ago(now - x.last_apply)} ago` : 'never'),
@@ -60,6 +66,10 @@ function hostColumns(now) {
     {
       key: 'report', label: 'Last report', className: 'num',
       cell: (x) => (x.updated_at ? `${ago(now - x.updated_at)} ago` : 'never'),
+    },
+    {
+      key: 'handshake_latest', label: 'Handshake', className: 'num', optional: true,
+      cell: (x) => formatField('handshake_latest', x.handshake_latest, now),
     },
     { key: 'peer_count', label: 'Peers', className: 'num' },
     { key: 'addresses', label: 'Addresses', className: 'mono' },
@@ -85,10 +95,18 @@ export function renderFleet(status, nodes) {
   const converged = hosts.filter((x) => hostState(x, now).converged).length;
   const listener = status.listener || {};
   const counts = status.counts || {};
+  const current = Array.isArray(status.issues); // counts of now, not totals since genesis
+  const named = new Set(current ? status.issues.map((x) => x.node) : []);
   const withoutPeer = (nodes || []).filter((n) => n.member && !n.live).length;
   const pending = counts.pending_allocations || 0;
-  const attention = withoutPeer + pending;
+  const attention = current
+    ? status.issues.length + (nodes || []).filter((n) => n.member && !n.live && !named.has(n.node)).length
+    : withoutPeer + pending;
+  const problems = Array.isArray(status.problems) ? status.problems : null;
+  const worst = { critical: 'bad', warning: 'warn', unknown: 'bad', ok: 'ok' };
   fill(document.getElementById('fleet-cards'), [
+    problems ? card('Health', status.health || 'ok', worst[status.health] || 'warn',
+      problems.length ? problems[0].message : 'no problem found') : null,
     card('Hosts converged', `${converged} / ${hosts.length}`,
       hosts.length && converged === hosts.length ? 'ok' : 'warn',
       status.peers_head ? `peers head ${status.peers_head}` : 'peers stream empty'),
@@ -100,12 +118,14 @@ export function renderFleet(status, nodes) {
       'entries a stage set aside'),
     card('Needs attention', String(attention), attention ? 'warn' : 'ok',
       `${plural(withoutPeer, 'member')} without a peer, ${pending} waiting for an address; `
-      + `${plural(counts.conflicts || 0, 'conflict')}, ${plural(counts.anomalies || 0, 'anomaly', 'anomalies')} recorded`),
+      + `${plural(counts.conflicts || 0, 'conflict')}, ${plural(counts.anomalies || 0, 'anomaly', 'anomalies')} `
+      + `${current ? 'now' : 'recorded'}`),
   ]);
   setText(document.getElementById('hosts-head'), status.peers_head
     ? `A host has converged when it has applied ${status.peers_head}, the newest entry of the peers stream.`
     : 'The peers stream is empty.');
-  renderTable(document.getElementById('hosts'), hosts, hostColumns(now), (x) => x.node, HOST_KNOWN);
+  renderTable(document.getElementById('hosts'), hosts, hostColumns(now), (x) => x.node, HOST_KNOWN, true, now);
+  renderProblems(problems, status.health);
 
   const lease = listener.lease_holder
     ? `${listener.lease_holder}${listener.lease_fence ? ` (fence ${listener.lease_fence})` : ''}`
@@ -119,7 +139,8 @@ export function renderFleet(status, nodes) {
     ['Lease holder', lease],
     ['Events', show(listener.events)],
     ['Dead letters', show(listener.dead_letters)],
-    ...Object.entries(listener).filter(([k]) => !known.has(k)).map(([k, v]) => [humanize(k), show(v)]),
+    ...Object.entries(listener).filter(([k]) => !known.has(k))
+      .map(([k, v]) => [humanize(k), formatField(k, v, now)]),
   ]);
   renderTable(document.getElementById('stages'), status.stages || [], [
     { key: 'name', label: 'Stage', header: true },
@@ -132,6 +153,20 @@ export function renderFleet(status, nodes) {
       key: 'dead_letters', label: 'Dead letters', className: 'num',
       cell: (x) => (x.dead_letters ? chip(String(x.dead_letters), 'bad') : '0'),
     },
-  ], (x) => x.name, ['lag_capped']);
+  ], (x) => x.name, ['lag_capped'], true, now);
   return { converged, hosts: hosts.length };
+}
+
+/** The problems ``wgchain status`` names (when the status carries them), worst first. */
+function renderProblems(problems, health) {
+  const panel = document.getElementById('problems-panel');
+  panel.hidden = problems === null;
+  if (problems === null) return;
+  const kind = { critical: 'bad', warning: 'warn', unknown: 'bad' };
+  setText(document.getElementById('problems-note'), problems.length
+    ? `${plural(problems.length, 'problem')} (${health}).`
+    : 'No problem: every check of wgchain status passes.');
+  fill(document.getElementById('problems'), problems.map((p) => h('li', {},
+    chip(p.severity, kind[p.severity] || 'warn'), ' ',
+    h('span', { class: 'subject' }, p.subject), ' ', p.message)));
 }

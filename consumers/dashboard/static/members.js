@@ -90,7 +90,7 @@ function statusLists(status) {
   const lists = [];
   const visit = (obj, prefix) => {
     for (const [name, value] of Object.entries(obj || {})) {
-      if (['hosts', 'stages'].includes(name) && !prefix) continue;
+      if (['hosts', 'stages', 'issues', 'problems'].includes(name) && !prefix) continue;
       if (Array.isArray(value) && value.every((v) => v && typeof v === 'object')) {
         lists.push([prefix + name, value]);
       } else if (value && typeof value === 'object' && !Array.isArray(value) && !prefix
@@ -132,10 +132,12 @@ function renderAttention(nodes, status) {
     { key: 'token_id', label: 'Token', className: 'num', cell: (n) => `#${n.token_id}` },
   ], (n) => n.node));
   const pending = nodes.filter((n) => n.live && !n.ipv4);
-  out.push(section('att-pending', 'Waiting for an address', pending, [
+  // with the current issues in the status, its pending allocations (with their cause) say it
+  if (!(status && Array.isArray(status.issues))) out.push(section('att-pending', 'Waiting for an address', pending, [
     { key: 'node', label: 'Node', header: true },
     { key: 'cause', label: 'Cause', cell: () => 'no free address in the pool yet (or ipam behind)' },
   ], (n) => n.node));
+  if (status && Array.isArray(status.issues)) out.push(issuesSection(status.issues));
   let i = 0;
   for (const [name, items] of status ? statusLists(status) : []) {
     i += 1;
@@ -147,10 +149,41 @@ function renderAttention(nodes, status) {
   const counts = (status && status.counts) || {};
   const recorded = boxes.get('recorded') || h('p', { class: 'hint' });
   boxes.set('recorded', recorded);
-  setText(recorded,
-    `Recorded in the registry stream since the start: ${plural(counts.conflicts || 0, 'conflict')}, `
-    + `${plural(counts.anomalies || 0, 'anomaly', 'anomalies')} (strings from the chain that were refused). `
-    + `Now: ${plural(counts.pending_allocations || 0, 'live member')} waiting for an address, `
-    + `${plural(counts.dead_letters || 0, 'dead letter')}.`);
+  const conflicts = plural(counts.conflicts || 0, 'conflict');
+  const anomalies = plural(counts.anomalies || 0, 'anomaly', 'anomalies');
+  const now = `${plural(counts.pending_allocations || 0, 'live member')} waiting for an address, `
+    + `${plural(counts.dead_letters || 0, 'dead letter')}.`;
+  setText(recorded, status && Array.isArray(status.issues)
+    ? `Now: ${conflicts}, ${anomalies} (strings from the chain that were refused), ${now}`
+    : `Recorded in the registry stream since the start: ${conflicts}, ${anomalies} (strings `
+      + `from the chain that were refused). Now: ${now}`);
   arrange(document.getElementById('attention'), [recorded, ...out]);
+}
+
+const VALID_NODE = /^[A-Za-z0-9._-]{1,64}$/;
+const ISSUE_KINDS = { conflict: 'warn', anomaly: 'bad', pending: 'warn' };
+
+/** The current conflicts, anomalies and pending allocations, each with its cause. */
+function issuesSection(issues) {
+  return section('att-issues', 'Conflicts, anomalies and pending allocations', issues, [
+    { key: 'kind', label: 'Kind', cell: (x) => chip(x.kind, ISSUE_KINDS[x.kind] || 'warn') },
+    { key: 'reason', label: 'Reason' },
+    {
+      key: 'node', label: 'Node',
+      cell: (x) => (VALID_NODE.test(x.node)
+        ? h('a', { href: `#/node/${encodeURIComponent(x.node)}` }, x.node)
+        : h('code', { title: 'not a valid node id: shown as text' }, x.node)),
+    },
+    {
+      key: 'token_id', label: 'Token', className: 'num',
+      cell: (x) => (x.token_id === null || x.token_id === undefined ? '—' : `#${x.token_id}`
+        + (x.winner_token_id ? ` (#${x.winner_token_id} keeps it)` : '')),
+    },
+    {
+      key: 'cause', label: 'Cause',
+      cell: (x) => (x.cause ? h('code', { title: 'the events entry that caused it' },
+        `${x.cause}${x.block ? ` (block ${x.block})` : ''}`) : '—'),
+    },
+    { key: 'detail', label: 'Detail', className: 'wrap' },
+  ], (x) => `${x.kind}|${x.reason}|${x.node}|${x.token_id}`);
 }

@@ -1,22 +1,28 @@
 // Tables whose columns are declared once and whose extra fields show up by themselves:
 // a field the API adds later (a new host status field, say) becomes a column of its own.
-import { fill, h, humanize, show, syncRows } from './dom.js';
+import { fill, formatField, h, humanize, show, syncRows } from './dom.js';
 
 /**
  * Render ``items`` into ``table`` (thead + tbody). ``columns``: [{key, label, cell?}],
  * where ``cell(item)`` returns a Node or a string (default: the field, shown as text).
  * Fields of the items that no column and no entry of ``known`` names get a column too
- * (unless ``extras`` is false: a list that shows a chosen few fields of bigger objects).
+ * (unless ``extras`` is false: a list that shows a chosen few fields of bigger objects),
+ * their values formatted by their names (``now``: the time "… ago" is counted from). A
+ * column marked ``optional`` shows only when some item has its field.
  */
-export function renderTable(table, items, columns, key, known = [], extras = true) {
+export function renderTable(table, items, columns, key, known = [], extras = true, now = null) {
   const named = new Set([...columns.map((c) => c.key), ...known]);
+  const present = (field) => items.some((item) => item[field] !== undefined);
+  columns = columns.filter((c) => !c.optional || present(c.key));
   const extra = [];
   for (const item of extras ? items : []) {
     for (const field of Object.keys(item)) {
       if (!named.has(field) && !extra.includes(field)) extra.push(field);
     }
   }
-  const all = [...columns, ...extra.map((field) => ({ key: field, label: humanize(field) }))];
+  const all = [...columns, ...extra.map((field) => ({
+    key: field, label: humanize(field), cell: (item) => formatField(field, item[field], now),
+  }))];
   const signature = all.map((c) => c.key).join('|');
   if (table.dataset.columns !== signature) {
     table.dataset.columns = signature;
