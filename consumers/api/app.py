@@ -133,7 +133,7 @@ def create_app(
     """
     checker = AccessChecker(client, keys)
     reads = Reads(client, keys, checker.cache)
-    fleet = FleetReads(reads, rpc_urls, topology, hubs)
+    fleet = FleetReads(lambda: reads.snapshot.fleet([]), lambda: reads, rpc_urls, topology, hubs)
     files = assets.load(auth=bool(token))
     document = msgspec.json.encode(openapi(version("wgchain"), auth=bool(token)))
 

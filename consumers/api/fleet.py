@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -33,15 +33,21 @@ UNDECODABLE: Final = "Undecodable"
 
 
 class FleetReads:
-    """Status, topology and history for one network."""
+    """Status, topology and history for one network.
+
+    ``fleet`` makes a status snapshot without a chain head (``Snapshot.fleet([])``);
+    ``reads`` gives the node reads (made on first use by the caller if it likes).
+    """
 
     def __init__(
         self,
-        reads: Reads,
+        fleet: Callable[[], FleetStatus],
+        reads: Callable[[], Reads],
         rpc_urls: Sequence[str] = (),
         topology: str = "mesh",
         hubs: Sequence[str] = (),
     ) -> None:
+        self.fleet = fleet
         self.reads = reads
         self.head = ChainHead(rpc_urls)
         self.topology_name = topology
@@ -59,7 +65,7 @@ class FleetReads:
             now = time.monotonic()
             if self._status is not None and now - self._status[0] < STATUS_TTL:
                 return self._status[1]
-            fleet = self.reads.snapshot.fleet([])
+            fleet = self.fleet()
             head = self.head.latest()
             listener = fleet.listener
             listener.chain_head = head
@@ -70,7 +76,7 @@ class FleetReads:
 
     def topology(self) -> Topology:
         """Live members (with addresses up to the draw limit), hubs and tunnel count."""
-        live, position = self.reads.live(address_limit=drawing.DRAW_LIMIT)
+        live, position = self.reads().live(address_limit=drawing.DRAW_LIMIT)
         names = [n.node for n in live]
         hubs = drawing.live_hubs(self.topology_name, self.hubs, names)
         members: list[TopologyMember] = []
@@ -92,10 +98,11 @@ class FleetReads:
 
     def history(self, node: str, limit: int) -> NodeHistory:
         """The newest ``limit`` rows of ``node``'s timeline; :class:`NotFound` if never named."""
-        events = decode(read_stream(self.reads.client, self.reads.keys.events))
+        reads = self.reads()
+        events = decode(read_stream(reads.client, reads.keys.events))
         rows = timeline(events, NodeSubject(node))
         if all(r.event == UNDECODABLE for r in rows):  # nothing on chain ever named it
-            with self.reads.cache.fresh() as view:
+            with reads.cache.fresh() as view:
                 if not view.known(node):
                     raise NotFound(node)
         shown = [msgspec.convert(r.as_json(), HistoryRow) for r in rows[-limit:]]
