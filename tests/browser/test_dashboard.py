@@ -261,14 +261,15 @@ def js(driver: Any, script: str, *args: Any) -> Any:
 
 
 def rows(driver: Any, table: str) -> dict[str, list[str]]:
-    """The visible rows of ``#table``: first cell text -> every cell's text."""
+    """The visible rows of ``#table``: first cell's link (or text) -> every cell's text."""
     return dict(
         js(
             driver,
             """
             const t = document.getElementById(arguments[0]);
             if (!t || !t.offsetParent) return [];
-            return [...t.tBodies[0].rows].map(r => [r.cells[0].textContent,
+            const name = (c) => (c.querySelector('a') || c).textContent;
+            return [...t.tBodies[0].rows].map(r => [name(r.cells[0]),
                 [...r.cells].map(c => c.textContent.trim())]);
             """,
             table,

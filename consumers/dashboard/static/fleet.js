@@ -38,14 +38,16 @@ export function hostState(host, now) {
 
 const HOST_KNOWN = [
   'interface', 'mode', 'lag_capped', 'fail_closed', 'updated_at', 'stale', 'held',
-  'reconcile_interval', 'lag_seconds',
+  'reconcile_interval', 'lag_seconds', 'addresses',
 ];
 
 function hostColumns(now) {
   return [
     {
       key: 'node', label: 'Host', header: true,
-      cell: (x) => h('a', { href: `#/node/${encodeURIComponent(x.node)}` }, x.node),
+      cell: (x) => h('span', { class: 'stack' },
+        h('a', { href: `#/node/${encodeURIComponent(x.node)}` }, x.node),
+        x.addresses ? h('span', { class: 'sub mono', title: 'its interface addresses' }, x.addresses) : null),
     },
     { key: 'state', label: 'State', cell: (x) => h('span', { class: 'chips' }, hostState(x, now).chips) },
     { key: 'endpoint', label: 'Endpoint', className: 'mono' },
@@ -72,7 +74,6 @@ function hostColumns(now) {
       cell: (x) => formatField('handshake_latest', x.handshake_latest, now),
     },
     { key: 'peer_count', label: 'Peers', className: 'num' },
-    { key: 'addresses', label: 'Addresses', className: 'mono' },
     { key: 'last_error', label: 'Last error', className: 'wrap' },
   ];
 }
@@ -160,8 +161,8 @@ export function renderFleet(status, nodes) {
 /** The problems ``wgchain status`` names (when the status carries them), worst first. */
 function renderProblems(problems, health) {
   const panel = document.getElementById('problems-panel');
-  panel.hidden = problems === null;
-  if (problems === null) return;
+  panel.hidden = !problems || !problems.length; // none: the Health card says "ok"
+  if (panel.hidden) return;
   const kind = { critical: 'bad', warning: 'warn', unknown: 'bad' };
   setText(document.getElementById('problems-note'), problems.length
     ? `${plural(problems.length, 'problem')} (${health}).`

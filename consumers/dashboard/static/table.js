@@ -8,11 +8,11 @@ import { fill, formatField, h, humanize, show, syncRows } from './dom.js';
  * Fields of the items that no column and no entry of ``known`` names get a column too
  * (unless ``extras`` is false: a list that shows a chosen few fields of bigger objects),
  * their values formatted by their names (``now``: the time "… ago" is counted from). A
- * column marked ``optional`` shows only when some item has its field.
+ * column marked ``optional`` shows only when some item has a value (not null) for it.
  */
 export function renderTable(table, items, columns, key, known = [], extras = true, now = null) {
   const named = new Set([...columns.map((c) => c.key), ...known]);
-  const present = (field) => items.some((item) => item[field] !== undefined);
+  const present = (field) => items.some((item) => item[field] !== undefined && item[field] !== null);
   columns = columns.filter((c) => !c.optional || present(c.key));
   const extra = [];
   for (const item of extras ? items : []) {
