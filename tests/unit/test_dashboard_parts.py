@@ -77,3 +77,9 @@ def test_the_page_says_whether_to_ask_for_a_token(auth: bool, mark: str) -> None
     assert media.startswith("text/html")
     assert f'<meta name="wgchain-auth" content="{mark}">' in page.decode()
     assert assets.AUTH_MARK not in page.decode()
+
+
+def test_a_node_that_answers_at_once_gives_the_head_of_now() -> None:
+    heads = iter(range(1, 100))
+    head = ChainHead(["http://rpc"], ttl=0, ask=lambda urls: next(heads))
+    assert [head.latest() for _ in range(3)] == [1, 2, 3], "not the answer of the last request"

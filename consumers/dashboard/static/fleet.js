@@ -154,6 +154,10 @@ export function renderFleet(status, nodes) {
       key: 'dead_letters', label: 'Dead letters', className: 'num',
       cell: (x) => (x.dead_letters ? chip(String(x.dead_letters), 'bad') : '0'),
     },
+    {
+      key: 'waiting_seconds', label: 'Waiting', className: 'num', optional: true,
+      cell: (x) => formatField('waiting_seconds', x.waiting_seconds, now),
+    },
   ], (x) => x.name, ['lag_capped'], true, now);
   return { converged, hosts: hosts.length };
 }
