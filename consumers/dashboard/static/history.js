@@ -1,5 +1,5 @@
 // A node's story: its facts and every log entry that concerns it (wgchain audit history).
-import { chip, fill, h, setText, shorten, show } from './dom.js';
+import { chip, fill, h, plural, setText, shorten, show } from './dom.js';
 import { hostState } from './fleet.js';
 import { REASONS } from './members.js';
 import { renderTable } from './table.js';
@@ -45,9 +45,10 @@ export function renderNode(detail, history, status) {
   ];
   fill(document.getElementById('node-facts'),
     facts.flatMap(([t, d]) => [h('dt', {}, t), h('dd', {}, d)]));
+  const folded = `folded from ${plural(history.events, 'log entry', 'log entries')}`;
   setText(document.getElementById('history-note'), history.total > history.rows.length
-    ? `The newest ${history.rows.length} of ${history.total} entries, folded from ${history.events} log entries.`
-    : `${history.total} entries, folded from ${history.events} log entries.`);
+    ? `The newest ${history.rows.length} of ${history.total} entries, ${folded}.`
+    : `${plural(history.total, 'entry', 'entries')}, ${folded}.`);
   renderTable(document.getElementById('history'), history.rows, [
     { key: 'block', label: 'Block', header: true, className: 'num', cell: (r) => (r.block < 0 ? '?' : String(r.block)) },
     { key: 'time', label: 'Time (UTC)', className: 'mono', cell: (r) => r.time || '—' },

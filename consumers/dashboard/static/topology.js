@@ -29,7 +29,7 @@ function layout(members) {
   const hubs = members.filter((m) => m.hub);
   const ring = members.filter((m) => !m.hub);
   const longest = Math.max(4, ...members.map((m) => m.node.length));
-  const radius = Math.max(hubs.length ? 170 : 120, (SPACING * ring.length) / (2 * Math.PI));
+  const radius = Math.max(170, (SPACING * ring.length) / (2 * Math.PI));
   const margin = 30 + longest * 7.2;
   const size = 2 * (radius + margin);
   const c = size / 2;
