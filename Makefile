@@ -9,6 +9,7 @@ APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping chromium chro
 ARGS ?=
 
 .PHONY: setup sysdeps demo test check pytest bench soak contract clean dashboard-screenshots
+.PHONY: compose-test compose-clean
 
 setup: $(VENV)/.installed $(TOOLS)/node_modules/.installed sysdeps
 
@@ -74,6 +75,16 @@ dashboard-screenshots: setup
 # Rebuild the committed contract artifact from the Solidity source.
 contract: setup
 	$(BIN)/python -m shared.contract.build
+
+# The production topology (compose/docker-compose.yml), run for real: installs what is missing
+# (Docker engine, Compose v2, stand-ins for base images that cannot be pulled), builds once, brings
+# it up, checks it from outside, `down -v`, and leaves the machine as it found it (root).
+# Caches under .tools/compose/ (downloads, the stand-in root, the private engine's images).
+compose-test: setup
+	$(BIN)/python -m tests.compose.run $(ARGS)
+
+compose-clean:
+	rm -rf $(TOOLS)/compose
 
 clean:
 	rm -rf $(VENV) $(TOOLS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis
