@@ -42,18 +42,16 @@ from typing import Any, Final
 import fleet_stats as fs
 import redis
 from common import Background, Result
-from fleet import peer_digest
-from fleet_chain import FleetChain, node_of, random_key
+from fleet_chain import POOL, FleetChain, node_of, random_key
+from fleet_figures import check_peers, figures
 
 from shared.devnet.anvil import Anvil
 from shared.devnet.netns import Lab, available
 from shared.devnet.redis_server import RedisServer
-from shared.events import AllocationPending, PeerRemove, PeerUpsert, from_fields
+from shared.events import PeerUpsert, from_fields
 from shared.keys import Keys
 from shared.redis_log import as_str, id_key
 
-#: Address pool of both networks (room for 100,000 members and more).
-POOL: Final = "10.64.0.0/14"
 #: Seconds between the parent's looks at the agents' progress files.
 POLL: Final = 0.01
 #: Seconds between two measured changes (every agent is idle when the next comes).
@@ -211,7 +209,7 @@ class Network:
             self.answers = {name: bg.finish(timeout=120) for name, bg in self.children.items()}
             self.children.clear()
             self.phase("stopped")
-            self._check_peers(client)
+            self.extra["peers_checked"] = check_peers(self, client)
             client.close()
 
     def _stages_params(self, chain: Anvil, server: RedisServer, emitter: FleetChain) -> dict:
@@ -380,35 +378,6 @@ class Network:
             self._check()
         raise NotConverged(f"did not converge: the pipeline gave {node} no new key in time")
 
-    def _check_peers(self, client: redis.Redis) -> None:
-        """Every agent's peers (twin or interface) must be what the stream says it should be."""
-        keys: dict[str, str] = {}
-        low = "-"
-        while page := client.xrange(self.keys.peers, min=low, count=10_000):
-            for _id, fields in page:  # type: ignore[union-attr]
-                entry = from_fields(fields)
-                if isinstance(entry, PeerUpsert):
-                    keys[entry.node_id] = entry.public_key
-                elif isinstance(entry, PeerRemove | AllocationPending):
-                    keys.pop(entry.node_id, None)
-            low = f"({as_str(page[-1][0])}"  # type: ignore[index]
-        if self.kind == "hub":
-            hubs = [keys[node_of(h)] for h in range(1, self.hubs + 1)]
-            wanted = dict.fromkeys(keys, peer_digest(hubs))
-        else:
-            ordered = sorted(keys.values())
-            wanted = {
-                node: peer_digest([k for k in ordered if k != key]) for node, key in keys.items()
-            }
-        reports = {n: a for ans in self.answers.values() for n, a in ans.get("agents", {}).items()}
-        wrong = [n for n, a in reports.items() if a["peers"] and a["peers"] != wanted.get(n)]
-        if wrong:
-            raise RuntimeError(
-                f"B6 {self.kind}: {len(wrong)} agents said they applied every change but their "
-                f"peers differ from the stream's (e.g. {', '.join(sorted(wrong)[:3])})"
-            )
-        self.extra["peers_checked"] = sum(1 for a in reports.values() if a["peers"])
-
     # --- figures -----------------------------------------------------------------------
 
     def _cpu(self) -> dict[str, float]:
@@ -460,8 +429,6 @@ class Network:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in extra.items()}
 
     def _result(self, row_id: str) -> Result:
-        from fleet_figures import figures
-
         extra, latency, floor = figures(self)
         target = self._target()
         return Result(
@@ -478,26 +445,3 @@ class Network:
             target=target,
             met=latency[99] <= TARGET_HUB_P99_MS if target else None,
         )
-
-
-def fleet_stages_child(params: dict[str, Any]) -> dict[str, Any]:
-    """Listener + registry + ipam as ``wgchain run`` runs them (B6's pool), until SIGTERM."""
-    from shared.cmdline import stop_event
-    from shared.runner import run_stages
-    from shared.settings import load
-
-    cfg = load(
-        {
-            "redis_url": params["redis_url"],
-            "rpc_url": params["rpc_url"],
-            "contract": params["contract"],
-            "chain_id": params["chain_id"],
-            "start_block": params["start_block"],
-            "confirmations": 0,
-            "poll_interval": 0.05,
-            "pool": POOL,
-        },
-        environ={},
-    )
-    run_stages(cfg, stop_event())
-    return {}

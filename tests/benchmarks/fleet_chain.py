@@ -22,6 +22,8 @@ from common import HERE, Unavailable
 from shared.devnet.anvil import ACCOUNTS, Anvil
 
 SOURCE: Final = HERE / "FleetEmitter.sol"
+#: Address pool of B6's networks (room for 100,000 members and more).
+POOL: Final = "10.64.0.0/14"
 #: Grants per population transaction.
 GRANTS_PER_TX: Final = 500
 #: Gas per grant (log + calldata key + node id), with room to spare.
@@ -111,3 +113,26 @@ class FleetChain:
     def rotate(self, token: int, key: str) -> None:
         """Send the transaction that re-keys ``token``'s owner (does not wait for it)."""
         self.contract.functions.rotate(token, key).transact({"from": self.sender, "gas": 200_000})
+
+
+def fleet_stages_child(params: dict[str, Any]) -> dict[str, Any]:
+    """Listener + registry + ipam as ``wgchain run`` runs them (B6's pool), until SIGTERM."""
+    from shared.cmdline import stop_event
+    from shared.runner import run_stages
+    from shared.settings import load
+
+    cfg = load(
+        {
+            "redis_url": params["redis_url"],
+            "rpc_url": params["rpc_url"],
+            "contract": params["contract"],
+            "chain_id": params["chain_id"],
+            "start_block": params["start_block"],
+            "confirmations": 0,
+            "poll_interval": 0.05,
+            "pool": POOL,
+        },
+        environ={},
+    )
+    run_stages(cfg, stop_event())
+    return {}

@@ -5,7 +5,8 @@ that took most of its time), bytes each agent read (its sockets), CPU ms each ag
 spent (its processes' CPU over the series / agents), and the pipeline's CPU. Idle:
 Redis's CPU and commands per second with nothing happening (what a fleet costs
 Redis just by being there). Memory: the agent processes' RSS after the bootstrap
-minus their RSS before any agent, per agent.
+minus their RSS before any agent, per agent. And :func:`check_peers`: at the end,
+every agent's peers equal what a fold of the stream says they should be.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import statistics
 from typing import Any
 
 import fleet_stats as fs
+import redis
 from common import mib, percentiles
+from fleet import peer_digest
+from fleet_chain import node_of
+
+from shared.events import AllocationPending, PeerRemove, PeerUpsert, from_fields
+from shared.redis_log import as_str
 
 
 def figures(net: Any) -> tuple[dict[str, Any], dict[int, float], dict[int, float]]:
@@ -116,3 +123,31 @@ def figures(net: Any) -> tuple[dict[str, Any], dict[int, float], dict[int, float
     )
     extra = {k: round(v, 3) if isinstance(v, float) else v for k, v in extra.items()}
     return extra, lat, flo
+
+
+def check_peers(net: Any, client: redis.Redis) -> int:
+    """Every agent's peers (twin or interface) must be what the stream says it should be."""
+    keys: dict[str, str] = {}
+    low = "-"
+    while page := client.xrange(net.keys.peers, min=low, count=10_000):
+        for _id, fields in page:  # type: ignore[union-attr]
+            entry = from_fields(fields)
+            if isinstance(entry, PeerUpsert):
+                keys[entry.node_id] = entry.public_key
+            elif isinstance(entry, PeerRemove | AllocationPending):
+                keys.pop(entry.node_id, None)
+        low = f"({as_str(page[-1][0])}"  # type: ignore[index]
+    reports = {n: a for ans in net.answers.values() for n, a in ans.get("agents", {}).items()}
+    if net.kind == "hub":
+        hubs = peer_digest([keys[node_of(h)] for h in range(1, net.hubs + 1)])
+        wanted = dict.fromkeys(reports, hubs)
+    else:  # everyone but the agent itself
+        every = list(keys.values())
+        wanted = {n: peer_digest([k for k in every if k != keys.get(n)]) for n in reports}
+    wrong = [n for n, a in reports.items() if a["peers"] and a["peers"] != wanted[n]]
+    if wrong:
+        raise RuntimeError(
+            f"B6 {net.kind}: {len(wrong)} agents said they applied every change but their "
+            f"peers differ from the stream's (e.g. {', '.join(sorted(wrong)[:3])})"
+        )
+    return sum(1 for a in reports.values() if a["peers"])
