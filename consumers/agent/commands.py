@@ -9,11 +9,12 @@ import click
 from consumers.agent.acl import agent_user, password_from_file, setuser
 from consumers.agent.agent import Agent, AgentConfig, is_valid_ifname
 from consumers.agent.desired import Policy, parse_endpoint
-from consumers.agent.keys import generate_private_key_file
+from consumers.agent.keys import generate_private_key_file, public_key_from_file
 from consumers.agent.wg import Wg
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import ServiceUnavailable
+from shared.logs import log
 from shared.redis_log import connect
 from shared.settings import Settings
 from shared.validate import excerpt, is_valid_node_id
@@ -82,7 +83,9 @@ def agent(
         raise ServiceUnavailable("the agent needs --redis-url (or WGCHAIN_REDIS_URL)")
     if generate_key and not private_key_file.exists():
         public = generate_private_key_file(private_key_file)
-        click.echo(f"generated {private_key_file}; public key {public}", err=True)
+        log.bind(stage="agent", node=node).info(
+            "generated {}; public key {}", private_key_file, public
+        )
     config = AgentConfig(
         node_id=node,
         interface=interface,
@@ -119,6 +122,18 @@ def agent(
 def init(private_key_file: Path, force: bool) -> None:
     """Create a WireGuard key pair: the private key in a 0600 file, the public key printed."""
     click.echo(generate_private_key_file(private_key_file, overwrite=force))
+
+
+@agent.command("pubkey")
+@click.option(
+    "--private-key-file",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The host's private key file (mode 0600); it is read, never changed.",
+)
+def pubkey(private_key_file: Path) -> None:
+    """Print the public key of an existing private key file (the key to mint on chain)."""
+    click.echo(public_key_from_file(private_key_file))
 
 
 @agent.command("acl")

@@ -2,8 +2,10 @@
 
 Endpoints are plain functions (Starlette runs them in its thread pool, so the
 blocking Redis client is fine). Every answer is JSON encoded with msgspec, except
-``/metrics`` (Prometheus text). A bearer token, when configured, guards
-everything but ``/healthz`` and ``/readyz``.
+``/metrics`` (Prometheus text) and the dashboard's files (``/`` and ``/ui/``). A
+bearer token, when configured, guards everything but ``/healthz``, ``/readyz`` and
+the dashboard's files (which hold no data: the page asks for the token and sends it
+with every JSON request).
 
 The API starts, and answers, while Redis is down: the access checker (which loads
 the registry from Redis) is built on first use, and until then every read answers
@@ -18,7 +20,7 @@ import hmac
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Final
@@ -36,8 +38,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consumers.access.checker import AccessChecker, InvalidArgument, valid_node
+from consumers.api.fleet import FleetReads
 from consumers.api.reads import NotFound, Reads
 from consumers.api.schemas import ErrorBody, Health, HostList, IssueList, Ready, openapi
+from consumers.dashboard import assets
 from consumers.status.exporter import FleetCollector
 from consumers.status.health import Limits
 from consumers.status.probe import no_data, probe
@@ -48,11 +52,15 @@ from shared.keys import Keys
 from shared.redis_log import START
 
 #: Paths that answer without the bearer token (health checks).
-OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/"})
+#: Path prefix of the dashboard's files (no data in them: open, like ``/``).
+ASSET_PREFIX: Final = "/ui/"
 #: Default and largest page of ``/v1/nodes``.
 NODES_PAGE: Final = (1000, 10_000)
 #: Default and largest page of ``/v1/events``.
 EVENTS_PAGE: Final = (100, 1000)
+#: Default and largest number of rows of ``/v1/nodes/{node}/history``.
+HISTORY_ROWS: Final = (500, 10_000)
 _STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _JSON: Final = "application/json"
 
@@ -77,7 +85,8 @@ class BearerAuth:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path and path not in OPEN_PATHS and not path.startswith(ASSET_PREFIX):
             scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
             ok = scheme.lower() == "bearer" and hmac.compare_digest(
                 given.strip().encode(), self.token
@@ -174,16 +183,25 @@ def create_app(
     token: str = "",
     max_lag: int = 1000,
     limits: Limits | None = None,
+    rpc_urls: Sequence[str] = (),
+    topology: str = "mesh",
+    hubs: Sequence[str] = (),
 ) -> Starlette:
     """The API for one network; the registry follower runs while the app is served.
 
-    ``limits`` are the thresholds of ``/readyz`` (default: ``Limits(max_lag=max_lag)``).
+    ``limits`` are the thresholds of ``/readyz`` (default: ``Limits(max_lag=max_lag)``);
+    ``rpc_urls`` are asked for the chain head of ``/v1/status``; ``topology`` and
+    ``hubs`` are what ``/v1/topology`` draws (the agents' ``WGCHAIN_TOPOLOGY``/``HUBS``).
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
     lazy = _Lazy(client, keys, snapshot)
     fleet_metrics = CollectorRegistry(auto_describe=False)
     fleet_metrics.register(FleetCollector(snapshot, limits, lazy_live=lambda: _live(lazy)))
+    fleet = FleetReads(
+        lambda: snapshot.fleet([], limits=limits), lambda: lazy.get()[1], rpc_urls, topology, hubs
+    )
+    files = assets.load(auth=bool(token))
     document = msgspec.json.encode(openapi(version("wgchain"), auth=bool(token)))
 
     def access(request: Request) -> Response:
@@ -222,9 +240,6 @@ def create_app(
     def issues(request: Request) -> Response:
         return json_response(IssueList(issues=snapshot.issues()))
 
-    def status(request: Request) -> Response:
-        return json_response(snapshot.fleet([], limits=limits))
-
     def events(request: Request) -> Response:
         after = request.query_params.get("after", "0-0")
         if after == "0":
@@ -233,6 +248,24 @@ def create_app(
             raise InvalidArgument("after", "must be a stream id such as 1700000000000-0")
         limit = _int(request, "limit", EVENTS_PAGE[0], 1, EVENTS_PAGE[1])
         return json_response(Reads.events_of(client, keys, after, limit))
+
+    def status(request: Request) -> Response:
+        return json_response(fleet.status())
+
+    def topology_page(request: Request) -> Response:
+        return json_response(fleet.topology())
+
+    def history(request: Request) -> Response:
+        node_id = valid_node(request.path_params["node"])
+        limit = _int(request, "limit", HISTORY_ROWS[0], 1, HISTORY_ROWS[1])
+        return json_response(fleet.history(node_id, limit))
+
+    def dashboard_file(request: Request) -> Response:
+        name = request.path_params.get("name", assets.INDEX)
+        if name not in files:
+            return error(404, "no such dashboard file")
+        body, media_type = files[name]
+        return Response(body, media_type=media_type, headers=assets.HEADERS)
 
     def healthz(request: Request) -> Response:
         if health.REDIS.down() or not lazy.made:  # else the follower keeps the verdict fresh
@@ -249,20 +282,20 @@ def create_app(
 
     def readyz(request: Request) -> Response:
         try:
-            fleet = snapshot.fleet([], cap=max(limits.max_lag + 1, 1), limits=limits)
+            now = snapshot.fleet([], cap=max(limits.max_lag + 1, 1), limits=limits)
         except redis.RedisError as exc:
             why = f"Redis unreachable: {type(exc).__name__}"
             return json_response(Ready(ready=False, redis=False, max_lag=max_lag, detail=why), 503)
         body = Ready(
-            ready=not fleet.problems,
+            ready=not now.problems,
             redis=True,
             max_lag=limits.max_lag,
-            stages=fleet.stages,
-            detail="; ".join(p.message for p in fleet.problems),
-            problems=fleet.problems,
-            health=fleet.health,
+            stages=now.stages,
+            detail="; ".join(p.message for p in now.problems),
+            problems=now.problems,
+            health=now.health,
         )
-        return json_response(body, 503 if fleet.problems else 200)
+        return json_response(body, 503 if now.problems else 200)
 
     def metrics_page(request: Request) -> Response:
         page, content_type = metrics.render()
@@ -277,8 +310,12 @@ def create_app(
         "/v1/nodes/{node}": node,
         "/v1/hosts": hosts,
         "/v1/issues": issues,
-        "/v1/status": status,
         "/v1/events": events,
+        "/v1/status": status,
+        "/v1/topology": topology_page,
+        "/v1/nodes/{node}/history": history,
+        "/": dashboard_file,
+        ASSET_PREFIX + "{name}": dashboard_file,
         "/healthz": healthz,
         "/readyz": readyz,
         "/metrics": metrics_page,

@@ -27,6 +27,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 @click.command("api")
 @with_settings(
     "redis_url",
+    "rpc_url",
     "chain_id",
     "contract",
     "api_listen",
@@ -36,7 +37,8 @@ def split_listen(listen: str) -> tuple[str, int]:
     stage="api",
 )
 def api(cfg: Settings) -> None:
-    """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI).
+    """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI)
+    and the read-only dashboard at ``/``.
 
     It starts and serves while Redis is down (reads answer 503 until Redis is back).
     """
@@ -45,7 +47,15 @@ def api(cfg: Settings) -> None:
         raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
     client = client_for(cfg.redis_url)
     host, port = split_listen(cfg.api_listen)
-    app = create_app(client, keys, token=cfg.api_token, limits=Limits.of(cfg))
+    app = create_app(
+        client,
+        keys,
+        token=cfg.api_token,
+        limits=Limits.of(cfg),
+        rpc_urls=cfg.rpc_urls,
+        topology=cfg.topology,
+        hubs=cfg.hub_list,
+    )
     auth = "bearer token required" if cfg.api_token else "no token (open)"
     log.info(
         "API on http://{}:{} for {} via {}; {}", host, port, keys.tag, redacted(cfg.redis_url), auth

@@ -169,6 +169,8 @@ class FleetStatus(msgspec.Struct, kw_only=True):
     stages: list[StageInfo]
     hosts: list[HostInfo]
     counts: Counts
+    #: Newest entry of the ``peers`` stream: what a converged host has applied (None: empty).
+    peers_head: str | None = None
     #: Whether Redis holds anything for this network (False: wrong contract or chain id?).
     has_data: bool = True
     #: The current conflicts, anomalies and pending allocations.

@@ -278,6 +278,7 @@ class Snapshot:
             listener=info,
             stages=stages,
             hosts=self._hosts(hosts, cap, int(now_ms)),
+            peers_head=as_str(hosts[5][2]) if hosts[5][2] else None,
             counts=Counts(
                 conflicts=sum(i.kind == CONFLICT for i in current),
                 anomalies=sum(i.kind == ANOMALY for i in current),
