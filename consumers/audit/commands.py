@@ -21,8 +21,8 @@ from consumers.audit.streams import read_stream
 from consumers.audit.verify import Verify
 from consumers.ipam.allocate import IpamFold
 from producers.listener.rpc import RpcClient
-from shared.cmdline import with_settings
-from shared.errors import ChainError, SettingsError, WgchainError
+from shared.cmdline import with_chain_id, with_settings
+from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
 from shared.settings import Settings
@@ -148,7 +148,15 @@ def history(
 @click.option("--max-problems", type=click.IntRange(min=1), default=20, show_default=True,
               help="Problem lines shown per check.")  # fmt: skip
 @_WAIT
-@with_settings("redis_url", "rpc_url", "chain_id", "contract", "max_block_range", stage="audit")
+@with_settings(
+    "redis_url",
+    "rpc_url",
+    "chain_id",
+    "contract",
+    "max_block_range",
+    stage="audit",
+    ask_chain_id=False,  # asked through its RPC client (retries, failover)
+)
 def verify(
     cfg: Settings,
     from_block: int | None,
@@ -164,12 +172,7 @@ def verify(
     client = connect(cfg.redis_url)
     rpc = RpcClient(cfg.rpc_urls)
     try:
-        chain_id = rpc.chain_id()
-        if cfg.chain_id and cfg.chain_id != chain_id:
-            raise ChainError(
-                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
-            )
-        keys = Keys(chain_id, cfg.contract.lower())
+        keys = with_chain_id(cfg, rpc.chain_id).keys()
         show = enabled(cfg.log_json)
         checks = Verify(
             client,

@@ -101,6 +101,7 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     "listener_id",
     "metrics_port",
     stage="listener",
+    ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )
 def listen(cfg: Settings, networks: tuple[str, ...], verify_range: tuple[int, int] | None) -> None:
     """Append the contract's logs (final-enough blocks) to the events stream.

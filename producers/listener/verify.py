@@ -33,6 +33,7 @@ from producers.listener.decode import TOPIC0S, decode_log, log_ref
 from producers.listener.heads import split_urls
 from producers.listener.ranges import INITIAL_RANGE, RangeSizer
 from producers.listener.rpc import RpcClient
+from shared.cmdline import with_chain_id
 from shared.errors import ChainError, DecodeError, SettingsError
 from shared.events import AnyEntry, LogEntry, effective, from_fields
 from shared.keys import Keys
@@ -236,15 +237,10 @@ def check(cfg: Settings, first: int, last: int) -> int:
     rpc = RpcClient(split_urls(cfg.rpc_urls)[0])
     client = connect(cfg.redis_url)
     try:
-        chain_id = rpc.chain_id()
-        if cfg.chain_id and cfg.chain_id != chain_id:
-            raise ChainError(
-                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
-            )
+        keys = with_chain_id(cfg, rpc.chain_id).keys()
         head = rpc.block_number()
         if last > head:
             raise SettingsError("--verify-range", f"block {last} is after the chain's head {head}")
-        keys = Keys(chain_id, cfg.contract.lower())
         report = verify_range(rpc, client, keys, first, last, max_block_range=cfg.max_block_range)
     finally:
         rpc.close()
