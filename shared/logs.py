@@ -46,7 +46,7 @@ class _InterceptHandler(logging.Handler):
         )
 
 
-def brief(exc: BaseException) -> str:
+def brief(exc: BaseException, *, typed: bool = True) -> str:
     """``Type: reason`` of ``exc`` in one short line: no object reprs, no connection-pool dumps.
 
     A requests/urllib3 failure such as ``HTTPConnectionPool(host='h', port=1): Max retries
@@ -61,28 +61,43 @@ def brief(exc: BaseException) -> str:
     elif "ConnectionPool(" in text:
         pool = _POOL.search(text)
         cause = text.rsplit("Caused by ", 1)[-1].split("(", 1)[0] if "Caused by" in text else ""
-        text = (f"{pool.group(1)}:{pool.group(2)}" if pool else "") + (f": {cause}" if cause else "")
+        text = (f"{pool.group(1)}:{pool.group(2)}" if pool else "") + (
+            f": {cause}" if cause else ""
+        )
     text = _OBJECT_REPR.sub(lambda m: m.group(1).rsplit(".", 1)[-1], text)
     if len(text) > BRIEF_CHARS:
         text = text[: BRIEF_CHARS - 3] + "..."
     name = type(exc).__name__
+    if not typed and text:
+        return text
     return f"{name}: {text}" if text else name
 
 
-def retry_logger(stage: str, what: str) -> Callable[[RetryCallState], None]:
+def callee(fn: object) -> str:
+    """A short name of a retried callable: ``xread``, ``commit``, ``Lua script``."""
+    if fn is None:
+        return "?"
+    if type(fn).__name__ == "Script":  # redis-py's registered Lua script
+        return "Lua script"
+    return str(getattr(fn, "__name__", None) or type(fn).__name__)
+
+
+def retry_logger(stage: str, what: str, *, typed: bool = True) -> Callable[[RetryCallState], None]:
     """A tenacity ``before_sleep`` callback: one WARNING line per failed attempt.
 
     ``what`` names the operation (``"Redis call"``); the error is shown through
-    :func:`brief`, never the retried function's repr.
+    :func:`brief` (without its type when ``typed`` is false: messages already made for
+    people), never the retried function's repr.
     """
     bound = log.bind(stage=stage)
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         bound.warning(
-            "{} failed ({}); attempt {}, retrying in {:.1f}s",
+            "{} ({}) failed ({}); attempt {}, retrying in {:.1f}s",
             what,
-            brief(exc) if exc is not None else "no result",
+            callee(state.fn),
+            brief(exc, typed=typed) if exc is not None else "no result",
             state.attempt_number,
             state.upcoming_sleep,
         )
@@ -121,4 +136,4 @@ def std_logger(name: str) -> logging.Logger:
 
 log.configure(extra={"stage": "wgchain"})
 
-__all__ = ["brief", "log", "retry_logger", "setup", "std_logger"]
+__all__ = ["brief", "callee", "log", "retry_logger", "setup", "std_logger"]

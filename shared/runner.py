@@ -24,6 +24,7 @@ from shared.settings import Settings
 
 StageFn = Callable[[Settings, threading.Event], None]
 
+
 def load_stages(names: list[str] | None = None) -> dict[str, StageFn]:
     found = {ep.name: ep for ep in entry_points(group="wgchain.stages")}
     wanted = names or ["listener", "registry", "ipam"]
