@@ -66,3 +66,7 @@ class LogRangeError(ChainError):
 
 class KeyFileError(WgchainError):
     """Raised when a private key file is missing, malformed, readable by others, or exists already."""
+
+
+class UnsupportedRedis(WgchainError):
+    """Raised when the Redis server lacks a feature a command needs (e.g. ACL ``%R~`` needs 7.0)."""
