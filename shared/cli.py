@@ -24,6 +24,7 @@ import click
 
 from shared import logs
 from shared.errors import SettingsError, WgchainError
+from shared.validate import printable
 
 #: Exit code of a bad setting or argument.
 EXIT_USAGE: Final = 2
@@ -169,7 +170,7 @@ def _usage_message(exc: click.UsageError) -> str:
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"wgchain: {message}", err=True)
+    click.echo(f"wgchain: {printable(message)}", err=True)
     sys.exit(code)
 
 
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(f"{_usage_message(exc)} (see {where} --help)", exc.exit_code)
     except click.ClickException as exc:
         if type(exc).show is not click.ClickException.show:  # it prints its own line
+            exc.message = printable(exc.message)
             exc.show()
             sys.exit(exc.exit_code)
         _fail(exc.format_message(), exc.exit_code)

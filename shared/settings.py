@@ -305,18 +305,21 @@ def load(
             with open(config_file, "rb") as fh:
                 table = tomllib.load(fh)
         except OSError as exc:
-            raise SettingsError("--config", f"cannot read {config_file}: {exc.strerror}") from None
+            shown = validate.printable(str(config_file))
+            raise SettingsError("--config", f"cannot read {shown}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError("--config", f"{config_file} is not valid TOML: {exc}") from None
+            shown = validate.printable(str(config_file))
+            raise SettingsError("--config", f"{shown} is not valid TOML: {exc}") from None
         table = table.get("wgchain", table)
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in FIELDS:
                 close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]}?)" if close else ""
-                raise SettingsError(f"{key} in {config_file}", f"unknown setting{hint}")
+                where = validate.printable(f"{key} in {config_file}")
+                raise SettingsError(where, f"unknown setting{hint}")
             merged[name] = value
-            origin[name] = f"{key} in {config_file}"
+            origin[name] = validate.printable(f"{key} in {config_file}")
     for field in FIELDS:
         if env_name(field) in environ:
             merged[field] = environ[env_name(field)]

@@ -86,6 +86,11 @@ def wg_key_problem(key: str) -> str | None:
     return f"{shown} is the all-zero key, which WireGuard never accepts as a peer"
 
 
+def printable(text: str) -> str:
+    """``text`` on one line: every unprintable character escaped (``\\n``, ``\\x7f``), none cut."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def excerpt(value: str) -> str:
     """A short, escaped, single-line rendering of a possibly hostile string, safe for logs."""
     shown = value[:EXCERPT_CHARS]

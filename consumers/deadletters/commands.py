@@ -107,7 +107,7 @@ def list_(cfg: Settings, stage: str | None, limit: int, as_json: bool) -> None:
 
 
 @deadletters.command("show")
-@click.argument("ident")
+@click.argument("ident", help="The dead letter's id (as `deadletters list` prints it).")
 @click.option("--stage", type=_STAGE, help="Look only in this stage's dead letters.")
 @click.option("--full", is_flag=True, help=f"Print whole fields (else {SHOW_CHARS} characters).")
 @_JSON
@@ -136,7 +136,7 @@ def show(cfg: Settings, ident: str, stage: str | None, full: bool, as_json: bool
 
 
 @deadletters.command("retry")
-@click.argument("idents", nargs=-1)
+@click.argument("idents", nargs=-1, help="Dead-letter ids (or --all).")
 @click.option("--all", "every", is_flag=True, help="Every dead letter (of --stage, or of all).")
 @click.option("--stage", type=click.Choice(REDRIVABLE), help="Only this stage.")
 @click.option("--wait", type=click.FloatRange(0), default=10.0, show_default=True,

@@ -148,7 +148,7 @@ def mint(
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1))
+@click.argument("token_id", type=click.IntRange(min=1), help="The token to revoke.")
 @_chain_options
 def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: int) -> None:
     """Revoke a token (its holder or the contract owner)."""
@@ -168,7 +168,7 @@ def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1))
+@click.argument("token_id", type=click.IntRange(min=1), help="The token to transfer.")
 @click.option(
     "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
 )
@@ -195,7 +195,7 @@ def transfer(
 
 
 @contract.command("set-key")
-@click.argument("key")
+@click.argument("key", help="The new WireGuard public key (as `wg pubkey` prints it).")
 @_FORCE
 @_chain_options
 def set_key(
