@@ -198,7 +198,6 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(f"{_usage_message(exc)} (see {where} --help)", exc.exit_code)
     except click.ClickException as exc:
         if type(exc).show is not click.ClickException.show:  # it prints its own line
-            exc.message = printable(exc.message)
             exc.show()
             sys.exit(exc.exit_code)
         _fail(exc.format_message(), exc.exit_code)

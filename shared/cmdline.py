@@ -76,7 +76,7 @@ def setting_help(name: str, docs: dict[str, str] | None = None) -> str:
 
 def _option(name: str, docs: dict[str, str]) -> Callable[[F], F]:
     default = getattr(Settings(), name)
-    kind: click.ParamType = click.STRING
+    kind: click.ParamType[Any] = click.STRING
     if isinstance(default, bool):
         kind = click.BOOL
     elif isinstance(default, int):

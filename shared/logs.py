@@ -82,21 +82,23 @@ def callee(fn: object) -> str:
     return str(getattr(fn, "__name__", None) or type(fn).__name__)
 
 
-def retry_logger(stage: str, what: str, *, typed: bool = True) -> Callable[[RetryCallState], None]:
+def retry_logger(
+    stage: str, what: str, *, typed: bool = True, named: bool = True
+) -> Callable[[RetryCallState], None]:
     """A tenacity ``before_sleep`` callback: one WARNING line per failed attempt.
 
     ``what`` names the operation (``"Redis call"``); the error is shown through
     :func:`brief` (without its type when ``typed`` is false: messages already made for
-    people), never the retried function's repr.
+    people), never the retried function's repr; ``named`` adds its short name
+    (:func:`callee`).
     """
     bound = log.bind(stage=stage)
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         bound.warning(
-            "{} ({}) failed ({}); attempt {}, retrying in {:.1f}s",
-            what,
-            callee(state.fn),
+            "{} failed ({}); attempt {}, retrying in {:.1f}s",
+            f"{what} ({callee(state.fn)})" if named else what,
             brief(exc, typed=typed) if exc is not None else "no result",
             state.attempt_number,
             state.upcoming_sleep,

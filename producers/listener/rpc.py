@@ -141,7 +141,7 @@ rpc_retry: Final = Retrying(
     wait=_backoff(RPC_BACKOFF, RPC_MAX_BACKOFF),
     stop=stop_before_delay(RPC_RETRY_SECONDS) | shutdown.requested,
     sleep=shutdown.sleep,
-    before_sleep=retry_logger("rpc", "RPC call", typed=False),  # messages name the URL
+    before_sleep=retry_logger("rpc", "RPC call", typed=False, named=False),  # names the URL
     reraise=True,
 )
 

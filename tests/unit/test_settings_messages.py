@@ -32,7 +32,9 @@ def _error(**kwargs: object) -> str:
         ("WGCHAIN_RECONCILE_INTERVAL", "0", "invalid setting WGCHAIN_RECONCILE_INTERVAL: must be a positive"),
     ],
 )  # fmt: skip
-def test_a_bad_variable_is_one_human_line_naming_it(variable: str, value: str, message: str) -> None:
+def test_a_bad_variable_is_one_human_line_naming_it(
+    variable: str, value: str, message: str
+) -> None:
     assert _error(environ={variable: value}).startswith(message)
 
 
