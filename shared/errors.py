@@ -29,6 +29,22 @@ class SettingsError(WgchainError):
         return self.setting.startswith("-")
 
 
+class BadArgument(SettingsError):
+    """Raised when a command-line argument is malformed: ``<name>: <problem>``, exit 2.
+
+    ``name`` is the argument as the help shows it (``IDENT``, ``--until``).
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        WgchainError.__init__(self, f"{name}: {message}")
+        self.setting = name
+        self.problem = message
+
+    @property
+    def is_argument(self) -> bool:
+        return True
+
+
 class DecodeError(WgchainError):
     """Raised when a stream entry or a chain log cannot be decoded."""
 
