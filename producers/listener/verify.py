@@ -21,6 +21,8 @@ through :func:`~shared.validate.excerpt`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -228,8 +230,9 @@ def _describe(entry: LogEntry) -> str:
     return f"{type(event).__name__} {who}"
 
 
-def check(cfg: Settings, first: int, last: int) -> int:
-    """Run the check for ``cfg``'s contract, print its lines; the exit code (0: identical)."""
+def check(cfg: Settings, first: int, last: int, as_json: bool = False) -> int:
+    """Run the check for ``cfg``'s contract, print its lines (or one JSON document); the exit
+    code (0: identical)."""
     if not cfg.contract:
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     if first > last:
@@ -245,6 +248,10 @@ def check(cfg: Settings, first: int, last: int) -> int:
     finally:
         rpc.close()
         client.close()
+    if as_json:
+        document = {"ok": report.ok, "summary": report.summary(), **dataclasses.asdict(report)}
+        click.echo(json.dumps(document, sort_keys=True))
+        return 0 if report.ok else 1
     for finding in report.findings:
         click.echo(str(finding))
     click.echo(report.summary())

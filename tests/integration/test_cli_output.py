@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from shared.contract.client import AccessNFT
 from shared.devnet.anvil import Anvil
 from shared.devnet.proc import free_port, wait_for
 from shared.devnet.redis_server import RedisServer
@@ -141,3 +142,38 @@ def test_deadletters_list_and_show_speak_json(
     shown = run(["deadletters", "show", letter["id"], "--json"], env(redis_server))
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["fields"] == {"junk": "\\xff\\n[Peer]"}
+
+
+def test_the_verify_commands_speak_json(
+    redis_server: RedisServer, anvil: Anvil, nft: AccessNFT
+) -> None:
+    keys = Keys(31337, nft.address.lower())
+    environ = env(redis_server, WGCHAIN_RPC_URL=anvil.url, WGCHAIN_CONTRACT=nft.address)
+    head = anvil.block_number()
+    clean = run(["listen", "--verify-range", "0", str(head), "--json"], environ)
+    assert clean.returncode == 0, clean.stderr
+    report = json.loads(clean.stdout)
+    assert (report["ok"], report["on_chain"], report["in_stream"], report["findings"]) == (
+        True,
+        0,
+        0,
+        [],
+    )
+
+    client = redis.Redis.from_url(redis_server.url)
+    event = NodeAccessGranted(1, "node-a", "0x" + "ab" * 20, "A" * 43 + "=")
+    forged = LogEntry(31337, keys.contract, head, "0x" + "11" * 32, "0x01", 0, 1_700_000_000, event)
+    client.xadd(keys.events, to_fields(forged.with_digest(GENESIS_DIGEST)))  # type: ignore[arg-type]
+    client.close()
+    found = run(["listen", "--verify-range", "0", str(head), "--json"], environ)
+    assert found.returncode == 1
+    report = json.loads(found.stdout)
+    assert report["ok"] is False
+    assert [f["kind"] for f in report["findings"]] == ["extra"]
+
+    audited = run(["audit", "verify", "--json", "--wait", "1"], environ)
+    assert audited.returncode == 0, audited.stderr  # no listener cursor yet: nothing to hold
+    document = json.loads(audited.stdout)
+    assert document["ok"] is True
+    assert [c["name"] for c in document["checks"]][-1] == "contract views"
+    assert all(set(c) == {"name", "summary", "problems"} for c in document["checks"])
