@@ -193,6 +193,9 @@ def main(argv: list[str] | None = None) -> Any:
         return result
     except click.exceptions.Abort:
         _fail("aborted", EXIT_FAILURE)
+    except click.exceptions.NoArgsIsHelpError as exc:  # `wgchain`, `wgchain audit`: the help
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:  # one line, not click's usage block
         where = exc.ctx.command_path if exc.ctx else obj.get("path", path)
         _fail(f"{_usage_message(exc)} (see {where} --help)", exc.exit_code)

@@ -93,7 +93,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not self.contract:
             raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
         if self.chain_id <= 0:
-            raise SettingsError("WGCHAIN_CHAIN_ID", "required (a positive chain id)")
+            raise SettingsError(
+                "WGCHAIN_CHAIN_ID", "required (a positive chain id; this command has no RPC URL)"
+            )
         return Keys(self.chain_id, self.contract.lower())
 
     def finality_rule(self) -> int | str:

@@ -102,3 +102,12 @@ def test_help_to_a_full_disk_is_one_line() -> None:
         )  # fmt: skip
     assert res.returncode == 1
     assert lines(res.stderr) == ["wgchain: cannot write the output: No space left on device"]
+
+
+@pytest.mark.parametrize("argv", [[], ["audit"], ["contract"]])
+def test_a_group_without_its_command_shows_its_help(argv: list[str]) -> None:
+    res = run(*argv)
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"Usage: {' '.join(['wgchain', *argv])} [OPTIONS] COMMAND")
+    assert "\nCommands:\n" in res.stderr
+    assert "\\n" not in res.stderr
