@@ -48,6 +48,7 @@ _EMPTY_DEFAULTS: Final = {
 }
 
 
+@functools.cache
 def field_docs() -> dict[str, str]:
     """Each setting's meaning: the ``#:`` comment above its field in :class:`Settings`."""
     docs: dict[str, str] = {}
