@@ -111,6 +111,20 @@ def retry_logger(
 LEVEL = "INFO"
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (a sink never keeps a stale stream:
+    a command run in-process by a test, whose captured stderr is closed afterwards)."""
+
+    def write(self, text: str) -> None:
+        sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def setup(level: str = "INFO", json: bool = False, stage: str = "wgchain") -> None:
     """Configure the process-wide logger once (stderr)."""
     global LEVEL  # noqa: PLW0603 - one process-wide logger
@@ -118,10 +132,10 @@ def setup(level: str = "INFO", json: bool = False, stage: str = "wgchain") -> No
     log.remove()
     log.configure(extra={"stage": stage})
     if json:
-        log.add(sys.stderr, level=level.upper(), serialize=True, backtrace=False, diagnose=False)
+        log.add(_Stderr(), level=level.upper(), serialize=True, backtrace=False, diagnose=False)
     else:
         log.add(
-            sys.stderr,
+            _Stderr(),
             level=level.upper(),
             format=_HUMAN_FORMAT,
             colorize=None,
