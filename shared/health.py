@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
-from shared.logs import log
+from shared.logs import brief, log
 
 #: Seconds between two "still unreachable" lines while an outage lasts.
 REMIND_EVERY: Final = 60.0
@@ -177,7 +177,7 @@ def verdict(outages: tuple[Outage, ...] = (REDIS, RPC)) -> Verdict:
 
 
 def _one_line(error: object) -> str:
-    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    text = brief(error) if isinstance(error, BaseException) else str(error)
     return " ".join(text.split())[:300]
 
 

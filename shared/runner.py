@@ -8,46 +8,34 @@ streams, exactly as when they run as separate processes.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
 
 import click
 import msgspec
-import requests
 
 from shared import health, metrics
-from shared.cmdline import stop_event, with_settings
+from shared.cmdline import stop_event, with_chain_id, with_settings
 from shared.devnet.redis_server import RedisServer
-from shared.errors import ChainError, ServiceUnavailable, SettingsError, WgchainError
+from shared.errors import ServiceUnavailable, SettingsError, WgchainError
 from shared.logs import log
 from shared.redis_log import keep_going
 from shared.settings import Settings
 
 StageFn = Callable[[Settings, threading.Event], None]
 
-#: Seconds to wait for the chain id from the RPC node.
-CHAIN_ID_TIMEOUT = 10.0
 
-
-def chain_id_of(rpc_url: str) -> int:
-    """Ask an RPC node for its chain id (used when WGCHAIN_CHAIN_ID is not set).
-
-    :class:`ServiceUnavailable` when the node does not answer (``run`` waits for it),
-    :class:`ChainError` when its answer is not a chain id.
-    """
-    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
+def _served_chain_id(cfg: Settings) -> Settings:
+    """``cfg`` with the chain id the RPC node serves, its failures told to ``health.RPC``."""
     try:
-        resp = requests.post(rpc_url, json=body, timeout=CHAIN_ID_TIMEOUT)
-    except requests.RequestException as exc:
-        health.RPC.failed(f"eth_chainId: {type(exc).__name__}")
-        raise ServiceUnavailable(f"cannot read eth_chainId from the RPC node: {exc}") from exc
-    try:
-        chain_id = int(msgspec.json.decode(resp.content)["result"], 16)
-    except (KeyError, TypeError, ValueError, msgspec.DecodeError) as exc:
-        raise ChainError(f"cannot read eth_chainId from the RPC node: {exc}") from exc
+        found = with_chain_id(cfg)
+    except ServiceUnavailable as exc:
+        health.RPC.failed(exc)
+        raise
     health.RPC.ok()
-    return chain_id
+    return found
 
 
 def load_stages(names: list[str] | None = None) -> dict[str, StageFn]:
@@ -106,22 +94,23 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
     "metrics_port",
     "metrics_listen",
     stage="run",
+    ask_chain_id=False,  # asked below, waiting for the RPC node if need be
 )
 def run(cfg: Settings) -> None:
     """Run listener, registry and ipam in one process (embedded Redis when no URL is set).
 
-    Outages of Redis or the RPC node, at start-up or later, are waited out.
+    The chain id, when not set, is asked from the RPC node. Outages of Redis or the RPC
+    node, at start-up or later, are waited out.
     """
     stop = stop_event()
     metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     if cfg.chain_id == 0:
         if not cfg.contract:  # fail before any wait
             raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
-        calls = [u for u in cfg.rpc_urls if u.startswith("http")] or cfg.rpc_urls  # not ws(s)
-        chain_id = keep_going(lambda: chain_id_of(calls[0]), stop)
-        if chain_id is None:
+        served = keep_going(functools.partial(_served_chain_id, cfg), stop)
+        if served is None:
             return
-        cfg = msgspec.structs.replace(cfg, chain_id=chain_id)
+        cfg = served
     cfg.keys()  # validates contract and chain id before anything starts
     embedded: RedisServer | None = None
     if not cfg.redis_url:

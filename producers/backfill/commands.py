@@ -39,8 +39,8 @@ from producers.listener.listener import open_listener
 from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
 from shared import health, metrics
-from shared.cmdline import stop_event, with_settings
-from shared.errors import ChainError, SettingsError, WgchainError
+from shared.cmdline import stop_event, with_chain_id, with_settings
+from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import connect, keep_going
@@ -80,6 +80,7 @@ def _require_contract(cfg: Settings) -> None:
     "finality",
     "max_block_range",
     stage="backfill",
+    ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )
 def backfill(
     cfg: Settings,
@@ -312,6 +313,7 @@ class _RqOutageLines(logging.Filter):
     "metrics_port",
     "metrics_listen",
     stage="worker",
+    ask_chain_id=False,  # asked through its RPC client (retries, failover), waiting for it
 )
 def worker(cfg: Settings, burst: bool) -> None:
     """Run an rq worker for this network's backfill jobs (any number, on any machine).
@@ -329,13 +331,10 @@ def worker(cfg: Settings, burst: bool) -> None:
     quiet = _RqOutageLines()
     rq_lines.addFilter(quiet)
     try:
-        chain_id = keep_going(rpc.chain_id, stop)
-        if chain_id is None:
+        served = keep_going(functools.partial(with_chain_id, cfg, rpc.chain_id), stop)
+        if served is None:
             return
-        if cfg.chain_id and cfg.chain_id != chain_id:
-            raise ChainError(
-                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
-            )
+        chain_id = served.chain_id
         keys = Keys(chain_id, cfg.contract.lower())
         configure(WorkerContext(client, rpc, chain_id, keys.contract, cfg.max_block_range))
         queue = queue_for(client, keys)

@@ -100,6 +100,7 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     help="With --verify-range: give up (one line, exit 1) when an RPC call gets no answer "
     "within SECONDS, retries included.",
 )
+@click.option("--json", "as_json", is_flag=True, help="With --verify-range: one JSON document.")
 @with_settings(
     "redis_url",
     "rpc_url",
@@ -115,12 +116,14 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     "metrics_port",
     "metrics_listen",
     stage="listener",
+    ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )
 def listen(
     cfg: Settings,
     networks: tuple[str, ...],
     verify_range: tuple[int, int] | None,
     timeout: float,
+    as_json: bool,
 ) -> None:
     """Append the contract's logs (final-enough blocks) to the events stream.
 
@@ -128,7 +131,8 @@ def listen(
     the others stand by (and spread the leases of several networks among them).
     """
     if verify_range:
-        click.get_current_context().exit(verify.check(cfg, *verify_range, timeout=timeout))
+        code = verify.check(cfg, *verify_range, timeout=timeout, as_json=as_json)
+        click.get_current_context().exit(code)
     stop = stop_event()
     metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     stage(cfg, stop, [parse_network(n) for n in networks])
