@@ -64,8 +64,9 @@ def api(cfg: Settings) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level=level, access_log=False, log_config=None
     )
-    stop_event()  # uvicorn re-raises SIGTERM after its graceful stop: then only log it, exit 0
+    stop = stop_event()  # uvicorn re-raises SIGTERM after its graceful stop: only log it, exit 0
     try:
-        uvicorn.Server(config).run()
+        if not stop.is_set():  # a stop asked for before serving: nothing to serve
+            uvicorn.Server(config).run()
     finally:
         client.close()

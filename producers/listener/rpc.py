@@ -50,7 +50,7 @@ from producers.listener.decode import BlockHeader, header, quantity
 from producers.listener.ranges import RangeSizer
 from shared import health, shutdown
 from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
-from shared.logs import log
+from shared.logs import brief, log
 from shared.validate import excerpt
 
 #: Seconds one HTTP request may wait (to connect, for the next bytes, for the whole reply).
@@ -123,11 +123,16 @@ def endpoint(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+def _reason(state: RetryCallState) -> str:
+    """Why an attempt failed, in the words made for people (``http://host:port: HTTP 503``)."""
+    exc = state.outcome.exception() if state.outcome else None
+    return brief(exc, typed=False) if exc is not None else "no result"
+
+
 def _log_retry(state: RetryCallState) -> None:
     """One failed attempt, for :data:`health.RPC` (it logs when failures start, once a
     minute while they last, and when the RPC answers again; not every attempt)."""
-    exc = state.outcome.exception() if state.outcome else None
-    health.RPC.failed(exc)
+    health.RPC.failed(_reason(state))
 
 
 def _backoff(first: float, longest: float) -> Callable[[RetryCallState], float]:
@@ -183,9 +188,7 @@ class RpcClient:
         self._retry = rpc_retry.copy(
             wait=_backoff(backoff, max_backoff),
             stop=stop_before_delay(retry_seconds) | shutdown.requested,
-            before_sleep=lambda state: outage.failed(
-                state.outcome.exception() if state.outcome else None
-            ),
+            before_sleep=lambda state: outage.failed(_reason(state)),
         )
         self._index = 0
         self._ids = itertools.count(1)
@@ -225,7 +228,7 @@ class RpcClient:
         try:
             result = self._retry(attempt)
         except (_Transient, _Unusable) as exc:
-            self.outage.failed(exc)
+            self.outage.failed(brief(exc, typed=False))
             raise ServiceUnavailable(f"no RPC endpoint answered {what}: {exc}") from None
         self.outage.ok()
         return result
