@@ -84,8 +84,7 @@ class Pending(msgspec.Struct, frozen=True):
 
     seq: int
     public_key: str
-    #: ``events`` entry that made it wait, and its block ("" / 0: from before they were kept).
-    cause: str = ""
+    #: Block of the change that made it wait (0: from before it was kept).
     block: int = 0
 
 
@@ -353,7 +352,7 @@ class _Step:
             return
         offset = self.fold.place(state, node_id)
         if offset is None:
-            self._set_pending(node_id, Pending(state.seq, key, self.origin, self.block))
+            self._set_pending(node_id, Pending(state.seq, key, self.block))
             state.seq += 1
             state.dirty.add(META_FIELD)
             self.out.append(AllocationPending(node_id, self.cause, self.origin, self.block))
@@ -420,7 +419,7 @@ def pending_issues(state: IpamState) -> bytes | None:
         return None
     return msgspec.json.encode(
         [
-            Issue(kind=PENDING, reason="pool-exhausted", node=node, cause=p.cause, block=p.block)
+            Issue(kind=PENDING, reason="pool-exhausted", node=node, block=p.block)
             for node, p in state.pending.items()
         ]
     )

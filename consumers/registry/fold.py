@@ -157,6 +157,7 @@ class RegistryFold:
         if not isinstance(entry, LogEntry):
             raise TypeError(f"registry folds LogEntry, not {type(entry).__name__}")
         step = _Step(state, entry_id, entry.block_number)
+        step.source = (entry.tx_hash, entry.log_index)  # the cause of issues it starts
         event = entry.event
         if isinstance(event, NodeAccessGranted):
             step.granted(event)
@@ -210,6 +211,8 @@ class _Step:
         self.state = state
         self.cause = cause
         self.block = block_number
+        #: (tx hash, log index) of the event: the chain's name for it, the same in any replay.
+        self.source: tuple[str, int | None] = ("", None)
         self.notes: list[RegistryChange] = []
         self.affected: set[str] = set()
         self.transfer = False
@@ -313,7 +316,7 @@ class _Step:
                     "duplicate-key", node, new.token_id, winner, self.cause, self.block
                 )
                 self.notes.append(conflict)
-        issues.track(state, nodes_set, self.cause, self.block)
+        issues.track(state, nodes_set, self.source, self.block)
         return self.notes + left + changed + joined
 
     def _reason(self, status: Status | None) -> str:

@@ -2,9 +2,11 @@
 
 After each event the fold calls :func:`track` with the nodes the event affected;
 each node's issues are recomputed from the state (:func:`node_issues`), and an issue
-that was already there keeps the ``events`` entry that first caused it. They are
-persisted in one field of the state hash (:data:`ISSUES_FIELD`), so a status reads
-the current ones with one ``HGET`` however long the history is.
+that was already there keeps the contract log that first caused it, named as the
+chain names it (block, transaction hash, log index: the same in any replay of the
+log, whatever its stream ids). They are persisted in one field of the state hash
+(:data:`ISSUES_FIELD`), so a status reads the current ones with one ``HGET`` however
+long the history is.
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ def node_issues(state: RegistryState, node: str) -> list[_Found]:
     return found
 
 
-def track(state: RegistryState, nodes: Iterable[str], cause: str, block: int) -> None:
-    """Recompute the issues of ``nodes`` after the event ``cause`` (of block ``block``)."""
+def track(
+    state: RegistryState, nodes: Iterable[str], source: tuple[str, int | None], block: int
+) -> None:
+    """Recompute the issues of ``nodes`` after the log ``source`` (tx hash, log index) of
+    block ``block``."""
+    cause, log_index = source
     for node in nodes:
         old = state.issues.get(node, ())
         found = node_issues(state, node)
@@ -76,6 +82,7 @@ def track(state: RegistryState, nodes: Iterable[str], cause: str, block: int) ->
                     winner_token_id=winner,
                     cause=cause,
                     block=block,
+                    log_index=log_index,
                     detail=detail,
                 )
             elif (issue.winner_token_id, issue.detail) != (winner, detail):
@@ -92,7 +99,7 @@ def track(state: RegistryState, nodes: Iterable[str], cause: str, block: int) ->
 
 def everything(state: RegistryState) -> None:
     """Issues of every node, with no known cause (state persisted before issues were kept)."""
-    track(state, sorted(state.node_tokens), "", 0)
+    track(state, sorted(state.node_tokens), ("", None), 0)
 
 
 def encode(state: RegistryState) -> bytes | None:

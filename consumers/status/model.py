@@ -27,7 +27,7 @@ EXIT_CODES: Final = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
 
 
 class Issue(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """Something wrong with one node right now, and the ``events`` entry that caused it.
+    """Something wrong with one node right now, and the contract log that caused it.
 
     * ``conflict``: ``duplicate-node`` (a second active token names the node; the
       lowest one, ``winner_token_id``, keeps it) or ``duplicate-key`` (the node's key
@@ -49,11 +49,14 @@ class Issue(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     token_id: int | None = None
     #: The token that keeps the node (``duplicate-node``).
     winner_token_id: int | None = None
-    #: Id of the ``events`` entry that caused it ("" when unknown: state from before issues
-    #: were tracked).
+    #: Hash of the transaction whose contract log caused it ("" when unknown: a pending
+    #: allocation, or state from before issues were kept). A chain fact, so a replay of the
+    #: log gives the same issue.
     cause: str = ""
-    #: Block of that entry.
+    #: Block of that log (for a pending allocation: of the change that made it wait) ...
     block: int = 0
+    #: ... and its index in the block.
+    log_index: int | None = None
     #: One escaped line of detail (e.g. the invalid key, as an excerpt).
     detail: str = ""
 

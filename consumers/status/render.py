@@ -111,7 +111,10 @@ def _issue_line(issue: Issue) -> Text:
     if issue.detail:
         parts.append(excerpt(issue.detail))
     if issue.cause:
-        parts.append(f"since block {issue.block} (events {issue.cause})")
+        log = "" if issue.log_index is None else f", log {issue.log_index}"
+        parts.append(f"since block {issue.block} (tx {excerpt(issue.cause)}{log})")
+    elif issue.block:
+        parts.append(f"since block {issue.block}")
     return Text(", ".join(parts))
 
 

@@ -106,12 +106,13 @@ def test_status_reports_the_whole_fleet(
     applied = agent.applied_position
 
     granted: Any = client.xrange(keys.events)
-    cause = {from_fields(f).event.node_id: i.decode() for i, f in granted[:5]}  # type: ignore[union-attr]
-    found = {(i.kind, i.reason, i.node, i.cause) for i in Snapshot(client, keys).issues()}
+    logs = [from_fields(f) for _, f in granted[:5]]
+    cause = {e.event.node_id: (e.tx_hash, e.block_number) for e in logs}  # type: ignore[union-attr]
+    found = {(i.kind, i.reason, i.node, i.cause, i.block) for i in Snapshot(client, keys).issues()}
     assert found == {
-        ("conflict", "duplicate-key", "node-d", cause["node-d"]),  # node-b keeps the key
-        ("anomaly", "invalid-key", "node-e", cause["node-e"]),
-        ("pending", "pool-exhausted", "node-c", cause["node-c"]),
+        ("conflict", "duplicate-key", "node-d", *cause["node-d"]),  # node-b keeps the key
+        ("anomaly", "invalid-key", "node-e", *cause["node-e"]),
+        ("pending", "pool-exhausted", "node-c", "", cause["node-c"][1]),
     }
 
     nft.revoke(revoke_me)  # the agent is not running any more: it falls behind
