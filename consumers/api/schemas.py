@@ -9,6 +9,7 @@ import msgspec
 from consumers.access.decide import REASONS, Decision
 from consumers.status.model import FleetStatus, HostInfo, Issue, Problem, StageInfo
 from shared.events import LogEntry, Retracted
+from shared.reasons import MEANINGS
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -48,7 +49,8 @@ class NodeSummary(msgspec.Struct, kw_only=True):
     member: bool
     #: It is a member with a valid key that won every conflict: it has a WireGuard peer.
     live: bool
-    #: Why it is not live: ``no-key``, ``invalid-key``, ``key-conflict``, ``revoked`` ("" if live).
+    #: Why it is not live: ``no-key``, ``invalid-key``, ``key-conflict``, ``revoked`` ("" if
+    #: live; every reason is in the README's table).
     reason: str
     token_id: int | None = None
     owner: str | None = None
@@ -56,6 +58,9 @@ class NodeSummary(msgspec.Struct, kw_only=True):
     public_key: str | None = None
     ipv4: str | None = None
     ipv6: str | None = None
+    #: Its host: ``online``, ``stale`` (silent for over 3 reconcile intervals), ``silent``
+    #: (announced, never reported) or ``absent`` (None: not looked at).
+    host_state: str | None = None
 
 
 class NodeList(msgspec.Struct, kw_only=True):
@@ -229,11 +234,20 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             **unavailable,
         ),
         "/v1/nodes": get(
-            "Every node a token ever named, by id, in pages.",
+            "Every node a token ever named, by id, in pages, with its host's state; the "
+            "filters of `wgchain nodes`.",
             _json(ref["NodeList"], "a page of nodes"),
             [
                 _param("after", "node id to start after", {"type": "string"}),
                 _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                _param("live", "true: live members only; false: the others", {"type": "boolean"}),
+                _param("host_offline", "true: nodes whose host is not online", {"type": "boolean"}),
+                _param("owner", "tokens of this 0x address only", {"type": "string"}),
+                _param(
+                    "search",
+                    "text in the node id, address, key, owner or reason",
+                    {"type": "string", "maxLength": 100},
+                ),
             ],
             **bad,
             **unavailable,
@@ -322,7 +336,11 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
         "info": {
             "title": "wgchain",
             "version": version,
-            "description": "Reads of the wgchain pipeline. Access reasons: " + ", ".join(REASONS),
+            "description": "Reads of the wgchain pipeline. Access reasons: "
+            + ", ".join(REASONS)
+            + ". Every code, with its meaning: "
+            + "; ".join(f"{code}: {text}" for code, text in MEANINGS.items())
+            + ".",
         },
         "paths": paths,
         "components": {"schemas": components},

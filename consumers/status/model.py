@@ -146,6 +146,8 @@ class HostInfo(msgspec.Struct, kw_only=True):
     held: bool | None = None
     #: Silent for more than 3 reconcile intervals.
     stale: bool = False
+    #: The public key of the host's own private key, as its agent reports it ("" unknown).
+    public_key: str = ""
     #: Seconds the oldest ``peers`` entry it has not applied has waited (0: none waits).
     waiting_seconds: float = 0.0
 

@@ -359,6 +359,7 @@ def _host(node: str, fields: dict[str, str], lag: int, cap: int, peers_tail: str
         applied_block=_int(fields.get("applied_block")),
         handshake_latest=_float(fields.get("handshake_latest")),
         held=None if held is None else held.strip().lower() in {"1", "true", "yes"},
+        public_key=fields.get("public_key", ""),
     )
 
 
