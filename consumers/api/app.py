@@ -42,6 +42,8 @@ from consumers.api.fleet import FleetReads
 from consumers.api.reads import NotFound, Reads
 from consumers.api.schemas import ErrorBody, Health, HostList, IssueList, Ready, openapi
 from consumers.dashboard import assets
+from consumers.nodes.diagnose import diagnose
+from consumers.nodes.gather import node_facts
 from consumers.nodes.listing import Filter
 from consumers.status.exporter import FleetCollector
 from consumers.status.health import Limits
@@ -224,12 +226,14 @@ def create_app(
     rpc_urls: Sequence[str] = (),
     topology: str = "mesh",
     hubs: Sequence[str] = (),
+    endpoint_template: str = "",
 ) -> Starlette:
     """The API for one network; the registry follower runs while the app is served.
 
     ``limits`` are the thresholds of ``/readyz`` (default: ``Limits(max_lag=max_lag)``);
     ``rpc_urls`` are asked for the chain head of ``/v1/status``; ``topology`` and
-    ``hubs`` are what ``/v1/topology`` draws (the agents' ``WGCHAIN_TOPOLOGY``/``HUBS``).
+    ``hubs`` are what ``/v1/topology`` draws (the agents' ``WGCHAIN_TOPOLOGY``/``HUBS``),
+    and, with ``endpoint_template``, what ``/v1/nodes/{node}/diagnosis`` reasons with.
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
@@ -271,6 +275,23 @@ def create_app(
 
     def node(request: Request) -> Response:
         return json_response(lazy.get()[1].node(valid_node(request.path_params["node"])))
+
+    def diagnosis(request: Request) -> Response:
+        node_id = valid_node(request.path_params["node"])
+        now = fleet.status()
+        if not now.has_data:
+            raise ServiceUnavailable(no_data(keys))
+        facts = node_facts(
+            client,
+            keys,
+            node_id,
+            now,
+            reconcile_interval=limits.reconcile_interval,
+            topology=topology,
+            hubs=hubs,
+            endpoint_template=endpoint_template,
+        )
+        return json_response(diagnose(facts))
 
     def hosts(request: Request) -> Response:
         return json_response(HostList(hosts=snapshot.hosts()))
@@ -352,6 +373,7 @@ def create_app(
         "/v1/status": status,
         "/v1/topology": topology_page,
         "/v1/nodes/{node}/history": history,
+        "/v1/nodes/{node}/diagnosis": diagnosis,
         "/": dashboard_file,
         ASSET_PREFIX + "{name}": dashboard_file,
         "/healthz": healthz,

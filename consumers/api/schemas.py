@@ -7,6 +7,7 @@ from typing import Any, Final
 import msgspec
 
 from consumers.access.decide import REASONS, Decision
+from consumers.nodes.diagnose import Diagnosis
 from consumers.status.model import FleetStatus, HostInfo, Issue, Problem, StageInfo
 from shared.events import LogEntry, Retracted
 from shared.reasons import MEANINGS
@@ -181,6 +182,7 @@ _STRUCTS: Final = (
     FleetStatus,
     NodeHistory,
     Topology,
+    Diagnosis,
 )
 
 
@@ -300,6 +302,15 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             ],
             **bad,
             **{"404": _json(error, "no token ever named this node")},
+            **unavailable,
+        ),
+        "/v1/nodes/{node}/diagnosis": get(
+            "Why can't NODE connect? `wgchain diagnose NODE --json` (without the local tunnel): "
+            "findings from the registry, the pipeline, its host and the hosts that should carry "
+            "it, and a verdict with the next thing to look at.",
+            _json(ref["Diagnosis"], "the diagnosis"),
+            [node_p],
+            **bad,
             **unavailable,
         ),
         "/healthz": {

@@ -16,8 +16,10 @@ from consumers.nodes.diagnose import diagnose as reason
 from consumers.nodes.gather import node_facts, nodes_report
 from consumers.nodes.listing import Filter
 from consumers.nodes.render import render_diagnosis, render_nodes
+from consumers.status.health import Limits
 from consumers.status.output import console
 from consumers.status.probe import no_data, probe
+from consumers.status.snapshot import Snapshot
 from shared.cmdline import with_settings
 from shared.errors import BadArgument, NoAnswer, WgchainError
 from shared.redis_log import connect
@@ -119,14 +121,26 @@ def diagnose(cfg: Settings, node: str, interface: str | None, as_json: bool) -> 
     if interface is not None and not _ifname(interface):
         raise BadArgument("--interface", "an interface name of 1-15 letters, digits, '_=+-.'")
     client = _connect(cfg)
+    keys = cfg.keys()
     try:
-        facts = node_facts(client, cfg, node, interface)
+        fleet = Snapshot(client, keys).fleet(cfg.rpc_urls, limits=Limits.of(cfg))
+        facts = node_facts(
+            client,
+            keys,
+            node,
+            fleet,
+            reconcile_interval=cfg.reconcile_interval,
+            topology=cfg.topology,
+            hubs=cfg.hub_list,
+            endpoint_template=cfg.endpoint_template,
+            interface=interface,
+        )
     except redis.RedisError as exc:
         raise NoAnswer(f"no answer: Redis failed: {exc}") from None
     finally:
         client.close()
     if not facts.has_data:
-        raise NoAnswer(no_data(cfg.keys()))
+        raise NoAnswer(no_data(keys))
     found = reason(facts)
     if as_json:
         click.echo(msgspec.json.encode(found).decode())

@@ -26,7 +26,7 @@ from consumers.nodes.facts import Facts, Tunnel
 from consumers.status.health import STALE_INTERVALS, is_stale
 from consumers.status.model import PENDING, HostInfo
 from shared import reasons
-from shared.health import duration
+from shared.durations import duration
 from shared.validate import excerpt, is_valid_wg_key
 
 #: Finding severities, in rising order.

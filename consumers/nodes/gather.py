@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
@@ -25,11 +26,10 @@ from consumers.ipam.allocate import META_FIELD, NODE_FIELD
 from consumers.nodes.facts import Facts, Membership, PeersEntry
 from consumers.nodes.listing import Filter, NodesReport, rows, select
 from consumers.nodes.tunnel import read_tunnel
-from consumers.status.health import Limits
+from consumers.status.model import FleetStatus
 from consumers.status.snapshot import Snapshot
 from shared.keys import Keys
 from shared.redis_log import as_str
-from shared.settings import Settings
 from shared.validate import is_valid_wg_key, wg_key_problem
 
 #: Most ``peers`` entries examined looking for the newest one about a node.
@@ -86,10 +86,20 @@ def nodes_report(
     )
 
 
-def node_facts(client: redis.Redis, cfg: Settings, node: str, interface: str | None) -> Facts:
-    """What ``diagnose`` looks at for ``node`` (see the module docstring)."""
-    keys = cfg.keys()
-    fleet = Snapshot(client, keys).fleet(cfg.rpc_urls, limits=Limits.of(cfg))
+def node_facts(
+    client: redis.Redis,
+    keys: Keys,
+    node: str,
+    fleet: FleetStatus,
+    *,
+    reconcile_interval: float = 30.0,
+    topology: str = "mesh",
+    hubs: Sequence[str] = (),
+    endpoint_template: str = "",
+    interface: str | None = None,
+) -> Facts:
+    """What ``diagnose`` looks at for ``node``, with ``fleet`` (the pipeline's status, from
+    ``Snapshot.fleet``: listener, stages, hosts, issues, problems); see the module docstring."""
     membership = _membership(client, keys, node)
     entry = _peers_entry(client, keys, node)
     tunnel = None
@@ -110,10 +120,10 @@ def node_facts(client: redis.Redis, cfg: Settings, node: str, interface: str | N
         peers_head=fleet.peers_head,
         entry=entry,
         hosts=fleet.hosts,
-        reconcile_interval=cfg.reconcile_interval,
-        topology=cfg.topology,
-        hubs=cfg.hub_list,
-        endpoint_template=cfg.endpoint_template,
+        reconcile_interval=reconcile_interval,
+        topology=topology,
+        hubs=list(hubs),
+        endpoint_template=endpoint_template,
         tunnel=tunnel,
     )
 

@@ -98,7 +98,7 @@ def render_diagnosis(diagnosis: Diagnosis) -> Group:
     grid.add_column(overflow="fold")
     area = ""
     for finding in diagnosis.findings:
-        mark, style = _MARKS.get(finding.severity, ("··", ""))
+        mark, style = _MARKS.get(finding.severity, ("info", ""))
         shown = finding.area if finding.area != area else ""
         area = finding.area
         grid.add_row(shown, Text(mark, style=style), Text(printable(finding.message)))

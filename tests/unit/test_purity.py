@@ -30,6 +30,13 @@ PURE_MODULES = [
     "consumers.status.render",
     "consumers.api.schemas",
     "consumers.dashboard.topology",
+    "shared.reasons",
+    "shared.durations",
+    "consumers.status.health",
+    "consumers.nodes.facts",
+    "consumers.nodes.listing",
+    "consumers.nodes.diagnose",
+    "consumers.nodes.render",
 ]
 #: Modules whose presence after the import means the module can do I/O.
 FORBIDDEN = ("redis", "web3", "subprocess", "requests")
