@@ -172,4 +172,4 @@ def _one_line(error: object) -> str:
     return " ".join(text.split())[:300]
 
 
-__all__ = ["REDIS", "RPC", "Outage", "Verdict", "Work", "retire", "verdict", "work"]
+__all__ = ["REDIS", "RPC", "Outage", "Verdict", "Work", "duration", "retire", "verdict", "work"]
