@@ -15,7 +15,13 @@ import click
 import msgspec
 import redis
 
-from consumers.access.checker import AccessChecker, InvalidArgument
+from consumers.access.checker import (
+    AccessChecker,
+    InvalidArgument,
+    valid_address,
+    valid_key,
+    valid_node,
+)
 from consumers.access.decide import Decision
 from consumers.status.probe import no_data, probe, stale_note
 from shared.cmdline import with_settings
@@ -25,6 +31,8 @@ from shared.settings import Settings
 
 #: Exit code of a denied check.
 EXIT_DENIED: Final = 1
+#: Exit code of a bad argument or setting.
+EXIT_USAGE: Final = 2
 
 
 @click.command("check")
@@ -51,10 +59,20 @@ def check(
     if (key is None) == (address is None):
         raise click.UsageError("give exactly one of --key and --address")
     block = _block(at_block)
+    try:  # arguments first: nothing is read for a malformed one
+        valid_node(node)
+        if key is not None:
+            valid_key(key)
+        else:
+            valid_address(address or "")
+    except InvalidArgument as exc:
+        raise BadArgument(f"--{exc.param.replace('_', '-')}", exc.message) from None
     keys = cfg.keys()
     try:
         client = connect(cfg.redis_url)
     except WgchainError as exc:
+        if exc.exit_code == EXIT_USAGE:  # no Redis URL set: a setting to fix
+            raise
         raise NoAnswer(str(exc)) from None
     try:
         with AccessChecker(client, keys) as checker:

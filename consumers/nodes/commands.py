@@ -43,7 +43,7 @@ _IFNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0
     help="Text in the node id, address, key, owner or reason.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@with_settings("redis_url", "chain_id", "contract", "reconcile_interval", stage="nodes")
+@with_settings("redis_url", "rpc_url", "chain_id", "contract", "reconcile_interval", stage="nodes")
 def nodes(
     *,
     cfg: Settings,
@@ -82,7 +82,7 @@ def nodes(
 
 
 @click.command("diagnose")
-@click.argument("node")
+@click.argument("node", help="The node id (as minted on chain).")
 @click.option(
     "--interface",
     default=None,

@@ -114,7 +114,7 @@ def test_an_unknown_option_is_one_line_and_exit_2(command: str, tmp_path: Path) 
         ["contract", "mint", "--to", "nowhere"],
         ["backfill", "1", "2"],
         ["nodes", "--owner", "0x12"],
-        ["nodes", "--search", "a\x00b"],
+        ["nodes", "--search", "a\x7fb"],
         ["diagnose", "../etc"],
         ["diagnose", "node-a", "--interface", "x" * 16],
         ["check", "--node", "node-a"],
