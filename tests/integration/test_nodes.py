@@ -140,7 +140,8 @@ def test_nodes_lists_every_node_with_its_host_and_the_current_issues(net: Net) -
     assert doc["total"] == 6
     a = rows["node-a"]
     assert (a["live"], a["reason"], a["public_key"], a["owner"]) == (True, "", key_a, owners[0].lower())
-    assert a["ipv4"].startswith("10.77.0.") and a["host_state"] == "online"
+    assert a["ipv4"].startswith("10.77.0.")
+    assert a["host_state"] == "online"
     assert (rows["node-b"]["host_state"], rows["node-b"]["fail_closed"]) == ("online", "key-mismatch")
     assert (rows["node-c"]["live"], rows["node-c"]["reason"], rows["node-c"]["host_state"]) == (
         False, "no-key", "absent",
@@ -168,7 +169,8 @@ def test_nodes_lists_every_node_with_its_host_and_the_current_issues(net: Net) -
     table = net.run("nodes")  # piped: nothing cut at 80 columns
     assert table.returncode == 0, table.stderr
     assert net.cfg.keys().tag in table.stdout
-    assert key_a in table.stdout and owners[0].lower() in table.stdout
+    assert key_a in table.stdout
+    assert owners[0].lower() in table.stdout
     assert "fail closed: key-mismatch" in table.stdout
     assert "conflict duplicate-key: node node-d" in table.stdout
     assert "pending pool-exhausted: node node-g" in table.stdout
@@ -183,7 +185,8 @@ def test_nodes_lists_every_node_with_its_host_and_the_current_issues(net: Net) -
     assert wrong.returncode == 3
     assert wrong.stderr.startswith("wgchain: no data for network")
     down = net.run("nodes", WGCHAIN_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
-    assert down.returncode == 3 and "cannot reach Redis" in down.stderr
+    assert down.returncode == 3
+    assert "cannot reach Redis" in down.stderr
 
 
 def test_diagnose_answers_why_a_node_cannot_connect(net: Net) -> None:
@@ -207,14 +210,16 @@ def test_diagnose_answers_why_a_node_cannot_connect(net: Net) -> None:
 
     b = verdict("node-b")
     assert b["code"] == "key-mismatch"
-    assert f"its own key is {key_b}" in b["message"] and KEY_X in b["message"]
+    assert f"its own key is {key_b}" in b["message"]
+    assert KEY_X in b["message"]
     assert f"wgchain contract set-key {key_b}" in b["next"]
     assert verdict("node-c")["code"] == "no-key"
     d = verdict("node-d")
     assert (d["code"], "node-b's (token" in d["message"]) == ("key-conflict", True)
     assert verdict("node-e")["code"] == "revoked"
     typo = verdict("node-aa")
-    assert typo["code"] == "not-a-member" and "did you mean node-a" in typo["message"]
+    assert typo["code"] == "not-a-member"
+    assert "did you mean node-a" in typo["message"]
 
     a = net.json("diagnose", "node-a")
     assert a["verdict"]["code"] == "not-carried"  # its only other host fails closed
@@ -259,7 +264,8 @@ def test_diagnose_answers_why_a_node_cannot_connect(net: Net) -> None:
     ):
         res = net.run(*args)
         assert res.returncode == code, (args, res.stderr)
-        assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("wgchain: ")
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert res.stderr.startswith("wgchain: ")
     wrong = net.run("diagnose", "node-a", WGCHAIN_CONTRACT="0x" + "77" * 20)
     assert (wrong.returncode, wrong.stderr.startswith("wgchain: no data for network")) == (3, True)
 

@@ -36,6 +36,8 @@ PURE_MODULES = [
     "consumers.nodes.facts",
     "consumers.nodes.listing",
     "consumers.nodes.diagnose",
+    "consumers.nodes.findings",
+    "consumers.nodes.hosts",
     "consumers.nodes.render",
 ]
 #: Modules whose presence after the import means the module can do I/O.
