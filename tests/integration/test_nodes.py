@@ -105,7 +105,10 @@ def net(anvil: Anvil, nft: AccessNFT, redis_server: RedisServer, tmp_path: Path)
     )
     client = redis.Redis.from_url(redis_server.url)
     keys = cfg.keys()
-    stages: list[Stage[Any]] = [Stage(client, keys, FOLD), Stage(client, keys, IpamFold.from_settings(cfg))]
+    stages: list[Stage[Any]] = [
+        Stage(client, keys, FOLD),
+        Stage(client, keys, IpamFold.from_settings(cfg)),
+    ]
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")},
         "WGCHAIN_REDIS_URL": redis_server.url,
@@ -139,10 +142,18 @@ def test_nodes_lists_every_node_with_its_host_and_the_current_issues(net: Net) -
     assert sorted(rows) == ["node-a", "node-b", "node-c", "node-d", "node-e", "node-g"]
     assert doc["total"] == 6
     a = rows["node-a"]
-    assert (a["live"], a["reason"], a["public_key"], a["owner"]) == (True, "", key_a, owners[0].lower())
+    assert (a["live"], a["reason"], a["public_key"], a["owner"]) == (
+        True,
+        "",
+        key_a,
+        owners[0].lower(),
+    )
     assert a["ipv4"].startswith("10.77.0.")
     assert a["host_state"] == "online"
-    assert (rows["node-b"]["host_state"], rows["node-b"]["fail_closed"]) == ("online", "key-mismatch")
+    assert (rows["node-b"]["host_state"], rows["node-b"]["fail_closed"]) == (
+        "online",
+        "key-mismatch",
+    )
     assert (rows["node-c"]["live"], rows["node-c"]["reason"], rows["node-c"]["host_state"]) == (
         False, "no-key", "absent",
     )  # fmt: skip
@@ -289,7 +300,9 @@ def test_nodes_reads_do_not_grow_with_history(redis_server: RedisServer) -> None
     def commands(history: int) -> int:
         pipe = client.pipeline(transaction=False)
         for i in range(history):  # entries every stage has long applied
-            pipe.xadd(keys.peers, to_fields(PeerUpsert(f"n{i}", KEY_X, "10.0.0.1", "1-0", "1-0", 1)))
+            pipe.xadd(
+                keys.peers, to_fields(PeerUpsert(f"n{i}", KEY_X, "10.0.0.1", "1-0", "1-0", 1))
+            )
             pipe.xadd(keys.registry, {"v": "1", "type": "Nonsense", "data": "{}"})
         pipe.execute()
         nodes_report(client, keys, Filter(), 30.0)  # loads the scripts

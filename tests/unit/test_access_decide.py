@@ -109,7 +109,11 @@ def test_duplicate_node_conflict_for_key_and_address() -> None:
     assert (loser.reason, loser.token_id, loser.owner) == (DUPLICATE_NODE, 2, B)
     assert decide_address(view, "node-a", A).granted
     by_address = decide_address(view, "node-a", B)
-    assert (by_address.granted, by_address.reason, by_address.token_id) == (False, DUPLICATE_NODE, 2)
+    assert (by_address.granted, by_address.reason, by_address.token_id) == (
+        False,
+        DUPLICATE_NODE,
+        2,
+    )
 
 
 def test_address_checks() -> None:

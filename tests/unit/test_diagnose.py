@@ -124,7 +124,9 @@ def test_a_stale_log_qualifies_the_answer() -> None:
     assert "no lease" in message
     found = diagnose(facts(problems=[stopped]))  # a live node: a warning only
     assert found.verdict.code == "ok"
-    assert ("pipeline", WARNING, "no-lease") in {(f.area, f.severity, f.code) for f in found.findings}
+    assert ("pipeline", WARNING, "no-lease") in {
+        (f.area, f.severity, f.code) for f in found.findings
+    }
 
 
 def test_a_revoked_node() -> None:
@@ -230,7 +232,11 @@ def test_a_stale_agent() -> None:
 @pytest.mark.parametrize(
     ("why", "said", "advice"),
     [
-        (reasons.KEY_MISMATCH, f"its own key is {KEY_C}, the chain's is {KEY_A}", "set-key " + KEY_C),
+        (
+            reasons.KEY_MISMATCH,
+            f"its own key is {KEY_C}, the chain's is {KEY_A}",
+            "set-key " + KEY_C,
+        ),
         (reasons.NO_OWN_KEY, "no usable private key", "--private-key-file"),
         (reasons.OWN_ADDRESS_OUTSIDE_POOL, "10.88.0.2 is outside", "same WGCHAIN_POOL"),
         (reasons.INVALID_OWN_NODE_ID, "not a node id", "--node node-a"),
@@ -316,7 +322,9 @@ def test_hub_topology_expects_only_hubs_to_carry_a_spoke() -> None:
     found = diagnose(f)
     assert {c.node: c.expected for c in found.carriers} == {"node-b": True, "node-c": False}
     spokes_behind = hosts(**{"node-c": {"applied_position": "1700000000000-1"}})
-    assert diagnose(facts(topology="hub", hubs=["node-b"], hosts=spokes_behind)).verdict.code == "ok"
+    assert (
+        diagnose(facts(topology="hub", hubs=["node-b"], hosts=spokes_behind)).verdict.code == "ok"
+    )
     hub_behind = hosts(**{"node-b": {"applied_position": "1700000000000-1"}})
     assert verdict(facts(topology="hub", hubs=["node-b"], hosts=hub_behind))[0] == "not-carried"
     as_hub = diagnose(facts(topology="hub", hubs=["node-a"]))
@@ -327,7 +335,9 @@ def test_no_endpoint_and_no_template() -> None:
     f = facts(hosts=hosts(**{"node-a": {"endpoint": None}}))
     assert "no-endpoint" in codes(f)
     assert "--endpoint" in diagnose(f).verdict.next
-    templated = facts(hosts=hosts(**{"node-a": {"endpoint": None}}), endpoint_template="{node}.vpn:1")
+    templated = facts(
+        hosts=hosts(**{"node-a": {"endpoint": None}}), endpoint_template="{node}.vpn:1"
+    )
     assert "no-endpoint" not in codes(templated)
 
 
@@ -395,7 +405,9 @@ def test_every_code_is_in_the_vocabulary_and_the_json_round_trips() -> None:
         facts(hosts=hosts(**{"node-a": {"fail_closed": reasons.NO_OWN_KEY}})),
         facts(tunnel=tunnel(KEY_B)),
         facts(hosts=hosts(**{"node-b": None, "node-c": None, "node-a": {"endpoint": None}})),
-        facts(problems=[Problem(code="stage-lag", severity="critical", subject="ipam", message="m")]),
+        facts(
+            problems=[Problem(code="stage-lag", severity="critical", subject="ipam", message="m")]
+        ),
     ]
     known = set(CODES) | set(reasons.MEANINGS) | set(PROBLEM_CODES) | {"no-data"}
     for f in situations:
