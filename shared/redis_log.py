@@ -41,8 +41,11 @@ Fields = dict[str, bytes | str | int]
 Entry = tuple[str, dict[bytes, bytes]]
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, *, ping: bool = True) -> redis.Redis:
     """A client for ``url`` (redis://, rediss://, unix://); fails fast with a clear error.
+
+    ``ping=False`` skips the first round trip: for a process that must start while
+    Redis is down and retry on its own (``wgchain agent``); a malformed URL still fails.
 
     ``redis+cluster://host:port`` (or ``rediss+cluster://``) connects to a Redis Cluster
     through any of its nodes: every multi-key command and script of wgchain uses the keys
@@ -66,7 +69,8 @@ def connect(url: str) -> redis.Redis:
             client = cast(redis.Redis, RedisCluster.from_url(base, **options))
         else:
             client = redis.Redis.from_url(url, **options)
-        client.ping()
+        if ping:
+            client.ping()
     except ValueError as exc:
         raise SettingsError("WGCHAIN_REDIS_URL", f"{redacted(url)}: {exc}") from None
     except (redis.RedisError, RedisClusterException) as exc:

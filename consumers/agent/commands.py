@@ -14,6 +14,7 @@ from consumers.agent.wg import Wg
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import ServiceUnavailable
+from shared.logs import log
 from shared.redis_log import connect
 from shared.settings import Settings
 from shared.validate import excerpt, is_valid_node_id
@@ -82,7 +83,9 @@ def agent(
         raise ServiceUnavailable("the agent needs --redis-url (or WGCHAIN_REDIS_URL)")
     if generate_key and not private_key_file.exists():
         public = generate_private_key_file(private_key_file)
-        click.echo(f"generated {private_key_file}; public key {public}", err=True)
+        log.bind(stage="agent", node=node).info(
+            "generated {}; public key {}", private_key_file, public
+        )
     config = AgentConfig(
         node_id=node,
         interface=interface,
@@ -104,7 +107,7 @@ def agent(
     )
     stop = stop_event()
     metrics.serve(cfg.metrics_port)
-    client = connect(cfg.redis_url)
+    client = connect(cfg.redis_url, ping=False)  # Redis may be down: the agent waits for it
     try:
         Agent(config, client, None if file_only else Wg()).run(stop)
     finally:

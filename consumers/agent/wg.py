@@ -17,13 +17,13 @@ import shlex
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from consumers.agent.desired import CACHE_SIZE, parse_endpoint
+from consumers.agent import uapi as uapi_socket
+from consumers.agent.desired import parse_endpoint
 from consumers.agent.keys import public_key_from_file
-from consumers.agent.render import PeerSpec, normalise_ips
+from consumers.agent.render import PeerSpec, is_ip_endpoint, normalise_ips
 from shared.errors import WireGuardError
 from shared.validate import is_valid_wg_key
 
@@ -33,6 +33,8 @@ COMMAND_TIMEOUT: Final = 15.0
 MAX_STDERR: Final = 500
 #: Most peer clauses in one ``wg set`` (about 60 KiB of argv, far below ARG_MAX).
 PEERS_PER_CALL: Final = 500
+#: Calls :class:`MemoryWireGuard` remembers (the oldest are dropped beyond).
+MAX_CALLS: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +87,8 @@ def parse_dump(text: str) -> InterfaceState:
     return InterfaceState(public, listen_port, peers, handshakes)
 
 
-@lru_cache(maxsize=CACHE_SIZE)
 def _peer_spec(key: str, endpoint: str, allowed: str, keepalive: str) -> PeerSpec:
-    """A peer from its ``wg show dump`` columns (memoised: most peers never change)."""
+    """A peer from its ``wg show dump`` columns."""
     ips = [] if allowed in {"(none)", ""} else allowed.split(",")
     return PeerSpec(
         public_key=key,
@@ -148,6 +149,17 @@ def set_peers(ifname: str, peers: Sequence[PeerSpec]) -> None:
     leaves the peers of earlier commands set (the caller rolls back).
     """
     clauses = [peer_args(p.public_key, p.allowed_ips, p.endpoint, p.keepalive) for p in peers]
+    for i in range(0, len(clauses), PEERS_PER_CALL):
+        run(["wg", "set", ifname, *(a for c in clauses[i : i + PEERS_PER_CALL] for a in c)])
+
+
+def apply_peers(ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
+    """Remove ``removals``, then add or update ``peers``: one ``wg set`` per
+    :data:`PEERS_PER_CALL` clauses, removals first (validated before the first runs)."""
+    if not all(is_valid_wg_key(key) for key in removals):
+        raise WireGuardError("refusing an invalid peer key")
+    clauses = [["peer", key, "remove"] for key in removals]
+    clauses += [peer_args(p.public_key, p.allowed_ips, p.endpoint, p.keepalive) for p in peers]
     for i in range(0, len(clauses), PEERS_PER_CALL):
         run(["wg", "set", ifname, *(a for c in clauses[i : i + PEERS_PER_CALL] for a in c)])
 
@@ -268,11 +280,33 @@ class WireGuard(Protocol):
 
     def remove_peers(self, ifname: str, keys: Sequence[str]) -> None: ...
 
+    def apply(self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
+        """Remove ``removals``, then set ``peers`` (IP endpoints or none), in that order."""
+        ...
+
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool: ...
 
 
 class Wg:
-    """The real interface, through ``wg`` and ``ip``."""
+    """The real interface, through ``wg`` and ``ip``.
+
+    Peers of a userspace interface (wireguard-go) are set through its control socket
+    (:mod:`consumers.agent.uapi`) when ``uapi`` is true and the socket exists; kernel
+    WireGuard through ``wg set``.
+    """
+
+    def __init__(self, uapi: bool = True, socket_dir: Path = uapi_socket.SOCKET_DIR) -> None:
+        self.uapi = uapi
+        self.socket_dir = socket_dir
+
+    def apply(self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
+        if not removals and not peers:
+            return
+        direct = all(p.endpoint is None or is_ip_endpoint(p.endpoint) for p in peers)
+        if self.uapi and direct and uapi_socket.has_socket(ifname, self.socket_dir):
+            uapi_socket.set_peers(ifname, removals, peers, self.socket_dir)
+        else:
+            apply_peers(ifname, removals, peers)
 
     def ensure(self, ifname: str) -> str:
         return ensure_interface(ifname)
@@ -290,13 +324,13 @@ class Wg:
         set_peer(ifname, peer.public_key, peer.allowed_ips, peer.endpoint, peer.keepalive)
 
     def set_peers(self, ifname: str, peers: Sequence[PeerSpec]) -> None:
-        set_peers(ifname, peers)
+        self.apply(ifname, (), peers)
 
     def remove_peer(self, ifname: str, key: str) -> None:
-        remove_peer(ifname, key)
+        self.apply(ifname, (key,), ())
 
     def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
-        remove_peers(ifname, keys)
+        self.apply(ifname, keys, ())
 
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
         return set_addresses(ifname, cidrs, pools)
@@ -304,7 +338,12 @@ class Wg:
 
 @dataclass
 class MemoryWireGuard:
-    """In-memory twin of :class:`Wg` for unit tests; ``fail_keys`` makes ``set_peer`` fail."""
+    """In-memory twin of :class:`Wg` for unit tests and the fleet benchmark.
+
+    ``fail_keys`` makes setting those peers fail (after the peers before them in the same
+    call were set, as a real ``wg set`` does). ``calls`` lists the last :data:`MAX_CALLS`
+    operations (one line per call), so a long benchmark run does not grow it.
+    """
 
     public_key: str | None = None
     listen_port: int = 0
@@ -313,6 +352,11 @@ class MemoryWireGuard:
     fail_keys: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
 
+    def _call(self, what: str) -> None:
+        if len(self.calls) >= MAX_CALLS:
+            del self.calls[: MAX_CALLS // 2]
+        self.calls.append(what)
+
     def ensure(self, ifname: str) -> str:
         return "existing"
 
@@ -320,34 +364,46 @@ class MemoryWireGuard:
         return InterfaceState(self.public_key, self.listen_port, dict(self.peers))
 
     def set_private_key(self, ifname: str, path: str) -> None:
-        self.calls.append("private-key")
+        self._call("private-key")
         self.public_key = public_key_from_file(path)
 
     def set_listen_port(self, ifname: str, port: int) -> None:
-        self.calls.append(f"listen-port {port}")
+        self._call(f"listen-port {port}")
         self.listen_port = port
 
-    def set_peer(self, ifname: str, peer: PeerSpec) -> None:
-        self.calls.append(f"set {peer.public_key}")
+    def _set(self, peer: PeerSpec) -> None:
         if peer.public_key in self.fail_keys:
             raise WireGuardError("injected failure")
         old = self.peers.get(peer.public_key)
         endpoint = peer.endpoint if peer.endpoint is not None else (old.endpoint if old else None)
-        self.peers[peer.public_key] = PeerSpec(
-            peer.public_key, normalise_ips(peer.allowed_ips), endpoint, peer.keepalive
-        )
+        ips = normalise_ips(peer.allowed_ips)
+        if ips == peer.allowed_ips and endpoint == peer.endpoint and not peer.node_id:
+            self.peers[peer.public_key] = peer  # shared, not copied (many agents per process)
+        else:
+            self.peers[peer.public_key] = PeerSpec(peer.public_key, ips, endpoint, peer.keepalive)
+
+    def set_peer(self, ifname: str, peer: PeerSpec) -> None:
+        self._call(f"set {peer.public_key}")
+        self._set(peer)
 
     def set_peers(self, ifname: str, peers: Sequence[PeerSpec]) -> None:
-        for peer in peers:
-            self.set_peer(ifname, peer)
+        self.apply(ifname, (), peers)
 
     def remove_peer(self, ifname: str, key: str) -> None:
-        self.calls.append(f"remove {key}")
+        self._call(f"remove {key}")
         self.peers.pop(key, None)
 
     def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
-        for key in keys:
-            self.remove_peer(ifname, key)
+        self.apply(ifname, keys, ())
+
+    def apply(self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
+        if not removals and not peers:
+            return
+        self._call(f"apply -{len(removals)} +{len(peers)}")
+        for key in removals:
+            self.peers.pop(key, None)
+        for peer in peers:
+            self._set(peer)
 
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
         wanted = set(cidrs)

@@ -22,6 +22,8 @@ PURE_MODULES = [
     "consumers.ipam.allocate",
     "consumers.agent.render",
     "consumers.agent.desired",
+    "consumers.agent.peerset",
+    "consumers.agent.state",
     "producers.listener.decode",
     "producers.listener.ranges",
     "producers.backfill.plan",
