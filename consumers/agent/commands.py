@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from consumers.agent.acl import agent_user, password_from_file, setuser
-from consumers.agent.agent import Agent, AgentConfig, is_valid_ifname
+from consumers.agent.agent import Agent
+from consumers.agent.config import AgentConfig, is_valid_ifname
 from consumers.agent.desired import Policy, parse_endpoint
 from consumers.agent.keys import generate_private_key_file
 from consumers.agent.wg import Wg

@@ -32,7 +32,7 @@ from functools import lru_cache
 from typing import Final
 
 from shared.events import AllocationPending, PeerRemove, PeerUpsert
-from shared.validate import excerpt, is_valid_node_id, is_valid_wg_key
+from shared.validate import WG_KEY_RE, excerpt, is_valid_node_id
 
 #: Topologies a policy may name: everyone with everyone, or spokes with hubs only.
 TOPOLOGIES: Final = ("mesh", "hub")
@@ -52,6 +52,29 @@ _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 #: A canonical dotted quad (no leading zeros), as :mod:`ipaddress` prints one.
 IPV4_RE: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
+#: The all-zero key: valid base64 of 32 bytes, but no X25519 public key.
+_ZERO_KEY: Final = "A" * 43 + "="
+
+
+def is_key(key: str) -> bool:
+    """:func:`shared.validate.is_valid_wg_key` without decoding: the pattern admits only
+    the canonical base64 of 32 bytes, so what is left to refuse is the all-zero key."""
+    return WG_KEY_RE.fullmatch(key) is not None and key != _ZERO_KEY
+
+
+def _same(text: str) -> str:
+    return text
+
+
+#: Applied to the strings a table keeps: :func:`sys.intern` once a process runs several
+#: agents (:func:`share_strings`), so that they share one copy of each.
+_share: Callable[[str], str] = _same
+
+
+def share_strings() -> None:
+    """Intern the strings of peer tables from now on (several agents in one process)."""
+    global _share  # noqa: PLW0603 - one process-wide switch, flipped once
+    _share = sys.intern
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +109,7 @@ class PeerTable:
                 return f"invalid node id {excerpt(node)}"
             if self.keep is not None and node not in self.keep:
                 return None
-            if not is_valid_wg_key(entry.public_key):
+            if not is_key(entry.public_key):
                 self._set(node, None)
                 return f"node {node}: invalid key {excerpt(entry.public_key)}"
             ipv4 = address(entry.ipv4, 4)
@@ -94,9 +117,9 @@ class PeerTable:
             if ipv4 is None:
                 self._set(node, None)
                 return f"node {node}: invalid ipv4 {excerpt(entry.ipv4)}"
-            intern = sys.intern
+            share = _share
             record = PeerRecord(
-                intern(node), intern(entry.public_key), ipv4, intern(ipv6) if ipv6 else None
+                share(node), share(entry.public_key), share(ipv4), share(ipv6) if ipv6 else None
             )
             self._set(node, record)
             return None
@@ -125,14 +148,14 @@ def address(text: str | None, version: int) -> str | None:
     if version == 4:
         bare = text[:-3] if text.endswith("/32") else text
         if IPV4_RE.fullmatch(bare):
-            return sys.intern(bare)  # already canonical: the common case, no parsing
+            return bare  # already canonical: the common case, no parsing
     try:
         iface = ipaddress.ip_interface(text)
     except ValueError:
         return None
     if iface.version != version:
         return None
-    return sys.intern(str(iface.ip))
+    return str(iface.ip)
 
 
 def parse_endpoint(text: str) -> str | None:
@@ -171,7 +194,7 @@ def announced_endpoint(raw: bytes | str) -> str | None:
         return None
     endpoint = doc.get("endpoint")
     checked = parse_endpoint(endpoint) if isinstance(endpoint, str) else None
-    return sys.intern(checked) if checked else None
+    return _share(checked) if checked else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +318,7 @@ def own_facts(
     """(fail-closed reason or None, the node's addresses, the keys and IPs it claims)."""
     if not is_valid_node_id(node_id):
         return BAD_NODE_ID, (), ()
-    if own_public_key is None or not is_valid_wg_key(own_public_key):
+    if own_public_key is None or not is_key(own_public_key):
         return NO_OWN_KEY, (), ()
     own = table.get(node_id)
     if own is None:
@@ -317,7 +340,7 @@ def own_facts(
 def record_facts(record: PeerRecord, pools: Pools) -> tuple[str | None, str | None]:
     """What a record alone says: why it cannot be a peer (or None), and its IPv6 address
     when that is valid and inside the IPv6 pool (or None)."""
-    if not is_valid_node_id(record.node_id) or not is_valid_wg_key(record.public_key):
+    if not is_valid_node_id(record.node_id) or not is_key(record.public_key):
         return "invalid node id or key", None
     ipv4 = record.ipv4
     if not IPV4_RE.fullmatch(ipv4) or not _in_pool4(ipv4, pools):
@@ -340,9 +363,9 @@ def make_peer(
     record: PeerRecord, ip6: str | None, endpoint_of: EndpointOf, policy: Policy
 ) -> DesiredPeer:
     """The peer of a record that takes its addresses (``ip6``: its /128, if it gets one)."""
-    allowed: tuple[str, ...] = (sys.intern(f"{record.ipv4}/32"),)
+    allowed: tuple[str, ...] = (_share(f"{record.ipv4}/32"),)
     if ip6:
-        allowed += (sys.intern(f"{ip6}/128"),)
+        allowed += (_share(f"{ip6}/128"),)
     node = record.node_id
     endpoint = endpoint_of(node) or policy.template_endpoint(node)
     return DesiredPeer(node, record.public_key, allowed, endpoint, policy.keepalive)
@@ -354,8 +377,14 @@ def compute(
     own_public_key: str | None,
     endpoint_of: EndpointOf,
     policy: Policy,
+    *,
+    counts: dict[str, int] | None = None,
 ) -> Desired:
-    """:func:`desired_state` with the announcements as a lookup of validated endpoints."""
+    """:func:`desired_state` with the announcements as a lookup of validated endpoints.
+
+    ``counts``, if given, receives how many times each key and address is claimed by
+    the node itself and by the records that could be peers (see ``peerset.py``).
+    """
     fail_closed, addresses, claims = own_facts(table, node_id, own_public_key, policy)
     if fail_closed:
         return Desired("" if fail_closed == BAD_NODE_ID else node_id, fail_closed=fail_closed)
@@ -363,11 +392,18 @@ def compute(
     peers: list[DesiredPeer] = []
     skipped: list[tuple[str, str]] = []
     used = set(claims)  # keys and addresses (never equal to each other) already taken
+    if counts is not None:
+        for claim in claims:
+            counts[claim] = counts.get(claim, 0) + 1
     for other in sorted(table):
         record = table[other]
         if other == node_id or not _selected(policy, node_id, other):
             continue
         problem, ip6 = record_facts(record, pools)
+        if counts is not None and not problem:
+            for claim in (record.public_key, record.ipv4, ip6 or ""):
+                if claim:
+                    counts[claim] = counts.get(claim, 0) + 1
         problem = problem or _clash(record, used)
         if problem:
             skipped.append((other, problem))

@@ -1,12 +1,15 @@
-"""The agent's files on its host (I/O): the wg-quick config file and the state file.
+"""Writing whole files (I/O): atomically, spaced out, off the loop that applies changes.
 
-Both are written whole through a temp file in the same directory (mode 0600, fsync,
-rename, directory fsync), so a reader or a crash sees the old file or the new one.
-The config file keeps :data:`CONFIG_BACKUPS` rotated backups. The state file's
-format and why it has a journal are in :mod:`consumers.agent.state`; here are its
-reading (mode, owner and file type checked before a byte is trusted), the journal
-appends and the compaction. :class:`Debounce` spaces whole-file writes: a burst of
-changes costs one write a second, not one per change.
+A file is written through a temp file in the same directory (mode 0600, fsync,
+rename, directory fsync), so a reader or a crash sees the old file or the new one,
+with :data:`CONFIG_BACKUPS` rotated backups for the config file.
+
+A whole file of 10,000 peers takes some 20 ms to render and write: too long for the
+loop that applies changes. :class:`Debounce` spaces the writes (one a second under a
+burst), and :class:`Writer`, one thread per process, does them from a snapshot of
+the applied state (immutable peers), so a change that arrives meanwhile is applied
+at once. Its rendering gives way at every piece it writes (``os.write`` releases the
+interpreter lock).
 """
 
 from __future__ import annotations
@@ -14,20 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import stat
 import tempfile
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Final
 
-from consumers.agent.desired import DesiredPeer
-from consumers.agent.state import AppliedState, Ident, StateProblem, decode, encode_line
-from consumers.agent.state import encode_snapshot as encode_state
-
 #: Rotated backups kept of the config file (``IF.conf.1`` newest .. ``IF.conf.5``).
 CONFIG_BACKUPS: Final = 5
-#: Largest state file (snapshot or journal) read (bytes): 100,000 peers take about 12 MiB.
-MAX_STATE_BYTES: Final = 64 << 20
 #: Seconds between two writes of a whole file while changes keep coming.
 WRITE_INTERVAL: Final = 1.0
 
@@ -88,6 +85,18 @@ def write_config(path: Path, text: str, backups: int = CONFIG_BACKUPS) -> bool:
     return True
 
 
+def holds(path: Path, pieces: Iterable[bytes]) -> bool:
+    """Whether ``path`` holds exactly the concatenated ``pieces`` (read piece by piece)."""
+    try:
+        with open(path, "rb") as fh:
+            for piece in pieces:
+                if fh.read(len(piece)) != piece:
+                    return False
+            return fh.read(1) == b""
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
 def remove_stale_temp_files(directory: Path, names: Iterable[str]) -> list[Path]:
     """Delete the temp files of :func:`write_atomic` for ``names`` that a kill left behind."""
     removed = []
@@ -123,90 +132,54 @@ class Debounce:
         self.last = now
 
 
-def _read_private(path: Path) -> bytes | None:
-    """The bytes of a file only this user can read, None when it does not exist;
-    :class:`StateProblem` when it is not a regular file of ours with mode 0600 (or
-    stricter), or too large."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StateProblem(f"{path.name}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateProblem(f"{path.name} is not a regular file")
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise StateProblem(
-                f"{path.name} has mode {stat.S_IMODE(info.st_mode):04o} and owner "
-                f"{info.st_uid}: it must be this user's and 0600"
-            )
-        if info.st_size > MAX_STATE_BYTES:
-            raise StateProblem(f"{path.name} is larger than {MAX_STATE_BYTES} bytes")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read(MAX_STATE_BYTES + 1)
-    finally:
-        os.close(fd)
+class Writer:
+    """The process's file-writing thread: jobs keyed by file, a newer job for a file
+    replacing one still queued."""
 
+    _instance: Writer | None = None
+    _instance_lock = threading.Lock()
 
-class StateFile:
-    """``IF.state`` and ``IF.state.journal``: load once, append changes, compact."""
+    def __init__(self) -> None:
+        self._jobs: dict[object, Callable[[], None]] = {}
+        self._busy: object | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="wgchain-file-writer", daemon=True)
+        self._thread.start()
 
-    def __init__(self, directory: Path, ident: Ident) -> None:
-        self.path = directory / f"{ident.interface}.state"
-        self.journal_path = directory / f"{ident.interface}.state.journal"
-        self.ident = ident
-        self.seq = 0
-        self._fd: int | None = None
+    @classmethod
+    def shared(cls) -> Writer:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
 
-    def load(self) -> AppliedState | None:
-        """The saved state (None: there is none); :class:`StateProblem` when unusable."""
-        snapshot = _read_private(self.path)
-        journal = _read_private(self.journal_path)
-        if snapshot is None and not journal:
-            return None
-        state = decode(snapshot, journal or b"", self.ident)
-        self.seq = state.seq
-        return state
+    def submit(self, key: object, job: Callable[[], None]) -> None:
+        """Run ``job`` soon (it must catch its own errors)."""
+        with self._cond:
+            self._jobs[key] = job
+            self._cond.notify_all()
 
-    def append(
-        self, state: AppliedState, changed: Mapping[str, DesiredPeer | None], sync: bool
-    ) -> None:
-        """Note ``changed`` (and ``state``'s position, block, addresses) before applying
-        it; ``sync`` (a peer is removed): on the disk before this returns."""
-        self.seq += 1
-        state.seq = self.seq
-        line = encode_line(self.seq, state, changed)
-        if self._fd is None:
-            self.journal_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
-            self._fd = os.open(self.journal_path, flags, 0o600)
-            os.fchmod(self._fd, 0o600)
-        view = memoryview(line)
-        while view:
-            view = view[os.write(self._fd, view) :]
-        if sync:
-            os.fdatasync(self._fd)
+    def busy(self, key: object) -> bool:
+        with self._cond:
+            return key in self._jobs or self._busy == key
 
-    def compact(self, state: AppliedState) -> None:
-        """Write ``state`` as the new snapshot and empty the journal."""
-        state.seq = self.seq
-        write_atomic(self.path, encode_state(state, self.ident))
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.truncate(self.journal_path, 0)
+    def wait(self, key: object) -> None:
+        """Until no job for ``key`` is queued or running."""
+        with self._cond:
+            while key in self._jobs or self._busy == key:
+                self._cond.wait()
 
-    def remove(self) -> None:
-        """Forget the state (it could not be kept up to date: better none than a stale one)."""
-        self.close()
-        for path in (self.path, self.journal_path):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                key = next(iter(self._jobs))
+                job = self._jobs.pop(key)
+                self._busy = key
+            try:
+                job()
+            finally:
+                with self._cond:
+                    self._busy = None
+                    self._cond.notify_all()

@@ -15,10 +15,7 @@ of the new stream: it is dropped) or after it (a needless re-check). Only when P
 gone does :meth:`Follower.read` ask ``XINFO STREAM`` whether the stream was trimmed
 (start again from the snapshot) or reset (from scratch), as it logs either way.
 
-The same ``XREAD`` also watches ``…:announcements``, where an agent whose endpoint
-announcement changed appends its node id: a changed announcement is fetched when it
-changes, not by polling every member's key. A Redis user that may not read that
-stream (an ACL made before it existed) turns it off: announcements are then polled.
+The same ``XREAD`` can watch a second stream (``…:announcements``, see announce.py).
 """
 
 from __future__ import annotations
@@ -30,14 +27,13 @@ from typing import Any, Final
 
 import msgspec
 import redis
-from redis.exceptions import NoPermissionError
 
 from consumers.agent.desired import PeerRecord, PeerTable
 from shared.errors import DecodeError
 from shared.events import PeerUpsert, Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.redis_log import START, Entry, as_str, id_key, read_after
-from shared.validate import excerpt, is_valid_node_id
+from shared.validate import excerpt
 
 #: Entries of the peers stream read per batch.
 BATCH_SIZE: Final = 500
@@ -45,8 +41,6 @@ BATCH_SIZE: Final = 500
 CATCH_UP_SIZE: Final = 2000
 #: Entries per page when a retraction makes the agent re-read the peers stream.
 REBUILD_PAGE: Final = 5000
-#: Announcement changes read per batch (node ids).
-ANNOUNCE_BATCH: Final = 1000
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -120,8 +114,6 @@ class Follower:
         self.replaced = True
         #: Called after the stream was found trimmed past us or reset (the table restarted).
         self.on_reset: Callable[[], None] = lambda: None
-        #: Position in ``…:announcements`` (None: not watched, announcements are polled).
-        self.announced_at: str | None = START
 
     # --- reading -----------------------------------------------------------------------
 
@@ -130,10 +122,12 @@ class Follower:
         block_ms: int | None,
         count: int = BATCH_SIZE,
         status: tuple[str, Mapping[str, Any]] | None = None,
-    ) -> tuple[list[Entry], set[str]]:
-        """The next batch of ``peers`` entries after our position, and the nodes whose
-        announcement changed; ``status`` (key, fields) is written first, in the same
-        round trip. Blocks up to ``block_ms`` (None: not at all)."""
+        also: tuple[str, str] | None = None,
+    ) -> tuple[list[Entry], list[Any]]:
+        """The next batch of ``peers`` entries after our position, and the entries of
+        ``also`` (stream, position), watched by the same blocking read; ``status`` (key,
+        fields) is written first, in the same round trip. Blocks up to ``block_ms``
+        (None: not at all, and ``also`` is not read)."""
         position = self.position
         pipe = self.client.pipeline(transaction=False)
         if status is not None:
@@ -143,8 +137,8 @@ class Follower:
             low = START if position == START else f"({position}"
             pipe.xrange(self.keys.peers, min=low, count=count)
         else:
-            if self.announced_at is not None:
-                streams[self.keys.announcements] = self.announced_at
+            if also is not None:
+                streams[also[0]] = also[1]
             pipe.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
         if position != START:
             pipe.xrange(self.keys.peers, min=position, max=position)
@@ -152,11 +146,8 @@ class Follower:
         if status is not None:
             _raise_if_error(replies.pop(0))
         got = replies[0]
-        if isinstance(got, NoPermissionError) and len(streams) > 1:
-            self._unwatch()
-            return self.read(block_ms, count)
-        _raise_if_error(got)
-        entries, announced = self._entries(got, block_ms is None)
+        _raise_if_error(got)  # NoPermissionError: ``also`` may not be read
+        entries, others = self._entries(got, block_ms is None)
         self.caught_up = len(entries) < count
         if position != START:
             ours = replies[1]
@@ -165,55 +156,19 @@ class Follower:
                 self._restart()
                 entries = read_after(self.client, self.keys.peers, self.position, count, None)
                 self.caught_up = len(entries) < count
-        return entries, announced
+        return entries, others
 
-    def _entries(self, got: Any, ranged: bool) -> tuple[list[Entry], set[str]]:
+    def _entries(self, got: Any, ranged: bool) -> tuple[list[Entry], list[Any]]:
         if ranged:
-            return [(as_str(i), f) for i, f in got], set()
+            return [(as_str(i), f) for i, f in got], []
         entries: list[Entry] = []
-        announced: set[str] = set()
+        others: list[Any] = []
         for name, items in got or []:
             if as_str(name) == self.keys.peers:
                 entries = [(as_str(i), f) for i, f in items]
-            elif items:
-                self.announced_at = as_str(items[-1][0])
-                for _, fields in items:
-                    node = as_str(fields.get(b"node", b""))
-                    if is_valid_node_id(node):
-                        announced.add(node)
-        return entries, announced
-
-    def watch_announcements(self) -> None:
-        """Start watching ``…:announcements`` after its newest entry (call before reading
-        every announcement, so that no change between the two is missed)."""
-        if self.announced_at is None:
-            return
-        try:
-            last: Any = self.client.xrevrange(self.keys.announcements, count=1)
-        except NoPermissionError:
-            self._unwatch()
-            return
-        self.announced_at = as_str(last[0][0]) if last else START
-
-    def _unwatch(self) -> None:
-        self.log.warning(
-            "this agent's Redis user may not read {}: polling announcements instead "
-            "(README, Agent: the ACL)",
-            self.keys.announcements,
-        )
-        self.announced_at = None
-
-    def announcements_continuous(self) -> bool:
-        """False when entries of ``…:announcements`` we have not read may be gone (it was
-        trimmed or reset): then every announcement must be read again."""
-        at = self.announced_at
-        if at is None or at == START:
-            return True
-        try:
-            ours: Any = self.client.xrange(self.keys.announcements, min=at, max=at)
-        except redis.ResponseError:
-            return True
-        return bool(ours)
+            else:
+                others = list(items)
+        return entries, others
 
     def _restart(self) -> None:
         """The stream no longer holds our position: start again from the snapshot (if the

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from consumers.agent.desired import DesiredPeer
-from consumers.agent.render import PeerSpec, RemovePeer, diff_peers, is_ip_endpoint, spec_of
+from consumers.agent.render import PeerSpec, is_ip_endpoint, normalise_ips, satisfied
 from consumers.agent.wg import InterfaceState, WireGuard
 from shared.errors import WireGuardError
 
@@ -34,7 +34,8 @@ Changes = Mapping[str, DesiredPeer | None]
 
 
 def _spec(peer: DesiredPeer) -> PeerSpec:
-    return replace(spec_of(peer), node_id="")
+    """The interface's view of a desired peer (canonical allowed IPs, no node id)."""
+    return PeerSpec(peer.public_key, normalise_ips(peer.allowed_ips), peer.endpoint, peer.keepalive)
 
 
 def _direct(spec: PeerSpec) -> bool:
@@ -86,8 +87,8 @@ class Interface:
 
     # --- changes against the model -----------------------------------------------------
 
-    def apply(self, changed: Changes) -> list[str]:
-        """Make the interface hold ``changed`` (node -> peer, None: none); what changed.
+    def apply(self, changed: Changes) -> None:
+        """Make the interface hold ``changed`` (node -> peer, None: none).
 
         Raises :class:`WireGuardError` after putting the touched peers back.
         """
@@ -104,7 +105,7 @@ class Interface:
             if want is not None:
                 sets.append(want)
         if not before:
-            return []
+            return
         if self.wg is not None:
             try:
                 self._run(removals, [_spec(p) for p in sets])
@@ -119,7 +120,6 @@ class Interface:
                 self.applied.pop(node, None)
             else:
                 self.applied[node] = want
-        return [_describe(node, before[node], changed[node]) for node in before]
 
     def set_addresses(self, addresses: tuple[str, ...], *, check: bool = False) -> None:
         """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged."""
@@ -157,10 +157,11 @@ class Interface:
             if p.endpoint and not is_ip_endpoint(p.endpoint) and p.public_key not in self.unresolved
         }
         self.unresolved.clear()
+        have = state.peers
         want = {p.public_key: _spec(p) for p in target.values()}
-        ops = diff_peers(state.peers, want, hostnames)
-        removals = [op.public_key for op in ops if isinstance(op, RemovePeer)]
-        sets = [want[op.public_key] for op in ops if not isinstance(op, RemovePeer)]
+        removals = sorted(key for key in have if key not in want)
+        sets = [s for k, s in want.items() if not satisfied(have.get(k), s, hostnames.get(k))]
+        operations = len(removals) + len(sets)
         try:
             self._run(removals, sets)
         except WireGuardError:
@@ -169,7 +170,7 @@ class Interface:
             raise
         self.applied = dict(target)
         self.synced = True
-        return len(ops)
+        return operations
 
     def _check_device(self, state: InterfaceState) -> None:
         assert self.wg is not None
@@ -231,15 +232,14 @@ class Interface:
             self.log.error("rollback failed: {}", exc)
 
 
-def _describe(node: str, before: DesiredPeer | None, after: DesiredPeer | None) -> str:
-    peer = after or before
-    assert peer is not None
-    verb = "remove" if after is None else "set"
-    return f"{verb} {node} ({peer.public_key[:8]}…)"
-
-
-def summary(descriptions: list[str]) -> str:
-    """At most :data:`LOGGED_CHANGES` descriptions, and how many more."""
-    shown = ", ".join(descriptions[:LOGGED_CHANGES])
-    more = len(descriptions) - LOGGED_CHANGES
-    return shown + (f" and {more} more" if more > 0 else "")
+def summary(changed: Changes, applied: Mapping[str, DesiredPeer]) -> str:
+    """The first :data:`LOGGED_CHANGES` changes against ``applied`` in words, and how many
+    more."""
+    words: list[str] = []
+    for node, peer in changed.items():
+        if len(words) == LOGGED_CHANGES:
+            break
+        key = (peer or applied.get(node) or DesiredPeer(node, "?", (), None, 0)).public_key
+        words.append(f"{'remove' if peer is None else 'set'} {node} ({key[:8]}…)")
+    more = len(changed) - len(words)
+    return ", ".join(words) + (f" and {more} more" if more > 0 else "")

@@ -36,7 +36,6 @@ from consumers.agent.desired import (
     compute,
     ipv6_note,
     make_peer,
-    own_facts,
     pools_of,
     record_facts,
 )
@@ -87,14 +86,17 @@ class DesiredPeers:
         if own_public_key is not None:
             self.own_public_key = own_public_key
         self.full_recomputes += 1
-        desired = compute(table, self.node_id, self.own_public_key, self.endpoint_of, self.policy)
+        counts: dict[str, int] | None = None if self.policy.is_spoke(self.node_id) else {}
+        desired = compute(
+            table, self.node_id, self.own_public_key, self.endpoint_of, self.policy, counts=counts
+        )
         peers = {p.node_id: p for p in desired.peers}
         delta = _diff(self.peers, peers)
         self.peers = peers
         self.skipped = dict(desired.skipped)
         self.addresses = desired.addresses
         self.fail_closed = desired.fail_closed
-        self._claims = {} if self.fail_closed else self._count(table)
+        self._claims = counts or {}
         return delta
 
     def update(
@@ -137,19 +139,6 @@ class DesiredPeers:
         return delta
 
     # --- internals -------------------------------------------------------------------
-
-    def _count(self, table: Mapping[str, PeerRecord]) -> dict[str, int]:
-        _, _, own = own_facts(table, self.node_id, self.own_public_key, self.policy)
-        claims: dict[str, int] = {}
-        for claim in own:
-            claims[claim] = claims.get(claim, 0) + 1
-        if self.policy.is_spoke(self.node_id):
-            return claims  # spokes are always recomputed in full: no need to count
-        for node, record in table.items():
-            if node != self.node_id:
-                for claim in claims_of(record, self.pools):
-                    claims[claim] = claims.get(claim, 0) + 1
-        return claims
 
     def _recount(
         self, table: Mapping[str, PeerRecord], changed: Mapping[str, PeerRecord | None]

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from consumers.agent.desired import IPV4_RE, Desired, DesiredPeer, parse_endpoint
-from shared.validate import is_valid_node_id, is_valid_wg_key
+from consumers.agent.desired import IPV4_RE, Desired, DesiredPeer, is_key, parse_endpoint
+from shared.validate import is_valid_node_id
 
 HEADER = "# Written by the wgchain agent; every change is rewritten from the peers stream."
 #: Peers per piece yielded by :func:`render_chunks`.
@@ -29,6 +29,11 @@ CHUNK_PEERS: Final = 256
 
 _V4_HOST_RE: Final = re.compile(rf"({IPV4_RE.pattern})/32")
 _V4_CIDR_RE: Final = re.compile(rf"{IPV4_RE.pattern}/(?:3[0-2]|[12]?[0-9])")
+#: A canonical ``IPv4:port`` endpoint, as :func:`parse_endpoint` returns one.
+IPV4_ENDPOINT_RE: Final = re.compile(
+    rf"{IPV4_RE.pattern}:(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{{2}}|6[0-4][0-9]{{3}}"
+    r"|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +201,15 @@ def render_chunks(
 
 def _peer_block(peer: DesiredPeer) -> str | None:
     """The lines of one ``[Peer]`` (starting with a newline), or None when it is invalid."""
-    if not (is_valid_node_id(peer.node_id) and is_valid_wg_key(peer.public_key)):
+    if not (is_valid_node_id(peer.node_id) and is_key(peer.public_key)):
         return None
     allowed = ", ".join(ip for ip in peer.allowed_ips if _is_network(ip))
     text = (
         f"\n\n[Peer]\n# node {peer.node_id}\nPublicKey = {peer.public_key}\nAllowedIPs = {allowed}"
     )
-    endpoint = parse_endpoint(peer.endpoint) if peer.endpoint else None
+    endpoint = peer.endpoint
+    if endpoint and not IPV4_ENDPOINT_RE.fullmatch(endpoint):
+        endpoint = parse_endpoint(endpoint)
     if endpoint:
         text += f"\nEndpoint = {endpoint}"
     if peer.keepalive:

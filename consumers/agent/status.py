@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import redis
 
 from shared.keys import Keys
 from shared.redis_log import START, as_str
+
+if TYPE_CHECKING:
+    from consumers.agent.agent import Agent
 
 #: Seconds between two status writes while changes keep coming.
 COALESCE_SECONDS: Final = 0.2
@@ -82,3 +85,30 @@ class Status:
         """Write now (outside a read's round trip)."""
         self.client.hset(self.key, mapping=dict(fields))  # type: ignore[arg-type]
         self.written(time.monotonic())
+
+
+def status_fields(agent: Agent) -> dict[str, Any]:
+    """The fields of an agent's status hash (README, "Agent": the status fields)."""
+    follower, iface, cfg = agent.follower, agent.iface, agent.cfg
+    lag_entries, lag_seconds = agent.status.lag(
+        agent.applied_position, follower.position, follower.caught_up
+    )
+    return {
+        "node": cfg.node_id,
+        "interface": cfg.interface,
+        "mode": "file-only" if agent.wg is None else "wireguard",
+        "public_key": agent.own_public_key or "",
+        "applied_position": agent.applied_position,
+        "applied_block": agent.applied_block,
+        "lag_entries": lag_entries,
+        "lag_seconds": lag_seconds,
+        "last_apply": agent.last_apply,
+        "last_error": agent.last_error,
+        "peer_count": len(iface.applied),
+        "fail_closed": iface.fail_closed or "",
+        "addresses": ",".join(iface.addresses),
+        "reconcile_interval": cfg.reconcile_interval,
+        "handshake_latest": iface.handshake_latest,
+        "held": agent.hold.reason(follower.block),
+        "updated_at": time.time(),
+    }

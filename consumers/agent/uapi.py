@@ -23,10 +23,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
-from consumers.agent.desired import parse_endpoint
-from consumers.agent.render import PeerSpec, is_ip_endpoint, normalise_ips
+from consumers.agent.desired import is_key, parse_endpoint
+from consumers.agent.render import IPV4_ENDPOINT_RE, PeerSpec, is_ip_endpoint, normalise_ips
 from shared.errors import WireGuardError
-from shared.validate import is_valid_wg_key
 
 #: Where wireguard-go creates its control sockets (``IF.sock``).
 SOCKET_DIR: Final = Path("/var/run/wireguard")
@@ -56,23 +55,24 @@ def _hex(key: str) -> str:
 
 def _checked(peer: PeerSpec) -> PeerSpec:
     """``peer`` with canonical allowed IPs, or :class:`WireGuardError` if anything is off."""
-    if not is_valid_wg_key(peer.public_key):
+    if not is_key(peer.public_key):
         raise WireGuardError("refusing an invalid peer key")
     try:
         ips = normalise_ips(peer.allowed_ips)
     except ValueError:
         raise WireGuardError("refusing an invalid allowed IP") from None
-    if peer.endpoint is not None:
-        endpoint = parse_endpoint(peer.endpoint)
-        if endpoint is None or not is_ip_endpoint(endpoint):
-            raise WireGuardError("refusing an endpoint that is not an IP address")
+    endpoint = peer.endpoint
+    if (
+        endpoint is not None
+        and not IPV4_ENDPOINT_RE.fullmatch(endpoint)
+        and (parse_endpoint(endpoint) != endpoint or not is_ip_endpoint(endpoint))
+    ):
+        raise WireGuardError("refusing an endpoint that is not an IP address")
     if not 0 <= peer.keepalive <= 65535:
         raise WireGuardError("refusing a keepalive out of range")
-    return (
-        peer
-        if ips == peer.allowed_ips
-        else PeerSpec(peer.public_key, ips, peer.endpoint, peer.keepalive, peer.node_id)
-    )
+    if ips == peer.allowed_ips:
+        return peer
+    return PeerSpec(peer.public_key, ips, endpoint, peer.keepalive, peer.node_id)
 
 
 def _peer_lines(peer: PeerSpec) -> str:
@@ -104,7 +104,7 @@ def set_peers(
     Raises :class:`WireGuardError` when the socket does not answer or wireguard-go
     refuses a line; the lines before the refused one are applied (the caller rolls back).
     """
-    if not all(is_valid_wg_key(key) for key in removals):
+    if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     checked = [_checked(p) for p in peers]
     path = socket_path(ifname, socket_dir)

@@ -15,7 +15,8 @@ import ipaddress
 import json
 import shlex
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -67,23 +68,33 @@ def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
 
 def parse_dump(text: str) -> InterfaceState:
     """Parse ``wg show IF dump`` (interface line, then one line per peer)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise WireGuardError("wg show dump printed nothing")
-    head = lines[0].split("\t")
-    if len(head) != 4:  # never echo the line: it holds the private key
-        raise WireGuardError(f"unexpected wg dump interface line ({len(head)} fields)")
-    public = head[1] if is_valid_wg_key(head[1]) else None
-    listen_port = int(head[2]) if head[2].isdigit() else 0
+    return _parse_dump(text.splitlines())
+
+
+def _parse_dump(lines: Iterable[str]) -> InterfaceState:
+    public: str | None = None
+    listen_port = 0
+    seen_head = False
     peers: dict[str, PeerSpec] = {}
     handshakes: dict[str, int] = {}
-    for number, line in enumerate(lines[1:], start=2):
-        cols = line.split("\t")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        cols = line.rstrip("\n").split("\t")
+        if not seen_head:
+            seen_head = True
+            if len(cols) != 4:  # never echo the line: it holds the private key
+                raise WireGuardError(f"unexpected wg dump interface line ({len(cols)} fields)")
+            public = cols[1] if is_valid_wg_key(cols[1]) else None
+            listen_port = int(cols[2]) if cols[2].isdigit() else 0
+            continue
         if len(cols) != 8:
             raise WireGuardError(f"unexpected wg dump peer line {number} ({len(cols)} fields)")
         key, _psk, endpoint, allowed, handshake, _rx, _tx, keepalive = cols
         peers[key] = _peer_spec(key, endpoint, allowed, keepalive)
         handshakes[key] = int(handshake) if handshake.isdigit() else 0
+    if not seen_head:
+        raise WireGuardError("wg show dump printed nothing")
     return InterfaceState(public, listen_port, peers, handshakes)
 
 
@@ -99,8 +110,43 @@ def _peer_spec(key: str, endpoint: str, allowed: str, keepalive: str) -> PeerSpe
 
 
 def show_dump(ifname: str) -> InterfaceState:
-    """The interface's public key, listen port and peers."""
-    return parse_dump(run(["wg", "show", ifname, "dump"]))
+    """The interface's public key, listen port and peers.
+
+    Parsed line by line as ``wg`` prints them: 10,000 peers are about 1.5 MB of text
+    that never has to be held whole (a long-running agent's memory stays flat).
+    """
+    argv = ["wg", "show", ifname, "dump"]
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise WireGuardError(f"wg is not installed (running {shlex.join(argv)})") from None
+    timer = threading.Timer(COMMAND_TIMEOUT, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        try:
+            state = _parse_dump(proc.stdout)
+        except WireGuardError:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+        stderr = proc.stderr.read()
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        raise WireGuardError(
+            f"{shlex.join(argv)} failed with exit code {code}: {stderr.strip()[:MAX_STDERR]}"
+        )
+    return state
 
 
 def set_private_key(ifname: str, path: str | Path) -> None:

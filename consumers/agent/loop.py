@@ -1,0 +1,165 @@
+"""The agent's loop (I/O): wake on the stream, apply, keep the timer, ride out outages.
+
+Each wake is one round trip: the status (when due) is written, then ``XREAD`` blocks
+on the peers stream and ``…:announcements`` until something arrives or the next
+timer, file write or status write is due. What arrived is folded and applied at
+once. The timer (``WGCHAIN_RECONCILE_INTERVAL``) re-announces this host, reads the
+interface whole (drift repair) and writes a heartbeat status; every
+:data:`FULL_ANNOUNCE_TICKS` ticks it reads every member's announcement again.
+
+Redis unreachable (also at start): the interface stays as applied, the timer keeps
+repairing drift from the applied state, and the loop retries every second; one log
+line when it starts, one a minute, one when Redis answers again. The process never
+exits for an outage; only a bad key file or no interface at start stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Final
+
+import redis
+from redis.exceptions import NoPermissionError
+
+from consumers.agent.announce import POLL_SECONDS
+from consumers.agent.follow import BATCH_SIZE, CATCH_UP_SIZE
+from consumers.agent.status import status_fields
+from shared import metrics
+from shared.errors import ServiceUnavailable, WgchainError
+
+if TYPE_CHECKING:
+    from consumers.agent.agent import Agent
+
+#: Milliseconds one XREAD blocks at most.
+BLOCK_MS: Final = 1000
+#: Seconds to wait before retrying after Redis is unreachable.
+REDIS_PAUSE_SECONDS: Final = 1.0
+#: Seconds between two "Redis still unreachable" lines.
+OUTAGE_LOG_SECONDS: Final = 60.0
+#: Every this many timer ticks every announcement is read again, in case one was written
+#: without ``…:announcements`` (an agent of an older version during an upgrade, by hand).
+FULL_ANNOUNCE_TICKS: Final = 10
+
+
+class Outage:
+    """Log lines for Redis going away: when it starts, once a minute, when it is back."""
+
+    def __init__(self, log: Any) -> None:
+        self.log = log
+        self.since: float | None = None
+        self.logged = 0.0
+
+    def failed(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self.logged = now
+            self.log.warning("Redis unreachable ({}): keeping the interface as applied", exc)
+        elif now - self.logged >= OUTAGE_LOG_SECONDS:
+            self.logged = now
+            self.log.warning("Redis unreachable for {:.0f} s ({})", now - self.since, exc)
+
+    def recovered(self) -> None:
+        if self.since is not None:
+            self.log.warning("Redis reachable again after {:.0f} s", time.monotonic() - self.since)
+            self.since = None
+
+
+class Loop:
+    """The timers of one running agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.interval = agent.cfg.reconcile_interval
+        self.next_timer = time.monotonic() + self.interval
+        self.next_poll = 0.0
+        self.ticks = 0
+        self.outage = Outage(agent.log)
+
+    def step(self) -> None:
+        """One wake: read (writing the status on the way), fold, apply; the timer."""
+        agent = self.agent
+        follower, announcements, status = agent.follower, agent.announcements, agent.status
+        now = time.monotonic()
+        waits = [self.next_timer - now, status.due_in(now), *agent.files.waits(now)]
+        if announcements.position is None:
+            waits.append(self.next_poll - now)
+        fields = (status.key, status_fields(agent)) if status.due_in(now) == 0 else None
+        also = None
+        if follower.caught_up:
+            block_ms: int | None = max(1, min(BLOCK_MS, int(min(waits) * 1000)))
+            count = BATCH_SIZE
+            if announcements.position is not None:
+                also = (announcements.stream, announcements.position)
+        else:
+            block_ms, count = None, CATCH_UP_SIZE
+        try:
+            entries, others = agent.retry(follower.read, block_ms, count, fields, also)
+        except NoPermissionError:
+            if also is None:
+                raise
+            announcements.unwatch()
+            return
+        if fields is not None:
+            status.written(now)
+        agent.announced |= announcements.nodes_in(others)
+        changed = follower.fold(entries) > 0 or bool(agent.announced)
+        changed = agent.check_key_file() or changed
+        now = time.monotonic()
+        if announcements.position is None and now >= self.next_poll:
+            self.next_poll = now + POLL_SECONDS
+            agent.announced |= set(follower.table.records)
+            changed = True
+        timer = now >= self.next_timer
+        if timer:
+            self.next_timer = now + self.interval
+            announcements.publish()
+            self.ticks += 1
+            if self.ticks % FULL_ANNOUNCE_TICKS == 0 or not announcements.continuous():
+                announcements.watch()
+                agent.announced |= set(follower.table.records)
+            status.mark()
+        if timer or changed or agent.hold_block:
+            started = time.monotonic()
+            agent.apply_changes(full=timer)
+            metrics.agent_applied(agent.cfg.keys.tag, started)
+
+    def offline(self) -> None:
+        """Redis is unreachable: the timer still repairs drift from the applied state."""
+        now = time.monotonic()
+        if now >= self.next_timer:
+            self.next_timer = now + self.interval
+            self.agent.repair_held()
+
+
+def run(agent: Agent, stop: threading.Event) -> None:
+    """Run ``agent`` until ``stop`` is set (module docstring)."""
+    agent.prepare()
+    loop = Loop(agent)
+    try:
+        while not stop.is_set():
+            try:
+                if not agent.bootstrapped:
+                    agent.announcements.publish()
+                    agent.bootstrap()
+                    agent.apply_changes(full=True)
+                else:
+                    loop.step()
+                loop.outage.recovered()
+            except (redis.RedisError, ServiceUnavailable) as exc:
+                loop.outage.failed(exc)
+                agent.last_error = f"redis: {exc}"
+                agent.status.mark()
+                metrics.agent_error(agent.cfg.keys.tag)
+                loop.offline()
+                stop.wait(REDIS_PAUSE_SECONDS)
+            except WgchainError as exc:
+                agent.error(str(exc))
+                stop.wait(REDIS_PAUSE_SECONDS)
+            agent.files.write(agent.snapshot)
+    finally:
+        agent.files.close(agent.snapshot)
+        with contextlib.suppress(redis.RedisError, ServiceUnavailable):
+            agent.status.write(status_fields(agent))
+        agent.log.info("agent stopped")
