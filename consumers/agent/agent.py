@@ -31,7 +31,7 @@ from consumers.agent.announce import Announcements
 from consumers.agent.config import AgentConfig, is_valid_ifname
 from consumers.agent.desired import Desired, DesiredPeer, PeerTable, share_strings
 from consumers.agent.follow import CATCH_UP_SIZE, Follower
-from consumers.agent.hold import Hold
+from consumers.agent.hold import FREE, HELD, REACHED, Hold
 from consumers.agent.hostfiles import HostFiles
 from consumers.agent.interface import Changes, Interface, summary
 from consumers.agent.keys import public_key_from_file
@@ -386,12 +386,25 @@ class Agent:
     def _held(self) -> bool:
         """True while the table is behind the applied configuration (hold.py)."""
         follower = self.follower
-        held, why = self.hold.check(follower.block, follower.last_entries, ready=self.bootstrapped)
-        if why:
-            self.log.info("{}", why)
+        state, why = self.hold.check(follower.block, follower.last_entries, ready=self.bootstrapped)
+        if state == HELD or (state == FREE and not why):
+            return state == HELD
+        if state == REACHED:
             self._recompute = True
-            self.status.mark()
-        return held
+            self._update_model()
+            changed = self.iface.changes_to(self.model.peers)
+            removes = any(
+                peer is None or peer.public_key != self.iface.applied[node].public_key
+                for node, peer in changed.items()
+                if node in self.iface.applied
+            )
+            if removes and not self.hold.settled(follower.last_entries):
+                return True  # maybe not all of that block yet: removals wait for quiet
+            self.hold.end()
+        self.log.info("{}", why)
+        self._recompute = True
+        self.status.mark()
+        return False
 
     # --- status ----------------------------------------------------------------------
 

@@ -95,8 +95,8 @@ class Interface:
         removals: list[str] = []
         sets: list[DesiredPeer] = []
         before: dict[str, DesiredPeer | None] = {}
-        for node, want in changed.items():
-            have = self.applied.get(node)
+        for node in sorted(changed):  # in node order, as the config file lists them
+            want, have = changed[node], self.applied.get(node)
             if have == want:
                 continue
             before[node] = have

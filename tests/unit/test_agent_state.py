@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 
+from consumers.agent import hold as hold_module
 from consumers.agent.desired import DesiredPeer
-from consumers.agent.hold import Hold
+from consumers.agent.hold import FREE, HELD, REACHED, Hold
 from consumers.agent.state import (
     AppliedState,
     Ident,
@@ -114,13 +116,26 @@ def test_a_bad_journal_line_in_the_middle_makes_the_state_unusable() -> None:
         decode(snapshot(base), good + b'{"seq": 2, "oops": 1}\n' + good, IDENT)
 
 
-def test_a_hold_waits_for_the_block_and_an_empty_stream_never_ends_it() -> None:
+def test_a_hold_waits_for_the_block_and_an_empty_stream_never_ends_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     hold = Hold()
     assert not hold.begin(applied_block=5, table_block=9)  # the snapshot is not behind
     assert hold.begin(applied_block=5, table_block=2)
     assert hold.reason(2) == "the peers stream is at block 2, the applied configuration at block 5"
-    assert hold.check(3, last_entries=0.0, ready=False) == (True, "")
-    assert hold.check(0, last_entries=0.0, ready=True) == (True, "")  # nothing refilled yet
-    held, why = hold.check(5, last_entries=0.0, ready=True)
-    assert (held, hold.block, hold.reason(5)) == (False, 0, "")
+    assert hold.check(3, last_entries=0.0, ready=False) == (HELD, "")
+    assert hold.check(0, last_entries=0.0, ready=True) == (HELD, "")  # nothing refilled yet
+    assert hold.check(3, last_entries=time.monotonic(), ready=True) == (HELD, "")
+    state, why = hold.check(5, last_entries=0.0, ready=True)
+    assert (state, hold.block) == (REACHED, 5)  # the caller decides (removals wait)
     assert "reached block 5" in why
+    assert hold.settled(0.0)
+    assert not hold.settled(time.monotonic())
+    state, why = hold.check(6, last_entries=0.0, ready=True)
+    assert (state, hold.block, hold.reason(6)) == (FREE, 0, "")
+    assert "passed block 5" in why
+    hold.begin(applied_block=5, table_block=1)
+    monkeypatch.setattr(hold_module, "HOLD_QUIET_SECONDS", 0.0)
+    state, why = hold.check(1, last_entries=0.0, ready=True)  # that block is gone: a reorg
+    assert (state, hold.block) == (FREE, 0)
+    assert "stopped at block 1" in why
