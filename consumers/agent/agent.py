@@ -33,6 +33,7 @@ from consumers.agent.desired import Desired, DesiredPeer, PeerTable, share_strin
 from consumers.agent.follow import CATCH_UP_SIZE, Follower
 from consumers.agent.hold import FREE, HELD, REACHED, Hold
 from consumers.agent.hostfiles import HostFiles
+from consumers.agent.interface import LOGGED_CHANGES as LOGGED
 from consumers.agent.interface import Changes, Interface, summary
 from consumers.agent.keys import public_key_from_file
 from consumers.agent.peerset import DesiredPeers
@@ -310,7 +311,7 @@ class Agent:
         moves no position."""
         iface = self.iface
         other = addresses != iface.addresses or fail_closed != iface.fail_closed
-        words = summary(changed, iface.applied) if changed else ""
+        before = {node: iface.applied.get(node) for node in list(changed)[:LOGGED]}
         if changed or other:
             position, block = (
                 (self.applied_position, self.applied_block)
@@ -341,10 +342,11 @@ class Agent:
             self.status.mark()
         else:
             self._applied()
+        self.files.flush()  # a removal: on the disk before anything else is read
         if repaired > 0:
             self.log.info("repaired {} peer(s) on the interface", repaired)
         if changed:
-            self.log.info("applied {} change(s): {}", len(changed), words)
+            self.log.info("applied {} change(s): {}", len(changed), summary(changed, before))
         return True
 
     def _applied(self) -> None:

@@ -15,6 +15,7 @@ interpreter lock).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import tempfile
@@ -132,6 +133,14 @@ class Debounce:
         self.last = now
 
 
+def release_memory() -> None:
+    """Give back to the system the memory that a bootstrap, a full read or a whole-file
+    write freed (glibc's ``malloc_trim``: free blocks inside the heap stay the
+    process's otherwise). A no-op where there is no such call."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 class Writer:
     """The process's file-writing thread: jobs keyed by file, a newer job for a file
     replacing one still queued."""
@@ -179,6 +188,7 @@ class Writer:
                 self._busy = key
             try:
                 job()
+                release_memory()  # a whole file's text was just built and dropped
             finally:
                 with self._cond:
                     self._busy = None

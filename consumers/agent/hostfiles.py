@@ -78,20 +78,20 @@ class StateFile:
         self.seq = state.seq
         return state
 
-    def append(
-        self, state: AppliedState, changed: Mapping[str, DesiredPeer | None], sync: bool
-    ) -> None:
-        """Note ``changed`` (and ``state``'s position, block, addresses) before applying
-        it; ``sync`` (a peer is removed): on the disk before this returns."""
+    def append(self, state: AppliedState, changed: Mapping[str, DesiredPeer | None]) -> None:
+        """Note ``changed`` (and ``state``'s position, block, addresses) before applying it."""
         self.seq += 1
         line = encode_line(self.seq, state, changed)
         if self._fd is None:
             self._open()
         assert self._fd is not None
         _write_all(self._fd, line)
-        if sync:
-            os.fdatasync(self._fd)
         self._since.append(line)
+
+    def sync(self) -> None:
+        """The journal on the disk (``fdatasync``)."""
+        if self._fd is not None:
+            os.fdatasync(self._fd)
 
     def _open(self) -> None:
         self.journal_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -164,6 +164,7 @@ class HostFiles:
         self.config_due = files.Debounce()
         self.state_due = files.Debounce()
         self._compare = True  # the first write: skipped when the file holds it already
+        self._unsynced = False
         self._results: list[tuple[str, Any]] = []
         self._writer = files.Writer.shared()
 
@@ -187,7 +188,8 @@ class HostFiles:
         header: AppliedState,
         applied: Mapping[str, DesiredPeer],
     ) -> None:
-        """Note a change before it is applied (one that removes a peer: on the disk)."""
+        """Note a change before it is applied; one that removes a peer is flushed to the
+        disk by :meth:`flush` once applied (module docstring of consumers/agent/state.py)."""
         if not self.kept:
             return
         removes = any(
@@ -196,10 +198,20 @@ class HostFiles:
             for node, peer in changed.items()
         )
         try:
-            self.state.append(header, changed, sync=removes)
+            self.state.append(header, changed)
         except OSError as exc:
             self._drop(exc)
+        self._unsynced = self._unsynced or removes
         self.state_due.mark()
+
+    def flush(self) -> None:
+        """Put on the disk a journal line that removed a peer (right after it was applied)."""
+        if self._unsynced and self.kept:
+            self._unsynced = False
+            try:
+                self.state.sync()
+            except OSError as exc:
+                self._drop(exc)
 
     def _drop(self, exc: OSError) -> None:
         self.log.error(

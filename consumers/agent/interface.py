@@ -232,7 +232,7 @@ class Interface:
             self.log.error("rollback failed: {}", exc)
 
 
-def summary(changed: Changes, applied: Mapping[str, DesiredPeer]) -> str:
+def summary(changed: Changes, applied: Mapping[str, DesiredPeer | None]) -> str:
     """The first :data:`LOGGED_CHANGES` changes against ``applied`` in words, and how many
     more."""
     words: list[str] = []

@@ -24,6 +24,7 @@ import redis
 from redis.exceptions import NoPermissionError
 
 from consumers.agent.announce import POLL_SECONDS
+from consumers.agent.files import release_memory
 from consumers.agent.follow import BATCH_SIZE, CATCH_UP_SIZE
 from consumers.agent.status import status_fields
 from shared import metrics
@@ -124,6 +125,8 @@ class Loop:
             started = time.monotonic()
             agent.apply_changes(full=timer)
             metrics.agent_applied(agent.cfg.keys.tag, started)
+        if timer:
+            release_memory()
 
     def offline(self) -> None:
         """Redis is unreachable: the timer still repairs drift from the applied state."""
@@ -144,6 +147,7 @@ def run(agent: Agent, stop: threading.Event) -> None:
                     agent.announcements.publish()
                     agent.bootstrap()
                     agent.apply_changes(full=True)
+                    release_memory()
                 else:
                     loop.step()
                 loop.outage.recovered()

@@ -344,20 +344,33 @@ class Wg:
     def __init__(self, uapi: bool = True, socket_dir: Path = uapi_socket.SOCKET_DIR) -> None:
         self.uapi = uapi
         self.socket_dir = socket_dir
+        self._sockets: dict[str, bool] = {}  # interface -> whether it has a control socket
 
     def apply(self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
         if not removals and not peers:
             return
         direct = all(p.endpoint is None or is_ip_endpoint(p.endpoint) for p in peers)
-        if self.uapi and direct and uapi_socket.has_socket(ifname, self.socket_dir):
-            uapi_socket.set_peers(ifname, removals, peers, self.socket_dir)
+        if self.uapi and direct and self._has_socket(ifname):
+            try:
+                uapi_socket.set_peers(ifname, removals, peers, self.socket_dir)
+            except WireGuardError:
+                self._sockets.pop(ifname, None)  # look again next time (wireguard-go restarted?)
+                raise
         else:
             apply_peers(ifname, removals, peers)
 
+    def _has_socket(self, ifname: str) -> bool:
+        known = self._sockets.get(ifname)
+        if known is None:
+            known = self._sockets[ifname] = uapi_socket.has_socket(ifname, self.socket_dir)
+        return known
+
     def ensure(self, ifname: str) -> str:
+        self._sockets.pop(ifname, None)
         return ensure_interface(ifname)
 
     def show(self, ifname: str) -> InterfaceState:
+        self._sockets.pop(ifname, None)  # the timer's full read: look for the socket again
         return show_dump(ifname)
 
     def set_private_key(self, ifname: str, path: str) -> None:

@@ -385,3 +385,24 @@ def test_generate_key_says_so_in_a_log_line(tmp_path: Path, redis_server: RedisS
     assert len(generated) == 1
     assert read_private_key(key_file) not in stderr
     assert all(line.startswith("{") for line in stderr.splitlines() if line.strip())
+
+
+def test_a_removal_is_flushed_to_disk_and_an_addition_is_not(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consumers.agent import hostfiles
+
+    history(world)
+    agent = Agent(world.config(), world.client, MemoryWireGuard())
+    agent.start()
+    flushed: list[int] = []
+    real = os.fdatasync
+    monkeypatch.setattr(hostfiles.os, "fdatasync", lambda fd: (flushed.append(fd), real(fd)))
+    world.upsert("e", 7, 7)
+    agent.fold(agent.read_peers(None))
+    assert agent.reconcile("peers")
+    assert flushed == []
+    world.remove("e", 8)
+    agent.fold(agent.read_peers(None))
+    assert agent.reconcile("peers")
+    assert len(flushed) == 1
