@@ -1,7 +1,7 @@
 """What one host's WireGuard interface should look like. Pure: no I/O.
 
-Two steps: :class:`PeerTable` folds the ``peers`` stream (PeerUpsert, PeerRemove,
-AllocationPending) into node -> (key, addresses); :func:`desired_state` turns the
+Two steps: :class:`~consumers.agent.table.PeerTable` folds the ``peers`` stream into
+node -> (key, addresses) (``table.py``); :func:`desired_state` turns the
 table, the host's own public key and the hosts' endpoint announcements into the
 peer set of one node (DESIGN §4). It fails closed, with a reason, when the node is
 not a live member or the chain's key is not the host's own key.
@@ -25,14 +25,21 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Final
 
-from shared.events import AllocationPending, PeerRemove, PeerUpsert
-from shared.validate import WG_KEY_RE, excerpt, is_valid_node_id
+from consumers.agent.table import (
+    IPV4_RE,
+    PeerRecord,
+    PeerTable,
+    address,
+    is_key,
+    share,
+    share_strings,
+)
+from shared.validate import excerpt, is_valid_node_id
 
 #: Topologies a policy may name: everyone with everyone, or spokes with hubs only.
 TOPOLOGIES: Final = ("mesh", "hub")
@@ -49,113 +56,6 @@ BAD_NODE_ID: Final = "invalid-own-node-id"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-#: A canonical dotted quad (no leading zeros), as :mod:`ipaddress` prints one.
-IPV4_RE: Final = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")
-#: The all-zero key: valid base64 of 32 bytes, but no X25519 public key.
-_ZERO_KEY: Final = "A" * 43 + "="
-
-
-def is_key(key: str) -> bool:
-    """:func:`shared.validate.is_valid_wg_key` without decoding: the pattern admits only
-    the canonical base64 of 32 bytes, so what is left to refuse is the all-zero key."""
-    return WG_KEY_RE.fullmatch(key) is not None and key != _ZERO_KEY
-
-
-def _same(text: str) -> str:
-    return text
-
-
-#: Applied to the strings a table keeps: :func:`sys.intern` once a process runs several
-#: agents (:func:`share_strings`), so that they share one copy of each.
-_share: Callable[[str], str] = _same
-
-
-def share_strings() -> None:
-    """Intern the strings of peer tables from now on (several agents in one process)."""
-    global _share  # noqa: PLW0603 - one process-wide switch, flipped once
-    _share = sys.intern
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    """One live member with its address, as the ``peers`` stream last said."""
-
-    node_id: str
-    public_key: str
-    ipv4: str
-    ipv6: str | None = None
-
-
-class PeerTable:
-    """node id -> :class:`PeerRecord`, folded from ``peers`` entries in stream order.
-
-    ``keep`` (node ids) limits the table to those nodes: a spoke of a hub network
-    needs only its own record and the hubs'. While :attr:`changes` is a dict, every
-    node whose record changes is noted there with its record before the first change
-    (None: it had none), for :class:`consumers.agent.peerset.DesiredPeers`.
-    """
-
-    def __init__(self, keep: Collection[str] | None = None) -> None:
-        self.records: dict[str, PeerRecord] = {}
-        self.keep = frozenset(keep) if keep is not None else None
-        self.changes: dict[str, PeerRecord | None] | None = None
-
-    def apply(self, entry: object) -> str | None:
-        """Fold one entry; returns why it was ignored (safe to log), or None."""
-        if isinstance(entry, PeerUpsert):
-            node = entry.node_id
-            if not is_valid_node_id(node):
-                return f"invalid node id {excerpt(node)}"
-            if self.keep is not None and node not in self.keep:
-                return None
-            if not is_key(entry.public_key):
-                self._set(node, None)
-                return f"node {node}: invalid key {excerpt(entry.public_key)}"
-            ipv4 = address(entry.ipv4, 4)
-            ipv6 = address(entry.ipv6, 6) if entry.ipv6 else None
-            if ipv4 is None:
-                self._set(node, None)
-                return f"node {node}: invalid ipv4 {excerpt(entry.ipv4)}"
-            share = _share
-            record = PeerRecord(
-                share(node), share(entry.public_key), share(ipv4), share(ipv6) if ipv6 else None
-            )
-            self._set(node, record)
-            return None
-        if isinstance(entry, PeerRemove | AllocationPending):
-            # A node without an address cannot be a peer, whatever it was before.
-            self._set(entry.node_id, None)
-            return None
-        return f"not a peers entry: {type(entry).__name__}"
-
-    def _set(self, node: str, record: PeerRecord | None) -> None:
-        old = self.records.get(node)
-        if old == record:
-            return
-        if self.changes is not None and node not in self.changes:
-            self.changes[node] = old
-        if record is None:
-            del self.records[node]
-        else:
-            self.records[node] = record
-
-
-def address(text: str | None, version: int) -> str | None:
-    """The bare address in ``text`` ("10.88.0.5" or "10.88.0.5/32"), or None if invalid."""
-    if text is None or len(text) > 64:
-        return None
-    if version == 4:
-        bare = text[:-3] if text.endswith("/32") else text
-        if IPV4_RE.fullmatch(bare):
-            return bare  # already canonical: the common case, no parsing
-    try:
-        iface = ipaddress.ip_interface(text)
-    except ValueError:
-        return None
-    if iface.version != version:
-        return None
-    return str(iface.ip)
 
 
 def parse_endpoint(text: str) -> str | None:
@@ -194,7 +94,7 @@ def announced_endpoint(raw: bytes | str) -> str | None:
         return None
     endpoint = doc.get("endpoint")
     checked = parse_endpoint(endpoint) if isinstance(endpoint, str) else None
-    return _share(checked) if checked else None
+    return share(checked) if checked else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,9 +263,9 @@ def make_peer(
     record: PeerRecord, ip6: str | None, endpoint_of: EndpointOf, policy: Policy
 ) -> DesiredPeer:
     """The peer of a record that takes its addresses (``ip6``: its /128, if it gets one)."""
-    allowed: tuple[str, ...] = (_share(f"{record.ipv4}/32"),)
+    allowed: tuple[str, ...] = (share(f"{record.ipv4}/32"),)
     if ip6:
-        allowed += (_share(f"{ip6}/128"),)
+        allowed += (share(f"{ip6}/128"),)
     node = record.node_id
     endpoint = endpoint_of(node) or policy.template_endpoint(node)
     return DesiredPeer(node, record.public_key, allowed, endpoint, policy.keepalive)
@@ -458,3 +358,19 @@ def _clash(record: PeerRecord, used: set[str]) -> str | None:
     if record.ipv4 in used:
         return "ipv4 already used by another node"
     return None
+
+
+__all__ = [
+    "IPV4_RE",
+    "Desired",
+    "DesiredPeer",
+    "PeerRecord",
+    "PeerTable",
+    "Policy",
+    "address",
+    "announced_endpoint",
+    "desired_state",
+    "is_key",
+    "parse_endpoint",
+    "share_strings",
+]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from consumers.agent.desired import IPV4_RE, Desired, DesiredPeer, is_key, parse_endpoint
@@ -45,6 +45,17 @@ class PeerSpec:
     endpoint: str | None = None
     keepalive: int = 0
     node_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceState:
+    """What ``wg show IF dump`` says, minus the private key."""
+
+    public_key: str | None
+    listen_port: int
+    peers: dict[str, PeerSpec]
+    #: Public key -> unix time of the latest handshake (0: never).
+    handshakes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
