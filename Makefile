@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TOOLS := .tools
-SYSTEM_TOOLS := wg wireguard-go ip ping
+SYSTEM_TOOLS := wg wireguard-go ip ping chromium chromedriver
+APT_PACKAGES := wireguard-go wireguard-tools iproute2 iputils-ping chromium chromium-driver
 ARGS ?=
 
-.PHONY: setup sysdeps demo test check pytest bench soak contract clean
+.PHONY: setup sysdeps demo test check pytest bench soak contract clean dashboard-screenshots
+.PHONY: compose-test compose-clean
 
 setup: $(VENV)/.installed $(TOOLS)/node_modules/.installed sysdeps
 
@@ -21,17 +23,18 @@ $(TOOLS)/node_modules/.installed: $(TOOLS)/package.json $(TOOLS)/package-lock.js
 	cd $(TOOLS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# WireGuard userspace + tools from Debian, only when running as root and something is missing.
+# WireGuard userspace + tools, and Chromium + its driver for the dashboard's browser tests, from
+# Debian, only when running as root and something is missing.
 sysdeps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing from apt (missing:$$missing)"; \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -qq wireguard-go wireguard-tools iproute2 iputils-ping >/dev/null \
-	      || { apt-get update -qq && apt-get install -y -qq wireguard-go wireguard-tools iproute2 iputils-ping >/dev/null; }; \
+	    apt-get install -y -qq $(APT_PACKAGES) >/dev/null \
+	      || { apt-get update -qq && apt-get install -y -qq $(APT_PACKAGES) >/dev/null; }; \
 	  else \
-	    echo "note: missing$$missing (not root): WireGuard hosts run in file-only mode, e2e tests skip"; \
+	    echo "note: missing$$missing (not root): WireGuard hosts run in file-only mode, e2e and browser tests skip"; \
 	  fi; \
 	fi
 
@@ -65,9 +68,23 @@ soak: setup
 bench-smoke: setup
 	$(BIN)/python tests/benchmarks/run.py --smoke --out bench-smoke.json $(ARGS)
 
+# The README's dashboard screenshots (docs/img/), taken by the browser test from a real run.
+dashboard-screenshots: setup
+	WGCHAIN_DASHBOARD_SHOTS=docs/img $(BIN)/pytest tests/browser/test_dashboard.py -q $(ARGS)
+
 # Rebuild the committed contract artifact from the Solidity source.
 contract: setup
 	$(BIN)/python -m shared.contract.build
+
+# The production topology (compose/docker-compose.yml), run for real: installs what is missing
+# (Docker engine, Compose v2, stand-ins for base images that cannot be pulled), builds once, brings
+# it up, checks it from outside, `down -v`, and leaves the machine as it found it (root).
+# Caches under .tools/compose/ (downloads, the stand-in root, the private engine's images).
+compose-test: setup
+	$(BIN)/python -m tests.compose.run $(ARGS)
+
+compose-clean:
+	rm -rf $(TOOLS)/compose
 
 clean:
 	rm -rf $(VENV) $(TOOLS)/node_modules .pytest_cache .mypy_cache .ruff_cache .hypothesis

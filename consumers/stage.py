@@ -22,7 +22,7 @@ from shared import metrics
 from shared.errors import CommitConflict, DecodeError, ServiceUnavailable
 from shared.events import Retracted, effective, from_fields
 from shared.keys import Keys
-from shared.logs import log
+from shared.logs import brief, log
 from shared.redis_log import START, Batch, StageStore, as_str, id_key, read_after, redis_retry
 
 #: Entries read and committed per batch.
@@ -191,7 +191,7 @@ class Stage(Generic[S]):
                 self.state, outputs = self.fold.apply(self.state, entry_id, entry)
             except Exception as exc:  # a bug or an unforeseen input must not block the log
                 self.log.exception("cannot apply {}", entry_id)
-                raise _Poison(entry_id, f"apply failed: {exc!r}") from exc
+                raise _Poison(entry_id, f"apply failed: {brief(exc)}") from exc
             batch.outputs.extend(outputs)
             links.extend(entry_id for _ in outputs)
             i += 1

@@ -8,11 +8,41 @@ class WgchainError(Exception):
 
 
 class SettingsError(WgchainError):
-    """Raised when a setting (flag, ``WGCHAIN_*`` variable or TOML key) has a bad value."""
+    """Raised when a setting (flag, ``WGCHAIN_*`` variable or TOML key) or an argument is bad.
+
+    ``setting`` names it as the user gave it: an option (``--to``: the message reads
+    ``--to: <problem>``), a variable (``invalid setting WGCHAIN_POOL: <problem>``) or a
+    key of the TOML file.
+    """
 
     def __init__(self, setting: str, message: str) -> None:
-        super().__init__(f"invalid setting {setting}: {message}")
+        if setting.startswith("-"):
+            super().__init__(f"{setting}: {message}")
+        else:
+            super().__init__(f"invalid setting {setting}: {message}")
         self.setting = setting
+        self.problem = message
+
+    @property
+    def is_argument(self) -> bool:
+        """True when it names a command-line option or argument (the user typed it)."""
+        return self.setting.startswith("-")
+
+
+class BadArgument(SettingsError):
+    """Raised when a command-line argument is malformed: ``<name>: <problem>``, exit 2.
+
+    ``name`` is the argument as the help shows it (``IDENT``, ``--until``).
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        WgchainError.__init__(self, f"{name}: {message}")
+        self.setting = name
+        self.problem = message
+
+    @property
+    def is_argument(self) -> bool:
+        return True
 
 
 class DecodeError(WgchainError):
@@ -52,3 +82,7 @@ class LogRangeError(ChainError):
 
 class KeyFileError(WgchainError):
     """Raised when a private key file is missing, malformed, readable by others, or exists already."""
+
+
+class UnsupportedRedis(WgchainError):
+    """Raised when the Redis server lacks a feature a command needs (e.g. ACL ``%R~`` needs 7.0)."""

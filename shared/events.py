@@ -292,12 +292,19 @@ def from_fields(fields: dict[bytes, bytes]) -> AnyEntry:
     Raises :class:`DecodeError` for a missing field, an unknown type, a version from
     the future or a payload that does not match its type.
     """
+    missing = [name for name in ("v", "type", "data") if name.encode() not in fields]
+    if missing:
+        raise DecodeError(f"not a wgchain envelope: no field {', '.join(missing)}")
     try:
         version = int(fields[b"v"])
+    except ValueError:
+        shown = fields[b"v"][:20].decode("latin-1").encode("unicode_escape").decode("ascii")
+        raise DecodeError(f"not a wgchain envelope: version {shown!r} is not a number") from None
+    try:
         kind = fields[b"type"].decode("ascii")
-        data = fields[b"data"]
-    except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"not a wgchain envelope: {exc!r}") from exc
+    except UnicodeDecodeError:
+        raise DecodeError("not a wgchain envelope: its type is not ASCII") from None
+    data = fields[b"data"]
     if version > SCHEMA_VERSION:
         raise DecodeError(f"schema version {version} is newer than this reader ({SCHEMA_VERSION})")
     decoder = _DECODERS.get(kind)

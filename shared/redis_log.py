@@ -16,7 +16,6 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from tenacity import (
     Retrying,
-    before_sleep_log,
     retry_if_exception_type,
     stop_after_delay,
     wait_random_exponential,
@@ -25,7 +24,7 @@ from tenacity import (
 from shared import shutdown
 from shared.errors import CommitConflict, ServiceUnavailable, SettingsError
 from shared.events import to_fields
-from shared.logs import log, std_logger
+from shared.logs import log, retry_logger
 
 #: Stream id before the first entry.
 START: Final = "0-0"
@@ -112,7 +111,7 @@ redis_retry: Final = _RedisRetrying(
     wait=wait_random_exponential(multiplier=0.2, max=5),
     stop=stop_after_delay(REDIS_RETRY_SECONDS) | shutdown.requested,
     sleep=shutdown.sleep,
-    before_sleep=before_sleep_log(std_logger("redis"), 30),  # WARNING
+    before_sleep=retry_logger("wgchain.redis", "Redis call"),  # never the callee's repr
     reraise=True,
 )
 

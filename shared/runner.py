@@ -14,29 +14,15 @@ from importlib.metadata import entry_points
 
 import click
 import msgspec
-import requests
 
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.devnet.redis_server import RedisServer
-from shared.errors import ChainError, WgchainError
+from shared.errors import WgchainError
 from shared.logs import log
 from shared.settings import Settings
 
 StageFn = Callable[[Settings, threading.Event], None]
-
-#: Seconds to wait for the chain id from the RPC node.
-CHAIN_ID_TIMEOUT = 10.0
-
-
-def chain_id_of(rpc_url: str) -> int:
-    """Ask an RPC node for its chain id (used when WGCHAIN_CHAIN_ID is not set)."""
-    body = {"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}
-    try:
-        resp = requests.post(rpc_url, json=body, timeout=CHAIN_ID_TIMEOUT)
-        return int(msgspec.json.decode(resp.content)["result"], 16)
-    except (requests.RequestException, KeyError, ValueError, msgspec.DecodeError) as exc:
-        raise ChainError(f"cannot read eth_chainId from the RPC node: {exc}") from exc
 
 
 def load_stages(names: list[str] | None = None) -> dict[str, StageFn]:
@@ -96,10 +82,10 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
     stage="run",
 )
 def run(cfg: Settings) -> None:
-    """Run listener, registry and ipam in one process (embedded Redis when no URL is set)."""
-    if cfg.chain_id == 0:
-        calls = [u for u in cfg.rpc_urls if u.startswith("http")] or cfg.rpc_urls  # not ws(s)
-        cfg = msgspec.structs.replace(cfg, chain_id=chain_id_of(calls[0]))
+    """Run listener, registry and ipam in one process (embedded Redis when no URL is set).
+
+    The chain id, when not set, is asked from the RPC node.
+    """
     cfg.keys()  # validates contract and chain id before anything starts
     stop = stop_event()
     metrics.serve(cfg.metrics_port)

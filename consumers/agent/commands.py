@@ -10,7 +10,7 @@ from consumers.agent.acl import agent_user, password_from_file, setuser
 from consumers.agent.agent import Agent
 from consumers.agent.config import AgentConfig, is_valid_ifname
 from consumers.agent.desired import Policy, parse_endpoint
-from consumers.agent.keys import generate_private_key_file
+from consumers.agent.keys import generate_private_key_file, public_key_from_file
 from consumers.agent.wg import Wg
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
@@ -123,6 +123,18 @@ def agent(
 def init(private_key_file: Path, force: bool) -> None:
     """Create a WireGuard key pair: the private key in a 0600 file, the public key printed."""
     click.echo(generate_private_key_file(private_key_file, overwrite=force))
+
+
+@agent.command("pubkey")
+@click.option(
+    "--private-key-file",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The host's private key file (mode 0600); it is read, never changed.",
+)
+def pubkey(private_key_file: Path) -> None:
+    """Print the public key of an existing private key file (the key to mint on chain)."""
+    click.echo(public_key_from_file(private_key_file))
 
 
 @agent.command("acl")

@@ -2,8 +2,10 @@
 
 Endpoints are plain functions (Starlette runs them in its thread pool, so the
 blocking Redis client is fine). Every answer is JSON encoded with msgspec, except
-``/metrics`` (Prometheus text). A bearer token, when configured, guards
-everything but ``/healthz`` and ``/readyz``.
+``/metrics`` (Prometheus text) and the dashboard's files (``/`` and ``/ui/``). A
+bearer token, when configured, guards everything but ``/healthz``, ``/readyz`` and
+the dashboard's files (which hold no data: the page asks for the token and sends it
+with every JSON request).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hmac
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Final
@@ -29,18 +31,24 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consumers.access.checker import AccessChecker, InvalidArgument, valid_node
+from consumers.api.fleet import FleetReads
 from consumers.api.reads import NotFound, Reads
 from consumers.api.schemas import ErrorBody, Health, HostList, Ready, openapi
+from consumers.dashboard import assets
 from shared import metrics
 from shared.errors import WgchainError
 from shared.keys import Keys
 
 #: Paths that answer without the bearer token (health checks).
-OPEN_PATHS: Final = frozenset({"/healthz", "/readyz"})
+OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/"})
+#: Path prefix of the dashboard's files (no data in them: open, like ``/``).
+ASSET_PREFIX: Final = "/ui/"
 #: Default and largest page of ``/v1/nodes``.
 NODES_PAGE: Final = (1000, 10_000)
 #: Default and largest page of ``/v1/events``.
 EVENTS_PAGE: Final = (100, 1000)
+#: Default and largest number of rows of ``/v1/nodes/{node}/history``.
+HISTORY_ROWS: Final = (500, 10_000)
 _STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 _JSON: Final = "application/json"
 
@@ -65,7 +73,8 @@ class BearerAuth:
         self.token = token.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if path and path not in OPEN_PATHS and not path.startswith(ASSET_PREFIX):
             scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
             ok = scheme.lower() == "bearer" and hmac.compare_digest(
                 given.strip().encode(), self.token
@@ -108,11 +117,24 @@ def _route(name: str, fn: Callable[[Request], Response]) -> Callable[[Request], 
 
 
 def create_app(
-    client: redis.Redis, keys: Keys, *, token: str = "", max_lag: int = 1000
+    client: redis.Redis,
+    keys: Keys,
+    *,
+    token: str = "",
+    max_lag: int = 1000,
+    rpc_urls: Sequence[str] = (),
+    topology: str = "mesh",
+    hubs: Sequence[str] = (),
 ) -> Starlette:
-    """The API for one network; the registry follower runs while the app is served."""
+    """The API for one network; the registry follower runs while the app is served.
+
+    ``rpc_urls`` are asked for the chain head of ``/v1/status``; ``topology`` and
+    ``hubs`` are what ``/v1/topology`` draws (the agents' ``WGCHAIN_TOPOLOGY``/``HUBS``).
+    """
     checker = AccessChecker(client, keys)
     reads = Reads(client, keys, checker.cache)
+    fleet = FleetReads(lambda: reads.snapshot.fleet([]), lambda: reads, rpc_urls, topology, hubs)
+    files = assets.load(auth=bool(token))
     document = msgspec.json.encode(openapi(version("wgchain"), auth=bool(token)))
 
     def access(request: Request) -> Response:
@@ -154,6 +176,24 @@ def create_app(
         limit = _int(request, "limit", EVENTS_PAGE[0], 1, EVENTS_PAGE[1])
         return json_response(reads.events(after, limit))
 
+    def status(request: Request) -> Response:
+        return json_response(fleet.status())
+
+    def topology_page(request: Request) -> Response:
+        return json_response(fleet.topology())
+
+    def history(request: Request) -> Response:
+        node_id = valid_node(request.path_params["node"])
+        limit = _int(request, "limit", HISTORY_ROWS[0], 1, HISTORY_ROWS[1])
+        return json_response(fleet.history(node_id, limit))
+
+    def dashboard_file(request: Request) -> Response:
+        name = request.path_params.get("name", assets.INDEX)
+        if name not in files:
+            return error(404, "no such dashboard file")
+        body, media_type = files[name]
+        return Response(body, media_type=media_type, headers=assets.HEADERS)
+
     def healthz(request: Request) -> Response:
         return json_response(Health("ok"))
 
@@ -182,6 +222,11 @@ def create_app(
         "/v1/nodes/{node}": node,
         "/v1/hosts": hosts,
         "/v1/events": events,
+        "/v1/status": status,
+        "/v1/topology": topology_page,
+        "/v1/nodes/{node}/history": history,
+        "/": dashboard_file,
+        ASSET_PREFIX + "{name}": dashboard_file,
         "/healthz": healthz,
         "/readyz": readyz,
         "/metrics": metrics_page,

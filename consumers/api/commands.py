@@ -23,13 +23,22 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 @click.command("api")
-@with_settings("redis_url", "chain_id", "contract", "api_listen", "max_lag", stage="api")
+@with_settings("redis_url", "rpc_url", "chain_id", "contract", "api_listen", "max_lag", stage="api")
 def api(cfg: Settings) -> None:
-    """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI)."""
+    """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI)
+    and the read-only dashboard at ``/``."""
     keys = cfg.keys()
     client = connect(cfg.redis_url)
     host, port = split_listen(cfg.api_listen)
-    app = create_app(client, keys, token=cfg.api_token, max_lag=cfg.max_lag)
+    app = create_app(
+        client,
+        keys,
+        token=cfg.api_token,
+        max_lag=cfg.max_lag,
+        rpc_urls=cfg.rpc_urls,
+        topology=cfg.topology,
+        hubs=cfg.hub_list,
+    )
     auth = "bearer token required" if cfg.api_token else "no token (open)"
     log.info(
         "API on http://{}:{} for {} via {}; {}", host, port, keys.tag, redacted(cfg.redis_url), auth

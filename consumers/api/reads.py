@@ -50,6 +50,16 @@ class Reads:
         more = len(names) > limit
         return NodeList(nodes=page, next=page[-1].node if more else None, position=position)
 
+    def live(self, address_limit: int) -> tuple[list[NodeSummary], str]:
+        """Every live member and the position; addresses filled up to ``address_limit`` members."""
+        with self.cache.fresh() as view:
+            position = self.cache.position
+            names = [n for n in view.nodes() if is_valid_node_id(n)]
+            page = [s for s in (_summary(view, n) for n in names) if s.live]
+        if len(page) <= address_limit:
+            self._addresses(page)
+        return page, position
+
     def node(self, node: str) -> NodeDetail:
         """One node in detail; :class:`NotFound` when no token ever named it."""
         with self.cache.fresh() as view:

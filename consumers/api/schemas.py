@@ -7,7 +7,7 @@ from typing import Any, Final
 import msgspec
 
 from consumers.access.decide import REASONS, Decision
-from consumers.status.model import HostInfo, StageInfo
+from consumers.status.model import FleetStatus, HostInfo, StageInfo
 from shared.events import LogEntry, Retracted
 
 
@@ -87,8 +87,82 @@ class EventsPage(msgspec.Struct, kw_only=True):
     next: str | None = None
 
 
+class HistoryRow(msgspec.Struct, kw_only=True):
+    """One entry of the log that concerns a node (``wgchain audit history --json``)."""
+
+    #: The ``events`` entry id.
+    entry_id: str
+    #: -1 when the entry does not decode.
+    block: int
+    #: Block time, UTC (ISO 8601); "" when unknown.
+    time: str
+    tx: str
+    #: -1 when unknown.
+    log_index: int
+    #: ``NodeAccessGranted``, ``NodeAccessRevoked``, ..., ``Retracted``, ``Undecodable``.
+    event: str
+    #: The event's fields (chain strings as they are on chain: escape before display).
+    fields: dict[str, Any]
+    #: The node after the entry: live, reason, token, owner, key, its tokens.
+    state: dict[str, Any]
+    #: Voided by a deep-reorg retraction: shown, not applied.
+    retracted: bool = False
+
+
+class NodeHistory(msgspec.Struct, kw_only=True):
+    """A node's story, folded from the log with the registry fold."""
+
+    node: str
+    #: The newest ``limit`` rows, oldest first.
+    rows: list[HistoryRow]
+    #: Rows in the whole timeline (more than ``rows`` when it was cut).
+    total: int
+    #: ``events`` entries folded.
+    events: int
+
+
+class TopologyMember(msgspec.Struct, kw_only=True):
+    node: str
+    ipv4: str | None = None
+    ipv6: str | None = None
+    hub: bool = False
+
+
+class Topology(msgspec.Struct, kw_only=True):
+    """Who peers with whom, as the API's ``WGCHAIN_TOPOLOGY`` and ``WGCHAIN_HUBS`` say."""
+
+    #: ``mesh`` or ``hub``.
+    topology: str
+    #: Configured hubs, in order of preference.
+    hubs: list[str]
+    #: Configured hubs that are live members.
+    live_hubs: list[str]
+    #: Live members (those with a WireGuard peer).
+    live: int
+    #: Tunnels (pairs of peers) among the live members.
+    tunnels: int
+    #: Largest number of live members drawn; beyond it ``members`` is empty.
+    draw_limit: int
+    #: The live members with their addresses, by node id (empty beyond ``draw_limit``).
+    members: list[TopologyMember] = []
+    #: Registry stage position the picture reflects.
+    position: str = ""
+
+
 _REF: Final = "#/components/schemas/{name}"
-_STRUCTS: Final = (Decision, NodeList, NodeDetail, HostList, EventsPage, Health, Ready, ErrorBody)
+_STRUCTS: Final = (
+    Decision,
+    NodeList,
+    NodeDetail,
+    HostList,
+    EventsPage,
+    Health,
+    Ready,
+    ErrorBody,
+    FleetStatus,
+    NodeHistory,
+    Topology,
+)
 
 
 def _json(ref: dict[str, Any], description: str) -> dict[str, Any]:
@@ -171,6 +245,27 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
                 _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
             ],
             **bad,
+            **unavailable,
+        ),
+        "/v1/status": get(
+            "The fleet: listener, stages, every host's convergence, counts (wgchain status).",
+            _json(ref["FleetStatus"], "the status snapshot"),
+            **unavailable,
+        ),
+        "/v1/topology": get(
+            "Live members and hubs, and the tunnels between them.",
+            _json(ref["Topology"], "the topology"),
+            **unavailable,
+        ),
+        "/v1/nodes/{node}/history": get(
+            "A node's story: every log entry that concerns it, with the resulting state.",
+            _json(ref["NodeHistory"], "the timeline"),
+            [
+                node_p,
+                _param("limit", "newest rows", {"type": "integer", "minimum": 1, "maximum": 10000}),
+            ],
+            **bad,
+            **{"404": _json(error, "no token ever named this node")},
             **unavailable,
         ),
         "/healthz": {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from contextlib import AbstractContextManager, nullcontext
 from typing import IO, Any
@@ -21,8 +23,8 @@ from consumers.audit.streams import read_stream
 from consumers.audit.verify import Verify
 from consumers.ipam.allocate import IpamFold
 from producers.listener.rpc import RpcClient
-from shared.cmdline import with_settings
-from shared.errors import ChainError, SettingsError, WgchainError
+from shared.cmdline import with_chain_id, with_settings
+from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
 from shared.settings import Settings
@@ -57,6 +59,7 @@ _UNTIL_BLOCK = click.option(
     default=None,
     help="Cover the log up to the last entry of this block.",
 )
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 _WAIT = click.option(
     "--wait",
     type=click.FloatRange(min=0),
@@ -72,11 +75,18 @@ _WAIT = click.option(
 @_WAIT
 @click.option("--max-diff", type=click.IntRange(min=1), default=20, show_default=True,
               help="Difference lines shown per projection.")  # fmt: skip
+@_JSON
 @with_settings(
     "redis_url", "chain_id", "contract", "pool", "pool6", "quarantine_blocks", stage="audit"
 )
 def replay(
-    cfg: Settings, until: str | None, until_block: int | None, wait: float, max_diff: int
+    *,
+    cfg: Settings,
+    until: str | None,
+    until_block: int | None,
+    wait: float,
+    max_diff: int,
+    as_json: bool,
 ) -> None:
     """Rebuild the projections from the log in a scratch namespace and compare digests.
 
@@ -102,8 +112,12 @@ def replay(
         report = run.run(bound)
     finally:
         client.close()
-    for line in render(report):
-        click.echo(line)
+    if as_json:
+        document = {"ok": report.ok, **dataclasses.asdict(report)}
+        click.echo(json.dumps(document, sort_keys=True))
+    else:
+        for line in render(report):
+            click.echo(line)
     if not report.ok:
         names = ", ".join(o.name for o in report.outcomes if o.status == "DIFF")
         raise WgchainError(f"the replay differs from the live projections: {names}")
@@ -148,13 +162,24 @@ def history(
 @click.option("--max-problems", type=click.IntRange(min=1), default=20, show_default=True,
               help="Problem lines shown per check.")  # fmt: skip
 @_WAIT
-@with_settings("redis_url", "rpc_url", "chain_id", "contract", "max_block_range", stage="audit")
+@_JSON
+@with_settings(
+    "redis_url",
+    "rpc_url",
+    "chain_id",
+    "contract",
+    "max_block_range",
+    stage="audit",
+    ask_chain_id=False,  # asked through its RPC client (retries, failover)
+)
 def verify(
+    *,
     cfg: Settings,
     from_block: int | None,
     to_block: int | None,
     max_problems: int,
     wait: float,
+    as_json: bool,
 ) -> None:
     """Re-read the chain: logs, digest chain and contract views; exits 1 on any mismatch."""
     if from_block is not None and to_block is not None and to_block < from_block:
@@ -164,12 +189,7 @@ def verify(
     client = connect(cfg.redis_url)
     rpc = RpcClient(cfg.rpc_urls)
     try:
-        chain_id = rpc.chain_id()
-        if cfg.chain_id and cfg.chain_id != chain_id:
-            raise ChainError(
-                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
-            )
-        keys = Keys(chain_id, cfg.contract.lower())
+        keys = with_chain_id(cfg, rpc.chain_id).keys()
         show = enabled(cfg.log_json)
         checks = Verify(
             client,
@@ -183,15 +203,17 @@ def verify(
     finally:
         rpc.close()
         client.close()
-    first = None
-    for check in checks:
+    first = next((c.problems[0] for c in checks if c.problems), None)
+    if as_json:
+        document = {"ok": first is None, "checks": [dataclasses.asdict(c) for c in checks]}
+        click.echo(json.dumps(document, sort_keys=True))
+    for check in [] if as_json else checks:
         status = "BAD" if check.problems else "OK"
         click.echo(f"{status:<5} {check.name:<15} {check.summary}")
         for problem in check.problems[:max_problems]:
             click.echo(f"      {problem}")
         if len(check.problems) > max_problems:
             click.echo(f"      ... and {len(check.problems) - max_problems} more")
-        first = first or (check.problems[0] if check.problems else None)
     if first is not None:
         total = sum(len(c.problems) for c in checks)
         raise WgchainError(f"verify found {total} problem(s); the first: {first}")

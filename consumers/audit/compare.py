@@ -22,10 +22,20 @@ from shared.events import effective, encode
 from shared.validate import excerpt
 
 _JSON: Final = msgspec.json.Decoder()
+#: Prefix of a state hash's bookkeeping fields, which are not fold state: ``~retry`` (the
+#: last re-drive request a stage applied, ``consumers.stage.RETRY_FIELD``). A replay
+#: never re-drives, so they are left out of every comparison.
+BOOKKEEPING_PREFIX: Final = "~"
+
+
+def state_fields(fields: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The fields of a state hash that hold fold state (bookkeeping left out)."""
+    return {k: v for k, v in fields.items() if not k.startswith(BOOKKEEPING_PREFIX)}
 
 
 def state_digest(fields: Mapping[str, bytes]) -> str:
-    """sha256 of a state hash's canonical dump (sorted fields)."""
+    """sha256 of a state hash's canonical dump (sorted fold-state fields)."""
+    fields = state_fields(fields)
     pairs = [(k, fields[k].decode("latin-1")) for k in sorted(fields)]
     return hashlib.sha256(msgspec.json.encode(pairs)).hexdigest()
 
@@ -87,6 +97,7 @@ def _paths(live: Any, replay: Any, path: str) -> Iterator[str]:
 
 def diff_state(live: Mapping[str, bytes], replay: Mapping[str, bytes]) -> list[str]:
     """One line per difference between two state hashes, field by field (JSON leaf by leaf)."""
+    live, replay = state_fields(live), state_fields(replay)
     lines: list[str] = []
     for name in sorted(set(live) | set(replay)):
         a, b = live.get(name), replay.get(name)
@@ -126,4 +137,5 @@ __all__ = [
     "diff_state",
     "ordinals",
     "state_digest",
+    "state_fields",
 ]

@@ -6,8 +6,9 @@ printable ASCII: a dead letter is, by definition, input nobody could make sense 
 
 from __future__ import annotations
 
+import json
 import time
-from typing import Final
+from typing import Any, Final
 
 import click
 import redis
@@ -50,14 +51,33 @@ def _open(cfg: Settings) -> tuple[redis.Redis, Keys]:
     return connect(cfg.redis_url), keys
 
 
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+def _as_json(letter: Letter, state: str, limit: int | None = None) -> dict[str, Any]:
+    """A dead letter for ``--json``: strings escaped like the text output (one line each)."""
+    return {
+        "stage": letter.stage,
+        "id": letter.ident,
+        "time": letter.time + "Z",
+        "entry": letter.original,
+        "type": letter.entry_type,
+        "state": state,
+        "reason": escape(letter.reason, limit),
+    }
+
+
 @deadletters.command("list")
 @click.option("--stage", type=_STAGE, help="Only this stage.")
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True,
               help="Newest dead letters shown per stage.")  # fmt: skip
+@_JSON
 @with_settings("redis_url", "chain_id", "contract", stage="deadletters")
-def list_(cfg: Settings, stage: str | None, limit: int) -> None:
+def list_(cfg: Settings, stage: str | None, limit: int, as_json: bool) -> None:
     """One line per dead letter: stage, id, time, original entry, state, reason."""
     client, keys = _open(cfg)
+    rows: list[dict[str, Any]] = []
+    older: dict[str, int] = {}
     try:
         total = 0
         for name in (stage,) if stage else STAGES:
@@ -65,32 +85,47 @@ def list_(cfg: Settings, stage: str | None, limit: int) -> None:
             shown = letters(client, keys, name, limit)
             for letter in shown:
                 state = "queued" if letter.ident in waiting else "dead"
-                click.echo(
-                    f"{name:<8} {letter.ident:<16} {letter.time}  entry {letter.original:<16}"
-                    f" {state:<6} {excerpt(letter.reason)}"
-                )
+                rows.append(_as_json(letter, state, SHOW_CHARS))
+                if not as_json:
+                    click.echo(
+                        f"{name:<8} {letter.ident:<16} {letter.time}  entry {letter.original:<16}"
+                        f" {state:<6} {excerpt(letter.reason)}"
+                    )
             more = count(client, keys, name) - len(shown)
             if more > 0:
-                click.echo(f"{name:<8} ... {more} older not shown (--limit)")
+                older[name] = more
+                if not as_json:
+                    click.echo(f"{name:<8} ... {more} older not shown (--limit)")
             total += len(shown) + max(more, 0)
-        click.echo(f"{total} dead letter(s)" if total else "no dead letters")
     finally:
         client.close()
+    if as_json:
+        document = {"total": total, "letters": rows, "not_shown": older}
+        click.echo(json.dumps(document, sort_keys=True))
+    else:
+        click.echo(f"{total} dead letter(s)" if total else "no dead letters")
 
 
 @deadletters.command("show")
-@click.argument("ident")
+@click.argument("ident", help="The dead letter's id (as `deadletters list` prints it).")
 @click.option("--stage", type=_STAGE, help="Look only in this stage's dead letters.")
 @click.option("--full", is_flag=True, help=f"Print whole fields (else {SHOW_CHARS} characters).")
+@_JSON
 @with_settings("redis_url", "chain_id", "contract", stage="deadletters")
-def show(cfg: Settings, ident: str, stage: str | None, full: bool) -> None:
+def show(cfg: Settings, ident: str, stage: str | None, full: bool, as_json: bool) -> None:
     """Print one dead letter with its original entry (escaped)."""
     client, keys = _open(cfg)
     try:
         letter = find(client, keys, ident, (stage,) if stage else STAGES)
+        state = "queued" if letter.ident in queued(client, keys, letter.stage) else "dead"
     finally:
         client.close()
     limit = None if full else SHOW_CHARS
+    if as_json:
+        document = _as_json(letter, state, limit)
+        document["fields"] = {escape(k, 40): escape(v, limit) for k, v in letter.fields()}
+        click.echo(json.dumps(document, sort_keys=True))
+        return
     click.echo(f"stage    {letter.stage}")
     click.echo(f"id       {letter.ident}")
     click.echo(f"time     {letter.time} UTC")
@@ -101,7 +136,7 @@ def show(cfg: Settings, ident: str, stage: str | None, full: bool) -> None:
 
 
 @deadletters.command("retry")
-@click.argument("idents", nargs=-1)
+@click.argument("idents", nargs=-1, help="Dead-letter ids (or --all).")
 @click.option("--all", "every", is_flag=True, help="Every dead letter (of --stage, or of all).")
 @click.option("--stage", type=click.Choice(REDRIVABLE), help="Only this stage.")
 @click.option("--wait", type=click.FloatRange(0), default=10.0, show_default=True,

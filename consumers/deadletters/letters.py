@@ -28,7 +28,7 @@ from typing import Any, Final
 import msgspec
 import redis
 
-from shared.errors import WgchainError
+from shared.errors import BadArgument, WgchainError
 from shared.keys import Keys
 from shared.redis_log import as_str, redis_retry
 
@@ -106,9 +106,12 @@ def count(client: redis.Redis, keys: Keys, stage: str) -> int:
 
 
 def find(client: redis.Redis, keys: Keys, ident: str, stages: tuple[str, ...]) -> Letter:
-    """The dead letter ``ident`` in one of ``stages``; :class:`WgchainError` if none."""
+    """The dead letter ``ident`` in one of ``stages``; :class:`WgchainError` if none
+    (:class:`BadArgument` when ``ident`` is no stream id)."""
     if not STREAM_ID.fullmatch(ident):
-        raise WgchainError(f"{escape(ident, 40)} is not a dead-letter id (like 1712000000000-0)")
+        raise BadArgument(
+            "IDENT", f"{escape(ident, 40)} is not a dead-letter id (like 1712000000000-0)"
+        )
     for stage in stages:
         raw: Any = redis_retry(client.xrange, keys.dead(stage), ident, ident)
         if raw:

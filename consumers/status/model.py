@@ -79,3 +79,5 @@ class FleetStatus(msgspec.Struct, kw_only=True):
     stages: list[StageInfo]
     hosts: list[HostInfo]
     counts: Counts
+    #: Newest entry of the ``peers`` stream: what a converged host has applied (None: empty).
+    peers_head: str | None = None

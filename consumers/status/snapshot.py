@@ -229,6 +229,7 @@ class Snapshot:
             listener=info,
             stages=_stages(positions, lags, cap, [int(d) for d in dead[1:]]),
             hosts=self._hosts(hosts, cap),
+            peers_head=as_str(hosts[5][2]) if hosts[5][2] else None,
             counts=Counts(
                 conflicts=int(counts[0]),
                 anomalies=int(counts[1]),

@@ -35,8 +35,8 @@ from producers.backfill.store import BackfillStore
 from producers.listener.listener import open_listener
 from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
-from shared.cmdline import stop_event, with_settings
-from shared.errors import ChainError, SettingsError, WgchainError
+from shared.cmdline import stop_event, with_chain_id, with_settings
+from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import connect
@@ -76,6 +76,7 @@ def _require_contract(cfg: Settings) -> None:
     "finality",
     "max_block_range",
     stage="backfill",
+    ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )
 def backfill(
     cfg: Settings,
@@ -287,18 +288,22 @@ def _failure(job: Job | None) -> str:
 
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
-@with_settings("redis_url", "rpc_url", "contract", "chain_id", "max_block_range", stage="worker")
+@with_settings(
+    "redis_url",
+    "rpc_url",
+    "contract",
+    "chain_id",
+    "max_block_range",
+    stage="worker",
+    ask_chain_id=False,  # asked through its RPC client (retries, failover)
+)
 def worker(cfg: Settings, burst: bool) -> None:
     """Run an rq worker for this network's backfill jobs (any number, on any machine)."""
     _require_contract(cfg)
     client = connect(cfg.redis_url)
     rpc = RpcClient(cfg.rpc_urls)
     try:
-        chain_id = rpc.chain_id()
-        if cfg.chain_id and cfg.chain_id != chain_id:
-            raise ChainError(
-                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
-            )
+        chain_id = with_chain_id(cfg, rpc.chain_id).chain_id
         keys = Keys(chain_id, cfg.contract.lower())
         configure(WorkerContext(client, rpc, chain_id, keys.contract, cfg.max_block_range))
         queue = queue_for(client, keys)

@@ -87,6 +87,7 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     help="Do not listen: compare the events stream of blocks B1..B2 of --contract with "
     "an eth_getLogs scan, print the differences (exit 0 when identical, 1 otherwise).",
 )
+@click.option("--json", "as_json", is_flag=True, help="With --verify-range: one JSON document.")
 @with_settings(
     "redis_url",
     "rpc_url",
@@ -101,15 +102,21 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     "listener_id",
     "metrics_port",
     stage="listener",
+    ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )
-def listen(cfg: Settings, networks: tuple[str, ...], verify_range: tuple[int, int] | None) -> None:
+def listen(
+    cfg: Settings,
+    networks: tuple[str, ...],
+    verify_range: tuple[int, int] | None,
+    as_json: bool,
+) -> None:
     """Append the contract's logs (final-enough blocks) to the events stream.
 
     Any number of processes may run: per network one holds the lease and appends,
     the others stand by (and spread the leases of several networks among them).
     """
     if verify_range:
-        click.get_current_context().exit(verify.check(cfg, *verify_range))
+        click.get_current_context().exit(verify.check(cfg, *verify_range, as_json=as_json))
     stop = stop_event()
     metrics.serve(cfg.metrics_port)
     stage(cfg, stop, [parse_network(n) for n in networks])

@@ -140,7 +140,7 @@ class Listener:
             final_block=target,
             end_time=read.headers[end].timestamp,
         )
-        batch_log.info(
+        (batch_log.info if entries or dead else batch_log.debug)(  # quiet blocks: DEBUG
             "blocks {}-{}: appended {} entries, {} dead-lettered",
             start,
             end,

@@ -50,7 +50,7 @@ from producers.listener.decode import BlockHeader, header, quantity
 from producers.listener.ranges import RangeSizer
 from shared import shutdown
 from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
-from shared.logs import log
+from shared.logs import log, retry_logger
 from shared.validate import excerpt
 
 #: Seconds one HTTP request may wait (to connect, for the next bytes, for the whole reply).
@@ -123,16 +123,6 @@ def endpoint(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    log.bind(stage="rpc").warning(
-        "RPC attempt {} failed ({}); retrying in {:.1f}s",
-        state.attempt_number,
-        exc,
-        state.upcoming_sleep,
-    )
-
-
 def _backoff(first: float, longest: float) -> Callable[[RetryCallState], float]:
     """Jittered exponential backoff after a transient failure; none before trying another URL."""
     jittered = wait_random_exponential(multiplier=first, max=longest)
@@ -151,7 +141,7 @@ rpc_retry: Final = Retrying(
     wait=_backoff(RPC_BACKOFF, RPC_MAX_BACKOFF),
     stop=stop_before_delay(RPC_RETRY_SECONDS) | shutdown.requested,
     sleep=shutdown.sleep,
-    before_sleep=_log_retry,
+    before_sleep=retry_logger("rpc", "RPC call", typed=False, named=False),  # names the URL
     reraise=True,
 )
 

@@ -21,6 +21,8 @@ through :func:`~shared.validate.excerpt`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -33,6 +35,7 @@ from producers.listener.decode import TOPIC0S, decode_log, log_ref
 from producers.listener.heads import split_urls
 from producers.listener.ranges import INITIAL_RANGE, RangeSizer
 from producers.listener.rpc import RpcClient
+from shared.cmdline import with_chain_id
 from shared.errors import ChainError, DecodeError, SettingsError
 from shared.events import AnyEntry, LogEntry, effective, from_fields
 from shared.keys import Keys
@@ -227,8 +230,9 @@ def _describe(entry: LogEntry) -> str:
     return f"{type(event).__name__} {who}"
 
 
-def check(cfg: Settings, first: int, last: int) -> int:
-    """Run the check for ``cfg``'s contract, print its lines; the exit code (0: identical)."""
+def check(cfg: Settings, first: int, last: int, as_json: bool = False) -> int:
+    """Run the check for ``cfg``'s contract, print its lines (or one JSON document); the exit
+    code (0: identical)."""
     if not cfg.contract:
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     if first > last:
@@ -236,19 +240,18 @@ def check(cfg: Settings, first: int, last: int) -> int:
     rpc = RpcClient(split_urls(cfg.rpc_urls)[0])
     client = connect(cfg.redis_url)
     try:
-        chain_id = rpc.chain_id()
-        if cfg.chain_id and cfg.chain_id != chain_id:
-            raise ChainError(
-                f"the RPC serves chain {chain_id}, but the settings say {cfg.chain_id}"
-            )
+        keys = with_chain_id(cfg, rpc.chain_id).keys()
         head = rpc.block_number()
         if last > head:
             raise SettingsError("--verify-range", f"block {last} is after the chain's head {head}")
-        keys = Keys(chain_id, cfg.contract.lower())
         report = verify_range(rpc, client, keys, first, last, max_block_range=cfg.max_block_range)
     finally:
         rpc.close()
         client.close()
+    if as_json:
+        document = {"ok": report.ok, "summary": report.summary(), **dataclasses.asdict(report)}
+        click.echo(json.dumps(document, sort_keys=True))
+        return 0 if report.ok else 1
     for finding in report.findings:
         click.echo(str(finding))
     click.echo(report.summary())

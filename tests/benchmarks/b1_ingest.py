@@ -182,6 +182,7 @@ def run(logs: int, per_tx: int, naive_logs: int, workers: int, blocks_per_job: i
     listener_rate = logs / t_listener[0]
     rows = [
         Result(
+            id="B1.listener",
             name="B1 ingest: listener vs naive web3.py",
             value=listener_rate,
             unit="logs/s",
@@ -192,6 +193,7 @@ def run(logs: int, per_tx: int, naive_logs: int, workers: int, blocks_per_job: i
             params=params,
         ),
         Result(
+            id="B1.listener_ceiling",
             name="B1 ingest: listener vs raw eth_getLogs",
             value=listener_rate,
             unit="logs/s",
@@ -205,6 +207,7 @@ def run(logs: int, per_tx: int, naive_logs: int, workers: int, blocks_per_job: i
     if backfill is not None:
         rows.append(
             Result(
+                id="B1.backfill",
                 name=f"B1 ingest: rq backfill ({workers} workers) vs naive web3.py",
                 value=logs / backfill,
                 unit="logs/s",

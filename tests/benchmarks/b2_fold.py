@@ -59,6 +59,7 @@ def run(events: int, nodes: int) -> list[Result]:
     fold_s = fold["registry_s"] + fold["ipam_s"]
     rows = [
         Result(
+            id="B2.fold",
             name="B2 fold (registry + ipam)",
             value=events / fold_s,
             unit="events/s",
@@ -78,6 +79,7 @@ def run(events: int, nodes: int) -> list[Result]:
             },
         ),
         Result(
+            id="B2.redis_memory",
             name=f"Memory: Redis, {nodes:,}-node registry",
             value=mib(memory["state"]),
             unit="MiB",
@@ -93,6 +95,7 @@ def run(events: int, nodes: int) -> list[Result]:
             },
         ),
         Result(
+            id="B2.stage_rss",
             name=f"Memory: stage RSS, {nodes:,}-node registry",
             value=mib(loaded["rss_loaded"]),
             unit="MiB",

@@ -9,17 +9,17 @@ network-namespace lab hosts. Every agent's own node is minted first (with its
 key, to its own owner), so each is a live member that peers with the others.
 
 Then mints, one at a time: each mint waits for its receipt, then for every agent
-to report the new peer, before the next one starts. An agent notes the moment a
-reconcile that includes the peer finished (its config file written, and for a
-real interface the ``wg set`` applied and read back); the latency of a mint is
-that moment minus the time the mint was submitted, on the slowest agent. (Timing from
+to report the new peer, before the next one starts. An agent's process notes the
+moment the agent declared the mint's ``PeerUpsert`` applied (its ``applied_position``
+reached that entry: ``watch.py``); the latency of a mint is that moment minus the
+time the mint was submitted, on the slowest agent. (Timing from
 the receipt would under-count, even below zero: web3 learns of the receipt by polling
 every 0.1 s, often after the pipeline has already delivered the peer. Submission
 time includes mining, instant on anvil, so the figure is an upper bound.)
 
 Where the time goes: the stream ids (the millisecond at which Redis appended each
 entry) give the hops submission -> ``events`` -> ``registry`` -> ``peers``; the rest
-is the agents' reconcile.
+is the agents' (``agent_apply_p50_ms``: from the entry's append to the agent's apply).
 
 Baseline, on the same chain afterwards: the predecessor's loop, which re-reads
 every token with a web3 ``getNodeAccess`` view call and rewrites the whole config
@@ -43,6 +43,7 @@ from typing import Any
 
 import redis
 from common import Background, Result, percentiles
+from fleet_stats import first_applied
 
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
@@ -50,6 +51,7 @@ from shared.devnet.netns import Lab, available
 from shared.devnet.proc import wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.keys import Keys
+from shared.redis_log import id_key
 
 #: Seconds one mint may take to reach every agent before the benchmark fails.
 DEADLINE = 30.0
@@ -170,12 +172,18 @@ def run(
                 wait_all(len(nodes) + k, node)
             answers = [b.finish() for b in reversed(background)]
             background.clear()
+            entries = _upsert_ids(client, keys)
             seen: dict[str, dict[str, float]] = {}
-            reconciles: dict[str, list[float]] = {}
+            applying: dict[str, list[float]] = {}
             for answer in answers:
                 for agent_node, report in answer.items():
-                    seen[agent_node] = report["seen"]
-                    reconciles[agent_node] = report["reconcile_s"]
+                    seen[agent_node] = {}
+                    applying[agent_node] = []
+                    for node in receipts:
+                        at = first_applied(report["applied"], entries[node])
+                        assert at is not None, f"{agent_node} never applied {node}"
+                        seen[agent_node][node] = at
+                        applying[agent_node].append(at - id_key(entries[node])[0] / 1000)
             wg_nodes = {n["node"] for n in nodes[agents:]}
             file_lat = _latencies(receipts, seen, exclude=wg_nodes)
             wg_lat = _latencies(receipts, seen, only=wg_nodes) if wg_nodes else []
@@ -186,14 +194,9 @@ def run(
                 if a not in wg_nodes
             ]
             hops = _hops(client, keys, receipts)
-            reconcile_ms = {
+            apply_ms = {
                 kind: percentiles(
-                    [
-                        1000 * d
-                        for a, ds in reconciles.items()
-                        if (a in wg_nodes) == is_wg
-                        for d in ds
-                    ]
+                    [1000 * d for a, ds in applying.items() if (a in wg_nodes) == is_wg for d in ds]
                 )
                 for kind, is_wg in (("file", False), ("wg", True))
             }
@@ -241,17 +244,45 @@ def run(
     base_p = percentiles(base_lat)
     tokens = len(nodes) + mints + baseline_mints
     rows = [
-        _row(f"B3 propagation: {agents} file-only agents", file_lat, base_p, params, tokens),
+        _row(
+            "B3.file_agents",
+            f"B3 propagation: {agents} file-only agents",
+            file_lat,
+            base_p,
+            params,
+            tokens,
+        ),
     ]
-    rows[0].extra["agent_reconcile_p50_ms"] = reconcile_ms["file"][50]
+    rows[0].extra["agent_apply_p50_ms"] = apply_ms["file"][50]
     if wg_lat:
         rows.append(
-            _row(f"B3 propagation: {wg_hosts} wireguard-go host(s)", wg_lat, base_p, params, tokens)
+            _row(
+                "B3.wg_hosts",
+                f"B3 propagation: {wg_hosts} wireguard-go host(s)",
+                wg_lat,
+                base_p,
+                params,
+                tokens,
+            )
         )
-        rows[1].extra["agent_reconcile_p50_ms"] = reconcile_ms["wg"][50]
+        rows[1].extra["agent_apply_p50_ms"] = apply_ms["wg"][50]
     per = percentiles(per_agent)
     rows[0].extra.update({"per_agent_p50_ms": per[50], "per_agent_p99_ms": per[99], **hops})
     return rows
+
+
+def _upsert_ids(client: redis.Redis, keys: Keys) -> dict[str, str]:
+    """Node id -> the id of its first ``PeerUpsert`` in ``peers``."""
+    from shared.events import PeerUpsert, from_fields
+    from shared.redis_log import as_str
+
+    out: dict[str, str] = {}
+    page: Any = client.xrange(keys.peers)
+    for raw_id, fields in page:
+        entry = from_fields(fields)
+        if isinstance(entry, PeerUpsert):
+            out.setdefault(entry.node_id, as_str(raw_id))
+    return out
 
 
 def _hops(client: redis.Redis, keys: Keys, receipts: dict[str, float]) -> dict[str, float]:
@@ -299,10 +330,16 @@ def _latencies(
 
 
 def _row(
-    name: str, samples: list[float], base: dict[int, float], params: dict[str, Any], tokens: int
+    row_id: str,
+    name: str,
+    samples: list[float],
+    base: dict[int, float],
+    params: dict[str, Any],
+    tokens: int,
 ) -> Result:
     p = percentiles(samples)
     return Result(
+        id=row_id,
         name=name,
         value=p[99],
         unit="ms (p99)",
@@ -349,34 +386,21 @@ def stages_child(params: dict[str, Any]) -> dict[str, Any]:
 def agents_child(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Agents as threads (file-only, or on real interfaces), until SIGTERM.
 
-    Returns, per agent node, the wall-clock time each peer was first present after a
-    successful reconcile (``seen``), and how long each reconcile took (``reconcile_s``).
+    Returns, per agent node, every applied position with the wall-clock time the agent
+    declared it (``applied``, see ``watch.py``): the parent finds when each agent had
+    applied each mint's ``PeerUpsert``.
     """
-    from consumers.agent.agent import Agent, AgentConfig
+    import watch
+
+    from consumers.agent.agent import AgentConfig
     from consumers.agent.wg import Wg
     from shared.cmdline import stop_event
-
-    class TimedAgent(Agent):
-        """The real agent, noting when each peer first made it through a reconcile."""
-
-        seen: dict[str, float]
-        durations: list[float]
-
-        def reconcile(self, reason: str) -> bool:
-            """The agent's reconcile, timed; notes the peers it made present."""
-            start = time.perf_counter()
-            ok = super().reconcile(reason)
-            self.durations.append(time.perf_counter() - start)
-            if ok and self.desired is not None:
-                now = time.time()
-                for peer in self.desired.peers:
-                    self.seen.setdefault(peer.node_id, now)
-            return ok
 
     stop = stop_event()
     keys = Keys(params["chain_id"], params["contract"])
     wireguard = bool(params.get("wireguard"))
-    timed: list[TimedAgent] = []
+    watched = watch.agent_class()
+    timed: list[Any] = []
     threads = []
     for spec in params["agents"]:
         config = AgentConfig(
@@ -388,19 +412,21 @@ def agents_child(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
             file_only=not wireguard,
             reconcile_interval=3600,
         )
-        agent = TimedAgent(
+        agent = watched(
             config, redis.Redis.from_url(params["redis_url"]), Wg() if wireguard else None
         )
-        agent.seen = {}
-        agent.durations = []
         timed.append(agent)
         threads.append(threading.Thread(target=agent.run, args=(stop,), daemon=True))
     for t in threads:
         t.start()
+    watch.Sampler(timed, stop).start()
     stop.wait()
     for t in threads:
         t.join(timeout=30)
-    return {a.cfg.node_id: {"seen": a.seen, "reconcile_s": a.durations} for a in timed}
+    return {
+        spec["node"]: {"applied": agent.bench_log.marks}
+        for spec, agent in zip(params["agents"], timed, strict=True)
+    }
 
 
 def scanner_child(params: dict[str, Any]) -> dict[str, float]:

@@ -121,6 +121,7 @@ def run(nodes: int, checks: int, rate: float, requests_: int) -> list[Result]:
     http_floor = percentiles(floor)
     return [
         Result(
+            id="B5.inprocess",
             name="B5 access checks: in process, warm cache",
             value=checks / t_checker[0],
             unit="checks/s",
@@ -132,6 +133,7 @@ def run(nodes: int, checks: int, rate: float, requests_: int) -> list[Result]:
             extra={"decide_only_checks_per_s": checks / t_decide[0]},
         ),
         Result(
+            id="B5.http",
             name="B5 access checks: HTTP /v1/access",
             value=http_access[99],
             unit="ms (p99)",

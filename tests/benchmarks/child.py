@@ -21,8 +21,11 @@ PARTS = {
     "stages": "b3_propagation:stages_child",
     "agents": "b3_propagation:agents_child",
     "scanner": "b3_propagation:scanner_child",
-    "apply": "b4_apply:apply_child",
+    "apply": "b4_host:apply_child",
+    "apply_hub": "b4_host:apply_hub_child",
     "api": "b5_access:api_child",
+    "fleet": "fleet:fleet_child",
+    "fleet_stages": "fleet_chain:fleet_stages_child",
 }
 
 

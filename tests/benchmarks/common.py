@@ -1,6 +1,8 @@
 """Shared pieces of the benchmarks: results, percentiles, RSS, machine facts, child processes.
 
-Every benchmark returns :class:`Result` rows. ``ratio`` reads "how many times better
+Every benchmark returns :class:`Result` rows, each with a stable ``id`` (``B4.agent_change``):
+the same row has the same id in every run and every version, whatever the sizes, so
+results can be compared over time (the README's Performance table lists them). ``ratio`` reads "how many times better
 than the baseline": ``value / baseline_value`` when higher is better,
 ``baseline_value / value`` when lower is better. A row whose baseline is a ceiling
 (the fastest anything could go) therefore has a ratio of at most about 1. Memory
@@ -33,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 #: The script that runs one benchmark part in a separate process.
 CHILD = HERE / "child.py"
+#: What a row id looks like: the benchmark, a dot, a fixed snake_case name (never a size).
+ID_RE = re.compile(r"^B[1-6]\.[a-z0-9_]+$")
 
 
 class Unavailable(Exception):
@@ -43,6 +47,8 @@ class Unavailable(Exception):
 class Result:
     """One measured row: a value against its baseline, measured in the same run."""
 
+    #: Stable id (:data:`ID_RE`): a literal in the benchmark's code, never built from sizes.
+    id: str
     name: str
     value: float
     unit: str
@@ -56,6 +62,14 @@ class Result:
     params: dict[str, Any] = field(default_factory=dict)
     #: Extra figures (p50/p95/p99, peak RSS, ...), written next to the required keys.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The target this row is judged by, in words ("p50 <= 2x B4.wg_set"), and whether
+    #: this run met it (None: no target).
+    target: str = ""
+    met: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not ID_RE.fullmatch(self.id):
+            raise ValueError(f"result id {self.id!r} does not match {ID_RE.pattern}")
 
     @property
     def ratio(self) -> float:
@@ -69,6 +83,7 @@ class Result:
     def as_json(self) -> dict[str, Any]:
         """The row as written to the JSON file: required keys, then the extra figures."""
         doc: dict[str, Any] = {
+            "id": self.id,
             "name": self.name,
             "value": round_sig(self.value),
             "unit": self.unit,
@@ -79,6 +94,9 @@ class Result:
             "ratio_meaning": self.ratio_meaning,
             "params": self.params,
         }
+        if self.target:
+            doc["target"] = self.target
+            doc["target_met"] = self.met
         for key, value in self.extra.items():
             doc[key] = round_sig(value) if isinstance(value, float) else value
         return doc
@@ -225,6 +243,13 @@ class Background:
         self.proc.stdin.write(json.dumps(params))
         self.proc.stdin.close()
         self.proc.stdin = None  # communicate() must not flush it again
+        self.terminated = False
+
+    def terminate(self) -> None:
+        """Ask the child to stop (SIGTERM, once: a second one could end it mid-answer)."""
+        if not self.terminated and self.proc.poll() is None:
+            self.proc.terminate()
+        self.terminated = True
 
     def alive(self) -> bool:
         """True while the child runs."""
@@ -232,8 +257,7 @@ class Background:
 
     def finish(self, timeout: float = 60) -> Any:
         """Stop the child (by its pid) and return the JSON it printed."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        self.terminate()
         try:
             stdout, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -27,7 +27,7 @@ from typing import Any
 from common import Result, Unavailable, machine, quiet_logs
 
 #: Benchmark ids in the order they run.
-ORDER = ("B1", "B2", "B3", "B4", "B5")
+ORDER = ("B1", "B2", "B3", "B4", "B5", "B6")
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,33 @@ SIZES: dict[str, tuple[Size, ...]] = {
         Size("b3-poll-interval", 0.05, 0.05, "listener poll interval at the chain tip (s)"),
     ),
     "B4": (
-        Size("b4-peers", 10_000, 50, "peers already on the interface"),
-        Size("b4-changes", 200, 10, "single-peer wg set changes timed"),
-        Size("b4-agent-changes", 20, 3, "changes timed through the whole agent reconcile"),
+        Size("b4-peers", 10_000, 50, "peers of the mesh host"),
+        Size("b4-changes", 200, 10, "bare wg set key rotations timed"),
+        Size("b4-agent-changes", 40, 3, "changes timed through the agent (mesh host)"),
         Size("b4-syncs", 5, 2, "full wg syncconf runs timed"),
+        Size("b4-hub-members", 100_000, 300, "members of the hub network (the spoke host)"),
+        Size("b4-hubs", 10, 3, "hubs of the hub network"),
+        Size("b4-hub-changes", 20, 3, "hub key rotations (and as many other changes) timed"),
     ),
     "B5": (
         Size("b5-nodes", 10_000, 200, "nodes in the registry"),
         Size("b5-checks", 20_000, 300, "in-process access checks timed"),
         Size("b5-rate", 200, 50, "HTTP requests per second to each endpoint"),
         Size("b5-requests", 1_000, 50, "HTTP requests per endpoint"),
+    ),
+    "B6": (
+        Size("b6-agents", 1_000, 20, "agents on the in-memory WireGuard twin"),
+        Size("b6-procs", 8, 2, "processes those agents are spread over"),
+        Size("b6-wg-hosts", 2, 2, "agents on real wireguard-go interfaces (0: none)"),
+        Size("b6-mesh-members", 10_000, 200, "members of the mesh network (0: skip it)"),
+        Size("b6-hub-members", 100_000, 300, "members of the hub network (0: skip it)"),
+        Size("b6-hubs", 10, 3, "hubs of the hub network (not agents: the agents are spokes)"),
+        Size("b6-changes", 20, 4, "real key rotations timed per network"),
+        Size("b6-boot-timeout", 300, 60, "seconds every agent may take to bootstrap"),
+        Size("b6-change-timeout", 30, 20, "seconds one change may take to reach every agent"),
+        Size("b6-memory-gib", 8, 2, "RSS budget of all agent processes (GiB)"),
+        Size("b6-idle-seconds", 6, 1, "seconds Redis's idle load is measured"),
+        Size("b6-file-only", 0, 0, "1: file-only agents instead of the WireGuard twin"),
     ),
 }
 
@@ -113,6 +130,26 @@ def _runner(bench: str) -> Callable[[dict[str, Any]], list[Result]]:
                 int(v["b4_changes"]),
                 int(v["b4_agent_changes"]),
                 int(v["b4_syncs"]),
+                int(v["b4_hub_members"]),
+                int(v["b4_hubs"]),
+                int(v["b4_hub_changes"]),
+            )
+        if bench == "B6":
+            import b6_fleet
+
+            return b6_fleet.run(
+                int(v["b6_agents"]),
+                int(v["b6_procs"]),
+                int(v["b6_mesh_members"]),
+                int(v["b6_hub_members"]),
+                int(v["b6_hubs"]),
+                int(v["b6_changes"]),
+                int(v["b6_wg_hosts"]),
+                float(v["b6_boot_timeout"]),
+                float(v["b6_change_timeout"]),
+                float(v["b6_memory_gib"]),
+                float(v["b6_idle_seconds"]),
+                bool(v["b6_file_only"]),
             )
         import b5_access
 
@@ -194,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             doc["failed"][bench] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
         else:
+            seen = {row["id"] for row in doc["results"]}
+            twice = [r.id for r in rows if r.id in seen]
+            if twice or len({r.id for r in rows}) < len(rows):
+                doc["failed"][bench] = f"duplicate result ids {twice or [r.id for r in rows]}"
             doc["results"] += [r.as_json() for r in rows]
         doc["seconds"][bench] = round(time.perf_counter() - start, 1)
         _write(out, doc)
@@ -228,6 +269,9 @@ def _figure(value: float, unit: str) -> str:
 def _notes(row: dict[str, Any]) -> str:
     """The extra figures of a row, ``name=value`` (params left out)."""
     skip = {
+        "id",
+        "target",
+        "target_met",
         "name",
         "value",
         "unit",
@@ -259,6 +303,13 @@ def ratio_text(row: dict[str, Any]) -> str:
     return f"{ratio:.3g}x {meaning}"
 
 
+def target_text(row: dict[str, Any]) -> str:
+    """The row's target and whether this run met it ("" when it has none)."""
+    if not row.get("target"):
+        return ""
+    return f"{row['target']}: {'met' if row.get('target_met') else 'NOT met'}"
+
+
 def markdown(doc: dict[str, Any]) -> str:
     """The results as a Markdown table, the machine and the command above it."""
     m = doc["machine"]
@@ -268,16 +319,18 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{m.get('load_average_end', ['?'])[0]} at the end. Command: `{doc['command']}` "
         f"({doc['seconds'].get('total', '?')} s).",
         "",
-        "| benchmark | value | baseline | baseline value | ratio | details |",
-        "|---|--:|---|--:|--:|---|",
+        "| id | benchmark | value | baseline | baseline value | ratio | target | details |",
+        "|---|---|--:|---|--:|--:|---|---|",
     ]
     for row in doc["results"]:
         cells = [
+            f"`{row.get('id', '?')}`",
             row["name"],
             _figure(row["value"], row["unit"]),
             row["baseline"],
             _figure(row["baseline_value"], row["unit"]),
             ratio_text(row),
+            target_text(row),
             _notes(row).replace("_", "\\_"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -295,25 +348,29 @@ def print_table(doc: dict[str, Any]) -> None:
         f"Python {m['python']}, load {m['load_average'][0]} → {m.get('load_average_end', ['?'])[0]}"
     )
     table = Table(title=title, caption=doc["command"], show_lines=True)
+    table.add_column("id")
     table.add_column("benchmark")
     table.add_column("value", justify="right")
     table.add_column("baseline")
     table.add_column("baseline value", justify="right")
     table.add_column("ratio", justify="right")
+    table.add_column("target")
     table.add_column("details", overflow="fold")
     for row in doc["results"]:
         table.add_row(
+            row.get("id", "?"),
             row["name"],
             _figure(row["value"], row["unit"]),
             row["baseline"],
             _figure(row["baseline_value"], row["unit"]),
             ratio_text(row),
+            target_text(row),
             _notes(row),
         )
     for bench, why in doc["skipped"].items():
-        table.add_row(bench, "skipped", why, "", "", "")
+        table.add_row(bench, "", "skipped", why, "", "", "", "")
     for bench, why in doc["failed"].items():
-        table.add_row(bench, "FAILED", why, "", "", "")
+        table.add_row(bench, "", "FAILED", why, "", "", "", "")
     Console(width=200).print(table)
     seconds = ", ".join(f"{k} {v}s" for k, v in doc["seconds"].items())
     Console(width=200).print(f"time: {seconds}")

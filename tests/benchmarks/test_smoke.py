@@ -13,24 +13,29 @@ import sys
 from pathlib import Path
 
 import pytest
+from common import ID_RE
 from conftest import require
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 RUN = Path(__file__).resolve().parent / "run.py"
-REQUIRED = ("name", "value", "unit", "baseline", "baseline_value", "ratio", "params")
-#: Every benchmark and the rows it must produce (name prefixes).
+REQUIRED = ("id", "name", "value", "unit", "baseline", "baseline_value", "ratio", "params")
+#: Every benchmark and the ids of the rows it must produce (at any size).
 EXPECTED = {
-    "B1": ("B1 ingest: listener vs naive", "B1 ingest: listener vs raw"),
-    "B2": ("B2 fold", "Memory: Redis", "Memory: stage RSS"),
-    "B3": ("B3 propagation:",),
+    "B1": ("B1.listener", "B1.listener_ceiling"),
+    "B2": ("B2.fold", "B2.redis_memory", "B2.stage_rss"),
+    "B3": ("B3.file_agents",),
     "B4": (
-        "B4 apply: one change",
-        "B4 apply: agent reconcile",
-        "B4 bootstrap",
-        "Memory: agent RSS",
+        "B4.wg_set",
+        "B4.agent_change",
+        "B4.syncconf_empty",
+        "B4.bootstrap",
+        "B4.agent_change_hub",
+        "B4.agent_rss",
+        "B4.agent_rss_hub",
     ),
-    "B5": ("B5 access checks: in process", "B5 access checks: HTTP"),
+    "B5": ("B5.inprocess", "B5.http"),
+    "B6": ("B6.mesh_1000", "B6.hub_1000"),
 }
 
 
@@ -51,16 +56,16 @@ def test_smoke_run_reports_every_benchmark(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert doc["machine"]["cores"] > 0
     assert doc["machine"]["python"]
-    names = [row["name"] for row in doc["results"]]
-    for bench, prefixes in EXPECTED.items():
-        for prefix in prefixes:
-            assert any(n.startswith(prefix) for n in names), (
-                f"{bench}: no row {prefix!r} in {names}"
-            )
+    ids = [row["id"] for row in doc["results"]]
+    assert len(ids) == len(set(ids)), f"duplicate ids in {ids}"
+    assert all(ID_RE.fullmatch(i) for i in ids), ids
+    for bench, wanted in EXPECTED.items():
+        for row_id in wanted:
+            assert row_id in ids, f"{bench}: no row {row_id!r} in {ids}"
     for row in doc["results"]:
         missing = [k for k in REQUIRED if k not in row]
         assert not missing, f"{row['name']} lacks {missing}"
         for key in ("value", "baseline_value", "ratio"):
             assert row[key] > 0, f"{row['name']}: {key} = {row[key]}"
         assert row["params"], row["name"]
-    assert "B3 propagation" in proc.stdout  # the table was printed
+    assert "B4.agent_change" in proc.stdout  # the table was printed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -79,25 +80,51 @@ def test_demo_file_only_mode_needs_no_root():
     assert out.rstrip().endswith("done     every step behaved as the chain says.")
 
 
-def test_demo_keep_leaves_the_network_running_and_says_how_to_stop_it():
+def test_demo_keep_leaves_a_live_network_ready_to_inspect_and_a_stop_line_that_cleans_up(
+    tmp_path: Path,
+):
     ok, why = netns.available()
     require(ok, f"the demo's WireGuard hosts need {why}")
+    temp = tmp_path / "tmp"  # the demo's temp folders land here: nothing may stay behind
+    temp.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
+    env["TMPDIR"] = str(temp)
     res = subprocess.run(
         [WGCHAIN, "demo", "--keep"], env=env, capture_output=True, text=True, timeout=300,
         check=False,
     )  # fmt: skip
-    stop_line = next(ln for ln in res.stdout.splitlines() if ln.startswith("  stop: "))
+    lines = res.stdout.splitlines()
+    stop_line = next(ln for ln in lines if ln.startswith("  stop: "))
     pids = [int(p) for p in stop_line.split("kill ")[1].split(";")[0].split()]
     try:
         assert res.returncode == 0, res.stdout + res.stderr
-        inspect = [ln.strip() for ln in res.stdout.splitlines() if "wg show" in ln]
+        assert any(ln.startswith("rejoin   node-b granted again") for ln in lines)
+        inspect = [ln.strip() for ln in lines if "wg show" in ln]
         assert len(inspect) == 3
-        for cmd in inspect:  # the printed commands work: the interfaces are still up
+        for cmd in inspect:  # the printed commands work: the interfaces are up, with peers
             shown = subprocess.run(cmd.split(), capture_output=True, text=True, check=False)
             assert shown.returncode == 0, shown.stderr
             assert "listening port: 51820" in shown.stdout
+            assert shown.stdout.count("peer: ") == 2  # a live mesh to look at
         assert all(Path(f"/proc/{pid}").exists() for pid in pids)
+
+        # the export block and the status line work exactly as printed, in a bare shell
+        start = lines.index("kept     the network runs on. In another shell:") + 1
+        block = [ln.strip() for ln in lines[start : lines.index("inspect:")]]
+        assert [ln.split("=")[0] for ln in block[:4]] == [
+            "export WGCHAIN_REDIS_URL", "export WGCHAIN_RPC_URL",
+            "export WGCHAIN_CONTRACT", "export WGCHAIN_CHAIN_ID",
+        ]  # fmt: skip
+        assert block[-1].endswith("status")
+        bare = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path)}
+        script = "\n".join([*block[:-1], block[-1] + " --json"])
+        status = subprocess.run(
+            ["sh", "-c", script], env=bare, capture_output=True, text=True, timeout=60,
+            check=False,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        hosts = json.loads(status.stdout)["hosts"]
+        assert len(hosts) == 3
     finally:
         subprocess.run(["sh", "-c", stop_line.removeprefix("  stop: ")], check=False)
     ours = {w for w in stop_line.split() if w.startswith("wgc")}
@@ -106,3 +133,6 @@ def test_demo_keep_leaves_the_network_running_and_says_how_to_stop_it():
     wait_for(
         lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), timeout=20, what="exit"
     )
+    assert list(temp.iterdir()) == []  # no wgchain-demo-, -anvil-, -lab- or -redis- folder
+    for cmd in inspect:
+        assert not Path(f"/var/run/wireguard/{cmd.split()[-1]}.sock").exists()

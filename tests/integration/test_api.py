@@ -46,6 +46,9 @@ ROUTES = {
     "/v1/nodes/{node}",
     "/v1/hosts",
     "/v1/events",
+    "/v1/status",
+    "/v1/topology",
+    "/v1/nodes/{node}/history",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -137,6 +140,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")},
             "WGCHAIN_REDIS_URL": server.url,
+            "WGCHAIN_RPC_URL": chain.url,
             "WGCHAIN_CHAIN_ID": str(chain.chain_id),
             "WGCHAIN_CONTRACT": nft.address,
             "WGCHAIN_API_LISTEN": f"127.0.0.1:{port}",
@@ -344,3 +348,70 @@ def test_openapi_lists_every_route(world: World) -> None:
                     assert ref.rsplit("/", 1)[-1] in schemas, (path, code, ref)
     assert {"Decision", "NodeDetail", "HostInfo", "EventsPage", "LogEntry"} <= set(schemas)
     assert doc["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_status_is_the_fleet_snapshot(world: World) -> None:
+    res = world.get("/v1/status")
+    assert res.status_code == 200
+    status = res.json()
+    keys = world.cfg.keys()
+    assert status["network"] == keys.tag
+    last: Any = world.client.xrevrange(keys.peers, count=1)
+    assert status["peers_head"] == last[0][0].decode()
+    [a] = [h for h in status["hosts"] if h["node"] == "node-a"]
+    assert a["applied_position"] == world.applied
+    assert a["endpoint"] == "198.51.100.9:51820"
+    listener = status["listener"]
+    assert listener["chain_head"] >= listener["cursor_block"] > 0, "the head comes from anvil"
+    assert listener["lag_blocks"] == listener["chain_head"] - listener["cursor_block"]
+    assert {s["name"] for s in status["stages"]} == {"registry", "ipam"}
+    assert status["counts"]["dead_letters"] >= 0
+
+
+def test_topology_lists_the_live_members(world: World) -> None:
+    topo = world.get("/v1/topology").json()
+    live = {n["node"] for n in world.get("/v1/nodes").json()["nodes"] if n["live"]}
+    assert "node-a" in live
+    assert {m["node"] for m in topo["members"]} == live
+    assert (topo["topology"], topo["hubs"], topo["live"]) == ("mesh", [], len(live))
+    assert topo["tunnels"] == len(live) * (len(live) - 1) // 2
+    pool = ipaddress.IPv4Network(world.cfg.pool)
+    assert all(ipaddress.IPv4Address(m["ipv4"]) in pool for m in topo["members"])
+
+
+def test_a_nodes_history(world: World) -> None:
+    a = world.get("/v1/nodes/node-a/history").json()
+    first = a["rows"][0]
+    assert (first["event"], first["block"]) == ("NodeAccessGranted", world.minted_a.block_number)
+    assert first["tx"] == world.minted_a.tx_hash
+    assert first["fields"]["node_id"] == "node-a"
+    assert first["state"]["live"] is True
+    assert a["events"] == world.client.xlen(world.cfg.keys().events)
+    c = world.get("/v1/nodes/node-c/history").json()
+    events = [r["event"] for r in c["rows"]]
+    # an entry that does not decode concerns every subject (wgchain audit history shows it too)
+    assert [e for e in events if e != "Undecodable"] == ["NodeAccessGranted", "NodeAccessRevoked"]
+    revoked = c["rows"][events.index("NodeAccessRevoked")]
+    assert revoked["state"]["live"] is False
+    newest = world.get("/v1/nodes/node-c/history", limit=1).json()
+    assert newest["rows"] == c["rows"][-1:]
+    assert newest["total"] == len(events)
+    assert world.get("/v1/nodes/node-zz/history").status_code == 404
+    assert world.get("/v1/nodes/bad$node/history").json()["param"] == "node"
+    assert world.get("/v1/nodes/node-a/history", limit=0).json()["param"] == "limit"
+
+
+def test_the_dashboard_files_need_no_token_and_hold_no_data(world: World) -> None:
+    page = world.get("/", token=None)
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<meta name="wgchain-auth" content="bearer">' in page.text
+    assert "node-a" not in page.text
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp
+    assert "connect-src 'self'" in csp
+    script = world.get("/ui/app.js", token=None)
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert world.get("/ui/nothing.js", token=None).status_code == 404
+    assert world.get("/uix", token=None).status_code == 401, "only / and /ui/ are open"

@@ -201,7 +201,7 @@ def test_list_and_show_print_them_escaped(
     assert code == 1
     assert err.strip() == "wgchain: no dead letter 1-1 in listener, registry, ipam"
     code, _, err = wgchain(capsys, redis_server, keys, "show", "../etc\n")
-    assert code == 1
+    assert code == 2  # a malformed argument
     assert "is not a dead-letter id" in err
     assert len(err.strip().splitlines()) == 1
 

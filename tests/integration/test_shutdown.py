@@ -70,12 +70,12 @@ def test_retry_policy_gives_up_when_shutdown_is_requested() -> None:
 #: Seconds a process may take to exit after SIGTERM.
 STOP_BOUND = 15
 #: What a process logs when a Redis call fails and is retried (tenacity).
-RETRY_LINE = r"Retrying .* as it raised (ConnectionError|TimeoutError)"
+RETRY_LINE = r"Redis call \(.*\) failed \((ConnectionError|TimeoutError)"
 #: What each process logs while Redis is gone. The listener's lease supervisor retries
 #: its Lua scripts: SIGTERM then lands while the supervisor itself is retrying.
 OUTAGE_LINE = {
-    "listen": r"Retrying <redis\.commands\.core\.Script .* as it raised",
-    "run": r"Retrying <redis\.commands\.core\.Script .* as it raised",
+    "listen": r"Redis call \(Lua script\) failed",
+    "run": r"Redis call \(Lua script\) failed",
     "registry": RETRY_LINE,
     "ipam": RETRY_LINE,
     "agent": RETRY_LINE,

@@ -34,6 +34,7 @@ PURE_MODULES = [
     "consumers.status.model",
     "consumers.status.render",
     "consumers.api.schemas",
+    "consumers.dashboard.topology",
 ]
 #: Modules whose presence after the import means the module can do I/O.
 FORBIDDEN = ("redis", "web3", "subprocess", "requests")

@@ -42,7 +42,7 @@ def test_finality_from_toml(tmp_path: Path) -> None:
     assert load(config_file=conf, environ={}).finality_rule() == "finalized"
     for bad in ("finality = -3\n", "finality = true\n"):
         conf.write_text(bad)
-        with pytest.raises(SettingsError, match="WGCHAIN_FINALITY"):
+        with pytest.raises(SettingsError, match=f"invalid setting finality in {conf}:"):
             load(config_file=conf, environ={})
 
 
