@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
 import click
 import pytest
 
+from consumers.agent.keys import generate_private_key_file
 from shared import cli, clidoc
 from shared.devnet.proc import free_port
 
@@ -138,7 +140,11 @@ def test_a_bad_setting_is_one_line_naming_it(
     assert "[Peer]" not in line.replace(r"\n[Peer]", "")  # shown escaped, if at all
 
 
-@pytest.mark.parametrize("name", sorted(USES_REDIS))
+#: Commands that wait for Redis instead of exiting (README, Agent: "Redis down").
+WAITS_FOR_REDIS = {"agent"}
+
+
+@pytest.mark.parametrize("name", sorted(set(USES_REDIS) - WAITS_FOR_REDIS))
 def test_redis_unreachable_is_one_line(name: str, tmp_path: Path) -> None:
     url = f"redis://wgchain:{PASSWORD}@127.0.0.1:{free_port()}/0"
     res = run(USES_REDIS[name], tmp_path, WGCHAIN_REDIS_URL=url, WGCHAIN_CONTRACT=CONTRACT,
@@ -147,6 +153,31 @@ def test_redis_unreachable_is_one_line(name: str, tmp_path: Path) -> None:
     line = one_line(res)
     assert "cannot reach Redis" in line
     assert "wgchain:***@" in line  # the URL shown with its password redacted
+
+
+def test_the_agent_waits_for_an_unreachable_redis_and_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A host's agent must come up before Redis does (issue 10): it keeps running."""
+    url = f"redis://wgchain:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    generate_private_key_file(tmp_path / "k")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
+    env = {**clean, "WGCHAIN_REDIS_URL": url, "WGCHAIN_CONTRACT": CONTRACT,
+           "WGCHAIN_CHAIN_ID": "31337"}  # fmt: skip
+    argv = [WGCHAIN, *(a.replace("{tmp}", str(tmp_path)) for a in USES_REDIS["agent"])]
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "Traceback" not in err, err
+    assert PASSWORD not in err + out
+    assert err.count("Redis unreachable") == 1
 
 
 @pytest.mark.parametrize("name", sorted(USES_RPC))
