@@ -122,6 +122,10 @@ class Debounce:
     def mark(self) -> None:
         self.dirty = True
 
+    def hurry(self) -> None:
+        """Due at once, however recent the last write."""
+        self.last = float("-inf")
+
     def due_in(self, now: float) -> float | None:
         """Seconds until a write is due (0: now), or None when nothing changed."""
         if not self.dirty:

@@ -30,7 +30,7 @@ import redis
 
 from consumers.agent.desired import PeerRecord, PeerTable
 from shared.errors import DecodeError
-from shared.events import PeerUpsert, Retracted, effective, from_fields
+from shared.events import SCHEMA_VERSION, PeerUpsert, Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.redis_log import START, Entry, as_str, id_key, read_after
 from shared.validate import excerpt
@@ -47,8 +47,19 @@ class _Snapshot(msgspec.Struct, frozen=True):
     peers: list[msgspec.Raw]
 
 
+class _Who(msgspec.Struct, frozen=True):
+    """The two fields of a peers change a table that keeps some nodes only looks at first."""
+
+    node_id: str = ""
+    block_number: int = 0
+
+
 _SNAPSHOT: Final = msgspec.json.Decoder(_Snapshot)
 _UPSERT: Final = msgspec.json.Decoder(PeerUpsert)
+_WHO: Final = msgspec.json.Decoder(_Who)
+#: Entry types about one node (the others, retractions, are always decoded whole).
+_PEER_TYPES: Final = frozenset({b"PeerUpsert", b"PeerRemove", b"AllocationPending"})
+_VERSION: Final = str(SCHEMA_VERSION).encode()
 
 
 def before(entry_id: str) -> str:
@@ -208,6 +219,11 @@ class Follower:
             table = PeerTable(self.keep)
             blocks = [self.block]
             for item in snapshot.peers:  # one at a time: a spoke keeps few of 100,000
+                if self.keep is not None:
+                    who = _WHO.decode(item)
+                    blocks.append(who.block_number)
+                    if who.node_id not in self.keep:
+                        continue
                 peer = _UPSERT.decode(item)
                 table.apply(peer)
                 blocks.append(peer.block_number)
@@ -240,6 +256,16 @@ class Follower:
         for entry_id, fields in entries:
             if id_key(entry_id) <= id_key(self.position):
                 continue  # already covered by a snapshot loaded in this batch
+            elsewhere = self._elsewhere(fields)
+            if elsewhere is not None:  # about a node this table does not keep: its block only
+                if retract_until:
+                    self._retract(retract_until)
+                    retract_until = ""
+                    if id_key(entry_id) <= id_key(self.position):
+                        continue
+                self.block = max(self.block, elsewhere)
+                self.position = entry_id
+                continue
             try:
                 entry = from_fields(fields)
             except DecodeError as exc:
@@ -265,6 +291,20 @@ class Follower:
         if entries:
             self.last_entries = time.monotonic()
         return len(entries)
+
+    def _elsewhere(self, fields: dict[bytes, bytes]) -> int | None:
+        """The block of an entry about a node this table does not keep (None: decode it
+        whole). Such an entry could change nothing here: a spoke of 100,000 members
+        looks at two fields of each and folds the hubs' only."""
+        if self.keep is None or fields.get(b"type") not in _PEER_TYPES:
+            return None
+        if fields.get(b"v") != _VERSION:
+            return None
+        try:
+            who = _WHO.decode(fields[b"data"])
+        except (msgspec.DecodeError, KeyError):
+            return None
+        return None if who.node_id in self.keep else who.block_number
 
     def take(self) -> dict[str, PeerRecord | None] | None:
         """The nodes changed since the last call, with their records before (None: the

@@ -4,9 +4,11 @@
 a byte is trusted; the format and the reasons for a journal are in
 :mod:`consumers.agent.state`), appends journal lines and writes new snapshots.
 :class:`HostFiles` is what the agent uses: a change goes to the journal before it is
-applied (:meth:`HostFiles.write_ahead`), and both whole files are rewritten from a
-snapshot of the applied state at most once a second, by the process's file writer
-thread (:class:`consumers.agent.files.Writer`), and at stop.
+applied (:meth:`HostFiles.write_ahead`); from a snapshot of the applied state, by the
+process's file writer thread (:class:`consumers.agent.files.Writer`), the config file is
+rewritten at most once a second and the state file's snapshot at most every
+:data:`COMPACT_SECONDS` (sooner when the journal passes :data:`COMPACT_BYTES`), both
+also at stop.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from consumers.agent.state import encode_snapshot as encode_state
 
 #: Largest state file (snapshot or journal) read (bytes): 100,000 peers take about 12 MiB.
 MAX_STATE_BYTES: Final = 64 << 20
+#: Seconds before looking again at a file whose previous write the writer thread still has.
+BUSY_RECHECK_SECONDS: Final = 0.25
+#: Seconds between two state snapshots while changes keep coming (the journal has them).
+COMPACT_SECONDS: Final = 30.0
+#: Journal bytes after which a snapshot is due at once.
+COMPACT_BYTES: Final = 4 << 20
 
 
 def _read_private(path: Path) -> bytes | None:
@@ -64,6 +72,8 @@ class StateFile:
         self.journal_path = directory / f"{ident.interface}.state.journal"
         self.ident = ident
         self.seq = 0
+        #: Bytes appended to the journal since the last snapshot.
+        self.journal_bytes = 0
         self._fd: int | None = None
         #: Journal lines appended since the last :meth:`capture` (kept past a compaction).
         self._since: list[bytes] = []
@@ -87,6 +97,7 @@ class StateFile:
         assert self._fd is not None
         _write_all(self._fd, line)
         self._since.append(line)
+        self.journal_bytes += len(line)
 
     def sync(self) -> None:
         """The journal on the disk (``fdatasync``)."""
@@ -102,6 +113,7 @@ class StateFile:
     def capture(self) -> int:
         """A snapshot of the state as of now is about to be written: its sequence number."""
         self._since = []
+        self.journal_bytes = 0
         return self.seq
 
     def write_snapshot(self, state: AppliedState, seq: int) -> None:
@@ -162,7 +174,7 @@ class HostFiles:
         #: False after the state file could not be written: it was removed, no journal.
         self.kept = True
         self.config_due = files.Debounce()
-        self.state_due = files.Debounce()
+        self.state_due = files.Debounce(COMPACT_SECONDS)
         self._compare = True  # the first write: skipped when the file holds it already
         self._unsynced = False
         self._results: list[tuple[str, Any]] = []
@@ -203,6 +215,8 @@ class HostFiles:
             self._drop(exc)
         self._unsynced = self._unsynced or removes
         self.state_due.mark()
+        if self.state.journal_bytes > COMPACT_BYTES:
+            self.state_due.hurry()  # a long journal: a snapshot now
 
     def flush(self) -> None:
         """Put on the disk a journal line that removed a peer (right after it was applied)."""
@@ -228,10 +242,15 @@ class HostFiles:
     # --- whole files -------------------------------------------------------------------
 
     def waits(self, now: float) -> list[float]:
-        """Seconds until each pending whole-file write is due."""
-        return [
-            d for d in (self.config_due.due_in(now), self.state_due.due_in(now)) if d is not None
-        ]
+        """Seconds until each pending whole-file write is due (while the writer thread still
+        has this file's previous write: a while, not at once)."""
+        waits = []
+        for due, key in ((self.config_due, "config"), (self.state_due, "state")):
+            wait = due.due_in(now)
+            if wait is not None:
+                busy = self._writer.busy((self, key))
+                waits.append(max(wait, BUSY_RECHECK_SECONDS) if busy else wait)
+        return waits
 
     def write(self, snapshot: Callable[[], AppliedState], *, force: bool = False) -> None:
         """Write the files that are due (``force``: every changed one, before returning)."""

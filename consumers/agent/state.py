@@ -18,8 +18,9 @@ flush takes 0.05 to 1 ms on the development VM) could leave a removed peer in th
 file, to be restored at boot until the agent reaches Redis. Flushing *before* the
 apply would close that window at the price of the flush on every removal's path
 (measured: one key rotation at 10,000 peers went from 1.2x to 2.1x a bare
-``wg set``). At most once a second (and at stop) the agent writes a new snapshot
-(temp file, fsync, rename) and empties the journal. Journal lines carry increasing sequence numbers and the
+``wg set``). Every 30 s at most while changes keep coming (sooner when the journal
+passes 4 MiB), and at stop, the agent writes a new snapshot (temp file, fsync,
+rename) and empties the journal. Journal lines carry increasing sequence numbers and the
 snapshot the last one it includes, so lines left by a crash between the rename and
 the truncation are skipped; a torn last line (no newline: the write was cut) is
 ignored.

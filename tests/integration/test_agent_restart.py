@@ -406,3 +406,32 @@ def test_a_removal_is_flushed_to_disk_and_an_addition_is_not(
     agent.fold(agent.read_peers(None))
     assert agent.reconcile("peers")
     assert len(flushed) == 1
+
+
+def test_a_spoke_folds_only_itself_and_the_hubs_yet_follows_every_entry(world: World) -> None:
+    """Entries about other spokes are looked at for their block only; a retraction still
+    rebuilds; the spoke ends where a full fold of the stream puts it."""
+    from consumers.agent.desired import PeerTable, desired_state
+    from shared.events import Retracted, effective, from_fields
+
+    policy = Policy(pool=POOL, topology="hub", hubs=("hub-1", "hub-2"))
+    world.upsert("self", 1, 1)
+    world.upsert("hub-1", 2, 2)
+    for n in range(3, 40):
+        world.upsert(f"spoke-{n}", n, n)
+    doomed = world.upsert("hub-2", 40, 41)
+    world.remove("spoke-5", 42)
+    retraction = Retracted(entry_id=doomed, block_number=41, block_hash="0x" + "11" * 32)
+    world.client.xadd(world.keys.peers, to_fields(retraction))  # type: ignore[arg-type]
+    world.upsert("spoke-50", 50, 43)
+    agent = Agent(world.config(policy=policy), world.client, MemoryWireGuard())
+    agent.start()
+    assert set(agent.table.records) == {"self", "hub-1"}  # hub-2's grant was retracted
+    assert agent.block == 43
+    raw: Any = world.client.xrange(world.keys.peers)
+    full = PeerTable()
+    for _, entry in effective([(i.decode(), from_fields(f)) for i, f in raw]):
+        full.apply(entry)
+    want = desired_state(full.records, "self", world.public["self"], {}, policy)
+    assert agent.desired == want
+    assert [p.node_id for p in want.peers] == ["hub-1"]
