@@ -30,9 +30,13 @@ CONFIG_BACKUPS: Final = 5
 WRITE_INTERVAL: Final = 1.0
 
 
-def write_atomic(path: Path, pieces: Iterable[bytes], backups: int = 0) -> None:
-    """Replace ``path`` with the concatenated ``pieces`` (mode 0600), keeping ``backups``."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+def write_atomic(
+    path: Path, pieces: Iterable[bytes], backups: int = 0, *, make_dir: bool = True
+) -> None:
+    """Replace ``path`` with the concatenated ``pieces`` (mode 0600), keeping ``backups``;
+    ``make_dir``: create its folder first if it is missing."""
+    if make_dir:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:

@@ -75,6 +75,7 @@ class StateFile:
         #: Bytes appended to the journal since the last snapshot.
         self.journal_bytes = 0
         self._fd: int | None = None
+        self._opened = False
         #: Journal lines appended since the last :meth:`capture` (kept past a compaction).
         self._since: list[bytes] = []
 
@@ -105,7 +106,9 @@ class StateFile:
             os.fdatasync(self._fd)
 
     def _open(self) -> None:
-        self.journal_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self._opened:  # later, a folder that is gone stays gone (the host is taken apart)
+            self.journal_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._opened = True
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
         self._fd = os.open(self.journal_path, flags, 0o600)
         os.fchmod(self._fd, 0o600)
@@ -119,7 +122,7 @@ class StateFile:
     def write_snapshot(self, state: AppliedState, seq: int) -> None:
         """Write ``state`` (as of journal line ``seq``) as the snapshot (any thread)."""
         state.seq = seq
-        files.write_atomic(self.path, encode_state(state, self.ident))
+        files.write_atomic(self.path, encode_state(state, self.ident), make_dir=not self._opened)
 
     def compacted(self) -> None:
         """The snapshot of the last :meth:`capture` is on disk: keep only later lines."""
@@ -129,7 +132,7 @@ class StateFile:
         elif not self._since:
             os.ftruncate(self._fd, 0)
         else:  # lines appended while the snapshot was written: they stay
-            files.write_atomic(self.journal_path, self._since)
+            files.write_atomic(self.journal_path, self._since, make_dir=False)
             self.close()
 
     def remove(self) -> None:
@@ -289,7 +292,9 @@ class HostFiles:
         def job() -> None:
             try:
                 if not (compare and files.holds(self.config_path, pieces())):
-                    files.write_atomic(self.config_path, pieces(), files.CONFIG_BACKUPS)
+                    files.write_atomic(
+                        self.config_path, pieces(), files.CONFIG_BACKUPS, make_dir=compare
+                    )
                     self._results.append(("config", len(peers)))
             except OSError as exc:
                 self._results.append(("config-error", exc.strerror or str(exc)))
@@ -327,6 +332,8 @@ class HostFiles:
                 self._drop(value)
 
     def close(self, snapshot: Callable[[], AppliedState]) -> None:
-        """Write what changed, and let go of the journal."""
-        self.write(snapshot, force=True)
+        """Write what changed, and let go of the journal (unless the folder is gone: a
+        host being taken apart is not given its folder back)."""
+        if self.config_path.parent.is_dir():
+            self.write(snapshot, force=True)
         self.state.close()
