@@ -21,6 +21,7 @@ The same ``XREAD`` can watch a second stream (``…:announcements``, see announc
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
@@ -60,6 +61,8 @@ _WHO: Final = msgspec.json.Decoder(_Who)
 #: Entry types about one node (the others, retractions, are always decoded whole).
 _PEER_TYPES: Final = frozenset({b"PeerUpsert", b"PeerRemove", b"AllocationPending"})
 _VERSION: Final = str(SCHEMA_VERSION).encode()
+#: Held while a snapshot is read and decoded (one at a time per process).
+_SNAPSHOT_LOCK: Final = threading.Lock()
 
 
 def before(entry_id: str) -> str:
@@ -206,7 +209,15 @@ class Follower:
         self.on_reset()
 
     def load_snapshot(self, newer_than: str = START) -> bool:
-        """Replace the table with the latest snapshot if it is newer than ``newer_than``."""
+        """Replace the table with the latest snapshot if it is newer than ``newer_than``.
+
+        One agent of a process at a time: a snapshot of 100,000 members is some 20 MB to
+        hold and decode, and the fleet benchmark starts 125 agents in one process.
+        """
+        with _SNAPSHOT_LOCK:
+            return self._load_snapshot(newer_than)
+
+    def _load_snapshot(self, newer_than: str) -> bool:
         raw: Any = self.client.hmget(self.keys.snapshot, "id", "data")
         if raw[0] is None or raw[1] is None:
             return False
