@@ -11,7 +11,9 @@ ARGS ?=
 .PHONY: setup sysdeps demo test check pytest bench soak contract clean dashboard-screenshots
 .PHONY: compose-test compose-clean
 
-setup: $(VENV)/.installed $(TOOLS)/node_modules/.installed sysdeps
+PROMTOOL := $(TOOLS)/bin/promtool
+
+setup: $(VENV)/.installed $(TOOLS)/node_modules/.installed sysdeps $(PROMTOOL)
 
 # Direct dependencies are pinned in pyproject.toml; .ci/constraints.txt pins the rest.
 $(VENV)/.installed: pyproject.toml .ci/constraints.txt
@@ -37,6 +39,19 @@ sysdeps:
 	    echo "note: missing$$missing (not root): WireGuard hosts run in file-only mode, e2e and browser tests skip"; \
 	  fi; \
 	fi
+
+# promtool (checks compose/prometheus/alerts.yml) from Debian's prometheus package: the .deb is
+# downloaded and only promtool is extracted (nothing installed, no service started).
+$(PROMTOOL):
+	@mkdir -p $(TOOLS)/bin; tmp=$$(mktemp -d); \
+	if command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null && ( cd $$tmp && \
+	     { apt-get download -qq prometheus >/dev/null 2>&1 || \
+	       { [ "$$(id -u)" = 0 ] && apt-get update -qq >/dev/null && apt-get download -qq prometheus >/dev/null; }; } ); then \
+	  dpkg-deb -x $$tmp/prometheus_*.deb $$tmp/x && cp $$tmp/x/usr/bin/promtool $@ && echo "installed $@"; \
+	else \
+	  echo "note: promtool unavailable (Debian's prometheus package): alert rules are only parsed"; \
+	fi; \
+	rm -rf $$tmp
 
 demo: setup
 	$(BIN)/wgchain demo $(ARGS)

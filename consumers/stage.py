@@ -18,12 +18,21 @@ from typing import Any, Final, Generic, Protocol, TypeVar
 import msgspec
 import redis
 
-from shared import metrics
-from shared.errors import CommitConflict, DecodeError, ServiceUnavailable
+from shared import health, metrics
+from shared.errors import CommitConflict, DecodeError
 from shared.events import Retracted, effective, from_fields
 from shared.keys import Keys
 from shared.logs import brief, log
-from shared.redis_log import START, Batch, StageStore, as_str, id_key, read_after, redis_retry
+from shared.redis_log import (
+    START,
+    Batch,
+    StageStore,
+    as_str,
+    id_key,
+    keep_going,
+    read_after,
+    redis_retry,
+)
 
 #: Entries read and committed per batch.
 BATCH_SIZE: Final = 500
@@ -421,20 +430,39 @@ class Stage(Generic[S]):
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; finishes and commits the current batch first.
 
-        Redis calls are retried (``redis_retry``); a Redis that stays unreachable
-        beyond that ends the stage with :class:`ServiceUnavailable` (one line, exit 1).
+        Redis calls are retried (``redis_retry``); an outage that outlasts those retries
+        restarts the loop from what Redis holds (:func:`keep_going`: capped backoff, one
+        log line when it starts, one a minute, one when Redis answers), however long it
+        lasts. Each loop reports its progress to this process's ``/healthz``.
         """
         self.log.info("started at position {}", self.position)
-        while not stop.is_set():
-            try:
+        work = health.work(f"{self.fold.name} stage")
+        resumed = False
+
+        def loop() -> None:
+            nonlocal resumed
+            if resumed:  # the attempt before stopped anywhere: start from what Redis holds
+                self.position, self.state = self._load()
+                self.log.info("resuming at position {}", self.position)
+            resumed = True
+            while not stop.is_set():
                 self.step()
-            except redis.RedisError as exc:
-                if not stop.is_set():
-                    raise ServiceUnavailable(
-                        f"Redis failed under the {self.fold.name} stage: {exc}"
-                    ) from exc
-                self.log.warning("Redis unreachable while stopping; nothing half-committed")
+                work.beat()
+
+        try:
+            keep_going(loop, stop)
+        finally:
+            health.retire(work)
         self.log.info("stopped at position {}", self.position)
+
+
+def run_stage(
+    client: redis.Redis, keys: Keys, fold: Fold[Any], stop: threading.Event, retention: int = 0
+) -> None:
+    """Load the stage (waiting for Redis if need be), then :meth:`Stage.run` it until ``stop``."""
+    stage = keep_going(lambda: Stage(client, keys, fold, retention=retention), stop)
+    if stage is not None:
+        stage.run(stop)
 
 
 class _Poison(Exception):

@@ -87,6 +87,11 @@ class Keys:
         return self._key("host", node_id, "status")
 
     @property
+    def listener_health(self) -> str:
+        """Hash: what the lease holder last saw (head, final block, problem, when)."""
+        return self._key("listener", "health")
+
+    @property
     def lease(self) -> str:
         """String with a TTL: ``<fence>:<listener id>`` of the listener allowed to append."""
         return self._key("listener", "lease")

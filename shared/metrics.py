@@ -1,20 +1,26 @@
 """Prometheus metrics of every wgchain process, defined once (all named ``wgchain_*``).
 
-Long-running processes (``listen``, ``registry``, ``ipam``, ``agent``, ``run``)
-serve them on ``WGCHAIN_METRICS_PORT`` (:func:`serve`); the API serves
-:func:`render` from its own app. The code that does the work calls the one-line
-helpers below. ``network`` labels are ``<chain id>:<contract>`` (a :attr:`Keys.tag`
-is accepted and its braces dropped).
+Long-running processes (``listen``, ``registry``, ``ipam``, ``agent``, ``run``,
+``worker``) serve them on ``WGCHAIN_METRICS_LISTEN:WGCHAIN_METRICS_PORT``
+(:func:`serve`, loopback by default), next to ``GET /healthz``: 200 ``{"status":
+"ok"}`` while the process's own work goes on, 503 with a one-line JSON reason
+otherwise (``shared.health``). The API serves :func:`render` from its own app. The
+code that does the work calls the one-line helpers below. ``network`` labels are
+``<chain id>:<contract>`` (a :attr:`Keys.tag` is accepted and its braces dropped).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
+import socket
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol, runtime_checkable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import redis
 from prometheus_client import (
@@ -24,9 +30,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
+from shared import health
 from shared.errors import WgchainError
 from shared.events import Conflict
 
@@ -92,6 +100,12 @@ AGENT_ERRORS = Counter("wgchain_agent_errors", "Errors an agent reported.", ["ne
 LEASE_HOLDER = Gauge(
     "wgchain_lease_holder", "1 while this process holds the listener lease.", ["network"]
 )
+HEAD_DISTANCE = Gauge(
+    "wgchain_listener_head_distance_blocks",
+    "The chain's head minus the listener's cursor block (negative: the head is below the "
+    "cursor, e.g. an RPC node of another chain or a devnet restarted without its state).",
+    ["network"],
+)
 
 _TAG_RE: Final = re.compile(r"\{([^{}]*)\}")
 #: (network, stage) -> monotonic time of its last lag count.
@@ -110,19 +124,60 @@ def label(network: str) -> str:
     return tagged.group(1) if tagged else network
 
 
-def serve(port: int) -> None:
-    """Serve ``/metrics`` on ``port`` (all interfaces) in a daemon thread; 0 serves nothing."""
+def serve(port: int, listen: str = "127.0.0.1") -> None:
+    """Serve ``/metrics`` and ``/healthz`` on ``listen:port`` in daemon threads; 0 serves nothing."""
     if not port:
         return
+    host = listen.strip("[]")
     try:
-        start_http_server(port)
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+        class _Server(ThreadingWSGIServer):
+            address_family = family
+
+        server = make_server(host, port, _app, _Server, handler_class=_Quiet)
     except OSError as exc:
-        raise WgchainError(f"cannot serve metrics on port {port}: {exc.strerror}") from None
+        why = exc.strerror or str(exc)
+        raise WgchainError(f"cannot serve metrics on {listen}:{port}: {why}") from None
+    threading.Thread(target=server.serve_forever, name="wgchain-metrics", daemon=True).start()
+
+
+class _Quiet(WSGIRequestHandler):
+    """No access log line per scrape."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+_metrics_app: Final = make_wsgi_app(REGISTRY)
+
+
+def _app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterator[bytes]:
+    """``/healthz``: this process's :func:`health.verdict`; anything else: the metrics page."""
+    if environ.get("PATH_INFO") == "/healthz":
+        body, code = healthz()
+        start_response(code, [("Content-Type", "application/json")])
+        return iter([body])
+    return iter(_metrics_app(environ, start_response))
+
+
+def healthz() -> tuple[bytes, str]:
+    """The ``/healthz`` body and HTTP status line of this process."""
+    verdict = health.verdict()
+    if verdict.healthy:
+        return b'{"status": "ok"}', "200 OK"
+    doc = {"status": "failing", "reason": verdict.reason}
+    return json.dumps(doc).encode(), "503 Service Unavailable"
 
 
 def render() -> tuple[bytes, str]:
     """The metrics page and its content type, for an app that serves ``/metrics`` itself."""
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def head_distance(network: str, head_block: int, cursor_block: int) -> None:
+    """The chain's head minus the listener's cursor (negative when the head is below it)."""
+    HEAD_DISTANCE.labels(label(network)).set(head_block - cursor_block)
 
 
 def listener_progress(

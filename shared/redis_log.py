@@ -7,29 +7,42 @@ from; a stage killed at any instant either committed all of a batch or none of i
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    RedisClusterException,
+    TryAgainError,
+)
 from tenacity import (
+    RetryCallState,
     Retrying,
     retry_if_exception_type,
     stop_after_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
-from shared import shutdown
-from shared.errors import CommitConflict, ServiceUnavailable, SettingsError
+from shared import health, shutdown
+from shared.errors import CommitConflict, ServiceUnavailable, SettingsError, WgchainError
 from shared.events import to_fields
-from shared.logs import log, retry_logger
+from shared.logs import log
 
 #: Stream id before the first entry.
 START: Final = "0-0"
-#: Seconds a Redis operation is retried on connection errors before giving up.
+#: Seconds one Redis operation is retried on connection errors before it raises (long-running
+#: loops then start over with :func:`keep_going`, so an outage of any length is waited out).
 REDIS_RETRY_SECONDS: Final = 60.0
+#: Longest wait between two attempts while Redis is unreachable (seconds): the processes
+#: resume within about this long of Redis answering again.
+REDIS_MAX_BACKOFF: Final = 2.0
 #: Seconds a socket connect or read may take.
 REDIS_SOCKET_TIMEOUT: Final = 10.0
 #: URL schemes of a Redis Cluster, and the scheme of one of its nodes.
@@ -39,12 +52,24 @@ T = TypeVar("T")
 Fields = dict[str, bytes | str | int]
 Entry = tuple[str, dict[bytes, bytes]]
 
+#: Errors that mean "Redis cannot answer right now" (down, restarting, loading its AOF, a
+#: cluster failing over): retried, never a reason for a long-running process to exit.
+OUTAGE_ERRORS: Final = (
+    redis.ConnectionError,  # includes BusyLoadingError (Redis loading its data)
+    redis.TimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    RedisClusterException,
+)
 
-def connect(url: str, *, ping: bool = True) -> redis.Redis:
+
+def connect(url: str, *, wait: threading.Event | None = None) -> redis.Redis:
     """A client for ``url`` (redis://, rediss://, unix://); fails fast with a clear error.
 
-    ``ping=False`` skips the first round trip: for a process that must start while
-    Redis is down and retry on its own (``wgchain agent``); a malformed URL still fails.
+    With ``wait`` (long-running processes), an unreachable Redis is waited for instead,
+    with the backoff of :data:`outage_retry` (one log line when the wait starts, one a
+    minute, one when Redis answers), until it answers or ``wait`` is set; then the
+    client is returned as it is, for the caller's loop to see ``wait`` and stop.
 
     ``redis+cluster://host:port`` (or ``rediss+cluster://``) connects to a Redis Cluster
     through any of its nodes: every multi-key command and script of wgchain uses the keys
@@ -56,6 +81,36 @@ def connect(url: str, *, ping: bool = True) -> redis.Redis:
     """
     if not url:
         raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
+    if wait is not None:
+        return keep_going(lambda: _ping(client_for(url), refused=url), wait) or client_for(url)
+    try:
+        return _ping(client_for(url))
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise ServiceUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from exc
+
+
+def _ping(client: redis.Redis, refused: str = "") -> redis.Redis:
+    """``client`` once it answered PING.
+
+    With ``refused`` (the URL), refused credentials raise a :class:`WgchainError` that no
+    outage policy retries: a wrong password or ACL is a setting to fix, not an outage.
+    """
+    try:
+        client.ping()
+    except (AuthenticationError, AuthorizationError) as exc:
+        if not refused:
+            raise
+        raise WgchainError(f"cannot reach Redis at {redacted(refused)}: {exc}") from None
+    health.REDIS.ok()
+    return client
+
+
+def client_for(url: str) -> redis.Redis:
+    """A client for ``url``, not connected yet (a cluster client asks a node for the slots).
+
+    For a server that must start while Redis is down (the API): its requests fail, and
+    answer 503, until Redis is back. Everything else uses :func:`connect`.
+    """
     scheme, _, rest = url.partition("://")
     options: dict[str, Any] = {
         "socket_timeout": REDIS_SOCKET_TIMEOUT + 30,
@@ -65,16 +120,10 @@ def connect(url: str, *, ping: bool = True) -> redis.Redis:
     try:
         if scheme in CLUSTER_SCHEMES:
             base = f"{CLUSTER_SCHEMES[scheme]}://{rest}"
-            client = cast(redis.Redis, RedisCluster.from_url(base, **options))
-        else:
-            client = redis.Redis.from_url(url, **options)
-        if ping:
-            client.ping()
+            return cast(redis.Redis, RedisCluster.from_url(base, **options))
+        return redis.Redis.from_url(url, **options)
     except ValueError as exc:
         raise SettingsError("WGCHAIN_REDIS_URL", f"{redacted(url)}: {exc}") from None
-    except (redis.RedisError, RedisClusterException) as exc:
-        raise ServiceUnavailable(f"cannot reach Redis at {redacted(url)}: {exc}") from exc
-    return client
 
 
 def redacted(url: str) -> str:
@@ -88,32 +137,73 @@ def redacted(url: str) -> str:
 
 
 class _RedisRetrying(Retrying):
-    """Tenacity's ``Retrying`` that also says when Redis answers again after failures."""
+    """Tenacity's ``Retrying`` that tells :data:`health.REDIS` when Redis answers again."""
 
     def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         enclosing = dict(self.statistics)  # of the call this one runs in, if nested
         try:
             result = super().__call__(fn, *args, **kwargs)
-            attempts = int(self.statistics.get("attempt_number", 1))
         finally:  # per-thread statistics: give the enclosing call its own back
             self.statistics.clear()
             self.statistics.update(enclosing)
-        if attempts > 1:
-            log.bind(stage="wgchain.redis").warning(
-                "Redis reachable again after {} attempts", attempts
-            )
+        if not enclosing:  # the outermost call tells whether the outage is over
+            health.REDIS.ok()
         return result
+
+
+def _redis_failed(state: RetryCallState) -> None:
+    """Before a back-off sleep: one more failed attempt (logged per :class:`health.Outage`)."""
+    exc = state.outcome.exception() if state.outcome else None
+    if isinstance(exc, OUTAGE_ERRORS):
+        health.REDIS.failed(exc)
 
 
 #: Retry policy for Redis calls that are safe to repeat (reads, idempotent commits).
 redis_retry: Final = _RedisRetrying(
-    retry=retry_if_exception_type((redis.ConnectionError, redis.TimeoutError)),
-    wait=wait_random_exponential(multiplier=0.2, max=5),
+    retry=retry_if_exception_type(OUTAGE_ERRORS),
+    wait=wait_random_exponential(multiplier=0.2, max=REDIS_MAX_BACKOFF),
     stop=stop_after_delay(REDIS_RETRY_SECONDS) | shutdown.requested,
     sleep=shutdown.sleep,
-    before_sleep=retry_logger("wgchain.redis", "Redis call"),  # never the callee's repr
+    before_sleep=_redis_failed,
     reraise=True,
 )
+
+
+class _StopWhenSet(stop_base):
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.event.is_set()
+
+
+#: Policy of long-running loops (stages, listeners, the API's reads, workers): a whole
+#: loop that failed for an outage (Redis, or the RPC beyond its own retries) starts
+#: over after a capped, jittered backoff, however long the outage lasts. Its stop
+#: condition (the loop's stop event) is set per call by :func:`keep_going`.
+outage_retry: Final = Retrying(
+    retry=retry_if_exception_type((*OUTAGE_ERRORS, ServiceUnavailable)),
+    wait=wait_random_exponential(multiplier=0.5, max=REDIS_MAX_BACKOFF),
+    stop=shutdown.requested,
+    sleep=shutdown.sleep,
+    before_sleep=_redis_failed,
+    reraise=True,
+)
+
+
+def keep_going(fn: Callable[[], T], stop: threading.Event) -> T | None:
+    """``fn()`` under :data:`outage_retry` until it returns; None once ``stop`` is set.
+
+    ``fn`` must start from what Redis holds (reload its state), since the attempt
+    before it may have stopped anywhere. Errors other than outages propagate.
+    """
+    policy = outage_retry.copy(stop=_StopWhenSet(stop) | shutdown.requested, sleep=stop.wait)
+    try:
+        return policy(fn)
+    except (*OUTAGE_ERRORS, ServiceUnavailable):
+        if stop.is_set() or shutdown.SHUTDOWN.is_set():
+            return None
+        raise
 
 
 def read_after(
@@ -289,4 +379,16 @@ def xadd_many(client: redis.Redis, stream: str, items: Iterable[Fields]) -> Sequ
     return pipe.execute()
 
 
-__all__ = ["START", "Batch", "StageStore", "connect", "log", "read_after", "redacted"]
+__all__ = [
+    "OUTAGE_ERRORS",
+    "START",
+    "Batch",
+    "StageStore",
+    "client_for",
+    "connect",
+    "keep_going",
+    "log",
+    "outage_retry",
+    "read_after",
+    "redacted",
+]

@@ -8,6 +8,7 @@ streams, exactly as when they run as separate processes.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -15,14 +16,26 @@ from importlib.metadata import entry_points
 import click
 import msgspec
 
-from shared import metrics
-from shared.cmdline import stop_event, with_settings
+from shared import health, metrics
+from shared.cmdline import stop_event, with_chain_id, with_settings
 from shared.devnet.redis_server import RedisServer
-from shared.errors import WgchainError
+from shared.errors import ServiceUnavailable, SettingsError, WgchainError
 from shared.logs import log
+from shared.redis_log import keep_going
 from shared.settings import Settings
 
 StageFn = Callable[[Settings, threading.Event], None]
+
+
+def _served_chain_id(cfg: Settings) -> Settings:
+    """``cfg`` with the chain id the RPC node serves, its failures told to ``health.RPC``."""
+    try:
+        found = with_chain_id(cfg)
+    except ServiceUnavailable as exc:
+        health.RPC.failed(exc)
+        raise
+    health.RPC.ok()
+    return found
 
 
 def load_stages(names: list[str] | None = None) -> dict[str, StageFn]:
@@ -79,16 +92,26 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
     "lease_ttl",
     "listener_id",
     "metrics_port",
+    "metrics_listen",
     stage="run",
+    ask_chain_id=False,  # asked below, waiting for the RPC node if need be
 )
 def run(cfg: Settings) -> None:
     """Run listener, registry and ipam in one process (embedded Redis when no URL is set).
 
-    The chain id, when not set, is asked from the RPC node.
+    The chain id, when not set, is asked from the RPC node. Outages of Redis or the RPC
+    node, at start-up or later, are waited out.
     """
-    cfg.keys()  # validates contract and chain id before anything starts
     stop = stop_event()
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
+    if cfg.chain_id == 0:
+        if not cfg.contract:  # fail before any wait
+            raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
+        served = keep_going(functools.partial(_served_chain_id, cfg), stop)
+        if served is None:
+            return
+        cfg = served
+    cfg.keys()  # validates contract and chain id before anything starts
     embedded: RedisServer | None = None
     if not cfg.redis_url:
         embedded = RedisServer(appendonly=True).start()

@@ -29,6 +29,8 @@ FINALITY_TAGS = frozenset({"safe", "finalized"})
 _CONFIRMATIONS_RE = re.compile(r"[0-9]{1,9}")
 #: Schemes of ``redis_url`` (``+cluster``: a Redis Cluster reached through one of its nodes).
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
+#: A host to bind to: an IPv4 or IPv6 address, or a host name (no port).
+_BIND_RE = re.compile(r"[0-9A-Za-z.:_-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -81,8 +83,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api_token: str = ""
     #: Entries a stage may lag behind its input before /readyz reports it not ready.
     max_lag: int = 1000
-    #: Port of this process's Prometheus /metrics endpoint (0 = none; the API serves its own).
+    #: Final blocks the listener may have left to append before it counts as behind.
+    max_listener_lag: int = 50
+    #: Seconds an entry may wait for a stage or a host (and the listener between two looks
+    #: at the chain) before it counts as stalled.
+    max_lag_seconds: float = 60.0
+    #: Port of this process's Prometheus /metrics and /healthz (0 = none; the API serves its own).
     metrics_port: int = 0
+    #: Address /metrics and /healthz bind to (loopback by default; "0.0.0.0" for every interface).
+    metrics_listen: str = "127.0.0.1"
     #: Log level.
     log_level: str = "INFO"
     #: Log as JSON lines instead of the human format.
@@ -227,6 +236,7 @@ def _check(s: Settings, name: Callable[[str], str] = env_name) -> None:
         "keepalive",
         "peers_retention",
         "max_lag",
+        "max_listener_lag",
     ):
         if getattr(s, field) < 0:
             raise bad(field, "must not be negative")
@@ -265,6 +275,10 @@ def _check(s: Settings, name: Callable[[str], str] = env_name) -> None:
         raise bad("lease_ttl", "must be at least 1 second")
     if not 0 <= s.metrics_port <= MAX_PORT:
         raise bad("metrics_port", "must be a TCP port (0 for none)")
+    if s.max_lag_seconds <= 0:
+        raise bad("max_lag_seconds", "must be positive")
+    if not _BIND_RE.fullmatch(s.metrics_listen):
+        raise bad("metrics_listen", f"{s.metrics_listen[:60]!r} is not an address to bind to")
     host, sep, port = s.api_listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
         raise bad("api_listen", f"{s.api_listen[:60]!r} is not host:port")

@@ -37,6 +37,7 @@ import redis
 from consumers.access.decide import View
 from consumers.registry.fold import FOLD
 from consumers.stage import RETRY_FIELD
+from shared import health
 from shared.errors import DecodeError
 from shared.events import LogEntry, NodeJoined, NodeLeft, Retracted, effective, from_fields
 from shared.keys import Keys
@@ -237,8 +238,9 @@ class RegistryCache:
             try:
                 self._read_registry(FOLLOW_BLOCK_MS)
                 self.sync()
-            except redis.RedisError as exc:
-                self.log.warning("registry follower: {}", exc)
+                health.REDIS.ok()
+            except redis.RedisError as exc:  # logged when it starts, once a minute, at the end
+                health.REDIS.failed(exc)
                 self._stop.wait(FOLLOW_PAUSE)
             except Exception:  # keep following: checks still catch up on their own
                 self.log.exception("registry follower failed; retrying")

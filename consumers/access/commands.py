@@ -1,7 +1,9 @@
 """``wgchain check``: one access check, answered from the registry (or from the log at a block).
 
 Exit codes: 0 granted, 1 denied, 2 bad arguments or settings, 3 no answer (Redis
-unreachable). Every failure is one line on stderr.
+unreachable, or no data for this network in Redis: a wrong contract or chain id is
+not an answer). Every failure is one line on stderr; an answer that may lag the
+chain (no listener holds the lease, the listener reports a problem) gets a note line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import redis
 
 from consumers.access.checker import AccessChecker, InvalidArgument
 from consumers.access.decide import Decision
+from consumers.status.probe import no_data, probe, stale_note
 from shared.cmdline import with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.redis_log import connect
@@ -79,12 +82,18 @@ def check(
                 decision = checker.check_key(node, key, at_block=block)
             else:
                 decision = checker.check_address(node, address or "", at_block=block)
+        found = probe(client, keys)
     except InvalidArgument as exc:
         raise BadArguments(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
     except (redis.RedisError, WgchainError) as exc:
         raise NoAnswer(f"no answer: {exc}") from None
     finally:
         client.close()
+    if not found.has_data:
+        raise NoAnswer(no_data(keys))
+    note = stale_note(found) if block is None else ""
+    if note:
+        click.echo(f"wgchain check: note: this answer may be stale: {note}", err=True)
     click.echo(msgspec.json.encode(decision).decode() if as_json else describe(decision))
     ctx.exit(0 if decision.granted else EXIT_DENIED)
 

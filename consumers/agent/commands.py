@@ -16,7 +16,7 @@ from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import ServiceUnavailable
 from shared.logs import log
-from shared.redis_log import connect
+from shared.redis_log import client_for
 from shared.settings import Settings
 from shared.validate import excerpt, is_valid_node_id
 
@@ -108,7 +108,7 @@ def agent(
     )
     stop = stop_event()
     metrics.serve(cfg.metrics_port)
-    client = connect(cfg.redis_url, ping=False)  # Redis may be down: the agent waits for it
+    client = client_for(cfg.redis_url)  # not connected: the agent starts while Redis is down
     try:
         Agent(config, client, None if file_only else Wg()).run(stop)
     finally:

@@ -9,8 +9,9 @@ interface whole (drift repair) and writes a heartbeat status; every
 
 Redis unreachable (also at start): the interface stays as applied, the timer keeps
 repairing drift from the applied state, and the loop retries every second; one log
-line when it starts, one a minute, one when Redis answers again. The process never
-exits for an outage; only a bad key file or no interface at start stops it.
+line when it starts, one a minute, one when Redis answers again (``shared.health``).
+The process never exits for an outage; only a bad key file or no interface at start,
+or Redis refusing the agent's credentials, stops it.
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import redis
-from redis.exceptions import NoPermissionError
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 
 from consumers.agent.announce import POLL_SECONDS
 from consumers.agent.files import release_memory
 from consumers.agent.follow import BATCH_SIZE, CATCH_UP_SIZE
 from consumers.agent.status import status_fields
-from shared import metrics
+from shared import health, metrics
 from shared.errors import ServiceUnavailable, WgchainError
+from shared.logs import brief
 
 if TYPE_CHECKING:
     from consumers.agent.agent import Agent
@@ -37,34 +39,9 @@ if TYPE_CHECKING:
 BLOCK_MS: Final = 1000
 #: Seconds to wait before retrying after Redis is unreachable.
 REDIS_PAUSE_SECONDS: Final = 1.0
-#: Seconds between two "Redis still unreachable" lines.
-OUTAGE_LOG_SECONDS: Final = 60.0
 #: Every this many timer ticks every announcement is read again, in case one was written
 #: without ``…:announcements`` (an agent of an older version during an upgrade, by hand).
 FULL_ANNOUNCE_TICKS: Final = 10
-
-
-class Outage:
-    """Log lines for Redis going away: when it starts, once a minute, when it is back."""
-
-    def __init__(self, log: Any) -> None:
-        self.log = log
-        self.since: float | None = None
-        self.logged = 0.0
-
-    def failed(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if self.since is None:
-            self.since = self.logged = now
-            self.log.warning("Redis unreachable ({}): keeping the interface as applied", exc)
-        elif now - self.logged >= OUTAGE_LOG_SECONDS:
-            self.logged = now
-            self.log.warning("Redis unreachable for {:.0f} s ({})", now - self.since, exc)
-
-    def recovered(self) -> None:
-        if self.since is not None:
-            self.log.warning("Redis reachable again after {:.0f} s", time.monotonic() - self.since)
-            self.since = None
 
 
 class Loop:
@@ -76,7 +53,6 @@ class Loop:
         self.next_timer = time.monotonic() + self.interval
         self.next_poll = 0.0
         self.ticks = 0
-        self.outage = Outage(agent.log)
 
     def step(self) -> None:
         """One wake: read (writing the status on the way), fold, apply; the timer."""
@@ -150,10 +126,12 @@ def run(agent: Agent, stop: threading.Event) -> None:
                     release_memory()
                 else:
                     loop.step()
-                loop.outage.recovered()
+                health.REDIS.ok()
+            except (AuthenticationError, AuthorizationError) as exc:
+                raise WgchainError(f"Redis refused this agent: {brief(exc)}") from None
             except (redis.RedisError, ServiceUnavailable) as exc:
-                loop.outage.failed(exc)
-                agent.last_error = f"redis: {exc}"
+                health.REDIS.failed(exc)  # one line when it starts, one a minute
+                agent.last_error = f"redis: {brief(exc)}"
                 agent.status.mark()
                 metrics.agent_error(agent.cfg.keys.tag)
                 loop.offline()

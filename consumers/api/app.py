@@ -6,12 +6,19 @@ blocking Redis client is fine). Every answer is JSON encoded with msgspec, excep
 bearer token, when configured, guards everything but ``/healthz``, ``/readyz`` and
 the dashboard's files (which hold no data: the page asks for the token and sends it
 with every JSON request).
+
+The API starts, and answers, while Redis is down: the access checker (which loads
+the registry from Redis) is built on first use, and until then every read answers
+503. ``/healthz`` is this process's health (Redis answers it), ``/readyz`` the
+pipeline's (every problem ``wgchain status`` names makes it 503), and ``/metrics``
+also carries the fleet's gauges (``consumers/status/exporter.py``).
 """
 
 from __future__ import annotations
 
 import hmac
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -20,7 +27,7 @@ from typing import Final
 
 import msgspec
 import redis
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -33,11 +40,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from consumers.access.checker import AccessChecker, InvalidArgument, valid_node
 from consumers.api.fleet import FleetReads
 from consumers.api.reads import NotFound, Reads
-from consumers.api.schemas import ErrorBody, Health, HostList, Ready, openapi
+from consumers.api.schemas import ErrorBody, Health, HostList, IssueList, Ready, openapi
 from consumers.dashboard import assets
-from shared import metrics
-from shared.errors import WgchainError
+from consumers.status.exporter import FleetCollector
+from consumers.status.health import Limits
+from consumers.status.probe import no_data, probe
+from consumers.status.snapshot import Snapshot
+from shared import health, metrics
+from shared.errors import ServiceUnavailable, WgchainError
 from shared.keys import Keys
+from shared.redis_log import START
 
 #: Paths that answer without the bearer token (health checks).
 OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/"})
@@ -107,6 +119,8 @@ def _route(name: str, fn: Callable[[Request], Response]) -> Callable[[Request], 
             response = error(400, str(exc), exc.param)
         except NotFound as exc:
             response = error(404, f"no token has ever named node {exc}")
+        except ServiceUnavailable as exc:
+            response = error(503, str(exc))
         except (redis.RedisError, WgchainError) as exc:
             response = error(503, f"unavailable: {type(exc).__name__}")
         REQUESTS.labels(name, str(response.status_code)).inc()
@@ -116,24 +130,77 @@ def _route(name: str, fn: Callable[[Request], Response]) -> Callable[[Request], 
     return handler
 
 
+class _Lazy:
+    """The access checker and the reads built on it, made on first use (they load the
+    registry from Redis), so that the API serves while Redis is down."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, snapshot: Snapshot) -> None:
+        self.client = client
+        self.keys = keys
+        self.snapshot = snapshot
+        self.following = False
+        self._lock = threading.Lock()
+        self._made: tuple[AccessChecker, Reads] | None = None
+
+    def get(self) -> tuple[AccessChecker, Reads]:
+        made = self._made
+        if made is None:
+            with self._lock:
+                made = self._made
+                if made is None:
+                    checker = AccessChecker(self.client, self.keys)
+                    if self.following:
+                        checker.cache.start()
+                    made = self._made = (checker, Reads(self.client, self.keys, checker.cache))
+        return made
+
+    @property
+    def made(self) -> bool:
+        """Whether the checker exists (its follower then reports Redis outages every second)."""
+        return self._made is not None
+
+    def start(self) -> None:
+        """Follow the registry stream from now on (at once if the checker exists)."""
+        self.following = True
+        with self._lock:
+            if self._made is not None:
+                self._made[0].cache.start()
+        try:
+            self.get()
+        except redis.RedisError as exc:  # built on the first request once Redis answers
+            health.REDIS.failed(exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._made is not None:
+                self._made[0].close()
+
+
 def create_app(
     client: redis.Redis,
     keys: Keys,
     *,
     token: str = "",
     max_lag: int = 1000,
+    limits: Limits | None = None,
     rpc_urls: Sequence[str] = (),
     topology: str = "mesh",
     hubs: Sequence[str] = (),
 ) -> Starlette:
     """The API for one network; the registry follower runs while the app is served.
 
+    ``limits`` are the thresholds of ``/readyz`` (default: ``Limits(max_lag=max_lag)``);
     ``rpc_urls`` are asked for the chain head of ``/v1/status``; ``topology`` and
     ``hubs`` are what ``/v1/topology`` draws (the agents' ``WGCHAIN_TOPOLOGY``/``HUBS``).
     """
-    checker = AccessChecker(client, keys)
-    reads = Reads(client, keys, checker.cache)
-    fleet = FleetReads(lambda: reads.snapshot.fleet([]), lambda: reads, rpc_urls, topology, hubs)
+    limits = limits or Limits(max_lag=max_lag)
+    snapshot = Snapshot(client, keys)
+    lazy = _Lazy(client, keys, snapshot)
+    fleet_metrics = CollectorRegistry(auto_describe=False)
+    fleet_metrics.register(FleetCollector(snapshot, limits, lazy_live=lambda: _live(lazy)))
+    fleet = FleetReads(
+        lambda: snapshot.fleet([], limits=limits), lambda: lazy.get()[1], rpc_urls, topology, hubs
+    )
     files = assets.load(auth=bool(token))
     document = msgspec.json.encode(openapi(version("wgchain"), auth=bool(token)))
 
@@ -149,23 +216,29 @@ def create_app(
         if at is not None and not at.isdigit():
             raise InvalidArgument("at_block", "must be a block number")
         block = None if at is None else int(at)
+        checker, _ = lazy.get()
         if key is not None:
             decision = checker.check_key(node, key, at_block=block)
         else:
             decision = checker.check_address(node, address or "", at_block=block)
+        if block is None and decision.position in ("", START) and not probe(client, keys).has_data:
+            raise ServiceUnavailable(no_data(keys))  # a wrong network is not "not-a-member"
         DECISIONS.labels(decision.reason).inc()
         return json_response(decision)
 
     def nodes(request: Request) -> Response:
         after = request.query_params.get("after", "")
         limit = _int(request, "limit", NODES_PAGE[0], 1, NODES_PAGE[1])
-        return json_response(reads.nodes(after, limit))
+        return json_response(lazy.get()[1].nodes(after, limit))
 
     def node(request: Request) -> Response:
-        return json_response(reads.node(valid_node(request.path_params["node"])))
+        return json_response(lazy.get()[1].node(valid_node(request.path_params["node"])))
 
     def hosts(request: Request) -> Response:
-        return json_response(HostList(hosts=reads.snapshot.hosts()))
+        return json_response(HostList(hosts=snapshot.hosts()))
+
+    def issues(request: Request) -> Response:
+        return json_response(IssueList(issues=snapshot.issues()))
 
     def events(request: Request) -> Response:
         after = request.query_params.get("after", "0-0")
@@ -174,7 +247,7 @@ def create_app(
         if not _STREAM_ID.fullmatch(after):
             raise InvalidArgument("after", "must be a stream id such as 1700000000000-0")
         limit = _int(request, "limit", EVENTS_PAGE[0], 1, EVENTS_PAGE[1])
-        return json_response(reads.events(after, limit))
+        return json_response(Reads.events_of(client, keys, after, limit))
 
     def status(request: Request) -> Response:
         return json_response(fleet.status())
@@ -195,23 +268,38 @@ def create_app(
         return Response(body, media_type=media_type, headers=assets.HEADERS)
 
     def healthz(request: Request) -> Response:
-        return json_response(Health("ok"))
+        if health.REDIS.down() or not lazy.made:  # else the follower keeps the verdict fresh
+            try:
+                client.ping()
+                lazy.get()
+                health.REDIS.ok()
+            except redis.RedisError as exc:
+                health.REDIS.failed(exc)
+        verdict = health.verdict((health.REDIS,))
+        if verdict.healthy:
+            return json_response(Health("ok"))
+        return json_response(Health("failing", verdict.reason), 503)
 
     def readyz(request: Request) -> Response:
         try:
-            client.ping()
-            stages = reads.snapshot.stages(cap=max_lag + 1)
+            now = snapshot.fleet([], cap=max(limits.max_lag + 1, 1), limits=limits)
         except redis.RedisError as exc:
-            body = Ready(ready=False, redis=False, max_lag=max_lag, detail=type(exc).__name__)
-            return json_response(body, 503)
-        behind = [s.name for s in stages if s.lag_entries > max_lag]
-        detail = f"behind by more than {max_lag} entries: {', '.join(behind)}" if behind else ""
-        body = Ready(ready=not behind, redis=True, max_lag=max_lag, stages=stages, detail=detail)
-        return json_response(body, 503 if behind else 200)
+            why = f"Redis unreachable: {type(exc).__name__}"
+            return json_response(Ready(ready=False, redis=False, max_lag=max_lag, detail=why), 503)
+        body = Ready(
+            ready=not now.problems,
+            redis=True,
+            max_lag=limits.max_lag,
+            stages=now.stages,
+            detail="; ".join(p.message for p in now.problems),
+            problems=now.problems,
+            health=now.health,
+        )
+        return json_response(body, 503 if now.problems else 200)
 
     def metrics_page(request: Request) -> Response:
         page, content_type = metrics.render()
-        return Response(page, media_type=content_type)
+        return Response(page + generate_latest(fleet_metrics), media_type=content_type)
 
     def openapi_json(request: Request) -> Response:
         return Response(document, media_type=_JSON)
@@ -221,6 +309,7 @@ def create_app(
         "/v1/nodes": nodes,
         "/v1/nodes/{node}": node,
         "/v1/hosts": hosts,
+        "/v1/issues": issues,
         "/v1/events": events,
         "/v1/status": status,
         "/v1/topology": topology_page,
@@ -236,11 +325,11 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        checker.cache.start()
+        lazy.start()
         try:
             yield
         finally:
-            checker.close()
+            lazy.close()
 
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -253,6 +342,13 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
+
+
+def _live(lazy: _Lazy) -> int:
+    """Live members now (the registry as the access checker holds it)."""
+    checker, _ = lazy.get()
+    with checker.cache.fresh() as view:
+        return sum(1 for status in view.state.status.values() if status.live)
 
 
 __all__ = ["create_app"]

@@ -10,9 +10,11 @@ import click
 import uvicorn
 
 from consumers.api.app import create_app
+from consumers.status.health import Limits
 from shared.cmdline import stop_event, with_settings
+from shared.errors import SettingsError
 from shared.logs import log
-from shared.redis_log import connect, redacted
+from shared.redis_log import client_for, redacted
 from shared.settings import Settings
 
 
@@ -23,18 +25,33 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 @click.command("api")
-@with_settings("redis_url", "rpc_url", "chain_id", "contract", "api_listen", "max_lag", stage="api")
+@with_settings(
+    "redis_url",
+    "rpc_url",
+    "chain_id",
+    "contract",
+    "api_listen",
+    "max_lag",
+    "max_listener_lag",
+    "max_lag_seconds",
+    stage="api",
+)
 def api(cfg: Settings) -> None:
     """Serve the HTTP API (access checks, nodes, hosts, events, health, metrics, OpenAPI)
-    and the read-only dashboard at ``/``."""
+    and the read-only dashboard at ``/``.
+
+    It starts and serves while Redis is down (reads answer 503 until Redis is back).
+    """
     keys = cfg.keys()
-    client = connect(cfg.redis_url)
+    if not cfg.redis_url:
+        raise SettingsError("WGCHAIN_REDIS_URL", "required (a redis://, rediss:// or unix:// URL)")
+    client = client_for(cfg.redis_url)
     host, port = split_listen(cfg.api_listen)
     app = create_app(
         client,
         keys,
         token=cfg.api_token,
-        max_lag=cfg.max_lag,
+        limits=Limits.of(cfg),
         rpc_urls=cfg.rpc_urls,
         topology=cfg.topology,
         hubs=cfg.hub_list,
@@ -47,8 +64,9 @@ def api(cfg: Settings) -> None:
     config = uvicorn.Config(
         app, host=host, port=port, log_level=level, access_log=False, log_config=None
     )
-    stop_event()  # uvicorn re-raises SIGTERM after its graceful stop: then only log it, exit 0
+    stop = stop_event()  # uvicorn re-raises SIGTERM after its graceful stop: only log it, exit 0
     try:
-        uvicorn.Server(config).run()
+        if not stop.is_set():  # a stop asked for before serving: nothing to serve
+            uvicorn.Server(config).run()
     finally:
         client.close()

@@ -80,8 +80,13 @@ class Reads:
 
     def events(self, after: str, limit: int) -> EventsPage:
         """Up to ``limit`` ``events`` entries after stream id ``after``."""
+        return self.events_of(self.client, self.keys, after, limit)
+
+    @staticmethod
+    def events_of(client: redis.Redis, keys: Keys, after: str, limit: int) -> EventsPage:
+        """:meth:`events` without the registry cache (it needs none)."""
         low = "-" if after == START else f"({after}"
-        raw: Any = self.client.xrange(self.keys.events, min=low, count=limit)
+        raw: Any = client.xrange(keys.events, min=low, count=limit)
         items = []
         for raw_id, fields in raw:
             entry_id = as_str(raw_id)

@@ -7,7 +7,7 @@ from typing import Any, Final
 import msgspec
 
 from consumers.access.decide import REASONS, Decision
-from consumers.status.model import FleetStatus, HostInfo, StageInfo
+from consumers.status.model import FleetStatus, HostInfo, Issue, Problem, StageInfo
 from shared.events import LogEntry, Retracted
 
 
@@ -19,18 +19,25 @@ class ErrorBody(msgspec.Struct, kw_only=True):
     param: str | None = None
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
+    """This process: ``ok``, or ``failing`` with the reason in one line."""
+
     status: str
+    reason: str = ""
 
 
 class Ready(msgspec.Struct, kw_only=True):
-    """Ready when Redis answers and every stage is at most ``max_lag`` entries behind."""
+    """Ready when nothing is wrong with the pipeline (``problems`` empty; see ``wgchain status``)."""
 
     ready: bool
     redis: bool
     max_lag: int
     stages: list[StageInfo] = []
+    #: The problems, one per line ("" when ready).
     detail: str = ""
+    problems: list[Problem] = []
+    #: ``ok``, ``warning`` or ``critical``.
+    health: str = "ok"
 
 
 class NodeSummary(msgspec.Struct, kw_only=True):
@@ -71,6 +78,12 @@ class NodeDetail(NodeSummary, kw_only=True):
 
 class HostList(msgspec.Struct):
     hosts: list[HostInfo]
+
+
+class IssueList(msgspec.Struct):
+    """The current conflicts, anomalies and pending allocations, each with its cause."""
+
+    issues: list[Issue]
 
 
 class EventItem(msgspec.Struct, kw_only=True):
@@ -155,6 +168,7 @@ _STRUCTS: Final = (
     NodeList,
     NodeDetail,
     HostList,
+    IssueList,
     EventsPage,
     Health,
     Ready,
@@ -189,7 +203,7 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
     error = ref["ErrorBody"]
     bad = {"400": _json(error, "invalid parameter")}
     denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
-    unavailable = {"503": _json(error, "Redis unreachable")}
+    unavailable = {"503": _json(error, "Redis unreachable, or no data for this network")}
     node_q = _param("node", "node id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"})
     node_p = _param("node", "node id", {"type": "string"}, required=True)
 
@@ -237,6 +251,11 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             _json(ref["HostList"], "the hosts"),
             **unavailable,
         ),
+        "/v1/issues": get(
+            "The current conflicts, anomalies and pending allocations, each with its cause.",
+            _json(ref["IssueList"], "the issues"),
+            **unavailable,
+        ),
         "/v1/events": get(
             "The events log, in pages.",
             _json(ref["EventsPage"], "a page of entries"),
@@ -248,7 +267,8 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             **unavailable,
         ),
         "/v1/status": get(
-            "The fleet: listener, stages, every host's convergence, counts (wgchain status).",
+            "The fleet: listener, stages, every host's convergence, the current issues and the "
+            "problems, as `wgchain status --json` prints it.",
             _json(ref["FleetStatus"], "the status snapshot"),
             **unavailable,
         ),
@@ -270,13 +290,16 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
         ),
         "/healthz": {
             "get": {
-                "summary": "The process is up.",
-                "responses": {"200": _json(ref["Health"], "up")},
+                "summary": "This process works: Redis answers it and its registry follower runs.",
+                "responses": {
+                    "200": _json(ref["Health"], "working"),
+                    "503": _json(ref["Health"], "failing, with the reason"),
+                },
             }
         },
         "/readyz": {
             "get": {
-                "summary": "Redis reachable and every stage within the lag limit.",
+                "summary": "Nothing wrong with the pipeline: the problems `wgchain status` names.",
                 "responses": {
                     "200": _json(ref["Ready"], "ready"),
                     "503": _json(ref["Ready"], "not ready"),

@@ -22,7 +22,7 @@ from consumers.audit.replay import Replay, render
 from consumers.audit.streams import read_stream
 from consumers.audit.verify import Verify
 from consumers.ipam.allocate import IpamFold
-from producers.listener.rpc import RpcClient
+from producers.listener.verify import DEFAULT_TIMEOUT, bounded_rpc, within
 from shared.cmdline import with_chain_id, with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
@@ -161,6 +161,10 @@ def history(
               help="Last block to re-read [default: the listener cursor's block].")  # fmt: skip
 @click.option("--max-problems", type=click.IntRange(min=1), default=20, show_default=True,
               help="Problem lines shown per check.")  # fmt: skip
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="Give up (one line, exit 1) when an RPC call gets no answer within SECONDS, "
+                   "retries included.")  # fmt: skip
 @_WAIT
 @_JSON
 @with_settings(
@@ -178,6 +182,7 @@ def verify(
     from_block: int | None,
     to_block: int | None,
     max_problems: int,
+    timeout: float,
     wait: float,
     as_json: bool,
 ) -> None:
@@ -187,19 +192,20 @@ def verify(
     if not cfg.contract:
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     client = connect(cfg.redis_url)
-    rpc = RpcClient(cfg.rpc_urls)
+    rpc = bounded_rpc(cfg.rpc_urls, timeout)
     try:
-        keys = with_chain_id(cfg, rpc.chain_id).keys()
-        show = enabled(cfg.log_json)
-        checks = Verify(
-            client,
-            keys,
-            rpc,
-            fetch=fetcher(client, keys, rpc, cfg.max_block_range, show),
-            max_block_range=cfg.max_block_range,
-            wait=wait,
-            show_progress=show,
-        ).run(from_block, to_block)
+        with within(timeout):
+            keys = with_chain_id(cfg, rpc.chain_id).keys()
+            show = enabled(cfg.log_json)
+            checks = Verify(
+                client,
+                keys,
+                rpc,
+                fetch=fetcher(client, keys, rpc, cfg.max_block_range, show),
+                max_block_range=cfg.max_block_range,
+                wait=wait,
+                show_progress=show,
+            ).run(from_block, to_block)
     finally:
         rpc.close()
         client.close()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
+from consumers.status.model import PENDING, Issue
 from shared.errors import DecodeError, SettingsError
 from shared.events import (
     AllocationPending,
@@ -56,6 +57,8 @@ META_FIELD: Final = "meta"
 NODE_FIELD: Final = "n:"
 QUARANTINE_FIELD: Final = "q:"
 PENDING_FIELD: Final = "p:"
+#: Field listing every pending node as an :class:`Issue` (what a status reads, one HGET).
+PENDING_ISSUES_FIELD: Final = "~pending"
 
 Network4 = ipaddress.IPv4Network
 Network6 = ipaddress.IPv6Network
@@ -81,6 +84,8 @@ class Pending(msgspec.Struct, frozen=True):
 
     seq: int
     public_key: str
+    #: Block of the change that made it wait (0: from before it was kept).
+    block: int = 0
 
 
 class Meta(msgspec.Struct, frozen=True):
@@ -193,6 +198,8 @@ class IpamFold:
                 pending.append((value.seq, rest, value))
         heapq.heapify(state.expiries)
         state.pending = {node: p for _, node, p in sorted(pending)}
+        if state.pending and PENDING_ISSUES_FIELD not in fields:
+            state.dirty.add(PENDING_ISSUES_FIELD)  # persisted before the list was kept
         return state
 
     def apply(
@@ -215,6 +222,10 @@ class IpamFold:
     def take_changes(self, state: IpamState) -> tuple[dict[str, bytes], set[str]]:
         to_set: dict[str, bytes] = {}
         to_del: set[str] = set()
+        if PENDING_ISSUES_FIELD not in state.dirty and any(
+            name.startswith(PENDING_FIELD) for name in state.dirty
+        ):
+            state.dirty.add(PENDING_ISSUES_FIELD)
         for name in sorted(state.dirty):
             value = self._field(state, name)
             if value is None:
@@ -245,6 +256,7 @@ class IpamFold:
         names += [f"{NODE_FIELD}{n}" for n in state.nodes]
         names += [f"{QUARANTINE_FIELD}{o}" for o in state.quarantine]
         names += [f"{PENDING_FIELD}{n}" for n in state.pending]
+        names.append(PENDING_ISSUES_FIELD)
         fields = {name: self._field(state, name) for name in sorted(names)}
         return {k: v for k, v in fields.items() if v is not None}
 
@@ -252,6 +264,8 @@ class IpamFold:
         if name == META_FIELD:
             meta = Meta(*self._meta_pool, clock=state.clock, seq=state.seq)
             return msgspec.json.encode(meta)
+        if name == PENDING_ISSUES_FIELD:
+            return pending_issues(state)
         prefix, _, rest = name.partition(":")
         value: msgspec.Struct | None
         if prefix + ":" == NODE_FIELD:
@@ -332,11 +346,13 @@ class _Step:
             self._announce(node_id, current.offset, key)
             return
         if node_id in state.pending:
-            self._set_pending(node_id, Pending(state.pending[node_id].seq, key))
+            self._set_pending(
+                node_id, msgspec.structs.replace(state.pending[node_id], public_key=key)
+            )
             return
         offset = self.fold.place(state, node_id)
         if offset is None:
-            self._set_pending(node_id, Pending(state.seq, key))
+            self._set_pending(node_id, Pending(state.seq, key, self.block))
             state.seq += 1
             state.dirty.add(META_FIELD)
             self.out.append(AllocationPending(node_id, self.cause, self.origin, self.block))
@@ -395,6 +411,18 @@ class _Step:
     def _announce(self, node_id: str, offset: int, key: str) -> None:
         v4, v6 = self.fold.addresses(offset)
         self.out.append(PeerUpsert(node_id, key, v4, self.cause, self.origin, self.block, v6))
+
+
+def pending_issues(state: IpamState) -> bytes | None:
+    """The :data:`PENDING_ISSUES_FIELD` value: every pending node, in queue order (None: none)."""
+    if not state.pending:
+        return None
+    return msgspec.json.encode(
+        [
+            Issue(kind=PENDING, reason="pool-exhausted", node=node, block=p.block)
+            for node, p in state.pending.items()
+        ]
+    )
 
 
 #: An ipam fold with the default pool (commands build theirs with ``from_settings``).

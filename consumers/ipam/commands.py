@@ -7,7 +7,7 @@ import threading
 import click
 
 from consumers.ipam.allocate import IpamFold
-from consumers.stage import Stage
+from consumers.stage import run_stage
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.redis_log import connect
@@ -18,9 +18,9 @@ def stage(cfg: Settings, stop: threading.Event) -> None:
     """Fold the registry stream into the peers stream until ``stop`` is set."""
     keys = cfg.keys()
     ipam = IpamFold.from_settings(cfg)
-    client = connect(cfg.redis_url)
+    client = connect(cfg.redis_url, wait=stop)
     try:
-        Stage(client, keys, ipam, retention=cfg.peers_retention).run(stop)
+        run_stage(client, keys, ipam, stop, retention=cfg.peers_retention)
     finally:
         client.close()
 
@@ -35,10 +35,11 @@ def stage(cfg: Settings, stop: threading.Event) -> None:
     "quarantine_blocks",
     "peers_retention",
     "metrics_port",
+    "metrics_listen",
     stage="ipam",
 )
 def ipam(cfg: Settings) -> None:
     """Give every live member an address (the peers stream)."""
     stop = stop_event()
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     stage(cfg, stop)

@@ -7,7 +7,7 @@ import threading
 import click
 
 from consumers.registry.fold import FOLD
-from consumers.stage import Stage
+from consumers.stage import run_stage
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.redis_log import connect
@@ -17,17 +17,19 @@ from shared.settings import Settings
 def stage(cfg: Settings, stop: threading.Event) -> None:
     """Fold the events stream into the registry stream until ``stop`` is set."""
     keys = cfg.keys()
-    client = connect(cfg.redis_url)
+    client = connect(cfg.redis_url, wait=stop)
     try:
-        Stage(client, keys, FOLD).run(stop)
+        run_stage(client, keys, FOLD, stop)
     finally:
         client.close()
 
 
 @click.command()
-@with_settings("redis_url", "chain_id", "contract", "metrics_port", stage="registry")
+@with_settings(
+    "redis_url", "chain_id", "contract", "metrics_port", "metrics_listen", stage="registry"
+)
 def registry(cfg: Settings) -> None:
     """Fold contract events into membership changes (the registry stream)."""
     stop = stop_event()
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     stage(cfg, stop)

@@ -20,6 +20,8 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from consumers.registry import issues
+from consumers.status.model import Issue
 from shared import validate
 from shared.events import (
     Anomaly,
@@ -102,6 +104,9 @@ class RegistryState:
     status: dict[str, Status] = field(default_factory=dict)
     dirty_tokens: set[int] = field(default_factory=set)
     dirty_owners: set[str] = field(default_factory=set)
+    #: node -> its current conflicts and anomalies (``registry/issues.py``).
+    issues: dict[str, tuple[Issue, ...]] = field(default_factory=dict)
+    issues_dirty: bool = False
 
     def live(self) -> dict[str, Status]:
         """Every live member, by node id."""
@@ -139,6 +144,11 @@ class RegistryFold:
             status = _status(state, node)
             if status is not None:
                 state.status[node] = status
+        raw_issues = fields.get(issues.ISSUES_FIELD)
+        if raw_issues is not None:
+            state.issues = issues.decode(raw_issues)
+        else:  # a state persisted before issues were kept: find them (causes unknown)
+            issues.everything(state)
         return state
 
     def apply(
@@ -147,6 +157,7 @@ class RegistryFold:
         if not isinstance(entry, LogEntry):
             raise TypeError(f"registry folds LogEntry, not {type(entry).__name__}")
         step = _Step(state, entry_id, entry.block_number)
+        step.source = (entry.tx_hash, entry.log_index)  # the cause of issues it starts
         event = entry.event
         if isinstance(event, NodeAccessGranted):
             step.granted(event)
@@ -171,6 +182,13 @@ class RegistryFold:
                 to_del.add(f"{KEY_FIELD}{owner}")
         state.dirty_tokens.clear()
         state.dirty_owners.clear()
+        if state.issues_dirty:
+            raw_issues = issues.encode(state)
+            if raw_issues is None:
+                to_del.add(issues.ISSUES_FIELD)
+            else:
+                to_set[issues.ISSUES_FIELD] = raw_issues
+            state.issues_dirty = False
         return to_set, to_del
 
 
@@ -180,6 +198,9 @@ def dump(state: RegistryState) -> dict[str, bytes]:
     for owner, key in sorted(state.keys.items()):
         if key:
             fields[f"{KEY_FIELD}{owner}"] = msgspec.json.encode(key)
+    raw_issues = issues.encode(state)
+    if raw_issues is not None:
+        fields[issues.ISSUES_FIELD] = raw_issues
     return fields
 
 
@@ -190,6 +211,8 @@ class _Step:
         self.state = state
         self.cause = cause
         self.block = block_number
+        #: (tx hash, log index) of the event: the chain's name for it, the same in any replay.
+        self.source: tuple[str, int | None] = ("", None)
         self.notes: list[RegistryChange] = []
         self.affected: set[str] = set()
         self.transfer = False
@@ -293,6 +316,7 @@ class _Step:
                     "duplicate-key", node, new.token_id, winner, self.cause, self.block
                 )
                 self.notes.append(conflict)
+        issues.track(state, nodes_set, self.source, self.block)
         return self.notes + left + changed + joined
 
     def _reason(self, status: Status | None) -> str:

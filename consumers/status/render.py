@@ -12,8 +12,12 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from consumers.status.model import FleetStatus, HostInfo
+from consumers.status.model import CRITICAL, OK, FleetStatus, HostInfo, Issue
 from shared.validate import excerpt
+
+#: Issues listed under the counts (the rest are counted).
+ISSUES_SHOWN = 20
+_STYLE = {CRITICAL: "bold red", "warning": "yellow"}
 
 
 def _t(value: object) -> Text:
@@ -37,12 +41,15 @@ def _lag(entries: int, capped: bool) -> str:
 
 
 def render(status: FleetStatus, now: float | None = None) -> Group:
-    """Summary, stages, hosts and counts of ``status``."""
+    """Health and problems, summary, stages, hosts, counts and current issues of ``status``."""
     now = time.time() if now is None else now
     lst = status.listener
     summary = Table.grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
+    summary.add_row("health", Text(status.health.upper(), style=_STYLE.get(status.health, "green")))
+    for problem in status.problems:
+        summary.add_row("", Text(excerpt(problem.message), style=_STYLE.get(problem.severity, "")))
     summary.add_row("network", _t(status.network))
     summary.add_row("chain head", _t("unknown" if lst.chain_head is None else lst.chain_head))
     cursor = "none" if lst.cursor_block is None else str(lst.cursor_block)
@@ -58,6 +65,9 @@ def render(status: FleetStatus, now: float | None = None) -> Group:
             details.append(f"{lst.lease_ttl_seconds:.1f}s left")
         lease = lst.lease_holder + (f" ({', '.join(details)})" if details else "")
     summary.add_row("lease holder", _t(lease))
+    if lst.final_block is not None:
+        seen = f"final block {lst.final_block}, head {lst.head_block} ({age(lst.polled_at, now)})"
+        summary.add_row("listener saw", _t(seen))
     summary.add_row("events", _t(lst.events))
 
     stages = Table(title="stages", title_justify="left")
@@ -74,7 +84,8 @@ def render(status: FleetStatus, now: float | None = None) -> Group:
         )
 
     hosts = Table(title=f"hosts ({len(status.hosts)})", title_justify="left")
-    for column in ("node", "endpoint", "applied", "lag", "last apply", "peers", "last error"):
+    columns = ("node", "endpoint", "applied", "lag", "last apply", "report", "handshake", "peers")
+    for column in (*columns, "last error"):
         hosts.add_column(column)
     for host in status.hosts:
         hosts.add_row(*_host_row(host, now))
@@ -84,22 +95,66 @@ def render(status: FleetStatus, now: float | None = None) -> Group:
         f"conflicts {c.conflicts}   anomalies {c.anomalies}   "
         f"pending allocations {c.pending_allocations}   dead letters {c.dead_letters}"
     )
-    return Group(summary, stages, hosts, counts)
+    issues = [_issue_line(i) for i in status.issues[:ISSUES_SHOWN]]
+    if len(status.issues) > ISSUES_SHOWN:
+        issues.append(Text(f"… and {len(status.issues) - ISSUES_SHOWN} more (--json lists all)"))
+    return Group(summary, stages, hosts, counts, *issues)
+
+
+def _issue_line(issue: Issue) -> Text:
+    """One current issue: kind, reason, node, tokens, cause (chain strings escaped)."""
+    parts = [f"  {issue.kind} {issue.reason}: node {excerpt(issue.node)}"]
+    if issue.token_id is not None:
+        parts.append(f"token {issue.token_id}")
+    if issue.winner_token_id is not None:
+        parts.append(f"kept by token {issue.winner_token_id}")
+    if issue.detail:
+        parts.append(excerpt(issue.detail))
+    if issue.cause:
+        log = "" if issue.log_index is None else f", log {issue.log_index}"
+        parts.append(f"since block {issue.block} (tx {excerpt(issue.cause)}{log})")
+    elif issue.block:
+        parts.append(f"since block {issue.block}")
+    return Text(", ".join(parts))
 
 
 def _host_row(host: HostInfo, now: float) -> list[Text | str]:
     if host.updated_at is None:
-        return [_t(host.node), _t(host.endpoint), "—", "—", "never reported", "—", "—"]
+        return [_t(host.node), _t(host.endpoint), "—", "—", "never reported", "—", "—", "—", "—"]
     lag = _lag(host.lag_entries, host.lag_capped)
     if host.lag_entries:
         lag += f" ({host.lag_seconds:.1f}s)"
     error = host.last_error or (host.fail_closed and f"fail closed: {host.fail_closed}")
+    report = age(host.updated_at, now)
+    if host.handshake_latest is None:
+        handshake = "—"
+    else:
+        handshake = age(host.handshake_latest, now) if host.handshake_latest else "none"
     return [
         _t(host.node),
         _t(host.endpoint),
         _t(host.applied_position),
         lag,
         age(host.last_apply, now),
+        Text(f"{report} STALE", style="bold red") if host.stale else report,
+        handshake,
         str(host.peer_count),
         Text(excerpt(error), style="red") if error else _t(""),
     ]
+
+
+def check_lines(status: FleetStatus) -> list[str]:
+    """``status --check``: a monitoring-plugin summary line, then one line per problem."""
+    word = status.health.upper()
+    if status.health == OK:
+        lst = status.listener
+        cursor = "nothing yet" if lst.cursor_block is None else f"block {lst.cursor_block}"
+        return [
+            f"wgchain {word}: {excerpt(status.network)}: listener at {cursor}, "
+            f"{len(status.stages)} stages caught up, {len(status.hosts)} hosts"
+        ]
+    counts = {s: sum(p.severity == s for p in status.problems) for s in (CRITICAL, "warning")}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    lines = [f"wgchain {word}: {excerpt(status.network)}: {summary}"]
+    lines += [f"{p.severity.upper()} {p.code}: {p.message}" for p in status.problems]
+    return lines

@@ -1,17 +1,21 @@
-"""The fleet's state in one Redis round trip: listener, stages, hosts and counts.
+"""The fleet's state in one Redis round trip: listener, stages, hosts and issues.
 
 A single Lua script reads everything (so the picture is consistent, and one
 status costs one round trip whether there are 3 hosts or 1,000): the listener's
-cursor and lease, each stage's position and how many input entries it is behind,
-every agent's status hash (found with ``SCAN`` on the host-status key pattern,
-so agents that announce no endpoint are found too), how many ``peers`` entries
-each agent has not applied yet (one backward walk of the stream for all hosts,
-capped), the recorded conflicts and anomalies, pending allocations and dead
-letters. The chain head comes from the RPC node when it answers.
+cursor, lease and health record, each stage's position, how many input entries it
+is behind (capped) and since when, every agent's status hash (found with ``SCAN``
+on the host-status key pattern, so agents that announce no endpoint are found
+too), how many ``peers`` entries each agent has not applied yet (one backward walk
+of the stream for all hosts, capped), the current conflicts, anomalies and pending
+allocations (one field of each state hash: ``registry/issues.py``, ``ipam/allocate.py``)
+and the dead letters. No stream is read whole, so a status costs the same with 10
+entries of history as with 10 million. The chain head comes from the RPC node when
+it answers; :func:`consumers.status.health.assess` then names what is wrong.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Final
 
@@ -19,7 +23,20 @@ import msgspec
 import redis
 import requests
 
-from consumers.status.model import Counts, FleetStatus, HostInfo, ListenerInfo, StageInfo
+from consumers.ipam.allocate import PENDING_ISSUES_FIELD
+from consumers.registry.issues import ISSUES_FIELD, listed
+from consumers.status.health import Limits, assess
+from consumers.status.model import (
+    ANOMALY,
+    CONFLICT,
+    PENDING,
+    Counts,
+    FleetStatus,
+    HostInfo,
+    Issue,
+    ListenerInfo,
+    StageInfo,
+)
 from shared.keys import Keys
 from shared.redis_log import START, as_str
 
@@ -31,14 +48,19 @@ SCAN_COUNT: Final = 1000
 RPC_TIMEOUT: Final = 2.0
 #: The stages, in pipeline order.
 STAGES: Final = ("registry", "ipam")
+#: Networks named in the hint of a "no data for this network" problem, and keys examined.
+HINT_NETWORKS: Final = 5
+HINT_SCAN_KEYS: Final = 100_000
 
 _LUA: Final = """
 -- KEYS: cursor, lease, events, registry, peers, registry position, ipam position,
---       listener dead, registry dead, ipam dead, ipam state
+--       listener dead, registry dead, ipam dead, ipam state, registry state, listener health
 -- ARGV: mode (full | hosts | host | stages), lag cap, pattern of the per-host keys
---       (mode host: that host's status key), scan count, (mode host: its announce key)
+--       (mode host: that host's status key), scan count, (mode host: its announce key),
+--       issues field, pending field
 -- Host keys are found with SCAN: the script reads keys it was not given, all under the
--- network's hash tag (one cluster slot).
+-- network's hash tag (one cluster slot). Nothing here reads a whole stream: lags are
+-- counted up to the cap, and the current issues are one field of each state hash.
 local mode, cap = ARGV[1], tonumber(ARGV[2])
 
 local function split(id)
@@ -85,6 +107,15 @@ local function tail(stream)
   return last[1][1]
 end
 
+-- id of the first entry of `stream` after `position` (false: none), for how long it waited
+local function first_after(stream, position)
+  local low = '-'
+  if position ~= '0-0' then low = '(' .. position end
+  local r = redis.call('XRANGE', stream, low, '+', 'COUNT', 1)
+  if #r == 0 then return false end
+  return r[1][1]
+end
+
 local positions = {redis.call('GET', KEYS[6]) or '0-0', redis.call('GET', KEYS[7]) or '0-0'}
 local stage_lags = {}
 if mode == 'full' or mode == 'stages' then
@@ -116,38 +147,29 @@ for i, k in ipairs(statuses) do
   hashes[i] = redis.call('HGETALL', k)
   applied[i] = redis.call('HGET', k, 'applied_position') or '0-0'
 end
+local host_lags = lags(KEYS[5], applied)
+local host_first = {}
+for i, a in ipairs(applied) do
+  host_first[i] = false
+  if host_lags[i] > 0 then host_first[i] = first_after(KEYS[5], a) end
+end
 local endpoints = {}
 for i, k in ipairs(announces) do endpoints[i] = redis.call('GET', k) end
 local tails = {tail(KEYS[3]), tail(KEYS[4]), tail(KEYS[5])}
-local hosts = {statuses, hashes, lags(KEYS[5], applied), announces, endpoints, tails}
+local hosts = {statuses, hashes, host_lags, announces, endpoints, tails, host_first}
 if mode ~= 'full' then return {positions, stage_lags, hosts} end
 
-local conflicts, anomalies, low = 0, 0, '-'
-while true do
-  local page = redis.call('XRANGE', KEYS[4], low, '+', 'COUNT', 1000)
-  for _, e in ipairs(page) do
-    local f = e[2]
-    for i = 1, #f, 2 do
-      if f[i] == 'type' then
-        if f[i + 1] == 'Conflict' then conflicts = conflicts + 1
-        elseif f[i + 1] == 'Anomaly' then anomalies = anomalies + 1 end
-        break
-      end
-    end
-  end
-  if #page < 1000 then break end
-  low = '(' .. page[#page][1]
-end
-local pending = 0
-for _, k in ipairs(redis.call('HKEYS', KEYS[11])) do
-  if string.sub(k, 1, 2) == 'p:' then pending = pending + 1 end
-end
+local issues = {redis.call('HGET', KEYS[12], ARGV[6]) or false,
+                redis.call('HGET', KEYS[11], ARGV[7]) or false}
 local listener = {
   redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2]) or false,
-  redis.call('PTTL', KEYS[2]), redis.call('XLEN', KEYS[3]),
+  redis.call('PTTL', KEYS[2]), redis.call('XLEN', KEYS[3]), redis.call('HGETALL', KEYS[13]),
 }
 local dead = {redis.call('XLEN', KEYS[8]), redis.call('XLEN', KEYS[9]), redis.call('XLEN', KEYS[10])}
-return {positions, stage_lags, hosts, listener, dead, {conflicts, anomalies, pending}}
+local waiting = {first_after(KEYS[3], positions[1]), first_after(KEYS[4], positions[2])}
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return {positions, stage_lags, hosts, listener, dead, issues, waiting, now_ms}
 """
 
 
@@ -177,13 +199,18 @@ class Snapshot:
             keys.dead("registry"),
             keys.dead("ipam"),
             keys.state("ipam"),
+            keys.state("registry"),
+            keys.listener_health,
         ]
         self._host_prefix = keys.host_status("\0").partition("\0")[0]
+        self._client = client
 
     def _run(self, mode: str, cap: int, node: str = "") -> list[Any]:
-        args: list[str | int] = [mode, cap, _glob_escape(self._host_prefix) + "*", SCAN_COUNT]
+        pattern = _glob_escape(self._host_prefix) + "*"
+        args: list[str | int] = [mode, cap, pattern, SCAN_COUNT, "", ISSUES_FIELD]
         if node:
-            args[2:] = [self.keys.host_status(node), SCAN_COUNT, self.keys.host_announce(node)]
+            args[2:5] = [self.keys.host_status(node), SCAN_COUNT, self.keys.host_announce(node)]
+        args.append(PENDING_ISSUES_FIELD)
         reply: Any = self._script(keys=self._keys, args=args)
         return list(reply)
 
@@ -202,12 +229,25 @@ class Snapshot:
         _, _, hosts = self._run("host", cap, node)
         return next((h for h in self._hosts(hosts, cap) if h.node == node), None)
 
-    def fleet(self, rpc_urls: list[str], cap: int = LAG_CAP) -> FleetStatus:
-        """The whole status; ``rpc_urls`` are asked for the chain head (may be empty)."""
-        positions, lags, hosts, listener, dead, counts = self._run("full", cap)
+    def issues(self) -> list[Issue]:
+        """The current conflicts, anomalies and pending allocations (one round trip)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.hget(self.keys.state("registry"), ISSUES_FIELD)
+        pipe.hget(self.keys.state("ipam"), PENDING_ISSUES_FIELD)
+        found, pending = pipe.execute()
+        return listed(found) + listed(pending)
+
+    def fleet(
+        self, rpc_urls: list[str], cap: int = LAG_CAP, limits: Limits | None = None
+    ) -> FleetStatus:
+        """The whole status and what is wrong; ``rpc_urls`` are asked for the chain head."""
+        raw = self._run("full", cap)
+        positions, lags, hosts, listener, dead, issues, waiting, now_ms = raw
+        now = time.time()
         cursor = _pairs(listener[0])
-        block = int(cursor["block"]) if cursor.get("block", "").isdigit() else None
+        block = _int(cursor.get("block"))
         head = chain_head(rpc_urls)
+        record = _pairs(listener[4])
         info = ListenerInfo(
             cursor_block=block,
             cursor_hash=cursor.get("hash"),
@@ -216,6 +256,10 @@ class Snapshot:
             lag_blocks=max(0, head - block) if head is not None and block is not None else None,
             events=int(listener[3]),
             dead_letters=int(dead[0]),
+            final_block=_int(record.get("final")),
+            head_block=_int(record.get("head")),
+            polled_at=_float(record.get("at")),
+            problem=record.get("problem", ""),
         )
         if listener[1]:
             fence, _, holder = as_str(listener[1]).partition(":")
@@ -223,23 +267,50 @@ class Snapshot:
             info.lease_fence = int(fence) if fence.isdigit() and holder else None
             ttl = int(listener[2])
             info.lease_ttl_seconds = ttl / 1000 if ttl >= 0 else None
-        return FleetStatus(
+        stages = _stages(positions, lags, cap, [int(d) for d in dead[1:]])
+        for stage, first in zip(stages, waiting, strict=True):
+            if first:
+                stage.waiting_seconds = max(0, int(now_ms) - _ms(as_str(first))) / 1000
+        current = listed(issues[0]) + listed(issues[1])
+        fleet = FleetStatus(
             network=self.keys.tag,
-            generated_at=time.time(),
+            generated_at=now,
             listener=info,
-            stages=_stages(positions, lags, cap, [int(d) for d in dead[1:]]),
-            hosts=self._hosts(hosts, cap),
+            stages=stages,
+            hosts=self._hosts(hosts, cap, int(now_ms)),
             peers_head=as_str(hosts[5][2]) if hosts[5][2] else None,
             counts=Counts(
-                conflicts=int(counts[0]),
-                anomalies=int(counts[1]),
-                pending_allocations=int(counts[2]),
+                conflicts=sum(i.kind == CONFLICT for i in current),
+                anomalies=sum(i.kind == ANOMALY for i in current),
+                pending_allocations=sum(i.kind == PENDING for i in current),
                 dead_letters=sum(int(d) for d in dead),
             ),
+            has_data=bool(cursor) or int(listener[3]) > 0 or bool(listener[1]),
+            issues=current,
         )
+        assess(fleet, limits or Limits(), now, self._other_networks)
+        return fleet
 
-    def _hosts(self, raw: list[Any], cap: int) -> list[HostInfo]:
-        statuses, hashes, lags, announces, docs, tails = raw
+    def _other_networks(self) -> list[str]:
+        """Networks Redis holds data for (the hint of a "no data for this network" problem).
+
+        A bounded ``SCAN`` (at most :data:`HINT_SCAN_KEYS` keys examined), run only when
+        this network has no data; none on a Redis Cluster (its keys are spread over nodes).
+        """
+        if not isinstance(self._client, redis.Redis):
+            return []
+        found: set[str] = set()
+        pattern = f"{_glob_escape(self.keys.prefix)}:{{*}}:listener:cursor"
+        cursor: Any = 0
+        for _ in range(HINT_SCAN_KEYS // SCAN_COUNT):
+            cursor, page = self._client.scan(cursor, match=pattern, count=SCAN_COUNT)
+            found.update(as_str(k).split(":{", 1)[-1].split("}", 1)[0] for k in page)
+            if int(cursor) == 0 or len(found) >= HINT_NETWORKS:
+                break
+        return sorted(found)[:HINT_NETWORKS]
+
+    def _hosts(self, raw: list[Any], cap: int, now_ms: int | None = None) -> list[HostInfo]:
+        statuses, hashes, lags, announces, docs, tails, firsts = raw
         endpoints: dict[str, str | None] = {}
         for key, doc in zip(announces, docs, strict=True):
             try:
@@ -248,9 +319,11 @@ class Snapshot:
                 endpoints[self._node(key, ":announce")] = None
         peers_tail = as_str(tails[2]) if tails[2] else START
         hosts: dict[str, HostInfo] = {}
-        for key, flat, lag in zip(statuses, hashes, lags, strict=True):
+        for key, flat, lag, first in zip(statuses, hashes, lags, firsts, strict=True):
             node = self._node(key, ":status")
             host = _host(node, _pairs(flat), int(lag), cap, peers_tail)
+            if first and now_ms is not None:
+                host.waiting_seconds = max(0, now_ms - _ms(as_str(first))) / 1000
             host.endpoint = endpoints.get(node)
             hosts[node] = host
         for node, endpoint in endpoints.items():
@@ -264,14 +337,10 @@ class Snapshot:
 
 
 def _host(node: str, fields: dict[str, str], lag: int, cap: int, peers_tail: str) -> HostInfo:
-    def number(name: str) -> float | None:
-        try:
-            return float(fields[name])
-        except (KeyError, ValueError):
-            return None
-
+    """One agent's status hash; fields an older agent does not write stay None (unknown)."""
     applied = fields.get("applied_position", START)
-    last_apply = number("last_apply")
+    last_apply = _float(fields.get("last_apply"))
+    held = fields.get("held")
     return HostInfo(
         node=node,
         interface=fields.get("interface", ""),
@@ -282,10 +351,14 @@ def _host(node: str, fields: dict[str, str], lag: int, cap: int, peers_tail: str
         lag_seconds=max(0, _ms(peers_tail) - _ms(applied)) / 1000,
         last_apply=last_apply or None,
         last_error=fields.get("last_error", ""),
-        peer_count=int(number("peer_count") or 0),
+        peer_count=int(_float(fields.get("peer_count")) or 0),
         fail_closed=fields.get("fail_closed", ""),
         addresses=fields.get("addresses", ""),
-        updated_at=number("updated_at"),
+        updated_at=_float(fields.get("updated_at")),
+        reconcile_interval=_float(fields.get("reconcile_interval")) or None,
+        applied_block=_int(fields.get("applied_block")),
+        handshake_latest=_float(fields.get("handshake_latest")),
+        held=None if held is None else held.strip().lower() in {"1", "true", "yes"},
     )
 
 
@@ -318,6 +391,20 @@ def _pairs(flat: list[Any]) -> dict[str, str]:
     """A flat HGETALL reply as a dict of str (undecodable bytes replaced)."""
     values = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in flat]
     return dict(zip(values[::2], values[1::2], strict=True))
+
+
+def _float(text: str | None) -> float | None:
+    """A number from a status hash (None: missing or not a finite number)."""
+    try:
+        value = float(text) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _int(text: str | None) -> int | None:
+    """A whole number from a hash (None: missing or not one)."""
+    return int(text) if text is not None and text.isdigit() else None
 
 
 def _ms(entry_id: str) -> int:

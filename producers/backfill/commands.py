@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import sys
 import threading
 import time
@@ -20,6 +22,7 @@ from rq.serializers import JSONSerializer
 
 from producers.backfill.jobs import (
     JOB_RETRIES,
+    JOB_TIMEOUT,
     MAINTENANCE_INTERVAL,
     WORKER_TTL,
     BackfillWorker,
@@ -35,11 +38,12 @@ from producers.backfill.store import BackfillStore
 from producers.listener.listener import open_listener
 from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
+from shared import health, metrics
 from shared.cmdline import stop_event, with_chain_id, with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import connect
+from shared.redis_log import connect, keep_going
 from shared.settings import Settings
 
 #: Blocks per job unless ``--size`` says otherwise (capped by ``max_block_range``).
@@ -286,6 +290,18 @@ def _failure(job: Job | None) -> str:
     return lines[-1][:300] if lines else "its worker stopped"
 
 
+class _RqOutageLines(logging.Filter):
+    """rq logs every failed attempt to reach Redis; they go to :data:`health.REDIS` instead
+    (one line when the outage starts, one a minute, one when Redis answers)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "could not connect to Redis" not in str(record.msg):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        health.REDIS.failed(args[1] if len(args) > 1 else record.getMessage())
+        return False
+
+
 @click.command("worker")
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 @with_settings(
@@ -294,33 +310,62 @@ def _failure(job: Job | None) -> str:
     "contract",
     "chain_id",
     "max_block_range",
+    "metrics_port",
+    "metrics_listen",
     stage="worker",
-    ask_chain_id=False,  # asked through its RPC client (retries, failover)
+    ask_chain_id=False,  # asked through its RPC client (retries, failover), waiting for it
 )
 def worker(cfg: Settings, burst: bool) -> None:
-    """Run an rq worker for this network's backfill jobs (any number, on any machine)."""
+    """Run an rq worker for this network's backfill jobs (any number, on any machine).
+
+    Redis or RPC outages, at start-up or later, are waited out: when rq's own loop
+    gives up on Redis, a new rq worker starts once Redis answers again.
+    """
     _require_contract(cfg)
-    client = connect(cfg.redis_url)
+    stop = stop_event()
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
+    client = connect(cfg.redis_url, wait=stop)
     rpc = RpcClient(cfg.rpc_urls)
+    work = health.work("worker", bound=JOB_TIMEOUT + WORKER_TTL)
+    rq_lines = logging.getLogger("rq.worker")
+    quiet = _RqOutageLines()
+    rq_lines.addFilter(quiet)
     try:
-        chain_id = with_chain_id(cfg, rpc.chain_id).chain_id
+        served = keep_going(functools.partial(with_chain_id, cfg, rpc.chain_id), stop)
+        if served is None:
+            return
+        chain_id = served.chain_id
         keys = Keys(chain_id, cfg.contract.lower())
         configure(WorkerContext(client, rpc, chain_id, keys.contract, cfg.max_block_range))
         queue = queue_for(client, keys)
-        rq_worker = BackfillWorker(
-            [queue],
-            name=worker_name(),
-            connection=client,
-            serializer=JSONSerializer,
-            worker_ttl=WORKER_TTL,
-            maintenance_interval=MAINTENANCE_INTERVAL,
-        )
-        log.bind(stage="worker").info(
-            "{} serving queue {} (RPC {})", rq_worker.name, queue.name, rpc.endpoint
-        )
         level = "DEBUG" if cfg.log_level.upper() in {"TRACE", "DEBUG"} else "WARNING"
-        rq_worker.work(burst=burst, logging_level=level, with_scheduler=False)
+        while not stop.is_set():
+            rq_worker = BackfillWorker(
+                [queue],
+                name=worker_name(),
+                connection=client,
+                serializer=JSONSerializer,
+                worker_ttl=WORKER_TTL,
+                maintenance_interval=MAINTENANCE_INTERVAL,
+            )
+            rq_worker.health_record = work
+            log.bind(stage="worker").info(
+                "{} serving queue {} (RPC {})", rq_worker.name, queue.name, rpc.endpoint
+            )
+            keep_going(
+                functools.partial(
+                    rq_worker.work, burst=burst, logging_level=level, with_scheduler=False
+                ),
+                stop,
+            )
+            stop_event()  # rq replaced the signal handlers; ours set the shutdown flag
+            if burst or stop.is_set():
+                break
+            # rq's loop quit on its own (a Redis error it does not wait out): start over
+            keep_going(client.ping, stop)
     finally:
+        rq_lines.removeFilter(quiet)
+        health.retire(work)
         rpc.close()
         client.close()
 

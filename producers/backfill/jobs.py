@@ -43,6 +43,7 @@ from producers.listener.decode import TOPIC0S, LogRef, decode_log, log_ref
 from producers.listener.ranges import RangeSizer
 from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
+from shared import health, shutdown
 from shared.errors import ChainError, DecodeError, WgchainError
 from shared.keys import Keys
 from shared.logs import log
@@ -295,8 +296,25 @@ class BackfillWorker(SimpleWorker):
     """An rq worker that runs jobs in its own process and retries abandoned jobs in maintenance.
 
     In-process (no fork per job): jobs are I/O-bound, and a killed worker takes
-    its job with it instead of leaving an orphan work horse behind.
+    its job with it instead of leaving an orphan work horse behind. Its heartbeats
+    tell ``shared.health`` that Redis answers and the worker loop goes on; a stop
+    signal sets the process-wide shutdown flag (so ``wgchain worker`` does not start
+    it again).
     """
+
+    #: The loop's health record (``wgchain worker`` sets it).
+    health_record: health.Work | None = None
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        super().heartbeat(timeout, pipeline)  # type: ignore[no-untyped-call]
+        if pipeline is None:
+            health.REDIS.ok()
+        if self.health_record is not None:
+            self.health_record.beat()
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        shutdown.SHUTDOWN.set()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     def run_maintenance_tasks(self) -> None:
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]

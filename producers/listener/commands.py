@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from producers.listener.rpc import RpcClient
 from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import SettingsError
-from shared.redis_log import connect
+from shared.redis_log import connect, keep_going
 from shared.settings import Settings
 from shared.validate import excerpt
 
@@ -48,14 +49,17 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     call_urls, head_urls = split_urls(cfg.rpc_urls)
     wanted = list(dict.fromkeys(networks)) or [(cfg.chain_id, cfg.contract)]
-    client = connect(cfg.redis_url)
+    client = connect(cfg.redis_url, wait=stop)
     rpcs: list[RpcClient] = []
     try:
         listeners: list[Listener] = []
         for chain_id, contract in wanted:
             rpcs.append(RpcClient(call_urls))
             one = msgspec.structs.replace(cfg, chain_id=chain_id, contract=contract)
-            listeners.append(open_listener(one, client, rpcs[-1]))
+            opened = keep_going(functools.partial(open_listener, one, client, rpcs[-1]), stop)
+            if opened is None:  # stopped while Redis or the RPC node was unreachable
+                return
+            listeners.append(opened)
         leased = LeasedListeners(client, listeners, listener_id(cfg.listener_id), cfg.lease_ttl)
         heads = HeadWatcher(head_urls, leased.wakes).start(stop) if head_urls else None
         try:
@@ -87,6 +91,15 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     help="Do not listen: compare the events stream of blocks B1..B2 of --contract with "
     "an eth_getLogs scan, print the differences (exit 0 when identical, 1 otherwise).",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=verify.DEFAULT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --verify-range: give up (one line, exit 1) when an RPC call gets no answer "
+    "within SECONDS, retries included.",
+)
 @click.option("--json", "as_json", is_flag=True, help="With --verify-range: one JSON document.")
 @with_settings(
     "redis_url",
@@ -101,6 +114,7 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
     "lease_ttl",
     "listener_id",
     "metrics_port",
+    "metrics_listen",
     stage="listener",
     ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )
@@ -108,6 +122,7 @@ def listen(
     cfg: Settings,
     networks: tuple[str, ...],
     verify_range: tuple[int, int] | None,
+    timeout: float,
     as_json: bool,
 ) -> None:
     """Append the contract's logs (final-enough blocks) to the events stream.
@@ -116,9 +131,10 @@ def listen(
     the others stand by (and spread the leases of several networks among them).
     """
     if verify_range:
-        click.get_current_context().exit(verify.check(cfg, *verify_range, as_json=as_json))
+        code = verify.check(cfg, *verify_range, timeout=timeout, as_json=as_json)
+        click.get_current_context().exit(code)
     stop = stop_event()
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     stage(cfg, stop, [parse_network(n) for n in networks])
 
 

@@ -36,14 +36,18 @@ from typing import Final
 import redis
 
 from producers.listener.listener import Listener
-from shared.errors import CommitConflict, ServiceUnavailable
+from shared import health, metrics
+from shared.errors import CommitConflict
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import as_str, redis_retry
+from shared.redis_log import as_str, keep_going, redis_retry
 from shared.validate import excerpt
 
 #: Seconds a stopping process waits for each of its listener threads to finish.
 STOP_TIMEOUT: Final = 30.0
+#: Seconds a tick waits for the listener thread of a lost lease to end (a lease lost in a
+#: Redis outage is then taken again in the same tick, not one tick later).
+STEP_DOWN_WAIT: Final = 1.0
 
 _ACQUIRE_LUA: Final = """
 -- KEYS: lease, fence counter; ARGV: listener id, ttl (ms)
@@ -212,22 +216,30 @@ class LeasedListeners:
         return [seat.wake for seat in self.seats]
 
     def run(self, stop: threading.Event) -> None:
-        """Lead what this process may until ``stop`` is set; then hand every lease back."""
+        """Lead what this process may until ``stop`` is set; then hand every lease back.
+
+        A Redis outage beyond ``redis_retry`` is waited out (:func:`keep_going`); the
+        next tick then finds which leases it still holds (the others expired meanwhile:
+        their terms end, their appends being fenced off anyway, and are taken again).
+        """
         self.log.info(
             "listener {} serving {} network(s); lease TTL {}s",
             self.owner,
             len(self.seats),
             self.interval * 3,
         )
-        try:
+        work = health.work("listener leases")
+
+        def loop() -> None:
             while not stop.is_set():
                 self._tick()
+                work.beat()
                 stop.wait(self.interval)
-        except redis.RedisError as exc:
-            if not stop.is_set():
-                raise ServiceUnavailable(f"Redis failed under the listener leases: {exc}") from exc
-            self.log.warning("Redis unreachable while stopping ({})", exc)
+
+        try:
+            keep_going(loop, stop)
         finally:
+            health.retire(work)
             self._shutdown()
 
     def _tick(self) -> None:
@@ -236,6 +248,9 @@ class LeasedListeners:
             self._reap(seat)
             if seat.lease.token is not None and not seat.lease.renew():  # leading or handing over
                 self._step_down(seat)
+                if seat.thread is not None:  # usually ends at once: take a lease again this tick
+                    seat.thread.join(min(STEP_DOWN_WAIT, self.interval))
+                    self._reap(seat)
         leading = [s for s in self.seats if s.leading]
         for seat in leading[share:]:
             self.log.info(
@@ -260,6 +275,7 @@ class LeasedListeners:
         listener.cursor = listener.store.load_cursor()
         term = seat.term = threading.Event()
         seat.wake.clear()
+        metrics.set_lease_holder(listener.store.keys.tag, True)
         self.log.info(
             "{}: took the lease (token {}); appending from block {}",
             listener.store.keys.tag,
@@ -288,6 +304,7 @@ class LeasedListeners:
     def _step_down(self, seat: _Seat) -> None:
         """Our lease is gone (expired, taken over): end the term; nothing more is appended."""
         seat.lease.token = None
+        metrics.set_lease_holder(seat.listener.store.keys.tag, False)
         self.log.warning(
             "{}: lost the lease (now held by {}); stepping down, appends are fenced off",
             seat.listener.store.keys.tag,
@@ -305,6 +322,7 @@ class LeasedListeners:
             self._step_down(seat)
         seat.thread = seat.term = None
         seat.listener.fence = None
+        metrics.set_lease_holder(seat.listener.store.keys.tag, False)
         seat.listener.cursor = None  # never trusted: the next term reloads it from Redis
         if seat.handing_over:
             seat.lease.release()

@@ -26,7 +26,8 @@ from producers.listener.decode import TOPIC0S, BlockHeader, LogRef, decode_log, 
 from producers.listener.ranges import RangeSizer
 from producers.listener.rpc import RpcClient, refused
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
-from shared import metrics
+from producers.listener.tip import Look, Watch, look
+from shared import health, metrics
 from shared.errors import (
     ChainError,
     CommitConflict,
@@ -37,6 +38,7 @@ from shared.errors import (
 from shared.events import GENESIS_DIGEST, LogEntry, Retracted
 from shared.keys import Keys
 from shared.logs import log
+from shared.redis_log import keep_going
 from shared.settings import Settings
 
 #: Times a range is read again when its logs and headers disagree (a reorg mid-read).
@@ -89,6 +91,9 @@ class Listener:
         self.sizer = RangeSizer(cfg.max_block_range)
         #: (lease key, fencing token) every commit checks; set while holding the lease.
         self.fence: tuple[str, str] | None = None
+        #: What the last poll at the tip saw, and what it says (``tip.py``).
+        self.seen: Look | None = None
+        self.watch = Watch(store.client, store.keys)
 
     @property
     def next_block(self) -> int:
@@ -98,18 +103,24 @@ class Listener:
     def target(self, refresh: bool = False) -> int:
         """The last block final enough to append (``head - confirmations``, or the tag's).
 
-        Below the cursor when the node is behind (its head, or its safe/finalized
-        block, is lower than what was already appended): the loop then just waits.
+        Asked again at the tip (one batch, :func:`tip.look`, that also reads the block
+        the node now has at the cursor's height). Below the cursor when the node is
+        behind (its head, or its safe/finalized block, is lower than what was already
+        appended): the loop then waits, and :class:`tip.Watch` reports it.
         """
         if refresh or self._target < self.next_block:
-            if self.cfg.finality_tag:
-                self._target = self.rpc.get_block(self.cfg.finality_tag).number
-            else:
-                self._target = self.rpc.block_number() - self.cfg.confirmations
+            cursor = self.cursor
+            block = cursor.block if cursor is not None and cursor.block >= 0 else None
+            seen = look(self.rpc, self.cfg.finality_tag, self.cfg.confirmations, block)
+            self.seen, self._target = seen, seen.final
+            self.watch.saw(seen, block)
+            if block is not None:
+                metrics.head_distance(self.store.keys.tag, seen.head, block)
         return self._target
 
     def step(self) -> int:
         """Append one block range; returns the number of blocks it covered (0 at the tip)."""
+        self.watch.record({})  # "still at work", for status (throttled: at most once a second)
         staged = append_staged(self)  # a running backfill's next range, strictly in order
         if staged is not None:
             return staged
@@ -117,7 +128,7 @@ class Listener:
         target = self.target()
         if start > target:
             metrics.listener_progress(self.store.keys.tag, start - 1, target)
-            return 0
+            return self._replaced_at_tip(target)
         end, read = self._read_sized(start, target)
         batch_log = self.log.bind(blocks=f"{start}-{end}")
         if self._reorged(start, read.headers):
@@ -245,6 +256,26 @@ class Listener:
         )
         return True
 
+    def _replaced_at_tip(self, target: int) -> int:
+        """Rewind when the block at the cursor's height was replaced (a same-height reorg).
+
+        Noticed on the poll after it happens, with no newer block needed; only a
+        different hash counts (a node that does not serve the block says nothing).
+        """
+        cursor, seen = self.cursor, self.seen
+        if cursor is None or seen is None or not cursor.hash or seen.cursor_hash is None:
+            return 0
+        if seen.cursor_hash == cursor.hash or target < cursor.block:
+            return 0
+        self.log.error(
+            "reorg at the tip: block {} was {}, the chain now has {} at that height",
+            cursor.block,
+            cursor.hash,
+            seen.cursor_hash,
+        )
+        self._target = -1  # look again after the rewind
+        return self._rewind()
+
     def _rewind(self) -> int:
         """Walk back to the common ancestor and retract every entry above it.
 
@@ -310,7 +341,10 @@ class Listener:
         """Append until ``stop`` is set; at the tip, poll every ``poll_interval`` seconds.
 
         ``wake`` (set on every new head, and by whoever sets ``stop``) ends the wait
-        at the tip early; polling stays the fallback.
+        at the tip early; polling stays the fallback. An RPC outage beyond the RPC
+        client's retries is waited out here (its problem recorded for ``status``), a
+        Redis outage beyond ``redis_retry`` by :func:`keep_going`, which reloads the
+        cursor before going on: an outage of any length ends nothing.
         """
         self.log.info(
             "started at block {} (final: {}; ranges of {} to {} blocks)",
@@ -319,22 +353,37 @@ class Listener:
             self.sizer.size,
             self.cfg.max_block_range,
         )
-        while not stop.is_set():
-            try:
-                covered = self.step()
-            except ServiceUnavailable as exc:
-                self.log.error("{}; trying again in {}s", exc, OUTAGE_WAIT)
-                stop.wait(OUTAGE_WAIT)
-                continue
-            except redis.RedisError:
-                if not stop.is_set():
-                    raise
-                self.log.warning("Redis unreachable while stopping; nothing half-committed")
-                break
-            if covered == 0:
-                (wake or stop).wait(self.cfg.poll_interval)
-                if wake is not None:
-                    wake.clear()
+        work = health.work("listener")
+        self.watch.work = work
+        resumed = False
+
+        def loop() -> None:
+            nonlocal resumed
+            if resumed:  # the attempt before stopped anywhere: Redis holds the truth
+                self.cursor = self.store.load_cursor()
+                self._target = -1
+            resumed = True
+            while not stop.is_set():
+                try:
+                    covered = self.step()
+                except ServiceUnavailable as exc:  # the RPC, after its own retries
+                    self.watch.trouble(f"RPC unreachable: {exc}")
+                    work.beat()  # waiting out an outage is this loop's job
+                    stop.wait(OUTAGE_WAIT)
+                    continue
+                if self.watch.problem.startswith("RPC unreachable"):
+                    self.watch.trouble("")
+                work.beat()
+                if covered == 0:
+                    (wake or stop).wait(self.cfg.poll_interval)
+                    if wake is not None:
+                        wake.clear()
+
+        try:
+            keep_going(loop, stop)
+        finally:
+            self.watch.work = None
+            health.retire(work)
         self.log.info("stopped at block {}", self.next_block - 1)
 
 

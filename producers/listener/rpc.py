@@ -48,9 +48,9 @@ from tenacity import (
 
 from producers.listener.decode import BlockHeader, header, quantity
 from producers.listener.ranges import RangeSizer
-from shared import shutdown
+from shared import health, shutdown
 from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
-from shared.logs import log, retry_logger
+from shared.logs import brief, log
 from shared.validate import excerpt
 
 #: Seconds one HTTP request may wait (to connect, for the next bytes, for the whole reply).
@@ -123,6 +123,18 @@ def endpoint(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+def _reason(state: RetryCallState) -> str:
+    """Why an attempt failed, in the words made for people (``http://host:port: HTTP 503``)."""
+    exc = state.outcome.exception() if state.outcome else None
+    return brief(exc, typed=False) if exc is not None else "no result"
+
+
+def _log_retry(state: RetryCallState) -> None:
+    """One failed attempt, for :data:`health.RPC` (it logs when failures start, once a
+    minute while they last, and when the RPC answers again; not every attempt)."""
+    health.RPC.failed(_reason(state))
+
+
 def _backoff(first: float, longest: float) -> Callable[[RetryCallState], float]:
     """Jittered exponential backoff after a transient failure; none before trying another URL."""
     jittered = wait_random_exponential(multiplier=first, max=longest)
@@ -141,7 +153,7 @@ rpc_retry: Final = Retrying(
     wait=_backoff(RPC_BACKOFF, RPC_MAX_BACKOFF),
     stop=stop_before_delay(RPC_RETRY_SECONDS) | shutdown.requested,
     sleep=shutdown.sleep,
-    before_sleep=retry_logger("rpc", "RPC call", typed=False, named=False),  # names the URL
+    before_sleep=_log_retry,
     reraise=True,
 )
 
@@ -151,7 +163,8 @@ class RpcClient:
 
     ``timeout`` bounds each HTTP request, ``retry_seconds`` each call (all its
     retries), and ``backoff``/``max_backoff`` are the first and the longest wait
-    between two attempts.
+    between two attempts. Failures and recoveries are told to ``outage`` (the
+    process's :data:`health.RPC` unless given, e.g. a quiet one for one-shot commands).
     """
 
     def __init__(
@@ -163,6 +176,7 @@ class RpcClient:
         backoff: float = RPC_BACKOFF,
         max_backoff: float = RPC_MAX_BACKOFF,
         session: requests.Session | None = None,
+        outage: health.Outage = health.RPC,
     ) -> None:
         if not urls:
             raise ChainError("no RPC URL given")
@@ -170,9 +184,11 @@ class RpcClient:
         self.timeout = timeout
         self.session = session or requests.Session()
         self.session.headers["Content-Type"] = "application/json"
+        self.outage = outage
         self._retry = rpc_retry.copy(
             wait=_backoff(backoff, max_backoff),
             stop=stop_before_delay(retry_seconds) | shutdown.requested,
+            before_sleep=lambda state: outage.failed(_reason(state)),
         )
         self._index = 0
         self._ids = itertools.count(1)
@@ -210,9 +226,12 @@ class RpcClient:
                 raise
 
         try:
-            return self._retry(attempt)
+            result = self._retry(attempt)
         except (_Transient, _Unusable) as exc:
+            self.outage.failed(brief(exc, typed=False))
             raise ServiceUnavailable(f"no RPC endpoint answered {what}: {exc}") from None
+        self.outage.ok()
+        return result
 
     def _post(self, payload: Any) -> tuple[int, Any]:
         """One bounded HTTP POST of ``payload`` to the current URL: (status, decoded JSON).

@@ -24,6 +24,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,9 +36,10 @@ import redis
 from producers.listener.decode import TOPIC0S, decode_log, log_ref
 from producers.listener.heads import split_urls
 from producers.listener.ranges import INITIAL_RANGE, RangeSizer
-from producers.listener.rpc import RpcClient
+from producers.listener.rpc import RPC_TIMEOUT, RpcClient
+from shared import health
 from shared.cmdline import with_chain_id
-from shared.errors import ChainError, DecodeError, SettingsError
+from shared.errors import ChainError, DecodeError, ServiceUnavailable, SettingsError
 from shared.events import AnyEntry, LogEntry, effective, from_fields
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
@@ -45,6 +48,8 @@ from shared.validate import excerpt
 
 #: Stream entries read per XRANGE call.
 PAGE: Final = 1000
+#: Seconds one-shot commands (``--verify-range``, ``audit verify``) wait for an RPC call.
+DEFAULT_TIMEOUT: Final = 30.0
 _HASH: Final = re.compile(r"0x[0-9a-f]{64}")
 
 
@@ -230,21 +235,50 @@ def _describe(entry: LogEntry) -> str:
     return f"{type(event).__name__} {who}"
 
 
-def check(cfg: Settings, first: int, last: int, as_json: bool = False) -> int:
+def bounded_rpc(urls: Sequence[str], timeout: float) -> RpcClient:
+    """An RPC client for a one-shot command: each call gives up after about ``timeout``
+    seconds (retries included), and logs nothing meanwhile (the command says it in one line)."""
+    return RpcClient(
+        urls,
+        timeout=min(RPC_TIMEOUT, timeout),
+        retry_seconds=timeout,
+        outage=health.Outage("RPC", quiet=True),
+    )
+
+
+@contextmanager
+def within(timeout: float) -> Iterator[None]:
+    """One line when an RPC call of the block gets no answer within ``timeout`` seconds."""
+    try:
+        yield
+    except ServiceUnavailable as exc:
+        raise ServiceUnavailable(
+            f"the RPC node did not answer within {timeout:g}s (--timeout): {exc}"
+        ) from None
+
+
+def check(
+    cfg: Settings, first: int, last: int, timeout: float = DEFAULT_TIMEOUT, as_json: bool = False
+) -> int:
     """Run the check for ``cfg``'s contract, print its lines (or one JSON document); the exit
-    code (0: identical)."""
+    code (0: identical). RPC calls give up after ``timeout`` seconds (one line)."""
     if not cfg.contract:
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     if first > last:
         raise SettingsError("--verify-range", f"{first} is after {last}")
-    rpc = RpcClient(split_urls(cfg.rpc_urls)[0])
     client = connect(cfg.redis_url)
+    rpc = bounded_rpc(split_urls(cfg.rpc_urls)[0], timeout)
     try:
-        keys = with_chain_id(cfg, rpc.chain_id).keys()
-        head = rpc.block_number()
-        if last > head:
-            raise SettingsError("--verify-range", f"block {last} is after the chain's head {head}")
-        report = verify_range(rpc, client, keys, first, last, max_block_range=cfg.max_block_range)
+        with within(timeout):
+            keys = with_chain_id(cfg, rpc.chain_id).keys()
+            head = rpc.block_number()
+            if last > head:
+                raise SettingsError(
+                    "--verify-range", f"block {last} is after the chain's head {head}"
+                )
+            report = verify_range(
+                rpc, client, keys, first, last, max_block_range=cfg.max_block_range
+            )
     finally:
         rpc.close()
         client.close()
@@ -258,4 +292,4 @@ def check(cfg: Settings, first: int, last: int, as_json: bool = False) -> int:
     return 0 if report.ok else 1
 
 
-__all__ = ["Finding", "Report", "check", "verify_range"]
+__all__ = ["DEFAULT_TIMEOUT", "Finding", "Report", "bounded_rpc", "check", "verify_range", "within"]

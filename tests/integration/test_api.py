@@ -19,6 +19,7 @@ import pytest
 import redis
 import requests
 from conftest import require
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
@@ -26,6 +27,7 @@ from consumers.agent.keys import generate_private_key_file
 from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import FOLD
 from consumers.stage import Stage
+from producers.listener.lease import Lease
 from producers.listener.listener import Listener, open_listener
 from shared.contract.client import AccessNFT, TxResult
 from shared.devnet.anvil import ACCOUNTS, Anvil
@@ -45,8 +47,9 @@ ROUTES = {
     "/v1/nodes",
     "/v1/nodes/{node}",
     "/v1/hosts",
-    "/v1/events",
+    "/v1/issues",
     "/v1/status",
+    "/v1/events",
     "/v1/topology",
     "/v1/nodes/{node}/history",
     "/healthz",
@@ -134,6 +137,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             cfg, client, nft, listener, stages, f"http://127.0.0.1:{port}", key_a, minted_a, ""
         )
         w.settle()
+        assert Lease(client, keys, "listener-api", 3600).acquire()  # a listener holds it
         agent = Agent(agent_cfg, client, None)
         agent.start()  # file-only: announce, reconcile once, report
         w.applied = agent.applied_position
@@ -146,6 +150,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "WGCHAIN_API_LISTEN": f"127.0.0.1:{port}",
             "WGCHAIN_API_TOKEN": TOKEN,
             "WGCHAIN_MAX_LAG": "0",
+            # the world is stepped by hand: its listener and agent are not at work all along
+            "WGCHAIN_MAX_LAG_SECONDS": "3600",
+            "WGCHAIN_RECONCILE_INTERVAL": "3600",
         }
         api = subprocess.Popen([WGCHAIN, "api"], env=env, stderr=subprocess.DEVNULL)
 
@@ -333,6 +340,57 @@ def test_metrics_are_prometheus_text(world: World) -> None:
     assert res.headers["content-type"].startswith("text/plain")
     assert "# TYPE wgchain_api_requests_total counter" in res.text
     assert 'wgchain_access_decisions_total{reason="granted"}' in res.text
+
+
+def test_the_fleet_gauges_come_with_the_metrics(world: World) -> None:
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(world.get("/metrics").text)
+        for s in family.samples
+    }
+    net = ("network", f"{world.cfg.chain_id}:{world.cfg.contract.lower()}")
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, frozenset({net, *labels.items()})))
+
+    assert value("wgchain_fleet_up") == 1
+    assert value("wgchain_network_has_data") == 1
+    assert value("wgchain_listener_lease_held") == 1
+    assert value("wgchain_health_problems", code="no-lease", severity="critical") == 0
+    assert value("wgchain_health_problems", code="host-stale", severity="warning") == 0
+    assert value("wgchain_live_members") == 2  # node-a and node-b
+    assert value("wgchain_host_lag_entries", node="node-a") is not None
+    assert value("wgchain_host_stale", node="node-a") == 0
+    assert value("wgchain_host_fail_closed", node="node-a") == 0
+    assert value("wgchain_fail_closed_hosts") == 0
+    age = value("wgchain_host_apply_age_seconds", node="node-a")
+    assert age is not None
+    assert age >= 0
+
+
+def test_issues_and_status_are_the_current_ones(world: World) -> None:
+    assert world.get("/v1/issues").json() == {"issues": []}
+    status = world.get("/v1/status").json()
+    assert status["network"] == world.cfg.keys().tag
+    assert status["health"] == "ok", status["problems"]
+    assert status["counts"]["conflicts"] == 0
+    assert {h["node"] for h in status["hosts"]} == {"node-a"}
+
+
+def test_readyz_names_every_problem_and_access_says_when_there_is_no_data(world: World) -> None:
+    keys = world.cfg.keys()
+    holder: Any = world.client.get(keys.lease)
+    world.client.delete(keys.lease)
+    try:
+        res = world.get("/readyz", token=None)
+        assert res.status_code == 503
+        body = res.json()
+        assert [p["code"] for p in body["problems"]] == ["no-lease"]
+        assert body["health"] == "critical"
+        assert "no listener holds the lease" in body["detail"]
+    finally:
+        world.client.set(keys.lease, holder)
+    assert world.get("/readyz", token=None).status_code == 200
 
 
 def test_openapi_lists_every_route(world: World) -> None:

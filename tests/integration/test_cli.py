@@ -58,8 +58,8 @@ def test_bad_flag_value_names_the_flag_as_typed():
 
 def test_unreachable_redis_is_one_line():
     port = free_port()
-    res = run(
-        "registry",
+    res = run(  # a one-shot command (the long-running ones wait for Redis: test_health.py)
+        "status",
         WGCHAIN_REDIS_URL=f"redis://:hunter2@127.0.0.1:{port}/0",
         WGCHAIN_CONTRACT=CONTRACT,
         WGCHAIN_CHAIN_ID="31337",

@@ -12,6 +12,7 @@ import requests
 from tenacity import stop_after_attempt
 
 from producers.listener.rpc import RpcClient
+from shared import health
 from shared.devnet.proc import free_port
 from shared.devnet.redis_server import RedisServer
 from shared.errors import ServiceUnavailable
@@ -35,36 +36,46 @@ def lines() -> Iterator[list[str]]:
         log.remove(sink)
 
 
-def test_a_redis_retry_names_the_call_not_its_repr(lines: list[str]) -> None:
+def test_a_redis_outage_is_one_short_line_not_a_repr(lines: list[str]) -> None:
+    """Retried calls report to ``health.REDIS``: one line when Redis stops answering (not one
+    per attempt), with the error in a few words, never a callee's repr."""
+    health.REDIS.ok()
+    lines.clear()
     server = RedisServer().start()
     client = redis.Redis.from_url(server.url)
     script = client.register_script("return 1")
     server.cleanup()  # Redis goes away
     policy = redis_retry.copy(stop=stop_after_attempt(2))
-    for call, args in ((script, ()), (client.get, ("k",))):
-        with pytest.raises(redis.ConnectionError):
-            policy(call, *args)
-    assert len(lines) == 2
-    assert lines[0].startswith(
-        "Redis call (Lua script) failed (ConnectionError: Error 111 connecting to"
-    )
-    assert lines[1].startswith("Redis call (get) failed (ConnectionError: ")
-    assert all(re.search(r"; attempt 1, retrying in \d+\.\ds$", line) for line in lines)
+    try:
+        for call, args in ((script, ()), (client.get, ("k",))):
+            with pytest.raises(redis.ConnectionError):
+                policy(call, *args)
+    finally:
+        health.REDIS.ok()
+    assert lines[0].startswith("Redis unreachable (ConnectionError: Error 111 connecting to")
+    assert lines[0].endswith("; retrying until it answers")
+    assert lines[1].startswith("Redis reachable again after")
+    assert len(lines) == 2  # two calls, four failed attempts: one line when it started
     assert not any(REPR.search(line) for line in lines)
 
 
-def test_an_rpc_retry_is_short(lines: list[str]) -> None:
+def test_an_rpc_outage_is_short(lines: list[str]) -> None:
+    health.RPC.ok()
+    lines.clear()
     rpc = RpcClient([f"http://127.0.0.1:{free_port()}/secret-api-key"], backoff=0.01)
     rpc._retry = rpc._retry.copy(stop=stop_after_attempt(3))  # no clock: exactly two retries
-    with pytest.raises(ServiceUnavailable):
-        rpc.chain_id()
-    assert len(lines) == 2
-    for line in lines:
-        assert re.fullmatch(
-            r"RPC call failed \(http://127\.0\.0\.1:\d+: ConnectionError\); attempt \d+, retrying in \d+\.\ds",
-            line,
-        ), line
-        assert "secret-api-key" not in line
+    try:
+        with pytest.raises(ServiceUnavailable):
+            rpc.chain_id()
+    finally:
+        health.RPC.ok()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r"RPC unreachable \(http://127\.0\.0\.1:\d+: ConnectionError\); retrying until it answers",
+        lines[0],
+    ), lines[0]
+    assert lines[1].startswith("RPC reachable again after")
+    assert not any("secret-api-key" in line for line in lines)
 
 
 def test_brief_reads_a_requests_failure_in_one_short_line() -> None:

@@ -69,7 +69,7 @@ def test_shell_completion_is_clicks() -> None:
     assert done.stdout.split() == ["plain,status"]
     words = {"COMP_WORDS": "wgchain contract set", "COMP_CWORD": "2"}
     assert run(_WGCHAIN_COMPLETE="bash_complete", **words).stdout.split() == ["plain,set-key"]
-    words = {"COMP_WORDS": "wgchain status --ch", "COMP_CWORD": "2"}
+    words = {"COMP_WORDS": "wgchain status --cha", "COMP_CWORD": "2"}
     assert run(_WGCHAIN_COMPLETE="bash_complete", **words).stdout.split() == ["plain,--chain-id"]
 
 

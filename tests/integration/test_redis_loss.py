@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ from shared.events import (
     NodeAccessRevoked,
     effective,
     from_fields,
+    to_fields,
 )
 from shared.keys import Keys
 from shared.logs import log
@@ -68,9 +70,9 @@ pytestmark = pytest.mark.integration
 
 WGCHAIN = Path(sys.executable).parent / "wgchain"
 POOL = "10.79.0.0/24"
-#: What a process logs when a Redis call fails and is retried (tenacity's before_sleep).
-RETRY_LINE = re.compile(r"Redis call \(.*\) failed \((ConnectionError|TimeoutError)")
-#: What a process logs when a retried Redis call succeeds again.
+#: What a process logs once when Redis calls start failing (``shared.health.Outage``).
+RETRY_LINE = re.compile(r"Redis unreachable \((ConnectionError|TimeoutError)")
+#: What a process logs once when Redis answers again.
 RECONNECT_LINE = "Redis reachable again after"
 #: Seconds to wait for the pipeline to settle (slow shared CI machines).
 SETTLE = 90
@@ -288,7 +290,7 @@ def test_redis_killed_and_restarted_mid_run(stack: Stack) -> None:
 
         assert not stack.exited(), {n: stack.log(n)[-2000:] for n in stack.exited()}
         for name in stack.procs:  # each one said so when Redis answered again
-            assert RECONNECT_LINE in stack.log(name).split("Redis call (")[-1], name
+            assert RECONNECT_LINE in stack.log(name).split("Redis unreachable (")[-1], name
         assert samples
         assert all(s.items() >= applied.items() for s in samples)
         got = positions(client, stack.keys)
@@ -421,11 +423,11 @@ def test_an_idle_stage_notices_that_redis_came_back_with_older_data(
     assert redis_client.xlen(net.keys.registry) == 3
 
 
-def test_a_call_that_succeeds_after_retries_says_redis_is_back_also_when_nested() -> None:
-    """The reconnect line comes once per retried call, even with retried calls inside it."""
+def test_a_retried_call_logs_the_outage_once_and_its_end_once() -> None:
+    """Not one line per attempt: one when Redis stops answering, one when it answers again."""
     lines: list[str] = []
     sink = log.add(lambda message: lines.append(str(message)), level="WARNING")
-    failures = iter([True, True, False])
+    failures = iter([True, True, True, False])
 
     def call() -> str:
         redis_retry(lambda: None)  # a nested retried call that succeeds at once
@@ -437,21 +439,35 @@ def test_a_call_that_succeeds_after_retries_says_redis_is_back_also_when_nested(
         assert redis_retry(call) == "ok"
     finally:
         log.remove(sink)
+    assert len([line for line in lines if "Redis unreachable (" in line]) == 1
     back = [line for line in lines if RECONNECT_LINE in line]
     assert len(back) == 1
-    assert "after 3 attempts" in back[0]
+    assert "(3 failed attempts)" in back[0]
 
 
-def test_a_stage_without_redis_beyond_the_retries_ends_with_one_clear_error(
+def test_a_stage_outlives_an_outage_longer_than_its_retries_and_resumes(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Not a traceback: ``ServiceUnavailable`` (the CLI prints one line, exit 1)."""
+    """``redis_retry`` gives up on a call; the stage's loop does not: it waits, reloads, goes on."""
     client = redis.Redis.from_url(redis_server.url)
+    keys = Keys(31337, "0x" + "ab" * 20, prefix="gone")
+    stop = threading.Event()
+    monkeypatch.setattr(redis_retry, "stop", stop_after_attempt(2))  # give up at once
+    stage = Stage(client, keys, REGISTRY)
+    thread = threading.Thread(target=stage.run, args=(stop,), daemon=True)
+    thread.start()
     try:
-        stage = Stage(client, Keys(31337, "0x" + "ab" * 20, prefix="gone"), REGISTRY)
         redis_server.stop()
-        monkeypatch.setattr(redis_retry, "stop", stop_after_attempt(2))  # not a minute
-        with pytest.raises(ServiceUnavailable, match="Redis failed under the registry stage"):
-            stage.run(threading.Event())
+        time.sleep(3)  # several calls gave up meanwhile
+        assert thread.is_alive()
+        redis_server.start()
+        entry = LogEntry(31337, keys.contract, 1, "0x" + "00" * 32, "0x" + "11" * 32, 0, 0,
+                         NodeAccessGranted(1, "node-a", numbered_owner(1), numbered_key(1)))  # fmt: skip
+        client.xadd(keys.events, to_fields(entry.with_digest("")))
+        wait_for(lambda: client.xlen(keys.registry) == 1, timeout=30, what="the stage resumed")
+        assert thread.is_alive()
     finally:
+        stop.set()
+        thread.join(timeout=30)
         client.close()
+    assert not thread.is_alive()

@@ -69,19 +69,12 @@ def test_retry_policy_gives_up_when_shutdown_is_requested() -> None:
 
 #: Seconds a process may take to exit after SIGTERM.
 STOP_BOUND = 15
-#: What a process logs when a Redis call fails and is retried (tenacity).
-RETRY_LINE = r"Redis call \(.*\) failed \((ConnectionError|TimeoutError)"
-#: What each process logs while Redis is gone. The listener's lease supervisor retries
-#: its Lua scripts: SIGTERM then lands while the supervisor itself is retrying.
-OUTAGE_LINE = {
-    "listen": r"Redis call \(Lua script\) failed",
-    "run": r"Redis call \(Lua script\) failed",
-    "registry": RETRY_LINE,
-    "ipam": RETRY_LINE,
-    "agent": RETRY_LINE,
-    "api": r"registry follower: .*(Connection|connecting)",
-    "worker": r"could not connect to Redis",
-}
+#: What a process logs once when Redis calls start failing (``shared.health.Outage``).
+RETRY_LINE = r"Redis unreachable \((ConnectionError|TimeoutError)"
+#: What each process logs while Redis is gone.
+OUTAGE_LINE = dict.fromkeys(
+    ["listen", "run", "registry", "ipam", "agent", "api", "worker"], RETRY_LINE
+)
 KEY = "A" * 43 + "="
 #: Log lines that show a process is at work.
 READY = {

@@ -26,7 +26,7 @@ from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import free_port
 from shared.devnet.redis_server import RedisServer
-from shared.events import PeerUpsert, to_fields
+from shared.events import PeerUpsert, from_fields, to_fields
 from shared.keys import Keys
 from shared.settings import load
 
@@ -105,6 +105,16 @@ def test_status_reports_the_whole_fleet(
     agent.start()  # file-only: announces, reconciles once and reports
     applied = agent.applied_position
 
+    granted: Any = client.xrange(keys.events)
+    logs = [from_fields(f) for _, f in granted[:5]]
+    cause = {e.event.node_id: (e.tx_hash, e.block_number) for e in logs}  # type: ignore[union-attr]
+    found = {(i.kind, i.reason, i.node, i.cause, i.block) for i in Snapshot(client, keys).issues()}
+    assert found == {
+        ("conflict", "duplicate-key", "node-d", *cause["node-d"]),  # node-b keeps the key
+        ("anomaly", "invalid-key", "node-e", *cause["node-e"]),
+        ("pending", "pool-exhausted", "node-c", "", cause["node-c"][1]),
+    }
+
     nft.revoke(revoke_me)  # the agent is not running any more: it falls behind
     settle()
     behind: Any = client.xrange(keys.peers, min=f"({applied}")
@@ -146,8 +156,13 @@ def test_status_reports_the_whole_fleet(
     assert host["last_apply"] > 0
 
     counts = doc["counts"]
-    assert counts["conflicts"] >= 1
-    assert counts["anomalies"] >= 1
+    assert counts["conflicts"] == 0  # current ones: node-d took over when node-b was revoked
+    assert counts["anomalies"] == 1  # node-e's key
+    assert [(i["kind"], i["node"]) for i in doc["issues"]] == [
+        ("anomaly", "node-e"),
+        ("pending", "node-c"),
+        ("pending", "node-d"),  # it took over node-b's key, and waits for an address
+    ]
     assert counts["pending_allocations"] == 2  # node-c, and node-d once node-b left
     assert counts["dead_letters"] == 1
 
@@ -222,6 +237,7 @@ def test_status_round_trips_do_not_grow_with_hosts(redis_server: RedisServer) ->
         ).decode()  # type: ignore[union-attr]
         for i in range(50)
     ]
+    setup.hset(keys.cursor, mapping={"block": 1, "hash": "0x01", "digest": "00"})  # data
     pool = redis.ConnectionPool.from_url(redis_server.url, connection_class=_Counting)
     client = redis.Redis(connection_pool=pool)
     snapshot = Snapshot(client, keys)
