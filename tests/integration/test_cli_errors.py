@@ -184,7 +184,8 @@ def _waits(argv: list[str], tmp: Path, marker: str, **env: str) -> str:
 @pytest.mark.parametrize("name", sorted(WAITS_FOR_REDIS))
 def test_a_long_running_process_waits_for_redis_in_one_line(name: str, tmp_path: Path) -> None:
     url = f"redis://wgchain:{PASSWORD}@127.0.0.1:{free_port()}/0"
-    text = _waits(USES_REDIS[name], tmp_path, "Redis unreachable (", WGCHAIN_REDIS_URL=url,
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in USES_REDIS[name]]
+    text = _waits(argv, tmp_path, "Redis unreachable (", WGCHAIN_REDIS_URL=url,
                   WGCHAIN_CONTRACT=CONTRACT, WGCHAIN_CHAIN_ID="31337",
                   WGCHAIN_RPC_URL=f"http://127.0.0.1:{free_port()}")  # fmt: skip
     assert text.count("Redis unreachable (") == 1
