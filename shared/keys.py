@@ -76,6 +76,12 @@ class Keys:
         """String: JSON announcement (endpoint) written by ``node_id``'s agent, and only by it."""
         return self._key("host", node_id, "announce")
 
+    @property
+    def announcements(self) -> str:
+        """Stream: node ids of hosts whose announcement changed (agents read it instead of
+        polling every announcement; each agent appends only its own node id)."""
+        return self._key("announcements")
+
     def host_status(self, node_id: str) -> str:
         """Hash: one agent's applied position, lag, last apply and last error."""
         return self._key("host", node_id, "status")

@@ -3,7 +3,11 @@
 An agent reads its network's ``peers`` stream, the ipam snapshot and the other
 hosts' announcements, and writes only its own announcement and status keys
 (``Keys.host_announce(node)``, ``Keys.host_status(node)``): one key each, so
-Redis key patterns can confine it. It cannot write a stream, a stage's state,
+Redis key patterns can confine it. It may also append to the network's
+``…:announcements`` stream, which only says *which* node's announcement changed
+(readers then read that node's own key, which only its agent can write): a forged
+entry costs the other agents one extra read, never a wrong endpoint. It cannot
+write any other stream, a stage's state,
 another host's keys or anything of another network, nor run admin commands. The rules are pure; :func:`password_from_file` keeps the
 agent's password in a 0600 file (only its SHA-256 goes into Redis).
 
@@ -39,6 +43,7 @@ AGENT_COMMANDS: Final = (
     "mget",
     "set",
     "hset",
+    "xadd",
 )
 _GLOB_SPECIAL: Final = "\\*?[]"
 #: Oldest Redis whose ACLs can confine an agent (read-only key patterns, ``%R~``).
@@ -61,7 +66,11 @@ def agent_rules(keys: Keys, node_id: str, password: str) -> list[str]:
         raise ValueError("invalid node id")
     announcements = _glob(keys.host_announce("\0")).replace("\0", "*")
     read = [_glob(keys.peers), _glob(keys.snapshot), announcements]
-    write = [_glob(keys.host_announce(node_id)), _glob(keys.host_status(node_id))]
+    write = [
+        _glob(keys.host_announce(node_id)),
+        _glob(keys.host_status(node_id)),
+        _glob(keys.announcements),
+    ]
     digest = hashlib.sha256(password.encode()).hexdigest()
     return [
         "reset",

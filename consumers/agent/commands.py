@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from consumers.agent.acl import agent_user, password_from_file, setuser
-from consumers.agent.agent import Agent, AgentConfig, is_valid_ifname
+from consumers.agent.agent import Agent
+from consumers.agent.config import AgentConfig, is_valid_ifname
 from consumers.agent.desired import Policy, parse_endpoint
 from consumers.agent.keys import generate_private_key_file, public_key_from_file
 from consumers.agent.wg import Wg
@@ -15,7 +16,7 @@ from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import ServiceUnavailable
 from shared.logs import log
-from shared.redis_log import connect
+from shared.redis_log import client_for
 from shared.settings import Settings
 from shared.validate import excerpt, is_valid_node_id
 
@@ -107,7 +108,7 @@ def agent(
     )
     stop = stop_event()
     metrics.serve(cfg.metrics_port)
-    client = connect(cfg.redis_url)
+    client = client_for(cfg.redis_url)  # not connected: the agent starts while Redis is down
     try:
         Agent(config, client, None if file_only else Wg()).run(stop)
     finally:

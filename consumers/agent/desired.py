@@ -1,7 +1,7 @@
 """What one host's WireGuard interface should look like. Pure: no I/O.
 
-Two steps: :class:`PeerTable` folds the ``peers`` stream (PeerUpsert, PeerRemove,
-AllocationPending) into node -> (key, addresses); :func:`desired_state` turns the
+Two steps: :class:`~consumers.agent.table.PeerTable` folds the ``peers`` stream into
+node -> (key, addresses) (``table.py``); :func:`desired_state` turns the
 table, the host's own public key and the hosts' endpoint announcements into the
 peer set of one node (DESIGN §4). It fails closed, with a reason, when the node is
 not a live member or the chain's key is not the host's own key.
@@ -13,8 +13,11 @@ through that hub (which must forward it: ``net.ipv4.ip_forward=1``).
 
 Every string is validated again here (node ids, keys, addresses, endpoints) even
 though upstream stages validated it: nothing unchecked reaches a file or argv.
-The checks are pure functions of their input, so their results are memoised
-(bounded caches): a reconcile of 10,000 members re-checks only what changed.
+The checks are cheap (a regular expression, then :mod:`ipaddress` only for the
+rare shapes it does not cover), so nothing is memoised; the strings a table keeps
+are interned, so agents sharing a process share them (the fleet benchmark runs
+hundreds of agents per process). :mod:`consumers.agent.peerset` keeps the result
+of :func:`desired_state` up to date change by change.
 """
 
 from __future__ import annotations
@@ -22,20 +25,26 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Final
 
-from shared.events import AllocationPending, PeerRemove, PeerUpsert
-from shared.validate import excerpt, is_valid_node_id, is_valid_wg_key
+from consumers.agent.table import (
+    IPV4_RE,
+    PeerRecord,
+    PeerTable,
+    address,
+    is_key,
+    share,
+    share_strings,
+)
+from shared.validate import excerpt, is_valid_node_id
 
 #: Topologies a policy may name: everyone with everyone, or spokes with hubs only.
 TOPOLOGIES: Final = ("mesh", "hub")
 #: Longest host announcement (JSON) that is parsed at all (bytes).
 MAX_ANNOUNCEMENT_BYTES: Final = 1024
-#: Entries each memoised check keeps (a few times the largest network expected).
-CACHE_SIZE: Final = 1 << 17
 
 #: Fail-closed reasons (our own constants: safe to log and to render as a comment).
 NOT_A_MEMBER: Final = "not-a-member"
@@ -49,59 +58,6 @@ _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _PORT_RE: Final = re.compile(r"[0-9]{1,5}")
 
 
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    """One live member with its address, as the ``peers`` stream last said."""
-
-    node_id: str
-    public_key: str
-    ipv4: str
-    ipv6: str | None = None
-
-
-class PeerTable:
-    """node id -> :class:`PeerRecord`, folded from ``peers`` entries in stream order."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, PeerRecord] = {}
-
-    def apply(self, entry: object) -> str | None:
-        """Fold one entry; returns why it was ignored (safe to log), or None."""
-        if isinstance(entry, PeerUpsert):
-            if not is_valid_node_id(entry.node_id):
-                return f"invalid node id {excerpt(entry.node_id)}"
-            if not is_valid_wg_key(entry.public_key):
-                self.records.pop(entry.node_id, None)
-                return f"node {entry.node_id}: invalid key {excerpt(entry.public_key)}"
-            ipv4 = _address(entry.ipv4, 4)
-            ipv6 = _address(entry.ipv6, 6) if entry.ipv6 else None
-            if ipv4 is None:
-                self.records.pop(entry.node_id, None)
-                return f"node {entry.node_id}: invalid ipv4 {excerpt(entry.ipv4)}"
-            self.records[entry.node_id] = PeerRecord(entry.node_id, entry.public_key, ipv4, ipv6)
-            return None
-        if isinstance(entry, PeerRemove | AllocationPending):
-            # A node without an address cannot be a peer, whatever it was before.
-            self.records.pop(entry.node_id, None)
-            return None
-        return f"not a peers entry: {type(entry).__name__}"
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _address(text: str | None, version: int) -> str | None:
-    """The bare address in ``text`` ("10.88.0.5" or "10.88.0.5/32"), or None if invalid."""
-    if text is None or len(text) > 64:
-        return None
-    try:
-        iface = ipaddress.ip_interface(text)
-    except ValueError:
-        return None
-    if iface.version != version:
-        return None
-    return str(iface.ip)
-
-
-@lru_cache(maxsize=CACHE_SIZE)
 def parse_endpoint(text: str) -> str | None:
     """``text`` normalised as ``host:port`` or ``[v6]:port``, or None if it is not one."""
     if not text or len(text) > 260 or not text.isascii() or not text.isprintable():
@@ -115,6 +71,8 @@ def parse_endpoint(text: str) -> str | None:
         except ValueError:
             return None
         return f"[{addr6}]:{int(port)}"
+    if IPV4_RE.fullmatch(host):
+        return f"{host}:{int(port)}"
     try:
         addr4 = ipaddress.IPv4Address(host)
     except ValueError:
@@ -124,7 +82,6 @@ def parse_endpoint(text: str) -> str | None:
     return f"{addr4}:{int(port)}"
 
 
-@lru_cache(maxsize=CACHE_SIZE)
 def announced_endpoint(raw: bytes | str) -> str | None:
     """The endpoint in a host announcement (JSON ``{"endpoint": ...}``), or None if hostile."""
     if len(raw) > MAX_ANNOUNCEMENT_BYTES:
@@ -136,7 +93,8 @@ def announced_endpoint(raw: bytes | str) -> str | None:
     if not isinstance(doc, dict):
         return None
     endpoint = doc.get("endpoint")
-    return parse_endpoint(endpoint) if isinstance(endpoint, str) else None
+    checked = parse_endpoint(endpoint) if isinstance(endpoint, str) else None
+    return share(checked) if checked else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +132,14 @@ class Policy:
             return None
         return parse_endpoint(self.endpoint_template.replace("{node}", node_id))
 
+    def is_spoke(self, node_id: str) -> bool:
+        """Whether ``node_id`` peers with the hubs only (and so needs no other record)."""
+        return self.topology == "hub" and node_id not in self.hubs
+
+    def needed(self, node_id: str) -> frozenset[str] | None:
+        """The nodes whose records ``node_id``'s peers depend on (None: every node)."""
+        return frozenset((node_id, *self.hubs)) if self.is_spoke(node_id) else None
+
 
 @dataclass(frozen=True, slots=True)
 class DesiredPeer:
@@ -199,6 +165,10 @@ class Desired:
     skipped: tuple[tuple[str, str], ...] = ()
 
 
+#: A node's endpoint from the announcements (None: it announced none, or nothing valid).
+EndpointOf = Callable[[str], "str | None"]
+
+
 def desired_state(
     table: Mapping[str, PeerRecord],
     node_id: str,
@@ -208,58 +178,155 @@ def desired_state(
 ) -> Desired:
     """The interface ``node_id`` should have; no peers (fail closed) unless it is a live member
     whose key on chain is ``own_public_key``."""
+
+    def endpoint_of(node: str) -> str | None:
+        raw = announcements.get(node)
+        return announced_endpoint(raw) if raw is not None else None
+
+    return compute(table, node_id, own_public_key, endpoint_of, policy)
+
+
+@dataclass(frozen=True, slots=True)
+class Pools:
+    """The policy's pools, parsed once: IPv4 as (network, mask) integers."""
+
+    net4: int
+    mask4: int
+    prefix4: int
+    pool6: ipaddress.IPv6Network | None
+    #: The pools as allowed IPs of the hub a spoke routes through.
+    routes: tuple[str, ...]
+
+
+@lru_cache(maxsize=16)
+def pools_of(pool: str, pool6: str) -> Pools:
+    net = ipaddress.IPv4Network(pool)
+    net6 = ipaddress.IPv6Network(pool6) if pool6 else None
+    routes = (str(net),) + ((str(net6),) if net6 is not None else ())
+    return Pools(int(net.network_address), int(net.netmask), net.prefixlen, net6, routes)
+
+
+def _in_pool4(ip: str, pools: Pools) -> bool:
+    a, b, c, d = ip.split(".")
+    value = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+    return value & pools.mask4 == pools.net4
+
+
+def own_facts(
+    table: Mapping[str, PeerRecord], node_id: str, own_public_key: str | None, policy: Policy
+) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """(fail-closed reason or None, the node's addresses, the keys and IPs it claims)."""
     if not is_valid_node_id(node_id):
-        return Desired(node_id="", fail_closed=BAD_NODE_ID)
-    if own_public_key is None or not is_valid_wg_key(own_public_key):
-        return Desired(node_id, fail_closed=NO_OWN_KEY)
+        return BAD_NODE_ID, (), ()
+    if own_public_key is None or not is_key(own_public_key):
+        return NO_OWN_KEY, (), ()
     own = table.get(node_id)
     if own is None:
-        return Desired(node_id, fail_closed=NOT_A_MEMBER)
+        return NOT_A_MEMBER, (), ()
     if own.public_key != own_public_key:
-        return Desired(node_id, fail_closed=KEY_MISMATCH)
-    pool = ipaddress.IPv4Network(policy.pool)
-    pool6 = ipaddress.IPv6Network(policy.pool6) if policy.pool6 else None
-    own4 = _address(own.ipv4, 4)
-    if own4 is None or ipaddress.IPv4Address(own4) not in pool:
-        return Desired(node_id, fail_closed=ADDRESS_OUTSIDE_POOL)
-    addresses = [f"{own4}/{pool.prefixlen}"]
-    own6 = _address(own.ipv6, 6) if own.ipv6 else None
-    if pool6 is not None and own6 and ipaddress.IPv6Address(own6) in pool6:
-        addresses.append(f"{own6}/{pool6.prefixlen}")
+        return KEY_MISMATCH, (), ()
+    pools = pools_of(policy.pool, policy.pool6)
+    own4 = address(own.ipv4, 4)
+    if own4 is None or not _in_pool4(own4, pools):
+        return ADDRESS_OUTSIDE_POOL, (), ()
+    addresses = [f"{own4}/{pools.prefix4}"]
+    own6 = address(own.ipv6, 6) if own.ipv6 else None
+    if pools.pool6 is not None and own6 and ipaddress.IPv6Address(own6) in pools.pool6:
+        addresses.append(f"{own6}/{pools.pool6.prefixlen}")
+    claims = (own_public_key, own4) + ((own6,) if own6 else ())
+    return None, tuple(addresses), claims
 
+
+def record_facts(record: PeerRecord, pools: Pools) -> tuple[str | None, str | None]:
+    """What a record alone says: why it cannot be a peer (or None), and its IPv6 address
+    when that is valid and inside the IPv6 pool (or None)."""
+    if not is_valid_node_id(record.node_id) or not is_key(record.public_key):
+        return "invalid node id or key", None
+    ipv4 = record.ipv4
+    if not IPV4_RE.fullmatch(ipv4) or not _in_pool4(ipv4, pools):
+        return "ipv4 outside the pool", None
+    ip6 = address(record.ipv6, 6) if record.ipv6 else None
+    if pools.pool6 is None or ip6 is None or ipaddress.IPv6Address(ip6) not in pools.pool6:
+        return None, None
+    return None, ip6
+
+
+def claims_of(record: PeerRecord, pools: Pools) -> tuple[str, ...]:
+    """The keys and addresses a record claims when it is a peer (none when it cannot be)."""
+    problem, ip6 = record_facts(record, pools)
+    if problem:
+        return ()
+    return (record.public_key, record.ipv4) + ((ip6,) if ip6 else ())
+
+
+def make_peer(
+    record: PeerRecord, ip6: str | None, endpoint_of: EndpointOf, policy: Policy
+) -> DesiredPeer:
+    """The peer of a record that takes its addresses (``ip6``: its /128, if it gets one)."""
+    allowed: tuple[str, ...] = (share(f"{record.ipv4}/32"),)
+    if ip6:
+        allowed += (share(f"{ip6}/128"),)
+    node = record.node_id
+    endpoint = endpoint_of(node) or policy.template_endpoint(node)
+    return DesiredPeer(node, record.public_key, allowed, endpoint, policy.keepalive)
+
+
+def compute(
+    table: Mapping[str, PeerRecord],
+    node_id: str,
+    own_public_key: str | None,
+    endpoint_of: EndpointOf,
+    policy: Policy,
+    *,
+    counts: dict[str, int] | None = None,
+) -> Desired:
+    """:func:`desired_state` with the announcements as a lookup of validated endpoints.
+
+    ``counts``, if given, receives how many times each key and address is claimed by
+    the node itself and by the records that could be peers (see ``peerset.py``).
+    """
+    fail_closed, addresses, claims = own_facts(table, node_id, own_public_key, policy)
+    if fail_closed:
+        return Desired("" if fail_closed == BAD_NODE_ID else node_id, fail_closed=fail_closed)
+    pools = pools_of(policy.pool, policy.pool6)
     peers: list[DesiredPeer] = []
     skipped: list[tuple[str, str]] = []
-    used_keys = {own_public_key}
-    used_ips = {own4} | ({own6} if own6 else set())
+    used = set(claims)  # keys and addresses (never equal to each other) already taken
+    if counts is not None:
+        for claim in claims:
+            counts[claim] = counts.get(claim, 0) + 1
     for other in sorted(table):
         record = table[other]
         if other == node_id or not _selected(policy, node_id, other):
             continue
-        problem, ip6 = _record_facts(_fields(record), policy.pool, policy.pool6)
-        problem = problem or _clash(record, used_keys, used_ips)
+        problem, ip6 = record_facts(record, pools)
+        if counts is not None and not problem:
+            for claim in (record.public_key, record.ipv4, ip6 or ""):
+                if claim:
+                    counts[claim] = counts.get(claim, 0) + 1
+        problem = problem or _clash(record, used)
         if problem:
             skipped.append((other, problem))
             continue
-        allowed = [f"{record.ipv4}/32"]
-        if pool6 is not None and record.ipv6 and _address(record.ipv6, 6):
-            if ip6 and ip6 not in used_ips:
-                allowed.append(f"{ip6}/128")
-                used_ips.add(ip6)
+        if pools.pool6 is not None and record.ipv6 and address(record.ipv6, 6):
+            if ip6 and ip6 not in used:
+                used.add(ip6)
             else:
+                ip6 = None
                 skipped.append((other, "ipv6 outside pool or taken (ipv4 only)"))
-        used_keys.add(record.public_key)
-        used_ips.add(record.ipv4)
-        endpoint = None
-        if other in announcements:
-            endpoint = announced_endpoint(announcements[other])
-        if endpoint is None:
-            endpoint = policy.template_endpoint(other)
-        peers.append(
-            DesiredPeer(other, record.public_key, tuple(allowed), endpoint, policy.keepalive)
-        )
-    if policy.topology == "hub" and node_id not in policy.hubs:
-        peers = _route_through_hub(peers, policy, pool, pool6)
-    return Desired(node_id, tuple(addresses), tuple(peers), None, tuple(skipped))
+        used.add(record.public_key)
+        used.add(record.ipv4)
+        peers.append(make_peer(record, ip6, endpoint_of, policy))
+    if policy.is_spoke(node_id):
+        peers = route_through_hub(peers, policy, pools)
+    return Desired(node_id, addresses, tuple(peers), None, tuple(skipped))
+
+
+def ipv6_note(record: PeerRecord, ip6: str | None, pools: Pools) -> str | None:
+    """Why a peer gets no /128 although it names an IPv6 address (None: no such reason)."""
+    if pools.pool6 is not None and record.ipv6 and address(record.ipv6, 6) and not ip6:
+        return "ipv6 outside pool or taken (ipv4 only)"
+    return None
 
 
 def _selected(policy: Policy, node_id: str, other: str) -> bool:
@@ -269,12 +336,7 @@ def _selected(policy: Policy, node_id: str, other: str) -> bool:
     return node_id in policy.hubs or other in policy.hubs
 
 
-def _route_through_hub(
-    peers: list[DesiredPeer],
-    policy: Policy,
-    pool: ipaddress.IPv4Network,
-    pool6: ipaddress.IPv6Network | None,
-) -> list[DesiredPeer]:
+def route_through_hub(peers: list[DesiredPeer], policy: Policy, pools: Pools) -> list[DesiredPeer]:
     """A spoke's peers with the whole pool routed to its first live hub.
 
     WireGuard gives a prefix to one peer only, so one hub carries the pool (and the
@@ -283,39 +345,32 @@ def _route_through_hub(
     """
     present = {p.node_id for p in peers}
     route = next((h for h in policy.hubs if h in present), None)
-    pools = (str(pool),) + ((str(pool6),) if pool6 is not None else ())
     return [
-        replace(p, allowed_ips=p.allowed_ips + pools) if p.node_id == route else p for p in peers
+        replace(p, allowed_ips=p.allowed_ips + pools.routes) if p.node_id == route else p
+        for p in peers
     ]
 
 
-def _fields(record: PeerRecord) -> tuple[str, str, str, str | None]:
-    return record.node_id, record.public_key, record.ipv4, record.ipv6
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _record_facts(
-    fields: tuple[str, str, str, str | None], pool: str, pool6: str
-) -> tuple[str | None, str | None]:
-    """What a record (its :func:`_fields`) alone says: why it cannot be a peer (or None),
-    and its IPv6 address when that is valid and inside ``pool6`` (or None). Keyed by
-    strings, which hash and compare cheaply."""
-    node_id, public_key, ipv4, ipv6 = fields
-    if not is_valid_node_id(node_id) or not is_valid_wg_key(public_key):
-        return "invalid node id or key", None
-    ip4 = _address(ipv4, 4)
-    if ip4 != ipv4 or ipaddress.IPv4Address(ip4) not in ipaddress.IPv4Network(pool):
-        return "ipv4 outside the pool", None
-    ip6 = _address(ipv6, 6) if ipv6 else None
-    if not pool6 or ip6 is None or ipaddress.IPv6Address(ip6) not in ipaddress.IPv6Network(pool6):
-        return None, None
-    return None, ip6
-
-
-def _clash(record: PeerRecord, used_keys: set[str], used_ips: set[str]) -> str | None:
+def _clash(record: PeerRecord, used: set[str]) -> str | None:
     """Why a valid record clashes with the peers already chosen (or None)."""
-    if record.public_key in used_keys:
+    if record.public_key in used:
         return "key already used by another node"
-    if record.ipv4 in used_ips:
+    if record.ipv4 in used:
         return "ipv4 already used by another node"
     return None
+
+
+__all__ = [
+    "IPV4_RE",
+    "Desired",
+    "DesiredPeer",
+    "PeerRecord",
+    "PeerTable",
+    "Policy",
+    "address",
+    "announced_endpoint",
+    "desired_state",
+    "is_key",
+    "parse_endpoint",
+    "share_strings",
+]

@@ -5,8 +5,9 @@ and endpoints reach argv; the private key only as its file's path. The private k
 that ``wg show IF dump`` prints is dropped while parsing and never logged, kept or
 put into an error message.
 
-:class:`Wg` is the real interface; :class:`MemoryWireGuard` is its in-memory twin
-for unit tests of the agent loop (it never stands in for WireGuard in e2e tests).
+:class:`Wg` is the real interface; :class:`~consumers.agent.twin.MemoryWireGuard`
+(re-exported here) is its in-memory twin for tests of the agent loop and for the
+fleet benchmark (it never stands in for WireGuard in e2e tests).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import ipaddress
 import json
 import shlex
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import lru_cache
+import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from consumers.agent.desired import CACHE_SIZE, parse_endpoint
+from consumers.agent import uapi as uapi_socket
+from consumers.agent.desired import parse_endpoint
 from consumers.agent.keys import public_key_from_file
-from consumers.agent.render import PeerSpec, normalise_ips
+from consumers.agent.render import InterfaceState, PeerSpec, is_ip_endpoint, normalise_ips
+from consumers.agent.twin import MemoryWireGuard
 from shared.errors import WireGuardError
 from shared.validate import is_valid_wg_key
 
@@ -33,17 +35,6 @@ COMMAND_TIMEOUT: Final = 15.0
 MAX_STDERR: Final = 500
 #: Most peer clauses in one ``wg set`` (about 60 KiB of argv, far below ARG_MAX).
 PEERS_PER_CALL: Final = 500
-
-
-@dataclass(frozen=True, slots=True)
-class InterfaceState:
-    """What ``wg show IF dump`` says, minus the private key."""
-
-    public_key: str | None
-    listen_port: int
-    peers: dict[str, PeerSpec]
-    #: Public key -> unix time of the latest handshake (0: never).
-    handshakes: dict[str, int] = field(default_factory=dict)
 
 
 def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
@@ -65,29 +56,38 @@ def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
 
 def parse_dump(text: str) -> InterfaceState:
     """Parse ``wg show IF dump`` (interface line, then one line per peer)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise WireGuardError("wg show dump printed nothing")
-    head = lines[0].split("\t")
-    if len(head) != 4:  # never echo the line: it holds the private key
-        raise WireGuardError(f"unexpected wg dump interface line ({len(head)} fields)")
-    public = head[1] if is_valid_wg_key(head[1]) else None
-    listen_port = int(head[2]) if head[2].isdigit() else 0
+    return _parse_dump(text.splitlines())
+
+
+def _parse_dump(lines: Iterable[str]) -> InterfaceState:
+    public: str | None = None
+    listen_port = 0
+    seen_head = False
     peers: dict[str, PeerSpec] = {}
     handshakes: dict[str, int] = {}
-    for number, line in enumerate(lines[1:], start=2):
-        cols = line.split("\t")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        cols = line.rstrip("\n").split("\t")
+        if not seen_head:
+            seen_head = True
+            if len(cols) != 4:  # never echo the line: it holds the private key
+                raise WireGuardError(f"unexpected wg dump interface line ({len(cols)} fields)")
+            public = cols[1] if is_valid_wg_key(cols[1]) else None
+            listen_port = int(cols[2]) if cols[2].isdigit() else 0
+            continue
         if len(cols) != 8:
             raise WireGuardError(f"unexpected wg dump peer line {number} ({len(cols)} fields)")
         key, _psk, endpoint, allowed, handshake, _rx, _tx, keepalive = cols
         peers[key] = _peer_spec(key, endpoint, allowed, keepalive)
         handshakes[key] = int(handshake) if handshake.isdigit() else 0
+    if not seen_head:
+        raise WireGuardError("wg show dump printed nothing")
     return InterfaceState(public, listen_port, peers, handshakes)
 
 
-@lru_cache(maxsize=CACHE_SIZE)
 def _peer_spec(key: str, endpoint: str, allowed: str, keepalive: str) -> PeerSpec:
-    """A peer from its ``wg show dump`` columns (memoised: most peers never change)."""
+    """A peer from its ``wg show dump`` columns."""
     ips = [] if allowed in {"(none)", ""} else allowed.split(",")
     return PeerSpec(
         public_key=key,
@@ -98,8 +98,43 @@ def _peer_spec(key: str, endpoint: str, allowed: str, keepalive: str) -> PeerSpe
 
 
 def show_dump(ifname: str) -> InterfaceState:
-    """The interface's public key, listen port and peers."""
-    return parse_dump(run(["wg", "show", ifname, "dump"]))
+    """The interface's public key, listen port and peers.
+
+    Parsed line by line as ``wg`` prints them: 10,000 peers are about 1.5 MB of text
+    that never has to be held whole (a long-running agent's memory stays flat).
+    """
+    argv = ["wg", "show", ifname, "dump"]
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+    except FileNotFoundError:
+        raise WireGuardError(f"wg is not installed (running {shlex.join(argv)})") from None
+    timer = threading.Timer(COMMAND_TIMEOUT, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        try:
+            state = _parse_dump(proc.stdout)
+        except WireGuardError:
+            proc.kill()
+            raise
+        finally:
+            proc.stdout.close()
+        stderr = proc.stderr.read()
+        code = proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if code != 0:
+        raise WireGuardError(
+            f"{shlex.join(argv)} failed with exit code {code}: {stderr.strip()[:MAX_STDERR]}"
+        )
+    return state
 
 
 def set_private_key(ifname: str, path: str | Path) -> None:
@@ -148,6 +183,17 @@ def set_peers(ifname: str, peers: Sequence[PeerSpec]) -> None:
     leaves the peers of earlier commands set (the caller rolls back).
     """
     clauses = [peer_args(p.public_key, p.allowed_ips, p.endpoint, p.keepalive) for p in peers]
+    for i in range(0, len(clauses), PEERS_PER_CALL):
+        run(["wg", "set", ifname, *(a for c in clauses[i : i + PEERS_PER_CALL] for a in c)])
+
+
+def apply_peers(ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
+    """Remove ``removals``, then add or update ``peers``: one ``wg set`` per
+    :data:`PEERS_PER_CALL` clauses, removals first (validated before the first runs)."""
+    if not all(is_valid_wg_key(key) for key in removals):
+        raise WireGuardError("refusing an invalid peer key")
+    clauses = [["peer", key, "remove"] for key in removals]
+    clauses += [peer_args(p.public_key, p.allowed_ips, p.endpoint, p.keepalive) for p in peers]
     for i in range(0, len(clauses), PEERS_PER_CALL):
         run(["wg", "set", ifname, *(a for c in clauses[i : i + PEERS_PER_CALL] for a in c)])
 
@@ -268,16 +314,51 @@ class WireGuard(Protocol):
 
     def remove_peers(self, ifname: str, keys: Sequence[str]) -> None: ...
 
+    def apply(self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
+        """Remove ``removals``, then set ``peers`` (IP endpoints or none), in that order."""
+        ...
+
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool: ...
 
 
 class Wg:
-    """The real interface, through ``wg`` and ``ip``."""
+    """The real interface, through ``wg`` and ``ip``.
+
+    Peers of a userspace interface (wireguard-go) are set through its control socket
+    (:mod:`consumers.agent.uapi`) when ``uapi`` is true and the socket exists; kernel
+    WireGuard through ``wg set``.
+    """
+
+    def __init__(self, uapi: bool = True, socket_dir: Path = uapi_socket.SOCKET_DIR) -> None:
+        self.uapi = uapi
+        self.socket_dir = socket_dir
+        self._sockets: dict[str, bool] = {}  # interface -> whether it has a control socket
+
+    def apply(self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]) -> None:
+        if not removals and not peers:
+            return
+        direct = all(p.endpoint is None or is_ip_endpoint(p.endpoint) for p in peers)
+        if self.uapi and direct and self._has_socket(ifname):
+            try:
+                uapi_socket.set_peers(ifname, removals, peers, self.socket_dir)
+            except WireGuardError:
+                self._sockets.pop(ifname, None)  # look again next time (wireguard-go restarted?)
+                raise
+        else:
+            apply_peers(ifname, removals, peers)
+
+    def _has_socket(self, ifname: str) -> bool:
+        known = self._sockets.get(ifname)
+        if known is None:
+            known = self._sockets[ifname] = uapi_socket.has_socket(ifname, self.socket_dir)
+        return known
 
     def ensure(self, ifname: str) -> str:
+        self._sockets.pop(ifname, None)
         return ensure_interface(ifname)
 
     def show(self, ifname: str) -> InterfaceState:
+        self._sockets.pop(ifname, None)  # the timer's full read: look for the socket again
         return show_dump(ifname)
 
     def set_private_key(self, ifname: str, path: str) -> None:
@@ -290,67 +371,16 @@ class Wg:
         set_peer(ifname, peer.public_key, peer.allowed_ips, peer.endpoint, peer.keepalive)
 
     def set_peers(self, ifname: str, peers: Sequence[PeerSpec]) -> None:
-        set_peers(ifname, peers)
+        self.apply(ifname, (), peers)
 
     def remove_peer(self, ifname: str, key: str) -> None:
-        remove_peer(ifname, key)
+        self.apply(ifname, (key,), ())
 
     def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
-        remove_peers(ifname, keys)
+        self.apply(ifname, keys, ())
 
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
         return set_addresses(ifname, cidrs, pools)
 
 
-@dataclass
-class MemoryWireGuard:
-    """In-memory twin of :class:`Wg` for unit tests; ``fail_keys`` makes ``set_peer`` fail."""
-
-    public_key: str | None = None
-    listen_port: int = 0
-    peers: dict[str, PeerSpec] = field(default_factory=dict)
-    addresses: set[str] = field(default_factory=set)
-    fail_keys: set[str] = field(default_factory=set)
-    calls: list[str] = field(default_factory=list)
-
-    def ensure(self, ifname: str) -> str:
-        return "existing"
-
-    def show(self, ifname: str) -> InterfaceState:
-        return InterfaceState(self.public_key, self.listen_port, dict(self.peers))
-
-    def set_private_key(self, ifname: str, path: str) -> None:
-        self.calls.append("private-key")
-        self.public_key = public_key_from_file(path)
-
-    def set_listen_port(self, ifname: str, port: int) -> None:
-        self.calls.append(f"listen-port {port}")
-        self.listen_port = port
-
-    def set_peer(self, ifname: str, peer: PeerSpec) -> None:
-        self.calls.append(f"set {peer.public_key}")
-        if peer.public_key in self.fail_keys:
-            raise WireGuardError("injected failure")
-        old = self.peers.get(peer.public_key)
-        endpoint = peer.endpoint if peer.endpoint is not None else (old.endpoint if old else None)
-        self.peers[peer.public_key] = PeerSpec(
-            peer.public_key, normalise_ips(peer.allowed_ips), endpoint, peer.keepalive
-        )
-
-    def set_peers(self, ifname: str, peers: Sequence[PeerSpec]) -> None:
-        for peer in peers:
-            self.set_peer(ifname, peer)
-
-    def remove_peer(self, ifname: str, key: str) -> None:
-        self.calls.append(f"remove {key}")
-        self.peers.pop(key, None)
-
-    def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
-        for key in keys:
-            self.remove_peer(ifname, key)
-
-    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
-        wanted = set(cidrs)
-        changed = wanted != self.addresses
-        self.addresses = wanted
-        return changed
+__all__ = ["InterfaceState", "MemoryWireGuard", "Wg", "WireGuard", "parse_dump", "show_dump"]

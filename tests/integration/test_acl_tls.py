@@ -231,6 +231,8 @@ def test_the_agent_acl_lets_the_agent_run_and_write_nothing_else(
         thread.join(timeout=10)
     assert not thread.is_alive()
     assert agent.last_error == ""
+    # It told the others that its announcement changed (the ACL lets it append there).
+    assert [f[b"node"] for _, f in admin.xrange(keys.announcements)] == [b"node-a"]
     announced = admin.get(keys.host_announce("node-a"))
     assert json.loads(announced)["endpoint"] == "192.0.2.1:51820"  # type: ignore[arg-type]
 
@@ -240,6 +242,7 @@ def test_the_agent_acl_lets_the_agent_run_and_write_nothing_else(
         "the events stream": ("XADD", keys.events, "*", "v", "1"),
         "the registry stream": ("XADD", keys.registry, "*", "v", "1"),
         "the peers stream": ("XADD", keys.peers, "*", "v", "1"),
+        "trimming the announcements stream": ("XTRIM", keys.announcements, "MAXLEN", "0"),
         "a stage's state": ("HSET", keys.state("ipam"), "x", "1"),
         "the peers snapshot": ("HSET", keys.snapshot, "id", "9-9"),
         "deleting peers": ("DEL", keys.peers),

@@ -29,7 +29,7 @@ COMMANDS = sorted(ep.name for ep in entry_points(group="wgchain.commands"))
 #: One ordinary invocation per subcommand that reads settings and then needs Redis.
 USES_REDIS: dict[str, list[str]] = {
     "agent": ["agent", "--node", "a", "--interface", "wgerr0", "--private-key-file", "{tmp}/k",
-              "--file-only", "--config-dir", "{tmp}/conf"],
+              "--generate-key", "--file-only", "--config-dir", "{tmp}/conf"],
     "api": ["api"],
     "audit": ["audit", "replay"],
     "backfill": ["backfill"],
@@ -46,8 +46,9 @@ USES_REDIS: dict[str, list[str]] = {
     "status": ["status"],
     "worker": ["worker"],
 }  # fmt: skip
-#: Long-running processes: an unreachable Redis is waited for (one line), never an exit.
-WAITS_FOR_REDIS = {"api", "ipam", "listen", "registry", "run", "worker"}
+#: Long-running processes: an unreachable Redis is waited for (one line), never an exit
+#: (the agent too: a host's agent must come up before Redis does, issue 10).
+WAITS_FOR_REDIS = {"agent", "api", "ipam", "listen", "registry", "run", "worker"}
 #: Commands that need the chain before anything else.
 USES_RPC: dict[str, list[str]] = {
     "contract deploy": ["contract", "deploy", "--private-key", SIGNER],
@@ -191,7 +192,8 @@ def _waits(argv: list[str], tmp: Path, marker: str, **env: str) -> str:
 @pytest.mark.parametrize("name", sorted(WAITS_FOR_REDIS))
 def test_a_long_running_process_waits_for_redis_in_one_line(name: str, tmp_path: Path) -> None:
     url = f"redis://wgchain:{PASSWORD}@127.0.0.1:{free_port()}/0"
-    text = _waits(USES_REDIS[name], tmp_path, "Redis unreachable (", WGCHAIN_REDIS_URL=url,
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in USES_REDIS[name]]
+    text = _waits(argv, tmp_path, "Redis unreachable (", WGCHAIN_REDIS_URL=url,
                   WGCHAIN_CONTRACT=CONTRACT, WGCHAIN_CHAIN_ID="31337",
                   WGCHAIN_RPC_URL=f"http://127.0.0.1:{free_port()}")  # fmt: skip
     assert text.count("Redis unreachable (") == 1

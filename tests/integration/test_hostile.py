@@ -280,9 +280,10 @@ def test_hostile_strings_are_rejected_recorded_and_never_reach_files_argv_or_log
         assert CONFIG_LINE.fullmatch(line), f"unexpected config line {line!r}"
     assert re.findall(r"PublicKey = (\S+)", text) == [public_b]
 
-    # file names: only the interface's config (and its backups); nothing escaped the folder
+    # file names: only the interface's config (and its backups) and the agent's state file
+    # (README, Agent); nothing escaped the folder
     for name in (p.name for p in conf_dir.iterdir()):
-        assert re.fullmatch(rf"{host.ifname}\.conf(\.[1-5])?", name), name
+        assert re.fullmatch(rf"{host.ifname}\.(conf(\.[1-5])?|state(\.journal)?)", name), name
     assert not list(Path("/tmp").glob(f"*{TOKEN}*"))
     for folder in (tmp_path, lab.workdir):
         assert not list(folder.rglob(f"*{TOKEN}*")), folder

@@ -39,7 +39,7 @@ from test_lease import complete, positions, scan
 from test_snapshots import Network
 from test_snapshots import wg_key as numbered_key
 
-from consumers.agent import agent as agent_module
+from consumers.agent import hold as hold_module
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
 from consumers.agent.keys import generate_private_key_file
@@ -386,7 +386,7 @@ def test_a_hold_ends_when_the_stream_stays_short_of_the_applied_block(
     """
     host, events = held
     applied = host.cfg.config_path.read_text()
-    monkeypatch.setattr(agent_module, "HOLD_QUIET_SECONDS", 0.0)  # "long" quiet, at once
+    monkeypatch.setattr(hold_module, "HOLD_QUIET_SECONDS", 0.0)  # "long" quiet, at once
     host.fold(host.read_peers(None))
     assert not host.table.records  # the reset was seen on an empty stream
     assert not host.reconcile("timer")

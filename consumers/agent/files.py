@@ -1,0 +1,203 @@
+"""Writing whole files (I/O): atomically, spaced out, off the loop that applies changes.
+
+A file is written through a temp file in the same directory (mode 0600, fsync,
+rename, directory fsync), so a reader or a crash sees the old file or the new one,
+with :data:`CONFIG_BACKUPS` rotated backups for the config file.
+
+A whole file of 10,000 peers takes some 20 ms to render and write: too long for the
+loop that applies changes. :class:`Debounce` spaces the writes (one a second under a
+burst), and :class:`Writer`, one thread per process, does them from a snapshot of
+the applied state (immutable peers), so a change that arrives meanwhile is applied
+at once. Its rendering gives way at every piece it writes (``os.write`` releases the
+interpreter lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Final
+
+#: Rotated backups kept of the config file (``IF.conf.1`` newest .. ``IF.conf.5``).
+CONFIG_BACKUPS: Final = 5
+#: Seconds between two writes of a whole file while changes keep coming.
+WRITE_INTERVAL: Final = 1.0
+
+
+def write_atomic(
+    path: Path, pieces: Iterable[bytes], backups: int = 0, *, make_dir: bool = True
+) -> None:
+    """Replace ``path`` with the concatenated ``pieces`` (mode 0600), keeping ``backups``;
+    ``make_dir``: create its folder first if it is missing."""
+    if make_dir:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            for piece in pieces:
+                view = memoryview(piece)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if backups:
+            _rotate(path, backups)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _rotate(path: Path, backups: int) -> None:
+    for i in range(backups - 1, 0, -1):
+        older = path.with_name(f"{path.name}.{i}")
+        if older.exists():
+            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+    if path.exists():
+        newest = path.with_name(f"{path.name}.1")
+        with contextlib.suppress(FileNotFoundError):
+            newest.unlink()
+        try:
+            os.link(path, newest)
+        except OSError:  # no hard links on this filesystem
+            shutil.copy2(path, newest)
+
+
+def write_config(path: Path, text: str, backups: int = CONFIG_BACKUPS) -> bool:
+    """Atomically replace ``path`` with ``text`` (0600), keeping rotated backups.
+
+    Returns False (and writes nothing) when the file already holds ``text``.
+    """
+    try:
+        if path.read_text() == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    write_atomic(path, [text.encode()], backups)
+    return True
+
+
+def holds(path: Path, pieces: Iterable[bytes]) -> bool:
+    """Whether ``path`` holds exactly the concatenated ``pieces`` (read piece by piece)."""
+    try:
+        with open(path, "rb") as fh:
+            for piece in pieces:
+                if fh.read(len(piece)) != piece:
+                    return False
+            return fh.read(1) == b""
+    except (FileNotFoundError, IsADirectoryError):
+        return False
+
+
+def remove_stale_temp_files(directory: Path, names: Iterable[str]) -> list[Path]:
+    """Delete the temp files of :func:`write_atomic` for ``names`` that a kill left behind."""
+    removed = []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            for stale in directory.glob(f".{name}.*.tmp"):
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+                    removed.append(stale)
+    return removed
+
+
+class Debounce:
+    """When to write a file that changed: at once after a quiet spell, then at most
+    once every ``interval`` seconds while changes keep coming."""
+
+    def __init__(self, interval: float = WRITE_INTERVAL) -> None:
+        self.interval = interval
+        self.dirty = False
+        self.last = -interval
+
+    def mark(self) -> None:
+        self.dirty = True
+
+    def hurry(self) -> None:
+        """Due at once, however recent the last write."""
+        self.last = float("-inf")
+
+    def due_in(self, now: float) -> float | None:
+        """Seconds until a write is due (0: now), or None when nothing changed."""
+        if not self.dirty:
+            return None
+        return max(0.0, self.last + self.interval - now)
+
+    def done(self, now: float) -> None:
+        self.dirty = False
+        self.last = now
+
+
+def release_memory() -> None:
+    """Give back to the system the memory that a bootstrap, a full read or a whole-file
+    write freed (glibc's ``malloc_trim``: free blocks inside the heap stay the
+    process's otherwise). A no-op where there is no such call."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+class Writer:
+    """The process's file-writing thread: jobs keyed by file, a newer job for a file
+    replacing one still queued."""
+
+    _instance: Writer | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._jobs: dict[object, Callable[[], None]] = {}
+        self._busy: object | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="wgchain-file-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def shared(cls) -> Writer:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def submit(self, key: object, job: Callable[[], None]) -> None:
+        """Run ``job`` soon (it must catch its own errors)."""
+        with self._cond:
+            self._jobs[key] = job
+            self._cond.notify_all()
+
+    def busy(self, key: object) -> bool:
+        with self._cond:
+            return key in self._jobs or self._busy == key
+
+    def wait(self, key: object) -> None:
+        """Until no job for ``key`` is queued or running."""
+        with self._cond:
+            while key in self._jobs or self._busy == key:
+                self._cond.wait()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._jobs:
+                    self._cond.wait()
+                key = next(iter(self._jobs))
+                job = self._jobs.pop(key)
+                self._busy = key
+            try:
+                job()
+                release_memory()  # a whole file's text was just built and dropped
+            finally:
+                with self._cond:
+                    self._busy = None
+                    self._cond.notify_all()

@@ -1,0 +1,245 @@
+"""Applying peers to the WireGuard interface, in proportion to the change (I/O).
+
+:class:`Interface` keeps a model of what it applied: node -> peer, and the
+addresses. A change of k peers is one ``wg set`` (or one request on wireguard-go's
+socket) of those k peers against that model; the interface is not read. When it
+fails, the touched peers are put back as the model says they were, and the next
+reconcile reads the interface whole. On the timer (``WGCHAIN_RECONCILE_INTERVAL``)
+:meth:`Interface.sync` reads it whole (``wg show IF dump``) and repairs drift: peers
+changed by hand, a restarted wireguard-go, a hostname endpoint that did not resolve.
+
+Removals go first in every request (a revoked key loses access before anything
+else moves). A peer whose endpoint is a hostname is set on its own through ``wg``
+(which resolves it); if that fails it is set without an endpoint (it may roam in)
+and retried on the timer. Without ``wg`` (file-only mode) only the model changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Final
+
+from consumers.agent.desired import DesiredPeer
+from consumers.agent.render import PeerSpec, is_ip_endpoint, normalise_ips, satisfied
+from consumers.agent.wg import InterfaceState, WireGuard
+from shared.errors import WireGuardError
+
+#: Changed peers named in one "applied" log line; more are counted.
+LOGGED_CHANGES: Final = 10
+
+#: A change of the model: node -> the peer it should have (None: no peer).
+Changes = Mapping[str, DesiredPeer | None]
+
+
+def _spec(peer: DesiredPeer) -> PeerSpec:
+    """The interface's view of a desired peer (canonical allowed IPs, no node id)."""
+    return PeerSpec(peer.public_key, normalise_ips(peer.allowed_ips), peer.endpoint, peer.keepalive)
+
+
+def _direct(spec: PeerSpec) -> bool:
+    """Whether a peer can go into a batch (no endpoint, or an IP: nothing to resolve)."""
+    return spec.endpoint is None or is_ip_endpoint(spec.endpoint)
+
+
+class Interface:
+    """What this agent applied to its interface (or its file, in file-only mode)."""
+
+    def __init__(
+        self,
+        wg: WireGuard | None,
+        ifname: str,
+        *,
+        key_file: Path,
+        listen_port: int | None,
+        pools: Sequence[str],
+        log: Any,
+    ) -> None:
+        self.wg = wg
+        self.ifname = ifname
+        self.key_file = key_file
+        self.listen_port = listen_port
+        self.pools = list(pools)
+        self.log = log
+        #: node id -> the peer applied for it.
+        self.applied: dict[str, DesiredPeer] = {}
+        self.addresses: tuple[str, ...] = ()
+        #: Why the applied configuration has no peers (None: not failed closed).
+        self.fail_closed: str | None = None
+        #: Whether the interface was read whole and matched the model since the last failure.
+        self.synced = False
+        #: Public keys whose hostname endpoint ``wg`` could not resolve (retried on the timer).
+        self.unresolved: set[str] = set()
+        #: Unix time of the newest handshake over all peers at the last full read (0: none).
+        self.handshake_latest = 0
+        self.own_public_key: str | None = None
+
+    def changes_to(self, target: Mapping[str, DesiredPeer]) -> dict[str, DesiredPeer | None]:
+        """What differs between the model and ``target`` (node -> wanted peer, None: none)."""
+        changed: dict[str, DesiredPeer | None] = {
+            node: None for node in self.applied if node not in target
+        }
+        for node, peer in target.items():
+            if self.applied.get(node) != peer:
+                changed[node] = peer
+        return changed
+
+    # --- changes against the model -----------------------------------------------------
+
+    def apply(self, changed: Changes) -> None:
+        """Make the interface hold ``changed`` (node -> peer, None: none).
+
+        Raises :class:`WireGuardError` after putting the touched peers back.
+        """
+        removals: list[str] = []
+        sets: list[DesiredPeer] = []
+        before: dict[str, DesiredPeer | None] = {}
+        for node in sorted(changed):  # in node order, as the config file lists them
+            want, have = changed[node], self.applied.get(node)
+            if have == want:
+                continue
+            before[node] = have
+            if have is not None and (want is None or want.public_key != have.public_key):
+                removals.append(have.public_key)
+            if want is not None:
+                sets.append(want)
+        if not before:
+            return
+        if self.wg is not None:
+            try:
+                self._run(removals, [_spec(p) for p in sets])
+            except WireGuardError:
+                self.synced = False
+                old = {p.public_key: _spec(p) for p in before.values() if p is not None}
+                self._put_back(removals + [p.public_key for p in sets], old)
+                raise
+        for node in before:
+            want = changed[node]
+            if want is None:
+                self.applied.pop(node, None)
+            else:
+                self.applied[node] = want
+
+    def set_addresses(self, addresses: tuple[str, ...], *, check: bool = False) -> None:
+        """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged."""
+        wanted = self.wg is not None and addresses and (check or addresses != self.addresses)
+        if (
+            wanted
+            and self.wg is not None
+            and self.wg.set_addresses(self.ifname, addresses, self.pools)
+        ):
+            self.log.info("address set to {}", ", ".join(addresses))
+        self.addresses = addresses
+
+    def load_key(self, public_key: str) -> None:
+        """Load the private key file into the interface (its public key is ``public_key``)."""
+        self.own_public_key = public_key
+        if self.wg is not None:
+            self.wg.set_private_key(self.ifname, str(self.key_file.absolute()))
+            self.log.info("private key loaded into the interface")
+
+    # --- the whole interface -----------------------------------------------------------
+
+    def sync(self, target: Mapping[str, DesiredPeer]) -> int:
+        """Read the interface whole and make it hold ``target`` (node -> peer); the model
+        becomes ``target``. Returns how many peers had to change (drift, or new ones)."""
+        if self.wg is None:
+            self.applied = dict(target)
+            self.synced = True
+            return 0
+        state = self.wg.show(self.ifname)
+        self.handshake_latest = max(state.handshakes.values(), default=0)
+        self._check_device(state)
+        hostnames = {
+            p.public_key: p.endpoint
+            for p in self.applied.values()
+            if p.endpoint and not is_ip_endpoint(p.endpoint) and p.public_key not in self.unresolved
+        }
+        self.unresolved.clear()
+        have = state.peers
+        want = {p.public_key: _spec(p) for p in target.values()}
+        removals = sorted(key for key in have if key not in want)
+        sets = [s for k, s in want.items() if not satisfied(have.get(k), s, hostnames.get(k))]
+        operations = len(removals) + len(sets)
+        try:
+            self._run(removals, sets)
+        except WireGuardError:
+            self.synced = False
+            self._put_back(removals + [s.public_key for s in sets], state.peers)
+            raise
+        self.applied = dict(target)
+        self.synced = True
+        return operations
+
+    def _check_device(self, state: InterfaceState) -> None:
+        assert self.wg is not None
+        if self.own_public_key and state.public_key != self.own_public_key:
+            self.load_key(self.own_public_key)
+        if self.listen_port is not None and state.listen_port != self.listen_port:
+            self.wg.set_listen_port(self.ifname, self.listen_port)
+
+    # --- running the commands ----------------------------------------------------------
+
+    def _run(self, removals: list[str], specs: list[PeerSpec]) -> None:
+        """Removals first, then sets, as few requests as possible.
+
+        A peer whose endpoint is a hostname gets a request of its own, and so does every
+        peer of a batch that failed: a peer whose endpoint cannot be set (most likely a
+        hostname that does not resolve) is then set without one.
+        """
+        assert self.wg is not None
+        batch = [s for s in specs if _direct(s)]
+        alone = [s for s in specs if not _direct(s)]
+        if removals or batch:
+            try:
+                self.wg.apply(self.ifname, removals, batch)
+            except WireGuardError as exc:
+                if not batch:
+                    raise
+                self.log.warning("setting {} peer(s) failed ({}): one by one", len(batch), exc)
+                if removals:
+                    self.wg.apply(self.ifname, removals, ())
+                alone = batch + alone
+        for spec in alone:
+            self._set_one(spec)
+
+    def _set_one(self, spec: PeerSpec) -> None:
+        assert self.wg is not None
+        try:
+            self.wg.apply(self.ifname, (), [spec])
+        except WireGuardError as exc:
+            if spec.endpoint is None:
+                raise
+            # Most likely a hostname that does not resolve: keep the peer, let it roam in.
+            self.log.warning("peer {}…: endpoint not set ({})", spec.public_key[:8], exc)
+            self.wg.apply(self.ifname, (), [replace(spec, endpoint=None)])
+            self.unresolved.add(spec.public_key)
+
+    def _put_back(self, touched: list[str], old: Mapping[str, PeerSpec]) -> None:
+        """Best effort: the touched keys as ``old`` (key -> peer) has them, or gone."""
+        assert self.wg is not None
+        keys = set(touched)
+        gone = sorted(k for k in keys if k not in old)
+        back = [old[k] for k in sorted(keys) if k in old]
+        try:
+            self.wg.apply(self.ifname, gone, [s for s in back if _direct(s)])
+            for spec in back:
+                if not _direct(spec):
+                    self.wg.apply(self.ifname, (), [spec])
+            self.log.warning("rolled back {} peer(s) to what they were", len(keys))
+        except WireGuardError as exc:
+            self.log.error("rollback failed: {}", exc)
+
+
+def summary(changed: Changes, applied: Mapping[str, DesiredPeer | None]) -> str:
+    """The first :data:`LOGGED_CHANGES` changes against ``applied`` in words, and how many
+    more."""
+    words: list[str] = []
+    for node, peer in changed.items():
+        if len(words) == LOGGED_CHANGES:
+            break
+        key = (peer or applied.get(node) or DesiredPeer(node, "?", (), None, 0)).public_key
+        words.append(f"{'remove' if peer is None else 'set'} {node} ({key[:8]}…)")
+    more = len(changed) - len(words)
+    return ", ".join(words) + (f" and {more} more" if more > 0 else "")

@@ -1,0 +1,147 @@
+"""The agent's loop (I/O): wake on the stream, apply, keep the timer, ride out outages.
+
+Each wake is one round trip: the status (when due) is written, then ``XREAD`` blocks
+on the peers stream and ``…:announcements`` until something arrives or the next
+timer, file write or status write is due. What arrived is folded and applied at
+once. The timer (``WGCHAIN_RECONCILE_INTERVAL``) re-announces this host, reads the
+interface whole (drift repair) and writes a heartbeat status; every
+:data:`FULL_ANNOUNCE_TICKS` ticks it reads every member's announcement again.
+
+Redis unreachable (also at start): the interface stays as applied, the timer keeps
+repairing drift from the applied state, and the loop retries every second; one log
+line when it starts, one a minute, one when Redis answers again (``shared.health``).
+The process never exits for an outage; only a bad key file or no interface at start,
+or Redis refusing the agent's credentials, stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import TYPE_CHECKING, Final
+
+import redis
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
+
+from consumers.agent.announce import POLL_SECONDS
+from consumers.agent.files import release_memory
+from consumers.agent.follow import BATCH_SIZE, CATCH_UP_SIZE
+from consumers.agent.status import status_fields
+from shared import health, metrics
+from shared.errors import ServiceUnavailable, WgchainError
+from shared.logs import brief
+
+if TYPE_CHECKING:
+    from consumers.agent.agent import Agent
+
+#: Milliseconds one XREAD blocks at most.
+BLOCK_MS: Final = 1000
+#: Seconds to wait before retrying after Redis is unreachable.
+REDIS_PAUSE_SECONDS: Final = 1.0
+#: Every this many timer ticks every announcement is read again, in case one was written
+#: without ``…:announcements`` (an agent of an older version during an upgrade, by hand).
+FULL_ANNOUNCE_TICKS: Final = 10
+
+
+class Loop:
+    """The timers of one running agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.interval = agent.cfg.reconcile_interval
+        self.next_timer = time.monotonic() + self.interval
+        self.next_poll = 0.0
+        self.ticks = 0
+
+    def step(self) -> None:
+        """One wake: read (writing the status on the way), fold, apply; the timer."""
+        agent = self.agent
+        follower, announcements, status = agent.follower, agent.announcements, agent.status
+        now = time.monotonic()
+        waits = [self.next_timer - now, status.due_in(now), *agent.files.waits(now)]
+        if announcements.position is None:
+            waits.append(self.next_poll - now)
+        fields = (status.key, status_fields(agent)) if status.due_in(now) == 0 else None
+        also = None
+        if follower.caught_up:
+            block_ms: int | None = max(1, min(BLOCK_MS, int(min(waits) * 1000)))
+            count = BATCH_SIZE
+            if announcements.position is not None:
+                also = (announcements.stream, announcements.position)
+        else:
+            block_ms, count = None, CATCH_UP_SIZE
+        try:
+            entries, others = agent.retry(follower.read, block_ms, count, fields, also)
+        except NoPermissionError:
+            if also is None:
+                raise
+            announcements.unwatch()
+            return
+        if fields is not None:
+            status.written(now)
+        agent.announced |= announcements.nodes_in(others)
+        changed = follower.fold(entries) > 0 or bool(agent.announced)
+        changed = agent.check_key_file() or changed
+        now = time.monotonic()
+        if announcements.position is None and now >= self.next_poll:
+            self.next_poll = now + POLL_SECONDS
+            agent.announced |= set(follower.table.records)
+            changed = True
+        timer = now >= self.next_timer
+        if timer:
+            self.next_timer = now + self.interval
+            announcements.publish()
+            self.ticks += 1
+            if self.ticks % FULL_ANNOUNCE_TICKS == 0 or not announcements.continuous():
+                announcements.watch()
+                agent.announced |= set(follower.table.records)
+            status.mark()
+        if timer or changed or agent.hold_block:
+            started = time.monotonic()
+            agent.apply_changes(full=timer)
+            metrics.agent_applied(agent.cfg.keys.tag, started)
+        if timer:
+            release_memory()
+
+    def offline(self) -> None:
+        """Redis is unreachable: the timer still repairs drift from the applied state."""
+        now = time.monotonic()
+        if now >= self.next_timer:
+            self.next_timer = now + self.interval
+            self.agent.repair_held()
+
+
+def run(agent: Agent, stop: threading.Event) -> None:
+    """Run ``agent`` until ``stop`` is set (module docstring)."""
+    agent.prepare()
+    loop = Loop(agent)
+    try:
+        while not stop.is_set():
+            try:
+                if not agent.bootstrapped:
+                    agent.announcements.publish()
+                    agent.bootstrap()
+                    agent.apply_changes(full=True)
+                    release_memory()
+                else:
+                    loop.step()
+                health.REDIS.ok()
+            except (AuthenticationError, AuthorizationError) as exc:
+                raise WgchainError(f"Redis refused this agent: {brief(exc)}") from None
+            except (redis.RedisError, ServiceUnavailable) as exc:
+                health.REDIS.failed(exc)  # one line when it starts, one a minute
+                agent.last_error = f"redis: {brief(exc)}"
+                agent.status.mark()
+                metrics.agent_error(agent.cfg.keys.tag)
+                loop.offline()
+                stop.wait(REDIS_PAUSE_SECONDS)
+            except WgchainError as exc:
+                agent.error(str(exc))
+                stop.wait(REDIS_PAUSE_SECONDS)
+            agent.files.write(agent.snapshot)
+    finally:
+        agent.files.close(agent.snapshot)
+        with contextlib.suppress(redis.RedisError, ServiceUnavailable):
+            agent.status.write(status_fields(agent))
+        agent.log.info("agent stopped")

@@ -1,0 +1,196 @@
+"""One host's desired peers, kept up to date change by change. Pure: no I/O.
+
+:func:`consumers.agent.desired.desired_state` computes a node's peer set from every
+record: O(members) per change. :class:`DesiredPeers` holds that result and, for a
+batch of changed records, recomputes only their peers, and says which peers changed.
+
+Why that equals ``desired_state``: there, a record's peer depends on the records
+before it (in node order) only through the keys and addresses they have taken: a
+record loses to an earlier one that took its key or IPv4 address (it is left out)
+or its IPv6 address (it gets its IPv4 only). When no key or address is claimed
+twice among the node itself and the records that can be peers, every record's peer
+is a function of that record alone (and its endpoint). So the model counts claims;
+a batch whose records' old and new claims are all unshared is applied record by
+record, and any other batch is recomputed in full by ``desired_state``'s own loop.
+Upstream resolves duplicate keys and allocates unique addresses, so that fallback
+is rare. Also recomputed in full: a change of the node's own record or key (fail
+closed, addresses), every change on a spoke (whose table holds only itself and the
+hubs: a handful of records), and :meth:`DesiredPeers.reset` (a snapshot, a
+retraction, the end of a hold). ``tests/unit/test_agent_peerset.py`` checks the
+equality over random change sequences with conflicts, mesh and hub.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from consumers.agent.desired import (
+    BAD_NODE_ID,
+    NO_OWN_KEY,
+    Desired,
+    DesiredPeer,
+    PeerRecord,
+    Policy,
+    claims_of,
+    compute,
+    ipv6_note,
+    make_peer,
+    pools_of,
+    record_facts,
+)
+
+#: A changed peer: (before, after); None on one side means absent there.
+Change = tuple[DesiredPeer | None, DesiredPeer | None]
+
+
+class DesiredPeers:
+    """The desired state of one node: peers by node id, addresses, fail-closed reason."""
+
+    def __init__(self, node_id: str, policy: Policy) -> None:
+        self.node_id = node_id
+        self.policy = policy
+        self.pools = pools_of(policy.pool, policy.pool6)
+        self.own_public_key: str | None = None
+        #: node id -> its announced endpoint (validated; nodes that announced none absent).
+        self.endpoints: dict[str, str] = {}
+        self.peers: dict[str, DesiredPeer] = {}
+        #: node id -> why it is left out, or gets no IPv6 address.
+        self.skipped: dict[str, str] = {}
+        self.addresses: tuple[str, ...] = ()
+        self.fail_closed: str | None = NO_OWN_KEY  # nothing computed yet
+        #: How many times each key and address is claimed (the node's own, and peers').
+        self._claims: dict[str, int] = {}
+        #: Full recomputations so far (a batch with a conflict, an own change, a reset).
+        self.full_recomputes = 0
+
+    def endpoint_of(self, node: str) -> str | None:
+        return self.endpoints.get(node)
+
+    def desired(self) -> Desired:
+        """The whole state, as :func:`~consumers.agent.desired.desired_state` returns it."""
+        return Desired(
+            self.node_id if self.fail_closed != BAD_NODE_ID else "",
+            self.addresses,
+            tuple(self.peers[n] for n in sorted(self.peers)),
+            self.fail_closed,
+            tuple(sorted(self.skipped.items())),
+        )
+
+    # --- changes ---------------------------------------------------------------------
+
+    def reset(
+        self, table: Mapping[str, PeerRecord], own_public_key: str | None = None
+    ) -> dict[str, Change]:
+        """Recompute everything from ``table`` (and a new own key, if given)."""
+        if own_public_key is not None:
+            self.own_public_key = own_public_key
+        self.full_recomputes += 1
+        counts: dict[str, int] | None = None if self.policy.is_spoke(self.node_id) else {}
+        desired = compute(
+            table, self.node_id, self.own_public_key, self.endpoint_of, self.policy, counts=counts
+        )
+        peers = {p.node_id: p for p in desired.peers}
+        delta = _diff(self.peers, peers)
+        self.peers = peers
+        self.skipped = dict(desired.skipped)
+        self.addresses = desired.addresses
+        self.fail_closed = desired.fail_closed
+        self._claims = counts or {}
+        return delta
+
+    def update(
+        self, table: Mapping[str, PeerRecord], changed: Mapping[str, PeerRecord | None]
+    ) -> dict[str, Change]:
+        """Take in a batch: ``table`` is the new table, ``changed`` the changed nodes with
+        their records before the batch (None: absent). Returns the peers that changed."""
+        for node in changed:
+            if node not in table:
+                self.endpoints.pop(node, None)
+        if not changed:
+            return {}
+        if self.node_id in changed or self.policy.is_spoke(self.node_id):
+            return self.reset(table)
+        if self.fail_closed:
+            return {}  # no peers whatever the others do, until the own record changes
+        if not self._recount(table, changed):
+            return self.reset(table)
+        delta: dict[str, Change] = {}
+        for node in changed:
+            self._place(node, table.get(node), delta)
+        return delta
+
+    def announce(self, endpoints: Mapping[str, str | None]) -> dict[str, Change]:
+        """New announced endpoints (None: none, or nothing valid) of some nodes."""
+        delta: dict[str, Change] = {}
+        for node, endpoint in endpoints.items():
+            if endpoint:
+                self.endpoints[node] = endpoint
+            else:
+                self.endpoints.pop(node, None)
+            peer = self.peers.get(node)
+            if peer is None:
+                continue
+            want = endpoint or self.policy.template_endpoint(node)
+            if want != peer.endpoint:
+                new = replace(peer, endpoint=want)
+                self.peers[node] = new
+                delta[node] = (peer, new)
+        return delta
+
+    # --- internals -------------------------------------------------------------------
+
+    def _recount(
+        self, table: Mapping[str, PeerRecord], changed: Mapping[str, PeerRecord | None]
+    ) -> bool:
+        """Move the changed records' claims to their new records; False when any of them
+        is (or was) shared with another record: then only a full recomputation is exact."""
+        claims = self._claims
+        alone = True
+        for old in changed.values():
+            for claim in claims_of(old, self.pools) if old is not None else ():
+                count = claims.get(claim, 0)
+                if count != 1:
+                    alone = False
+                if count <= 1:
+                    claims.pop(claim, None)
+                else:
+                    claims[claim] = count - 1
+        for node in changed:
+            new = table.get(node)
+            for claim in claims_of(new, self.pools) if new is not None else ():
+                count = claims.get(claim, 0)
+                if count:
+                    alone = False
+                claims[claim] = count + 1
+        return alone
+
+    def _place(self, node: str, record: PeerRecord | None, delta: dict[str, Change]) -> None:
+        """Recompute one node's peer (its claims are unshared)."""
+        old = self.peers.get(node)
+        self.skipped.pop(node, None)
+        new = None
+        if record is not None:
+            problem, ip6 = record_facts(record, self.pools)
+            if problem:
+                self.skipped[node] = problem
+            else:
+                note = ipv6_note(record, ip6, self.pools)
+                if note:
+                    self.skipped[node] = note
+                new = make_peer(record, ip6, self.endpoint_of, self.policy)
+        if new is None:
+            self.peers.pop(node, None)
+        else:
+            self.peers[node] = new
+        if new != old:
+            delta[node] = (old, new)
+
+
+def _diff(old: Mapping[str, DesiredPeer], new: Mapping[str, DesiredPeer]) -> dict[str, Change]:
+    delta: dict[str, Change] = {node: (peer, None) for node, peer in old.items() if node not in new}
+    for node, peer in new.items():
+        before = old.get(node)
+        if before != peer:
+            delta[node] = (before, peer)
+    return delta

@@ -1,0 +1,141 @@
+"""wireguard-go's control socket: setting peers without starting a ``wg`` process (I/O).
+
+A userspace interface (wireguard-go) is configured through ``/var/run/wireguard/IF.sock``
+with WireGuard's cross-platform text protocol (https://www.wireguard.com/xplatform/):
+``set=1``, then ``key=value`` lines (keys in hex), a blank line, and the answer
+``errno=N``. ``wg set`` speaks exactly that; speaking it directly saves a process per
+change (about 0.6 ms down to 0.06 ms on the development VM). Kernel WireGuard has no
+socket: there :class:`consumers.agent.wg.Wg` runs ``wg``.
+
+Only peers go through here (added, updated, removed; IP endpoints only, as ``wg``
+would resolve a hostname first). The private key never does (``wg set IF private-key
+FILE``), and the interface is read with ``wg show IF dump``, which also derives its
+public key. A request is validated whole before its first byte is sent, because
+wireguard-go applies lines as they arrive: a request cut short is applied in part.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import stat
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Final
+
+from consumers.agent.desired import is_key, parse_endpoint
+from consumers.agent.render import IPV4_ENDPOINT_RE, PeerSpec, is_ip_endpoint, normalise_ips
+from shared.errors import WireGuardError
+
+#: Where wireguard-go creates its control sockets (``IF.sock``).
+SOCKET_DIR: Final = Path("/var/run/wireguard")
+#: Seconds one request may take (connect, send, answer).
+TIMEOUT: Final = 15.0
+#: Peers encoded per ``sendall`` (wireguard-go applies them while we encode the next).
+CHUNK_PEERS: Final = 256
+#: Longest answer read (bytes); ``errno=N`` and a blank line.
+MAX_ANSWER: Final = 256
+
+
+def socket_path(ifname: str, socket_dir: Path = SOCKET_DIR) -> Path:
+    return socket_dir / f"{ifname}.sock"
+
+
+def has_socket(ifname: str, socket_dir: Path = SOCKET_DIR) -> bool:
+    """Whether ``ifname`` is a userspace interface with a control socket."""
+    try:
+        return stat.S_ISSOCK(socket_path(ifname, socket_dir).stat().st_mode)
+    except OSError:
+        return False
+
+
+def _hex(key: str) -> str:
+    return base64.b64decode(key).hex()
+
+
+def _checked(peer: PeerSpec) -> PeerSpec:
+    """``peer`` with canonical allowed IPs, or :class:`WireGuardError` if anything is off."""
+    if not is_key(peer.public_key):
+        raise WireGuardError("refusing an invalid peer key")
+    try:
+        ips = normalise_ips(peer.allowed_ips)
+    except ValueError:
+        raise WireGuardError("refusing an invalid allowed IP") from None
+    endpoint = peer.endpoint
+    if (
+        endpoint is not None
+        and not IPV4_ENDPOINT_RE.fullmatch(endpoint)
+        and (parse_endpoint(endpoint) != endpoint or not is_ip_endpoint(endpoint))
+    ):
+        raise WireGuardError("refusing an endpoint that is not an IP address")
+    if not 0 <= peer.keepalive <= 65535:
+        raise WireGuardError("refusing a keepalive out of range")
+    if ips == peer.allowed_ips:
+        return peer
+    return PeerSpec(peer.public_key, ips, endpoint, peer.keepalive, peer.node_id)
+
+
+def _peer_lines(peer: PeerSpec) -> str:
+    lines = f"public_key={_hex(peer.public_key)}\nreplace_allowed_ips=true\n"
+    lines += "".join(f"allowed_ip={ip}\n" for ip in peer.allowed_ips)
+    if peer.endpoint is not None:
+        lines += f"endpoint={peer.endpoint}\n"
+    return lines + f"persistent_keepalive_interval={int(peer.keepalive)}\n"
+
+
+def _request(removals: Sequence[str], peers: Sequence[PeerSpec]) -> Iterator[bytes]:
+    yield b"set=1\n"
+    for start in range(0, len(removals), CHUNK_PEERS):
+        chunk = removals[start : start + CHUNK_PEERS]
+        yield "".join(f"public_key={_hex(key)}\nremove=true\n" for key in chunk).encode()
+    for start in range(0, len(peers), CHUNK_PEERS):
+        yield "".join(_peer_lines(p) for p in peers[start : start + CHUNK_PEERS]).encode()
+    yield b"\n"
+
+
+def set_peers(
+    ifname: str,
+    removals: Sequence[str],
+    peers: Sequence[PeerSpec],
+    socket_dir: Path = SOCKET_DIR,
+) -> None:
+    """Remove ``removals``, then add or update ``peers``, in one request.
+
+    Raises :class:`WireGuardError` when the socket does not answer or wireguard-go
+    refuses a line; the lines before the refused one are applied (the caller rolls back).
+    """
+    if not all(is_key(key) for key in removals):
+        raise WireGuardError("refusing an invalid peer key")
+    checked = [_checked(p) for p in peers]
+    path = socket_path(ifname, socket_dir)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(TIMEOUT)
+    try:
+        sock.connect(str(path))
+        try:
+            for piece in _request(removals, checked):
+                sock.sendall(piece)
+        except OSError:
+            pass  # it stopped reading (it refused a line): its answer says why
+        answer = _answer(sock)
+    except OSError as exc:
+        raise WireGuardError(f"{path}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    if answer != 0:
+        raise WireGuardError(f"wireguard-go {ifname} refused the change (errno {answer})")
+
+
+def _answer(sock: socket.socket) -> int:
+    """The ``errno=N`` of an answer (wireguard-go writes negative numbers)."""
+    data = b""
+    while b"\n\n" not in data and len(data) < MAX_ANSWER:
+        chunk = sock.recv(MAX_ANSWER)
+        if not chunk:
+            break
+        data += chunk
+    first = data.split(b"\n", 1)[0].decode("ascii", "replace")
+    name, _, value = first.partition("=")
+    if name != "errno" or not value.lstrip("-").isdigit():
+        raise OSError(f"unexpected answer {first[:40]!r}")
+    return int(value)
