@@ -16,7 +16,7 @@ from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import ServiceUnavailable
 from shared.logs import log
-from shared.redis_log import client_for
+from shared.redis_log import client_for, connect
 from shared.settings import Settings
 from shared.validate import excerpt, is_valid_node_id
 

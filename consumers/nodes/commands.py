@@ -12,6 +12,7 @@ import click
 import msgspec
 import redis
 
+from consumers.agent.config import is_valid_ifname
 from consumers.nodes.diagnose import diagnose as reason
 from consumers.nodes.gather import node_facts, nodes_report
 from consumers.nodes.listing import Filter
@@ -25,8 +26,6 @@ from shared.errors import BadArgument, NoAnswer, WgchainError
 from shared.redis_log import connect
 from shared.settings import Settings
 from shared.validate import is_valid_address, is_valid_node_id, node_id_problem
-
-_IFNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_=+-.")
 
 
 @click.command("nodes")
@@ -118,7 +117,7 @@ def diagnose(cfg: Settings, node: str, interface: str | None, as_json: bool) -> 
     problem = node_id_problem(node)
     if problem or not is_valid_node_id(node):
         raise BadArgument("NODE", problem or "not a node id")
-    if interface is not None and not _ifname(interface):
+    if interface is not None and not is_valid_ifname(interface):
         raise BadArgument("--interface", "an interface name of 1-15 letters, digits, '_=+-.'")
     client = _connect(cfg)
     keys = cfg.keys()
@@ -156,8 +155,3 @@ def _connect(cfg: Settings) -> redis.Redis:
         if exc.exit_code == 2:
             raise
         raise NoAnswer(str(exc)) from None
-
-
-def _ifname(name: str) -> bool:
-    """What Linux accepts as an interface name (as the agent checks it)."""
-    return 0 < len(name) <= 15 and set(name) <= _IFNAME_CHARS and not name.startswith(".")

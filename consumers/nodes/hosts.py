@@ -115,7 +115,8 @@ def own_host(facts: Facts, host: HostInfo | None, report: Add) -> None:
             "host",
             WARNING,
             "host-held",
-            f"{node}'s agent holds the configuration it applied before Redis was reset",
+            f"{node}'s agent holds the configuration it applied before Redis was reset"
+            + (f": {excerpt(host.held_reason)}" if host.held_reason else ""),
             "it resumes once the pipeline has refilled the peers stream",
         )
     where = ", ".join(p for p in (host.interface, host.mode, host.addresses) if p)
