@@ -3,6 +3,8 @@ its endpoint and the tunnel. Pure (``consumers/nodes/diagnose.py`` runs them in 
 
 from __future__ import annotations
 
+from typing import Final
+
 from consumers.nodes.facts import Facts, Tunnel
 from consumers.nodes.findings import (
     HANDSHAKE_FRESH,
@@ -26,6 +28,9 @@ from consumers.status.model import HostInfo
 from shared import reasons
 from shared.durations import duration
 from shared.validate import excerpt, is_valid_wg_key
+
+#: The ``mode`` of an agent that writes its config file and drives no WireGuard interface.
+FILE_ONLY: Final = "file-only"
 
 
 def own_host(facts: Facts, host: HostInfo | None, report: Add) -> None:
@@ -277,6 +282,14 @@ def tunnel(facts: Facts, host: HostInfo | None, add: Add) -> None:
     here = f"run `wgchain diagnose {node} --interface IF` on a host for the tunnel itself"
     if host is None or host.handshake_latest is None:
         add("tunnel", INFO, "tunnel-unknown", f"{node}'s agent reports no handshakes", here)
+    elif host.mode == FILE_ONLY:
+        add(
+            "tunnel",
+            INFO,
+            "tunnel-unknown",
+            f"{node}'s agent runs file-only (it writes the config, drives no interface)",
+            here,
+        )
     elif host.handshake_latest == 0:
         add(
             "tunnel",
@@ -374,4 +387,4 @@ def _local_tunnel(facts: Facts, tunnel: Tunnel, host: HostInfo | None, add: Add)
         )
 
 
-__all__ = ["carried", "carriers", "endpoint", "own_host", "tunnel"]
+__all__ = ["FILE_ONLY", "carried", "carriers", "endpoint", "own_host", "tunnel"]

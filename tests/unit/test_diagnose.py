@@ -348,6 +348,10 @@ def test_handshakes_the_agent_reports() -> None:
     assert (old.verdict.code, "10m00s ago" in old.verdict.message) == ("ok", True)
     unknown = diagnose(facts(hosts=hosts(**{"node-a": {"handshake_latest": None}})))
     assert "tunnel-unknown" in [x.code for x in unknown.findings]
+    file_only = {"handshake_latest": 0.0, "mode": "file-only"}  # no interface: no handshake
+    found = diagnose(facts(hosts=hosts(**{"node-a": file_only})))
+    assert found.verdict.code == "ok"
+    assert "file-only" in next(x.message for x in found.findings if x.area == "tunnel")
 
 
 def tunnel(public: str | None, *peers: TunnelPeer, error: str = "") -> Tunnel:
