@@ -6,6 +6,7 @@ Every string that came from Redis or the chain is shown through
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.console import Group
@@ -18,6 +19,8 @@ from shared.validate import excerpt, is_valid_node_id, printable
 #: Issues listed under the counts (the rest are counted).
 ISSUES_SHOWN = 20
 _STYLE = {CRITICAL: "bold red", "warning": "yellow"}
+#: A transaction hash: shown whole (anything else is a hostile string, shown as an excerpt).
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 
 
 def _t(value: object) -> Text:
@@ -122,7 +125,8 @@ def issue_line(issue: Issue) -> Text:
         parts.append(excerpt(issue.detail))
     if issue.cause:
         log = "" if issue.log_index is None else f", log {issue.log_index}"
-        parts.append(f"since block {issue.block} (tx {excerpt(issue.cause)}{log})")
+        tx = issue.cause if _TX_HASH.fullmatch(issue.cause) else excerpt(issue.cause)
+        parts.append(f"since block {issue.block} (tx {tx}{log})")
     elif issue.block:
         parts.append(f"since block {issue.block}")
     return Text(", ".join(parts))
