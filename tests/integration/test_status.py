@@ -39,7 +39,7 @@ WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 
 
 def status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_") and k != "COLUMNS"}
     return subprocess.run(
         [WGCHAIN, "status", *args],
         env={**clean, **env},
