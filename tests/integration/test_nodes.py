@@ -17,7 +17,6 @@ import msgspec
 import pytest
 import redis
 
-from consumers.access.cache import RegistryCache
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
 from consumers.agent.keys import generate_private_key_file
@@ -316,4 +315,3 @@ def test_nodes_reads_do_not_grow_with_history(redis_server: RedisServer) -> None
     many = commands(20_000 - 10)
     assert many == few
     client.close()
-    assert RegistryCache  # the cache is what nodes loads: state hash and position, no stream
