@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> Any:
         _fail(f"{exc}{hint}", EXIT_USAGE)
     except WgchainError as exc:
         logs.log.remove()
-        _fail(str(exc), EXIT_FAILURE)
+        _fail(str(exc), exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except OSError as exc:

@@ -6,6 +6,9 @@ from __future__ import annotations
 class WgchainError(Exception):
     """Raised when wgchain refuses to go on; the root of every deliberate error."""
 
+    #: The exit code of a command that ends with it (one line on stderr, ``wgchain: …``).
+    exit_code: int = 1
+
 
 class SettingsError(WgchainError):
     """Raised when a setting (flag, ``WGCHAIN_*`` variable or TOML key) or an argument is bad.
@@ -14,6 +17,8 @@ class SettingsError(WgchainError):
     ``--to: <problem>``), a variable (``invalid setting WGCHAIN_POOL: <problem>``) or a
     key of the TOML file.
     """
+
+    exit_code = 2
 
     def __init__(self, setting: str, message: str) -> None:
         if setting.startswith("-"):
@@ -59,6 +64,16 @@ class ChainError(WgchainError):
 
 class ServiceUnavailable(WgchainError):
     """Raised when a service wgchain needs (Redis, an RPC node, ``wg``) cannot be reached."""
+
+
+class NoAnswer(ServiceUnavailable):
+    """Raised when a read cannot be answered (Redis unreachable, no data for this network).
+
+    A read command then exits 3, the "unknown" of ``check`` and ``status --check``: not an
+    answer, and not a bad argument either.
+    """
+
+    exit_code = 3
 
 
 class WireGuardError(WgchainError):

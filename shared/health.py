@@ -22,22 +22,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
+from shared.durations import duration
 from shared.logs import brief, log
 
 #: Seconds between two "still unreachable" lines while an outage lasts.
 REMIND_EVERY: Final = 60.0
 #: Seconds a loop may go without a beat before /healthz reports it stuck (default).
 WORK_BOUND: Final = 120.0
-
-
-def duration(seconds: float) -> str:
-    """``seconds`` as ``"42s"``, ``"3m05s"`` or ``"2h04m"``."""
-    whole = int(max(0.0, seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 class Outage:
@@ -181,4 +172,4 @@ def _one_line(error: object) -> str:
     return " ".join(text.split())[:300]
 
 
-__all__ = ["REDIS", "RPC", "Outage", "Verdict", "Work", "retire", "verdict", "work"]
+__all__ = ["REDIS", "RPC", "Outage", "Verdict", "Work", "duration", "retire", "verdict", "work"]

@@ -2,47 +2,37 @@
 
 Exit codes: 0 granted, 1 denied, 2 bad arguments or settings, 3 no answer (Redis
 unreachable, or no data for this network in Redis: a wrong contract or chain id is
-not an answer). Every failure is one line on stderr; an answer that may lag the
-chain (no listener holds the lease, the listener reports a problem) gets a note line.
+not an answer). Every failure is one line on stderr in the common style
+(``wgchain: <what>``); an answer that may lag the chain (no listener holds the lease,
+the listener reports a problem) gets a ``wgchain: note: …`` line.
 """
 
 from __future__ import annotations
 
-from typing import IO, Any, Final
+from typing import Final
 
 import click
 import msgspec
 import redis
 
-from consumers.access.checker import AccessChecker, InvalidArgument
+from consumers.access.checker import (
+    AccessChecker,
+    InvalidArgument,
+    valid_address,
+    valid_key,
+    valid_node,
+)
 from consumers.access.decide import Decision
 from consumers.status.probe import no_data, probe, stale_note
 from shared.cmdline import with_settings
-from shared.errors import SettingsError, WgchainError
+from shared.errors import BadArgument, NoAnswer, WgchainError
 from shared.redis_log import connect
 from shared.settings import Settings
 
 #: Exit code of a denied check.
 EXIT_DENIED: Final = 1
-#: Exit code of malformed arguments.
+#: Exit code of a bad argument or setting.
 EXIT_USAGE: Final = 2
-#: Exit code when no answer could be given (Redis unreachable, ...).
-EXIT_NO_ANSWER: Final = 3
-
-
-class BadArguments(click.ClickException):
-    """Malformed arguments: one line on stderr (no usage block), exit 2."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"wgchain check: {self.format_message()}", err=True)
-
-
-class NoAnswer(BadArguments):
-    """The check could not be answered (Redis unreachable, ...): one line, exit 3."""
-
-    exit_code = EXIT_NO_ANSWER
 
 
 @click.command("check")
@@ -65,16 +55,24 @@ def check(
 ) -> None:
     """Is KEY (or ADDRESS) allowed on NODE? Exit 0 granted, 1 denied, 2 bad arguments, 3 no answer."""
     if not node:
-        raise BadArguments("--node is required")
+        raise BadArgument("--node", "required")
     if (key is None) == (address is None):
-        raise BadArguments("give exactly one of --key and --address")
+        raise click.UsageError("give exactly one of --key and --address")
     block = _block(at_block)
+    try:  # arguments first: nothing is read for a malformed one
+        valid_node(node)
+        if key is not None:
+            valid_key(key)
+        else:
+            valid_address(address or "")
+    except InvalidArgument as exc:
+        raise BadArgument(f"--{exc.param.replace('_', '-')}", exc.message) from None
+    keys = cfg.keys()
     try:
-        keys = cfg.keys()
         client = connect(cfg.redis_url)
-    except SettingsError as exc:
-        raise BadArguments(str(exc)) from None
     except WgchainError as exc:
+        if exc.exit_code == EXIT_USAGE:  # no Redis URL set: a setting to fix
+            raise
         raise NoAnswer(str(exc)) from None
     try:
         with AccessChecker(client, keys) as checker:
@@ -84,7 +82,7 @@ def check(
                 decision = checker.check_address(node, address or "", at_block=block)
         found = probe(client, keys)
     except InvalidArgument as exc:
-        raise BadArguments(f"--{exc.param.replace('_', '-')}: {exc.message}") from None
+        raise BadArgument(f"--{exc.param.replace('_', '-')}", exc.message) from None
     except (redis.RedisError, WgchainError) as exc:
         raise NoAnswer(f"no answer: {exc}") from None
     finally:
@@ -93,15 +91,15 @@ def check(
         raise NoAnswer(no_data(keys))
     note = stale_note(found) if block is None else ""
     if note:
-        click.echo(f"wgchain check: note: this answer may be stale: {note}", err=True)
+        click.echo(f"wgchain: note: this answer may be stale: {note}", err=True)
     click.echo(msgspec.json.encode(decision).decode() if as_json else describe(decision))
     ctx.exit(0 if decision.granted else EXIT_DENIED)
 
 
 def describe(decision: Decision) -> str:
-    """One human line for ``decision`` (node ids are validated, details escaped)."""
-    verdict = "granted" if decision.granted else "denied"
-    parts = [f"{verdict}: {decision.reason}", f"node {decision.node}"]
+    """One human line: ``granted — …`` or ``denied: <reason> — …`` (details escaped)."""
+    verdict = "granted" if decision.granted else f"denied: {decision.reason}"
+    parts = [verdict, f"node {decision.node}"]
     if decision.detail:
         parts.append(decision.detail)
     if decision.token_id is not None:
@@ -117,5 +115,5 @@ def _block(text: str | None) -> int | None:
     if text is None:
         return None
     if not text.isdigit():
-        raise BadArguments(f"--at-block: {text[:40]!r} is not a block number")
+        raise BadArgument("--at-block", f"{text[:40]!r} is not a block number")
     return int(text)

@@ -15,24 +15,21 @@ from typing import Final
 import msgspec
 
 from consumers.registry.fold import RegistryState, Status
+from shared import reasons
 from shared.validate import excerpt
 
-#: The key (or address) opens the node.
-GRANTED: Final = "granted"
-#: No token, active or revoked, has ever named the node.
-NOT_MEMBER: Final = "not-a-member"
-#: Tokens named the node, but every one of them is revoked (or this address's one is).
-REVOKED: Final = "revoked"
-#: The node is a member, but its key on chain is another key.
-KEY_MISMATCH: Final = "key-mismatch"
-#: The node is a member, but its owner has no usable WireGuard key on chain.
-KEY_INVALID: Final = "key-invalid"
-#: The key (or the address's token) lost a conflict: the lowest token id keeps the peer.
-CONFLICT: Final = "conflict"
-#: Address checks: an active pass names the node, but another address holds it.
-NOT_OWNER: Final = "not-owner"
+# The reasons are the project's one vocabulary (``shared/reasons.py``, README table).
+GRANTED: Final = reasons.GRANTED
+NOT_MEMBER: Final = reasons.NOT_A_MEMBER
+REVOKED: Final = reasons.REVOKED
+KEY_MISMATCH: Final = reasons.KEY_MISMATCH
+NO_KEY: Final = reasons.NO_KEY
+INVALID_KEY: Final = reasons.INVALID_KEY
+KEY_CONFLICT: Final = reasons.KEY_CONFLICT
+DUPLICATE_NODE: Final = reasons.DUPLICATE_NODE
+NOT_OWNER: Final = reasons.NOT_OWNER
 #: Every reason a decision may give.
-REASONS: Final = (GRANTED, NOT_MEMBER, REVOKED, KEY_MISMATCH, KEY_INVALID, CONFLICT, NOT_OWNER)
+REASONS: Final = reasons.DECISION_REASONS
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):
@@ -121,23 +118,23 @@ def decide_key(view: View, node: str, key: str) -> Decision:
             )
             return Decision(
                 granted=False,
-                reason=CONFLICT,
+                reason=DUPLICATE_NODE,
                 node=node,
                 detail=detail,
                 token_id=token_id,
                 owner=owner,
                 live=status.live,
             )
-    if status.reason == "key-conflict" and status.public_key == key:
+    if status.reason == KEY_CONFLICT and status.public_key == key:
         winner_token, winner_node = state.winners[key]
         return member(
-            CONFLICT, f"the key is also {winner_node}'s (token {winner_token}), which keeps it"
+            KEY_CONFLICT, f"the key is also {winner_node}'s (token {winner_token}), which keeps it"
         )
-    if status.reason == "no-key":
-        return member(KEY_INVALID, "the owner has no WireGuard key on chain")
-    if status.reason == "invalid-key":
+    if status.reason == NO_KEY:
+        return member(NO_KEY, "the owner has no WireGuard key on chain")
+    if status.reason == INVALID_KEY:
         detail = f"the owner's key on chain is not a WireGuard key: {excerpt(status.public_key)}"
-        return member(KEY_INVALID, detail)
+        return member(INVALID_KEY, detail)
     return member(KEY_MISMATCH, "the node's key on chain is another key")
 
 
@@ -165,7 +162,7 @@ def decide_address(view: View, node: str, address: str) -> Decision:
         )
         return Decision(
             granted=False,
-            reason=CONFLICT,
+            reason=DUPLICATE_NODE,
             node=node,
             detail=detail,
             token_id=active[0],

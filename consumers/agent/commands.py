@@ -16,7 +16,7 @@ from shared import metrics
 from shared.cmdline import stop_event, with_settings
 from shared.errors import ServiceUnavailable
 from shared.logs import log
-from shared.redis_log import client_for
+from shared.redis_log import client_for, connect
 from shared.settings import Settings
 from shared.validate import excerpt, is_valid_node_id
 
@@ -145,12 +145,19 @@ def pubkey(private_key_file: Path) -> None:
     required=True,
     help="The agent's Redis password (a random one is created, mode 0600, if missing).",
 )
-@with_settings("chain_id", "contract", stage="agent")
+@with_settings("redis_url", "chain_id", "contract", stage="agent")
 def acl(cfg: Settings, node_id: str, password_file: Path) -> None:
-    """Print the ACL SETUSER command that confines this host's agent (run it as a Redis admin)."""
+    """Print the ACL SETUSER command that confines this host's agent (run it as a Redis admin).
+
+    With a Redis URL, that server's version is checked first: Redis 6 cannot confine an agent.
+    """
     if not is_valid_node_id(node_id):
         raise click.BadParameter(f"{excerpt(node_id)!r} is not a node id", param_hint="--node")
-    rules = setuser(cfg.keys(), node_id, password_from_file(password_file))
+    version = None
+    if cfg.redis_url:  # the server's version first: Redis 6 cannot confine an agent
+        with connect(cfg.redis_url) as admin:
+            version = str(admin.info("server").get("redis_version", ""))
+    rules = setuser(cfg.keys(), node_id, password_from_file(password_file), version)
     click.echo(" ".join(rules))
     click.echo(
         f"# the agent's URL: redis://{agent_user(node_id)}:<password in {password_file}>@HOST:PORT",

@@ -39,6 +39,7 @@ from consumers.agent.table import (
     share,
     share_strings,
 )
+from shared import reasons
 from shared.validate import excerpt, is_valid_node_id
 
 #: Topologies a policy may name: everyone with everyone, or spokes with hubs only.
@@ -46,12 +47,14 @@ TOPOLOGIES: Final = ("mesh", "hub")
 #: Longest host announcement (JSON) that is parsed at all (bytes).
 MAX_ANNOUNCEMENT_BYTES: Final = 1024
 
-#: Fail-closed reasons (our own constants: safe to log and to render as a comment).
-NOT_A_MEMBER: Final = "not-a-member"
-KEY_MISMATCH: Final = "key-mismatch"
-NO_OWN_KEY: Final = "no-own-key"
-ADDRESS_OUTSIDE_POOL: Final = "own-address-outside-pool"
-BAD_NODE_ID: Final = "invalid-own-node-id"
+#: Fail-closed reasons: the project's vocabulary (``shared/reasons.py``, the README's table), our
+#: own constants (safe to log and to render as a comment). The peers stream has no entry for the
+#: node: it is not live (``wgchain diagnose NODE`` says why; the host cannot know).
+NOT_LIVE: Final = reasons.NOT_LIVE
+KEY_MISMATCH: Final = reasons.KEY_MISMATCH
+NO_OWN_KEY: Final = reasons.NO_OWN_KEY
+ADDRESS_OUTSIDE_POOL: Final = reasons.OWN_ADDRESS_OUTSIDE_POOL
+BAD_NODE_ID: Final = reasons.INVALID_OWN_NODE_ID
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
@@ -222,7 +225,7 @@ def own_facts(
         return NO_OWN_KEY, (), ()
     own = table.get(node_id)
     if own is None:
-        return NOT_A_MEMBER, (), ()
+        return NOT_LIVE, (), ()
     if own.public_key != own_public_key:
         return KEY_MISMATCH, (), ()
     pools = pools_of(policy.pool, policy.pool6)

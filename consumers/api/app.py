@@ -37,11 +37,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from consumers.access.checker import AccessChecker, InvalidArgument, valid_node
+from consumers.access.checker import AccessChecker, InvalidArgument, valid_address, valid_node
 from consumers.api.fleet import FleetReads
 from consumers.api.reads import NotFound, Reads
 from consumers.api.schemas import ErrorBody, Health, HostList, IssueList, Ready, openapi
 from consumers.dashboard import assets
+from consumers.nodes.diagnose import diagnose
+from consumers.nodes.gather import node_facts
+from consumers.nodes.listing import Filter
 from consumers.status.exporter import FleetCollector
 from consumers.status.health import Limits
 from consumers.status.probe import no_data, probe
@@ -57,6 +60,8 @@ OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/"})
 ASSET_PREFIX: Final = "/ui/"
 #: Default and largest page of ``/v1/nodes``.
 NODES_PAGE: Final = (1000, 10_000)
+#: Longest ``search`` of ``/v1/nodes`` (characters).
+SEARCH_CHARS: Final = 100
 #: Default and largest page of ``/v1/events``.
 EVENTS_PAGE: Final = (100, 1000)
 #: Default and largest number of rows of ``/v1/nodes/{node}/history``.
@@ -108,6 +113,32 @@ def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
     return int(text)
 
 
+def _bool(request: Request, name: str) -> bool | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    if text.lower() not in {"true", "false", "1", "0"}:
+        raise InvalidArgument(name, "must be true or false")
+    return text.lower() in {"true", "1"}
+
+
+def _filter(request: Request) -> Filter:
+    """The filters of ``/v1/nodes`` (those of ``wgchain nodes``)."""
+    q = request.query_params
+    owner = q.get("owner")
+    if owner is not None:
+        owner = valid_address(owner)
+    search = q.get("search")
+    if search is not None and (len(search) > SEARCH_CHARS or not search.isprintable()):
+        raise InvalidArgument("search", f"at most {SEARCH_CHARS} printable characters")
+    return Filter(
+        live=_bool(request, "live"),
+        host_offline=bool(_bool(request, "host_offline")),
+        owner=owner,
+        search=search or None,
+    )
+
+
 def _route(name: str, fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
     """Errors to JSON answers, and metrics, around one endpoint."""
 
@@ -134,10 +165,13 @@ class _Lazy:
     """The access checker and the reads built on it, made on first use (they load the
     registry from Redis), so that the API serves while Redis is down."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, snapshot: Snapshot) -> None:
+    def __init__(
+        self, client: redis.Redis, keys: Keys, snapshot: Snapshot, reconcile_interval: float
+    ) -> None:
         self.client = client
         self.keys = keys
         self.snapshot = snapshot
+        self.reconcile_interval = reconcile_interval
         self.following = False
         self._lock = threading.Lock()
         self._made: tuple[AccessChecker, Reads] | None = None
@@ -151,7 +185,13 @@ class _Lazy:
                     checker = AccessChecker(self.client, self.keys)
                     if self.following:
                         checker.cache.start()
-                    made = self._made = (checker, Reads(self.client, self.keys, checker.cache))
+                    reads = Reads(
+                        self.client,
+                        self.keys,
+                        checker.cache,
+                        reconcile_interval=self.reconcile_interval,
+                    )
+                    made = self._made = (checker, reads)
         return made
 
     @property
@@ -186,16 +226,18 @@ def create_app(
     rpc_urls: Sequence[str] = (),
     topology: str = "mesh",
     hubs: Sequence[str] = (),
+    endpoint_template: str = "",
 ) -> Starlette:
     """The API for one network; the registry follower runs while the app is served.
 
     ``limits`` are the thresholds of ``/readyz`` (default: ``Limits(max_lag=max_lag)``);
     ``rpc_urls`` are asked for the chain head of ``/v1/status``; ``topology`` and
-    ``hubs`` are what ``/v1/topology`` draws (the agents' ``WGCHAIN_TOPOLOGY``/``HUBS``).
+    ``hubs`` are what ``/v1/topology`` draws (the agents' ``WGCHAIN_TOPOLOGY``/``HUBS``),
+    and, with ``endpoint_template``, what ``/v1/nodes/{node}/diagnosis`` reasons with.
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
-    lazy = _Lazy(client, keys, snapshot)
+    lazy = _Lazy(client, keys, snapshot, limits.reconcile_interval)
     fleet_metrics = CollectorRegistry(auto_describe=False)
     fleet_metrics.register(FleetCollector(snapshot, limits, lazy_live=lambda: _live(lazy)))
     fleet = FleetReads(
@@ -229,10 +271,27 @@ def create_app(
     def nodes(request: Request) -> Response:
         after = request.query_params.get("after", "")
         limit = _int(request, "limit", NODES_PAGE[0], 1, NODES_PAGE[1])
-        return json_response(lazy.get()[1].nodes(after, limit))
+        return json_response(lazy.get()[1].nodes(after, limit, _filter(request)))
 
     def node(request: Request) -> Response:
         return json_response(lazy.get()[1].node(valid_node(request.path_params["node"])))
+
+    def diagnosis(request: Request) -> Response:
+        node_id = valid_node(request.path_params["node"])
+        now = fleet.status()
+        if not now.has_data:
+            raise ServiceUnavailable(no_data(keys))
+        facts = node_facts(
+            client,
+            keys,
+            node_id,
+            now,
+            reconcile_interval=limits.reconcile_interval,
+            topology=topology,
+            hubs=hubs,
+            endpoint_template=endpoint_template,
+        )
+        return json_response(diagnose(facts))
 
     def hosts(request: Request) -> Response:
         return json_response(HostList(hosts=snapshot.hosts()))
@@ -314,6 +373,7 @@ def create_app(
         "/v1/status": status,
         "/v1/topology": topology_page,
         "/v1/nodes/{node}/history": history,
+        "/v1/nodes/{node}/diagnosis": diagnosis,
         "/": dashboard_file,
         ASSET_PREFIX + "{name}": dashboard_file,
         "/healthz": healthz,

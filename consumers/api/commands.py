@@ -55,6 +55,7 @@ def api(cfg: Settings) -> None:
         rpc_urls=cfg.rpc_urls,
         topology=cfg.topology,
         hubs=cfg.hub_list,
+        endpoint_template=cfg.endpoint_template,
     )
     auth = "bearer token required" if cfg.api_token else "no token (open)"
     log.info(

@@ -7,6 +7,7 @@ pool), read with one ``HMGET`` per page; host status from :class:`Snapshot`.
 from __future__ import annotations
 
 import ipaddress
+import time
 from typing import Any, Final
 
 import msgspec
@@ -16,6 +17,7 @@ from consumers.access.cache import RegistryCache
 from consumers.access.decide import View
 from consumers.api.schemas import EventItem, EventsPage, NodeDetail, NodeList, NodeSummary
 from consumers.ipam.allocate import META_FIELD, NODE_FIELD, Address, Meta
+from consumers.nodes.listing import Filter, mark_hosts, matches
 from consumers.status.snapshot import Snapshot
 from shared.errors import DecodeError
 from shared.events import LogEntry, Retracted, from_fields
@@ -34,21 +36,52 @@ class NotFound(Exception):
 class Reads:
     """Read-only queries over one network's projections."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, cache: RegistryCache) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        cache: RegistryCache,
+        *,
+        reconcile_interval: float = 30.0,
+    ) -> None:
         self.client = client
         self.keys = keys
         self.cache = cache
         self.snapshot = Snapshot(client, keys)
+        #: Reconcile interval of agents that do not report theirs (when a host is stale).
+        self.reconcile_interval = reconcile_interval
 
-    def nodes(self, after: str, limit: int) -> NodeList:
-        """Up to ``limit`` nodes with ids after ``after``, sorted."""
+    def nodes(self, after: str, limit: int, wanted: Filter | None = None) -> NodeList:
+        """Up to ``limit`` nodes with ids after ``after`` that pass ``wanted``, sorted, each
+        with its host's state (one status read of every host per page)."""
+        wanted = wanted or Filter()
+        hosts = self.snapshot.hosts(cap=1)
+        now = time.time()
         with self.cache.fresh() as view:
             position = self.cache.position
             names = [n for n in view.nodes() if n > after and is_valid_node_id(n)]
-            page = [_summary(view, n) for n in names[:limit]]
-        self._addresses(page)
-        more = len(names) > limit
+            if not wanted.given:
+                page = [_summary(view, n) for n in names[: limit + 1]]
+            else:
+                page = [_summary(view, n) for n in names]
+        if wanted.given:
+            self._addresses(page)
+            mark_hosts(page, hosts, now, self.reconcile_interval)
+            page = [s for s in page if matches(s, wanted)]
+        more = len(page) > limit
+        page = page[:limit]
+        if not wanted.given:
+            self._addresses(page)
+            mark_hosts(page, hosts, now, self.reconcile_interval)
         return NodeList(nodes=page, next=page[-1].node if more else None, position=position)
+
+    def summaries(self) -> tuple[list[NodeSummary], str]:
+        """Every node a token ever named (valid ids), with its address, and the position."""
+        with self.cache.fresh() as view:
+            position = self.cache.position
+            found = [_summary(view, n) for n in view.nodes() if is_valid_node_id(n)]
+        self._addresses(found)
+        return found, position
 
     def live(self, address_limit: int) -> tuple[list[NodeSummary], str]:
         """Every live member and the position; addresses filled up to ``address_limit`` members."""
@@ -108,20 +141,26 @@ class Reads:
             return
         fields = [META_FIELD] + [NODE_FIELD + n.node for n in nodes]
         raw: Any = self.client.hmget(self.keys.state("ipam"), fields)
-        if raw[0] is None:
-            return
-        meta = _META.decode(raw[0])
-        pool4 = ipaddress.IPv4Network(meta.pool)
-        pool6 = ipaddress.IPv6Network(meta.pool6) if meta.pool6 else None
         for summary, value in zip(nodes, raw[1:], strict=True):
-            if value is None:
-                continue
-            address = _ADDRESS.decode(value)
-            if not address.live:
-                continue
-            summary.ipv4 = str(pool4.network_address + address.offset)
-            if pool6 is not None:
-                summary.ipv6 = str(pool6.network_address + address.offset)
+            found = address_of(raw[0], value)
+            if found is not None:
+                summary.ipv4, summary.ipv6 = found[0], found[1]
+
+
+def address_of(meta: bytes | None, value: bytes | None) -> tuple[str, str | None, str] | None:
+    """(IPv4, IPv6 or None, published key) of a node's field of the ipam state and its
+    ``meta`` field; None when it holds no address now."""
+    if meta is None or value is None:
+        return None
+    address = _ADDRESS.decode(value)
+    if not address.live:
+        return None
+    found = _META.decode(meta)
+    ipv4 = str(ipaddress.IPv4Network(found.pool).network_address + address.offset)
+    ipv6 = None
+    if found.pool6:
+        ipv6 = str(ipaddress.IPv6Network(found.pool6).network_address + address.offset)
+    return ipv4, ipv6, address.public_key
 
 
 def _summary(view: View, node: str) -> NodeSummary:

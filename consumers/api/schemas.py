@@ -7,8 +7,10 @@ from typing import Any, Final
 import msgspec
 
 from consumers.access.decide import REASONS, Decision
+from consumers.nodes.diagnose import Diagnosis
 from consumers.status.model import FleetStatus, HostInfo, Issue, Problem, StageInfo
 from shared.events import LogEntry, Retracted
+from shared.reasons import MEANINGS
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
@@ -48,7 +50,8 @@ class NodeSummary(msgspec.Struct, kw_only=True):
     member: bool
     #: It is a member with a valid key that won every conflict: it has a WireGuard peer.
     live: bool
-    #: Why it is not live: ``no-key``, ``invalid-key``, ``key-conflict``, ``revoked`` ("" if live).
+    #: Why it is not live: ``no-key``, ``invalid-key``, ``key-conflict``, ``revoked`` ("" if
+    #: live; every reason is in the README's table).
     reason: str
     token_id: int | None = None
     owner: str | None = None
@@ -56,6 +59,9 @@ class NodeSummary(msgspec.Struct, kw_only=True):
     public_key: str | None = None
     ipv4: str | None = None
     ipv6: str | None = None
+    #: Its host: ``online``, ``stale`` (silent for over 3 reconcile intervals), ``silent``
+    #: (announced, never reported) or ``absent`` (None: not looked at).
+    host_state: str | None = None
 
 
 class NodeList(msgspec.Struct, kw_only=True):
@@ -176,6 +182,7 @@ _STRUCTS: Final = (
     FleetStatus,
     NodeHistory,
     Topology,
+    Diagnosis,
 )
 
 
@@ -229,11 +236,20 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             **unavailable,
         ),
         "/v1/nodes": get(
-            "Every node a token ever named, by id, in pages.",
+            "Every node a token ever named, by id, in pages, with its host's state; the "
+            "filters of `wgchain nodes`.",
             _json(ref["NodeList"], "a page of nodes"),
             [
                 _param("after", "node id to start after", {"type": "string"}),
                 _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 10000}),
+                _param("live", "true: live members only; false: the others", {"type": "boolean"}),
+                _param("host_offline", "true: nodes whose host is not online", {"type": "boolean"}),
+                _param("owner", "tokens of this 0x address only", {"type": "string"}),
+                _param(
+                    "search",
+                    "text in the node id, address, key, owner or reason",
+                    {"type": "string", "maxLength": 100},
+                ),
             ],
             **bad,
             **unavailable,
@@ -288,6 +304,15 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             **{"404": _json(error, "no token ever named this node")},
             **unavailable,
         ),
+        "/v1/nodes/{node}/diagnosis": get(
+            "Why can't NODE connect? `wgchain diagnose NODE --json` (without the local tunnel): "
+            "findings from the registry, the pipeline, its host and the hosts that should carry "
+            "it, and a verdict with the next thing to look at.",
+            _json(ref["Diagnosis"], "the diagnosis"),
+            [node_p],
+            **bad,
+            **unavailable,
+        ),
         "/healthz": {
             "get": {
                 "summary": "This process works: Redis answers it and its registry follower runs.",
@@ -322,7 +347,11 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
         "info": {
             "title": "wgchain",
             "version": version,
-            "description": "Reads of the wgchain pipeline. Access reasons: " + ", ".join(REASONS),
+            "description": "Reads of the wgchain pipeline. Access reasons: "
+            + ", ".join(REASONS)
+            + ". Every code, with its meaning: "
+            + "; ".join(f"{code}: {text}" for code, text in MEANINGS.items())
+            + ".",
         },
         "paths": paths,
         "components": {"schemas": components},

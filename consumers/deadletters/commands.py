@@ -141,35 +141,72 @@ def show(cfg: Settings, ident: str, stage: str | None, full: bool, as_json: bool
 @click.option("--stage", type=click.Choice(REDRIVABLE), help="Only this stage.")
 @click.option("--wait", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Seconds to wait for the stage to apply them (0: queue and return).")  # fmt: skip
+@_JSON
 @with_settings("redis_url", "chain_id", "contract", stage="deadletters")
 def retry(
-    cfg: Settings, idents: tuple[str, ...], every: bool, stage: str | None, wait: float
+    *,
+    cfg: Settings,
+    idents: tuple[str, ...],
+    every: bool,
+    stage: str | None,
+    wait: float,
+    as_json: bool,
 ) -> None:
     """Apply dead letters again through their stage (registry, ipam), exactly once each.
 
     The stage applies them before its next batch; each is deleted once applied, or
-    replaced by a new dead letter with the new reason if it fails again.
+    replaced by a new dead letter with the new reason if it fails again. With --json,
+    one document: each letter with its result (``already-queued``, ``queued``,
+    ``applied``, ``failed-again`` with the new id and reason, or ``not-applied``).
     """
     if bool(idents) == every:
         raise click.UsageError("give dead-letter ids or --all (not both)")
     client, keys = _open(cfg)
+    results = _Results(as_json)
     try:
         chosen = _chosen(client, keys, idents, stage)
         requests = []
         for letter in chosen:
             if letter.ident in queued(client, keys, letter.stage):
-                click.echo(f"{letter.stage} {letter.ident}: already queued")
+                results.add(
+                    letter, "already-queued", f"{letter.stage} {letter.ident}: already queued"
+                )
                 continue
             requests.append((letter, queue(client, keys, letter)))
         if not requests:
-            click.echo("nothing to re-drive")
+            results.done("nothing to re-drive")
             return
         if wait == 0:
-            click.echo(f"queued {len(requests)}; the stages apply them before their next batch")
+            for letter, _ in requests:
+                results.add(letter, "queued", "")
+            results.done(f"queued {len(requests)}; the stages apply them before their next batch")
             return
-        _report(client, keys, requests, wait)
+        try:
+            _report(client, keys, requests, wait, results)
+        finally:
+            results.done("")
     finally:
         client.close()
+
+
+class _Results:
+    """What ``retry`` says of each letter: a line each, or one JSON document at the end."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, letter: Letter, result: str, line: str, **more: str) -> None:
+        row = {"stage": letter.stage, "id": letter.ident, "entry": letter.original}
+        self.rows.append({**row, "result": result, **more})
+        if line and not self.as_json:
+            click.echo(line)
+
+    def done(self, line: str) -> None:
+        if self.as_json:
+            click.echo(json.dumps({"letters": self.rows}, sort_keys=True))
+        elif line:
+            click.echo(line)
 
 
 def _chosen(
@@ -189,7 +226,11 @@ def _chosen(
 
 
 def _report(
-    client: redis.Redis, keys: Keys, requests: list[tuple[Letter, str]], wait: float
+    client: redis.Redis,
+    keys: Keys,
+    requests: list[tuple[Letter, str]],
+    wait: float,
+    results: _Results,
 ) -> None:
     deadline = time.monotonic() + wait
     left = list(requests)
@@ -203,12 +244,16 @@ def _report(
             again = failed_again(client, keys, letter, request)
             head = f"{letter.stage} {letter.ident} (entry {letter.original})"
             if again is None:
-                click.echo(f"{head}: applied")
+                results.add(letter, "applied", f"{head}: applied")
             else:
                 failures += 1
-                click.echo(f"{head}: failed again, now {again.ident}: {excerpt(again.reason)}")
+                why = excerpt(again.reason)
+                line = f"{head}: failed again, now {again.ident}: {why}"
+                results.add(letter, "failed-again", line, new_id=again.ident, reason=why)
         left = still
         if left and time.monotonic() >= deadline:
+            for letter, _ in left:
+                results.add(letter, "not-applied", "")
             stages = ", ".join(sorted({letter.stage for letter, _ in left}))
             raise WgchainError(
                 f"{len(left)} re-drive request(s) not applied within {wait:g}s: is the {stages}"

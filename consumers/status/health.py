@@ -36,7 +36,7 @@ from consumers.status.model import (
     HostInfo,
     Problem,
 )
-from shared.health import duration
+from shared.durations import duration
 from shared.settings import Settings
 from shared.validate import excerpt
 

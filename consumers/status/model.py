@@ -142,10 +142,14 @@ class HostInfo(msgspec.Struct, kw_only=True):
     applied_block: int | None = None
     #: Unix time of the newest WireGuard handshake on its interface (0: none; None: unknown).
     handshake_latest: float | None = None
-    #: Whether it holds its last applied configuration (Redis was reset; None: unknown).
+    #: Whether it holds its last applied configuration (Redis was reset; None: unknown) ...
     held: bool | None = None
+    #: ... and why, as the agent says it ("" when it does not hold, or does not say).
+    held_reason: str = ""
     #: Silent for more than 3 reconcile intervals.
     stale: bool = False
+    #: The public key of the host's own private key, as its agent reports it ("" unknown).
+    public_key: str = ""
     #: Seconds the oldest ``peers`` entry it has not applied has waited (0: none waits).
     waiting_seconds: float = 0.0
 

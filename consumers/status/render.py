@@ -6,6 +6,7 @@ Every string that came from Redis or the chain is shown through
 
 from __future__ import annotations
 
+import re
 import time
 
 from rich.console import Group
@@ -13,16 +14,28 @@ from rich.table import Table
 from rich.text import Text
 
 from consumers.status.model import CRITICAL, OK, FleetStatus, HostInfo, Issue
-from shared.validate import excerpt
+from shared.validate import excerpt, is_valid_node_id, printable
 
 #: Issues listed under the counts (the rest are counted).
 ISSUES_SHOWN = 20
 _STYLE = {CRITICAL: "bold red", "warning": "yellow"}
+#: A transaction hash: shown whole (anything else is a hostile string, shown as an excerpt).
+_TX_HASH = re.compile(r"0x[0-9a-fA-F]{64}")
 
 
 def _t(value: object) -> Text:
     """A table cell that shows ``value`` literally, escaped and shortened."""
     return Text("—" if value is None or value == "" else excerpt(str(value)))
+
+
+def node_text(node: str) -> str:
+    """A node id as shown: whole when it is a valid one (up to 64 characters), else an excerpt."""
+    return node if is_valid_node_id(node) else excerpt(node)
+
+
+def fail_closed_text(reason: str) -> str:
+    """Why a host fails closed, as every view shows it (``fail closed: not-live``)."""
+    return f"fail closed: {excerpt(reason)}"
 
 
 def age(then: float | None, now: float) -> str:
@@ -50,7 +63,7 @@ def render(status: FleetStatus, now: float | None = None) -> Group:
     summary.add_row("health", Text(status.health.upper(), style=_STYLE.get(status.health, "green")))
     for problem in status.problems:
         summary.add_row("", Text(excerpt(problem.message), style=_STYLE.get(problem.severity, "")))
-    summary.add_row("network", _t(status.network))
+    summary.add_row("network", Text(printable(status.network)))  # never cut
     summary.add_row("chain head", _t("unknown" if lst.chain_head is None else lst.chain_head))
     cursor = "none" if lst.cursor_block is None else str(lst.cursor_block)
     lag = "" if lst.lag_blocks is None else f" ({lst.lag_blocks} blocks behind)"
@@ -84,8 +97,8 @@ def render(status: FleetStatus, now: float | None = None) -> Group:
         )
 
     hosts = Table(title=f"hosts ({len(status.hosts)})", title_justify="left")
-    columns = ("node", "endpoint", "applied", "lag", "last apply", "report", "handshake", "peers")
-    for column in (*columns, "last error"):
+    columns = ("node", "address", "interface", "endpoint", "applied", "lag", "last apply")
+    for column in (*columns, "report", "handshake", "peers", "last error"):
         hosts.add_column(column)
     for host in status.hosts:
         hosts.add_row(*_host_row(host, now))
@@ -95,15 +108,15 @@ def render(status: FleetStatus, now: float | None = None) -> Group:
         f"conflicts {c.conflicts}   anomalies {c.anomalies}   "
         f"pending allocations {c.pending_allocations}   dead letters {c.dead_letters}"
     )
-    issues = [_issue_line(i) for i in status.issues[:ISSUES_SHOWN]]
+    issues = [issue_line(i) for i in status.issues[:ISSUES_SHOWN]]
     if len(status.issues) > ISSUES_SHOWN:
         issues.append(Text(f"… and {len(status.issues) - ISSUES_SHOWN} more (--json lists all)"))
     return Group(summary, stages, hosts, counts, *issues)
 
 
-def _issue_line(issue: Issue) -> Text:
+def issue_line(issue: Issue) -> Text:
     """One current issue: kind, reason, node, tokens, cause (chain strings escaped)."""
-    parts = [f"  {issue.kind} {issue.reason}: node {excerpt(issue.node)}"]
+    parts = [f"  {issue.kind} {issue.reason}: node {node_text(issue.node)}"]
     if issue.token_id is not None:
         parts.append(f"token {issue.token_id}")
     if issue.winner_token_id is not None:
@@ -112,27 +125,28 @@ def _issue_line(issue: Issue) -> Text:
         parts.append(excerpt(issue.detail))
     if issue.cause:
         log = "" if issue.log_index is None else f", log {issue.log_index}"
-        parts.append(f"since block {issue.block} (tx {excerpt(issue.cause)}{log})")
+        tx = issue.cause if _TX_HASH.fullmatch(issue.cause) else excerpt(issue.cause)
+        parts.append(f"since block {issue.block} (tx {tx}{log})")
     elif issue.block:
         parts.append(f"since block {issue.block}")
     return Text(", ".join(parts))
 
 
 def _host_row(host: HostInfo, now: float) -> list[Text | str]:
+    where = [Text(node_text(host.node)), _t(host.addresses), _t(host.interface), _t(host.endpoint)]
     if host.updated_at is None:
-        return [_t(host.node), _t(host.endpoint), "—", "—", "never reported", "—", "—", "—", "—"]
+        return [*where, "—", "—", "never reported", "—", "—", "—", "—"]
     lag = _lag(host.lag_entries, host.lag_capped)
     if host.lag_entries:
         lag += f" ({host.lag_seconds:.1f}s)"
-    error = host.last_error or (host.fail_closed and f"fail closed: {host.fail_closed}")
+    error = host.last_error or (host.fail_closed and fail_closed_text(host.fail_closed))
     report = age(host.updated_at, now)
     if host.handshake_latest is None:
         handshake = "—"
     else:
         handshake = age(host.handshake_latest, now) if host.handshake_latest else "none"
     return [
-        _t(host.node),
-        _t(host.endpoint),
+        *where,
         _t(host.applied_position),
         lag,
         age(host.last_apply, now),
@@ -150,11 +164,11 @@ def check_lines(status: FleetStatus) -> list[str]:
         lst = status.listener
         cursor = "nothing yet" if lst.cursor_block is None else f"block {lst.cursor_block}"
         return [
-            f"wgchain {word}: {excerpt(status.network)}: listener at {cursor}, "
+            f"wgchain {word}: {printable(status.network)}: listener at {cursor}, "
             f"{len(status.stages)} stages caught up, {len(status.hosts)} hosts"
         ]
     counts = {s: sum(p.severity == s for p in status.problems) for s in (CRITICAL, "warning")}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
-    lines = [f"wgchain {word}: {excerpt(status.network)}: {summary}"]
+    lines = [f"wgchain {word}: {printable(status.network)}: {summary}"]
     lines += [f"{p.severity.upper()} {p.code}: {p.message}" for p in status.problems]
     return lines

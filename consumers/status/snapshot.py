@@ -341,6 +341,7 @@ def _host(node: str, fields: dict[str, str], lag: int, cap: int, peers_tail: str
     applied = fields.get("applied_position", START)
     last_apply = _float(fields.get("last_apply"))
     held = fields.get("held")
+    holds = None if held is None else _held(held)
     return HostInfo(
         node=node,
         interface=fields.get("interface", ""),
@@ -358,8 +359,19 @@ def _host(node: str, fields: dict[str, str], lag: int, cap: int, peers_tail: str
         reconcile_interval=_float(fields.get("reconcile_interval")) or None,
         applied_block=_int(fields.get("applied_block")),
         handshake_latest=_float(fields.get("handshake_latest")),
-        held=None if held is None else held.strip().lower() in {"1", "true", "yes"},
+        held=None if held is None else holds is not None,
+        held_reason=holds or "",
+        public_key=fields.get("public_key", ""),
     )
+
+
+def _held(value: str) -> str | None:
+    """Why a host holds its configuration ("" when it says only that it does), None when it
+    does not: the agent writes the reason, or "" (older agents: 1/true or 0/false)."""
+    text = value.strip()
+    if text.lower() in {"", "0", "false", "no"}:
+        return None
+    return "" if text.lower() in {"1", "true", "yes"} else text
 
 
 def _stages(positions: list[Any], lags: list[Any], cap: int, dead: list[int]) -> list[StageInfo]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 import threading
@@ -10,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import click
 import redis
@@ -70,6 +71,8 @@ def _require_contract(cfg: Settings) -> None:
               help="Show progress until every range is appended.")  # fmt: skip
 @click.option("--cancel", is_flag=True,
               help="Drop the running backfill; the listener reads its blocks itself.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON document at the end: the plan and how far it got.")  # fmt: skip
 @with_settings(
     "redis_url",
     "rpc_url",
@@ -90,18 +93,25 @@ def backfill(
     size: int,
     wait: bool,
     cancel: bool,
+    as_json: bool,
 ) -> None:
-    """Fetch blocks FROM-TO in parallel with rq workers; the listener appends them in order."""
+    """Fetch blocks FROM-TO in parallel with rq workers; the listener appends them in order.
+
+    With --json, one document at the end: ``state`` (``appended``, ``queued`` with
+    --no-wait, ``watching-stopped``, ``nothing``, ``cancelled`` or ``none``), the plan and
+    its progress.
+    """
     _require_contract(cfg)
     client = connect(cfg.redis_url)
     listener = None
+    result: dict[str, Any] = {}
     try:
         listener = open_listener(cfg, client)
         keys = listener.store.keys
         store = BackfillStore(client, keys)
         queue = queue_for(client, keys)
         if cancel:
-            _cancel(store, queue)
+            result = _cancel(store, queue)
             return
         running = store.plan()
         if running is not None:
@@ -121,28 +131,49 @@ def backfill(
             raise WgchainError(f"block {end} is not final yet (the last final block is {final})")
         if start > end and from_block is None:
             log.info("nothing to backfill: the events stream reaches block {}", start - 1)
+            result = {"state": "nothing", "reaches": start - 1}
             return
         if start > end:
             raise WgchainError(f"--from {start} is past the last block to backfill ({end})")
         plan = Plan(uuid.uuid4().hex[:12], start, end, min(size, cfg.max_block_range))
         _start(store, queue, plan, keys)
+        result = {"state": "queued", **_plan(plan, queue)}
         if wait:
-            fancy = sys.stdout.isatty() and not cfg.log_json
-            _Monitor(store, ListenerStore(client, keys), queue, plan).run(stop_event(), fancy)
+            fancy = sys.stdout.isatty() and not cfg.log_json and not as_json
+            watch = _Monitor(store, ListenerStore(client, keys), queue, plan)
+            progress = watch.run(stop_event(), fancy)
+            result["state"] = "appended" if progress.done else "watching-stopped"
+            result.update(fetched=progress.fetched, appended=progress.appended)
     finally:
         if listener is not None:
             listener.rpc.close()
         client.close()
+        if as_json and result and sys.exc_info()[0] is None:  # a failure is its one line
+            click.echo(json.dumps(result, sort_keys=True))
 
 
-def _cancel(store: BackfillStore, queue: Queue) -> None:
+def _plan(plan: Plan, queue: Queue) -> dict[str, Any]:
+    """A plan for ``--json``."""
+    return {
+        "plan": plan.id,
+        "start": plan.start,
+        "end": plan.end,
+        "size": plan.size,
+        "jobs": len(plan.spans),
+        "blocks": plan.blocks,
+        "queue": queue.name,
+    }
+
+
+def _cancel(store: BackfillStore, queue: Queue) -> dict[str, Any]:
     plan = store.plan()
     store.drop()
     queue.empty()  # type: ignore[no-untyped-call]
     if plan is None:
         log.info("no backfill is running")
-    else:
-        log.info("plan {} (blocks {}-{}) cancelled", plan.id, plan.start, plan.end)
+        return {"state": "none"}
+    log.info("plan {} (blocks {}-{}) cancelled", plan.id, plan.start, plan.end)
+    return {"state": "cancelled", "plan": plan.id, "start": plan.start, "end": plan.end}
 
 
 def _start(store: BackfillStore, queue: Queue, plan: Plan, keys: Keys) -> None:
@@ -211,11 +242,11 @@ class _Monitor:
     queue: Queue
     plan: Plan
 
-    def run(self, stop: threading.Event, fancy: bool) -> None:
-        """Progress bar (``fancy``) or plain log lines, until done, failed, cancelled or ``stop``."""
+    def run(self, stop: threading.Event, fancy: bool) -> _Progress:
+        """Progress bar (``fancy``) or plain log lines, until done, failed, cancelled or ``stop``;
+        the last progress seen."""
         if not fancy:
-            self._loop(stop, _Lines(self.plan))
-            return
+            return self._loop(stop, _Lines(self.plan))
         columns = (
             TextColumn("{task.description:<9}"),
             BarColumn(),
@@ -230,9 +261,9 @@ class _Monitor:
                 bar.update(fetched, completed=p.fetched)
                 bar.update(appended, completed=p.appended)
 
-            self._loop(stop, show)
+            return self._loop(stop, show)
 
-    def _loop(self, stop: threading.Event, show: _Show) -> None:
+    def _loop(self, stop: threading.Event, show: _Show) -> _Progress:
         while True:
             requeue_abandoned(self.queue)
             progress = self._progress()
@@ -244,11 +275,11 @@ class _Monitor:
                     self.plan.start,
                     self.plan.end,
                 )
-                return
+                return progress
             self._check_alive()
             if stop.wait(MONITOR_INTERVAL):
                 log.info("stopped watching; backfill {} goes on", self.plan.id)
-                return
+                return progress
 
     def _progress(self) -> _Progress:
         plan = self.plan

@@ -28,6 +28,7 @@ from producers.listener.rpc import RpcClient, refused
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
 from producers.listener.tip import Look, Watch, look
 from shared import health, metrics
+from shared.cmdline import with_chain_id
 from shared.errors import (
     ChainError,
     CommitConflict,
@@ -390,9 +391,8 @@ class Listener:
 def open_listener(cfg: Settings, client: redis.Redis, rpc: RpcClient | None = None) -> Listener:
     """A listener for ``cfg``; checks that the RPC serves ``cfg.chain_id`` (0: take the RPC's)."""
     rpc = rpc or RpcClient(cfg.rpc_urls)
-    actual = rpc.chain_id()
-    if cfg.chain_id and cfg.chain_id != actual:
-        raise ChainError(f"the RPC serves chain {actual}, but the settings say {cfg.chain_id}")
+    cfg = with_chain_id(cfg, served=rpc.chain_id)  # the one place the chain id is decided
+    actual = cfg.chain_id
     keys = Keys(actual, cfg.contract.lower())
     rule = cfg.finality_rule()
     config = ListenerConfig(

@@ -32,8 +32,9 @@ import redis
 from producers.listener.decode import header, quantity
 from producers.listener.rpc import RpcClient
 from shared import health
+from shared.durations import duration
 from shared.errors import ChainError, DecodeError
-from shared.health import REMIND_EVERY, duration
+from shared.health import REMIND_EVERY
 from shared.keys import Keys
 from shared.logs import log
 

@@ -543,7 +543,7 @@ def test_a_revoke_updates_the_page_without_a_reload(world: World, browser: Any) 
             head != before
             and set(hosts) == set(HOSTS)
             and all(head in h and "converged" in h[1] for h in hosts.values())
-            and "fail-closed: not-a-member" in hosts["node-c"][1]
+            and "fail-closed: not-live" in hosts["node-c"][1]
         )
 
     deadline = time.monotonic() + WAIT

@@ -188,7 +188,7 @@ def test_agents_follow_the_peers_stream(net: Net) -> None:
     net.wait(lambda: a.peers() == {}, "a drops the removed peer")
     net.wait(lambda: b.peers() == {}, "b fails closed once it is not a member")
     assert not a.host.ping(b.ipv4)
-    net.wait(lambda: net.status(b).get("fail_closed") == "not-a-member", "b reports why")
+    net.wait(lambda: net.status(b).get("fail_closed") == "not-live", "b reports why")
     net.wait(lambda: net.status(a).get("applied_position") == last, "a reports its position")
     status = net.status(a)
     assert status["lag_entries"] == "0"

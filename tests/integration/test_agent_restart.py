@@ -193,7 +193,7 @@ def test_an_unusable_state_file_is_reported_in_one_line_and_ignored(
     assert sum("state file ignored" in line for line in lines) == 1
     assert again.hold_block == 0
     assert interface.peers == {}  # as without a state file: an empty Redis fails closed
-    assert again.model.fail_closed == "not-a-member"
+    assert again.model.fail_closed == "not-live"
 
 
 class Watching(MemoryWireGuard):

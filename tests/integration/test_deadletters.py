@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
 from collections.abc import Iterator
@@ -243,6 +244,14 @@ def test_retry_applies_a_fixed_entry_exactly_once_and_keeps_what_fails_again(
         assert reason == before[original][1]
     assert [n for n, _ in joined(redis_client, keys)] == ["node-a", "node-b", POISON]
 
+    code, out, err = wgchain(capsys, redis_server, keys, "retry", "--all", "--json")
+    assert code == 1
+    assert err.strip().splitlines()[-1] == "wgchain: 3 of 3 dead letter(s) failed again"
+    doc = json.loads(out)  # one document, whatever the outcome
+    assert sorted(r["entry"] for r in doc["letters"]) == sorted(after)
+    assert {r["result"] for r in doc["letters"]} == {"failed-again"}
+    assert all(r["new_id"] != r["id"] and r["reason"] for r in doc["letters"])
+
 
 def test_a_request_waits_for_its_stage_and_survives_a_crash_after_its_commit(
     capsys: pytest.CaptureFixture[str],
@@ -263,6 +272,10 @@ def test_a_request_waits_for_its_stage_and_survives_a_crash_after_its_commit(
     assert poison_letter in queued_rows[0]
     code, out, _ = wgchain(capsys, redis_server, keys, "retry", poison_letter, "--wait", "0")
     assert out.splitlines() == [f"registry {poison_letter}: already queued", "nothing to re-drive"]
+    code, out, _ = wgchain(
+        capsys, redis_server, keys, "retry", poison_letter, "--wait", "0", "--json"
+    )
+    assert (code, json.loads(out)["letters"][0]["result"]) == (0, "already-queued")
 
     class Crash(Exception):
         """The stage dies right after the commit, before deleting the dead letter."""

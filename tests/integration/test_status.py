@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from producers.listener.lease import Lease
 from producers.listener.listener import open_listener
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
-from shared.devnet.proc import free_port
+from shared.devnet.proc import free_port, wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.events import PeerUpsert, from_fields, to_fields
 from shared.keys import Keys
@@ -38,7 +39,7 @@ WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 
 
 def status(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_") and k != "COLUMNS"}
     return subprocess.run(
         [WGCHAIN, "status", *args],
         env={**clean, **env},
@@ -173,6 +174,10 @@ def test_status_reports_the_whole_fleet(
     assert "unknown" in human.stdout
     assert "node-a" in human.stdout
     assert "listener-x" in human.stdout
+    assert keys.tag in human.stdout  # the network id, never cut
+    assert "wgst0" in human.stdout  # the host's interface ...
+    assert host["addresses"].split("/")[0] in human.stdout  # ... and address
+    assert max(len(line) for line in human.stdout.splitlines()) > 80  # piped: not cut at 80
     offline = msgspec.json.decode(status(env, "--json").stdout)
     assert offline["listener"]["chain_head"] is None
     assert offline["listener"]["lag_blocks"] is None
@@ -206,6 +211,78 @@ def test_watch_refreshes_until_stopped(redis_server: RedisServer) -> None:
         proc.terminate()
         proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+def test_watch_keeps_watching_through_a_redis_restart(tmp_path: Path) -> None:
+    """Redis goes away and comes back on the same port: one line, then the status resumes."""
+    server = RedisServer(port=free_port()).start()
+    keys = Keys(31337, "0x" + "34" * 20)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")},
+        "WGCHAIN_REDIS_URL": server.url,
+        "WGCHAIN_RPC_URL": f"http://127.0.0.1:{free_port()}",
+        "WGCHAIN_CHAIN_ID": "31337",
+        "WGCHAIN_CONTRACT": keys.contract,
+    }
+    err = tmp_path / "stderr"
+    with open(err, "wb") as errors:
+        proc = subprocess.Popen(
+            [WGCHAIN, "status", "--json", "--watch", "0.5"],
+            env=env, stdout=subprocess.PIPE, stderr=errors, text=True,
+        )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        msgspec.json.decode(proc.stdout.readline())
+        server.stop()
+        wait_for(lambda: "unreachable" in err.read_text(), timeout=30, what="the outage line")
+        time.sleep(1.5)  # several refreshes while Redis is down: still one line
+        assert proc.poll() is None, err.read_text()
+        server.start()  # same port, same URL
+        stamp = time.time()
+        while True:  # the status resumes
+            doc = msgspec.json.decode(proc.stdout.readline())
+            if doc["generated_at"] > stamp:
+                break
+        lines = [line for line in err.read_text().splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"wgchain: Redis at {server.url} unreachable since ")
+        assert "Traceback" not in err.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.cleanup()
+    assert proc.returncode == 0
+
+
+def test_watch_on_a_terminal_keeps_watching_too(tmp_path: Path) -> None:
+    """Without --json (rich's live display, here on a pipe) an outage is not an exit either."""
+    server = RedisServer(port=free_port()).start()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")},
+        "WGCHAIN_REDIS_URL": server.url,
+        "WGCHAIN_RPC_URL": f"http://127.0.0.1:{free_port()}",
+        "WGCHAIN_CHAIN_ID": "31337",
+        "WGCHAIN_CONTRACT": "0x" + "34" * 20,
+    }
+    out = tmp_path / "out"
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(
+            [WGCHAIN, "status", "--watch", "0.5"], env=env, stdout=sink, stderr=sink
+        )
+    try:
+        time.sleep(1)
+        server.stop()
+        time.sleep(2)
+        assert proc.poll() is None, out.read_text()
+        server.start()
+        time.sleep(1)
+        assert proc.poll() is None, out.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        server.cleanup()
+    assert proc.returncode == 0
+    assert "Traceback" not in out.read_text()
 
 
 class _Counting(redis.Connection):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 
 from consumers.access.decide import (
-    CONFLICT,
+    DUPLICATE_NODE,
     GRANTED,
-    KEY_INVALID,
+    INVALID_KEY,
+    KEY_CONFLICT,
     KEY_MISMATCH,
+    NO_KEY,
     NOT_MEMBER,
     NOT_OWNER,
     REVOKED,
@@ -63,16 +65,16 @@ def test_revoked_is_told_apart_from_never_a_member() -> None:
     assert decide_address(view, "node-a", A).reason == REVOKED
 
 
-def test_missing_or_hostile_key_is_key_invalid() -> None:
+def test_missing_or_hostile_key_is_no_key_or_invalid_key() -> None:
     hostile = key(3) + "\n[Peer]"
     view = view_of(
         NodeAccessGranted(1, "node-a", A, ""), NodeAccessGranted(2, "node-b", B, hostile)
     )
     no_key = decide_key(view, "node-a", key(1))
-    assert no_key.reason == KEY_INVALID
+    assert no_key.reason == NO_KEY  # as /v1/nodes and `wgchain nodes` name it
     assert "no WireGuard key" in no_key.detail
     bad = decide_key(view, "node-b", key(3))
-    assert bad.reason == KEY_INVALID
+    assert bad.reason == INVALID_KEY
     assert "\n" not in bad.detail
 
 
@@ -94,7 +96,7 @@ def test_duplicate_key_conflict() -> None:
     )
     assert decide_key(view, "node-a", key(1)).granted
     decision = decide_key(view, "node-b", key(1))
-    assert (decision.reason, decision.token_id) == (CONFLICT, 2)
+    assert (decision.reason, decision.token_id) == (KEY_CONFLICT, 2)
     assert "node-a" in decision.detail
 
 
@@ -104,10 +106,14 @@ def test_duplicate_node_conflict_for_key_and_address() -> None:
     )
     assert decide_key(view, "node-a", key(1)).granted
     loser = decide_key(view, "node-a", key(2))
-    assert (loser.reason, loser.token_id, loser.owner) == (CONFLICT, 2, B)
+    assert (loser.reason, loser.token_id, loser.owner) == (DUPLICATE_NODE, 2, B)
     assert decide_address(view, "node-a", A).granted
     by_address = decide_address(view, "node-a", B)
-    assert (by_address.granted, by_address.reason, by_address.token_id) == (False, CONFLICT, 2)
+    assert (by_address.granted, by_address.reason, by_address.token_id) == (
+        False,
+        DUPLICATE_NODE,
+        2,
+    )
 
 
 def test_address_checks() -> None:

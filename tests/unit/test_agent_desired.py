@@ -76,7 +76,7 @@ def test_not_a_member_fails_closed() -> None:
     result = desired_state(MESH, "zed", key(26), {}, POLICY)
     assert result.peers == ()
     assert result.addresses == ()
-    assert result.fail_closed == d.NOT_A_MEMBER
+    assert result.fail_closed == d.NOT_LIVE
 
 
 def test_key_mismatch_fails_closed() -> None:

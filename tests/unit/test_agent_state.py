@@ -43,12 +43,12 @@ def test_a_snapshot_and_its_journal_read_back_as_the_applied_state() -> None:
     base = state(peer("b", 2), peer("c", 3, None))
     st = AppliedState("6-0", 8, ("10.88.0.1/16",), None)
     journal = encode_line(1, st, {"b": None, "d": peer("d", 4)})
-    st2 = AppliedState("7-0", 9, (), "not-a-member")
+    st2 = AppliedState("7-0", 9, (), "not-live")
     journal += encode_line(2, st2, {"c": None, "d": None})
     assert decode(snapshot(base), b"", IDENT).peers == base.peers
     got = decode(snapshot(base), journal, IDENT)
     assert (got.position, got.block, got.addresses) == ("7-0", 9, ())
-    assert (got.fail_closed, got.seq) == ("not-a-member", 2)
+    assert (got.fail_closed, got.seq) == ("not-live", 2)
     assert got.peers == {}
     after_one = decode(snapshot(base), journal.split(b"\n", 1)[0] + b"\n", IDENT)
     assert set(after_one.peers) == {"c", "d"}

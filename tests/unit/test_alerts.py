@@ -52,7 +52,7 @@ class _Snapshot:
                     last_apply=now - 5,
                     updated_at=now - 1,
                     handshake_latest=now - 30,
-                    fail_closed="not-a-member",
+                    fail_closed="not-live",
                     stale=True,
                 )
             ],

@@ -35,6 +35,15 @@ PURE_MODULES = [
     "consumers.status.render",
     "consumers.api.schemas",
     "consumers.dashboard.topology",
+    "shared.reasons",
+    "shared.durations",
+    "consumers.status.health",
+    "consumers.nodes.facts",
+    "consumers.nodes.listing",
+    "consumers.nodes.diagnose",
+    "consumers.nodes.findings",
+    "consumers.nodes.hosts",
+    "consumers.nodes.render",
 ]
 #: Modules whose presence after the import means the module can do I/O.
 FORBIDDEN = ("redis", "web3", "subprocess", "requests")

@@ -54,3 +54,11 @@ def test_constraints_pin_every_direct_dependency_at_the_same_version():
         assert version, f"{requirement} is not pinned"
         key = name.lower().replace("_", "-")
         assert pins.get(key) == f"{pins[key].split('==')[0]}=={version}", requirement
+
+
+def test_the_reasons_table_is_the_vocabulary():
+    """README's table of decisions and reasons says what ``shared/reasons.py`` says."""
+    from shared.reasons import MEANINGS
+
+    rows = dict(re.findall(r"^\| `([a-z-]+)` \| ([^|]+?) \|$", README, re.M))
+    assert {code: rows.get(code) for code in MEANINGS} == MEANINGS

@@ -49,3 +49,32 @@ def test_age() -> None:
     assert age(95.0, 100.0) == "5s ago"
     assert age(100.0 - 7200, 100.0) == "2h ago"
     assert age(100.0 - 3 * 86400, 100.0) == "3d ago"
+
+
+def test_ids_are_never_cut() -> None:
+    """The network id, a 64-character node id, a transaction hash: whole; hostile text: an excerpt."""
+    from consumers.status.model import Issue
+
+    now = 1_800_000_000.0
+    network = "{31337:0x" + "5f" * 20 + "}"
+    node = "n" * 64
+    tx = "0x" + "ab" * 32
+    status = FleetStatus(
+        network=network,
+        generated_at=now,
+        listener=ListenerInfo(),
+        stages=[],
+        hosts=[HostInfo(node=node, updated_at=now, interface="wg0", addresses="10.88.0.2/16")],
+        counts=Counts(conflicts=1),
+        issues=[
+            Issue(kind="conflict", reason="duplicate-key", node=node, cause=tx, block=9),
+            Issue(kind="anomaly", reason="invalid-key", node="x", cause="y" * 80, block=9),
+        ],
+    )
+    text = _text(status, now)
+    assert network in text
+    assert node in text
+    assert f"tx {tx}" in text
+    assert "(+32 chars)" in text  # a cause that is no transaction hash is cut, as hostile text
+    assert "wg0" in text
+    assert "10.88.0.2/16" in text
