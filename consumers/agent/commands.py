@@ -50,6 +50,7 @@ from shared.validate import excerpt, is_valid_node_id
     "hubs",
     "reconcile_interval",
     "metrics_port",
+    "metrics_listen",
     stage="agent",
 )
 @click.pass_context
@@ -107,7 +108,7 @@ def agent(
         reconcile_interval=cfg.reconcile_interval,
     )
     stop = stop_event()
-    metrics.serve(cfg.metrics_port)
+    metrics.serve(cfg.metrics_port, cfg.metrics_listen)
     client = client_for(cfg.redis_url)  # not connected: the agent starts while Redis is down
     try:
         Agent(config, client, None if file_only else Wg()).run(stop)
