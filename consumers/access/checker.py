@@ -4,10 +4,16 @@ Live answers come from a :class:`RegistryCache` (never behind the registry
 stage's committed position). ``at_block=B`` answers for a past block instead: the
 ``events`` log (its effective entries, retractions applied) is folded with the
 pure registry fold up to block ``B``.
+
+A pass's expiration is judged at the moment of the answer: now (this host's clock) for
+a live answer, and for ``at_block=B`` the timestamp of the newest logged block at or
+before ``B`` (the log holds the blocks that have events), so past answers stay a pure
+function of the log.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +21,7 @@ import msgspec
 import redis
 
 from consumers.access.cache import PAGE, RegistryCache
-from consumers.access.decide import Decision, View, decide_address, decide_key
+from consumers.access.decide import DEFAULT_GRACE, Decision, View, decide_address, decide_key
 from consumers.registry.fold import FOLD, RegistryState
 from shared import validate
 from shared.errors import DecodeError, WgchainError
@@ -64,9 +70,18 @@ class AccessChecker:
     (long-running processes); without it every check still catches up first.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, follow: bool = False) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        follow: bool = False,
+        expiry_grace: float = DEFAULT_GRACE,
+    ) -> None:
         self.client = client
         self.keys = keys
+        #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+        self.expiry_grace = expiry_grace
         self.cache = RegistryCache(client, keys)
         if follow:
             self.cache.start()
@@ -84,26 +99,39 @@ class AccessChecker:
         """May WireGuard public key ``key`` reach ``node``?"""
         valid_node(node)
         valid_key(key)
-        return self._decide(lambda view: decide_key(view, node, key), at_block)
+        grace = self.expiry_grace
+        return self._decide(
+            lambda view, now: decide_key(view, node, key, now=now, grace=grace), at_block
+        )
 
     def check_address(self, node: str, address: str, *, at_block: int | None = None) -> Decision:
         """Does ``address`` hold an active pass for ``node``?"""
         valid_node(node)
         owner = valid_address(address)
-        return self._decide(lambda view: decide_address(view, node, owner), at_block)
+        grace = self.expiry_grace
+        return self._decide(
+            lambda view, now: decide_address(view, node, owner, now=now, grace=grace), at_block
+        )
 
-    def _decide(self, rule: Callable[[View], Decision], at_block: int | None) -> Decision:
+    def _decide(
+        self, rule: Callable[[View, float | None], Decision], at_block: int | None
+    ) -> Decision:
         if at_block is not None:
-            view = View(state_at_block(self.client, self.keys, at_block))
-            return msgspec.structs.replace(rule(view), at_block=at_block)
+            moment: list[int] = []
+            view = View(state_at_block(self.client, self.keys, at_block, moment))
+            when = float(moment[0]) if moment else None
+            return msgspec.structs.replace(rule(view, when), at_block=at_block)
         with self.cache.fresh() as view:
             position = self.cache.position
-            decision = rule(view)
+            decision = rule(view, time.time())
         return msgspec.structs.replace(decision, position=position)
 
 
-def state_at_block(client: redis.Redis, keys: Keys, block: int) -> RegistryState:
-    """The registry state after every effective ``events`` entry up to block ``block``.
+def state_at_block(
+    client: redis.Redis, keys: Keys, block: int, moment: list[int] | None = None
+) -> RegistryState:
+    """The registry state after every effective ``events`` entry up to block ``block``;
+    ``moment``, if given, receives the timestamp of the newest of those entries' blocks.
 
     Raises :class:`InvalidArgument` for a negative block or one the listener has not
     appended yet (beyond its cursor).
@@ -134,6 +162,8 @@ def state_at_block(client: redis.Redis, keys: Keys, block: int) -> RegistryState
     for entry_id, entry in effective(items):
         if entry_id in skip or not isinstance(entry, LogEntry) or entry.block_number > block:
             continue
+        if moment is not None:
+            moment[:] = [entry.block_timestamp]
         try:
             FOLD.apply(state, entry_id, entry)
         except Exception:  # the stage dead-letters such an entry and goes on

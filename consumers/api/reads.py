@@ -14,7 +14,7 @@ import msgspec
 import redis
 
 from consumers.access.cache import RegistryCache
-from consumers.access.decide import View
+from consumers.access.decide import EXPIRED, View, is_expired
 from consumers.api.schemas import EventItem, EventsPage, NodeDetail, NodeList, NodeSummary
 from consumers.ipam.allocate import META_FIELD, NODE_FIELD, Address, Meta
 from consumers.nodes.listing import Filter, mark_hosts, matches
@@ -163,17 +163,25 @@ def address_of(meta: bytes | None, value: bytes | None) -> tuple[str, str | None
     return ipv4, ipv6, address.public_key
 
 
-def _summary(view: View, node: str) -> NodeSummary:
+def _summary(view: View, node: str, now: float | None = None) -> NodeSummary:
+    """``node`` as shown now (a pass that expired by ``now``, default this host's clock, is
+    not live: ``expired``)."""
     status = view.status(node)
     if status is None:
         return NodeSummary(node=node, member=False, live=False, reason="revoked")
     key = status.public_key if is_valid_wg_key(status.public_key) else None
+    record = view.state.tokens.get(status.token_id)
+    expires = record.expires if record is not None else None
+    live, reason = status.live, status.reason
+    if live and is_expired(expires, time.time() if now is None else now):
+        live, reason = False, EXPIRED
     return NodeSummary(
         node=node,
         member=True,
-        live=status.live,
-        reason=status.reason,
+        live=live,
+        reason=reason,
         token_id=status.token_id,
         owner=status.owner or None,
         public_key=key,
+        expires=expires,
     )

@@ -68,12 +68,15 @@ def is_valid_node_id(node_id: str) -> bool:
     return _cached_node_id_ok(node_id) if len(node_id) <= CACHED_CHARS else False
 
 
-class TokenRecord(msgspec.Struct, frozen=True):
-    """One token as the log has seen it."""
+class TokenRecord(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One token as the log has seen it (a token that never expires is stored as before
+    expirations were kept: defaults are left out)."""
 
     node_id: str
     owner: str
     active: bool
+    #: Unix time its pass expires (ERC-5643 ``SubscriptionUpdate``; None: none seen, never).
+    expires: int | None = None
 
 
 class Status(NamedTuple):
