@@ -85,7 +85,9 @@ class Net:
 
     def carried(self, present: set[str]) -> bool:
         """Every host in ``present`` peers exactly with the others of ``present``."""
-        return all(self.members[n].peers() == self.others(self.members[n], present) for n in present)
+        return all(
+            self.members[n].peers() == self.others(self.members[n], present) for n in present
+        )
 
     def wait(self, condition: Callable[[], object], what: str) -> None:
         try:
