@@ -330,7 +330,7 @@ class Agent:
 
     def enforce_expiry(self) -> None:
         """Remove the peers whose pass has expired (fail closed if ours has): by this
-        host's own clock, with no stream entry and no Redis (README, "Expiring passes")."""
+        host's own clock, with no stream entry and no Redis (docs/design.md §11.6)."""
         if self.holding:
             self.repair_held()
         else:

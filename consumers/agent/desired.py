@@ -155,7 +155,7 @@ class Policy:
 
     def expired(self, expires: int | None, now: float | None) -> bool:
         """Whether a pass that expires at ``expires`` has expired at ``now`` (None: time is
-        not judged). README, "Expiring passes"."""
+        not judged; docs/design.md §5)."""
         return expires is not None and now is not None and now >= expires + self.expiry_grace
 
     def needed(self, node_id: str) -> frozenset[str] | None:
