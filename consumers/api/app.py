@@ -45,6 +45,7 @@ from consumers.dashboard import assets
 from consumers.nodes.diagnose import diagnose
 from consumers.nodes.gather import node_facts
 from consumers.nodes.listing import Filter
+from consumers.status.expiring import expiring, with_expiring
 from consumers.status.exporter import FleetCollector
 from consumers.status.health import Limits
 from consumers.status.probe import no_data, probe
@@ -166,8 +167,14 @@ class _Lazy:
     registry from Redis), so that the API serves while Redis is down."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, snapshot: Snapshot, reconcile_interval: float
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        snapshot: Snapshot,
+        reconcile_interval: float,
+        expiry_grace: float = 2.0,
     ) -> None:
+        self.expiry_grace = expiry_grace
         self.client = client
         self.keys = keys
         self.snapshot = snapshot
@@ -182,7 +189,7 @@ class _Lazy:
             with self._lock:
                 made = self._made
                 if made is None:
-                    checker = AccessChecker(self.client, self.keys)
+                    checker = AccessChecker(self.client, self.keys, expiry_grace=self.expiry_grace)
                     if self.following:
                         checker.cache.start()
                     reads = Reads(
@@ -237,11 +244,22 @@ def create_app(
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
-    lazy = _Lazy(client, keys, snapshot, limits.reconcile_interval)
+    lazy = _Lazy(client, keys, snapshot, limits.reconcile_interval, limits.expiry_grace)
     fleet_metrics = CollectorRegistry(auto_describe=False)
-    fleet_metrics.register(FleetCollector(snapshot, limits, lazy_live=lambda: _live(lazy)))
+    fleet_metrics.register(
+        FleetCollector(
+            snapshot,
+            limits,
+            lazy_live=lambda: _live(lazy),
+            lazy_expiring=lambda: _expiring(lazy, limits),
+        )
+    )
     fleet = FleetReads(
-        lambda: snapshot.fleet([], limits=limits), lambda: lazy.get()[1], rpc_urls, topology, hubs
+        lambda: with_expiring(snapshot.fleet([], limits=limits), lazy.get()[0].cache.fresh, limits),
+        lambda: lazy.get()[1],
+        rpc_urls,
+        topology,
+        hubs,
     )
     files = assets.load(auth=bool(token))
     document = msgspec.json.encode(openapi(version("wgchain"), auth=bool(token)))
@@ -409,6 +427,14 @@ def _live(lazy: _Lazy) -> int:
     checker, _ = lazy.get()
     with checker.cache.fresh() as view:
         return sum(1 for status in view.state.status.values() if status.live)
+
+
+def _expiring(lazy: _Lazy, limits: Limits) -> int:
+    """Live members whose pass expires within ``WGCHAIN_EXPIRY_WARNING`` now."""
+    checker, _ = lazy.get()
+    with checker.cache.fresh() as view:
+        now = time.time()
+        return len(expiring(view.state, now, limits.expiry_warning, limits.expiry_grace))
 
 
 __all__ = ["create_app"]

@@ -1,4 +1,4 @@
-"""Expiring passes on the host: the agent's pure parts judge ``expires`` by a clock.
+"""Expiring passes: the agent's pure parts (and status's list) judge ``expires`` by a clock.
 
 ``desired_state`` leaves out a member whose pass has expired at ``now`` (and fails
 closed when the host's own has); :class:`DesiredPeers` says when the next pass
@@ -13,10 +13,15 @@ import base64
 import random
 
 import pytest
+from rich.console import Console
 
 from consumers.agent.desired import EXPIRED, PeerTable, Policy, desired_state
 from consumers.agent.peerset import DesiredPeers
 from consumers.agent.state import AppliedState, Ident, decode, encode_line, encode_snapshot
+from consumers.registry.fold import RegistryState, Status, TokenRecord
+from consumers.status.expiring import expiring
+from consumers.status.model import Counts, FleetStatus, ListenerInfo
+from consumers.status.render import render
 from shared.events import PeerUpsert
 
 OWN = "n0"
@@ -176,3 +181,38 @@ def test_the_state_file_keeps_expirations() -> None:
     # A file of the version before expirations reads as "never expires".
     old = snap.replace(b',"expires":' + str(T0 + 99).encode(), b"")
     assert decode(old, b"", ident).expires is None
+
+
+def test_status_lists_the_passes_expiring_within_the_warning_window() -> None:
+    state = RegistryState()
+    for token, (node, expires, live) in enumerate(
+        [
+            ("soon", T0 + 3600, True),
+            ("later", T0 + 2 * 86400, True),
+            ("never", None, True),
+            ("gone", T0 - 10, True),
+            ("dead", T0 + 60, False),
+            ("hostile", 2**64 - 1, True),
+            ("sooner", T0 + 60, True),
+        ],
+        start=1,
+    ):
+        state.tokens[token] = TokenRecord(node, "0xowner", True, expires)
+        state.status[node] = Status(live, token, "0xowner", key(token), "" if live else "no-key")
+    found = expiring(state, T0, 86400, GRACE)
+    assert [e.node for e in found] == ["sooner", "soon"]
+    fleet = FleetStatus(
+        network="n",
+        generated_at=T0,
+        listener=ListenerInfo(),
+        stages=[],
+        hosts=[],
+        counts=Counts(),
+    )
+    assert fleet.expiring == []
+    fleet.expiring = found
+    out = Console(width=200, record=True)
+    out.print(render(fleet, now=T0))
+    text = out.export_text()
+    assert "passes expiring soon (2)" in text
+    assert "sooner  token 7  expires in 1m00s" in text
