@@ -7,7 +7,12 @@ contract owner or the token's holder cancels. Block timestamps are pinned with
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +242,124 @@ def test_the_perpetual_mint_keeps_its_abi(nft: AccessNFT) -> None:
     assert len(mints) == 1
     assert [i["type"] for i in mints[0]["inputs"]] == ["address", "string", "string", "string"]
     assert nft.mint(ALICE, "node-a", WG_A).token_id == 1
+
+
+# --- the command line -----------------------------------------------------------------------
+
+WGCHAIN = str(Path(sys.executable).with_name("wgchain"))
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [WGCHAIN, "contract", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def cli_env(anvil: Anvil, nft: AccessNFT, key: str = ACCOUNTS[0][1]) -> dict[str, str]:
+    return {
+        **os.environ,
+        "WGCHAIN_RPC_URL": anvil.url,
+        "WGCHAIN_CONTRACT": nft.address,
+        "WGCHAIN_PRIVATE_KEY": key,
+        "WGCHAIN_CONFIG": "",
+    }
+
+
+def test_cli_mints_renews_and_cancels_a_pass(nft: AccessNFT, anvil: Anvil, clock: Clock) -> None:
+    env = cli_env(anvil, nft)
+    at = clock.next_block_at()
+    minted = run_cli(env, "mint", "--to", ALICE, "--node", "node-a", "--duration", "30d", "--json")
+    assert minted.returncode == 0, minted.stderr
+    out = json.loads(minted.stdout)
+    assert (out["token_id"], out["expiration"]) == (1, at + 30 * DAY)
+    assert out["events"][-2:] == ["NodeAccessGranted", "SubscriptionUpdate"]
+
+    renewed = run_cli(env, "renew", "1", "--duration", "1d12h", "--json")
+    assert renewed.returncode == 0, renewed.stderr
+    out = json.loads(renewed.stdout)
+    assert out["expiration"] == at + 30 * DAY + 129_600
+    assert (out["token_id"], out["duration"], out["events"]) == (1, 129_600, ["SubscriptionUpdate"])
+    assert nft.expires_at(1) == at + 30 * DAY + 129_600
+
+    text = run_cli(env, "renew", "1", "--duration", "3600")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("renewed token 1: expires 20")
+    assert " UTC in block " in text.stdout
+
+    cancelled = run_cli(cli_env(anvil, nft, ALICE_KEY), "cancel", "1", "--json")  # the holder
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["expiration"] == 0
+    assert nft.expires_at(1) == 0
+    human = run_cli(env, "cancel", "1")
+    assert human.stdout.startswith("cancelled the pass of token 1 (expired now) in block ")
+
+    perpetual = run_cli(env, "mint", "--to", BOB, "--node", "node-b", "--json")
+    assert perpetual.returncode == 0, perpetual.stderr
+    assert json.loads(perpetual.stdout)["expiration"] is None
+    assert nft.expires_at(2) == PERPETUAL
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["renew", "1", "--duration", "soon"], "--duration: 'soon' is not a duration"),
+        (["renew", "1", "--duration", "0"], "--duration: '0' is zero"),
+        (["renew", "1"], "--duration"),
+        (["renew", "0", "--duration", "1d"], "TOKEN_ID"),
+        (["mint", "--to", ALICE, "--node", "n", "--duration", "-1d"], "--duration"),
+        (["mint", "--to", ALICE, "--node", "n", "--duration", "2" * 21], "--duration"),
+        (["cancel", "x"], "TOKEN_ID"),
+    ],
+)
+def test_cli_bad_durations_are_one_line_and_send_nothing(
+    nft: AccessNFT, anvil: Anvil, args: list[str], needle: str
+) -> None:
+    head = anvil.block_number()
+    result = run_cli(cli_env(anvil, nft), *args)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0]
+    assert anvil.block_number() == head
+
+
+@pytest.mark.parametrize(
+    ("args", "signer", "line"),
+    [
+        (
+            ["renew", "1", "--duration", "1d"],
+            MALLORY_KEY,
+            f"wgchain: renewSubscription reverted: OwnableUnauthorizedAccount(account={MALLORY.lower()})",
+        ),
+        (
+            ["cancel", "1"],
+            MALLORY_KEY,
+            f"wgchain: cancelSubscription reverted: NotHolderOrOwner(tokenId=1, caller={MALLORY.lower()})",
+        ),
+        (
+            ["renew", "2", "--duration", "1d"],
+            ACCOUNTS[0][1],
+            "wgchain: renewSubscription reverted: NotRenewable(tokenId=2)",
+        ),
+        (
+            ["cancel", "9"],
+            ACCOUNTS[0][1],
+            "wgchain: cancelSubscription reverted: ERC721NonexistentToken(tokenId=9)",
+        ),
+    ],
+)
+def test_cli_reverts_are_one_line(
+    nft: AccessNFT, anvil: Anvil, args: list[str], signer: str, line: str
+) -> None:
+    nft.mint(ALICE, "node-a", WG_A, duration=DAY)
+    nft.mint(BOB, "node-b", WG_A)
+    result = run_cli(cli_env(anvil, nft, signer), *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [line]
+    assert signer[2:] not in result.stderr + result.stdout
