@@ -22,7 +22,7 @@ interface IERC5643 {
 /// @dev Strings (node ids, keys) are stored as given and never validated here: the chain is
 ///      an untrusted source and wgchain's listener and registry validate what they read.
 ///
-///      Time-limited passes (ERC-5643, README "Time-limited passes"): a token minted without a
+///      Time-limited passes (ERC-5643; docs/design.md §3.3 and §5): a token minted without a
 ///      duration is perpetual (`expiresAt` answers PERPETUAL, and no SubscriptionUpdate is ever
 ///      emitted for it until it is cancelled). A token minted with a duration expires at
 ///      mint time + duration. Only the contract owner renews (it sells the passes); the contract

@@ -236,7 +236,7 @@ def test_expires_at_a_past_block_and_of_a_missing_token(nft: AccessNFT, clock: C
 
 
 def test_the_perpetual_mint_keeps_its_abi(nft: AccessNFT) -> None:
-    """``mintNodeAccess`` (DESIGN §1) is unchanged: a client that knows only it still mints."""
+    """``mintNodeAccess`` (docs/design.md §3.1) is unchanged: a client that knows only it still mints."""
     abi: list[dict[str, Any]] = nft.abi
     mints = [f for f in abi if f.get("name") == "mintNodeAccess"]
     assert len(mints) == 1
