@@ -65,10 +65,6 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     endpoint_template: str = ""
     #: PersistentKeepalive of every peer (seconds, 0 for off).
     keepalive: int = 25
-    #: Seconds past a pass's expiration (ERC-5643) before it counts as expired (clock skew).
-    expiry_grace: float = 2.0
-    #: Seconds before its expiration that a pass is listed as expiring (status, nodes, API).
-    expiry_warning: float = 86400.0
     #: Seconds between an agent's full re-reconciliations (drift repair).
     reconcile_interval: float = 30.0
     #: Who peers with whom: "mesh" (everyone) or "hub" (spokes peer only with ``hubs``).
@@ -259,9 +255,6 @@ def _check(s: Settings, name: Callable[[str], str] = env_name) -> None:
         raise bad("finality", str(exc).partition(": ")[2]) from None
     if s.max_block_range < 1:
         raise bad("max_block_range", "must be at least 1")
-    for field in ("expiry_grace", "expiry_warning"):
-        if getattr(s, field) < 0:
-            raise bad(field, "must not be negative")
     for field in ("poll_interval", "reconcile_interval"):
         if getattr(s, field) <= 0:
             raise bad(field, "must be a positive number of seconds")
