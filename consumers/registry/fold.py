@@ -35,6 +35,7 @@ from shared.events import (
     NodeLeft,
     PublicKeyUpdated,
     RegistryChange,
+    SubscriptionUpdate,
 )
 from shared.validate import excerpt
 
@@ -88,6 +89,9 @@ class Status(NamedTuple):
     public_key: str
     #: Why the node is not live ("" when live).
     reason: str = ""
+    #: Unix time the member token's pass expires (None: never). A fact: whether it is past
+    #: is judged where a decision is made (docs/design.md §5), never here.
+    expires: int | None = None
 
 
 @dataclass(eq=False)
@@ -170,6 +174,8 @@ class RegistryFold:
             step.transferred(event)
         elif isinstance(event, PublicKeyUpdated):
             step.key_updated(event.owner.lower(), event.public_key)
+        elif isinstance(event, SubscriptionUpdate):
+            step.subscription(event)
         return state, step.publish()
 
     def take_changes(self, state: RegistryState) -> tuple[dict[str, bytes], set[str]]:
@@ -239,7 +245,8 @@ class _Step:
         token_id, node, owner = event.token_id, event.node_id, event.owner.lower()
         if not is_valid_node_id(node):
             self.anomaly("invalid-node-id", f"node id {excerpt(node)}", token_id)
-        self.set_token(token_id, TokenRecord(node, owner, True))
+        old = self.state.tokens.get(token_id)  # an expiration seen before the grant stays
+        self.set_token(token_id, TokenRecord(node, owner, True, old.expires if old else None))
         if event.public_key:
             self.key_updated(owner, event.public_key, token_id)
         holders = self.state.node_tokens[node]
@@ -264,6 +271,19 @@ class _Step:
             self.anomaly("node-mismatch", detail, token_id)
         if old.active:
             self.set_token(token_id, msgspec.structs.replace(old, active=False))
+
+    def subscription(self, event: SubscriptionUpdate) -> None:
+        """The token's pass now expires at ``expiration`` (0: expired; docs/design.md §5)."""
+        token_id, expires = event.token_id, event.expiration
+        old = self.state.tokens.get(token_id)
+        if old is None:  # kept, so that a grant after it (another contract's order) has it
+            self.anomaly(
+                "unknown-token", f"subscription update of unseen token ({expires})", token_id
+            )
+            self.set_token(token_id, TokenRecord("", "", False, expires))
+            return
+        if old.expires != expires:
+            self.set_token(token_id, msgspec.structs.replace(old, expires=expires))
 
     def transferred(self, event: NodeAccessTransferred) -> None:
         token_id, to = event.token_id, event.to_address.lower()
@@ -307,9 +327,11 @@ class _Step:
             was_live = old is not None and old.live
             if new is not None and new.live:
                 if not was_live:
-                    joined.append(NodeJoined(node, *new[1:4], self.cause, self.block))
-                elif old is not None and old[1:4] != new[1:4]:
-                    changed.append(NodeChanged(node, *new[1:4], self.cause, self.block))
+                    joined.append(NodeJoined(node, *new[1:4], self.cause, self.block, new.expires))
+                elif old is not None and (old[1:4] != new[1:4] or old.expires != new.expires):
+                    changed.append(
+                        NodeChanged(node, *new[1:4], self.cause, self.block, new.expires)
+                    )
             elif was_live:
                 left.append(NodeLeft(node, self._reason(new), self.cause, self.block))
             newly_lost = old is None or old.reason != "key-conflict"
@@ -397,16 +419,17 @@ def _status(state: RegistryState, node: str) -> Status | None:
     if not tokens:
         return None
     member = min(tokens)
-    owner = state.tokens[member].owner
+    record = state.tokens[member]
+    owner, expires = record.owner, record.expires
     key = state.keys.get(owner, "")
     if not is_valid_node_id(node):
-        return Status(False, member, owner, key, "invalid-node-id")
+        return Status(False, member, owner, key, "invalid-node-id", expires)
     problem = key_problem(key)
     if problem:
-        return Status(False, member, owner, key, problem)
+        return Status(False, member, owner, key, problem, expires)
     if state.winners[key][1] != node:
-        return Status(False, member, owner, key, "key-conflict")
-    return Status(True, member, owner, key)
+        return Status(False, member, owner, key, "key-conflict", expires)
+    return Status(True, member, owner, key, "", expires)
 
 
 #: The registry fold, for ``Stage`` and the audit replay.
