@@ -17,6 +17,7 @@ from consumers.access.decide import EXPIRED, GRANTED, View, decide_address, deci
 from consumers.ipam.allocate import FOLD as IPAM
 from consumers.ipam.allocate import fold as ipam_fold
 from consumers.registry.fold import FOLD, dump, fold
+from consumers.registry.warnings import ExpiryWarnings
 from shared.events import (
     Anomaly,
     ChainEvent,
@@ -135,3 +136,38 @@ def test_check_judges_the_expiration_at_the_time_it_is_given() -> None:
     decision = decide_key(View(state), "node-a", key(1), now=T0, grace=2)
     assert decision.granted
     assert decide_key(View(state), "node-a", key(1), now=2.0**65, grace=2).detail
+
+
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def bind(self, **_: object) -> _Log:
+        return self
+
+    def warning(self, message: str, *args: object) -> None:
+        self.lines.append(message.format(*args))
+
+
+def test_the_registry_logs_a_pass_once_when_it_enters_the_warning_window() -> None:
+    state, _ = fold(
+        log(
+            [
+                NodeAccessGranted(1, "node-a", A, key(1)),
+                NodeAccessGranted(2, "node-b", B, key(2)),
+                SubscriptionUpdate(1, T0 + 3 * 3600),
+            ]
+        )
+    )
+    logged = _Log()
+    warnings = ExpiryWarnings(window=3600, grace=2, log=logged, every=60)
+    assert warnings.check(state, T0) == []  # 3 h away: not yet
+    assert [e.node for e in warnings.check(state, T0 + 2 * 3600 + 1)] == ["node-a"]
+    assert warnings.check(state, T0 + 2 * 3600 + 100) == []  # once
+    assert len(logged.lines) == 1
+    assert "node-a (token 1) expires in 59m59s" in logged.lines[0]
+    # Renewed: a new pass, warned about again when it enters the window.
+    FOLD.apply(state, "9-0", log([SubscriptionUpdate(1, T0 + 5 * 3600)])[0][1])
+    assert warnings.check(state, T0 + 2 * 3600 + 200) == []
+    assert [e.token_id for e in warnings.check(state, T0 + 4 * 3600 + 1)] == [1]
+    assert ExpiryWarnings(window=0, grace=2, log=logged).check(state, T0 + 5 * 3600) == []
