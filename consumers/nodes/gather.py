@@ -20,7 +20,7 @@ import msgspec
 import redis
 
 from consumers.access.cache import RegistryCache
-from consumers.access.decide import decide_key
+from consumers.access.decide import DEFAULT_GRACE, EXPIRED, decide_key, is_expired
 from consumers.api.reads import Reads, address_of
 from consumers.ipam.allocate import META_FIELD, NODE_FIELD
 from consumers.nodes.facts import Facts, Membership, PeersEntry
@@ -128,7 +128,9 @@ def node_facts(
     )
 
 
-def _membership(client: redis.Redis, keys: Keys, node: str) -> Membership:
+def _membership(
+    client: redis.Redis, keys: Keys, node: str, expiry_grace: float = DEFAULT_GRACE
+) -> Membership:
     """The node in the registry (the access cache's load) and its published address."""
     cache = RegistryCache(client, keys)
     try:
@@ -145,6 +147,10 @@ def _membership(client: redis.Redis, keys: Keys, node: str) -> Membership:
                 return found
             found.member, found.live, found.reason = True, status.live, status.reason
             found.token_id, found.owner = status.token_id, status.owner or None
+            record = tokens.get(status.token_id)
+            found.expires = record.expires if record is not None else None
+            if found.live and is_expired(found.expires, time.time(), expiry_grace):
+                found.live, found.reason = False, EXPIRED  # judged now (docs/design.md §5)
             found.public_key = status.public_key
             found.key_problem = wg_key_problem(status.public_key) if status.public_key else None
             if is_valid_wg_key(status.public_key):

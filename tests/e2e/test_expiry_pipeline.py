@@ -175,11 +175,19 @@ def test_a_renewed_pass_expires_on_every_host_while_redis_is_down(fleet: Fleet) 
     checked = fleet.wgchain("check", "--node", "node-c", "--key", fleet.keys["node-c"], "--json")
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert json.loads(checked.stdout)["reason"] == "expired"
+    listed = fleet.wgchain("nodes", "--json")
+    rows = {row["node"]: row for row in json.loads(listed.stdout)["nodes"]}
+    assert (rows["node-c"]["live"], rows["node-c"]["reason"]) == (False, "expired")
+    assert rows["node-c"]["expires"] == expires
+    assert rows["node-c"]["ipv4"] is not None  # it keeps its address
+    assert rows["node-a"]["expires"] is None
     nft.renew(token, 3600)
     fleet.wait(everyone, "the renewal restores the pass on every host")
     assert fleet.allowed("node-a")[fleet.keys["node-c"]] == address
     checked = fleet.wgchain("check", "--node", "node-c", "--key", fleet.keys["node-c"], "--json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    status = json.loads(fleet.wgchain("status", "--json").stdout)
+    assert [e["node"] for e in status["expiring"]] == ["node-c"]  # within 24 h
 
     assert all(rc is None for rc in fleet.alive().values()), fleet.alive()
     for name in ("run", *NODES):
