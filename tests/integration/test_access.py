@@ -211,6 +211,21 @@ def test_at_block_answers_from_the_log(net: Net, nft: AccessNFT) -> None:
         assert at("node-a", KEY_B).reason == "not-a-member"
 
 
+def test_at_block_judges_an_expiration_at_that_blocks_time(net: Net, nft: AccessNFT) -> None:
+    granted = nft.mint(ACCOUNTS[1][0], "node-a", KEY_A, duration=600)
+    expires = nft.expires_at(granted.token_id or 0)
+    nft.w3.provider.make_request("evm_increaseTime", [3600])  # type: ignore[arg-type]
+    later = nft.mint(ACCOUNTS[2][0], "node-b", KEY_B)  # a block an hour on, chain time
+    net.settle()
+    with AccessChecker(net.client, net.keys) as checker:
+        at = checker.check_key
+        assert at("node-a", KEY_A, at_block=granted.block_number).granted
+        old = at("node-a", KEY_A, at_block=later.block_number)
+        assert (old.granted, old.reason, old.expires) == (False, "expired", expires)
+        # Now, by this host's clock, the pass of 10 minutes has not expired yet.
+        assert at("node-a", KEY_A).granted
+
+
 def _check(net: Net, *args: str, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
     env = {
