@@ -4,7 +4,7 @@ A host rebooted during a Redis outage restores its peers from its state file and
 them (docs/design.md §11.5); the state file keeps each peer's expiration and the host's
 own, so the held configuration still loses a peer at its deadline, and the whole host
 fails closed (``expired``) at its own, by its own clock (§11.6). The interface is the
-in-memory twin; the same on real wireguard-go is in tests/e2e/test_agent_expiry.py.
+in-memory twin; the same on real wireguard-go is in tests/e2e/test_expiry_hosts.py.
 """
 
 from __future__ import annotations
