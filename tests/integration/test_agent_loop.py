@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import secrets
 import stat
 import threading
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import redis
+from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.follow import CATCH_UP_SIZE
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def keys() -> Keys:
-    return Keys(31337, "0x" + secrets.token_hex(20))
+    return network_keys()
 
 
 @pytest.fixture
