@@ -2,8 +2,8 @@
 
 Each wake is one round trip: the status (when due) is written, then ``XREAD`` blocks
 on the peers stream and ``…:announcements`` until something arrives, the next timer
-or status write is due, or :data:`BLOCK_MS` passed (a file write that comes due is
-done at the next wake). What arrived is folded and applied at
+or status write is due, or :data:`BLOCK_MS` passed (:data:`IDLE_BLOCK_MS` when nothing
+waits for a wake; a file write that comes due is done at the next wake). What arrived is folded and applied at
 once. The timer (``WGCHAIN_RECONCILE_INTERVAL``) re-announces this host, reads the
 interface whole (drift repair) and writes a heartbeat status; every
 :data:`FULL_ANNOUNCE_TICKS` ticks it reads every member's announcement again.
@@ -37,8 +37,11 @@ from shared.redis_log import OUTAGE_ERRORS
 if TYPE_CHECKING:
     from consumers.agent.agent import Agent
 
-#: Milliseconds one XREAD blocks at most.
+#: Milliseconds one XREAD blocks at most while something waits for a wake (a hold, the
+#: config file to rewrite); :data:`IDLE_BLOCK_MS` otherwise. An idle wake is a round trip
+#: for nothing, which a fleet pays per agent; the longer block bounds how long a stop waits.
 BLOCK_MS: Final = 1000
+IDLE_BLOCK_MS: Final = 3000
 #: Seconds to wait before retrying after Redis is unreachable.
 REDIS_PAUSE_SECONDS: Final = 1.0
 #: Seconds between two looks at the private key file (one ``stat``) while running.
@@ -67,12 +70,14 @@ class Loop:
         # (a file write that comes due rides on the next wake, at most BLOCK_MS later: a
         # wake of its own would cost a fleet of agents a round trip each)
         waits = [self.next_timer - now, status.due_in(now)]
+        pending = agent.hold_block or agent.files.config_due.dirty
         if announcements.position is None:
             waits.append(self.next_poll - now)
         fields = (status.key, status_fields(agent)) if status.due_in(now) == 0 else None
         also = None
         if follower.caught_up:
-            block_ms: int | None = max(1, min(BLOCK_MS, int(min(waits) * 1000)))
+            most = BLOCK_MS if pending else IDLE_BLOCK_MS
+            block_ms: int | None = max(1, min(most, int(min(waits) * 1000)))
             count = BATCH_SIZE
             if announcements.position is not None:
                 also = (announcements.stream, announcements.position)
