@@ -206,10 +206,9 @@ class Interface:
 
     # --- the whole interface -----------------------------------------------------------
 
-    def sync(self, target: Mapping[str, DesiredPeer], *, wait: bool = True) -> int:
+    def sync(self, target: Mapping[str, DesiredPeer]) -> int:
         """Read the interface whole and make it hold ``target`` (node -> peer); the model
-        becomes ``target``. Returns how many peers had to change (drift, or new ones).
-        ``wait``: as for :meth:`apply`."""
+        becomes ``target``. Returns how many peers had to change (drift, or new ones)."""
         self.settle()
         if self.wg is None:
             self.applied = dict(target)
@@ -229,23 +228,12 @@ class Interface:
         removals = sorted(key for key in have if key not in want)
         sets = [s for k, s in want.items() if not satisfied(have.get(k), s, hostnames.get(k))]
         operations = len(removals) + len(sets)
-        touched = removals + [s.public_key for s in sets]
-        pending = None if wait else self._start(removals, sets)
-        if pending is not None:
-            before = self.applied
-
-            def undo() -> None:
-                self.applied = before
-
-            nodes = sorted(set(before) | set(target))
-            self._in_flight = _InFlight(pending.wait, touched, state.peers, undo, nodes)
-        else:
-            try:
-                self._run(removals, sets)
-            except WireGuardError:
-                self.synced = False
-                self._put_back(touched, state.peers)
-                raise
+        try:
+            self._run(removals, sets)
+        except WireGuardError:
+            self.synced = False
+            self._put_back(removals + [s.public_key for s in sets], state.peers)
+            raise
         self.applied = dict(target)
         self.synced = True
         return operations
