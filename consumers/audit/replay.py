@@ -1,11 +1,15 @@
 """``audit replay``: rebuild the projections from the log and compare them with the live ones.
 
-The log's entries up to the bound are copied, with their ids, into the ``events``
-stream of a scratch namespace (``Keys(..., prefix="wgchain-audit-<random>")``), and
-the real stages (:class:`~consumers.stage.Stage` with the registry and ipam folds)
-run over it until they are idle; the scratch keys are deleted afterwards (and expire
-within :data:`SCRATCH_TTL` seconds if the audit is killed). Then four projections
-are compared by sha256 digest, with a field-level diff when they differ:
+The log's entries up to the bound are read and folded in this process by the same
+pure folds the stages run (``consumers/audit/inprocess.py``: registry, then ipam over
+the registry's outputs), with the stages' rules for dead letters and retractions;
+nothing is written to Redis. A log whose retractions do not void the end of the log
+(never written by wgchain) is replayed the old way instead: copied, with its ids,
+into the ``events`` stream of a scratch namespace (``Keys(..., prefix="wgchain-audit-
+<random>")``) where the real stages (:class:`~consumers.stage.Stage`) run until idle;
+the scratch keys are deleted afterwards (and expire within :data:`SCRATCH_TTL`
+seconds if the audit is killed). Then four projections are compared by sha256
+digest, with a field-level diff when they differ:
 
 * ``registry state`` and ``ipam state`` (the allocations): the state hashes. The live
   side only keeps its *current* state, so they are compared when the live stage's
@@ -35,6 +39,7 @@ import redis
 
 from consumers.audit import compare
 from consumers.audit.entries import Decoded, decode, id_key
+from consumers.audit.inprocess import run_fold
 from consumers.audit.progress import bar
 from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
@@ -81,6 +86,7 @@ class Report:
 
     bound: str
     entries: int
+    #: The scratch namespace the real stages ran in ("": folded in process).
     scratch: str
     notes: list[str] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
@@ -253,6 +259,45 @@ class Replay:
         """Replay the log up to ``bound`` (None: the live registry position) and compare."""
         notes: list[str] = []
         bound, snap = self._settle(bound, notes)
+        replayed = self._fold(bound)
+        if replayed is None:  # retractions wgchain never writes: run the real stages
+            return self._run_scratch(bound, snap, notes)
+        entries, states, ours = replayed
+        live = self._streams(self.keys, bound)
+        report = Report(bound, entries, "", notes)
+        report.outcomes = [
+            self._state("registry", snap, states["registry"], bound),
+            self._state("ipam", snap, states["ipam"], live[2]),
+            self._stream("registry stream", live[0], ours[0]),
+            self._stream("peers stream", live[1], ours[1]),
+        ]
+        return report
+
+    def _fold(
+        self, bound: str
+    ) -> tuple[int, dict[str, dict[str, bytes]], tuple[list[bytes], list[bytes]]] | None:
+        """Fold the log up to ``bound`` in process: (entries, state hashes, stream contents)."""
+        raw = read_stream(self.client, self.keys.events, high=bound) if bound != START else []
+        events = decode(raw)
+        del raw
+        registry = RegistryFold()
+        with bar("replaying registry", len(events), self.show) as progress:
+            folded = run_fold(registry, events, progress.advance)
+        if folded is None:
+            return None
+        registry_state, registry_out = folded
+        with bar("replaying ipam", len(registry_out), self.show) as progress:
+            allocated = run_fold(self.ipam, registry_out, progress.advance)
+        if allocated is None:
+            return None
+        ipam_state, peers_out = allocated
+        states = {"registry": registry.dump(registry_state), "ipam": self.ipam.dump(ipam_state)}
+        causes = compare.ordinals(registry_out)
+        contents = (compare.content(registry_out), compare.content(peers_out, causes))
+        return len(events), states, contents
+
+    def _run_scratch(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
+        """The replay through the real stages in a scratch namespace."""
         try:
             copied = self._copy(bound)
             self._run(RegistryFold(), copied)
@@ -265,8 +310,8 @@ class Replay:
         live = self._streams(self.keys, bound)
         report = Report(bound, copied, self.scratch.prefix, notes)
         report.outcomes = [
-            self._state("registry", snap, replay, bound),
-            self._state("ipam", snap, replay, live[2]),
+            self._state("registry", snap, replay.states["registry"], bound),
+            self._state("ipam", snap, replay.states["ipam"], live[2]),
             self._stream("registry stream", live[0], ours[0]),
             self._stream("peers stream", live[1], ours[1]),
         ]
@@ -280,7 +325,7 @@ class Replay:
         last = registry[-1][0] if registry else START
         return compare.content(registry), compare.content(peers, causes), last
 
-    def _state(self, stage: str, live: Snapshot, replay: Snapshot, upto: str) -> Outcome:
+    def _state(self, stage: str, live: Snapshot, replay: dict[str, bytes], upto: str) -> Outcome:
         """Compare ``stage``'s state hashes when the live one is at the replay's point."""
         name = f"{stage} state"
         at = live.positions[stage]
@@ -289,9 +334,9 @@ class Replay:
         return self._outcome(
             name,
             live=compare.state_digest(live.states[stage]),
-            replay=compare.state_digest(replay.states[stage]),
+            replay=compare.state_digest(replay),
             size=len(live.states[stage]),
-            diff=lambda: compare.diff_state(live.states[stage], replay.states[stage]),
+            diff=lambda: compare.diff_state(live.states[stage], replay),
             unit="fields",
         )
 
@@ -327,10 +372,8 @@ class Replay:
 def render(report: Report) -> list[str]:
     """The report as text lines."""
     bound = "nothing (empty log)" if report.bound == START else report.bound
-    lines = [
-        f"replayed {report.entries} events entries up to {bound} "
-        f"in scratch namespace {report.scratch} (deleted)"
-    ]
+    where = f"in scratch namespace {report.scratch} (deleted)" if report.scratch else "in process"
+    lines = [f"replayed {report.entries} events entries up to {bound} {where}"]
     lines += [f"note: {n}" for n in report.notes]
     for outcome in report.outcomes:
         lines.append(f"{outcome.status:<5} {outcome.name:<16} {outcome.detail}")
