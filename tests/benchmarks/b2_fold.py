@@ -9,11 +9,19 @@ the same entries the way a stage does (XRANGE in batches of the stage's size, th
 into ``peers``; both run in a separate process so that its peak RSS is the folds'.
 A second fresh process then loads both stages' state (100,000 nodes by default)
 from Redis, which is what a restarted stage holds: its RSS is the memory figure.
+Last, ``wgchain audit replay`` runs as a command over the whole log (end to end: a
+new process, reads, folds, compares), against the ceiling's read of the same log;
+every projection must compare OK.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Final
 
 import redis
 import synthetic
@@ -26,6 +34,12 @@ from shared.redis_log import START, read_after
 
 #: IPv4 pool of the benchmark (large enough for a million nodes).
 POOL = "10.64.0.0/12"
+#: Targets of issue 11: fold throughput as a fraction of the ceiling, replay seconds for a
+#: million events, RSS of a process holding both stages' state at 100,000 nodes.
+FOLD_TARGET: Final = 0.25
+REPLAY_TARGET_S: Final = 15.0
+REPLAY_EVENTS: Final = 1_000_000
+RSS_TARGET_MIB: Final = 150.0
 
 
 def ceiling(client: redis.Redis, stream: str) -> int:
@@ -55,8 +69,13 @@ def run(events: int, nodes: int) -> list[Result]:
         fold: dict[str, Any] = child("fold", {"redis_url": server.url, "pool": POOL})
         loaded: dict[str, Any] = child("load", {"redis_url": server.url, "pool": POOL})
         memory = _redis_memory(client, keys)
+        with timer() as t_replay:
+            verdicts = _replay(server.url)
         client.close()
     fold_s = fold["registry_s"] + fold["ipam_s"]
+    ratio = (events / fold_s) / (events / t_ceiling[0])
+    rss = mib(loaded["rss_loaded"])
+    replay_s = t_replay[0]
     rows = [
         Result(
             id="B2.fold",
@@ -68,6 +87,8 @@ def run(events: int, nodes: int) -> list[Result]:
             better="higher",
             ratio_meaning="of the ceiling",
             params=params,
+            target=f"≥ {FOLD_TARGET} of the ceiling",
+            met=ratio >= FOLD_TARGET,
             extra={
                 "registry_events_per_s": events / fold["registry_s"],
                 "ipam_entries_per_s": fold["registry_entries"] / fold["ipam_s"],
@@ -104,13 +125,59 @@ def run(events: int, nodes: int) -> list[Result]:
             better="reference",
             ratio_meaning="the empty process",
             params=params,
+            target=f"≤ {RSS_TARGET_MIB:.0f} MiB at 100,000 nodes",
+            met=rss <= RSS_TARGET_MIB if nodes == 100_000 else None,
             extra={
                 "load_s": loaded["load_s"],
                 "bytes_per_node": (loaded["rss_loaded"] - loaded["rss_empty"]) / max(1, nodes),
             },
         ),
+        Result(
+            id="B2.replay_1m",
+            name=f"wgchain audit replay, {events:,} events",
+            value=replay_s,
+            unit="s",
+            baseline="XRANGE + msgspec decode of the same events (ceiling)",
+            baseline_value=t_ceiling[0],
+            better="lower",
+            ratio_meaning="of the ceiling's speed",
+            params=params,
+            target=f"≤ {REPLAY_TARGET_S:.0f} s at {REPLAY_EVENTS:,} events",
+            met=replay_s <= REPLAY_TARGET_S if events == REPLAY_EVENTS else None,
+            extra={
+                "seconds_per_million_events": replay_s * 1_000_000 / events,
+                "verdicts": verdicts,
+            },
+        ),
     ]
     return rows
+
+
+def _replay(redis_url: str) -> str:
+    """Run ``wgchain audit replay`` over the whole log; its verdicts (all must be OK)."""
+    keys = synthetic.keys()
+    env = {
+        **os.environ,
+        "WGCHAIN_REDIS_URL": redis_url,
+        "WGCHAIN_CHAIN_ID": str(keys.chain_id),
+        "WGCHAIN_CONTRACT": keys.contract,
+        "WGCHAIN_POOL": POOL,
+    }
+    wgchain = Path(sys.executable).with_name("wgchain")
+    proc = subprocess.run(
+        [str(wgchain), "audit", "replay", "--wait", "0", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"audit replay failed: {proc.stdout[-2000:]} {proc.stderr[-2000:]}")
+    report = json.loads(proc.stdout)
+    verdicts = [f"{o['name']}: {o['status']}" for o in report["outcomes"]]
+    assert all(o["status"] == "OK" for o in report["outcomes"]), verdicts
+    return ", ".join(verdicts)
 
 
 def _redis_memory(client: redis.Redis, keys: Any) -> dict[str, int]:
