@@ -33,8 +33,9 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, get_args
 
+import msgspec
 import redis
 
 from consumers.audit import compare
@@ -46,6 +47,7 @@ from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import RegistryFold
 from consumers.stage import Fold, Stage
 from shared.errors import WgchainError
+from shared.events import SCHEMA_VERSION, PeersChange, RegistryChange, encode
 from shared.keys import Keys
 from shared.redis_log import START, as_str, redis_retry
 
@@ -58,6 +60,9 @@ COPY_CHUNK: Final = 1000
 #: Seconds between two snapshots while waiting for the live stages.
 POLL: Final = 0.2
 STAGES: Final = ("registry", "ipam")
+#: The ``v`` of a current envelope, and the entry types a stage writes besides retractions.
+_VERSION: Final = str(SCHEMA_VERSION).encode()
+_PLAIN: Final = frozenset(t.__name__ for t in (*get_args(RegistryChange), *get_args(PeersChange)))
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Snapshot:
     registry_last: str
     positions: dict[str, str]
     states: dict[str, dict[str, bytes]]
+    peers_last: str = START
 
 
 @dataclass
@@ -103,16 +109,18 @@ def snapshot(client: redis.Redis, keys: Keys) -> Snapshot:
         pipe = client.pipeline(transaction=True)
         pipe.xrevrange(keys.events, count=1)
         pipe.xrevrange(keys.registry, count=1)
+        pipe.xrevrange(keys.peers, count=1)
         for stage in STAGES:
             pipe.get(keys.position(stage))
             pipe.hgetall(keys.state(stage))
         result: list[Any] = pipe.execute()
         return result
 
-    ev, reg, reg_pos, reg_state, ipam_pos, ipam_state = redis_retry(read)
+    ev, reg, peers, reg_pos, reg_state, ipam_pos, ipam_state = redis_retry(read)
     return Snapshot(
         events_last=as_str(ev[0][0]) if ev else START,
         registry_last=as_str(reg[0][0]) if reg else START,
+        peers_last=as_str(peers[0][0]) if peers else START,
         positions={
             "registry": as_str(reg_pos) if reg_pos else START,
             "ipam": as_str(ipam_pos) if ipam_pos else START,
@@ -262,21 +270,91 @@ class Replay:
         replayed = self._fold(bound)
         if replayed is None:  # retractions wgchain never writes: run the real stages
             return self._run_scratch(bound, snap, notes)
-        entries, states, ours = replayed
-        live = self._streams(self.keys, bound)
+        entries, states, registry_out, peers_out = replayed
+        ours = (
+            compare.content(registry_out),
+            compare.content(peers_out, compare.ordinals(registry_out)),
+        )
         report = Report(bound, entries, "", notes)
+        streams = self._plain_streams(snap, bound, registry_out, peers_out, ours)
+        if streams is None:  # compared entry by entry, decoded
+            live = self._streams(self.keys, bound)
+            streams = (
+                self._stream("registry stream", live[0], ours[0]),
+                self._stream("peers stream", live[1], ours[1]),
+                live[2],
+            )
         report.outcomes = [
             self._state("registry", snap, states["registry"], bound),
-            self._state("ipam", snap, states["ipam"], live[2]),
-            self._stream("registry stream", live[0], ours[0]),
-            self._stream("peers stream", live[1], ours[1]),
+            self._state("ipam", snap, states["ipam"], streams[2]),
+            streams[0],
+            streams[1],
         ]
         return report
 
+    def _plain_streams(
+        self,
+        snap: Snapshot,
+        bound: str,
+        registry_out: list[Decoded],
+        peers_out: list[Decoded],
+        ours: tuple[list[bytes], list[bytes]],
+    ) -> tuple[Outcome, Outcome, str] | None:
+        """Both stream outcomes when the live streams hold exactly the replay's entries.
+
+        Without ``--until`` the snapshot's ends of ``registry`` and ``peers`` are what
+        the stages wrote up to the bound. When every live entry is a current envelope
+        (no retraction, nothing undecodable), its ``data`` is the canonical encoding of
+        the entry, so the live content is equal to the replay's when the raw payloads
+        equal the replay's entries encoded (the peers' with their live registry cause):
+        nothing is decoded. Otherwise (or on any difference: the diff needs the decoded
+        entries) None, and the streams are compared entry by entry.
+        """
+        if bound != snap.positions["registry"]:
+            return None
+        registry = self._payloads(self.keys.registry, snap.registry_last)
+        if registry is None or registry[1] != ours[0]:
+            return None
+        live_ids = registry[0]
+        position = {replay_id: n for n, (replay_id, _) in enumerate(registry_out)}
+        mapped: list[bytes] = []
+        for _, entry in peers_out:
+            n = position.get(getattr(entry, "cause", ""))
+            if n is None or not isinstance(entry, msgspec.Struct):
+                return None
+            mapped.append(encode(msgspec.structs.replace(entry, cause=live_ids[n])))
+        peers = self._payloads(self.keys.peers, snap.peers_last)
+        if peers is None or peers[1] != mapped:
+            return None
+        last = live_ids[-1] if live_ids else START
+        return (
+            self._stream("registry stream", ours[0], ours[0]),
+            self._stream("peers stream", ours[1], ours[1]),
+            last,
+        )
+
+    def _payloads(self, key: str, last: str) -> tuple[list[str], list[bytes]] | None:
+        """(ids, ``data`` payloads) of ``key`` up to ``last``; None unless every entry is a
+        current envelope of a type that is not a retraction."""
+        if last == START:
+            return [], []
+        ids: list[str] = []
+        payloads: list[bytes] = []
+        for entry_id, fields in read_stream(self.client, key, high=last):
+            kind = fields.get(b"type")
+            if fields.get(b"v") != _VERSION or kind is None or kind == b"Retracted":
+                return None
+            if kind.decode("ascii", "replace") not in _PLAIN:
+                return None
+            ids.append(entry_id)
+            payloads.append(fields[b"data"])
+        return ids, payloads
+
     def _fold(
         self, bound: str
-    ) -> tuple[int, dict[str, dict[str, bytes]], tuple[list[bytes], list[bytes]]] | None:
-        """Fold the log up to ``bound`` in process: (entries, state hashes, stream contents)."""
+    ) -> tuple[int, dict[str, dict[str, bytes]], list[Decoded], list[Decoded]] | None:
+        """Fold the log up to ``bound`` in process: (entries, state hashes, registry outputs,
+        peers outputs)."""
         raw = read_stream(self.client, self.keys.events, high=bound) if bound != START else []
         events = decode(raw)
         del raw
@@ -292,9 +370,7 @@ class Replay:
             return None
         ipam_state, peers_out = allocated
         states = {"registry": registry.dump(registry_state), "ipam": self.ipam.dump(ipam_state)}
-        causes = compare.ordinals(registry_out)
-        contents = (compare.content(registry_out), compare.content(peers_out, causes))
-        return len(events), states, contents
+        return len(events), states, registry_out, peers_out
 
     def _run_scratch(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
         """The replay through the real stages in a scratch namespace."""

@@ -125,7 +125,7 @@ def run(events: int, nodes: int) -> list[Result]:
             better="reference",
             ratio_meaning="the empty process",
             params=params,
-            target=f"≤ {RSS_TARGET_MIB:.0f} MiB at 100,000 nodes",
+            target=f"≤ {RSS_TARGET_MIB:.0f} MiB" if nodes == 100_000 else "",
             met=rss <= RSS_TARGET_MIB if nodes == 100_000 else None,
             extra={
                 "load_s": loaded["load_s"],
@@ -142,7 +142,7 @@ def run(events: int, nodes: int) -> list[Result]:
             better="lower",
             ratio_meaning="of the ceiling's speed",
             params=params,
-            target=f"≤ {REPLAY_TARGET_S:.0f} s at {REPLAY_EVENTS:,} events",
+            target=f"≤ {REPLAY_TARGET_S:.0f} s" if events == REPLAY_EVENTS else "",
             met=replay_s <= REPLAY_TARGET_S if events == REPLAY_EVENTS else None,
             extra={
                 "seconds_per_million_events": replay_s * 1_000_000 / events,
