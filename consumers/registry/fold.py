@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -43,30 +42,10 @@ from shared.validate import excerpt
 TOKEN_FIELD: Final = "t:"  # noqa: S105 (a field prefix, not a secret)
 #: Field-name prefix of an owner's key in the state hash (``k:<owner>``).
 KEY_FIELD: Final = "k:"
-#: Longest string whose validation result is cached (characters); longer ones are never valid.
-CACHED_CHARS: Final = 64
-#: Validation results kept (entries).
-CACHE_SIZE: Final = 1 << 17
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _cached_key_problem(key: str) -> str | None:
-    return validate.key_problem(key)
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _cached_node_id_ok(node_id: str) -> bool:
-    return validate.is_valid_node_id(node_id)
-
-
-def key_problem(key: str) -> str | None:
-    """``validate.key_problem``, cached for short strings (keys repeat across many events)."""
-    return _cached_key_problem(key) if len(key) <= CACHED_CHARS else validate.key_problem(key)
-
-
-def is_valid_node_id(node_id: str) -> bool:
-    """``validate.is_valid_node_id``, cached for short strings."""
-    return _cached_node_id_ok(node_id) if len(node_id) <= CACHED_CHARS else False
+#: Validation (pattern matches, no decoding: ``shared/validate.py``) is cheaper than a
+#: cache of its results, which would cost ~100 bytes per key and node held.
+key_problem: Final = validate.key_problem
+is_valid_node_id: Final = validate.is_valid_node_id
 
 
 class TokenRecord(msgspec.Struct, frozen=True, gc=False):
