@@ -22,11 +22,13 @@ real stages instead (``consumers/audit/replay.py``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumers.audit.entries import Decoded, Undecodable
-from consumers.stage import Fold
 from shared.events import Retracted
+
+if TYPE_CHECKING:
+    from consumers.stage import Fold
 
 
 def run_fold(

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -63,14 +65,19 @@ def run(events: int, nodes: int) -> list[Result]:
         client = redis.Redis.from_url(server.url)
         with timer() as t_write:
             synthetic.append(client, events, nodes)
+        cpu = time.process_time()
         with timer() as t_ceiling:
             read = ceiling(client, keys.events)
+        t_ceiling_cpu = time.process_time() - cpu
         assert read == events, (read, events)
         fold: dict[str, Any] = child("fold", {"redis_url": server.url, "pool": POOL})
         loaded: dict[str, Any] = child("load", {"redis_url": server.url, "pool": POOL})
         memory = _redis_memory(client, keys)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         with timer() as t_replay:
             verdicts = _replay(server.url)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        replay_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
         client.close()
     fold_s = fold["registry_s"] + fold["ipam_s"]
     ratio = (events / fold_s) / (events / t_ceiling[0])
@@ -96,6 +103,11 @@ def run(events: int, nodes: int) -> list[Result]:
                 "peers_entries": fold["peers_entries"],
                 "live_nodes": fold["live_nodes"],
                 "peak_rss_mib": mib(fold["peak_rss"]),
+                # CPU seconds (a shared machine's wall time includes waiting for a core)
+                "registry_cpu_s": fold["registry_cpu_s"],
+                "ipam_cpu_s": fold["ipam_cpu_s"],
+                "redis_cpu_s_whole_run": fold["redis_cpu_s"],
+                "ceiling_cpu_s": t_ceiling_cpu,
                 "append_s": t_write[0],
             },
         ),
@@ -146,6 +158,7 @@ def run(events: int, nodes: int) -> list[Result]:
             met=replay_s <= REPLAY_TARGET_S if events == REPLAY_EVENTS else None,
             extra={
                 "seconds_per_million_events": replay_s * 1_000_000 / events,
+                "replay_cpu_s": replay_cpu,
                 "verdicts": verdicts,
             },
         ),
@@ -180,6 +193,12 @@ def _replay(redis_url: str) -> str:
     return ", ".join(verdicts)
 
 
+def _redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used so far (user + system)."""
+    info: Any = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _redis_memory(client: redis.Redis, keys: Any) -> dict[str, int]:
     def usage(key: str) -> int:
         """Bytes Redis uses for ``key`` (every element counted)."""
@@ -206,16 +225,22 @@ def fold_child(params: dict[str, Any]) -> dict[str, Any]:
     client = redis.Redis.from_url(params["redis_url"])
     keys = synthetic.keys()
     registry = Stage(client, keys, FOLD)
+    cpu = time.process_time()
     with timer() as t_registry:
         while registry.step(block_ms=None):
             pass
+    registry_cpu = time.process_time() - cpu
     ipam = Stage(client, keys, IpamFold(params["pool"]))
+    cpu = time.process_time()
     with timer() as t_ipam:
         while ipam.step(block_ms=None):
             pass
     return {
         "registry_s": t_registry[0],
         "ipam_s": t_ipam[0],
+        "registry_cpu_s": registry_cpu,
+        "ipam_cpu_s": time.process_time() - cpu,
+        "redis_cpu_s": _redis_cpu(client),
         "registry_entries": int(client.xlen(keys.registry)),
         "peers_entries": int(client.xlen(keys.peers)),
         "live_nodes": len(registry.state.live()),
