@@ -23,7 +23,7 @@ REQUIRED = ("id", "name", "value", "unit", "baseline", "baseline_value", "ratio"
 #: Every benchmark and the ids of the rows it must produce (at any size).
 EXPECTED = {
     "B1": ("B1.listener", "B1.listener_ceiling"),
-    "B2": ("B2.fold", "B2.redis_memory", "B2.stage_rss"),
+    "B2": ("B2.fold", "B2.redis_memory", "B2.stage_rss", "B2.replay_1m"),
     "B3": ("B3.file_agents",),
     "B4": (
         "B4.wg_set",
