@@ -1,20 +1,31 @@
 """Access checks: ``AccessChecker(client, keys).check_key(node, key)`` and ``check_address``.
 
-Live answers come from a :class:`RegistryCache` (never behind the registry
-stage's committed position). ``at_block=B`` answers for a past block instead: the
-``events`` log (its effective entries, retractions applied) is folded with the
-pure registry fold up to block ``B``.
+Live answers come from a :class:`RegistryCache`, in one of two consistencies
+(README "Reads"):
+
+* ``strict`` (the default here and in ``wgchain check``): never behind the registry
+  stage's last commit when the check began; one position read per check, shared by
+  concurrent callers;
+* ``bounded`` (the default of ``/v1/access``): no round trip; the answer reflects
+  every registry commit made ``max_age`` seconds (default :data:`MAX_AGE`, 50 ms) or
+  more before it. Give ``follow=True`` so that a background thread keeps the copy
+  fresh; without it a bounded check refreshes whenever the copy is older than that.
+
+``at_block=B`` answers for a past block instead: the ``events`` log (its effective
+entries, retractions applied) is folded with the pure registry fold up to block ``B``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from functools import lru_cache
+from typing import Any, Final
 
 import msgspec
 import redis
 
-from consumers.access.cache import PAGE, RegistryCache
+from consumers.access.cache import MAX_AGE, PAGE, RegistryCache
 from consumers.access.decide import Decision, View, decide_address, decide_key
 from consumers.registry.fold import FOLD, RegistryState
 from shared import validate
@@ -24,7 +35,18 @@ from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import as_str
 
-#: An Ethereum address as accepted by ``check_address``.
+#: Never behind the stage's last commit when the check began (a shared position read).
+STRICT: Final = "strict"
+#: Answered from the copy, which reflects every commit made ``max_age`` seconds before.
+BOUNDED: Final = "bounded"
+#: The consistencies of a live check.
+CONSISTENCIES: Final = (STRICT, BOUNDED)
+#: Node ids and keys whose validity is remembered (each cache; validating a key costs
+#: a base64 decode, more than the decision itself).
+VALIDATED: Final = 16_384
+
+_node_ok = lru_cache(maxsize=VALIDATED)(validate.is_valid_node_id)
+_key_ok = lru_cache(maxsize=VALIDATED)(validate.is_valid_wg_key)
 
 
 class InvalidArgument(WgchainError):
@@ -38,14 +60,14 @@ class InvalidArgument(WgchainError):
 
 def valid_node(node: str) -> str:
     """``node`` if it is a valid node id, else :class:`InvalidArgument`."""
-    if not validate.is_valid_node_id(node):
+    if not _node_ok(node):
         raise InvalidArgument("node", f"{validate.excerpt(node)} is not a node id")
     return node
 
 
 def valid_key(key: str) -> str:
     """``key`` if it is a WireGuard public key, else :class:`InvalidArgument`."""
-    if not validate.is_valid_wg_key(key):
+    if not _key_ok(key):
         raise InvalidArgument("key", f"{validate.excerpt(key)} is not a WireGuard public key")
     return key
 
@@ -57,16 +79,36 @@ def valid_address(address: str) -> str:
     return address.lower()
 
 
+def valid_consistency(consistency: str) -> str:
+    """``consistency`` if it is ``strict`` or ``bounded``, else :class:`InvalidArgument`."""
+    if consistency not in CONSISTENCIES:
+        shown = validate.excerpt(consistency)
+        raise InvalidArgument("consistency", f"{shown} is not one of {', '.join(CONSISTENCIES)}")
+    return consistency
+
+
 class AccessChecker:
     """Answers access checks for one network (see the module docstring).
 
     ``follow=True`` starts the background follower of the ``registry`` stream
-    (long-running processes); without it every check still catches up first.
+    (long-running processes). ``consistency`` is the default of every check
+    (:data:`STRICT` or :data:`BOUNDED`, each check may pick the other); ``max_age``
+    is the bound of bounded checks, in seconds.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, follow: bool = False) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        follow: bool = False,
+        consistency: str = STRICT,
+        max_age: float = MAX_AGE,
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.consistency = valid_consistency(consistency)
+        self.max_age = max_age
         self.cache = RegistryCache(client, keys)
         if follow:
             self.cache.start()
@@ -80,25 +122,62 @@ class AccessChecker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check_key(self, node: str, key: str, *, at_block: int | None = None) -> Decision:
+    def check_key(
+        self,
+        node: str,
+        key: str,
+        *,
+        at_block: int | None = None,
+        consistency: str | None = None,
+    ) -> Decision:
         """May WireGuard public key ``key`` reach ``node``?"""
-        valid_node(node)
-        valid_key(key)
-        return self._decide(lambda view: decide_key(view, node, key), at_block)
+        if not (_node_ok(node) and _key_ok(key)):
+            valid_node(node)
+            valid_key(key)
+        if at_block is None:  # the hot path: no closure, no extra call
+            cache = self.cache
+            self._fresh(consistency)
+            with cache.lock:
+                position = cache.position
+                decision = decide_key(cache.view, node, key)
+            return msgspec.structs.replace(decision, position=position)
+        return self._decide(lambda view: decide_key(view, node, key), at_block, consistency)
 
-    def check_address(self, node: str, address: str, *, at_block: int | None = None) -> Decision:
+    def check_address(
+        self,
+        node: str,
+        address: str,
+        *,
+        at_block: int | None = None,
+        consistency: str | None = None,
+    ) -> Decision:
         """Does ``address`` hold an active pass for ``node``?"""
         valid_node(node)
         owner = valid_address(address)
-        return self._decide(lambda view: decide_address(view, node, owner), at_block)
+        return self._decide(lambda view: decide_address(view, node, owner), at_block, consistency)
 
-    def _decide(self, rule: Callable[[View], Decision], at_block: int | None) -> Decision:
+    def _fresh(self, consistency: str | None) -> None:
+        """Make the cache as fresh as ``consistency`` (or this checker's default) asks."""
+        mode = self.consistency if consistency is None else consistency
+        if mode == BOUNDED:
+            if time.monotonic() - self.cache.verified_at > self.max_age:
+                self.cache.refresh()
+        elif mode == STRICT:
+            self.cache.refresh()
+        else:
+            valid_consistency(mode)
+
+    def _decide(
+        self, rule: Callable[[View], Decision], at_block: int | None, consistency: str | None
+    ) -> Decision:
         if at_block is not None:
             view = View(state_at_block(self.client, self.keys, at_block))
             return msgspec.structs.replace(rule(view), at_block=at_block)
-        with self.cache.fresh() as view:
-            position = self.cache.position
-            decision = rule(view)
+        cache = self.cache
+        self._fresh(consistency)
+        with cache.lock:
+            position = cache.position
+            decision = rule(cache.view)
         return msgspec.structs.replace(decision, position=position)
 
 
