@@ -58,6 +58,14 @@ class CommitConflict(WgchainError):
     """Raised when a stage's atomic commit finds that its stored position moved under it."""
 
 
+class Fenced(CommitConflict):
+    """Raised when a listener's append is refused because its lease is no longer held.
+
+    Unlike a plain :class:`CommitConflict` (reload the cursor and go on), this ends the
+    listener's term: another listener holds the lease now.
+    """
+
+
 class ChainError(WgchainError):
     """Raised when the chain (JSON-RPC) answers with an error that retrying will not fix."""
 

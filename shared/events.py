@@ -29,7 +29,7 @@ class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_field
     """Base of every tagged struct; the tag is the class name."""
 
 
-# --- chain events (DESIGN §1), exactly the contract's four events --------------------
+# --- chain events (docs/design.md §3.1), exactly the contract's four events -----------
 
 
 class NodeAccessGranted(_Event, frozen=True, tag=True):
@@ -119,7 +119,7 @@ class Retracted(_Event, frozen=True, tag=True):
 
 EventsEntry = LogEntry | Retracted
 
-# --- registry changes (DESIGN §5 registry stream) ------------------------------------
+# --- registry changes (docs/design.md §6.4) -------------------------------------------
 
 
 class NodeJoined(_Event, frozen=True, tag=True):
@@ -176,7 +176,7 @@ class Anomaly(_Event, frozen=True, tag=True):
 
 RegistryChange = NodeJoined | NodeChanged | NodeLeft | Conflict | Anomaly
 
-# --- peers changes (DESIGN §5 peers stream) ------------------------------------------
+# --- peers changes (docs/design.md §6.4) ----------------------------------------------
 
 
 class PeerUpsert(_Event, frozen=True, tag=True):

@@ -3,7 +3,7 @@
 Two steps: :class:`~consumers.agent.table.PeerTable` folds the ``peers`` stream into
 node -> (key, addresses) (``table.py``); :func:`desired_state` turns the
 table, the host's own public key and the hosts' endpoint announcements into the
-peer set of one node (DESIGN §4). It fails closed, with a reason, when the node is
+peer set of one node (docs/design.md §9). It fails closed, with a reason, when the node is
 not a live member or the chain's key is not the host's own key.
 
 Topologies: ``mesh`` peers every member with every other, each with its /32 (and

@@ -1,4 +1,4 @@
-"""The address fold (DESIGN §3): membership changes in, peers with addresses out. Pure.
+"""The address fold (docs/design.md §8): membership changes in, peers with addresses out. Pure.
 
 Addresses are host offsets into the IPv4 pool (offset 0 and the broadcast offset
 are never used); the optional IPv6 pool gives the same offset. The allocation is a

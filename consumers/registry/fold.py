@@ -1,4 +1,4 @@
-"""The registry fold (DESIGN §2): contract events in, membership changes out. Pure.
+"""The registry fold (docs/design.md §4): contract events in, membership changes out. Pure.
 
 State is ``tokens[tokenId] = {node, owner, active}`` and ``keys[owner] = key``; the
 published view (who is live, with which token and key) is derived from it, so a

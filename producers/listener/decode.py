@@ -1,6 +1,6 @@
 """Decoding the contract's logs by hand: the listener's fast path. Pure, no I/O.
 
-A topic table maps topic0 (the keccak of an event signature, DESIGN §1) to a
+A topic table maps topic0 (the keccak of an event signature, docs/design.md §3.1) to a
 decoder. Indexed arguments come from the topics, strings from the ABI-encoded
 data. Everything here is hostile input: an offset or a length out of range, a
 wrong number of topics or an unknown topic0 raise :class:`DecodeError` (the
@@ -34,7 +34,7 @@ HASH_HEX: Final = 64
 _HASH_RE: Final = re.compile(rf"0[xX][0-9a-fA-F]{{{HASH_HEX}}}")
 
 
-#: The four event signatures of IDstackAccessNFT (DESIGN §1), exactly.
+#: The four event signatures of IDstackAccessNFT (docs/design.md §3.1), exactly.
 GRANTED_SIG: Final = "NodeAccessGranted(uint256,string,address,string)"
 REVOKED_SIG: Final = "NodeAccessRevoked(uint256,string)"
 TRANSFERRED_SIG: Final = "NodeAccessTransferred(uint256,address,address)"

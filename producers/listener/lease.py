@@ -37,7 +37,7 @@ import redis
 
 from producers.listener.listener import Listener
 from shared import health, metrics
-from shared.errors import CommitConflict
+from shared.errors import Fenced
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import as_str, keep_going, redis_retry
@@ -294,10 +294,8 @@ class LeasedListeners:
     def _lead(seat: _Seat, term: threading.Event) -> None:
         try:
             seat.listener.run(term, seat.wake)
-        except CommitConflict as exc:
-            if "fenced" not in str(exc):
-                seat.error = exc
-            # else: an append was fenced off, so the lease is lost; the supervisor steps down
+        except Fenced:
+            pass  # an append was fenced off, so the lease is lost; the supervisor steps down
         except Exception as exc:  # re-raised by the supervisor (it stops everything)
             seat.error = exc
 

@@ -33,6 +33,7 @@ from shared.errors import (
     ChainError,
     CommitConflict,
     DecodeError,
+    Fenced,
     LogRangeError,
     ServiceUnavailable,
 )
@@ -175,9 +176,9 @@ class Listener:
         """
         try:
             self.store.commit(expected, cursor, entries, dead, fence=self.fence)
+        except Fenced:
+            raise
         except CommitConflict as exc:
-            if "fenced" in str(exc):
-                raise
             self.log.warning("cursor moved under the listener ({}); reloading it", exc)
             self.cursor = self.store.load_cursor()
             return False

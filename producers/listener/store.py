@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import redis
 
-from shared.errors import CommitConflict
+from shared.errors import CommitConflict, Fenced
 from shared.events import LogEntry, Retracted, from_fields
 from shared.keys import Keys
 from shared.redis_log import as_str, pack_dead, pack_entries, redis_retry
@@ -169,8 +169,13 @@ class ListenerStore:
         try:
             last = redis_retry(self._append, keys=keys, args=args)
         except redis.ResponseError as exc:
-            if "CONFLICT" in str(exc):
-                raise CommitConflict(str(exc)) from exc
+            # The script's error replies are the only text read here (the `fenced` reply
+            # becomes its own type, so callers never look at messages).
+            text = str(exc)
+            if "CONFLICT fenced" in text:
+                raise Fenced(text) from exc
+            if "CONFLICT" in text:
+                raise CommitConflict(text) from exc
             raise
         return last.decode() if isinstance(last, bytes) else last
 

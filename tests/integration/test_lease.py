@@ -30,7 +30,7 @@ from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import stop_process, wait_for
 from shared.devnet.redis_server import RedisServer
-from shared.errors import CommitConflict
+from shared.errors import Fenced
 from shared.events import LogEntry, from_fields
 from shared.keys import Keys
 
@@ -241,7 +241,7 @@ def test_fence_stops_a_paused_leader_whose_cursor_is_still_current(
     # The old leader "pauses" past its TTL (fast-forwarded: the lease expires now).
     redis_client.pexpire(keys.lease, 1)
     wait_for(new_lease.acquire, timeout=10, what="the new listener takes the lease")
-    with pytest.raises(CommitConflict, match="fenced"):
+    with pytest.raises(Fenced, match="fenced"):
         old.step()  # its cursor is still current: only the fence refuses this commit
     assert len(positions(redis_client, keys)) == 1
     assert not old_lease.renew()

@@ -28,7 +28,7 @@ from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import free_port, stop_process, wait_for
 from shared.devnet.redis_server import RedisServer
-from shared.errors import ChainError, CommitConflict
+from shared.errors import ChainError, CommitConflict, Fenced
 from shared.events import GENESIS_DIGEST, LogEntry, from_fields
 from shared.keys import Keys
 from shared.settings import Settings
@@ -303,7 +303,7 @@ def test_fencing_token_is_checked_when_a_lease_key_is_given(
     store = ListenerStore(redis_client, keys_of(anvil, nft))
     lease = "test-lease"
     redis_client.set(lease, "token-2")
-    with pytest.raises(CommitConflict, match="fenced"):
+    with pytest.raises(Fenced, match="fenced"):
         store.commit(
             None, Cursor(1, "0x" + "11" * 32, GENESIS_DIGEST), [], fence=(lease, "token-1")
         )

@@ -1,4 +1,4 @@
-"""The committed contract artifact: reproducible from the source, and true to DESIGN §1."""
+"""The committed contract artifact: reproducible from the source, and true to docs/design.md §3."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from eth_utils.crypto import keccak
 from shared.contract import build
 from shared.contract.client import load_artifact
 
-#: DESIGN.md §1, verbatim: the listener decodes these and only these.
+#: docs/design.md §3.1, verbatim: the listener decodes these and only these.
 DESIGN_EVENTS = """
 event NodeAccessGranted(uint256 indexed tokenId, string nodeId, address indexed owner, string wireguardPublicKey);
 event NodeAccessRevoked(uint256 indexed tokenId, string nodeId);
@@ -20,7 +20,7 @@ event NodeAccessTransferred(uint256 indexed tokenId, address indexed from, addre
 event PublicKeyUpdated(address indexed owner, string wireguardPublicKey);
 """
 
-#: DESIGN.md §1 interface functions: name -> (input types, output types).
+#: docs/design.md §3.3 interface functions: name -> (input types, output types).
 DESIGN_FUNCTIONS = {
     "mintNodeAccess": (["address", "string", "string", "string"], ["uint256"]),
     "revokeNodeAccess": (["uint256"], []),

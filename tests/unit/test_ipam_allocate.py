@@ -1,4 +1,4 @@
-"""The address fold (DESIGN §3): examples for each rule, then properties of registry + ipam."""
+"""The address fold (docs/design.md §8): examples for each rule, then properties of registry + ipam."""
 
 from __future__ import annotations
 

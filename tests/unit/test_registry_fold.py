@@ -1,4 +1,4 @@
-"""The registry fold (DESIGN §2): examples for each rule, then properties over random logs."""
+"""The registry fold (docs/design.md §4): examples for each rule, then properties over random logs."""
 
 from __future__ import annotations
 
