@@ -28,7 +28,7 @@ How it stays exact and fresh:
   are picked up by the next read at most :data:`REFRESH_MS` later. It also keeps,
   per node, the block of the ``NodeJoined`` that made it live.
 
-Two ways to read it (README "Reads"; docs/design.md, Reads):
+Two ways to read it (README "Reads"; docs/design.md §12.1):
 
 * **strict** (:meth:`RegistryCache.fresh`): a position read first (shared, see above),
   so a check that starts after the registry stage committed a revoke always sees it;
