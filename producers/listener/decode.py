@@ -170,6 +170,9 @@ def decode_event(topics: object, data: object) -> ChainEvent:
     Raises :class:`DecodeError` (and nothing else) for anything that is not one of
     the four events, well formed.
     """
+    fast = _decode_well_formed(topics, data)
+    if fast is not None:
+        return fast
     if not isinstance(topics, list | tuple) or not topics:
         raise DecodeError("log has no topics")
     topic0 = topics[0].lower() if isinstance(topics[0], str) else topics[0]
@@ -186,12 +189,45 @@ def decode_event(topics: object, data: object) -> ChainEvent:
     return decoder(words, _hex_bytes(data, "data"))
 
 
+def _decode_well_formed(topics: object, data: object) -> ChainEvent | None:
+    """The event of a log whose topics and data are well-formed hex, or None.
+
+    The fast path of :func:`decode_event` (a log costs a few microseconds less): it
+    only parses; anything unusual returns None and the careful path says what is wrong.
+    Events whose strings do not decode raise :class:`DecodeError` from either path.
+    """
+    if type(topics) is not list or not topics or type(data) is not str or data[:2] != "0x":
+        return None
+    topic0 = topics[0]
+    entry = TOPICS.get(topic0) if type(topic0) is str else None
+    if entry is None or len(topics) != entry[1]:
+        return None
+    words = [_TOPIC0_WORDS[topic0]]
+    try:
+        for topic in topics[1:]:
+            if type(topic) is not str or len(topic) != 2 + HASH_HEX or topic[:2] != "0x":
+                return None
+            word = bytes.fromhex(topic[2:])
+            if len(word) != WORD:  # fromhex skips spaces
+                return None
+            words.append(word)
+        raw = bytes.fromhex(data[2:])
+    except ValueError:
+        return None
+    return entry[2](words, raw)
+
+
 # --- raw JSON-RPC objects ------------------------------------------------------------------
 
 
 def quantity(value: object, what: str) -> int:
     """A JSON-RPC quantity (``0x`` hex, or an int) as an int."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if type(value) is str and value[:2] == "0x" and len(value) > 2:  # the usual case, first
+        try:
+            return int(value[2:], 16)
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str) and value.startswith(("0x", "0X")) and len(value) > 2:
         try:
@@ -210,7 +246,7 @@ def hash32(value: object, what: str) -> str:
 
 def log_ref(raw: Mapping[str, Any]) -> LogRef:
     """Where ``raw`` (a JSON-RPC log object) sits on chain; DecodeError if malformed."""
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise DecodeError("log is not an object")
     address = raw.get("address")
     if not isinstance(address, str) or len(address) != 42:
