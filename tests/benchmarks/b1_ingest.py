@@ -6,7 +6,8 @@ signature, many per transaction, on a real anvil. The same logs are then ingeste
 three ways, each into its own stream of a fresh ``redis-server``:
 
 - the listener: the real :class:`Listener` step loop (adaptive ``eth_getLogs``
-  ranges, header checks, hand decoding, digest chain, one Lua append per range);
+  ranges, header checks, hand decoding, digest chain, one Lua append per part of
+  about 5,000 logs of a range, each overlapping the decoding of the next);
 - the rq backfill (``producers/backfill``), when that package is installed: idle
   rq workers in separate processes fetch ranges, the listener appends them in
   order (its own Redis, timed from the plan's creation to the last append);

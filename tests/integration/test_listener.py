@@ -247,7 +247,8 @@ def test_a_large_read_is_committed_in_parts_of_whole_blocks(
     first = stream(redis_client, keys_of(anvil, nft))
     assert len(first) == commits[0][1] == 2
     cursor = listener.store.load_cursor()
-    assert cursor is not None and cursor.block == first[-1].block_number
+    assert cursor is not None
+    assert cursor.block == first[-1].block_number
     assert_chain(first, cursor)
     assert listener.cursor == cursor, "reloaded after the lost race"
 
@@ -256,7 +257,8 @@ def test_a_large_read_is_committed_in_parts_of_whole_blocks(
     assert positions(entries) == scan(anvil.url, nft.address, anvil.block_number())
     assert_chain(entries, listener.store.load_cursor())
     parts = [n for _, n in commits[2:]]
-    assert parts == [2, 2] and len(entries) == 6, commits
+    assert parts == [2, 2], commits
+    assert len(entries) == 6
     assert commits[-1][0] == anvil.block_number(), "the last part ends at the range's end"
 
 
