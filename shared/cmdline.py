@@ -19,6 +19,21 @@ from shared.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Option groups: the settings that always travel together, declared once for every command
+# that takes them (``@with_settings(*STREAM, *CHAIN, ...)``); the order is the order of --help.
+#: Which network's streams, in which Redis.
+STREAM: Final = ("redis_url", "chain_id", "contract")
+#: How the chain is read: the node, where to start, what counts as final, range size.
+CHAIN: Final = ("rpc_url", "start_block", "confirmations", "finality", "max_block_range")
+#: A listener process: poll interval, lease and its name.
+LISTENER: Final = ("poll_interval", "lease_ttl", "listener_id")
+#: How addresses are handed out (the ipam stage).
+ADDRESSES: Final = ("pool", "pool6", "quarantine_blocks")
+#: Where /metrics and /healthz are served.
+METRICS: Final = ("metrics_port", "metrics_listen")
+#: How far behind a read may be before it says so.
+FRESHNESS: Final = ("max_lag", "max_listener_lag", "max_lag_seconds")
+
 #: Seconds one ``eth_chainId`` request may take when the chain id is asked from the RPC node.
 CHAIN_ID_TIMEOUT: Final = 10.0
 #: Placeholders shown for settings whose value is a name, an address or a URL.

@@ -29,7 +29,7 @@ class _Event(msgspec.Struct, frozen=True, tag_field="type", forbid_unknown_field
     """Base of every tagged struct; the tag is the class name."""
 
 
-# --- chain events (docs/design.md §3.1), exactly the contract's four events -----------
+# --- chain events (docs/design.md §3.1): the contract's four, and ERC-5643's (§5) ----------
 
 
 class NodeAccessGranted(_Event, frozen=True, tag=True):
@@ -55,7 +55,24 @@ class PublicKeyUpdated(_Event, frozen=True, tag=True):
     public_key: str
 
 
-ChainEvent = NodeAccessGranted | NodeAccessRevoked | NodeAccessTransferred | PublicKeyUpdated
+class SubscriptionUpdate(_Event, frozen=True, tag=True):
+    """ERC-5643: the token's pass now expires at ``expiration`` (unix seconds; 0: expired).
+
+    Emitted on a mint with a duration, a renewal and a cancellation (expiration 0).
+    A token never named by one never expires (docs/design.md §5).
+    """
+
+    token_id: int
+    expiration: int
+
+
+ChainEvent = (
+    NodeAccessGranted
+    | NodeAccessRevoked
+    | NodeAccessTransferred
+    | PublicKeyUpdated
+    | SubscriptionUpdate
+)
 
 
 class LogEntry(_Event, frozen=True, tag=True):

@@ -17,7 +17,16 @@ import click
 import msgspec
 
 from shared import health, metrics
-from shared.cmdline import stop_event, with_chain_id, with_settings
+from shared.cmdline import (
+    ADDRESSES,
+    CHAIN,
+    LISTENER,
+    METRICS,
+    STREAM,
+    stop_event,
+    with_chain_id,
+    with_settings,
+)
 from shared.devnet.redis_server import RedisServer
 from shared.errors import ServiceUnavailable, SettingsError, WgchainError
 from shared.logs import log
@@ -77,22 +86,11 @@ def run_stages(cfg: Settings, stop: threading.Event, names: list[str] | None = N
 
 @click.command()
 @with_settings(
-    "redis_url",
-    "rpc_url",
-    "contract",
-    "chain_id",
-    "start_block",
-    "confirmations",
-    "finality",
-    "max_block_range",
-    "poll_interval",
-    "pool",
-    "pool6",
-    "quarantine_blocks",
-    "lease_ttl",
-    "listener_id",
-    "metrics_port",
-    "metrics_listen",
+    *STREAM,
+    *CHAIN,
+    *LISTENER,
+    *ADDRESSES,
+    *METRICS,
     stage="run",
     ask_chain_id=False,  # asked below, waiting for the RPC node if need be
 )

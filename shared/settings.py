@@ -92,6 +92,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_port: int = 0
     #: Address /metrics and /healthz bind to (loopback by default; "0.0.0.0" for every interface).
     metrics_listen: str = "127.0.0.1"
+    #: Seconds of clock skew tolerated between hosts and the chain: a pass counts as expired
+    #: this long after its expiration (ERC-5643), so no host cuts a pass another still keeps.
+    expiry_grace: float = 2.0
+    #: Seconds before its expiration that a pass is listed as expiring soon (0: never).
+    expiry_warning: float = 86400.0
     #: Log level.
     log_level: str = "INFO"
     #: Log as JSON lines instead of the human format.
@@ -157,6 +162,10 @@ OTHER_VARIABLES: Final = frozenset(
 )
 #: Highest TCP/UDP port, and so the highest PersistentKeepalive WireGuard accepts (seconds).
 MAX_PORT: Final = 65535
+#: Largest ``expiry_grace``: a skew beyond an hour is a broken clock, not one to tolerate.
+MAX_EXPIRY_GRACE: Final = 3600.0
+#: Largest ``expiry_warning`` (a year).
+MAX_EXPIRY_WARNING: Final = 365 * 86400.0
 #: How a value that does not convert is described, by the type of its field.
 _EXPECTED: Final = {
     int: "a whole number",
@@ -277,6 +286,12 @@ def _check(s: Settings, name: Callable[[str], str] = env_name) -> None:
         raise bad("metrics_port", "must be a TCP port (0 for none)")
     if s.max_lag_seconds <= 0:
         raise bad("max_lag_seconds", "must be positive")
+    if not 0 <= s.expiry_grace <= MAX_EXPIRY_GRACE:  # NaN fails both comparisons
+        raise bad("expiry_grace", f"must be between 0 and {MAX_EXPIRY_GRACE:.0f} seconds")
+    if not 0 <= s.expiry_warning <= MAX_EXPIRY_WARNING:
+        raise bad(
+            "expiry_warning", f"must be between 0 and {MAX_EXPIRY_WARNING:.0f} seconds (a year)"
+        )
     if not _BIND_RE.fullmatch(s.metrics_listen):
         raise bad("metrics_listen", f"{s.metrics_listen[:60]!r} is not an address to bind to")
     host, sep, port = s.api_listen.rpartition(":")

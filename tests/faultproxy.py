@@ -28,7 +28,7 @@ from eth_utils.crypto import keccak
 
 from shared.devnet.proc import free_port
 
-#: topic0 of the contract's four events, computed here (independently of the listener).
+#: topic0 of the contract's events, computed here (independently of the listener).
 TOPICS = [
     "0x" + keccak(text=sig).hex()
     for sig in (
@@ -36,6 +36,7 @@ TOPICS = [
         "NodeAccessRevoked(uint256,string)",
         "NodeAccessTransferred(uint256,address,address)",
         "PublicKeyUpdated(address,string)",
+        "SubscriptionUpdate(uint256,uint64)",
     )
 ]
 

@@ -26,7 +26,7 @@ from consumers.deadletters.letters import (
     queue,
     queued,
 )
-from shared.cmdline import with_settings
+from shared.cmdline import STREAM, with_settings
 from shared.errors import WgchainError
 from shared.keys import Keys
 from shared.redis_log import connect
@@ -72,7 +72,7 @@ def _as_json(letter: Letter, state: str, limit: int | None = None) -> dict[str, 
 @click.option("--limit", type=click.IntRange(1), default=100, show_default=True,
               help="Newest dead letters shown per stage.")  # fmt: skip
 @_JSON
-@with_settings("redis_url", "chain_id", "contract", stage="deadletters")
+@with_settings(*STREAM, stage="deadletters")
 def list_(cfg: Settings, stage: str | None, limit: int, as_json: bool) -> None:
     """One line per dead letter: stage, id, time, original entry, state, reason."""
     client, keys = _open(cfg)
@@ -111,7 +111,7 @@ def list_(cfg: Settings, stage: str | None, limit: int, as_json: bool) -> None:
 @click.option("--stage", type=_STAGE, help="Look only in this stage's dead letters.")
 @click.option("--full", is_flag=True, help=f"Print whole fields (else {SHOW_CHARS} characters).")
 @_JSON
-@with_settings("redis_url", "chain_id", "contract", stage="deadletters")
+@with_settings(*STREAM, stage="deadletters")
 def show(cfg: Settings, ident: str, stage: str | None, full: bool, as_json: bool) -> None:
     """Print one dead letter with its original entry (escaped)."""
     client, keys = _open(cfg)
@@ -142,7 +142,7 @@ def show(cfg: Settings, ident: str, stage: str | None, full: bool, as_json: bool
 @click.option("--wait", type=click.FloatRange(0), default=10.0, show_default=True,
               help="Seconds to wait for the stage to apply them (0: queue and return).")  # fmt: skip
 @_JSON
-@with_settings("redis_url", "chain_id", "contract", stage="deadletters")
+@with_settings(*STREAM, stage="deadletters")
 def retry(
     *,
     cfg: Settings,

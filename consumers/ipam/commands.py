@@ -9,7 +9,7 @@ import click
 from consumers.ipam.allocate import IpamFold
 from consumers.stage import run_stage
 from shared import metrics
-from shared.cmdline import stop_event, with_settings
+from shared.cmdline import ADDRESSES, METRICS, STREAM, stop_event, with_settings
 from shared.redis_log import connect
 from shared.settings import Settings
 
@@ -26,18 +26,7 @@ def stage(cfg: Settings, stop: threading.Event) -> None:
 
 
 @click.command()
-@with_settings(
-    "redis_url",
-    "chain_id",
-    "contract",
-    "pool",
-    "pool6",
-    "quarantine_blocks",
-    "peers_retention",
-    "metrics_port",
-    "metrics_listen",
-    stage="ipam",
-)
+@with_settings(*STREAM, *ADDRESSES, "peers_retention", *METRICS, stage="ipam")
 def ipam(cfg: Settings) -> None:
     """Give every live member an address (the peers stream)."""
     stop = stop_event()

@@ -21,7 +21,7 @@ from consumers.status.health import Limits
 from consumers.status.output import console
 from consumers.status.probe import no_data, probe
 from consumers.status.snapshot import Snapshot
-from shared.cmdline import with_settings
+from shared.cmdline import FRESHNESS, STREAM, with_settings
 from shared.errors import BadArgument, NoAnswer, WgchainError
 from shared.redis_log import connect
 from shared.settings import Settings
@@ -42,7 +42,7 @@ from shared.validate import is_valid_address, is_valid_node_id, node_id_problem
     help="Text in the node id, address, key, owner or reason.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
-@with_settings("redis_url", "rpc_url", "chain_id", "contract", "reconcile_interval", stage="nodes")
+@with_settings(*STREAM, "rpc_url", "reconcile_interval", stage="nodes")
 def nodes(
     *,
     cfg: Settings,
@@ -91,13 +91,9 @@ def nodes(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (facts included).")
 @with_settings(
-    "redis_url",
+    *STREAM,
     "rpc_url",
-    "chain_id",
-    "contract",
-    "max_lag",
-    "max_listener_lag",
-    "max_lag_seconds",
+    *FRESHNESS,
     "reconcile_interval",
     "topology",
     "hubs",

@@ -9,7 +9,7 @@ import click
 from consumers.registry.fold import FOLD
 from consumers.stage import run_stage
 from shared import metrics
-from shared.cmdline import stop_event, with_settings
+from shared.cmdline import METRICS, STREAM, stop_event, with_settings
 from shared.redis_log import connect
 from shared.settings import Settings
 
@@ -25,9 +25,7 @@ def stage(cfg: Settings, stop: threading.Event) -> None:
 
 
 @click.command()
-@with_settings(
-    "redis_url", "chain_id", "contract", "metrics_port", "metrics_listen", stage="registry"
-)
+@with_settings(*STREAM, *METRICS, stage="registry")
 def registry(cfg: Settings) -> None:
     """Fold contract events into membership changes (the registry stream)."""
     stop = stop_event()

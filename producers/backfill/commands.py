@@ -40,7 +40,7 @@ from producers.listener.listener import open_listener
 from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
 from shared import health, metrics
-from shared.cmdline import stop_event, with_chain_id, with_settings
+from shared.cmdline import CHAIN, STREAM, stop_event, with_chain_id, with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.logs import log
@@ -74,14 +74,8 @@ def _require_contract(cfg: Settings) -> None:
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON document at the end: the plan and how far it got.")  # fmt: skip
 @with_settings(
-    "redis_url",
-    "rpc_url",
-    "contract",
-    "chain_id",
-    "start_block",
-    "confirmations",
-    "finality",
-    "max_block_range",
+    *STREAM,
+    *CHAIN,
     stage="backfill",
     ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )

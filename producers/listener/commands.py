@@ -17,7 +17,7 @@ from producers.listener.lease import LeasedListeners, listener_id
 from producers.listener.listener import Listener, open_listener
 from producers.listener.rpc import RpcClient
 from shared import metrics
-from shared.cmdline import stop_event, with_settings
+from shared.cmdline import CHAIN, LISTENER, METRICS, STREAM, stop_event, with_settings
 from shared.errors import SettingsError
 from shared.redis_log import connect, keep_going
 from shared.settings import Settings
@@ -102,19 +102,10 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
 )
 @click.option("--json", "as_json", is_flag=True, help="With --verify-range: one JSON document.")
 @with_settings(
-    "redis_url",
-    "rpc_url",
-    "contract",
-    "chain_id",
-    "start_block",
-    "confirmations",
-    "finality",
-    "max_block_range",
-    "poll_interval",
-    "lease_ttl",
-    "listener_id",
-    "metrics_port",
-    "metrics_listen",
+    *STREAM,
+    *CHAIN,
+    *LISTENER,
+    *METRICS,
     stage="listener",
     ask_chain_id=False,  # asked through the listener's RPC client (retries, failover)
 )

@@ -24,6 +24,7 @@ from shared.events import (
     NodeAccessRevoked,
     NodeAccessTransferred,
     PublicKeyUpdated,
+    SubscriptionUpdate,
 )
 
 #: Bytes in one ABI word.
@@ -34,11 +35,13 @@ HASH_HEX: Final = 64
 _HASH_RE: Final = re.compile(rf"0[xX][0-9a-fA-F]{{{HASH_HEX}}}")
 
 
-#: The four event signatures of IDstackAccessNFT (docs/design.md §3.1), exactly.
+#: The four event signatures of IDstackAccessNFT (docs/design.md §3.1), exactly, and ERC-5643's
+#: SubscriptionUpdate (§5).
 GRANTED_SIG: Final = "NodeAccessGranted(uint256,string,address,string)"
 REVOKED_SIG: Final = "NodeAccessRevoked(uint256,string)"
 TRANSFERRED_SIG: Final = "NodeAccessTransferred(uint256,address,address)"
 KEY_UPDATED_SIG: Final = "PublicKeyUpdated(address,string)"
+SUBSCRIPTION_SIG: Final = "SubscriptionUpdate(uint256,uint64)"
 
 # topic0 = keccak-256 of each signature, spelled out so this module stays free of crypto
 # backends (which import subprocess); tests/unit/test_decode.py recomputes them.
@@ -46,6 +49,9 @@ GRANTED: Final = "0x9a71852b5ff3e6dcfff28eaeb177387d7be860dcf63f02bc0c74d796d373
 REVOKED: Final = "0xf77547477629bf8d4b78aaa6babeeb3306e56da1ca9b54caceabf24cbc922020"
 TRANSFERRED: Final = "0x692842951e9a8bdcf099c908e8dd428dedcb5c44056d3b636cd82870c5fd12b2"
 KEY_UPDATED: Final = "0xa850082d2fb101274de37494dc864e9277de33c04415c7ad9db57592c60511a5"
+SUBSCRIPTION: Final = "0x2ec2be2c4b90c2cf13ecb6751a24daed6bb741ae5ed3f7371aabf9402f6d62e8"
+#: ``expiration`` is a ``uint64``: a larger word is not what a conforming contract emits.
+UINT64_LIMIT: Final = 1 << 64
 
 
 class BlockHeader(msgspec.Struct, frozen=True):
@@ -119,7 +125,7 @@ def _strings(data: bytes, count: int) -> list[str]:
     return out
 
 
-# --- the four events --------------------------------------------------------------------
+# --- the events --------------------------------------------------------------------------
 
 
 def _granted(topics: Sequence[bytes], data: bytes) -> ChainEvent:
@@ -150,6 +156,16 @@ def _key_updated(topics: Sequence[bytes], data: bytes) -> ChainEvent:
     return PublicKeyUpdated(owner=_address(topics[1], "owner"), public_key=key)
 
 
+def _subscription(topics: Sequence[bytes], data: bytes) -> ChainEvent:
+    # exactly one word: a uint64, ABI-encoded (left-padded with zeros)
+    if len(data) != WORD:
+        raise DecodeError(f"SubscriptionUpdate data has {len(data)} bytes, expected {WORD}")
+    expiration = _uint(data)
+    if expiration >= UINT64_LIMIT:
+        raise DecodeError("SubscriptionUpdate expiration does not fit in a uint64")
+    return SubscriptionUpdate(token_id=_uint(topics[1]), expiration=expiration)
+
+
 _Decoder = Callable[[Sequence[bytes], bytes], ChainEvent]
 
 #: topic0 -> (event name, number of topics including topic0, decoder).
@@ -158,6 +174,7 @@ TOPICS: Final[Mapping[str, tuple[str, int, _Decoder]]] = {
     REVOKED: ("NodeAccessRevoked", 2, _revoked),
     TRANSFERRED: ("NodeAccessTransferred", 4, _transferred),
     KEY_UPDATED: ("PublicKeyUpdated", 2, _key_updated),
+    SUBSCRIPTION: ("SubscriptionUpdate", 2, _subscription),
 }
 #: The topic0 values the listener asks ``eth_getLogs`` for.
 TOPIC0S: Final = tuple(TOPICS)
@@ -168,7 +185,7 @@ def decode_event(topics: object, data: object) -> ChainEvent:
     """The chain event of a log's ``topics`` (list of 0x hex) and ``data`` (0x hex).
 
     Raises :class:`DecodeError` (and nothing else) for anything that is not one of
-    the four events, well formed.
+    the known events, well formed.
     """
     fast = _decode_well_formed(topics, data)
     if fast is not None:
@@ -300,6 +317,7 @@ __all__ = [
     "GRANTED",
     "KEY_UPDATED",
     "REVOKED",
+    "SUBSCRIPTION",
     "TOPIC0S",
     "TOPICS",
     "TRANSFERRED",

@@ -1,6 +1,6 @@
 """The completeness check of ``wgchain listen --verify-range B1 B2``.
 
-The contract's logs of blocks ``B1..B2`` (its four event topics) are read again
+The contract's logs of blocks ``B1..B2`` (its event topics) are read again
 with ``eth_getLogs``, in ranges the provider accepts, and compared by chain
 position (block number, log index) with the stream's effective entries (those
 left once retractions are applied, :func:`~shared.events.effective`) of the same

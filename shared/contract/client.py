@@ -1,4 +1,5 @@
-"""A web3 client of DstackAccessNFT: deploy, mint, revoke, transfer, set keys, read views.
+"""A web3 client of DstackAccessNFT: deploy, mint, revoke, transfer, set keys, renew and
+cancel passes (ERC-5643), read views.
 
 Transactions are signed locally with the private key (it never leaves the process and
 is never logged), sent raw, and awaited to their receipt. A revert becomes a
@@ -35,6 +36,16 @@ RECEIPT_TIMEOUT = 120.0
 REQUEST_TIMEOUT = 30.0
 #: Name of the committed artifact inside this package.
 ARTIFACT_NAME = "DstackAccessNFT.json"
+#: ``supportsInterface`` id of ERC-5643 (subscription NFTs: expiring passes).
+ERC5643_INTERFACE_ID = bytes.fromhex("8c65f84d")
+#: ``expiresAt`` of a pass that never expires (the contract's ``PERPETUAL``: type(uint64).max).
+PERPETUAL = 2**64 - 1
+#: Largest duration the contract takes (a ``uint64`` of seconds).
+MAX_DURATION = 2**64 - 1
+#: Gas limit of the subscription transactions, as a multiple of the estimate: their cost
+#: depends on ``block.timestamp`` (renewing from now or from a later expiration), which the
+#: estimate sees one block earlier than the transaction.
+GAS_HEADROOM = 1.25
 
 T = TypeVar("T")
 
@@ -174,11 +185,39 @@ class AccessNFT:
 
     # -- transactions ----------------------------------------------------------------
 
-    def mint(self, to: str, node_id: str, public_key: str, token_uri: str = "") -> TxResult:
-        """``mintNodeAccess`` (contract owner only); ``token_id`` of the result is the new token."""
+    def mint(
+        self, to: str, node_id: str, public_key: str, token_uri: str = "", duration: int = 0
+    ) -> TxResult:
+        """``mintNodeAccess`` (contract owner only); ``token_id`` of the result is the new token.
+
+        With ``duration`` (seconds, > 0), ``mintNodeAccessWithDuration``: the pass expires
+        ``duration`` seconds after the mint's block (ERC-5643); 0 mints a perpetual pass
+        with ``mintNodeAccess``, which every deployed contract has.
+        """
+        if duration:
+            _check_duration(duration)
+            return self._transact(
+                "mintNodeAccessWithDuration",
+                checksum(to, "--to"),
+                node_id,
+                public_key,
+                token_uri,
+                duration,
+                headroom=GAS_HEADROOM,
+            )
         return self._transact(
             "mintNodeAccess", checksum(to, "--to"), node_id, public_key, token_uri
         )
+
+    def renew(self, token_id: int, duration: int) -> TxResult:
+        """``renewSubscription`` (contract owner only): ``duration`` more seconds, from the
+        current expiration or from now when that is past."""
+        _check_duration(duration)
+        return self._transact("renewSubscription", token_id, duration, headroom=GAS_HEADROOM)
+
+    def cancel(self, token_id: int) -> TxResult:
+        """``cancelSubscription`` (the token's holder or the contract owner): expired at once."""
+        return self._transact("cancelSubscription", token_id, headroom=GAS_HEADROOM)
 
     def revoke(self, token_id: int) -> TxResult:
         """``revokeNodeAccess`` (the token's holder or the contract owner)."""
@@ -229,6 +268,24 @@ class AccessNFT:
     def token_uri(self, token_id: int) -> str:
         return str(self._call("tokenURI", token_id))
 
+    def expires_at(self, token_id: int, block: int | str = "latest") -> int:
+        """``expiresAt`` as of ``block``: unix seconds, :data:`PERPETUAL`, or 0 (cancelled)."""
+        return int(self._call_at(block, "expiresAt", token_id))
+
+    def is_renewable(self, token_id: int) -> bool:
+        return bool(self._call("isRenewable", token_id))
+
+    def supports_interface(self, interface_id: bytes) -> bool:
+        return bool(self._call("supportsInterface", interface_id))
+
+    def supports_expiry(self) -> bool:
+        """Whether the contract answers ``supportsInterface`` for ERC-5643 (False when it
+        has no ``supportsInterface`` at all)."""
+        try:
+            return self.supports_interface(ERC5643_INTERFACE_ID)
+        except ChainError:
+            return False
+
     # -- plumbing --------------------------------------------------------------------
 
     def _account(self) -> LocalAccount:
@@ -240,12 +297,16 @@ class AccessNFT:
         fn = self.contract.get_function_by_name(name)
         return self._guard(name, lambda: fn(*args).call())
 
-    def _transact(self, name: str, *args: Any) -> TxResult:
+    def _call_at(self, block: int | str, name: str, *args: Any) -> Any:
         fn = self.contract.get_function_by_name(name)
-        return self._transact_fn(name, lambda: fn(*args))
+        return self._guard(name, lambda: fn(*args).call(block_identifier=block))
 
-    def _transact_fn(self, name: str, build: Callable[[], Any]) -> TxResult:
-        receipt = self._guard(name, lambda: _send(self.w3, self._account(), name, build))
+    def _transact(self, name: str, *args: Any, headroom: float = 1.0) -> TxResult:
+        fn = self.contract.get_function_by_name(name)
+        return self._transact_fn(name, lambda: fn(*args), headroom)
+
+    def _transact_fn(self, name: str, build: Callable[[], Any], headroom: float = 1.0) -> TxResult:
+        receipt = self._guard(name, lambda: _send(self.w3, self._account(), name, build, headroom))
         events: list[str] = []
         args: dict[str, Any] = {}
         token_id: int | None = None
@@ -292,10 +353,22 @@ class AccessNFT:
         return validate.excerpt(exc.message or "execution reverted")
 
 
-def _send(w3: Web3, account: LocalAccount, name: str, build: Callable[[], Any]) -> Any:
-    """Build (estimating gas: a revert raises here), sign locally, send, await the receipt."""
+def _check_duration(duration: int) -> None:
+    if not 0 < duration <= MAX_DURATION:
+        raise SettingsError("--duration", f"{duration} is not between 1 and {MAX_DURATION} seconds")
+
+
+def _send(
+    w3: Web3, account: LocalAccount, name: str, build: Callable[[], Any], headroom: float = 1.0
+) -> Any:
+    """Build (estimating gas: a revert raises here), sign locally, send, await the receipt.
+
+    ``headroom`` multiplies the estimated gas limit (1.0: the estimate as it is).
+    """
     nonce = w3.eth.get_transaction_count(account.address, "pending")
     tx = build().build_transaction({"from": account.address, "nonce": nonce})
+    if headroom != 1.0:
+        tx["gas"] = int(tx["gas"] * headroom)
     signed = account.sign_transaction(tx)
     tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
     receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=RECEIPT_TIMEOUT)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
 
 from shared.cmdline import with_settings
-from shared.contract.client import AccessNFT, TxResult
+from shared.contract.client import MAX_DURATION, PERPETUAL, AccessNFT, TxResult
+from shared.durations import parse_duration
 from shared.errors import SettingsError
 from shared.settings import Settings
 from shared.validate import excerpt, node_id_problem, wg_key_problem
@@ -47,6 +49,36 @@ def _chain_options(func: F) -> F:
         "a flag is visible to other users in the process list].",
     )(func)
     return with_settings("rpc_url", "contract", stage="contract")(func)
+
+
+class Duration(click.ParamType[int]):
+    """A duration typed as ``30d``, ``12h``, ``90m``, ``45s``, ``2w``, ``1d12h`` or seconds."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_duration(str(value), MAX_DURATION)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+_DURATION_HELP = "e.g. 30d, 12h, 90m, 45s, 2w, 1d12h, or a number of seconds"
+
+
+def expiration_text(expiration: int) -> str:
+    """An ERC-5643 expiration as people read it: a UTC time, ``never`` or ``cancelled``."""
+    if expiration == 0:
+        return "cancelled (expired)"
+    if expiration == PERPETUAL:
+        return "never"
+    try:
+        when = datetime.fromtimestamp(expiration, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"at {expiration} (after the year 9999)"
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _signer_key(private_key: str | None) -> str:
@@ -116,6 +148,13 @@ def deploy(*, cfg: Settings, private_key: str | None, as_json: bool) -> None:
     help="WireGuard public key of the receiver [default: none: the owner's key stays].",
 )
 @click.option("--uri", "token_uri", default="", help="Token URI (metadata).")
+@click.option(
+    "--duration",
+    type=Duration(),
+    default=None,
+    help="A time-limited pass (ERC-5643) that expires this long after the mint's block "
+    f"({_DURATION_HELP}) [default: none: a perpetual pass].",
+)
 @_FORCE
 @_chain_options
 def mint(
@@ -127,23 +166,29 @@ def mint(
     node_id: str,
     public_key: str,
     token_uri: str,
+    duration: int | None,
     force: bool,
 ) -> None:
     """Mint an access token for a node (contract owner only)."""
     _refuse(node_id_problem(node_id), "--node", force)
     _refuse(wg_key_problem(public_key) if public_key else None, "--key", force)
     nft = _nft(cfg, private_key)
-    result = nft.mint(to, node_id, public_key, token_uri)
+    result = nft.mint(to, node_id, public_key, token_uri, duration or 0)
     owner = str(result.args.get("owner", to))
+    expiration = int(result.args.get("expiration", PERPETUAL))
+    line = f"minted token {result.token_id} for node {excerpt(node_id)} to {owner}"
+    if duration:
+        line += f", expires {expiration_text(expiration)}"
     _report(
         as_json,
-        f"minted token {result.token_id} for node {excerpt(node_id)} to {owner}",
+        line,
         result,
         address=nft.address,
         token_id=result.token_id,
         node=result.args.get("nodeId", node_id),
         owner=owner,
         key=result.args.get("wireguardPublicKey", public_key),
+        expiration=expiration if duration else None,
     )
 
 
@@ -217,4 +262,55 @@ def set_key(
         address=nft.address,
         owner=owner,
         key=result.args.get("wireguardPublicKey", key),
+    )
+
+
+@contract.command()
+@click.argument("token_id", type=click.IntRange(min=1), help="The token to renew.")
+@click.option(
+    "--duration",
+    type=Duration(),
+    required=True,
+    help=f"How much longer the pass lasts ({_DURATION_HELP}).",
+)
+@_chain_options
+def renew(
+    *, cfg: Settings, private_key: str | None, as_json: bool, token_id: int, duration: int
+) -> None:
+    """Renew a time-limited pass (ERC-5643; contract owner only).
+
+    The duration counts from the pass's expiration, or from now when that is past (a
+    cancelled or expired pass comes back). A perpetual pass is not renewable.
+    """
+    nft = _nft(cfg, private_key)
+    result = nft.renew(token_id, duration)
+    expiration = int(result.args.get("expiration", nft.expires_at(token_id)))
+    _report(
+        as_json,
+        f"renewed token {token_id}: expires {expiration_text(expiration)}",
+        result,
+        address=nft.address,
+        token_id=token_id,
+        duration=duration,
+        expiration=expiration,
+    )
+
+
+@contract.command()
+@click.argument("token_id", type=click.IntRange(min=1), help="The token whose pass ends.")
+@_chain_options
+def cancel(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: int) -> None:
+    """Cancel a pass at once (ERC-5643; its holder or the contract owner).
+
+    The token stays owned and active; a renewal by the contract owner brings the pass back.
+    """
+    nft = _nft(cfg, private_key)
+    result = nft.cancel(token_id)
+    _report(
+        as_json,
+        f"cancelled the pass of token {token_id} (expired now)",
+        result,
+        address=nft.address,
+        token_id=token_id,
+        expiration=int(result.args.get("expiration", 0)),
     )

@@ -7,10 +7,10 @@ talks to a userspace interface through that socket too)."""
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 import pytest
+from factories import wg_key as key
 from uapiproxy import UapiProxy
 
 from consumers.agent.desired import DesiredPeer
@@ -22,10 +22,6 @@ from shared.errors import WireGuardError
 from shared.logs import log
 
 pytestmark = pytest.mark.e2e
-
-
-def key(n: int) -> str:
-    return base64.b64encode(bytes([n]) * 32).decode()
 
 
 def peer(n: int, ip: int | None = None, endpoint: bool = True) -> DesiredPeer:

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.keys import generate_private_key_file
@@ -184,8 +185,8 @@ def _acl_line(
 def test_the_agent_acl_lets_the_agent_run_and_write_nothing_else(
     tls_redis: TlsRedis, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    keys = Keys(31337, "0x" + secrets.token_hex(20))
-    other_network = Keys(31337, "0x" + secrets.token_hex(20))
+    keys = network_keys()
+    other_network = network_keys()
     password_file = tmp_path / "agent-a.password"
     admin = connect(tls_redis.url())
     command = _acl_line(capsys, keys, "node-a", password_file)

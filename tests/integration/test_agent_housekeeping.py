@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from pathlib import Path
 
 import pytest
 import redis
+from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.keys import generate_private_key_file
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 def make_agent(client: redis.Redis, tmp_path: Path) -> tuple[Agent, Keys, str]:
-    keys = Keys(31337, "0x" + secrets.token_hex(20))
+    keys = network_keys()
     key_file = tmp_path / "a.key"
     public = generate_private_key_file(key_file)
     config = AgentConfig(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
 import stat
 import threading
 from pathlib import Path
 
 import pytest
 import redis
+from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.keys import generate_private_key_file, read_private_key
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def keys() -> Keys:
-    return Keys(31337, "0x" + secrets.token_hex(20))
+    return network_keys()
 
 
 @pytest.fixture

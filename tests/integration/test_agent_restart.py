@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
@@ -42,7 +42,7 @@ class World:
     def __init__(self, client: redis.Redis, tmp: Path) -> None:
         self.client = client
         self.tmp = tmp
-        self.keys = Keys(31337, "0x" + secrets.token_hex(20))
+        self.keys = network_keys()
         self.public: dict[str, str] = {}
 
     def key_of(self, node: str) -> str:

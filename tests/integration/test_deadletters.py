@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
+from factories import network_keys
+from factories import wg_key as key
 
 from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import RegistryFold
@@ -35,10 +35,6 @@ POISON = "node-poison"
 GARBAGE = {b"junk": b"\xff\xfe\n[Peer]\nAllowedIPs = 0.0.0.0/0\x00"}
 
 
-def key(i: int) -> str:
-    return base64.b64encode(bytes([i]) * 32).decode()
-
-
 class FlakyFold(RegistryFold):
     """The registry rules with a bug: granting ``POISON`` raises while ``broken`` is set."""
 
@@ -54,7 +50,7 @@ class FlakyFold(RegistryFold):
 
 @pytest.fixture
 def keys() -> Keys:
-    return Keys(31337, "0x" + secrets.token_hex(20))
+    return network_keys()
 
 
 def grant(keys: Keys, block: int, token: int, node: str, prev: str) -> LogEntry:

@@ -15,7 +15,6 @@ stage idle past data that Redis restored under older ids, and the reconnect line
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import os
@@ -34,6 +33,7 @@ import msgspec
 import pytest
 import redis
 from conftest import require
+from factories import wg_key
 from tenacity import stop_after_attempt
 from test_lease import complete, positions, scan
 from test_snapshots import Network
@@ -76,11 +76,6 @@ RETRY_LINE = re.compile(r"Redis unreachable \((ConnectionError|TimeoutError)")
 RECONNECT_LINE = "Redis reachable again after"
 #: Seconds to wait for the pipeline to settle (slow shared CI machines).
 SETTLE = 90
-
-
-def wg_key(name: str) -> str:
-    """A valid, distinct WireGuard public key for ``name``."""
-    return base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
 
 
 def owner(name: str) -> str:

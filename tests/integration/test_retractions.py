@@ -10,12 +10,12 @@ only.
 
 from __future__ import annotations
 
-import base64
 import random
 from typing import Any
 
 import pytest
 import redis
+from factories import wg_key
 
 from consumers.agent.desired import PeerTable
 from consumers.ipam.allocate import IpamFold
@@ -40,10 +40,6 @@ pytestmark = pytest.mark.integration
 
 CONTRACT = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
 OWNERS = [f"0x{i:040x}" for i in range(1, 6)]
-
-
-def wg_key(i: int) -> str:
-    return base64.b64encode(bytes([i % 256]) * 32).decode()
 
 
 class Chain:

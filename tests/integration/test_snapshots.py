@@ -8,13 +8,13 @@ the snapshot and tail; their peer table must equal an untrimmed reference run.
 
 from __future__ import annotations
 
-import base64
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from factories import wg_key
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import PeerTable
@@ -41,10 +41,6 @@ pytestmark = pytest.mark.integration
 
 CONTRACT = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
 RETENTION = 6
-
-
-def wg_key(i: int) -> str:
-    return base64.b64encode(i.to_bytes(2, "big") * 16).decode()
 
 
 class Network:

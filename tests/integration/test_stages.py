@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import threading
 from typing import Any
 
 import pytest
 import redis
+from factories import wg_key as key
 
 from consumers.ipam import commands as ipam_commands
 from consumers.ipam.allocate import IpamFold
@@ -41,10 +41,6 @@ pytestmark = pytest.mark.integration
 KEYS = Keys(31337, "0x5fbdb2315678afecb367f032d93f642f64180aa3")
 A = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
 B = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"
-
-
-def key(i: int) -> str:
-    return base64.b64encode(bytes([i]) * 32).decode()
 
 
 class Crash(Exception):

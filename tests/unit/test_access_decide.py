@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+from factories import wg_key as key
 
 from consumers.access.decide import (
     DUPLICATE_NODE,
@@ -29,10 +29,6 @@ from shared.events import (
 )
 
 A, B, C, D = ("0x" + c * 40 for c in "abcd")
-
-
-def key(n: int) -> str:
-    return base64.b64encode(bytes([n]) * 32).decode()
 
 
 def view_of(*events: ChainEvent) -> View:

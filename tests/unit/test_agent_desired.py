@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+from factories import wg_key as key
 
 from consumers.agent import desired as d
 from consumers.agent.desired import (
@@ -19,10 +20,6 @@ from consumers.agent.desired import (
 )
 from consumers.agent.render import RemovePeer, SetPeer, diff_peers, normalise_ips, wanted_peers
 from shared.events import AllocationPending, PeerRemove, PeerUpsert
-
-
-def key(n: int) -> str:
-    return base64.b64encode(bytes([n]) * 32).decode()
 
 
 def upsert(node: str, n: int, ipv4: str, ipv6: str | None = None) -> PeerUpsert:

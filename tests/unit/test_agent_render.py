@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from factories import wg_key as key
 
 from consumers.agent.desired import Desired, DesiredPeer
 from consumers.agent.keys import generate_private_key_file, read_private_key
@@ -21,10 +21,6 @@ from consumers.agent.render import (
 )
 from consumers.agent.wg import parse_dump
 from shared.errors import WireGuardError
-
-
-def key(n: int) -> str:
-    return base64.b64encode(bytes([n]) * 32).decode()
 
 
 def peer(node: str, n: int, ip: str, endpoint: str | None = None) -> DesiredPeer:

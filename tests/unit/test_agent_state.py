@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 
 import pytest
+from factories import wg_key as key
 
 from consumers.agent import hold as hold_module
 from consumers.agent.desired import DesiredPeer
@@ -21,10 +21,6 @@ from consumers.agent.state import (
 )
 
 IDENT = Ident("{31337:0xabc}", "node-a", "wg0")
-
-
-def key(n: int) -> str:
-    return base64.b64encode(bytes([n]) * 32).decode()
 
 
 def peer(node: str, n: int, endpoint: str | None = "192.0.2.1:51820") -> DesiredPeer:

@@ -97,3 +97,37 @@ def test_interface_functions_match_design() -> None:
         assert [i["type"] for i in functions[name]["inputs"]] == inputs, name
         assert [o["type"] for o in functions[name]["outputs"]] == outputs, name
     assert load_artifact()["bytecode"].startswith("0x6080")
+
+
+#: ERC-5643 (subscription NFTs), verbatim: the event and the four functions of its interface.
+ERC5643_EVENT = "event SubscriptionUpdate(uint256 indexed tokenId, uint64 expiration);"
+ERC5643_FUNCTIONS = {
+    "renewSubscription": (["uint256", "uint64"], [], "payable"),
+    "cancelSubscription": (["uint256"], [], "payable"),
+    "expiresAt": (["uint256"], ["uint64"], "view"),
+    "isRenewable": (["uint256"], ["bool"], "view"),
+}
+
+
+def test_erc5643_event_functions_and_interface_id() -> None:
+    abi = load_artifact()["abi"]
+    events = {e["name"]: e for e in abi if e["type"] == "event"}
+    name, params = parse_event(ERC5643_EVENT)
+    got = [(i["type"], i["indexed"], i["name"]) for i in events[name]["inputs"]]
+    assert got == params
+    functions = {f["name"]: f for f in abi if f["type"] == "function"}
+    interface_id = 0
+    for fname, (inputs, outputs, mutability) in ERC5643_FUNCTIONS.items():
+        assert [i["type"] for i in functions[fname]["inputs"]] == inputs, fname
+        assert [o["type"] for o in functions[fname]["outputs"]] == outputs, fname
+        assert functions[fname]["stateMutability"] == mutability, fname
+        interface_id ^= int.from_bytes(keccak(text=f"{fname}({','.join(inputs)})")[:4], "big")
+    assert interface_id == 0x8C65F84D
+    with_duration = functions["mintNodeAccessWithDuration"]
+    assert [i["type"] for i in with_duration["inputs"]] == [
+        "address",
+        "string",
+        "string",
+        "string",
+        "uint64",
+    ]

@@ -19,6 +19,7 @@ from shared.events import (
     NodeAccessRevoked,
     NodeAccessTransferred,
     PublicKeyUpdated,
+    SubscriptionUpdate,
 )
 
 OWNER = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
@@ -68,6 +69,7 @@ def raw_log(topics: list[str], data: str, **over: Any) -> dict[str, Any]:
         ("NodeAccessRevoked(uint256,string)", decode.REVOKED),
         ("NodeAccessTransferred(uint256,address,address)", decode.TRANSFERRED),
         ("PublicKeyUpdated(address,string)", decode.KEY_UPDATED),
+        ("SubscriptionUpdate(uint256,uint64)", decode.SUBSCRIPTION),
     ],
 )
 def test_topic_hashes_are_the_keccak_of_the_design_signatures(signature: str, topic: str) -> None:
@@ -244,6 +246,7 @@ def test_random_data_never_raises_anything_but_decode_error(
         "NodeAccessRevoked",
         "NodeAccessTransferred",
         "PublicKeyUpdated",
+        "SubscriptionUpdate",
     }
 
 
@@ -261,3 +264,70 @@ def test_random_offsets_and_lengths_never_crash(
     except DecodeError:
         return
     assert isinstance(event, NodeAccessGranted)
+
+
+# --- ERC-5643 SubscriptionUpdate(uint256 indexed tokenId, uint64 expiration) ---------------
+
+
+@pytest.mark.parametrize("expiration", [0, 1, 1_700_000_000, 2**63, 2**64 - 1])
+def test_decodes_subscription_update_over_the_whole_uint64_range(expiration: int) -> None:
+    data = hexdata(encode(["uint64"], [expiration]))
+    event = decode_event([decode.SUBSCRIPTION, t_uint(2**256 - 1)], data)
+    assert event == SubscriptionUpdate(token_id=2**256 - 1, expiration=expiration)
+
+
+def test_subscription_update_log_decodes_into_an_entry() -> None:
+    data = hexdata(encode(["uint64"], [1_800_000_000]))
+    entry = decode_log(raw_log([decode.SUBSCRIPTION, t_uint(4)], data), 1, 1_700_000_000)
+    assert entry.event == SubscriptionUpdate(token_id=4, expiration=1_800_000_000)
+
+
+@pytest.mark.parametrize(
+    ("topics", "data", "message"),
+    [
+        pytest.param(
+            [decode.SUBSCRIPTION, t_uint(1)], hexdata(_word(2**64)), "uint64", id="just-over-u64"
+        ),
+        pytest.param(
+            [decode.SUBSCRIPTION, t_uint(1)],
+            hexdata(_word(2**256 - 1)),
+            "uint64",
+            id="max-word",
+        ),
+        pytest.param([decode.SUBSCRIPTION, t_uint(1)], "0x", "0 bytes", id="no-data"),
+        pytest.param(
+            [decode.SUBSCRIPTION, t_uint(1)], hexdata(_word(5)[:31]), "31 bytes", id="short-data"
+        ),
+        pytest.param(
+            [decode.SUBSCRIPTION, t_uint(1)],
+            hexdata(_word(5) + _word(6)),
+            "64 bytes",
+            id="two-words",
+        ),
+        pytest.param([decode.SUBSCRIPTION], hexdata(_word(5)), "needs 2 topics", id="no-token"),
+        pytest.param(
+            [decode.SUBSCRIPTION, t_uint(1), t_uint(2)],
+            hexdata(_word(5)),
+            "needs 2 topics",
+            id="extra-topic",
+        ),
+        pytest.param([decode.SUBSCRIPTION, t_uint(1)], None, "hex", id="data-null"),
+    ],
+)
+def test_hostile_subscription_updates_raise_decode_error(
+    topics: Any, data: Any, message: str
+) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode_event(topics, data)
+
+
+@given(word=st.binary(min_size=32, max_size=32), token=st.binary(min_size=32, max_size=32))
+def test_random_subscription_words_decode_within_uint64_or_raise(word: bytes, token: bytes) -> None:
+    try:
+        event = decode_event([decode.SUBSCRIPTION, "0x" + token.hex()], hexdata(word))
+    except DecodeError:
+        assert int.from_bytes(word, "big") >= 2**64
+        return
+    assert isinstance(event, SubscriptionUpdate)
+    assert 0 <= event.expiration < 2**64
+    assert event.token_id == int.from_bytes(token, "big")

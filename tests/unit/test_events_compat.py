@@ -12,6 +12,9 @@ from shared.events import (
     NodeAccessGranted,
     NodeAccessTransferred,
     PeerUpsert,
+    SubscriptionUpdate,
+    decode_chain_event,
+    encode,
     from_fields,
     to_fields,
 )
@@ -50,6 +53,20 @@ def test_v1_samples_decode():
     peer = from_fields(V1_PEER_UPSERT)
     assert isinstance(peer, PeerUpsert)
     assert peer.ipv6 is None  # a later field, defaulted
+
+
+def test_subscription_update_roundtrips_in_a_log_entry():
+    entry = LogEntry(
+        chain_id=1, contract="0xc", block_number=1, block_hash="0xb", tx_hash="0xt",
+        log_index=0, block_timestamp=0,
+        event=SubscriptionUpdate(token_id=2**256 - 1, expiration=2**64 - 1),
+    ).with_digest(GENESIS_DIGEST)  # fmt: skip
+    back = from_fields(_bytes(to_fields(entry)))
+    assert back == entry
+    assert isinstance(back, LogEntry)
+    assert back.digest_ok()
+    event = SubscriptionUpdate(token_id=3, expiration=0)
+    assert decode_chain_event(encode(event)) == event
 
 
 def test_roundtrip_and_digest_chain():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 
+from factories import wg_key as key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -25,11 +26,6 @@ from shared.events import (
     PeerUpsert,
     PublicKeyUpdated,
 )
-
-
-def key(n: int) -> str:
-    return base64.b64encode(bytes([n]) * 32).decode()
-
 
 HOSTILE = [
     "x\n[Peer]\nPublicKey = " + key(9),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 from collections.abc import Sequence
 
 import pytest
+from factories import wg_key as key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,10 +36,6 @@ from shared.settings import Settings
 from shared.validate import is_valid_node_id, is_valid_wg_key
 
 A = "0x" + "a" * 40
-
-
-def key(i: int) -> str:
-    return base64.b64encode(bytes([i]) * 32).decode()
 
 
 def joined(node: str, block: int, k: int = 1) -> NodeJoined:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 
 import pytest
+from factories import wg_key as key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,11 +30,6 @@ from shared.validate import is_valid_node_id, is_valid_wg_key
 A = "0x" + "a" * 40
 B = "0x" + "b" * 40
 C = "0x" + "c" * 40
-
-
-def key(i: int) -> str:
-    """A valid WireGuard public key, distinct per ``i`` (1..255)."""
-    return base64.b64encode(bytes([i]) * 32).decode()
 
 
 def grant(t: int, node: str, owner: str, k: str = "") -> NodeAccessGranted:

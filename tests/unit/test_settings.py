@@ -59,3 +59,31 @@ def test_keys_need_contract_and_chain_id():
 def test_every_field_has_an_env_name():
     assert all(f.islower() for f in FIELDS)
     assert load(environ={f"WGCHAIN_{f.upper()}": "" for f in ("pool6", "endpoint_template")})
+
+
+def test_expiry_settings_default_and_parse():
+    cfg = load(environ={})
+    assert (cfg.expiry_grace, cfg.expiry_warning) == (2.0, 86400.0)
+    env = {"WGCHAIN_EXPIRY_GRACE": "0.5", "WGCHAIN_EXPIRY_WARNING": "0"}
+    cfg = load(environ=env)
+    assert (cfg.expiry_grace, cfg.expiry_warning) == (0.5, 0.0)
+    assert load({"expiry_grace": 3600}, environ={}).expiry_grace == 3600.0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WGCHAIN_EXPIRY_GRACE": "-1"}, "between 0 and 3600"),
+        ({"WGCHAIN_EXPIRY_GRACE": "3601"}, "between 0 and 3600"),
+        ({"WGCHAIN_EXPIRY_GRACE": "nan"}, "between 0 and 3600"),
+        ({"WGCHAIN_EXPIRY_GRACE": "soon"}, "not a number"),
+        ({"WGCHAIN_EXPIRY_WARNING": "-5"}, "a year"),
+        ({"WGCHAIN_EXPIRY_WARNING": "inf"}, "a year"),
+        ({"WGCHAIN_EXPIRY_WARNING": "1d"}, "not a number"),
+    ],
+)
+def test_bad_expiry_settings_name_the_variable(env, message):
+    (name,) = env
+    with pytest.raises(SettingsError, match=message) as err:
+        load(environ=env)
+    assert f"invalid setting {name}: " in str(err.value)

@@ -181,7 +181,7 @@ function issuesSection(issues) {
     },
     {
       key: 'cause', label: 'Cause',
-      cell: (x) => (x.cause ? h('code', { title: 'the events entry that caused it' },
+      cell: (x) => (x.cause ? h('code', { title: 'hash of the transaction whose contract log caused it' },
         `${x.cause}${x.block ? ` (block ${x.block})` : ''}`) : '—'),
     },
     { key: 'detail', label: 'Detail', className: 'wrap' },
