@@ -33,6 +33,9 @@ WORD: Final = 32
 HASH_HEX: Final = 64
 #: A 32-byte hash: ``0x`` and exactly :data:`HASH_HEX` ASCII hex digits.
 _HASH_RE: Final = re.compile(rf"0[xX][0-9a-fA-F]{{{HASH_HEX}}}")
+#: Valid hashes remembered (the logs of a block share its hash, those of a transaction its hash).
+HASHES_KEPT: Final = 4096
+_HASHES: dict[str, str] = {}
 
 
 #: The four event signatures of IDstackAccessNFT (docs/design.md §3.1), exactly, and ERC-5643's
@@ -256,8 +259,15 @@ def quantity(value: object, what: str) -> int:
 
 def hash32(value: object, what: str) -> str:
     """A 32-byte hash as lowercase ``0x`` hex."""
+    if type(value) is str:
+        known = _HASHES.get(value)
+        if known is not None:
+            return known
     if isinstance(value, str) and _HASH_RE.fullmatch(value):
-        return value.lower()
+        if len(_HASHES) >= HASHES_KEPT:
+            _HASHES.clear()
+        known = _HASHES[value] = value.lower()
+        return known
     raise DecodeError(f"{what} is not a 32-byte hash: {str(value)[:70]!r}")
 
 
