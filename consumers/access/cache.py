@@ -140,6 +140,13 @@ class RegistryCache:
         self.position, self.redriven, self._dead_seen = mark
         #: ``time.monotonic()`` when the last completed position read began.
         self.verified_at = began
+        #: Bumped (under the lock) whenever the view changes: answers computed from the
+        #: view may be reused while it stays the same.
+        self.generation = 0
+        #: Set by the follower when the registry stream says the stage committed: the next
+        #: bounded check reads the position itself instead of waiting for the follower
+        #: (which would wait for the interpreter lock after each of its round trips).
+        self.news = False
         self._since: dict[str, int] = {}
         self._since_lock = threading.Lock()
         self._registry_seen = START
@@ -164,8 +171,9 @@ class RegistryCache:
             yield self.view
 
     def within(self, max_age: float) -> None:
-        """Refresh first unless the last position read began at most ``max_age`` seconds ago."""
-        if time.monotonic() - self.verified_at > max_age:
+        """Refresh first unless the last position read began at most ``max_age`` seconds ago
+        (or the follower saw a commit it has not read yet)."""
+        if self.news or time.monotonic() - self.verified_at > max_age:
             self.refresh()
 
     def age(self) -> float:
@@ -252,6 +260,7 @@ class RegistryCache:
         """Put a loaded snapshot in place (lock held)."""
         self.view = view
         self.position, self.redriven, self._dead_seen = mark
+        self.generation += 1
         self._skip.clear()
 
     def _sync(self) -> None:
@@ -260,6 +269,7 @@ class RegistryCache:
         Only the single flight of :meth:`refresh` calls it: one at a time.
         """
         began = time.monotonic()
+        self.news = False
         mark, page = self._stage_mark()
         if mark.redriven != self.redriven:
             self._reload("a dead letter was re-driven")
@@ -330,6 +340,7 @@ class RegistryCache:
                 self.folded += 1
             self.position = as_str(page[-1][0])
         finally:
+            self.generation += 1
             self.view.touch(state.dirty_tokens)
             state.dirty_tokens.clear()
             state.dirty_owners.clear()
@@ -363,7 +374,8 @@ class RegistryCache:
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
-                self._read_registry(REFRESH_MS)
+                if self._read_registry(REFRESH_MS):
+                    self.news = True
                 self.refresh()
                 health.REDIS.ok()
             except redis.RedisError as exc:  # logged when it starts, once a minute, at the end

@@ -11,7 +11,9 @@ Live answers come from a :class:`RegistryCache`, in one of two consistencies
   more before it. Give ``follow=True`` so that a background thread keeps the copy
   fresh; without it a bounded check refreshes whenever the copy is older than that.
 
-``at_block=B`` answers for a past block instead: the ``events`` log (its effective
+Answers of ``check_key`` are kept per (node, key) while the view stays the same (any
+fold or reload changes its generation), so a repeated check is a dictionary lookup after
+its freshness check. ``at_block=B`` answers for a past block instead: the ``events`` log (its effective
 entries, retractions applied) is folded with the pure registry fold up to block ``B``.
 """
 
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any, Final
 
 import msgspec
@@ -41,12 +42,10 @@ STRICT: Final = "strict"
 BOUNDED: Final = "bounded"
 #: The consistencies of a live check.
 CONSISTENCIES: Final = (STRICT, BOUNDED)
-#: Node ids and keys whose validity is remembered (each cache; validating a key costs
-#: a base64 decode, more than the decision itself).
-VALIDATED: Final = 16_384
 
-_node_ok = lru_cache(maxsize=VALIDATED)(validate.is_valid_node_id)
-_key_ok = lru_cache(maxsize=VALIDATED)(validate.is_valid_wg_key)
+#: Live answers of ``check_key`` kept for reuse while the view does not change (cleared when
+#: full): a repeated check is a dictionary lookup.
+ANSWERS_KEPT: Final = 65_536
 
 
 class InvalidArgument(WgchainError):
@@ -60,14 +59,14 @@ class InvalidArgument(WgchainError):
 
 def valid_node(node: str) -> str:
     """``node`` if it is a valid node id, else :class:`InvalidArgument`."""
-    if not _node_ok(node):
+    if not validate.is_valid_node_id(node):
         raise InvalidArgument("node", f"{validate.excerpt(node)} is not a node id")
     return node
 
 
 def valid_key(key: str) -> str:
     """``key`` if it is a WireGuard public key, else :class:`InvalidArgument`."""
-    if not _key_ok(key):
+    if not validate.is_valid_wg_key(key):
         raise InvalidArgument("key", f"{validate.excerpt(key)} is not a WireGuard public key")
     return key
 
@@ -110,6 +109,8 @@ class AccessChecker:
         self.consistency = valid_consistency(consistency)
         self.max_age = max_age
         self.cache = RegistryCache(client, keys)
+        #: (node, key) -> (view generation, decision) of live checks.
+        self._answers: dict[tuple[str, str], tuple[int, Decision]] = {}
         if follow:
             self.cache.start()
 
@@ -131,16 +132,26 @@ class AccessChecker:
         consistency: str | None = None,
     ) -> Decision:
         """May WireGuard public key ``key`` reach ``node``?"""
-        if not (_node_ok(node) and _key_ok(key)):
+        known = self._answers.get((node, key))
+        if known is None:  # a pair seen before was valid then
             valid_node(node)
             valid_key(key)
         if at_block is None:  # the hot path: no closure, no extra call
             cache = self.cache
             self._fresh(consistency)
+            if known is not None and known[0] == cache.generation:
+                return known[1]  # the view has not changed since this answer was made
             with cache.lock:
-                position = cache.position
-                decision = decide_key(cache.view, node, key)
-            return msgspec.structs.replace(decision, position=position)
+                made = (
+                    cache.generation,
+                    msgspec.structs.replace(
+                        decide_key(cache.view, node, key), position=cache.position
+                    ),
+                )
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.clear()
+            self._answers[node, key] = made
+            return made[1]
         return self._decide(lambda view: decide_key(view, node, key), at_block, consistency)
 
     def check_address(
@@ -160,8 +171,9 @@ class AccessChecker:
         """Make the cache as fresh as ``consistency`` (or this checker's default) asks."""
         mode = self.consistency if consistency is None else consistency
         if mode == BOUNDED:
-            if time.monotonic() - self.cache.verified_at > self.max_age:
-                self.cache.refresh()
+            cache = self.cache
+            if cache.news or time.monotonic() - cache.verified_at > self.max_age:
+                cache.refresh()
         elif mode == STRICT:
             self.cache.refresh()
         else:
