@@ -24,8 +24,11 @@ How it stays exact and fresh:
   every commit made before that instant.
 * **Follower.** A thread blocks on ``XREAD`` of the ``registry`` stream for at
   most :data:`REFRESH_MS`: every entry appended there comes from a registry
-  commit, so it wakes up at once and reads the position; commits without outputs
-  are picked up by the next read at most :data:`REFRESH_MS` later. It also keeps,
+  commit, so it wakes up at once, raises :attr:`news` (the next bounded check then
+  reads the position itself: a thread that runs checks flat out holds the
+  interpreter lock, which the follower would wait for after each round trip) and
+  reads the position :data:`NEWS_GRACE` later unless a check did; commits without
+  outputs are picked up by the next read at most :data:`REFRESH_MS` later. It also keeps,
   per node, the block of the ``NodeJoined`` that made it live.
 
 Two ways to read it (README "Reads"; docs/design.md §12.1):
@@ -69,6 +72,9 @@ REFRESH_MS: Final = 10
 #: Seconds: how old the copy may be for a bounded answer (a bounded answer reflects every
 #: registry commit made at least this long before it).
 MAX_AGE: Final = 0.05
+#: Seconds the follower leaves a busy checking thread, after a registry commit, to read the
+#: position itself (without waiting for the interpreter lock) before it reads it.
+NEWS_GRACE: Final = 0.002
 #: Seconds :meth:`RegistryCache.close` waits for the follower thread.
 CLOSE_WAIT: Final = 5.0
 #: Seconds the follower waits after Redis became unreachable.
@@ -375,7 +381,11 @@ class RegistryCache:
         while not self._stop.is_set():
             try:
                 if self._read_registry(REFRESH_MS):
-                    self.news = True
+                    woke = time.monotonic()
+                    self.news = True  # a busy checking thread reads the position itself ...
+                    self._stop.wait(NEWS_GRACE)
+                    if self.verified_at >= woke:
+                        continue  # ... and did
                 self.refresh()
                 health.REDIS.ok()
             except redis.RedisError as exc:  # logged when it starts, once a minute, at the end
