@@ -199,13 +199,17 @@ class RegistryCache:
             while self._done < need:
                 if not self._reading:  # then started == done: the read we need is ours
                     self._reading = True
-                    self._started = need
                     break
                 self._flight.wait()
             else:
                 if self._failure is not None:
                     raise self._failure
                 return
+        # Let the threads that are about to ask run first: until the read is marked begun
+        # they ask for this same read (``_started + 1``), so one read serves them all.
+        time.sleep(0)
+        with self._flight:
+            self._started = need
         failure: BaseException | None = None
         try:
             self._sync()
