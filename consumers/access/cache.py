@@ -22,13 +22,14 @@ How it stays exact and fresh:
   checks cost one round trip, not 16, and none is answered from an older read.
   ``verified_at`` is when the last completed read began: the copy then reflects
   every commit made before that instant.
-* **Follower.** A thread blocks on ``XREAD`` of the ``registry`` stream for at
-  most :data:`REFRESH_MS`: every entry appended there comes from a registry
-  commit, so it wakes up at once, raises :attr:`news` (the next bounded check then
-  reads the position itself: a thread that runs checks flat out holds the
-  interpreter lock, which the follower would wait for after each round trip) and
-  reads the position :data:`NEWS_GRACE` later unless a check did; commits without
-  outputs are picked up by the next read at most :data:`REFRESH_MS` later. It also keeps,
+* **Follower and ticker.** A thread blocks on ``XREAD`` of the ``registry``
+  stream: every entry appended there comes from a registry commit, so it wakes
+  up at once, raises :attr:`news` (the next bounded check then reads the position
+  itself: a thread that runs checks flat out holds the interpreter lock, which the
+  follower would wait for after each round trip) and reads the position
+  :data:`NEWS_GRACE` later unless a check did. A second thread reads the position
+  every :data:`REFRESH_MS` (commits without outputs; and it keeps bounded checks
+  from ever finding the copy older than their bound). It also keeps,
   per node, the block of the ``NodeJoined`` that made it live.
 
 Two ways to read it (README "Reads"; docs/design.md §12.1):
@@ -67,8 +68,10 @@ from shared.redis_log import START, as_str
 STAGE: Final = "registry"
 #: Entries read per XRANGE page when catching up or rebuilding.
 PAGE: Final = 1000
-#: Milliseconds the follower blocks on the registry stream before reading the position anyway.
+#: Milliseconds between two position reads of the ticker thread (at most; any read resets it).
 REFRESH_MS: Final = 10
+#: Milliseconds the follower blocks on the registry stream per ``XREAD``.
+FOLLOW_BLOCK_MS: Final = 1000
 #: Seconds: how old the copy may be for a bounded answer (a bounded answer reflects every
 #: registry commit made at least this long before it).
 MAX_AGE: Final = 0.05
@@ -125,7 +128,7 @@ class RegistryCache:
         #: Held by readers of the view and by the fold while it changes the view.
         self.lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self.log = log.bind(stage="access", network=keys.tag)
         #: Times a whole snapshot was loaded (the first load included).
         self.reloads = 0
@@ -359,21 +362,23 @@ class RegistryCache:
     # --- following the registry stream --------------------------------------------------
 
     def start(self) -> RegistryCache:
-        """Start the follower thread (idempotent)."""
-        if self._thread is None:
+        """Start the follower and the ticker threads (idempotent)."""
+        if not self._threads:
             self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._follow, name="wgchain-access-follower", daemon=True
-            )
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._follow, name="wgchain-access-follower", daemon=True),
+                threading.Thread(target=self._tick, name="wgchain-access-ticker", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
         return self
 
     def close(self) -> None:
-        """Stop the follower thread."""
+        """Stop the threads."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=CLOSE_WAIT)
-            self._thread = None
+        for thread in self._threads:
+            thread.join(timeout=CLOSE_WAIT)
+        self._threads = []
 
     def __enter__(self) -> RegistryCache:
         return self.start()
@@ -382,21 +387,39 @@ class RegistryCache:
         self.close()
 
     def _follow(self) -> None:
+        """Wake on every registry commit (an entry of the ``registry`` stream)."""
         while not self._stop.is_set():
             try:
-                if self._read_registry(REFRESH_MS):
+                if self._read_registry(FOLLOW_BLOCK_MS):
                     woke = time.monotonic()
                     self.news = True  # a busy checking thread reads the position itself ...
                     self._stop.wait(NEWS_GRACE)
-                    if self.verified_at >= woke:
-                        continue  # ... and did
-                self.refresh()
+                    if self.verified_at < woke:  # ... unless none did
+                        self.refresh()
                 health.REDIS.ok()
             except redis.RedisError as exc:  # logged when it starts, once a minute, at the end
                 health.REDIS.failed(exc)
                 self._stop.wait(FOLLOW_PAUSE)
             except Exception:  # keep following: checks still catch up on their own
                 self.log.exception("registry follower failed; retrying")
+                self._stop.wait(FOLLOW_PAUSE)
+
+    def _tick(self) -> None:
+        """Read the position every :data:`REFRESH_MS` (commits without registry entries).
+
+        A timer of its own: Redis ends a blocking ``XREAD`` only on its own clock
+        (``hz``, 10 times a second by default), far too late for a 50 ms bound.
+        """
+        period = REFRESH_MS / 1000
+        while not self._stop.wait(period):
+            try:
+                if self.age() >= period:
+                    self.refresh()
+            except redis.RedisError as exc:
+                health.REDIS.failed(exc)
+                self._stop.wait(FOLLOW_PAUSE)
+            except Exception:
+                self.log.exception("registry position ticker failed; retrying")
                 self._stop.wait(FOLLOW_PAUSE)
 
     def _read_registry(self, block_ms: int | None) -> int:
