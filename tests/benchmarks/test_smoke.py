@@ -34,7 +34,7 @@ EXPECTED = {
         "B4.agent_rss",
         "B4.agent_rss_hub",
     ),
-    "B5": ("B5.inprocess", "B5.http"),
+    "B5": ("B5.inprocess", "B5.freshness", "B5.strict", "B5.http"),
     "B6": ("B6.mesh_1000", "B6.hub_1000"),
 }
 
