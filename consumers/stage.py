@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
@@ -58,8 +58,9 @@ class Fold(Protocol[S]):
     #: Entry types this stage consumes; anything else in its input is dead-lettered.
     accepts: tuple[type, ...]
 
-    def load(self, fields: dict[str, bytes]) -> S:
-        """Rebuild the state from its persisted fields (empty dict: initial state)."""
+    def load(self, fields: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> S:
+        """Rebuild the state from its persisted fields, a mapping or (name, value) pairs in
+        any order (empty: initial state)."""
 
     def apply(self, state: S, entry_id: str, entry: Any) -> tuple[S, list[Any]]:
         """Apply one input entry; returns the state and the output entries."""
@@ -107,9 +108,24 @@ class Stage(Generic[S]):
         self.position, self.state = self._load()
 
     def _load(self) -> tuple[str, S]:
-        position, fields = self.store.load()
-        self.retry_position = as_str(fields.pop(RETRY_FIELD, START.encode()))
-        return position, self.fold.load(fields)
+        """The committed position and state, the state hash read in chunks as it is built."""
+        retry: list[bytes] = []
+
+        def build(pairs: Iterator[tuple[str, bytes]]) -> S:
+            retry.clear()
+
+            def fold_fields() -> Iterator[tuple[str, bytes]]:
+                for name, value in pairs:
+                    if name == RETRY_FIELD:
+                        retry.append(value)
+                    else:
+                        yield name, value
+
+            return self.fold.load(fold_fields())
+
+        position, state = self.store.load_with(build)
+        self.retry_position = as_str(retry[-1]) if retry else START
+        return position, state
 
     def _check_position(self) -> None:
         """Reload when the stored position is not ours (checked while idle).

@@ -8,7 +8,7 @@ from; a stage killed at any instant either committed all of a batch or none of i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -32,7 +32,7 @@ from tenacity.stop import stop_base
 
 from shared import health, shutdown
 from shared.errors import CommitConflict, ServiceUnavailable, SettingsError, WgchainError
-from shared.events import to_fields
+from shared.events import SCHEMA_VERSION, encode
 from shared.logs import log
 
 #: Stream id before the first entry.
@@ -49,6 +49,8 @@ REDIS_SOCKET_TIMEOUT: Final = 10.0
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 T = TypeVar("T")
+#: Fields per ``HSCAN`` call when a stage loads its state hash.
+SCAN_CHUNK: Final = 2000
 Fields = dict[str, bytes | str | int]
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -282,9 +284,8 @@ return ids
 def pack_entries(items: Sequence[Any]) -> list[Any]:
     """Lua arguments for appending envelopes: count, then (v, type, data) per item."""
     args: list[Any] = [len(items)]
-    for item in items:
-        f = to_fields(item)
-        args += [f["v"], f["type"], f["data"]]
+    for item in items:  # the fields of ``to_fields``, without a dict per item
+        args += (SCHEMA_VERSION, type(item).__name__, encode(item))
     return args
 
 
@@ -343,6 +344,33 @@ class StageStore:
         pos = as_str(raw_pos) if raw_pos else START
         return pos, {as_str(k): v for k, v in raw_state.items()}
 
+    def load_with(self, build: Callable[[Iterator[tuple[str, bytes]]], T]) -> tuple[str, T]:
+        """The committed position and ``build`` applied to the state hash's (field, value) pairs.
+
+        The hash is read in ``HSCAN`` chunks of :data:`SCAN_CHUNK` fields that ``build``
+        consumes as they arrive (a large state is never held twice, raw and built), under
+        ``WATCH``: if anything commits meanwhile, the position read fails and the load
+        starts again, so the pairs and the position are one consistent snapshot. A pair
+        may come twice (``HSCAN`` may repeat fields); a build must not mind.
+        """
+        return redis_retry(self._load_with, build)
+
+    def _load_with(self, build: Callable[[Iterator[tuple[str, bytes]]], T]) -> tuple[str, T]:
+        if isinstance(self.client, RedisCluster):  # one atomic read (no WATCH across a cluster)
+            pos, state = self._load()
+            return pos, build(iter(state.items()))
+        while True:
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.keys[0], self.keys[1])  # type: ignore[no-untyped-call]
+                    built = build(_scan_pairs(pipe, self.keys[1]))
+                    pipe.multi()
+                    pipe.get(self.keys[0])
+                    (raw_pos,) = pipe.execute()
+                except redis.WatchError:
+                    continue
+            return (as_str(raw_pos) if raw_pos else START), built
+
     def commit(self, expected: str, batch: Batch) -> list[str]:
         """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
 
@@ -369,6 +397,17 @@ class StageStore:
                 raise CommitConflict(str(exc)) from exc
             raise
         return [as_str(i) for i in ids]
+
+
+def _scan_pairs(client: Any, key: str) -> Iterator[tuple[str, bytes]]:
+    """Every (field, value) of hash ``key``, one ``HSCAN`` chunk at a time."""
+    cursor = 0
+    while True:
+        cursor, chunk = client.hscan(key, cursor, count=SCAN_CHUNK)
+        for name, value in chunk.items():
+            yield as_str(name), value
+        if not cursor:
+            return
 
 
 def xadd_many(client: redis.Redis, stream: str, items: Iterable[Fields]) -> Sequence[Any]:
