@@ -21,11 +21,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 import redis
 from tenacity import RetryCallState, stop_after_delay
 from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from consumers.agent import loop
 from consumers.agent.announce import Announcements
@@ -60,6 +62,20 @@ class _ExpiryDue(stop_base):
         return self.agent.expiry_due()
 
 
+class _UntilExpiry(wait_base):
+    """A Redis retry's wait, cut short when a pass expires sooner (then :class:`_ExpiryDue`
+    ends the retry)."""
+
+    def __init__(self, wait: Callable[[RetryCallState], float], agent: Agent) -> None:
+        self.wait = wait
+        self.agent = agent
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = self.wait(retry_state)
+        deadline = self.agent.next_expiry()
+        return wait if deadline is None else max(0.0, min(wait, deadline - time.time()))
+
+
 class Agent:
     """One host's agent. ``wireguard`` is None in file-only mode (no ``wg``/``ip`` at all)."""
 
@@ -78,7 +94,8 @@ class Agent:
         self.log = log.bind(stage="agent", node=config.node_id, interface=config.interface)
         stop_after = max(1.0, min(config.reconcile_interval, REDIS_RETRY_SECONDS))
         self.retry = redis_retry.copy(
-            stop=stop_after_delay(stop_after) | shutdown.requested | _ExpiryDue(self)
+            stop=stop_after_delay(stop_after) | shutdown.requested | _ExpiryDue(self),
+            wait=_UntilExpiry(redis_retry.wait, self),
         )
         policy, keys = config.policy, config.keys
         self.follower = Follower(client, keys, policy.needed(config.node_id), self.log)

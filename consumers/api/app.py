@@ -242,6 +242,7 @@ class _Lazy:
                         self.keys,
                         checker.cache,
                         reconcile_interval=self.reconcile_interval,
+                        expiry_grace=self.expiry_grace,
                     )
                     made = self._made = (checker, reads)
         return made
@@ -366,6 +367,7 @@ def create_app(
             topology=topology,
             hubs=hubs,
             endpoint_template=endpoint_template,
+            expiry_grace=limits.expiry_grace,
         )
         return json_response(diagnose(facts))
 

@@ -44,13 +44,18 @@ _WALK_LUA: Final = lua.source("nodes_walk")
 
 
 def nodes_report(
-    client: redis.Redis, keys: Keys, wanted: Filter, reconcile_interval: float
+    client: redis.Redis,
+    keys: Keys,
+    wanted: Filter,
+    reconcile_interval: float,
+    expiry_grace: float = DEFAULT_GRACE,
 ) -> NodesReport:
     """Every node, filtered, with the current issues (see the module docstring)."""
     snapshot = Snapshot(client, keys)
     cache = RegistryCache(client, keys)
     try:
-        summaries, position = Reads(client, keys, cache).summaries()
+        reads = Reads(client, keys, cache, expiry_grace=expiry_grace)
+        summaries, position = reads.summaries()
     finally:
         cache.close()
     hosts = snapshot.hosts(cap=1)
@@ -78,10 +83,11 @@ def node_facts(
     hubs: Sequence[str] = (),
     endpoint_template: str = "",
     interface: str | None = None,
+    expiry_grace: float = DEFAULT_GRACE,
 ) -> Facts:
     """What ``diagnose`` looks at for ``node``, with ``fleet`` (the pipeline's status, from
     ``Snapshot.fleet``: listener, stages, hosts, issues, problems); see the module docstring."""
-    membership = _membership(client, keys, node)
+    membership = _membership(client, keys, node, expiry_grace)
     entry = _peers_entry(client, keys, node)
     tunnel = None
     if interface is not None:
