@@ -281,9 +281,13 @@ class StageStore:
         snapshot: str | None = None,
     ) -> None:
         self.client = client
-        self.keys = [position, state, output, dead]
-        if snapshot is not None:
-            self.keys.append(snapshot)
+        self.position = position
+        self.state = state
+        self.output = output
+        self.dead = dead
+        self.snapshot = snapshot
+        # The commit script's KEYS, in its order (shared/lua/stage_commit.lua).
+        self.keys = [position, state, output, dead] + ([snapshot] if snapshot is not None else [])
         self._commit = client.register_script(_COMMIT_LUA)
 
     def load(self) -> tuple[str, dict[str, bytes]]:
@@ -293,8 +297,8 @@ class StageStore:
 
     def _load(self) -> tuple[str, dict[str, bytes]]:
         pipe = self.client.pipeline(transaction=True)
-        pipe.get(self.keys[0])
-        pipe.hgetall(self.keys[1])
+        pipe.get(self.position)
+        pipe.hgetall(self.state)
         raw_pos, raw_state = pipe.execute()
         pos = as_str(raw_pos) if raw_pos else START
         return pos, {as_str(k): v for k, v in raw_state.items()}
@@ -317,10 +321,10 @@ class StageStore:
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(self.keys[0], self.keys[1])  # type: ignore[no-untyped-call]
-                    built = build(_scan_pairs(pipe, self.keys[1]))
+                    pipe.watch(self.position, self.state)  # type: ignore[no-untyped-call]
+                    built = build(_scan_pairs(pipe, self.state))
                     pipe.multi()
-                    pipe.get(self.keys[0])
+                    pipe.get(self.position)
                     (raw_pos,) = pipe.execute()
                 except redis.WatchError:
                     continue
