@@ -57,7 +57,7 @@ import redis
 from consumers.access.decide import View
 from consumers.registry.fold import FOLD
 from consumers.stage import RETRY_FIELD
-from shared import health
+from shared import health, lua
 from shared.errors import DecodeError
 from shared.events import LogEntry, NodeJoined, NodeLeft, Retracted, effective, from_fields
 from shared.keys import Keys
@@ -85,18 +85,7 @@ FOLLOW_PAUSE: Final = 1.0
 #: The stage's :class:`Mark` in one atomic call (one command: cheaper than a MULTI), and
 #: the first page of ``events`` entries after our position up to the stage's, so that
 #: catching up usually costs no second round trip.
-#: KEYS: position, state hash, dead-letter stream, events; ARGV: the re-drive field, our
-#: position (exclusive; ``-`` for the start), page size.
-_MARK_LUA: Final = """
-local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
-local pos = redis.call('GET', KEYS[1]) or ''
-local page = {}
-if pos ~= '' and pos ~= ARGV[2] then
-  page = redis.call('XRANGE', KEYS[4], ARGV[2] == '-' and '-' or '(' .. ARGV[2], pos,
-                    'COUNT', ARGV[3])
-end
-return {pos, redis.call('HGET', KEYS[2], ARGV[1]) or '', newest and newest[1] or '', page}
-"""
+_MARK_LUA: Final = lua.source("access_mark")
 
 
 class Mark(NamedTuple):
