@@ -21,7 +21,7 @@ blocking ``XREAD``) and the agent's pipelined read with its continuity check
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final
+from typing import Any, Final, TypedDict, Unpack
 
 import redis
 
@@ -30,10 +30,20 @@ from shared.events import AnyEntry, from_fields
 from shared.ids import START, exclusive, id_key
 from shared.redis_log import Entry, as_str, redis_retry
 
-__all__ = ["PAGE", "START", "decoded", "exclusive", "id_key", "pages", "read"]
+__all__ = ["PAGE", "START", "Where", "decoded", "exclusive", "id_key", "pages", "read"]
 
 #: Entries per XRANGE call.
 PAGE: Final = 1000
+
+
+class Where(TypedDict, total=False):
+    """Which part of a stream to read, and how (see the module docstring)."""
+
+    after: str
+    through: str
+    page: int
+    limit: int | None
+    retry: bool
 
 
 def pages(
@@ -67,23 +77,9 @@ def pages(
         low = f"({chunk[-1][0]}"
 
 
-def read(
-    client: redis.Redis,
-    key: str,
-    *,
-    after: str = START,
-    through: str = "+",
-    page: int = PAGE,
-    limit: int | None = None,
-    retry: bool = True,
-) -> list[Entry]:
+def read(client: redis.Redis, key: str, **where: Unpack[Where]) -> list[Entry]:
     """Every entry :func:`pages` yields, in one list."""
-    out: list[Entry] = []
-    for chunk in pages(
-        client, key, after=after, through=through, page=page, limit=limit, retry=retry
-    ):
-        out += chunk
-    return out
+    return [entry for chunk in pages(client, key, **where) for entry in chunk]
 
 
 def decoded(
