@@ -208,32 +208,15 @@ class _Lazy:
     """The access checker and the reads built on it, made on first use (they load the
     registry from Redis), so that the API serves while Redis is down."""
 
-<<<<<<< HEAD
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        snapshot: Snapshot,
-        reconcile_interval: float,
-        expiry_grace: float = 2.0,
-    ) -> None:
-        self.expiry_grace = expiry_grace
-        self.client = client
-        self.keys = keys
-        self.snapshot = snapshot
-        self.reconcile_interval = reconcile_interval
-        self.following = False
-        self._lock = threading.Lock()
-        self._made: tuple[AccessChecker, Reads] | None = None
-=======
     client: redis.Redis
     keys: Keys
     snapshot: Snapshot
     reconcile_interval: float
+    #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+    expiry_grace: float = 2.0
     following: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _made: tuple[AccessChecker, Reads] | None = None
->>>>>>> main
 
     def get(self) -> tuple[AccessChecker, Reads]:
         made = self._made
