@@ -404,9 +404,10 @@ class Agent:
         changes = self.follower.take()
         nodes: set[str] | None = None
         # A node that (re)joins: its announcement first (the model forgot it when the node
-        # left), before its peer is computed, whether incrementally or in a recomputation.
+        # left), before its peer is computed, whether incrementally or in a recomputation
+        # (a fill reads each batch's announcements itself).
         joined = {n for n, old in (changes or {}).items() if old is None and n in records}
-        if joined:
+        if joined and (self.bootstrapped or not self._recompute):
             self.read_announcements(joined)
         if changes is None or self._recompute:
             self._recompute = False
