@@ -4,8 +4,9 @@ Starts a real anvil (with the contract deployed), a real ``redis-server`` with A
 on, and every process of the pipeline as a subprocess: ``wgchain listen``,
 ``wgchain registry``, ``wgchain ipam``, two ``wgchain agent --file-only`` hosts and
 (``--wg``) one agent driving a real wireguard-go interface in a network namespace.
-A seeded workload of contract operations (grants, revokes, transfers, key updates,
-with conflicting node ids and keys and hostile strings) runs while a seeded killer
+A seeded workload of contract operations (grants, some of them time-limited passes,
+revokes, transfers, key updates, renewals and cancellations of passes (ERC-5643), with
+conflicting node ids and keys and hostile strings) runs while a seeded killer
 SIGKILLs a random process at a random moment and restarts it after a random delay.
 
 Once the workload is done, at least ``--kills`` kills happened and everything has
@@ -80,6 +81,7 @@ from shared.events import (
     PeersSnapshot,
     PublicKeyUpdated,
     Retracted,
+    SubscriptionUpdate,
     effective,
     from_fields,
 )
@@ -115,12 +117,19 @@ KEY_POOL: Final = 16
 #: Hostile strings of 100 kB: at most one per this many operations (at least one per run).
 BIG_EVERY: Final = 300
 BIG_SIZE: Final = 100_000
+#: Durations (seconds) of time-limited passes and renewals. None expires while the harness
+#: runs (a day at least, up to the saturating 2^64 - 1), so what every host should carry
+#: does not depend on when it is checked; cancellations (expiration 0) are expired at any
+#: clock. Expiry by the clock itself is the e2e tests' (tests/e2e).
+DURATIONS: Final = (86_400, 30 * 86_400, 365 * 86_400, 2**63, 2**64 - 1)
+_MINT_WITH_DURATION: Final = "mintNodeAccessWithDuration(address,string,string,string,uint64)"
 
 _SIGNATURES: Final = {
     "NodeAccessGranted(uint256,string,address,string)": "NodeAccessGranted",
     "NodeAccessRevoked(uint256,string)": "NodeAccessRevoked",
     "NodeAccessTransferred(uint256,address,address)": "NodeAccessTransferred",
     "PublicKeyUpdated(address,string)": "PublicKeyUpdated",
+    "SubscriptionUpdate(uint256,uint64)": "SubscriptionUpdate",
 }
 #: topic0 (computed here, independently of the listener) -> event name.
 TOPICS: Final = {"0x" + keccak(text=sig).hex(): name for sig, name in _SIGNATURES.items()}
@@ -298,6 +307,8 @@ class Token:
     holder: int
     node: bytes
     active: bool
+    #: A time-limited pass (minted with a duration, or cancelled once): renewable.
+    limited: bool = False
 
 
 def hostile(rng: random.Random, key: str) -> str | bytes:
@@ -366,7 +377,8 @@ class Workload:
         for agent in self.agents:
             owner = self.accounts[agent.owner][0]
             result = self.clients[ADMIN].mint(owner, agent.node, agent.public_key)
-            token = self._minted(agent.owner, agent.node.encode())
+            self._minted(agent.owner, agent.node.encode())
+            token = self.next_token - 1
             assert result.token_id == token, "the harness' token model is off"
             self.protected.add(token)
 
@@ -374,14 +386,18 @@ class Workload:
         """One random operation (it may revert on chain; that is counted, not an error)."""
         roll = self.rng.random()
         free = [t for t in self.tokens if t not in self.protected]
-        if roll < 0.3 or not free:
+        if roll < 0.28 or not free:
             self.grant()
-        elif roll < 0.54:
+        elif roll < 0.49:
             self.revoke(free)
-        elif roll < 0.74:
+        elif roll < 0.66:
             self.transfer(free)
-        else:
+        elif roll < 0.84:
             self.set_key()
+        elif roll < 0.93:
+            self.renew(free)
+        else:
+            self.cancel(free)
 
     def grant(self) -> None:
         rng = self.rng
@@ -396,9 +412,37 @@ class Workload:
         else:
             node = self._hostile()
         key = self._key(pool=0.55, agent=0.1, empty=0.15)
-        args = (self.accounts[holder][0], node, key, "")
-        if self._send("grant", ADMIN, "mintNodeAccess(address,string,string,string)", args):
+        args: tuple[Any, ...] = (self.accounts[holder][0], node, key, "")
+        if rng.random() < 0.35:  # a time-limited pass
+            args += (rng.choice(DURATIONS),)
+            if self._send("grant", ADMIN, _MINT_WITH_DURATION, args):
+                self._minted(holder, _text_or_bytes(node)).limited = True
+                self.counts["grant-limited"] += 1
+        elif self._send("grant", ADMIN, "mintNodeAccess(address,string,string,string)", args):
             self._minted(holder, _text_or_bytes(node))
+
+    def renew(self, free: list[int]) -> None:
+        """The contract owner renews a pass (a perpetual or revoked one: the contract refuses)."""
+        rng = self.rng
+        limited = [t for t in free if self.tokens[t].limited and self.tokens[t].active]
+        pool = limited if limited and rng.random() < 0.9 else [*free, *self.protected]
+        token = rng.choice(pool)
+        signer = ADMIN if rng.random() < 0.97 else self.tokens[token].holder  # refused
+        self._send(
+            "renew", signer, "renewSubscription(uint256,uint64)", (token, rng.choice(DURATIONS))
+        )
+
+    def cancel(self, free: list[int]) -> None:
+        """The holder or the contract owner cancels a pass (never an agent's: they stay live)."""
+        rng = self.rng
+        live = [t for t in free if self.tokens[t].active]
+        token = rng.choice(live if live and rng.random() < 0.95 else free)
+        record = self.tokens[token]
+        signer = record.holder if rng.random() < 0.5 else ADMIN
+        if rng.random() < 0.03:
+            signer = rng.choice(HOLDERS)  # maybe not the holder: the contract refuses it
+        if self._send("cancel", signer, "cancelSubscription(uint256)", (token,)):
+            record.limited = True
 
     def revoke(self, free: list[int]) -> None:
         rng = self.rng
@@ -432,12 +476,12 @@ class Workload:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _minted(self, holder: int, node: bytes) -> int:
+    def _minted(self, holder: int, node: bytes) -> Token:
         token = self.next_token
         self.next_token += 1
-        self.tokens[token] = Token(holder, node, True)
+        self.tokens[token] = record = Token(holder, node, True)
         self.active[node] = token
-        return token
+        return record
 
     def _hostile(self) -> str | bytes:
         if self.big_left and self.rng.random() < 0.03:
@@ -475,8 +519,14 @@ class Workload:
         name = signature.split("(", 1)[0]
         if name == "mintNodeAccess":
             client.mint(args[0], args[1], args[2])
+        elif name == "mintNodeAccessWithDuration":
+            client.mint(args[0], args[1], args[2], duration=args[4])
         elif name == "revokeNodeAccess":
             client.revoke(args[0])
+        elif name == "renewSubscription":
+            client.renew(args[0], args[1])
+        elif name == "cancelSubscription":
+            client.cancel(args[0])
         else:
             client.set_key(args[0])
 
@@ -523,6 +573,9 @@ def decode_log(log: dict[str, Any]) -> ChainEvent:
     if name == "NodeAccessTransferred":
         token = int.from_bytes(topics[1], "big")
         return NodeAccessTransferred(token, _word_address(topics[2]), _word_address(topics[3]))
+    if name == "SubscriptionUpdate":
+        (expiration,) = decode(["uint64"], data)
+        return SubscriptionUpdate(int.from_bytes(topics[1], "big"), int(expiration))
     (key,) = decode(["bytes"], data)
     return PublicKeyUpdated(_word_address(topics[1]), _text(key))
 
