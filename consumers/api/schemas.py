@@ -7,7 +7,7 @@ from typing import Any, Final
 import msgspec
 
 from consumers.access.decide import REASONS, Decision
-from consumers.nodes.diagnose import Diagnosis
+from consumers.nodes.findings import Diagnosis
 from consumers.status.model import FleetStatus, HostInfo, Issue, Problem, StageInfo
 from shared.events import LogEntry, Retracted
 from shared.reasons import MEANINGS

@@ -22,16 +22,11 @@ from typing import Final
 from consumers.nodes import hosts
 from consumers.nodes.facts import Facts
 from consumers.nodes.findings import (
-    CODES,
-    HANDSHAKE_FRESH,
     INFO,
-    NO,
     OK,
     PROBLEM,
     RANK,
-    UNKNOWN,
     WARNING,
-    YES,
     Add,
     Carrier,
     Diagnosis,
@@ -257,20 +252,4 @@ def worst(diagnosis: Diagnosis) -> str:
     return max((f.severity for f in diagnosis.findings), key=RANK.__getitem__, default=OK)
 
 
-__all__ = [
-    "CODES",
-    "HANDSHAKE_FRESH",
-    "INFO",
-    "NO",
-    "OK",
-    "PROBLEM",
-    "UNKNOWN",
-    "WARNING",
-    "YES",
-    "Carrier",
-    "Diagnosis",
-    "Finding",
-    "Verdict",
-    "diagnose",
-    "worst",
-]
+__all__ = ["diagnose", "worst"]

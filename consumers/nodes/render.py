@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from consumers.nodes.diagnose import OK, PROBLEM, WARNING, Diagnosis
+from consumers.nodes.findings import OK, PROBLEM, WARNING, Diagnosis
 from consumers.nodes.listing import NodeRow, NodesReport
 from consumers.status.render import age, fail_closed_text, issue_line, node_text
 from shared import reasons

@@ -7,8 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from consumers.nodes.diagnose import CODES, NO, PROBLEM, UNKNOWN, WARNING, YES, diagnose
+from consumers.nodes.diagnose import diagnose
 from consumers.nodes.facts import Facts, Membership, PeersEntry, Tunnel, TunnelPeer
+from consumers.nodes.findings import CODES, NO, PROBLEM, UNKNOWN, WARNING, YES
 from consumers.status.health import PROBLEM_CODES
 from consumers.status.model import HostInfo, Issue, ListenerInfo, Problem, StageInfo
 from shared import reasons

@@ -5,7 +5,7 @@ from __future__ import annotations
 from consumers.access import decide
 from consumers.agent import desired
 from consumers.api.schemas import NodeSummary, openapi
-from consumers.nodes.diagnose import CODES
+from consumers.nodes.findings import CODES
 from shared import reasons, validate
 
 
