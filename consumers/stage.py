@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
@@ -58,8 +58,9 @@ class Fold(Protocol[S]):
     #: Entry types this stage consumes; anything else in its input is dead-lettered.
     accepts: tuple[type, ...]
 
-    def load(self, fields: dict[str, bytes]) -> S:
-        """Rebuild the state from its persisted fields (empty dict: initial state)."""
+    def load(self, fields: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> S:
+        """Rebuild the state from its persisted fields, a mapping or (name, value) pairs in
+        any order (empty: initial state)."""
 
     def apply(self, state: S, entry_id: str, entry: Any) -> tuple[S, list[Any]]:
         """Apply one input entry; returns the state and the output entries."""
@@ -105,9 +106,24 @@ class Stage(Generic[S]):
         self.position, self.state = self._load()
 
     def _load(self) -> tuple[str, S]:
-        position, fields = self.store.load()
-        self.retry_position = as_str(fields.pop(RETRY_FIELD, START.encode()))
-        return position, self.fold.load(fields)
+        """The committed position and state, the state hash read in chunks as it is built."""
+        retry: list[bytes] = []
+
+        def build(pairs: Iterator[tuple[str, bytes]]) -> S:
+            retry.clear()
+
+            def fold_fields() -> Iterator[tuple[str, bytes]]:
+                for name, value in pairs:
+                    if name == RETRY_FIELD:
+                        retry.append(value)
+                    else:
+                        yield name, value
+
+            return self.fold.load(fold_fields())
+
+        position, state = self.store.load_with(build)
+        self.retry_position = as_str(retry[-1]) if retry else START
+        return position, state
 
     def _check_position(self) -> None:
         """Reload when the stored position is not ours (checked while idle).
@@ -117,7 +133,7 @@ class Stage(Generic[S]):
         read. A commit would notice too (its position check fails), but only once
         new input arrives.
         """
-        raw: Any = redis_retry(self.client.get, self.store.keys[0])
+        raw: Any = redis_retry(self.client.get, self.store.position)
         stored = as_str(raw) if raw else START
         if stored == self.position:
             return
@@ -240,7 +256,7 @@ class Stage(Generic[S]):
             return SNAPSHOT_EVERY
         after: Any = redis_retry(
             self.client.xrange,
-            self.store.keys[2],
+            self.store.output,
             min=f"({as_str(through)}",
             count=SNAPSHOT_EVERY,
         )
@@ -252,7 +268,7 @@ class Stage(Generic[S]):
         A reader whose position is older than what was dropped starts again from
         the snapshot, so nothing it needs is lost.
         """
-        output = self.store.keys[2]
+        output = self.store.output
         newest: Any = redis_retry(self.client.xrevrange, output, "+", "-", count=self.retention)
         through: Any = redis_retry(self.client.hget, self.snapshot_key, "id")
         if len(newest) < self.retention or through is None:
@@ -314,7 +330,7 @@ class Stage(Generic[S]):
         last = "+"
         while True:
             page: Any = redis_retry(
-                self.client.xrevrange, self.store.keys[2], max=last, count=SCAN_PAGE
+                self.client.xrevrange, self.store.output, max=last, count=SCAN_PAGE
             )
             for raw_id, fields in page:
                 out_id = as_str(raw_id)
@@ -367,7 +383,7 @@ class Stage(Generic[S]):
 
     def _dead_ids(self) -> set[str]:
         """Input ids this stage dead-lettered (they stay out of a rebuild too)."""
-        raw: Any = redis_retry(self.client.xrange, self.store.keys[3])
+        raw: Any = redis_retry(self.client.xrange, self.store.dead)
         return {as_str(f[b"id"]) for _, f in raw if b"id" in f}
 
     # --- re-driven dead letters (``wgchain deadletters retry``) ------------------------
@@ -390,7 +406,7 @@ class Stage(Generic[S]):
                 return 0
             pipe = self.client.pipeline(transaction=True)
             if _STREAM_ID.fullmatch(dead_id):
-                pipe.xdel(self.store.keys[3], dead_id)
+                pipe.xdel(self.store.dead, dead_id)
             pipe.xdel(self.retry, request)
             redis_retry(pipe.execute)
         return len(requests)
@@ -399,7 +415,7 @@ class Stage(Generic[S]):
         """Apply one request's dead letter (gone already: nothing); False on a conflict."""
         letter: Any = []
         if _STREAM_ID.fullmatch(dead_id):
-            letter = redis_retry(self.client.xrange, self.store.keys[3], dead_id, dead_id)
+            letter = redis_retry(self.client.xrange, self.store.dead, dead_id, dead_id)
         if not letter:
             return True
         fields = letter[0][1]

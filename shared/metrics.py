@@ -34,7 +34,7 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 
-from shared import health
+from shared import health, lua
 from shared.errors import WgchainError
 from shared.events import Conflict
 
@@ -110,7 +110,7 @@ HEAD_DISTANCE = Gauge(
 _TAG_RE: Final = re.compile(r"\{([^{}]*)\}")
 #: (network, stage) -> monotonic time of its last lag count.
 _LAG_COUNTED: dict[tuple[str, str], float] = {}
-_COUNT_AFTER: Final = "return #redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])"
+_COUNT_AFTER: Final = lua.source("count_after")
 
 
 @runtime_checkable

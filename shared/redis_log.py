@@ -8,7 +8,7 @@ from; a stage killed at any instant either committed all of a batch or none of i
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
@@ -30,9 +30,9 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared import health, shutdown
+from shared import health, lua, shutdown
 from shared.errors import CommitConflict, ServiceUnavailable, SettingsError, WgchainError
-from shared.events import to_fields
+from shared.events import SCHEMA_VERSION, encode
 from shared.logs import log
 
 #: Stream id before the first entry.
@@ -49,6 +49,8 @@ REDIS_SOCKET_TIMEOUT: Final = 10.0
 CLUSTER_SCHEMES: Final = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 T = TypeVar("T")
+#: Fields per ``HSCAN`` call when a stage loads its state hash.
+SCAN_CHUNK: Final = 2000
 Fields = dict[str, bytes | str | int]
 Entry = tuple[str, dict[bytes, bytes]]
 
@@ -231,60 +233,14 @@ def as_str(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-_COMMIT_LUA: Final = """
--- KEYS: position, state hash, output stream, dead-letter stream
--- ARGV: expected position, new position, replace ('1': the state hash is rewritten whole),
---   then counted groups:
---   n_set, (field, value)*, n_del, field*, n_out, (v, type, data)*, n_dead, (id, reason, raw)*,
---   n_snapshot (0 or 1), snapshot data (written to KEYS[5] with the last output id it covers)
-local cur = redis.call('GET', KEYS[1]) or ''
-if cur ~= ARGV[1] then
-  return redis.error_reply('CONFLICT position is ' .. cur .. ', expected ' .. ARGV[1])
-end
-if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
-while n > 0 do  -- one HSET per chunk of fields (unpack stays far below Lua's stack limit)
-  local m = math.min(n, 1000)
-  redis.call('HSET', KEYS[2], unpack(ARGV, i, i + 2 * m - 1)); i = i + 2 * m; n = n - m
-end
-n = tonumber(ARGV[i]); i = i + 1
-while n > 0 do
-  local m = math.min(n, 1000)
-  redis.call('HDEL', KEYS[2], unpack(ARGV, i, i + m - 1)); i = i + m; n = n - m
-end
-local ids = {}
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  ids[#ids + 1] = redis.call('XADD', KEYS[3], '*', 'v', ARGV[i], 'type', ARGV[i + 1],
-                             'data', ARGV[i + 2])
-  i = i + 3
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('XADD', KEYS[4], '*', 'id', ARGV[i], 'reason', ARGV[i + 1], 'raw', ARGV[i + 2])
-  i = i + 3
-end
-n = tonumber(ARGV[i]); i = i + 1
-if n == 1 and #KEYS >= 5 then
-  local through = ids[#ids]
-  if not through then
-    local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
-    through = last and last[1] or '0-0'
-  end
-  redis.call('HSET', KEYS[5], 'id', through, 'data', ARGV[i])
-end
-if ARGV[2] ~= cur then redis.call('SET', KEYS[1], ARGV[2]) end
-return ids
-"""
+_COMMIT_LUA: Final = lua.source("stage_commit")
 
 
 def pack_entries(items: Sequence[Any]) -> list[Any]:
     """Lua arguments for appending envelopes: count, then (v, type, data) per item."""
     args: list[Any] = [len(items)]
-    for item in items:
-        f = to_fields(item)
-        args += [f["v"], f["type"], f["data"]]
+    for item in items:  # the fields of ``to_fields``, without a dict per item
+        args += (SCHEMA_VERSION, type(item).__name__, encode(item))
     return args
 
 
@@ -325,9 +281,13 @@ class StageStore:
         snapshot: str | None = None,
     ) -> None:
         self.client = client
-        self.keys = [position, state, output, dead]
-        if snapshot is not None:
-            self.keys.append(snapshot)
+        self.position = position
+        self.state = state
+        self.output = output
+        self.dead = dead
+        self.snapshot = snapshot
+        # The commit script's KEYS, in its order (shared/lua/stage_commit.lua).
+        self.keys = [position, state, output, dead] + ([snapshot] if snapshot is not None else [])
         self._commit = client.register_script(_COMMIT_LUA)
 
     def load(self) -> tuple[str, dict[str, bytes]]:
@@ -337,11 +297,38 @@ class StageStore:
 
     def _load(self) -> tuple[str, dict[str, bytes]]:
         pipe = self.client.pipeline(transaction=True)
-        pipe.get(self.keys[0])
-        pipe.hgetall(self.keys[1])
+        pipe.get(self.position)
+        pipe.hgetall(self.state)
         raw_pos, raw_state = pipe.execute()
         pos = as_str(raw_pos) if raw_pos else START
         return pos, {as_str(k): v for k, v in raw_state.items()}
+
+    def load_with(self, build: Callable[[Iterator[tuple[str, bytes]]], T]) -> tuple[str, T]:
+        """The committed position and ``build`` applied to the state hash's (field, value) pairs.
+
+        The hash is read in ``HSCAN`` chunks of :data:`SCAN_CHUNK` fields that ``build``
+        consumes as they arrive (a large state is never held twice, raw and built), under
+        ``WATCH``: if anything commits meanwhile, the position read fails and the load
+        starts again, so the pairs and the position are one consistent snapshot. A pair
+        may come twice (``HSCAN`` may repeat fields); a build must not mind.
+        """
+        return redis_retry(self._load_with, build)
+
+    def _load_with(self, build: Callable[[Iterator[tuple[str, bytes]]], T]) -> tuple[str, T]:
+        if isinstance(self.client, RedisCluster):  # one atomic read (no WATCH across a cluster)
+            pos, state = self._load()
+            return pos, build(iter(state.items()))
+        while True:
+            with self.client.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(self.position, self.state)  # type: ignore[no-untyped-call]
+                    built = build(_scan_pairs(pipe, self.state))
+                    pipe.multi()
+                    pipe.get(self.position)
+                    (raw_pos,) = pipe.execute()
+                except redis.WatchError:
+                    continue
+            return (as_str(raw_pos) if raw_pos else START), built
 
     def commit(self, expected: str, batch: Batch) -> list[str]:
         """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
@@ -369,6 +356,17 @@ class StageStore:
                 raise CommitConflict(str(exc)) from exc
             raise
         return [as_str(i) for i in ids]
+
+
+def _scan_pairs(client: Any, key: str) -> Iterator[tuple[str, bytes]]:
+    """Every (field, value) of hash ``key``, one ``HSCAN`` chunk at a time."""
+    cursor = 0
+    while True:
+        cursor, chunk = client.hscan(key, cursor, count=SCAN_CHUNK)
+        for name, value in chunk.items():
+            yield as_str(name), value
+        if not cursor:
+            return
 
 
 def xadd_many(client: redis.Redis, stream: str, items: Iterable[Fields]) -> Sequence[Any]:

@@ -1,20 +1,32 @@
 """Access checks: ``AccessChecker(client, keys).check_key(node, key)`` and ``check_address``.
 
-Live answers come from a :class:`RegistryCache` (never behind the registry
-stage's committed position). ``at_block=B`` answers for a past block instead: the
-``events`` log (its effective entries, retractions applied) is folded with the
-pure registry fold up to block ``B``.
+Live answers come from a :class:`RegistryCache`, in one of two consistencies
+(README "Reads"):
+
+* ``strict`` (the default here and in ``wgchain check``): never behind the registry
+  stage's last commit when the check began; one position read per check, shared by
+  concurrent callers;
+* ``bounded`` (the default of ``/v1/access``): no round trip; the answer reflects
+  every registry commit made ``max_age`` seconds (default :data:`MAX_AGE`, 50 ms) or
+  more before it. Give ``follow=True`` so that a background thread keeps the copy
+  fresh; without it a bounded check refreshes whenever the copy is older than that.
+
+Answers of ``check_key`` are kept per (node, key) while the view stays the same (any
+fold or reload changes its generation), so a repeated check is a dictionary lookup after
+its freshness check. ``at_block=B`` answers for a past block instead: the ``events`` log (its effective
+entries, retractions applied) is folded with the pure registry fold up to block ``B``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import redis
 
-from consumers.access.cache import PAGE, RegistryCache
+from consumers.access.cache import MAX_AGE, PAGE, RegistryCache
 from consumers.access.decide import Decision, View, decide_address, decide_key
 from consumers.registry.fold import FOLD, RegistryState
 from shared import validate
@@ -24,7 +36,16 @@ from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import as_str
 
-#: An Ethereum address as accepted by ``check_address``.
+#: Never behind the stage's last commit when the check began (a shared position read).
+STRICT: Final = "strict"
+#: Answered from the copy, which reflects every commit made ``max_age`` seconds before.
+BOUNDED: Final = "bounded"
+#: The consistencies of a live check.
+CONSISTENCIES: Final = (STRICT, BOUNDED)
+
+#: Live answers of ``check_key`` kept for reuse while the view does not change (cleared when
+#: full): a repeated check is a dictionary lookup.
+ANSWERS_KEPT: Final = 65_536
 
 
 class InvalidArgument(WgchainError):
@@ -57,17 +78,39 @@ def valid_address(address: str) -> str:
     return address.lower()
 
 
+def valid_consistency(consistency: str) -> str:
+    """``consistency`` if it is ``strict`` or ``bounded``, else :class:`InvalidArgument`."""
+    if consistency not in CONSISTENCIES:
+        shown = validate.excerpt(consistency)
+        raise InvalidArgument("consistency", f"{shown} is not one of {', '.join(CONSISTENCIES)}")
+    return consistency
+
+
 class AccessChecker:
     """Answers access checks for one network (see the module docstring).
 
     ``follow=True`` starts the background follower of the ``registry`` stream
-    (long-running processes); without it every check still catches up first.
+    (long-running processes). ``consistency`` is the default of every check
+    (:data:`STRICT` or :data:`BOUNDED`, each check may pick the other); ``max_age``
+    is the bound of bounded checks, in seconds.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, follow: bool = False) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        follow: bool = False,
+        consistency: str = STRICT,
+        max_age: float = MAX_AGE,
+    ) -> None:
         self.client = client
         self.keys = keys
+        self.consistency = valid_consistency(consistency)
+        self.max_age = max_age
         self.cache = RegistryCache(client, keys)
+        #: (node, key) -> (view generation, decision) of live checks.
+        self._answers: dict[tuple[str, str], tuple[int, Decision]] = {}
         if follow:
             self.cache.start()
 
@@ -80,25 +123,73 @@ class AccessChecker:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check_key(self, node: str, key: str, *, at_block: int | None = None) -> Decision:
+    def check_key(
+        self,
+        node: str,
+        key: str,
+        *,
+        at_block: int | None = None,
+        consistency: str | None = None,
+    ) -> Decision:
         """May WireGuard public key ``key`` reach ``node``?"""
-        valid_node(node)
-        valid_key(key)
-        return self._decide(lambda view: decide_key(view, node, key), at_block)
+        known = self._answers.get((node, key))
+        if known is None:  # a pair seen before was valid then
+            valid_node(node)
+            valid_key(key)
+        if at_block is None:  # the hot path: no closure, no extra call
+            cache = self.cache
+            self._fresh(consistency)
+            if known is not None and known[0] == cache.generation:
+                return known[1]  # the view has not changed since this answer was made
+            with cache.lock:
+                made = (
+                    cache.generation,
+                    msgspec.structs.replace(
+                        decide_key(cache.view, node, key), position=cache.position
+                    ),
+                )
+            if len(self._answers) >= ANSWERS_KEPT:
+                self._answers.clear()
+            self._answers[node, key] = made
+            return made[1]
+        return self._decide(lambda view: decide_key(view, node, key), at_block, consistency)
 
-    def check_address(self, node: str, address: str, *, at_block: int | None = None) -> Decision:
+    def check_address(
+        self,
+        node: str,
+        address: str,
+        *,
+        at_block: int | None = None,
+        consistency: str | None = None,
+    ) -> Decision:
         """Does ``address`` hold an active pass for ``node``?"""
         valid_node(node)
         owner = valid_address(address)
-        return self._decide(lambda view: decide_address(view, node, owner), at_block)
+        return self._decide(lambda view: decide_address(view, node, owner), at_block, consistency)
 
-    def _decide(self, rule: Callable[[View], Decision], at_block: int | None) -> Decision:
+    def _fresh(self, consistency: str | None) -> None:
+        """Make the cache as fresh as ``consistency`` (or this checker's default) asks."""
+        mode = self.consistency if consistency is None else consistency
+        if mode == BOUNDED:
+            cache = self.cache
+            if cache.news or time.monotonic() - cache.verified_at > self.max_age:
+                cache.refresh()
+        elif mode == STRICT:
+            self.cache.refresh()
+        else:
+            valid_consistency(mode)
+
+    def _decide(
+        self, rule: Callable[[View], Decision], at_block: int | None, consistency: str | None
+    ) -> Decision:
         if at_block is not None:
             view = View(state_at_block(self.client, self.keys, at_block))
             return msgspec.structs.replace(rule(view), at_block=at_block)
-        with self.cache.fresh() as view:
-            position = self.cache.position
-            decision = rule(view)
+        cache = self.cache
+        self._fresh(consistency)
+        with cache.lock:
+            position = cache.position
+            decision = rule(cache.view)
         return msgspec.structs.replace(decision, position=position)
 
 

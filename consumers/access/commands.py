@@ -16,6 +16,8 @@ import msgspec
 import redis
 
 from consumers.access.checker import (
+    CONSISTENCIES,
+    STRICT,
     AccessChecker,
     InvalidArgument,
     valid_address,
@@ -40,6 +42,14 @@ EXIT_USAGE: Final = 2
 @click.option("--key", default=None, help="WireGuard public key that wants to reach the node.")
 @click.option("--address", default=None, help="0x address: does it hold an active pass?")
 @click.option("--at-block", default=None, help="Answer for this past block (folded from the log).")
+@click.option(
+    "--consistency",
+    type=click.Choice(CONSISTENCIES),
+    default=STRICT,
+    show_default=True,
+    help="strict: never behind the registry stage's last commit; bounded: may miss "
+    "commits of the last 50 ms (no difference for one check: it loads a fresh copy).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
 @with_settings("redis_url", "chain_id", "contract", stage="check")
 @click.pass_context
@@ -51,6 +61,7 @@ def check(
     key: str | None,
     address: str | None,
     at_block: str | None,
+    consistency: str,
     as_json: bool,
 ) -> None:
     """Is KEY (or ADDRESS) allowed on NODE? Exit 0 granted, 1 denied, 2 bad arguments, 3 no answer."""
@@ -75,7 +86,7 @@ def check(
             raise
         raise NoAnswer(str(exc)) from None
     try:
-        with AccessChecker(client, keys) as checker:
+        with AccessChecker(client, keys, consistency=consistency) as checker:
             if key is not None:
                 decision = checker.check_key(node, key, at_block=block)
             else:

@@ -34,13 +34,13 @@ from consumers.agent.follow import CATCH_UP_SIZE, Follower
 from consumers.agent.hold import FREE, HELD, REACHED, Hold
 from consumers.agent.hostfiles import HostFiles
 from consumers.agent.interface import LOGGED_CHANGES as LOGGED
-from consumers.agent.interface import Changes, Interface, summary
+from consumers.agent.interface import Changes, Interface, PipelineError, summary
 from consumers.agent.keys import public_key_from_file
 from consumers.agent.peerset import DesiredPeers
 from consumers.agent.state import AppliedState, Ident
 from consumers.agent.status import Status, status_fields
 from consumers.agent.wg import WireGuard
-from shared import metrics, shutdown
+from shared import health, metrics, shutdown
 from shared.errors import KeyFileError, WireGuardError
 from shared.logs import log
 from shared.redis_log import START, Entry, redis_retry
@@ -109,6 +109,10 @@ class Agent:
         #: Nodes whose announcement changed and is to be read.
         self.announced: set[str] = set()
         self._fail_closed: str | None = None
+        #: Why the interface does not hold what was decided ("": it does); /healthz says it.
+        self.apply_problem = ""
+        #: This agent's loop in /healthz while it runs (consumers/agent/loop.py).
+        self.work: health.Work | None = None
 
     # --- views kept for callers of the former single-module agent --------------------
 
@@ -177,18 +181,57 @@ class Agent:
         self.prepared = True
 
     def bootstrap(self) -> None:
-        """Catch up before the first reconcile: the latest snapshot, then the stream after it."""
+        """Catch up before the first reconcile: the latest snapshot, then the stream after it.
+
+        A first start (no state file) on a fresh wireguard-go interface (no peers) fills
+        it while catching up: each batch's new peers are sent on the control socket and
+        wireguard-go applies them while the next batch is read and folded (the answer is
+        read before the next request; a failure rolls that batch back, and the reconcile
+        after the bootstrap reads the interface whole). Every batch is a prefix of the
+        stream, applied as an agent following it live would have. The addresses (the
+        link going up) come once caught up, and so does ``applied_position``.
+        """
         follower = self.follower
         follower.load_snapshot(newer_than=follower.position)
+        self.announcements.watch()
+        fill = self._can_fill()
         while True:
             entries, _ = self.retry(follower.read, None, CATCH_UP_SIZE)
             follower.fold(entries)
+            if fill:
+                fill = self._fill()
             if follower.caught_up:
                 break
         follower.last_entries = time.monotonic()
-        self.announcements.watch()
-        self.read_announcements(set(follower.table.records))
+        if not fill:  # (a fill read them batch by batch)
+            self.read_announcements(set(follower.table.records))
+        self._settle()
         self.bootstrapped = True
+
+    def _can_fill(self) -> bool:
+        if self.wg is None or self.applied_known or not hasattr(self.wg, "start_apply"):
+            return False
+        try:
+            return self.iface.take_empty()
+        except WireGuardError as exc:
+            self.error(str(exc))
+            return False
+
+    def _fill(self) -> bool:
+        """Send the peers the last batch changed (see :meth:`bootstrap`); False: stop
+        filling (it failed)."""
+        if self.follower.replaced:  # the first batch: the announcements of its nodes
+            self.read_announcements(set(self.follower.table.records))
+        return self.apply_changes(full=False, fill=True)
+
+    def _settle(self) -> None:
+        """Read the answer of a fill's last request (see :meth:`bootstrap`)."""
+        try:
+            self.iface.settle()
+        except PipelineError as exc:
+            self._rolled_back(exc.nodes)
+            self.error(str(exc))
+            self._apply_problem(f"cannot apply to {self.cfg.interface}: {exc}")
 
     # --- inputs ----------------------------------------------------------------------
 
@@ -248,7 +291,9 @@ class Agent:
         self.report()
         return ok
 
-    def apply_changes(self, *, full: bool) -> bool:
+    def apply_changes(self, *, full: bool, fill: bool = False) -> bool:
+        """Apply what changed (``full``: read the interface whole and repair it). ``fill``:
+        a bootstrap's fill (:meth:`bootstrap`)."""
         if self._held():
             if full:
                 self.repair_held()
@@ -264,7 +309,7 @@ class Agent:
         else:
             applied = self.iface.applied
             changed = {n: p for n in nodes if (p := model.peers.get(n)) != applied.get(n)}
-        return self._change(changed, model.addresses, model.fail_closed)
+        return self._change(changed, model.addresses, model.fail_closed, fill=fill)
 
     def repair_held(self) -> None:
         """Make the interface hold the applied configuration again (a restart, a hold)."""
@@ -291,6 +336,8 @@ class Agent:
             if nodes is not None:
                 nodes |= changed
         reason = self.model.fail_closed
+        if not self.bootstrapped:
+            return nodes  # (a fill: the stream's prefix so far; said once caught up)
         if reason and reason != self._fail_closed:
             self.log.warning("fail closed ({}): removing every peer", reason)
         self._fail_closed = reason
@@ -304,11 +351,13 @@ class Agent:
         *,
         target: dict[str, DesiredPeer] | None = None,
         hold: bool = False,
+        fill: bool = False,
     ) -> bool:
         """Apply ``changed`` (node -> peer, None: none) and the addresses, written ahead to
         the state journal. ``target``: read the interface whole and make it hold
         ``target`` (drift repaired). ``hold``: the applied configuration itself, which
-        moves no position."""
+        moves no position. ``fill``: only the peers, the answer not awaited, no position
+        moved (:meth:`bootstrap`)."""
         iface = self.iface
         other = addresses != iface.addresses or fail_closed != iface.fail_closed
         before = {node: iface.applied.get(node) for node in list(changed)[:LOGGED]}
@@ -321,7 +370,10 @@ class Agent:
             header = AppliedState(position, block, addresses, fail_closed)
             self.files.write_ahead(changed, header, iface.applied)
         try:
-            if target is None:
+            if fill:
+                iface.apply(changed, wait=False)
+                repaired = 0
+            elif target is None:
                 iface.apply(changed)
                 iface.set_addresses(addresses)
                 repaired = 0
@@ -329,14 +381,17 @@ class Agent:
                 repaired = iface.sync(target) - len(changed)
                 iface.set_addresses(addresses, check=True)
         except WireGuardError as exc:
-            if changed:  # rolled back: the journal says so too
-                back = {node: iface.applied.get(node) for node in changed}
-                self.files.write_ahead(back, self.snapshot(peers=False), iface.applied)
+            # rolled back (and a request in flight before it): the journal says so too
+            self._rolled_back([*changed, *getattr(exc, "nodes", ())])
             self.error(str(exc))
+            self._apply_problem(f"cannot apply to {self.cfg.interface}: {exc}")
             return False
-        iface.fail_closed = fail_closed
         if changed or other:
             self.files.config_due.mark()
+        if fill:
+            return True
+        iface.fail_closed = fail_closed
+        self._apply_problem("")
         if hold:
             self.files.state_due.mark()
             self.status.mark()
@@ -348,6 +403,19 @@ class Agent:
         if changed:
             self.log.info("applied {} change(s): {}", len(changed), summary(changed, before))
         return True
+
+    def _apply_problem(self, problem: str) -> None:
+        if problem != self.apply_problem:
+            self.apply_problem = problem
+            if self.work is not None:
+                self.work.trouble(problem)
+
+    def _rolled_back(self, nodes: list[str]) -> None:
+        """Note in the state journal that ``nodes`` are back to what the model has."""
+        if nodes:
+            applied = self.iface.applied
+            back = {node: applied.get(node) for node in nodes}
+            self.files.write_ahead(back, self.snapshot(peers=False), applied)
 
     def _applied(self) -> None:
         self.applied_known = True

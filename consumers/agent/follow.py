@@ -128,6 +128,8 @@ class Follower:
         self.replaced = True
         #: Called after the stream was found trimmed past us or reset (the table restarted).
         self.on_reset: Callable[[], None] = lambda: None
+        #: The connection of :meth:`read` (kept: one round trip per wake, nothing else).
+        self._conn: Any = None
 
     # --- reading -----------------------------------------------------------------------
 
@@ -143,20 +145,23 @@ class Follower:
         fields) is written first, in the same round trip. Blocks up to ``block_ms``
         (None: not at all, and ``also`` is not read)."""
         position = self.position
-        pipe = self.client.pipeline(transaction=False)
+        peers = self.keys.peers
+        commands: list[tuple[Any, ...]] = []
         if status is not None:
-            pipe.hset(status[0], mapping=status[1])  # type: ignore[arg-type]
-        streams = {self.keys.peers: position}
+            commands.append(("HSET", status[0], *(x for kv in status[1].items() for x in kv)))
         if block_ms is None:
             low = START if position == START else f"({position}"
-            pipe.xrange(self.keys.peers, min=low, count=count)
+            commands.append(("XRANGE", peers, low, "+", "COUNT", count))
         else:
+            streams = {peers: position}
             if also is not None:
                 streams[also[0]] = also[1]
-            pipe.xread(streams, count=count, block=block_ms)  # type: ignore[arg-type]
+            commands.append(
+                ("XREAD", "COUNT", count, "BLOCK", block_ms, "STREAMS", *streams, *streams.values())
+            )
         if position != START:
-            pipe.xrange(self.keys.peers, min=position, max=position)
-        replies = pipe.execute(raise_on_error=False)
+            commands.append(("XRANGE", peers, position, position))
+        replies = self._round_trip(commands)
         if status is not None:
             _raise_if_error(replies.pop(0))
         got = replies[0]
@@ -172,16 +177,47 @@ class Follower:
                 self.caught_up = len(entries) < count
         return entries, others
 
+    def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """``commands`` in one write on this follower's own connection; their raw replies
+        (an error reply as its exception). A redis-py pipeline per wake costs several
+        times more CPU, which a fleet of agents in one process pays on every change."""
+        pool = self.client.connection_pool
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(conn.read_response())
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            self._conn = None  # in an unknown state: a new one next time
+            conn.disconnect()
+            pool.release(conn)
+            raise
+        return replies
+
+    def close(self) -> None:
+        """Give this follower's connection back to the client's pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self.client.connection_pool.release(conn)
+
     def _entries(self, got: Any, ranged: bool) -> tuple[list[Entry], list[Any]]:
+        """The raw reply of XRANGE (``ranged``) or XREAD (RESP2 or RESP3) as entries."""
         if ranged:
-            return [(as_str(i), f) for i, f in got], []
+            return _stream(got), []
         entries: list[Entry] = []
         others: list[Any] = []
-        for name, items in got or []:
+        pairs = got.items() if isinstance(got, dict) else (got or ())
+        for name, items in pairs:
             if as_str(name) == self.keys.peers:
-                entries = [(as_str(i), f) for i, f in items]
+                entries = _stream(items)
             else:
-                others = list(items)
+                others = _stream(items)
         return entries, others
 
     def _restart(self) -> None:
@@ -356,6 +392,15 @@ class Follower:
             table.apply(entry)
         self.log.info("peer table folded again up to {}", until)
         return table
+
+
+def _stream(items: Any) -> list[Entry]:
+    """Raw stream entries ``[id, [field, value, ...]]`` as (id, fields)."""
+    out: list[Entry] = []
+    for entry_id, flat in items or ():
+        it = iter(flat or ())
+        out.append((as_str(entry_id), dict(zip(it, it, strict=False))))
+    return out
 
 
 def _raise_if_error(reply: object) -> None:

@@ -16,8 +16,8 @@ and retried on the timer. Without ``wg`` (file-only mode) only the model changes
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,6 +31,26 @@ LOGGED_CHANGES: Final = 10
 
 #: A change of the model: node -> the peer it should have (None: no peer).
 Changes = Mapping[str, DesiredPeer | None]
+
+
+class PipelineError(WireGuardError):
+    """A request sent without waiting (:meth:`Interface.apply` with ``wait=False``) failed;
+    its peers were put back. ``nodes``: the nodes it touched (for the state journal)."""
+
+    def __init__(self, message: str, nodes: list[str]) -> None:
+        super().__init__(message)
+        self.nodes = nodes
+
+
+@dataclass
+class _InFlight:
+    """A request whose answer is not read yet, and how to undo it."""
+
+    wait: Callable[[], None]
+    touched: list[str]
+    old: Mapping[str, PeerSpec]
+    undo: Callable[[], None]
+    nodes: list[str]
 
 
 def _spec(peer: DesiredPeer) -> PeerSpec:
@@ -74,6 +94,8 @@ class Interface:
         #: Unix time of the newest handshake over all peers at the last full read (0: none).
         self.handshake_latest = 0
         self.own_public_key: str | None = None
+        #: The request in flight (``wait=False``), until :meth:`settle`.
+        self._in_flight: _InFlight | None = None
 
     def changes_to(self, target: Mapping[str, DesiredPeer]) -> dict[str, DesiredPeer | None]:
         """What differs between the model and ``target`` (node -> wanted peer, None: none)."""
@@ -87,10 +109,13 @@ class Interface:
 
     # --- changes against the model -----------------------------------------------------
 
-    def apply(self, changed: Changes) -> None:
+    def apply(self, changed: Changes, *, wait: bool = True) -> None:
         """Make the interface hold ``changed`` (node -> peer, None: none).
 
-        Raises :class:`WireGuardError` after putting the touched peers back.
+        Raises :class:`WireGuardError` after putting the touched peers back. ``wait``
+        false (a bootstrap's fill): on wireguard-go's socket the request is sent and the
+        model updated, the answer is read by :meth:`settle` (called first by every later
+        operation), so that the caller works on the next batch meanwhile.
         """
         removals: list[str] = []
         sets: list[DesiredPeer] = []
@@ -107,13 +132,29 @@ class Interface:
         if not before:
             return
         if self.wg is not None:
-            try:
-                self._run(removals, [_spec(p) for p in sets])
-            except WireGuardError:
-                self.synced = False
-                old = {p.public_key: _spec(p) for p in before.values() if p is not None}
-                self._put_back(removals + [p.public_key for p in sets], old)
-                raise
+            specs = [_spec(p) for p in sets]
+            old = {p.public_key: _spec(p) for p in before.values() if p is not None}
+            touched = removals + [p.public_key for p in sets]
+            self.settle()
+            pending = None if wait else self._start(removals, specs)
+            if pending is not None:
+                applied = self.applied
+
+                def undo() -> None:
+                    for node, peer in before.items():
+                        if peer is None:
+                            applied.pop(node, None)
+                        else:
+                            applied[node] = peer
+
+                self._in_flight = _InFlight(pending.wait, touched, old, undo, list(before))
+            else:
+                try:
+                    self._run(removals, specs)
+                except WireGuardError:
+                    self.synced = False
+                    self._put_back(touched, old)
+                    raise
         for node in before:
             want = changed[node]
             if want is None:
@@ -121,8 +162,31 @@ class Interface:
             else:
                 self.applied[node] = want
 
+    def _start(self, removals: list[str], specs: list[PeerSpec]) -> Any:
+        """Send a request without waiting for its answer; None when the interface cannot
+        (no control socket, a hostname endpoint)."""
+        start = getattr(self.wg, "start_apply", None)
+        if start is None or not (removals or specs):
+            return None
+        return start(self.ifname, removals, specs)
+
+    def settle(self) -> None:
+        """Read the answer of the request in flight, if any. When it failed, its peers are
+        put back, the model undone, and :class:`PipelineError` raised."""
+        flight, self._in_flight = self._in_flight, None
+        if flight is None:
+            return
+        try:
+            flight.wait()
+        except WireGuardError as exc:
+            self.synced = False
+            flight.undo()
+            self._put_back(flight.touched, flight.old)
+            raise PipelineError(str(exc), flight.nodes) from None
+
     def set_addresses(self, addresses: tuple[str, ...], *, check: bool = False) -> None:
         """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged."""
+        self.settle()
         wanted = self.wg is not None and addresses and (check or addresses != self.addresses)
         if (
             wanted
@@ -134,6 +198,7 @@ class Interface:
 
     def load_key(self, public_key: str) -> None:
         """Load the private key file into the interface (its public key is ``public_key``)."""
+        self.settle()
         self.own_public_key = public_key
         if self.wg is not None:
             self.wg.set_private_key(self.ifname, str(self.key_file.absolute()))
@@ -144,6 +209,7 @@ class Interface:
     def sync(self, target: Mapping[str, DesiredPeer]) -> int:
         """Read the interface whole and make it hold ``target`` (node -> peer); the model
         becomes ``target``. Returns how many peers had to change (drift, or new ones)."""
+        self.settle()
         if self.wg is None:
             self.applied = dict(target)
             self.synced = True
@@ -171,6 +237,21 @@ class Interface:
         self.applied = dict(target)
         self.synced = True
         return operations
+
+    def take_empty(self) -> bool:
+        """Read the interface whole; when it has no peers (a fresh interface), the model
+        is that (synced) and True is returned: a fill may then only add."""
+        self.settle()
+        if self.wg is None:
+            return False
+        state = self.wg.show(self.ifname)
+        if state.peers:
+            return False
+        self._check_device(state)
+        self.handshake_latest = 0
+        self.applied = {}
+        self.synced = True
+        return True
 
     def _check_device(self, state: InterfaceState) -> None:
         assert self.wg is not None

@@ -1,8 +1,9 @@
 """The agent's loop (I/O): wake on the stream, apply, keep the timer, ride out outages.
 
 Each wake is one round trip: the status (when due) is written, then ``XREAD`` blocks
-on the peers stream and ``…:announcements`` until something arrives or the next
-timer, file write or status write is due. What arrived is folded and applied at
+on the peers stream and ``…:announcements`` until something arrives, the next timer
+or status write is due, or :data:`BLOCK_MS` passed (:data:`IDLE_BLOCK_MS` when nothing
+waits for a wake; a file write that comes due is done at the next wake). What arrived is folded and applied at
 once. The timer (``WGCHAIN_RECONCILE_INTERVAL``) re-announces this host, reads the
 interface whole (drift repair) and writes a heartbeat status; every
 :data:`FULL_ANNOUNCE_TICKS` ticks it reads every member's announcement again.
@@ -31,14 +32,20 @@ from consumers.agent.status import status_fields
 from shared import health, metrics
 from shared.errors import ServiceUnavailable, WgchainError
 from shared.logs import brief
+from shared.redis_log import OUTAGE_ERRORS
 
 if TYPE_CHECKING:
     from consumers.agent.agent import Agent
 
-#: Milliseconds one XREAD blocks at most.
+#: Milliseconds one XREAD blocks at most while something waits for a wake (a hold, the
+#: config file to rewrite); :data:`IDLE_BLOCK_MS` otherwise. An idle wake is a round trip
+#: for nothing, which a fleet pays per agent; the longer block bounds how long a stop waits.
 BLOCK_MS: Final = 1000
+IDLE_BLOCK_MS: Final = 3000
 #: Seconds to wait before retrying after Redis is unreachable.
 REDIS_PAUSE_SECONDS: Final = 1.0
+#: Seconds between two looks at the private key file (one ``stat``) while running.
+KEY_CHECK_SECONDS: Final = 1.0
 #: Every this many timer ticks every announcement is read again, in case one was written
 #: without ``…:announcements`` (an agent of an older version during an upgrade, by hand).
 FULL_ANNOUNCE_TICKS: Final = 10
@@ -52,6 +59,7 @@ class Loop:
         self.interval = agent.cfg.reconcile_interval
         self.next_timer = time.monotonic() + self.interval
         self.next_poll = 0.0
+        self.next_key_check = 0.0
         self.ticks = 0
 
     def step(self) -> None:
@@ -59,20 +67,27 @@ class Loop:
         agent = self.agent
         follower, announcements, status = agent.follower, agent.announcements, agent.status
         now = time.monotonic()
-        waits = [self.next_timer - now, status.due_in(now), *agent.files.waits(now)]
+        # (a file write that comes due rides on the next wake, at most BLOCK_MS later: a
+        # wake of its own would cost a fleet of agents a round trip each)
+        waits = [self.next_timer - now, status.due_in(now)]
+        pending = agent.hold_block or agent.files.config_due.dirty
         if announcements.position is None:
             waits.append(self.next_poll - now)
         fields = (status.key, status_fields(agent)) if status.due_in(now) == 0 else None
         also = None
         if follower.caught_up:
-            block_ms: int | None = max(1, min(BLOCK_MS, int(min(waits) * 1000)))
+            most = BLOCK_MS if pending else IDLE_BLOCK_MS
+            block_ms: int | None = max(1, min(most, int(min(waits) * 1000)))
             count = BATCH_SIZE
             if announcements.position is not None:
                 also = (announcements.stream, announcements.position)
         else:
             block_ms, count = None, CATCH_UP_SIZE
         try:
-            entries, others = agent.retry(follower.read, block_ms, count, fields, also)
+            try:  # the common case without the retry policy's bookkeeping (a fleet's CPU)
+                entries, others = follower.read(block_ms, count, fields, also)
+            except OUTAGE_ERRORS:
+                entries, others = agent.retry(follower.read, block_ms, count, fields, also)
         except NoPermissionError:
             if also is None:
                 raise
@@ -82,8 +97,10 @@ class Loop:
             status.written(now)
         agent.announced |= announcements.nodes_in(others)
         changed = follower.fold(entries) > 0 or bool(agent.announced)
-        changed = agent.check_key_file() or changed
         now = time.monotonic()
+        if now >= self.next_key_check:
+            self.next_key_check = now + KEY_CHECK_SECONDS
+            changed = agent.check_key_file() or changed
         if announcements.position is None and now >= self.next_poll:
             self.next_poll = now + POLL_SECONDS
             agent.announced |= set(follower.table.records)
@@ -116,17 +133,24 @@ def run(agent: Agent, stop: threading.Event) -> None:
     """Run ``agent`` until ``stop`` is set (module docstring)."""
     agent.prepare()
     loop = Loop(agent)
+    # /healthz (shared.health): 503 while Redis is unreachable, while the interface
+    # cannot be given what was decided (agent.py), or when no wake completed for long
+    bound = max(health.WORK_BOUND, 3 * agent.cfg.reconcile_interval)
+    agent.work = health.work(f"agent {agent.cfg.node_id}", bound)
+    agent.work.trouble(agent.apply_problem)
     try:
         while not stop.is_set():
             try:
                 if not agent.bootstrapped:
                     agent.announcements.publish()
                     agent.bootstrap()
-                    agent.apply_changes(full=True)
+                    # a fill (agent.py) read the interface whole already
+                    agent.apply_changes(full=not agent.iface.synced)
                     release_memory()
                 else:
                     loop.step()
                 health.REDIS.ok()
+                agent.work.beat()
             except (AuthenticationError, AuthorizationError) as exc:
                 raise WgchainError(f"Redis refused this agent: {brief(exc)}") from None
             except (redis.RedisError, ServiceUnavailable) as exc:
@@ -141,6 +165,9 @@ def run(agent: Agent, stop: threading.Event) -> None:
                 stop.wait(REDIS_PAUSE_SECONDS)
             agent.files.write(agent.snapshot)
     finally:
+        health.retire(agent.work)
+        agent.work = None
+        agent.follower.close()
         agent.files.close(agent.snapshot)
         with contextlib.suppress(redis.RedisError, ServiceUnavailable):
             agent.status.write(status_fields(agent))

@@ -35,6 +35,12 @@ TIMEOUT: Final = 15.0
 CHUNK_PEERS: Final = 256
 #: Longest answer read (bytes); ``errno=N`` and a blank line.
 MAX_ANSWER: Final = 256
+#: A request of more peers than this (a bootstrap's fill) asks for a send buffer of
+#: :data:`FILL_BUFFER` bytes, so that sending never waits for wireguard-go to read: it
+#: applies the lines already sent while the agent encodes the next chunk (and, with
+#: :func:`start_set_peers`, folds the next batch of the stream).
+FILL_PEERS: Final = 256
+FILL_BUFFER: Final = 32 << 20
 
 
 def socket_path(ifname: str, socket_dir: Path = SOCKET_DIR) -> Path:
@@ -104,6 +110,37 @@ def set_peers(
     Raises :class:`WireGuardError` when the socket does not answer or wireguard-go
     refuses a line; the lines before the refused one are applied (the caller rolls back).
     """
+    start_set_peers(ifname, removals, peers, socket_dir).wait()
+
+
+class Pending:
+    """A request sent to wireguard-go whose answer is not read yet."""
+
+    def __init__(self, sock: socket.socket, path: Path, ifname: str) -> None:
+        self.sock = sock
+        self.path = path
+        self.ifname = ifname
+
+    def wait(self) -> None:
+        """Read the answer; :class:`WireGuardError` when there is none or it is not 0."""
+        try:
+            answer = _answer(self.sock)
+        except OSError as exc:
+            raise WireGuardError(f"{self.path}: {exc.strerror or exc}") from None
+        finally:
+            self.sock.close()
+        if answer != 0:
+            raise WireGuardError(f"wireguard-go {self.ifname} refused the change (errno {answer})")
+
+
+def start_set_peers(
+    ifname: str,
+    removals: Sequence[str],
+    peers: Sequence[PeerSpec],
+    socket_dir: Path = SOCKET_DIR,
+) -> Pending:
+    """Send the request of :func:`set_peers`, validated whole first; its answer is read
+    by :meth:`Pending.wait` (wireguard-go applies it meanwhile)."""
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     checked = [_checked(p) for p in peers]
@@ -111,19 +148,29 @@ def set_peers(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
     try:
+        if len(removals) + len(checked) > FILL_PEERS:
+            _large_buffer(sock)
         sock.connect(str(path))
         try:
             for piece in _request(removals, checked):
                 sock.sendall(piece)
         except OSError:
             pass  # it stopped reading (it refused a line): its answer says why
-        answer = _answer(sock)
     except OSError as exc:
-        raise WireGuardError(f"{path}: {exc.strerror or exc}") from None
-    finally:
         sock.close()
-    if answer != 0:
-        raise WireGuardError(f"wireguard-go {ifname} refused the change (errno {answer})")
+        raise WireGuardError(f"{path}: {exc.strerror or exc}") from None
+    return Pending(sock, path, ifname)
+
+
+def _large_buffer(sock: socket.socket) -> None:
+    """Ask for a send buffer of :data:`FILL_BUFFER` bytes: beyond ``net.core.wmem_max`` when
+    allowed (``CAP_NET_ADMIN``, which the agent has to configure an interface), else as
+    much as the system gives."""
+    force = getattr(socket, "SO_SNDBUFFORCE", 32)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, force, FILL_BUFFER)
+    except OSError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, FILL_BUFFER)
 
 
 def _answer(sock: socket.socket) -> int:

@@ -347,6 +347,21 @@ class Wg:
         else:
             apply_peers(ifname, removals, peers)
 
+    def start_apply(
+        self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
+    ) -> uapi_socket.Pending | None:
+        """Send :meth:`apply`'s request on wireguard-go's socket without waiting for the
+        answer (``Pending.wait`` reads it); None when that is not possible (kernel
+        WireGuard, a hostname endpoint): then nothing was done."""
+        direct = all(p.endpoint is None or is_ip_endpoint(p.endpoint) for p in peers)
+        if not (self.uapi and direct and self._has_socket(ifname)):
+            return None
+        try:
+            return uapi_socket.start_set_peers(ifname, removals, peers, self.socket_dir)
+        except WireGuardError:
+            self._sockets.pop(ifname, None)
+            raise
+
     def _has_socket(self, ifname: str) -> bool:
         known = self._sockets.get(ifname)
         if known is None:

@@ -1,7 +1,10 @@
 """The HTTP API (Starlette): access checks, nodes, hosts, the log, health and metrics.
 
 Endpoints are plain functions (Starlette runs them in its thread pool, so the
-blocking Redis client is fine). Every answer is JSON encoded with msgspec, except
+blocking Redis client is fine); ``/v1/access`` (bounded) and ``/healthz`` answer on the
+event loop instead whenever they need no Redis round trip. ``/v1/access`` is bounded
+by default (``&consistency=strict`` for a check never behind the registry stage's
+last commit; see ``consumers/access/checker.py``). Every answer is JSON encoded with msgspec, except
 ``/metrics`` (Prometheus text) and the dashboard's files (``/`` and ``/ui/``). A
 bearer token, when configured, guards everything but ``/healthz``, ``/readyz`` and
 the dashboard's files (which hold no data: the page asks for the token and sends it
@@ -23,12 +26,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import version
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -37,7 +41,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from consumers.access.checker import AccessChecker, InvalidArgument, valid_address, valid_node
+from consumers.access.checker import (
+    BOUNDED,
+    AccessChecker,
+    InvalidArgument,
+    valid_address,
+    valid_consistency,
+    valid_node,
+)
 from consumers.api.fleet import FleetReads
 from consumers.api.reads import NotFound, Reads
 from consumers.api.schemas import ErrorBody, Health, HostList, IssueList, Ready, openapi
@@ -139,26 +150,55 @@ def _filter(request: Request) -> Filter:
     )
 
 
-def _route(name: str, fn: Callable[[Request], Response]) -> Callable[[Request], Response]:
-    """Errors to JSON answers, and metrics, around one endpoint."""
+def _answer(fn: Callable[[Request], Response | None], request: Request) -> Response | None:
+    """``fn``'s response, with errors as JSON answers."""
+    try:
+        return fn(request)
+    except InvalidArgument as exc:
+        return error(400, str(exc), exc.param)
+    except NotFound as exc:
+        return error(404, f"no token has ever named node {exc}")
+    except ServiceUnavailable as exc:
+        return error(503, str(exc))
+    except (redis.RedisError, WgchainError) as exc:
+        return error(503, f"unavailable: {type(exc).__name__}")
 
-    def handler(request: Request) -> Response:
-        started = time.perf_counter()
-        try:
-            response = fn(request)
-        except InvalidArgument as exc:
-            response = error(400, str(exc), exc.param)
-        except NotFound as exc:
-            response = error(404, f"no token has ever named node {exc}")
-        except ServiceUnavailable as exc:
-            response = error(503, str(exc))
-        except (redis.RedisError, WgchainError) as exc:
-            response = error(503, f"unavailable: {type(exc).__name__}")
+
+def _route(
+    name: str,
+    fn: Callable[[Request], Response],
+    inline: Callable[[Request], Response | None] | None = None,
+) -> Callable[[Request], Any]:
+    """Errors to JSON answers, and metrics, around one endpoint.
+
+    The endpoint runs in Starlette's thread pool (it may block on Redis). ``inline``,
+    when given, is tried first on the event loop: it answers from memory, or returns
+    None and the request goes to the thread pool (a thread hop is most of the cost
+    of an answer that needs no I/O).
+    """
+
+    def observed(response: Response, started: float) -> Response:
         REQUESTS.labels(name, str(response.status_code)).inc()
         LATENCY.labels(name).observe(time.perf_counter() - started)
         return response
 
-    return handler
+    def handler(request: Request) -> Response:
+        started = time.perf_counter()
+        response = _answer(fn, request)
+        assert response is not None
+        return observed(response, started)
+
+    if inline is None:
+        return handler
+
+    async def handler_inline(request: Request) -> Response:
+        started = time.perf_counter()
+        response = _answer(inline, request)
+        if response is None:
+            return await run_in_threadpool(handler, request)
+        return observed(response, started)
+
+    return handler_inline
 
 
 class _Lazy:
@@ -182,7 +222,7 @@ class _Lazy:
             with self._lock:
                 made = self._made
                 if made is None:
-                    checker = AccessChecker(self.client, self.keys)
+                    checker = AccessChecker(self.client, self.keys, consistency=BOUNDED)
                     if self.following:
                         checker.cache.start()
                     reads = Reads(
@@ -258,15 +298,28 @@ def create_app(
         if at is not None and not at.isdigit():
             raise InvalidArgument("at_block", "must be a block number")
         block = None if at is None else int(at)
+        consistency = valid_consistency(q.get("consistency", BOUNDED))
         checker, _ = lazy.get()
         if key is not None:
-            decision = checker.check_key(node, key, at_block=block)
+            decision = checker.check_key(node, key, at_block=block, consistency=consistency)
         else:
-            decision = checker.check_address(node, address or "", at_block=block)
+            decision = checker.check_address(
+                node, address or "", at_block=block, consistency=consistency
+            )
         if block is None and decision.position in ("", START) and not probe(client, keys).has_data:
             raise ServiceUnavailable(no_data(keys))  # a wrong network is not "not-a-member"
         DECISIONS.labels(decision.reason).inc()
         return json_response(decision)
+
+    def access_inline(request: Request) -> Response | None:
+        """A bounded live check answered on the event loop when the copy is recent enough."""
+        q = request.query_params
+        if not lazy.made or "at_block" in q or q.get("consistency", BOUNDED) != BOUNDED:
+            return None
+        checker = lazy.get()[0]
+        if checker.cache.age() > checker.max_age or checker.cache.position == START:
+            return None  # a position read, or the no-data probe: Redis, in the thread pool
+        return access(request)
 
     def nodes(request: Request) -> Response:
         after = request.query_params.get("after", "")
@@ -339,6 +392,12 @@ def create_app(
             return json_response(Health("ok"))
         return json_response(Health("failing", verdict.reason), 503)
 
+    def healthz_inline(request: Request) -> Response | None:
+        """/healthz on the event loop while the follower keeps the verdict fresh."""
+        if health.REDIS.down() or not lazy.made:
+            return None
+        return healthz(request)
+
     def readyz(request: Request) -> Response:
         try:
             now = snapshot.fleet([], cap=max(limits.max_lag + 1, 1), limits=limits)
@@ -381,7 +440,14 @@ def create_app(
         "/metrics": metrics_page,
         "/openapi.json": openapi_json,
     }
-    routes = [Route(path, _route(path, fn), methods=["GET"]) for path, fn in endpoints.items()]
+    inline: dict[str, Callable[[Request], Response | None]] = {
+        "/v1/access": access_inline,
+        "/healthz": healthz_inline,
+    }
+    routes = [
+        Route(path, _route(path, fn, inline.get(path)), methods=["GET"])
+        for path, fn in endpoints.items()
+    ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -231,6 +231,13 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
                 _param("key", "WireGuard public key (give key or address)", {"type": "string"}),
                 _param("address", "0x address (give key or address)", {"type": "string"}),
                 _param("at_block", "answer for this past block", {"type": "integer", "minimum": 0}),
+                _param(
+                    "consistency",
+                    "bounded (default): answered from the in-process copy, which reflects "
+                    "every registry commit made 50 ms or more before; strict: never behind "
+                    "the registry stage's last commit (one shared Redis round trip)",
+                    {"type": "string", "enum": ["bounded", "strict"], "default": "bounded"},
+                ),
             ],
             **bad,
             **unavailable,

@@ -88,7 +88,7 @@ def replay(
     max_diff: int,
     as_json: bool,
 ) -> None:
-    """Rebuild the projections from the log in a scratch namespace and compare digests.
+    """Rebuild the projections from the log (folded in this process) and compare digests.
 
     Compares the registry and ipam state hashes and the effective content of the
     registry and peers streams; exits 1 on any difference. With --until or

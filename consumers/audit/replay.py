@@ -1,11 +1,15 @@
 """``audit replay``: rebuild the projections from the log and compare them with the live ones.
 
-The log's entries up to the bound are copied, with their ids, into the ``events``
-stream of a scratch namespace (``Keys(..., prefix="wgchain-audit-<random>")``), and
-the real stages (:class:`~consumers.stage.Stage` with the registry and ipam folds)
-run over it until they are idle; the scratch keys are deleted afterwards (and expire
-within :data:`SCRATCH_TTL` seconds if the audit is killed). Then four projections
-are compared by sha256 digest, with a field-level diff when they differ:
+The log's entries up to the bound are read and folded in this process by the same
+pure folds the stages run (``consumers/audit/inprocess.py``: registry, then ipam over
+the registry's outputs), with the stages' rules for dead letters and retractions;
+nothing is written to Redis. A log whose retractions do not void the end of the log
+(never written by wgchain) is replayed the old way instead: copied, with its ids,
+into the ``events`` stream of a scratch namespace (``Keys(..., prefix="wgchain-audit-
+<random>")``) where the real stages (:class:`~consumers.stage.Stage`) run until idle;
+the scratch keys are deleted afterwards (and expire within :data:`SCRATCH_TTL`
+seconds if the audit is killed). Then four projections are compared by sha256
+digest, with a field-level diff when they differ:
 
 * ``registry state`` and ``ipam state`` (the allocations): the state hashes. The live
   side only keeps its *current* state, so they are compared when the live stage's
@@ -25,22 +29,27 @@ and says so when it did not.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, get_args
 
+import msgspec
 import redis
 
 from consumers.audit import compare
 from consumers.audit.entries import Decoded, decode, id_key
+from consumers.audit.inprocess import run_fold
 from consumers.audit.progress import bar
 from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import RegistryFold
 from consumers.stage import Fold, Stage
 from shared.errors import WgchainError
+from shared.events import SCHEMA_VERSION, PeersChange, RegistryChange, encode
 from shared.keys import Keys
 from shared.redis_log import START, as_str, redis_retry
 
@@ -53,6 +62,9 @@ COPY_CHUNK: Final = 1000
 #: Seconds between two snapshots while waiting for the live stages.
 POLL: Final = 0.2
 STAGES: Final = ("registry", "ipam")
+#: The ``v`` of a current envelope, and the entry types a stage writes besides retractions.
+_VERSION: Final = str(SCHEMA_VERSION).encode()
+_PLAIN: Final = frozenset(t.__name__ for t in (*get_args(RegistryChange), *get_args(PeersChange)))
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,7 @@ class Snapshot:
     registry_last: str
     positions: dict[str, str]
     states: dict[str, dict[str, bytes]]
+    peers_last: str = START
 
 
 @dataclass
@@ -81,6 +94,7 @@ class Report:
 
     bound: str
     entries: int
+    #: The scratch namespace the real stages ran in ("": folded in process).
     scratch: str
     notes: list[str] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
@@ -97,16 +111,18 @@ def snapshot(client: redis.Redis, keys: Keys) -> Snapshot:
         pipe = client.pipeline(transaction=True)
         pipe.xrevrange(keys.events, count=1)
         pipe.xrevrange(keys.registry, count=1)
+        pipe.xrevrange(keys.peers, count=1)
         for stage in STAGES:
             pipe.get(keys.position(stage))
             pipe.hgetall(keys.state(stage))
         result: list[Any] = pipe.execute()
         return result
 
-    ev, reg, reg_pos, reg_state, ipam_pos, ipam_state = redis_retry(read)
+    ev, reg, peers, reg_pos, reg_state, ipam_pos, ipam_state = redis_retry(read)
     return Snapshot(
         events_last=as_str(ev[0][0]) if ev else START,
         registry_last=as_str(reg[0][0]) if reg else START,
+        peers_last=as_str(peers[0][0]) if peers else START,
         positions={
             "registry": as_str(reg_pos) if reg_pos else START,
             "ipam": as_str(ipam_pos) if ipam_pos else START,
@@ -253,6 +269,118 @@ class Replay:
         """Replay the log up to ``bound`` (None: the live registry position) and compare."""
         notes: list[str] = []
         bound, snap = self._settle(bound, notes)
+        with _collector_paused():
+            return self._compare(bound, snap, notes)
+
+    def _compare(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
+        """Fold the log up to ``bound`` in process and compare with the live ``snap``."""
+        replayed = self._fold(bound)
+        if replayed is None:  # retractions wgchain never writes: run the real stages
+            return self._run_scratch(bound, snap, notes)
+        entries, states, registry_out, peers_out = replayed
+        ours = (
+            compare.content(registry_out),
+            compare.content(peers_out, compare.ordinals(registry_out)),
+        )
+        report = Report(bound, entries, "", notes)
+        streams = self._plain_streams(snap, bound, registry_out, peers_out, ours)
+        if streams is None:  # compared entry by entry, decoded
+            live = self._streams(self.keys, bound)
+            streams = (
+                self._stream("registry stream", live[0], ours[0]),
+                self._stream("peers stream", live[1], ours[1]),
+                live[2],
+            )
+        report.outcomes = [
+            self._state("registry", snap, states["registry"], bound),
+            self._state("ipam", snap, states["ipam"], streams[2]),
+            streams[0],
+            streams[1],
+        ]
+        return report
+
+    def _plain_streams(
+        self,
+        snap: Snapshot,
+        bound: str,
+        registry_out: list[Decoded],
+        peers_out: list[Decoded],
+        ours: tuple[list[bytes], list[bytes]],
+    ) -> tuple[Outcome, Outcome, str] | None:
+        """Both stream outcomes when the live streams hold exactly the replay's entries.
+
+        Without ``--until`` the snapshot's ends of ``registry`` and ``peers`` are what
+        the stages wrote up to the bound. When every live entry is a current envelope
+        (no retraction, nothing undecodable), its ``data`` is the canonical encoding of
+        the entry, so the live content is equal to the replay's when the raw payloads
+        equal the replay's entries encoded (the peers' with their live registry cause):
+        nothing is decoded. Otherwise (or on any difference: the diff needs the decoded
+        entries) None, and the streams are compared entry by entry.
+        """
+        if bound != snap.positions["registry"]:
+            return None
+        registry = self._payloads(self.keys.registry, snap.registry_last)
+        if registry is None or registry[1] != ours[0]:
+            return None
+        live_ids = registry[0]
+        position = {replay_id: n for n, (replay_id, _) in enumerate(registry_out)}
+        mapped: list[bytes] = []
+        for _, entry in peers_out:
+            n = position.get(getattr(entry, "cause", ""))
+            if n is None or not isinstance(entry, msgspec.Struct):
+                return None
+            mapped.append(encode(msgspec.structs.replace(entry, cause=live_ids[n])))
+        peers = self._payloads(self.keys.peers, snap.peers_last)
+        if peers is None or peers[1] != mapped:
+            return None
+        last = live_ids[-1] if live_ids else START
+        return (
+            self._stream("registry stream", ours[0], ours[0]),
+            self._stream("peers stream", ours[1], ours[1]),
+            last,
+        )
+
+    def _payloads(self, key: str, last: str) -> tuple[list[str], list[bytes]] | None:
+        """(ids, ``data`` payloads) of ``key`` up to ``last``; None unless every entry is a
+        current envelope of a type that is not a retraction."""
+        if last == START:
+            return [], []
+        ids: list[str] = []
+        payloads: list[bytes] = []
+        for entry_id, fields in read_stream(self.client, key, high=last):
+            kind = fields.get(b"type")
+            if fields.get(b"v") != _VERSION or kind is None or kind == b"Retracted":
+                return None
+            if kind.decode("ascii", "replace") not in _PLAIN:
+                return None
+            ids.append(entry_id)
+            payloads.append(fields[b"data"])
+        return ids, payloads
+
+    def _fold(
+        self, bound: str
+    ) -> tuple[int, dict[str, dict[str, bytes]], list[Decoded], list[Decoded]] | None:
+        """Fold the log up to ``bound`` in process: (entries, state hashes, registry outputs,
+        peers outputs)."""
+        raw = read_stream(self.client, self.keys.events, high=bound) if bound != START else []
+        events = decode(raw)
+        del raw
+        registry = RegistryFold()
+        with bar("replaying registry", len(events), self.show) as progress:
+            folded = run_fold(registry, events, progress.advance)
+        if folded is None:
+            return None
+        registry_state, registry_out = folded
+        with bar("replaying ipam", len(registry_out), self.show) as progress:
+            allocated = run_fold(self.ipam, registry_out, progress.advance)
+        if allocated is None:
+            return None
+        ipam_state, peers_out = allocated
+        states = {"registry": registry.dump(registry_state), "ipam": self.ipam.dump(ipam_state)}
+        return len(events), states, registry_out, peers_out
+
+    def _run_scratch(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
+        """The replay through the real stages in a scratch namespace."""
         try:
             copied = self._copy(bound)
             self._run(RegistryFold(), copied)
@@ -265,8 +393,8 @@ class Replay:
         live = self._streams(self.keys, bound)
         report = Report(bound, copied, self.scratch.prefix, notes)
         report.outcomes = [
-            self._state("registry", snap, replay, bound),
-            self._state("ipam", snap, replay, live[2]),
+            self._state("registry", snap, replay.states["registry"], bound),
+            self._state("ipam", snap, replay.states["ipam"], live[2]),
             self._stream("registry stream", live[0], ours[0]),
             self._stream("peers stream", live[1], ours[1]),
         ]
@@ -280,7 +408,7 @@ class Replay:
         last = registry[-1][0] if registry else START
         return compare.content(registry), compare.content(peers, causes), last
 
-    def _state(self, stage: str, live: Snapshot, replay: Snapshot, upto: str) -> Outcome:
+    def _state(self, stage: str, live: Snapshot, replay: dict[str, bytes], upto: str) -> Outcome:
         """Compare ``stage``'s state hashes when the live one is at the replay's point."""
         name = f"{stage} state"
         at = live.positions[stage]
@@ -289,9 +417,9 @@ class Replay:
         return self._outcome(
             name,
             live=compare.state_digest(live.states[stage]),
-            replay=compare.state_digest(replay.states[stage]),
+            replay=compare.state_digest(replay),
             size=len(live.states[stage]),
-            diff=lambda: compare.diff_state(live.states[stage], replay.states[stage]),
+            diff=lambda: compare.diff_state(live.states[stage], replay),
             unit="fields",
         )
 
@@ -324,13 +452,28 @@ class Replay:
         return Outcome(name, "DIFF", f"live sha256 {live[:16]}, replay sha256 {replay[:16]}", shown)
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a replay holds the whole log in memory.
+
+    Every decoded entry and output is a tracked object that stays alive to the end, so
+    each full collection would walk all of them again (about 40% of a replay's CPU);
+    the folds create no reference cycles to collect.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def render(report: Report) -> list[str]:
     """The report as text lines."""
     bound = "nothing (empty log)" if report.bound == START else report.bound
-    lines = [
-        f"replayed {report.entries} events entries up to {bound} "
-        f"in scratch namespace {report.scratch} (deleted)"
-    ]
+    where = f"in scratch namespace {report.scratch} (deleted)" if report.scratch else "in process"
+    lines = [f"replayed {report.entries} events entries up to {bound} {where}"]
     lines += [f"note: {n}" for n in report.notes]
     for outcome in report.outcomes:
         lines.append(f"{outcome.status:<5} {outcome.name:<16} {outcome.detail}")

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import ipaddress
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -64,7 +65,7 @@ Network4 = ipaddress.IPv4Network
 Network6 = ipaddress.IPv6Network
 
 
-class Address(msgspec.Struct, frozen=True):
+class Address(msgspec.Struct, frozen=True, gc=False):
     """A node's address offset; ``live`` while it holds it (else its last address)."""
 
     offset: int
@@ -72,14 +73,14 @@ class Address(msgspec.Struct, frozen=True):
     public_key: str = ""
 
 
-class Quarantine(msgspec.Struct, frozen=True):
+class Quarantine(msgspec.Struct, frozen=True, gc=False):
     """An offset released by ``node_id``; nobody else may take it before block ``until``."""
 
     node_id: str
     until: int
 
 
-class Pending(msgspec.Struct, frozen=True):
+class Pending(msgspec.Struct, frozen=True, gc=False):
     """A live member waiting for an address; ``seq`` orders the queue."""
 
     seq: int
@@ -88,7 +89,7 @@ class Pending(msgspec.Struct, frozen=True):
     block: int = 0
 
 
-class Meta(msgspec.Struct, frozen=True):
+class Meta(msgspec.Struct, frozen=True, gc=False):
     pool: str
     pool6: str = ""
     clock: int = 0
@@ -165,40 +166,49 @@ class IpamFold:
         blocked[0] = blocked[-1] = 1
         return IpamState(blocked, dirty={META_FIELD})
 
-    def load(self, fields: dict[str, bytes]) -> IpamState:
+    def load(self, fields: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> IpamState:
+        """The state of persisted ``fields``: a mapping, or (name, value) pairs in any order."""
         state = self.initial()
-        raw_meta = fields.get(META_FIELD)
-        if raw_meta is not None:
-            meta = _META_DECODER.decode(raw_meta)
-            if (meta.pool, meta.pool6) != self._meta_pool:
-                raise SettingsError(
-                    "WGCHAIN_POOL",
-                    f"state was allocated from {meta.pool} {meta.pool6}; replay to change pools",
-                )
-            state.clock, state.seq = meta.clock, meta.seq
-            state.dirty.clear()
-        pending: list[tuple[int, str, Pending]] = []
-        for name, raw in fields.items():
+        pairs = fields.items() if isinstance(fields, Mapping) else fields
+        intern = sys.intern
+        pending: dict[str, Pending] = {}
+        listed = False
+        for name, raw in pairs:
             prefix, _, rest = name.partition(":")
             decoder = _DECODERS.get(prefix + ":")
             if decoder is None:
+                if name == META_FIELD:
+                    meta = _META_DECODER.decode(raw)
+                    if (meta.pool, meta.pool6) != self._meta_pool:
+                        raise SettingsError(
+                            "WGCHAIN_POOL",
+                            f"state was allocated from {meta.pool} {meta.pool6}; "
+                            "replay to change pools",
+                        )
+                    state.clock, state.seq = meta.clock, meta.seq
+                    state.dirty.discard(META_FIELD)
+                elif name == PENDING_ISSUES_FIELD:
+                    listed = True
                 continue
             value = decoder.decode(raw)
             if isinstance(value, Address):
-                state.nodes[rest] = value
+                node = intern(rest)
+                if value.public_key:
+                    value = Address(value.offset, value.live, intern(value.public_key))
+                state.nodes[node] = value
                 if value.live:
-                    state.holder[value.offset] = rest
+                    state.holder[value.offset] = node
                     state.blocked[value.offset] = 1
             elif isinstance(value, Quarantine):
                 offset = int(rest)
-                state.quarantine[offset] = value
+                state.quarantine[offset] = Quarantine(intern(value.node_id), value.until)
                 state.blocked[offset] = 1
                 state.expiries.append((value.until, offset))
             elif isinstance(value, Pending):
-                pending.append((value.seq, rest, value))
+                pending[intern(rest)] = value
         heapq.heapify(state.expiries)
-        state.pending = {node: p for _, node, p in sorted(pending)}
-        if state.pending and PENDING_ISSUES_FIELD not in fields:
+        state.pending = dict(sorted(pending.items(), key=lambda item: (item[1].seq, item[0])))
+        if state.pending and not listed:
             state.dirty.add(PENDING_ISSUES_FIELD)  # persisted before the list was kept
         return state
 

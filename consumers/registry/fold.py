@@ -13,9 +13,9 @@ strings are recorded and reported only as escaped excerpts, never published.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Final, NamedTuple
 
 import msgspec
@@ -42,34 +42,14 @@ from shared.validate import excerpt
 TOKEN_FIELD: Final = "t:"  # noqa: S105 (a field prefix, not a secret)
 #: Field-name prefix of an owner's key in the state hash (``k:<owner>``).
 KEY_FIELD: Final = "k:"
-#: Longest string whose validation result is cached (characters); longer ones are never valid.
-CACHED_CHARS: Final = 64
-#: Validation results kept (entries).
-CACHE_SIZE: Final = 1 << 17
+#: Validation (pattern matches, no decoding: ``shared/validate.py``) is cheaper than a
+#: cache of its results, which would cost ~100 bytes per key and node held.
+key_problem: Final = validate.key_problem
+is_valid_node_id: Final = validate.is_valid_node_id
 
 
-@lru_cache(maxsize=CACHE_SIZE)
-def _cached_key_problem(key: str) -> str | None:
-    return validate.key_problem(key)
-
-
-@lru_cache(maxsize=CACHE_SIZE)
-def _cached_node_id_ok(node_id: str) -> bool:
-    return validate.is_valid_node_id(node_id)
-
-
-def key_problem(key: str) -> str | None:
-    """``validate.key_problem``, cached for short strings (keys repeat across many events)."""
-    return _cached_key_problem(key) if len(key) <= CACHED_CHARS else validate.key_problem(key)
-
-
-def is_valid_node_id(node_id: str) -> bool:
-    """``validate.is_valid_node_id``, cached for short strings."""
-    return _cached_node_id_ok(node_id) if len(node_id) <= CACHED_CHARS else False
-
-
-class TokenRecord(msgspec.Struct, frozen=True):
-    """One token as the log has seen it."""
+class TokenRecord(msgspec.Struct, frozen=True, gc=False):
+    """One token as the log has seen it (strings only: never part of a cycle, so untracked)."""
 
     node_id: str
     owner: str
@@ -87,18 +67,102 @@ class Status(NamedTuple):
     reason: str = ""
 
 
+#: The active tokens of an owner or a node: one token (the common case) or a set of two or
+#: more (never a set of one: the representation is canonical, so a reload equals a fold).
+Tokens = int | set[int]
+
+
+def _lowest(tokens: Tokens) -> int:
+    return tokens if isinstance(tokens, int) else min(tokens)
+
+
+def _as_set(tokens: Tokens | None) -> set[int]:
+    if tokens is None:
+        return set()
+    return {tokens} if isinstance(tokens, int) else set(tokens)
+
+
+def _add(index: dict[str, Tokens], name: str, token: int) -> None:
+    held = index.get(name)
+    if held is None:
+        index[name] = token
+    elif isinstance(held, int):
+        if held != token:
+            index[name] = {held, token}
+    else:
+        held.add(token)
+
+
+def _remove(index: dict[str, Tokens], name: str, token: int) -> None:
+    held = index[name]
+    if isinstance(held, int):
+        if held == token:
+            del index[name]
+        return
+    held.discard(token)
+    if len(held) == 1:
+        index[name] = next(iter(held))
+
+
+class _TokenSets(Mapping[str, set[int]]):
+    """Read-only view of a :data:`Tokens` index as sets (what readers of the state use)."""
+
+    def __init__(self, index: dict[str, Tokens]) -> None:
+        self._index = index
+
+    def __getitem__(self, name: str) -> set[int]:
+        return _as_set(self._index[name])
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class _Candidates(Mapping[str, dict[str, int]]):
+    """Read-only view: key -> {node: member token} of every candidate under that key."""
+
+    def __init__(self, state: RegistryState) -> None:
+        self._state = state
+
+    def __getitem__(self, key: str) -> dict[str, int]:
+        group = self._state.rivals.get(key)
+        if group is not None:
+            return dict(group)
+        token, node = self._state.winners[key]
+        return {node: token}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state.winners)
+
+    def __len__(self) -> int:
+        return len(self._state.winners)
+
+
 @dataclass(eq=False)
 class RegistryState:
-    """Mutable fold state; ``apply`` updates it in place and returns it."""
+    """Mutable fold state; ``apply`` updates it in place and returns it.
+
+    Compact (docs/design.md, registry): an index entry is one token unless there are
+    several, a key with a single candidate is only its winner, token records are
+    untracked structs, and strings are interned when loaded (one copy per owner, node
+    and key).
+    """
 
     tokens: dict[int, TokenRecord] = field(default_factory=dict)
     keys: dict[str, str] = field(default_factory=dict)
-    owner_tokens: dict[str, set[int]] = field(default_factory=dict)
-    node_tokens: dict[str, set[int]] = field(default_factory=dict)
-    #: key -> {node: member token} of every node that could be live with that key.
-    candidates: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: key -> (token, node): the candidate that keeps the peer.
+    #: owner -> its active tokens (:data:`Tokens`).
+    owner_tokens: dict[str, Tokens] = field(default_factory=dict)
+    #: node -> the active tokens naming it (:data:`Tokens`; read it through ``node_tokens``).
+    node_index: dict[str, Tokens] = field(default_factory=dict)
+    #: key -> (token, node): the candidate that keeps the peer (every key with a candidate).
     winners: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: key -> {node: member token}, only for keys with two or more candidates.
+    rivals: dict[str, dict[str, int]] = field(default_factory=dict)
     #: node -> the key it is a candidate under.
     candidate_key: dict[str, str] = field(default_factory=dict)
     status: dict[str, Status] = field(default_factory=dict)
@@ -108,6 +172,16 @@ class RegistryState:
     issues: dict[str, tuple[Issue, ...]] = field(default_factory=dict)
     issues_dirty: bool = False
 
+    @property
+    def node_tokens(self) -> Mapping[str, set[int]]:
+        """node -> the set of active tokens naming it (a read-only view)."""
+        return _TokenSets(self.node_index)
+
+    @property
+    def candidates(self) -> Mapping[str, dict[str, int]]:
+        """key -> {node: member token} of every node that could be live with that key."""
+        return _Candidates(self)
+
     def live(self) -> dict[str, Status]:
         """Every live member, by node id."""
         return {n: s for n, s in self.status.items() if s.live}
@@ -115,6 +189,7 @@ class RegistryState:
 
 _TOKEN_DECODER: Final = msgspec.json.Decoder(TokenRecord)
 _STR_DECODER: Final = msgspec.json.Decoder(str)
+_ENCODE: Final = msgspec.json.Encoder().encode
 
 
 class RegistryFold:
@@ -127,24 +202,31 @@ class RegistryFold:
         """Every persisted field of ``state``."""
         return dump(state)
 
-    def load(self, fields: dict[str, bytes]) -> RegistryState:
+    def load(self, fields: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> RegistryState:
+        """The state of persisted ``fields`` (a mapping, or (name, value) pairs in any order,
+        e.g. chunks of an ``HSCAN``)."""
         state = RegistryState()
-        for name, raw in fields.items():
+        pairs = fields.items() if isinstance(fields, Mapping) else fields
+        intern = sys.intern
+        raw_issues: bytes | None = None
+        for name, raw in pairs:
             if name.startswith(TOKEN_FIELD):
                 token_id = int(name[len(TOKEN_FIELD) :])
                 record = _TOKEN_DECODER.decode(raw)
+                record = TokenRecord(intern(record.node_id), intern(record.owner), record.active)
                 state.tokens[token_id] = record
                 if record.active:
                     _index(state, token_id, record)
             elif name.startswith(KEY_FIELD):
-                state.keys[name[len(KEY_FIELD) :]] = _STR_DECODER.decode(raw)
-        nodes = sorted(state.node_tokens)
+                state.keys[intern(name[len(KEY_FIELD) :])] = intern(_STR_DECODER.decode(raw))
+            elif name == issues.ISSUES_FIELD:
+                raw_issues = raw
+        nodes = sorted(state.node_index)
         _update_candidates(state, nodes)
         for node in nodes:
             status = _status(state, node)
             if status is not None:
                 state.status[node] = status
-        raw_issues = fields.get(issues.ISSUES_FIELD)
         if raw_issues is not None:
             state.issues = issues.decode(raw_issues)
         else:  # a state persisted before issues were kept: find them (causes unknown)
@@ -157,27 +239,27 @@ class RegistryFold:
         if not isinstance(entry, LogEntry):
             raise TypeError(f"registry folds LogEntry, not {type(entry).__name__}")
         step = _Step(state, entry_id, entry.block_number)
-        step.source = (entry.tx_hash, entry.log_index)  # the cause of issues it starts
         event = entry.event
-        if isinstance(event, NodeAccessGranted):
+        if isinstance(event, PublicKeyUpdated):
+            step.key_updated(event.owner.lower(), event.public_key)
+        elif isinstance(event, NodeAccessGranted):
             step.granted(event)
-        elif isinstance(event, NodeAccessRevoked):
-            step.revoked(event)
         elif isinstance(event, NodeAccessTransferred):
             step.transferred(event)
-        elif isinstance(event, PublicKeyUpdated):
-            step.key_updated(event.owner.lower(), event.public_key)
-        return state, step.publish()
+        elif isinstance(event, NodeAccessRevoked):
+            step.revoked(event)
+        return state, step.publish((entry.tx_hash, entry.log_index))
 
     def take_changes(self, state: RegistryState) -> tuple[dict[str, bytes], set[str]]:
         to_set: dict[str, bytes] = {}
         to_del: set[str] = set()
+        tokens = state.tokens
         for token_id in sorted(state.dirty_tokens):
-            to_set[f"{TOKEN_FIELD}{token_id}"] = msgspec.json.encode(state.tokens[token_id])
+            to_set[f"{TOKEN_FIELD}{token_id}"] = _ENCODE(tokens[token_id])
         for owner in sorted(state.dirty_owners):
             key = state.keys.get(owner, "")
             if key:
-                to_set[f"{KEY_FIELD}{owner}"] = msgspec.json.encode(key)
+                to_set[f"{KEY_FIELD}{owner}"] = _ENCODE(key)
             else:
                 to_del.add(f"{KEY_FIELD}{owner}")
         state.dirty_tokens.clear()
@@ -194,10 +276,10 @@ class RegistryFold:
 
 def dump(state: RegistryState) -> dict[str, bytes]:
     """Every persisted field of ``state`` (what the state hash holds after all commits)."""
-    fields = {f"{TOKEN_FIELD}{t}": msgspec.json.encode(r) for t, r in sorted(state.tokens.items())}
+    fields = {f"{TOKEN_FIELD}{t}": _ENCODE(r) for t, r in sorted(state.tokens.items())}
     for owner, key in sorted(state.keys.items()):
         if key:
-            fields[f"{KEY_FIELD}{owner}"] = msgspec.json.encode(key)
+            fields[f"{KEY_FIELD}{owner}"] = _ENCODE(key)
     raw_issues = issues.encode(state)
     if raw_issues is not None:
         fields[issues.ISSUES_FIELD] = raw_issues
@@ -207,12 +289,12 @@ def dump(state: RegistryState) -> dict[str, bytes]:
 class _Step:
     """The work of one event: mutate the state, then publish the affected nodes."""
 
+    __slots__ = ("affected", "block", "cause", "notes", "state", "transfer")
+
     def __init__(self, state: RegistryState, cause: str, block_number: int) -> None:
         self.state = state
         self.cause = cause
         self.block = block_number
-        #: (tx hash, log index) of the event: the chain's name for it, the same in any replay.
-        self.source: tuple[str, int | None] = ("", None)
         self.notes: list[RegistryChange] = []
         self.affected: set[str] = set()
         self.transfer = False
@@ -239,8 +321,8 @@ class _Step:
         self.set_token(token_id, TokenRecord(node, owner, True))
         if event.public_key:
             self.key_updated(owner, event.public_key, token_id)
-        holders = self.state.node_tokens[node]
-        if len(holders) > 1 and is_valid_node_id(node):
+        holders = self.state.node_index[node]
+        if not isinstance(holders, int) and is_valid_node_id(node):
             winner = min(holders)
             loser = token_id if token_id != winner else min(holders - {winner})
             self.notes.append(
@@ -260,7 +342,7 @@ class _Step:
             detail = f"revoke names {excerpt(event.node_id)}, token names {excerpt(old.node_id)}"
             self.anomaly("node-mismatch", detail, token_id)
         if old.active:
-            self.set_token(token_id, msgspec.structs.replace(old, active=False))
+            self.set_token(token_id, TokenRecord(old.node_id, old.owner, False))
 
     def transferred(self, event: NodeAccessTransferred) -> None:
         token_id, to = event.token_id, event.to_address.lower()
@@ -270,7 +352,7 @@ class _Step:
             return
         self.transfer = True
         if old.owner != to:
-            self.set_token(token_id, msgspec.structs.replace(old, owner=to))
+            self.set_token(token_id, TokenRecord(old.node_id, to, old.active))
 
     def key_updated(self, owner: str, key: str, token_id: int | None = None) -> None:
         state = self.state
@@ -283,40 +365,64 @@ class _Step:
         else:
             state.keys.pop(owner, None)
         state.dirty_owners.add(owner)
-        for t in state.owner_tokens.get(owner, ()):
-            self.affected.add(state.tokens[t].node_id)
+        held = state.owner_tokens.get(owner)
+        if held is None:
+            return
+        if isinstance(held, int):
+            self.affected.add(state.tokens[held].node_id)
+        else:
+            for t in held:
+                self.affected.add(state.tokens[t].node_id)
 
-    def publish(self) -> list[RegistryChange]:
-        """The changes of every affected node's published status, leaves before joins."""
+    def publish(self, source: tuple[str, int | None]) -> list[RegistryChange]:
+        """The changes of every affected node's published status, leaves before joins.
+
+        ``source`` is (tx hash, log index) of the event: the chain's name for it, the
+        same in any replay, recorded as the cause of the issues it starts.
+        """
         state = self.state
-        nodes = sorted(self.affected)
-        nodes_set = set(nodes) | _update_candidates(state, nodes)
+        affected = self.affected
+        if not affected:
+            return self.notes
+        nodes = sorted(affected) if len(affected) > 1 else list(affected)
+        touched = _update_candidates(state, nodes)
+        if touched and not touched <= affected:
+            nodes = sorted(affected | touched)
         left: list[RegistryChange] = []
         changed: list[RegistryChange] = []
         joined: list[RegistryChange] = []
-        for node in sorted(nodes_set):
-            old = state.status.get(node)
+        statuses = state.status
+        for node in nodes:
+            old = statuses.get(node)
             new = _status(state, node)
             if new is None:
-                state.status.pop(node, None)
-            else:
-                state.status[node] = new
+                if old is not None:
+                    del statuses[node]
+            elif new != old:
+                statuses[node] = new
             was_live = old is not None and old.live
             if new is not None and new.live:
                 if not was_live:
-                    joined.append(NodeJoined(node, *new[1:4], self.cause, self.block))
+                    joined.append(NodeJoined(node, new[1], new[2], new[3], self.cause, self.block))
                 elif old is not None and old[1:4] != new[1:4]:
-                    changed.append(NodeChanged(node, *new[1:4], self.cause, self.block))
+                    changed.append(
+                        NodeChanged(node, new[1], new[2], new[3], self.cause, self.block)
+                    )
             elif was_live:
                 left.append(NodeLeft(node, self._reason(new), self.cause, self.block))
-            newly_lost = old is None or old.reason != "key-conflict"
-            if new is not None and new.reason == "key-conflict" and newly_lost:
+            if (
+                new is not None
+                and new.reason == "key-conflict"
+                and (old is None or old.reason != "key-conflict")
+            ):
                 winner = state.winners[new.public_key][0]
                 conflict = Conflict(
                     "duplicate-key", node, new.token_id, winner, self.cause, self.block
                 )
                 self.notes.append(conflict)
-        issues.track(state, nodes_set, self.source, self.block)
+        issues.track(state, nodes, source, self.block)
+        if not left and not changed:
+            return self.notes + joined if self.notes else joined
         return self.notes + left + changed + joined
 
     def _reason(self, status: Status | None) -> str:
@@ -329,71 +435,101 @@ class _Step:
 
 
 def _index(state: RegistryState, token_id: int, record: TokenRecord) -> None:
-    state.owner_tokens.setdefault(record.owner, set()).add(token_id)
-    state.node_tokens.setdefault(record.node_id, set()).add(token_id)
+    _add(state.owner_tokens, record.owner, token_id)
+    _add(state.node_index, record.node_id, token_id)
 
 
 def _unindex(state: RegistryState, token_id: int, record: TokenRecord) -> None:
-    for index, name in ((state.owner_tokens, record.owner), (state.node_tokens, record.node_id)):
-        tokens = index[name]
-        tokens.discard(token_id)
-        if not tokens:
-            del index[name]
+    _remove(state.owner_tokens, record.owner, token_id)
+    _remove(state.node_index, record.node_id, token_id)
 
 
 def _candidate(state: RegistryState, node: str) -> tuple[str, int] | None:
     """(key, member token) when ``node`` could be live, else None."""
-    tokens = state.node_tokens.get(node)
-    if not tokens or not is_valid_node_id(node):
+    tokens = state.node_index.get(node)
+    if tokens is None or not is_valid_node_id(node):
         return None
-    member = min(tokens)
+    member = _lowest(tokens)
     key = state.keys.get(state.tokens[member].owner, "")
     if key_problem(key):
         return None
     return key, member
 
 
+def _current(state: RegistryState, node: str) -> tuple[str, int] | None:
+    """(key, member token) of ``node``'s current candidacy, else None."""
+    key = state.candidate_key.get(node)
+    if key is None:
+        return None
+    group = state.rivals.get(key)
+    return key, (group[node] if group is not None else state.winners[key][0])
+
+
+def _withdraw(state: RegistryState, node: str, key: str) -> None:
+    """Take ``node`` out of the candidates under ``key``."""
+    del state.candidate_key[node]
+    group = state.rivals.get(key)
+    if group is None:  # the only candidate
+        del state.winners[key]
+        return
+    del group[node]
+    if len(group) == 1:
+        ((other, token),) = group.items()
+        del state.rivals[key]
+        state.winners[key] = (token, other)
+    elif state.winners[key][1] == node:
+        state.winners[key] = min((t, n) for n, t in group.items())
+
+
+def _enter(state: RegistryState, node: str, key: str, token: int) -> None:
+    """Make ``node`` (member ``token``) a candidate under ``key``."""
+    state.candidate_key[node] = key
+    current = state.winners.get(key)
+    if current is None:
+        state.winners[key] = (token, node)
+        return
+    group = state.rivals.get(key)
+    if group is None:
+        group = state.rivals[key] = {current[1]: current[0]}
+    group[node] = token
+    if token < current[0]:
+        state.winners[key] = (token, node)
+
+
 def _update_candidates(state: RegistryState, nodes: Iterable[str]) -> set[str]:
     """Refresh the candidacy of ``nodes``; returns the nodes whose key winner changed."""
     before: dict[str, tuple[int, str] | None] = {}
+    winners = state.winners
     for node in nodes:
         new = _candidate(state, node)
-        old_key = state.candidate_key.get(node)
-        old = None if old_key is None else (old_key, state.candidates[old_key][node])
+        old = _current(state, node)
         if old == new:
             continue
-        if old_key is not None:
-            before.setdefault(old_key, state.winners.get(old_key))
-            group = state.candidates[old_key]
-            del group[node]
-            del state.candidate_key[node]
-            if not group:
-                del state.candidates[old_key]
-                del state.winners[old_key]
-            elif state.winners[old_key][1] == node:
-                state.winners[old_key] = min((t, n) for n, t in group.items())
+        if old is not None:
+            if old[0] not in before:
+                before[old[0]] = winners.get(old[0])
+            _withdraw(state, node, old[0])
         if new is not None:
-            key, token = new
-            before.setdefault(key, state.winners.get(key))
-            state.candidates.setdefault(key, {})[node] = token
-            state.candidate_key[node] = key
-            current = state.winners.get(key)
-            if current is None or token < current[0]:
-                state.winners[key] = (token, node)
+            if new[0] not in before:
+                before[new[0]] = winners.get(new[0])
+            _enter(state, node, new[0], new[1])
     touched: set[str] = set()
     for key, prev in before.items():
-        now = state.winners.get(key)
+        now = winners.get(key)
         if prev != now:
-            touched.update(w[1] for w in (prev, now) if w is not None)
+            if prev is not None:
+                touched.add(prev[1])
+            if now is not None:
+                touched.add(now[1])
     return touched
 
 
 def _status(state: RegistryState, node: str) -> Status | None:
     """The published view of ``node`` (None when no active token names it)."""
-    tokens = state.node_tokens.get(node)
-    if not tokens:
+    tokens = state.node_index.get(node)
+    if tokens is None:
         return None
-    member = min(tokens)
+    member = _lowest(tokens)
     owner = state.tokens[member].owner
     key = state.keys.get(owner, "")
     if not is_valid_node_id(node):

@@ -37,12 +37,13 @@ _Found = tuple[str, str, int, int | None, str]
 
 def node_issues(state: RegistryState, node: str) -> list[_Found]:
     """What is wrong with ``node`` in ``state`` (no causes: those come from the history)."""
-    tokens = state.node_tokens.get(node)
+    held = state.node_index.get(node)  # one token, or a set of several
     status = state.status.get(node)  # present exactly while an active token names the node
-    if not tokens or status is None:
+    if held is None or status is None:
         return []
-    if len(tokens) == 1 and status.reason not in _PROBLEMS:
+    if isinstance(held, int) and status.reason not in _PROBLEMS:
         return []  # the common case, without building anything
+    tokens = {held} if isinstance(held, int) else held
     member = status.token_id  # the lowest active token
     if status.reason == "invalid-node-id":
         return [(ANOMALY, "invalid-node-id", member, None, f"node id {excerpt(node)}")]
@@ -99,7 +100,7 @@ def track(
 
 def everything(state: RegistryState) -> None:
     """Issues of every node, with no known cause (state persisted before issues were kept)."""
-    track(state, sorted(state.node_tokens), ("", None), 0)
+    track(state, sorted(state.node_index), ("", None), 0)
 
 
 def encode(state: RegistryState) -> bytes | None:

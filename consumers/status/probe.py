@@ -15,6 +15,7 @@ from typing import Any, Final
 
 import redis
 
+from shared import lua
 from shared.keys import Keys
 from shared.redis_log import as_str
 from shared.validate import excerpt
@@ -62,19 +63,7 @@ def probe(client: redis.Redis, keys: Keys) -> Probe:
     )
 
 
-_PROBE_LUA: Final = """
--- KEYS: cursor, events, lease, listener health, registry position
-local pos = redis.call('GET', KEYS[5]) or '0-0'
-local low = '-'
-if pos ~= '0-0' then low = '(' .. pos end
-local first = redis.call('XRANGE', KEYS[2], low, '+', 'COUNT', 1)[1]
-local t = redis.call('TIME')
-return {redis.call('HGET', KEYS[1], 'block') or false, redis.call('XLEN', KEYS[2]),
-        redis.call('GET', KEYS[3]) or false,
-        redis.call('HMGET', KEYS[4], 'final', 'problem'),
-        first and first[1] or false,
-        tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
-"""
+_PROBE_LUA: Final = lua.source("status_probe")
 
 
 def no_data(keys: Keys) -> str:

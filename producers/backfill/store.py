@@ -14,30 +14,16 @@ import msgspec
 import redis
 
 from producers.backfill.plan import Plan, Span, Staged, decode_staged, encode_staged
+from shared import lua
 from shared.errors import DecodeError
 from shared.keys import Keys
 from shared.redis_log import as_str, redis_retry
 
-_CREATE_LUA: Final = """
--- KEYS: plan hash, staged hash; ARGV: id, start, end, size
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'start', ARGV[2], 'end', ARGV[3], 'size', ARGV[4])
-return 1
-"""
+_CREATE_LUA: Final = lua.source("backfill_create")
 
-_STAGE_LUA: Final = """
--- KEYS: plan hash, staged hash; ARGV: plan id, field, staged JSON
-if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
-return 1
-"""
+_STAGE_LUA: Final = lua.source("backfill_stage")
 
-_DROP_LUA: Final = """
--- KEYS: plan hash, staged hash; ARGV: plan id ('' = whichever plan runs)
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1], KEYS[2])
-"""
+_DROP_LUA: Final = lua.source("backfill_drop")
 
 
 class BackfillStore:

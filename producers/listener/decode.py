@@ -33,6 +33,9 @@ WORD: Final = 32
 HASH_HEX: Final = 64
 #: A 32-byte hash: ``0x`` and exactly :data:`HASH_HEX` ASCII hex digits.
 _HASH_RE: Final = re.compile(rf"0[xX][0-9a-fA-F]{{{HASH_HEX}}}")
+#: Valid hashes remembered (the logs of a block share its hash, those of a transaction its hash).
+HASHES_KEPT: Final = 4096
+_HASHES: dict[str, str] = {}
 
 
 #: The four event signatures of IDstackAccessNFT (docs/design.md §3.1), exactly, and ERC-5643's
@@ -187,6 +190,9 @@ def decode_event(topics: object, data: object) -> ChainEvent:
     Raises :class:`DecodeError` (and nothing else) for anything that is not one of
     the known events, well formed.
     """
+    fast = _decode_well_formed(topics, data)
+    if fast is not None:
+        return fast
     if not isinstance(topics, list | tuple) or not topics:
         raise DecodeError("log has no topics")
     topic0 = topics[0].lower() if isinstance(topics[0], str) else topics[0]
@@ -203,12 +209,45 @@ def decode_event(topics: object, data: object) -> ChainEvent:
     return decoder(words, _hex_bytes(data, "data"))
 
 
+def _decode_well_formed(topics: object, data: object) -> ChainEvent | None:
+    """The event of a log whose topics and data are well-formed hex, or None.
+
+    The fast path of :func:`decode_event` (a log costs a few microseconds less): it
+    only parses; anything unusual returns None and the careful path says what is wrong.
+    Events whose strings do not decode raise :class:`DecodeError` from either path.
+    """
+    if type(topics) is not list or not topics or type(data) is not str or data[:2] != "0x":
+        return None
+    topic0 = topics[0]
+    entry = TOPICS.get(topic0) if type(topic0) is str else None
+    if entry is None or len(topics) != entry[1]:
+        return None
+    words = [_TOPIC0_WORDS[topic0]]
+    try:
+        for topic in topics[1:]:
+            if type(topic) is not str or len(topic) != 2 + HASH_HEX or topic[:2] != "0x":
+                return None
+            word = bytes.fromhex(topic[2:])
+            if len(word) != WORD:  # fromhex skips spaces
+                return None
+            words.append(word)
+        raw = bytes.fromhex(data[2:])
+    except ValueError:
+        return None
+    return entry[2](words, raw)
+
+
 # --- raw JSON-RPC objects ------------------------------------------------------------------
 
 
 def quantity(value: object, what: str) -> int:
     """A JSON-RPC quantity (``0x`` hex, or an int) as an int."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if type(value) is str and value[:2] == "0x" and len(value) > 2:  # the usual case, first
+        try:
+            return int(value[2:], 16)
+        except ValueError:
+            pass
+    elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     if isinstance(value, str) and value.startswith(("0x", "0X")) and len(value) > 2:
         try:
@@ -220,14 +259,21 @@ def quantity(value: object, what: str) -> int:
 
 def hash32(value: object, what: str) -> str:
     """A 32-byte hash as lowercase ``0x`` hex."""
+    if type(value) is str:
+        known = _HASHES.get(value)
+        if known is not None:
+            return known
     if isinstance(value, str) and _HASH_RE.fullmatch(value):
-        return value.lower()
+        if len(_HASHES) >= HASHES_KEPT:
+            _HASHES.clear()
+        known = _HASHES[value] = value.lower()
+        return known
     raise DecodeError(f"{what} is not a 32-byte hash: {str(value)[:70]!r}")
 
 
 def log_ref(raw: Mapping[str, Any]) -> LogRef:
     """Where ``raw`` (a JSON-RPC log object) sits on chain; DecodeError if malformed."""
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):
         raise DecodeError("log is not an object")
     address = raw.get("address")
     if not isinstance(address, str) or len(address) != 42:

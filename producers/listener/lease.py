@@ -36,7 +36,7 @@ from typing import Final
 import redis
 
 from producers.listener.listener import Listener
-from shared import health, metrics
+from shared import health, lua, metrics
 from shared.errors import Fenced
 from shared.keys import Keys
 from shared.logs import log
@@ -49,39 +49,13 @@ STOP_TIMEOUT: Final = 30.0
 #: Redis outage is then taken again in the same tick, not one tick later).
 STEP_DOWN_WAIT: Final = 1.0
 
-_ACQUIRE_LUA: Final = """
--- KEYS: lease, fence counter; ARGV: listener id, ttl (ms)
-if redis.call('EXISTS', KEYS[1]) == 1 then return false end
-local token = redis.call('INCR', KEYS[2]) .. ':' .. ARGV[1]
-redis.call('SET', KEYS[1], token, 'PX', ARGV[2])
-return token
-"""
+_ACQUIRE_LUA: Final = lua.source("lease_acquire")
 
-_RENEW_LUA: Final = """
--- KEYS: lease; ARGV: token, ttl (ms)
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"""
+_RENEW_LUA: Final = lua.source("lease_renew")
 
-_RELEASE_LUA: Final = """
--- KEYS: lease; ARGV: token
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-return redis.call('DEL', KEYS[1])
-"""
+_RELEASE_LUA: Final = lua.source("lease_release")
 
-_BEAT_LUA: Final = """
--- KEYS: registry; ARGV: listener id, ttl (ms), '1' to leave
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if ARGV[3] == '1' then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-else
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], 3 * tonumber(ARGV[2]))
-end
-return redis.call('ZCARD', KEYS[1])
-"""
+_BEAT_LUA: Final = lua.source("lease_beat")
 
 
 def listener_id(configured: str = "") -> str:

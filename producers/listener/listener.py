@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -47,6 +48,9 @@ from shared.settings import Settings
 REREAD_ATTEMPTS: Final = 5
 #: Seconds the loop waits after the RPC endpoints all failed, before trying again.
 OUTAGE_WAIT: Final = 5.0
+#: Logs per commit of a large read (whole blocks: a part may hold more); each part's commit
+#: overlaps the decoding of the next.
+COMMIT_PART: Final = 5000
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ class Listener:
         #: What the last poll at the tip saw, and what it says (``tip.py``).
         self.seen: Look | None = None
         self.watch = Watch(store.client, store.keys)
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def next_block(self) -> int:
@@ -135,16 +140,10 @@ class Listener:
         batch_log = self.log.bind(blocks=f"{start}-{end}")
         if self._reorged(start, read.headers):
             return self._rewind()
-        entries, dead = self._entries(read)
-        expected = self.cursor
-        cursor = (expected or Cursor(start - 1, "", GENESIS_DIGEST)).advanced(
-            end,
-            read.headers[end].hash,
-            entries[-1].digest if entries else self._prev,
-            ((ref.block_number, ref.block_hash) for ref, _ in read.logs),
-        )
-        if not self.commit(expected, cursor, entries, dead):
+        appended = self._append(start, end, read)
+        if appended is None:
             return 0
+        entries, dead = appended
         metrics.appended(
             self.store.keys.tag,
             entries=len(entries),
@@ -321,13 +320,64 @@ class Listener:
         )
         return 1
 
-    def _entries(self, read: _Read) -> tuple[list[LogEntry], list[DeadLetter]]:
-        """Decode and chain the logs; undecodable ones become dead letters."""
+    def _append(
+        self, start: int, end: int, read: _Read
+    ) -> tuple[list[LogEntry], list[DeadLetter]] | None:
+        """Decode and commit the logs of ``[start, end]``; what was appended, or None when a
+        commit lost a race (the cursor is then reloaded).
+
+        A large read is committed in parts of whole blocks (about :data:`COMMIT_PART` logs
+        each, the last one up to ``end``), every part one atomic commit that moves the
+        cursor to its last block: while one part is being committed (Redis works, this
+        thread waits) the next one is decoded. Small reads are one commit, as before.
+        """
+        parts = _parts(read.logs, COMMIT_PART)
         entries: list[LogEntry] = []
         dead: list[DeadLetter] = []
+        expected = self.cursor
+        base = expected or Cursor(start - 1, "", GENESIS_DIGEST)
         prev = self._prev
-        for ref, raw in read.logs:
-            timestamp = read.headers[ref.block_number].timestamp
+        pending: Future[bool] | None = None
+        for n, logs in enumerate(parts, 1):
+            part, part_dead = self._entries(logs, read.headers, prev)
+            prev = part[-1].digest if part else prev
+            last = n == len(parts)
+            block = end if last else logs[-1][0].block_number
+            cursor = base.advanced(
+                block,
+                read.headers[block].hash,
+                prev,
+                ((ref.block_number, ref.block_hash) for ref, _ in logs),
+            )
+            if pending is not None and not pending.result():
+                return None
+            if last:
+                if not self.commit(expected, cursor, part, part_dead):
+                    return None
+            else:
+                pending = self._committer().submit(self.commit, expected, cursor, part, part_dead)
+            entries += part
+            dead += part_dead
+            expected = base = cursor
+        return entries, dead
+
+    def _committer(self) -> ThreadPoolExecutor:
+        """The thread that commits one part of a large read while the next is decoded."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="wgchain-listener-commit")
+        return self._pool
+
+    def _entries(
+        self,
+        logs: Sequence[tuple[LogRef, Mapping[str, Any]]],
+        headers: Mapping[int, BlockHeader],
+        prev: str,
+    ) -> tuple[list[LogEntry], list[DeadLetter]]:
+        """Decode and chain ``logs`` after digest ``prev``; undecodable ones become dead letters."""
+        entries: list[LogEntry] = []
+        dead: list[DeadLetter] = []
+        for ref, raw in logs:
+            timestamp = headers[ref.block_number].timestamp
             try:
                 entry = decode_log(raw, self.cfg.chain_id, timestamp, ref).with_digest(prev)
             except DecodeError as exc:
@@ -387,6 +437,22 @@ class Listener:
             self.watch.work = None
             health.retire(work)
         self.log.info("stopped at block {}", self.next_block - 1)
+
+
+def _parts(
+    logs: list[tuple[LogRef, Mapping[str, Any]]], size: int
+) -> list[list[tuple[LogRef, Mapping[str, Any]]]]:
+    """``logs`` (chain order) in parts of at least ``size`` logs (the last may be smaller),
+    never splitting a block; one (maybe empty) part for a read of fewer logs."""
+    parts: list[list[tuple[LogRef, Mapping[str, Any]]]] = []
+    part: list[tuple[LogRef, Mapping[str, Any]]] = []
+    for item in logs:
+        if len(part) >= size and item[0].block_number != part[-1][0].block_number:
+            parts.append(part)
+            part = []
+        part.append(item)
+    parts.append(part)
+    return parts
 
 
 def open_listener(cfg: Settings, client: redis.Redis, rpc: RpcClient | None = None) -> Listener:

@@ -9,11 +9,14 @@ interface holds what the agent said it applied. See ``b4_apply.py`` for the rows
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+import secrets
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +196,7 @@ def apply_child(params: dict[str, Any]) -> dict[str, Any]:
     run_.stop()
 
     # baselines: the full configuration through wg syncconf (one peer changed each time),
-    # then every peer onto an emptied interface, by syncconf and by wg set
+    # then every peer onto a fresh interface, by syncconf and by wg set
     workdir = Path(params["workdir"])
     full = workdir / "full.conf"
     text = _wg("showconf", ifname)
@@ -206,26 +209,22 @@ def apply_child(params: dict[str, Any]) -> dict[str, Any]:
         with timer() as t_sync:
             _wg("syncconf", ifname, str(full))
         syncconf_ms.append(t_sync[0] * 1000)
-    empty = workdir / "empty.conf"
-    _write_private(empty, text.split("\n[Peer]", 1)[0] + "\n")
-    _write_private(full, text)
-    _wg("syncconf", ifname, str(empty))
-    assert not _dump_peers(ifname)
-    with timer() as t_bulk:
-        _wg("syncconf", ifname, str(full))
-    assert len(_dump_peers(ifname)) == params["peers"]
+    # onto a fresh interface, as the agent's bootstrap finds it: a new wireguard-go, its
+    # key set, link down, no peers (its own ListenPort: the other interface holds this one)
+    _write_private(full, re.sub(r"^ListenPort = .*\n", "", text, flags=re.M))
+    with _fresh_interface(params["key_file"]) as fresh:
+        with timer() as t_bulk:
+            _wg("syncconf", fresh, str(full))
+        assert len(_dump_peers(fresh)) == params["peers"]
     peers = sorted(_dump_peers(ifname).items())
-    _wg("syncconf", ifname, str(empty))
-    with timer() as t_set:
+    with _fresh_interface(params["key_file"]) as fresh, timer() as t_set:
         for i in range(0, len(peers), 500):
-            argv = ["set", ifname]
+            argv = ["set", fresh]
             for key, ips in peers[i : i + 500]:
                 argv += ["peer", key, "allowed-ips", ips.replace(" ", ",")]
                 argv += ["persistent-keepalive", str(KEEPALIVE)]
             _wg(*argv)
-    assert len(_dump_peers(ifname)) == params["peers"]
     full.unlink()
-    empty.unlink()
     return {
         "bootstrap_s": run_.bootstrap_s,
         "syncconf_empty_s": t_bulk[0],
@@ -283,6 +282,18 @@ def apply_hub_child(params: dict[str, Any]) -> dict[str, Any]:
         "peak_rss": proc_status()["VmHWM"],
         "detected": run_.detected(),
     }
+
+
+@contextlib.contextmanager
+def _fresh_interface(key_file: str) -> Iterator[str]:
+    """A new wireguard-go interface in this namespace with the host's key, deleted after."""
+    name = f"wgb4f{secrets.token_hex(2)}"
+    subprocess.run(["wireguard-go", name], capture_output=True, timeout=60, check=True)
+    try:
+        _wg("set", name, "private-key", key_file)
+        yield name
+    finally:
+        subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=60, check=False)
 
 
 def _write_private(path: Path, text: str) -> None:

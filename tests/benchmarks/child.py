@@ -24,6 +24,7 @@ PARTS = {
     "apply": "b4_host:apply_child",
     "apply_hub": "b4_host:apply_hub_child",
     "api": "b5_access:api_child",
+    "registry": "b5_access:registry_child",
     "fleet": "fleet:fleet_child",
     "fleet_stages": "fleet_chain:fleet_stages_child",
 }

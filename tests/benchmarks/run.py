@@ -71,9 +71,11 @@ SIZES: dict[str, tuple[Size, ...]] = {
     ),
     "B5": (
         Size("b5-nodes", 10_000, 200, "nodes in the registry"),
-        Size("b5-checks", 20_000, 300, "in-process access checks timed"),
-        Size("b5-rate", 200, 50, "HTTP requests per second to each endpoint"),
-        Size("b5-requests", 1_000, 50, "HTTP requests per endpoint"),
+        Size("b5-checks", 200_000, 300, "in-process access checks timed"),
+        Size("b5-callers", 16, 4, "concurrent callers of the strict checks"),
+        Size("b5-revokes", 200, 10, "revokes timed from the stage's commit to a denied answer"),
+        Size("b5-rate", 1_000, 50, "HTTP requests per second to each endpoint"),
+        Size("b5-requests", 5_000, 50, "HTTP requests per endpoint"),
     ),
     "B6": (
         Size("b6-agents", 1_000, 20, "agents on the in-memory WireGuard twin"),
@@ -154,7 +156,12 @@ def _runner(bench: str) -> Callable[[dict[str, Any]], list[Result]]:
         import b5_access
 
         return b5_access.run(
-            int(v["b5_nodes"]), int(v["b5_checks"]), float(v["b5_rate"]), int(v["b5_requests"])
+            int(v["b5_nodes"]),
+            int(v["b5_checks"]),
+            int(v["b5_callers"]),
+            int(v["b5_revokes"]),
+            float(v["b5_rate"]),
+            int(v["b5_requests"]),
         )
 
     return call

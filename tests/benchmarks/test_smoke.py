@@ -23,7 +23,7 @@ REQUIRED = ("id", "name", "value", "unit", "baseline", "baseline_value", "ratio"
 #: Every benchmark and the ids of the rows it must produce (at any size).
 EXPECTED = {
     "B1": ("B1.listener", "B1.listener_ceiling"),
-    "B2": ("B2.fold", "B2.redis_memory", "B2.stage_rss"),
+    "B2": ("B2.fold", "B2.redis_memory", "B2.stage_rss", "B2.replay_1m"),
     "B3": ("B3.file_agents",),
     "B4": (
         "B4.wg_set",
@@ -34,7 +34,7 @@ EXPECTED = {
         "B4.agent_rss",
         "B4.agent_rss_hub",
     ),
-    "B5": ("B5.inprocess", "B5.http"),
+    "B5": ("B5.inprocess", "B5.freshness", "B5.strict", "B5.http"),
     "B6": ("B6.mesh_1000", "B6.hub_1000"),
 }
 

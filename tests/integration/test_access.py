@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import redis
 
 from consumers.access.checker import AccessChecker, InvalidArgument
+from consumers.access.decide import Decision
 from consumers.deadletters import letters
 from consumers.registry.fold import FOLD, RegistryFold
 from consumers.stage import Stage
@@ -173,6 +175,93 @@ def test_a_revoke_shows_as_soon_as_the_registry_commits_it(
         # it caught up by folding the new entries, not by reloading the whole state
         assert checker.cache.reloads == 1
         assert checker.cache.folded >= 1
+
+
+def test_a_bounded_check_answers_from_the_copy_within_its_bound(net: Net, nft: AccessNFT) -> None:
+    token = nft.mint(ACCOUNTS[1][0], "node-a", KEY_A).token_id or 0
+    net.settle()
+    # no follower: nothing refreshes the copy behind the checker's back
+    with AccessChecker(net.client, net.keys, consistency="bounded", max_age=3600) as checker:
+        assert checker.check_key("node-a", KEY_A).granted
+        reads = checker.cache.reads
+        nft.revoke(token)
+        net.settle()
+        stale = checker.check_key("node-a", KEY_A)
+        assert stale.granted, "within its bound a bounded check makes no round trip"
+        assert checker.cache.reads == reads
+        assert stale.position != net.registry.position
+        strict = checker.check_key("node-a", KEY_A, consistency="strict")
+        assert (strict.granted, strict.reason) == (False, "revoked")
+        assert strict.position == net.registry.position
+        assert checker.cache.reads == reads + 1
+    with AccessChecker(net.client, net.keys, consistency="bounded", max_age=0) as checker:
+        checker.cache.verified_at -= 1  # a copy older than its bound is refreshed first
+        assert checker.check_key("node-a", KEY_A).reason == "revoked"
+    with pytest.raises(InvalidArgument, match="consistency"):
+        AccessChecker(net.client, net.keys, consistency="eventual")
+    with (
+        AccessChecker(net.client, net.keys) as checker,
+        pytest.raises(InvalidArgument, match="consistency"),
+    ):
+        checker.check_key("node-a", KEY_A, consistency="eventual")
+
+
+def test_strict_checks_share_their_position_reads(net: Net, nft: AccessNFT) -> None:
+    nft.mint(ACCOUNTS[1][0], "node-a", KEY_A)
+    net.settle()
+    callers, rounds = 16, 20
+    with AccessChecker(net.client, net.keys) as checker:
+        reads = checker.cache.reads
+        start = threading.Barrier(callers)
+        answers: list[Decision] = []
+
+        def caller() -> None:
+            start.wait()
+            answers.extend(checker.check_key("node-a", KEY_A) for _ in range(rounds))
+
+        threads = [threading.Thread(target=caller) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(answers) == callers * rounds
+        assert all(a.granted and a.position == net.registry.position for a in answers)
+        made = checker.cache.reads - reads
+        assert 1 <= made < callers * rounds, "concurrent strict checks share position reads"
+
+
+def test_a_strict_check_never_uses_a_read_that_began_before_it(net: Net, nft: AccessNFT) -> None:
+    token = nft.mint(ACCOUNTS[1][0], "node-a", KEY_A).token_id or 0
+    net.settle()
+    nft.revoke(token)
+    net.append()
+    with AccessChecker(net.client, net.keys) as checker:
+        cache = checker.cache
+        mark = cache._stage_mark
+        in_read, go_on = threading.Event(), threading.Event()
+
+        def slow_mark() -> Any:
+            found = mark()  # the stage has not folded the revoke yet: this read predates it
+            if not in_read.is_set():
+                in_read.set()
+                go_on.wait(10)
+            return found
+
+        cache._stage_mark = slow_mark  # type: ignore[method-assign]
+        early: list[Decision] = []
+        first = threading.Thread(target=lambda: early.append(checker.check_key("node-a", KEY_A)))
+        first.start()
+        assert in_read.wait(10)
+        net.fold()  # the registry commits the revoke while that read is in flight ...
+        late: list[Decision] = []
+        second = threading.Thread(target=lambda: late.append(checker.check_key("node-a", KEY_A)))
+        second.start()  # ... and a check that starts now must not share the older read
+        wait_for(lambda: cache._flight._waiters, timeout=10, what="the second check waiting")  # type: ignore[attr-defined]
+        go_on.set()
+        first.join(10)
+        second.join(10)
+        assert early[0].granted, "the first read began before the commit"
+        assert (late[0].granted, late[0].reason) == (False, "revoked")
 
 
 def test_the_follower_catches_up_without_being_asked(net: Net, nft: AccessNFT) -> None:

@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import stat
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis
 from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
+from consumers.agent.follow import CATCH_UP_SIZE
 from consumers.agent.keys import generate_private_key_file, read_private_key
 from consumers.agent.render import PeerSpec
 from consumers.agent.wg import MemoryWireGuard
-from shared import cli
+from shared import cli, health, metrics
 from shared.devnet.proc import wait_for
 from shared.devnet.redis_server import RedisServer
+from shared.errors import WireGuardError
 from shared.events import PeerRemove, PeerUpsert, to_fields
 from shared.keys import Keys
 
@@ -168,3 +175,101 @@ def test_cli_init_creates_a_private_key(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["agent", "init", "--private-key-file", str(path)])
     assert exit_info.value.code == 1
+
+
+def test_healthz_tells_when_the_agent_cannot_apply(
+    client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path
+) -> None:
+    """/healthz of the agent's process: 503 with the reason while the interface refuses
+    what was decided, 200 once it takes it; the agent's loop leaves /healthz at stop."""
+    key_file, public = own
+    kb = other_key(tmp_path, "b")
+    append(client, keys, upsert("a", public, "10.88.0.1"))
+    append(client, keys, upsert("b", kb, "10.88.0.2"))
+    wg = MemoryWireGuard(fail_keys={kb})
+    agent = Agent(config(tmp_path, keys, key_file), client, wg)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+
+    def reason() -> str:
+        body, code = metrics.healthz()
+        return str(json.loads(body).get("reason", "")) if code.startswith("503") else ""
+
+    thread.start()
+    try:
+        wait_for(lambda: "agent a: cannot apply to wgtest0" in reason(), timeout=30, what="503")
+        assert "injected failure" in reason()
+        wg.fail_keys.clear()  # the next reconcile (every 0.2 s here) applies it
+        wait_for(lambda: "agent a" not in reason(), timeout=30, what="healthy again")
+        assert kb in wg.peers
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not any(w.name == "agent a" for w in health._works)  # retired at stop
+
+
+@dataclass
+class PipelinedTwin(MemoryWireGuard):
+    """The twin with wireguard-go's sent-now, answered-later requests (``start_apply``);
+    request number ``refuse`` is applied in part (its first peer), then refused."""
+
+    refuse: int = 0
+    requests: int = 0
+    addresses_at: int = -1  # how many requests had been sent when the link got its address
+
+    def start_apply(
+        self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
+    ) -> SimpleNamespace:
+        self.requests += 1
+        if self.requests == self.refuse:
+            self.apply(ifname, removals, list(peers)[:1])
+
+            def refused() -> None:
+                raise WireGuardError("wireguard-go refused the change (errno -22)")
+
+            return SimpleNamespace(wait=refused)
+        self.apply(ifname, removals, peers)
+        return SimpleNamespace(wait=lambda: None)
+
+    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
+        if self.addresses_at < 0:
+            self.addresses_at = self.requests
+        return super().set_addresses(ifname, cidrs, pools)
+
+
+@pytest.mark.parametrize("refuse", [0, 2])
+def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
+    client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path, refuse: int
+) -> None:
+    """A first start on an interface without peers sends each catch-up batch's peers
+    while reading the next; the link gets its address once caught up. A refused batch
+    is rolled back, and the reconcile after the bootstrap puts the interface right."""
+    key_file, public = own
+    members = 2 * CATCH_UP_SIZE + 100
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.peers, to_fields(upsert("a", public, "10.88.0.1")))  # type: ignore[arg-type]
+    wanted = {}
+    for i in range(members):
+        key = base64.b64encode((i + 1).to_bytes(32, "big")).decode()
+        ip = f"10.88.{(i + 2) >> 8}.{(i + 2) & 0xFF}"
+        wanted[key] = (f"{ip}/32",)
+        pipe.xadd(keys.peers, to_fields(upsert(f"n{i:05d}", key, ip)))  # type: ignore[arg-type]
+    last = pipe.execute()[-1].decode()
+    wg = PipelinedTwin(refuse=refuse)
+    agent = Agent(config(tmp_path, keys, key_file), client, wg)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert {k: p.allowed_ips for k, p in wg.peers.items()} == wanted
+    assert wg.requests >= (refuse or 3)  # one per catch-up batch (until the refused one)
+    if not refuse:
+        assert wg.addresses_at == wg.requests  # after the last batch: filled while down
+        assert agent.iface.synced
+        assert not agent.last_error
+    conf = (tmp_path / "conf" / "wgtest0.conf").read_text()
+    assert conf.count("[Peer]") == members

@@ -238,6 +238,7 @@ def test_access(world: World) -> None:
         ({"node": "node-a", "address": "0x12"}, "address"),
         ({"node": "node-a", "key": KEY_B, "at_block": "-1"}, "at_block"),
         ({"node": "node-a", "key": KEY_B, "at_block": "99999999"}, "at_block"),
+        ({"node": "node-a", "key": KEY_B, "consistency": "eventual"}, "consistency"),
     ],
 )
 def test_access_rejects_bad_parameters(world: World, params: dict[str, str], param: str) -> None:
@@ -257,9 +258,15 @@ def test_a_revoke_is_visible_as_soon_as_the_registry_commits(world: World) -> No
     registry = world.stages[0]
     while registry.step(block_ms=None):
         pass
-    after = world.get("/v1/access", node="node-r", key=KEY_R).json()
+    after = world.get("/v1/access", node="node-r", key=KEY_R, consistency="strict").json()
     assert (after["granted"], after["reason"]) == (False, "revoked")
     assert after["position"] == registry.position
+    # bounded (the default): within 50 ms of the commit at the latest
+    wait_for(
+        lambda: world.get("/v1/access", node="node-r", key=KEY_R).json()["reason"] == "revoked",
+        timeout=10,
+        what="a bounded answer denying the revoked node",
+    )
     world.settle()
 
 

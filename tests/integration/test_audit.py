@@ -181,6 +181,7 @@ def test_replay_of_a_clean_pipeline_matches_and_leaves_no_scratch_keys(world: Wo
     res = world.audit("replay")  # the stages are still running
     assert res.returncode == 0, res.stdout + res.stderr
     lines = res.stdout.splitlines()
+    assert lines[0].endswith(" in process"), lines[0]  # folded here, nothing written to Redis
     for name in ("registry state", "ipam state", "registry stream", "peers stream"):
         assert any(line.startswith("OK") and name in line for line in lines), res.stdout
     assert not world.client.keys("wgchain-audit-*")

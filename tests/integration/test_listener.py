@@ -21,6 +21,7 @@ import redis
 import requests
 from eth_utils.crypto import keccak
 
+from producers.listener import listener as listener_module
 from producers.listener.listener import Listener, ListenerConfig, open_listener
 from producers.listener.rpc import RpcClient
 from producers.listener.store import Cursor, ListenerStore
@@ -224,6 +225,41 @@ def test_no_duplicates_when_caught_up_and_stepped_again(
     assert after[: len(first)] == first
     assert after == scan(anvil.url, nft.address, anvil.block_number())
     assert len(after) == len(set(after)) == len(first) + 1
+
+
+def test_a_large_read_is_committed_in_parts_of_whole_blocks(
+    anvil: Anvil, nft: AccessNFT, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    some_history(nft)  # six logs in six blocks
+    monkeypatch.setattr(listener_module, "COMMIT_PART", 2)
+    listener = make_listener(redis_client, anvil.url, nft.address, max_block_range=100)
+    commits: list[tuple[int, int]] = []
+    commit = listener.store.commit
+
+    def counted(expected: Any, cursor: Cursor, entries: Any, *args: Any, **kw: Any) -> Any:
+        commits.append((cursor.block, len(entries)))
+        if len(commits) == 2:  # another writer moves the cursor between two parts
+            raise CommitConflict("cursor is at 99, expected ...")
+        return commit(expected, cursor, entries, *args, **kw)
+
+    listener.store.commit = counted  # type: ignore[method-assign]
+    assert listener.step() == 0, "a lost race ends the step; the first part stays committed"
+    first = stream(redis_client, keys_of(anvil, nft))
+    assert len(first) == commits[0][1] == 2
+    cursor = listener.store.load_cursor()
+    assert cursor is not None
+    assert cursor.block == first[-1].block_number
+    assert_chain(first, cursor)
+    assert listener.cursor == cursor, "reloaded after the lost race"
+
+    catch_up(listener)
+    entries = stream(redis_client, keys_of(anvil, nft))
+    assert positions(entries) == scan(anvil.url, nft.address, anvil.block_number())
+    assert_chain(entries, listener.store.load_cursor())
+    parts = [n for _, n in commits[2:]]
+    assert parts == [2, 2], commits
+    assert len(entries) == 6
+    assert commits[-1][0] == anvil.block_number(), "the last part ends at the range's end"
 
 
 def test_confirmations_hold_back_the_last_blocks(

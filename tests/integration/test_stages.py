@@ -15,6 +15,7 @@ from consumers.registry import commands as registry_commands
 from consumers.registry.fold import FOLD as REGISTRY
 from consumers.registry.fold import dump, fold
 from consumers.stage import Stage
+from shared import redis_log
 from shared.devnet.proc import wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.errors import SettingsError
@@ -243,3 +244,41 @@ def test_stage_without_a_redis_url_is_a_settings_error(stage: Any) -> None:
     cfg = Settings(chain_id=KEYS.chain_id, contract=KEYS.contract)
     with pytest.raises(SettingsError, match="WGCHAIN_REDIS_URL"):
         stage(cfg, threading.Event())
+
+
+def test_a_large_state_loads_in_chunks_and_again_when_a_commit_lands_meanwhile(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart reads the state hash with HSCAN (never one HGETALL), several chunks, and
+    a commit by another instance during the read makes it read again: the state it holds
+    is the one of the position it holds."""
+    count = 3 * redis_log.SCAN_CHUNK
+    append_events(
+        redis_client,
+        *(
+            NodeAccessGranted(t, f"node-{t}", f"0x{t:040x}", key(t % 250 + 1))
+            for t in range(1, count)
+        ),
+    )
+    drain(Stage(redis_client, KEYS, REGISTRY))
+    calls: list[str] = []
+    real_hscan = redis.client.Pipeline.hscan
+
+    def hscan(pipe: Any, name: str, cursor: int = 0, **kwargs: Any) -> Any:
+        calls.append("hscan")
+        if len(calls) == 2:  # another instance commits while this one reads
+            other = Stage(redis.Redis(connection_pool=redis_client.connection_pool), KEYS, REGISTRY)
+            append_events(redis_client, PublicKeyUpdated("0x" + "0" * 39 + "1", key(251)))
+            drain(other)
+        return real_hscan(pipe, name, cursor, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "hscan", hscan)
+    monkeypatch.setattr(
+        redis.client.Pipeline, "hgetall", lambda *a, **k: pytest.fail("HGETALL of the state")
+    )
+    restarted = Stage(redis_client, KEYS, REGISTRY)
+    assert len(calls) > 3  # chunks, and a second pass after the commit
+    straight, _ = fold(read(redis_client, KEYS.events))
+    assert restarted.position == read(redis_client, KEYS.events)[-1][0]
+    assert dump(restarted.state) == dump(straight)
+    assert restarted.state.status == straight.status

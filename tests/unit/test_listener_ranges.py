@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from producers.listener.decode import LogRef
+from producers.listener.listener import _parts
 from producers.listener.ranges import INITIAL_RANGE, PROBE_AFTER, RangeSizer
 from producers.listener.rpc import _result, is_range_refusal, suggested_range
 from shared.errors import ChainError, LogRangeError
@@ -273,3 +275,19 @@ def test_ranges_module_is_pure() -> None:
         check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+def _log(block: int, index: int) -> tuple[LogRef, dict[str, str]]:
+    return LogRef(block, index, "0x" + "ab" * 32, "0x" + "cd" * 32, "0x" + "01" * 20), {}
+
+
+def test_parts_of_a_read_never_split_a_block() -> None:
+    logs = [_log(b, i) for b, n in ((1, 3), (2, 1), (3, 2), (4, 1)) for i in range(n)]
+    parts = _parts(logs, 2)
+    assert [[ref.block_number for ref, _ in part] for part in parts] == [
+        [1, 1, 1],
+        [2, 3, 3],
+        [4],
+    ]
+    assert _parts([], 2) == [[]]
+    assert _parts(logs, 100) == [logs]

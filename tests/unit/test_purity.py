@@ -48,6 +48,7 @@ PURE_MODULES = [
     "consumers.audit.compare",
     "consumers.audit.entries",
     "consumers.audit.history",
+    "consumers.audit.inprocess",
 ]
 #: Modules whose presence after the import means the module can do I/O.
 FORBIDDEN = ("redis", "web3", "subprocess", "requests")
