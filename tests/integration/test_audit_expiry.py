@@ -24,7 +24,7 @@ from factories import wg_key
 from consumers.audit.entries import utc
 from consumers.audit.verify import check_views
 from consumers.registry.fold import RegistryFold
-from producers.listener.rpc import RpcClient
+from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import wait_for
