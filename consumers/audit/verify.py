@@ -18,9 +18,9 @@ Three checks, each naming the first bad entry it finds:
 3. **Contract views**: the live registry state, once the registry stage has folded
    the whole log, must match ``getNodeAccess``, ``ownerOf`` and
    ``getPublicKeyByOwner`` called at the cursor's block, for every token and owner
-   it knows; and ``expiresAt`` (ERC-5643, docs/design.md §5) for every token whose
-   expiration the log set (tokens never named by a ``SubscriptionUpdate`` never
-   expire, and a contract without ERC-5643 is never asked).
+   it knows; and ``expiresAt`` (ERC-5643, docs/design.md §5) against the expiration
+   the registry holds, for every token that has one (tokens never named by a
+   ``SubscriptionUpdate`` never expire, and a contract without ERC-5643 is never asked).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from consumers.registry.fold import RegistryFold, RegistryState
 from shared.chain.plan import Span, Staged, split
 from shared.chain.rpc import BATCH_LIMIT, RpcClient
 from shared.errors import ChainError
-from shared.events import GENESIS_DIGEST, LogEntry, Retracted, SubscriptionUpdate, effective
+from shared.events import GENESIS_DIGEST, LogEntry, Retracted
 from shared.keys import Keys
 from shared.redis_log import START, as_str, redis_retry
 from shared.validate import excerpt
@@ -226,14 +226,9 @@ _KEY_OF: Final = keccak(text="getPublicKeyByOwner(address)")[:4]
 _EXPIRES_AT: Final = keccak(text="expiresAt(uint256)")[:4]
 
 
-def expirations(events: Iterable[Decoded]) -> dict[int, int]:
-    """token -> expiration of its latest ``SubscriptionUpdate`` in the effective log."""
-    decoded = [(i, e) for i, e in events if not isinstance(e, Undecodable)]
-    out: dict[int, int] = {}
-    for _, entry in effective(decoded):
-        if isinstance(entry, LogEntry) and isinstance(entry.event, SubscriptionUpdate):
-            out[entry.event.token_id] = entry.event.expiration
-    return out
+def expirations(state: RegistryState) -> dict[int, int]:
+    """token -> the expiration the registry holds (tokens a ``SubscriptionUpdate`` named)."""
+    return {t: r.expires for t, r in state.tokens.items() if r.expires is not None}
 
 
 def _calldata(selector: bytes, types: list[str], args: list[Any]) -> str:
@@ -435,7 +430,7 @@ class Verify:
             )
         ]
         checks.append(self._logs(events, snap, from_block, to_block))
-        checks.append(self._views(snap, events))
+        checks.append(self._views(snap))
         return checks
 
     def _logs(
@@ -455,7 +450,7 @@ class Verify:
             "chain logs", f"blocks {lo}-{hi}: {count} logs in {len(spans)} ranges", problems
         )
 
-    def _views(self, snap: Live, events: list[Decoded]) -> Check:
+    def _views(self, snap: Live) -> Check:
         if not snap.cursor:
             return Check("contract views", "no cursor yet: nothing to compare")
         block = int(snap.cursor["block"])
@@ -469,7 +464,7 @@ class Verify:
             )
             return Check("contract views", f"at block {block}", [problem])
         state = RegistryFold().load(snap.registry_state)
-        expires = expirations(events)
+        expires = expirations(state)
         problems, tokens, owners = check_views(self.rpc, self.keys.contract, block, state, expires)
         summary = f"block {block}: {tokens} tokens, {owners} owners, {len(expires)} expirations"
         return Check("contract views", summary, problems)

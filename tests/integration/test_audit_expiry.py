@@ -23,7 +23,7 @@ from factories import wg_key
 
 from consumers.audit.entries import utc
 from consumers.audit.verify import check_views
-from consumers.registry.fold import RegistryFold
+from consumers.registry.fold import TOKEN_FIELD, RegistryFold
 from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
@@ -187,3 +187,21 @@ def test_verify_compares_expires_at_with_the_expirations_it_holds(world: World) 
     assert [p.what for p in problems] == [
         f"registry token 2: expires 5 in the registry, the contract says {2**64 - 1}"
     ]
+
+
+def test_verify_names_a_registry_expiration_the_contract_does_not_have(world: World) -> None:
+    field = f"{TOKEN_FIELD}1"
+    state_key = world.keys.state("registry")
+    record = json.loads(world.client.hget(state_key, field))  # type: ignore[arg-type]
+    right = world.times["again"] + 60
+    assert record["expires"] == right  # the registry holds the fact
+    record["expires"] = right + 3600  # an intruder extends a pass in Redis
+    world.client.hset(state_key, field, json.dumps(record))
+
+    res = world.audit("verify", "--wait", "5")
+
+    assert res.returncode == 1
+    assert (
+        f"registry token 1: expires {right + 3600} in the registry, the contract says {right}"
+        in res.stdout
+    )
