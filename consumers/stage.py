@@ -133,7 +133,7 @@ class Stage(Generic[S]):
         read. A commit would notice too (its position check fails), but only once
         new input arrives.
         """
-        raw: Any = redis_retry(self.client.get, self.store.keys[0])
+        raw: Any = redis_retry(self.client.get, self.store.position)
         stored = as_str(raw) if raw else START
         if stored == self.position:
             return
@@ -256,7 +256,7 @@ class Stage(Generic[S]):
             return SNAPSHOT_EVERY
         after: Any = redis_retry(
             self.client.xrange,
-            self.store.keys[2],
+            self.store.output,
             min=f"({as_str(through)}",
             count=SNAPSHOT_EVERY,
         )
@@ -268,7 +268,7 @@ class Stage(Generic[S]):
         A reader whose position is older than what was dropped starts again from
         the snapshot, so nothing it needs is lost.
         """
-        output = self.store.keys[2]
+        output = self.store.output
         newest: Any = redis_retry(self.client.xrevrange, output, "+", "-", count=self.retention)
         through: Any = redis_retry(self.client.hget, self.snapshot_key, "id")
         if len(newest) < self.retention or through is None:
@@ -330,7 +330,7 @@ class Stage(Generic[S]):
         last = "+"
         while True:
             page: Any = redis_retry(
-                self.client.xrevrange, self.store.keys[2], max=last, count=SCAN_PAGE
+                self.client.xrevrange, self.store.output, max=last, count=SCAN_PAGE
             )
             for raw_id, fields in page:
                 out_id = as_str(raw_id)
@@ -383,7 +383,7 @@ class Stage(Generic[S]):
 
     def _dead_ids(self) -> set[str]:
         """Input ids this stage dead-lettered (they stay out of a rebuild too)."""
-        raw: Any = redis_retry(self.client.xrange, self.store.keys[3])
+        raw: Any = redis_retry(self.client.xrange, self.store.dead)
         return {as_str(f[b"id"]) for _, f in raw if b"id" in f}
 
     # --- re-driven dead letters (``wgchain deadletters retry``) ------------------------
@@ -406,7 +406,7 @@ class Stage(Generic[S]):
                 return 0
             pipe = self.client.pipeline(transaction=True)
             if _STREAM_ID.fullmatch(dead_id):
-                pipe.xdel(self.store.keys[3], dead_id)
+                pipe.xdel(self.store.dead, dead_id)
             pipe.xdel(self.retry, request)
             redis_retry(pipe.execute)
         return len(requests)
@@ -415,7 +415,7 @@ class Stage(Generic[S]):
         """Apply one request's dead letter (gone already: nothing); False on a conflict."""
         letter: Any = []
         if _STREAM_ID.fullmatch(dead_id):
-            letter = redis_retry(self.client.xrange, self.store.keys[3], dead_id, dead_id)
+            letter = redis_retry(self.client.xrange, self.store.dead, dead_id, dead_id)
         if not letter:
             return True
         fields = letter[0][1]

@@ -30,13 +30,12 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared import health, shutdown
+from shared import health, lua, shutdown
 from shared.errors import CommitConflict, ServiceUnavailable, SettingsError, WgchainError
 from shared.events import SCHEMA_VERSION, encode
+from shared.ids import START, id_key
 from shared.logs import log
 
-#: Stream id before the first entry.
-START: Final = "0-0"
 #: Seconds one Redis operation is retried on connection errors before it raises (long-running
 #: loops then start over with :func:`keep_going`, so an outage of any length is waited out).
 REDIS_RETRY_SECONDS: Final = 60.0
@@ -222,63 +221,12 @@ def read_after(
     return [(as_str(i), f) for i, f in raw]
 
 
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair (anything that is not an id sorts first)."""
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0)) if ms.isdigit() and (not seq or seq.isdigit()) else (-1, -1)
-
-
 def as_str(value: bytes | str) -> str:
     """A Redis reply (bytes or str) as str."""
     return value.decode() if isinstance(value, bytes) else value
 
 
-_COMMIT_LUA: Final = """
--- KEYS: position, state hash, output stream, dead-letter stream
--- ARGV: expected position, new position, replace ('1': the state hash is rewritten whole),
---   then counted groups:
---   n_set, (field, value)*, n_del, field*, n_out, (v, type, data)*, n_dead, (id, reason, raw)*,
---   n_snapshot (0 or 1), snapshot data (written to KEYS[5] with the last output id it covers)
-local cur = redis.call('GET', KEYS[1]) or ''
-if cur ~= ARGV[1] then
-  return redis.error_reply('CONFLICT position is ' .. cur .. ', expected ' .. ARGV[1])
-end
-if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
-while n > 0 do  -- one HSET per chunk of fields (unpack stays far below Lua's stack limit)
-  local m = math.min(n, 1000)
-  redis.call('HSET', KEYS[2], unpack(ARGV, i, i + 2 * m - 1)); i = i + 2 * m; n = n - m
-end
-n = tonumber(ARGV[i]); i = i + 1
-while n > 0 do
-  local m = math.min(n, 1000)
-  redis.call('HDEL', KEYS[2], unpack(ARGV, i, i + m - 1)); i = i + m; n = n - m
-end
-local ids = {}
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  ids[#ids + 1] = redis.call('XADD', KEYS[3], '*', 'v', ARGV[i], 'type', ARGV[i + 1],
-                             'data', ARGV[i + 2])
-  i = i + 3
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('XADD', KEYS[4], '*', 'id', ARGV[i], 'reason', ARGV[i + 1], 'raw', ARGV[i + 2])
-  i = i + 3
-end
-n = tonumber(ARGV[i]); i = i + 1
-if n == 1 and #KEYS >= 5 then
-  local through = ids[#ids]
-  if not through then
-    local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
-    through = last and last[1] or '0-0'
-  end
-  redis.call('HSET', KEYS[5], 'id', through, 'data', ARGV[i])
-end
-if ARGV[2] ~= cur then redis.call('SET', KEYS[1], ARGV[2]) end
-return ids
-"""
+_COMMIT_LUA: Final = lua.source("stage_commit")
 
 
 def pack_entries(items: Sequence[Any]) -> list[Any]:
@@ -326,9 +274,13 @@ class StageStore:
         snapshot: str | None = None,
     ) -> None:
         self.client = client
-        self.keys = [position, state, output, dead]
-        if snapshot is not None:
-            self.keys.append(snapshot)
+        self.position = position
+        self.state = state
+        self.output = output
+        self.dead = dead
+        self.snapshot = snapshot
+        # The commit script's KEYS, in its order (shared/lua/stage_commit.lua).
+        self.keys = [position, state, output, dead] + ([snapshot] if snapshot is not None else [])
         self._commit = client.register_script(_COMMIT_LUA)
 
     def load(self) -> tuple[str, dict[str, bytes]]:
@@ -338,8 +290,8 @@ class StageStore:
 
     def _load(self) -> tuple[str, dict[str, bytes]]:
         pipe = self.client.pipeline(transaction=True)
-        pipe.get(self.keys[0])
-        pipe.hgetall(self.keys[1])
+        pipe.get(self.position)
+        pipe.hgetall(self.state)
         raw_pos, raw_state = pipe.execute()
         pos = as_str(raw_pos) if raw_pos else START
         return pos, {as_str(k): v for k, v in raw_state.items()}
@@ -362,10 +314,10 @@ class StageStore:
         while True:
             with self.client.pipeline(transaction=True) as pipe:
                 try:
-                    pipe.watch(self.keys[0], self.keys[1])  # type: ignore[no-untyped-call]
-                    built = build(_scan_pairs(pipe, self.keys[1]))
+                    pipe.watch(self.position, self.state)  # type: ignore[no-untyped-call]
+                    built = build(_scan_pairs(pipe, self.state))
                     pipe.multi()
-                    pipe.get(self.keys[0])
+                    pipe.get(self.position)
                     (raw_pos,) = pipe.execute()
                 except redis.WatchError:
                     continue
@@ -425,6 +377,7 @@ __all__ = [
     "StageStore",
     "client_for",
     "connect",
+    "id_key",
     "keep_going",
     "log",
     "outage_retry",

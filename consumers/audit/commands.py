@@ -22,7 +22,7 @@ from consumers.audit.replay import Replay, render
 from consumers.audit.streams import read_stream
 from consumers.audit.verify import Verify
 from consumers.ipam.allocate import IpamFold
-from producers.listener.verify import DEFAULT_TIMEOUT, bounded_rpc, within
+from shared.chain.oneshot import DEFAULT_TIMEOUT, bounded_rpc, within
 from shared.cmdline import with_chain_id, with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys

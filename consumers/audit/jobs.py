@@ -5,7 +5,7 @@ processes when any serve the network's queue (``rq.Worker.all``): one job per
 range, run by :func:`verify_range` with the worker's own RPC endpoints, its
 result (the range's logs, decoded, as JSON) read back here. A job that fails, or
 that no worker finishes within :data:`JOB_WAIT` seconds, is read in this process
-instead. Ranges are read with the backfill's :func:`read_range` either way, so a
+instead. Ranges are read with :func:`shared.chain.read.read_range` either way, so a
 verify sees the chain exactly as the listener's workers do.
 """
 
@@ -21,15 +21,15 @@ from rq import Queue, Worker
 from rq.job import Job, JobStatus
 
 from consumers.audit.progress import bar
-from producers.backfill import jobs as backfill
-from producers.backfill.plan import Span, Staged, decode_staged, encode_staged
-from producers.listener.rpc import RpcClient
-from shared.errors import ChainError, WgchainError
+from shared.chain import worker
+from shared.chain.plan import Span, Staged, decode_staged, encode_staged
+from shared.chain.read import read_range
+from shared.chain.rpc import RpcClient
 from shared.keys import Keys
 from shared.logs import log
 
 #: Seconds a verify waits for its jobs before reading the rest itself.
-JOB_WAIT: Final = float(backfill.JOB_TIMEOUT)
+JOB_WAIT: Final = float(worker.JOB_TIMEOUT)
 #: Seconds rq keeps a verify job's result or failure.
 JOB_TTL: Final = 600
 #: Seconds between two looks at the jobs.
@@ -40,14 +40,8 @@ Fetch = Callable[[list[Span]], list[Staged]]
 
 def verify_range(chain_id: int, contract: str, start: int, end: int) -> str:
     """The rq job: the logs of blocks ``start``-``end`` (a :class:`Staged` as JSON)."""
-    ctx = backfill._context
-    if ctx is None:
-        raise WgchainError("verify jobs run in `wgchain worker` (no worker context here)")
-    if (chain_id, contract.lower()) != (ctx.chain_id, ctx.contract):
-        raise ChainError(f"job for chain {chain_id}, but this worker serves chain {ctx.chain_id}")
-    staged = backfill.read_range(
-        ctx.rpc, ctx.contract, chain_id, Span(start, end), ctx.max_block_range
-    )
+    ctx = worker.context_for("verify", chain_id, contract)
+    staged = read_range(ctx.rpc, ctx.contract, chain_id, Span(start, end), ctx.max_block_range)
     return encode_staged(staged).decode()
 
 
@@ -57,10 +51,10 @@ def fetcher(
     """A :data:`Fetch` for ``keys``' network: rq jobs when workers run, else in-process."""
 
     def local(span: Span) -> Staged:
-        return backfill.read_range(rpc, keys.contract, keys.chain_id, span, max_block_range)
+        return read_range(rpc, keys.contract, keys.chain_id, span, max_block_range)
 
     def fetch(spans: list[Span]) -> list[Staged]:
-        queue = backfill.queue_for(client, keys)
+        queue = worker.queue_for(client, keys)
         workers = Worker.all(queue=queue) if len(spans) > 1 else []
         with bar("reading the chain's logs", len(spans), show) as progress:
             if not workers:
@@ -93,7 +87,7 @@ def _through_jobs(
                 args=[keys.chain_id, keys.contract, span.start, span.end],
                 job_id=f"audit-verify-{run}-{span.name}",
                 description=f"audit verify blocks {span.name}",
-                timeout=backfill.JOB_TIMEOUT,
+                timeout=worker.JOB_TIMEOUT,
                 result_ttl=JOB_TTL,
                 failure_ttl=JOB_TTL,
             )

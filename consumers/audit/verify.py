@@ -37,8 +37,8 @@ from eth_utils.crypto import keccak
 from consumers.audit.entries import Decoded, Undecodable, decode, void_ids
 from consumers.audit.streams import read_stream
 from consumers.registry.fold import RegistryFold, RegistryState
-from producers.backfill.plan import Span, Staged, split
-from producers.listener.rpc import BATCH_LIMIT, RpcClient
+from shared.chain.plan import Span, Staged, split
+from shared.chain.rpc import BATCH_LIMIT, RpcClient
 from shared.errors import ChainError
 from shared.events import GENESIS_DIGEST, LogEntry, Retracted
 from shared.keys import Keys

@@ -1,6 +1,6 @@
 """The listener's backfill hook: append staged ranges strictly in order, then go live.
 
-:meth:`Listener.step` calls :func:`append_staged` first. With the listener's
+:meth:`producers.listener.listener.Listener.step` calls :func:`append_staged` first. With the listener's
 next block ``n`` and a running plan:
 
 * ``n`` past the plan's end: the backfill is complete; the plan and any leftover
@@ -29,15 +29,35 @@ reads those blocks itself, with its own reorg handling.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Sequence
+from typing import Any, Final, Protocol
 
 from producers.backfill.store import BackfillStore
-from producers.listener.store import Cursor, DeadLetter
+from producers.listener.store import Cursor, DeadLetter, ListenerStore
 from shared.errors import DecodeError
-from shared.events import GENESIS_DIGEST, LogEntry
+from shared.events import GENESIS_DIGEST, LogEntry, Retracted
 
-if TYPE_CHECKING:
-    from producers.listener.listener import Listener
+
+class Appender(Protocol):
+    """What :func:`append_staged` needs of the listener (``Listener`` is one): its store,
+    cursor and fenced commit; a protocol, so the listener and its backfill hook do not
+    import each other."""
+
+    store: ListenerStore
+    cursor: Cursor | None
+    log: Any
+
+    @property
+    def next_block(self) -> int: ...
+
+    def commit(
+        self,
+        expected: Cursor | None,
+        cursor: Cursor,
+        entries: Sequence[LogEntry | Retracted],
+        dead: Sequence[DeadLetter] = (),
+    ) -> bool: ...
+
 
 #: Seconds between "waiting for a range" log lines.
 WAIT_LOG_EVERY: Final = 30.0
@@ -61,7 +81,7 @@ class _Every:
 _waiting = _Every(WAIT_LOG_EVERY)
 
 
-def append_staged(listener: Listener) -> int | None:
+def append_staged(listener: Appender) -> int | None:
     """Append the staged range holding the listener's next block.
 
     Returns the number of blocks appended, 0 to wait for the range to be

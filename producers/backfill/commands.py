@@ -23,23 +23,20 @@ from rq.serializers import JSONSerializer
 
 from producers.backfill.jobs import (
     JOB_RETRIES,
-    JOB_TIMEOUT,
     MAINTENANCE_INTERVAL,
     WORKER_TTL,
     BackfillWorker,
-    WorkerContext,
-    configure,
     enqueue,
-    queue_for,
     requeue_abandoned,
     worker_name,
 )
-from producers.backfill.plan import Plan
 from producers.backfill.store import BackfillStore
 from producers.listener.listener import open_listener
-from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
 from shared import health, metrics
+from shared.chain.plan import Plan
+from shared.chain.rpc import RpcClient
+from shared.chain.worker import JOB_TIMEOUT, WorkerContext, configure, queue_for
 from shared.cmdline import CHAIN, STREAM, stop_event, with_chain_id, with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys

@@ -24,33 +24,27 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Final
 
-import msgspec
 import redis
 from rq import Queue, Retry, SimpleWorker, get_current_job
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
-from rq.serializers import JSONSerializer
 from rq.utils import now
 
-from producers.backfill.plan import Plan, Span, Staged, StagedDead
 from producers.backfill.store import BackfillStore
-from producers.listener.decode import TOPIC0S, LogRef, decode_log, log_ref
-from producers.listener.ranges import RangeSizer
-from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
 from shared import health, shutdown
-from shared.errors import ChainError, DecodeError, WgchainError
+from shared.chain import worker
+from shared.chain.plan import Plan, Span
+from shared.chain.read import read_range
+from shared.chain.worker import JOB_TIMEOUT
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import redis_retry
 
-#: Seconds a job may run before rq stops it (RPC calls retry for up to two minutes each).
-JOB_TIMEOUT: Final = 600
 #: Times a failed or abandoned job is run again before it counts as failed.
 JOB_RETRIES: Final = 4
 #: Seconds a running job's claim lives without renewal (abandonment is noticed after this).
@@ -64,33 +58,6 @@ FAILURE_TTL: Final = 7 * 24 * 3600
 #: and its registration TTL (an idle worker wakes up every ``WORKER_TTL - 15`` seconds).
 MAINTENANCE_INTERVAL: Final = 15
 WORKER_TTL: Final = 30
-#: Times a range is read again when its logs and headers disagree (a reorg mid-read).
-REREAD_ATTEMPTS: Final = 5
-
-
-@dataclass(frozen=True)
-class WorkerContext:
-    """What a job needs from the worker process it runs in."""
-
-    client: redis.Redis
-    rpc: RpcClient
-    chain_id: int
-    contract: str
-    max_block_range: int
-
-
-_context: WorkerContext | None = None
-
-
-def configure(context: WorkerContext) -> None:
-    """Set the context jobs of this process use (``wgchain worker`` calls it once)."""
-    global _context  # noqa: PLW0603 - one worker process serves one network
-    _context = context
-
-
-def queue_for(client: redis.Redis, keys: Keys) -> Queue:
-    """The rq queue of ``keys``' network, with the JSON serializer."""
-    return Queue(keys.backfill_queue, connection=client, serializer=JSONSerializer)
 
 
 def job_id(plan: Plan, span: Span) -> str:
@@ -117,14 +84,7 @@ def enqueue(queue: Queue, plan: Plan, keys: Keys) -> list[Job]:
 
 def fetch_range(plan_id: str, chain_id: int, contract: str, start: int, end: int) -> dict[str, Any]:
     """The rq job: fetch blocks ``start``-``end`` and stage them for plan ``plan_id``."""
-    ctx = _context
-    if ctx is None:
-        raise WgchainError("backfill jobs run in `wgchain worker` (no worker context here)")
-    if (chain_id, contract.lower()) != (ctx.chain_id, ctx.contract):
-        raise ChainError(
-            f"job for chain {chain_id} contract {contract[:42]}, but this worker serves "
-            f"chain {ctx.chain_id} contract {ctx.contract}"
-        )
+    ctx = worker.context_for("backfill", chain_id, contract)
     span = Span(start, end)
     keys = Keys(chain_id, ctx.contract)
     store = BackfillStore(ctx.client, keys)
@@ -181,63 +141,6 @@ def _claimed(client: redis.Redis, key: str, holder: str) -> Iterator[None]:
         stop.set()
         thread.join()
         redis_retry(client.delete, key)
-
-
-def read_range(
-    rpc: RpcClient, contract: str, chain_id: int, span: Span, max_block_range: int
-) -> Staged:
-    """Logs and headers of ``span`` that agree on every block hash, decoded (no digests)."""
-    sizer = RangeSizer(max_block_range, initial=min(span.blocks, max_block_range))
-    for attempt in range(1, REREAD_ATTEMPTS + 1):
-        raws = rpc.get_logs(contract, TOPIC0S, span.start, span.end, sizer)
-        logs: dict[tuple[int, int], tuple[LogRef, Mapping[str, Any]]] = {}
-        for raw in raws:
-            ref = _ref(raw, contract, span)
-            logs.setdefault(ref.position, (ref, raw))  # a provider may repeat a log
-        headers = rpc.get_blocks({span.start, span.end} | {pos[0] for pos in logs})
-        stale = [p for p, (ref, _) in logs.items() if ref.block_hash != headers[p[0]].hash]
-        if not stale:
-            break
-        log.bind(stage="backfill").warning(
-            "blocks {}: {} logs disagree with their headers; read {} again",
-            span.name,
-            len(stale),
-            attempt,
-        )
-    else:
-        raise ChainError(f"blocks {span.name} keep changing while being read")
-    entries = []
-    dead = []
-    for position in sorted(logs):
-        ref, found = logs[position]
-        try:
-            entries.append(decode_log(found, chain_id, headers[ref.block_number].timestamp))
-        except DecodeError as exc:
-            ident = f"{ref.block_number}:{ref.log_index}"
-            log.bind(stage="backfill").warning("dead-lettering log {}: {}", ident, exc)
-            dead.append(StagedDead(ref.block_number, ident, str(exc), msgspec.json.encode(found)))
-    return Staged(
-        start=span.start,
-        end=span.end,
-        parent_hash=headers[span.start].parent_hash,
-        end_hash=headers[span.end].hash,
-        entries=entries,
-        dead=dead,
-    )
-
-
-def _ref(raw: Any, contract: str, span: Span) -> LogRef:
-    """Position of a log from the provider; a malformed or foreign one is the provider's fault."""
-    try:
-        ref = log_ref(raw)
-    except DecodeError as exc:
-        raise ChainError(f"eth_getLogs returned a malformed log: {exc}") from None
-    if ref.removed or ref.address != contract or not span.start <= ref.block_number <= span.end:
-        raise ChainError(
-            f"eth_getLogs returned a log it should not have (block {ref.block_number}, "
-            f"address {ref.address}, removed {ref.removed})"
-        )
-    return ref
 
 
 def _job_range(job: Job) -> tuple[Keys, Span] | None:
@@ -341,15 +244,10 @@ def worker_name() -> str:
 __all__ = [
     "CLAIM_TTL",
     "JOB_RETRIES",
-    "JOB_TIMEOUT",
     "BackfillWorker",
-    "WorkerContext",
-    "configure",
     "enqueue",
     "fetch_range",
     "job_id",
-    "queue_for",
-    "read_range",
     "requeue_abandoned",
     "worker_name",
 ]

@@ -13,8 +13,8 @@ from typing import Final
 import msgspec
 import redis
 
-from producers.backfill.plan import Plan, Span, Staged, decode_staged, encode_staged
 from shared import lua
+from shared.chain.plan import Plan, Span, Staged, decode_staged, encode_staged
 from shared.errors import DecodeError
 from shared.keys import Keys
 from shared.redis_log import as_str, redis_retry

@@ -12,11 +12,13 @@ import click
 import msgspec
 
 from producers.listener import verify
-from producers.listener.heads import HeadWatcher, split_urls
+from producers.listener.heads import HeadWatcher
 from producers.listener.lease import LeasedListeners, listener_id
 from producers.listener.listener import Listener, open_listener
-from producers.listener.rpc import RpcClient
 from shared import metrics
+from shared.chain.answers import split_urls
+from shared.chain.oneshot import DEFAULT_TIMEOUT
+from shared.chain.rpc import RpcClient
 from shared.cmdline import CHAIN, LISTENER, METRICS, STREAM, stop_event, with_settings
 from shared.errors import SettingsError
 from shared.redis_log import connect, keep_going
@@ -94,7 +96,7 @@ def stage(cfg: Settings, stop: threading.Event, networks: Sequence[tuple[int, st
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0.1),
-    default=verify.DEFAULT_TIMEOUT,
+    default=DEFAULT_TIMEOUT,
     show_default=True,
     metavar="SECONDS",
     help="With --verify-range: give up (one line, exit 1) when an RPC call gets no answer "

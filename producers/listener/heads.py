@@ -1,8 +1,8 @@
 """Low latency at the tip: an ``eth_subscribe("newHeads")`` WebSocket that wakes listeners.
 
-RPC URLs are split by scheme (:func:`split_urls`): http(s):// URLs carry every
+RPC URLs are split by scheme (:func:`shared.chain.answers.split_urls`): http(s):// URLs carry every
 JSON-RPC call (``eth_getLogs``, ``eth_getBlockByNumber``, ...) through the
-:class:`~producers.listener.rpc.RpcClient`; ws(s):// URLs serve only this
+:class:`~shared.chain.rpc.RpcClient`; ws(s):// URLs serve only this
 subscription. Every new head sets the listeners' wake events, so a listener at the
 tip steps at once instead of sleeping ``poll_interval``. Polling stays the fallback
 (the loop always wakes at least every ``poll_interval``): a silent or dead
@@ -20,15 +20,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import msgspec
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_random_exponential
 from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
-from producers.listener.rpc import endpoint
-from shared.errors import ChainError, SettingsError
+from shared.chain.answers import endpoint
+from shared.errors import ChainError
 from shared.logs import log
 from shared.validate import excerpt
 
@@ -42,19 +41,6 @@ RECONNECT_MAX: Final = 15.0
 _DECODER: Final = msgspec.json.Decoder()
 _SUBSCRIBE: Final = {"jsonrpc": "2.0", "id": 1, "method": "eth_subscribe", "params": ["newHeads"]}
 _log = log.bind(stage="heads")
-
-
-def split_urls(urls: Sequence[str]) -> tuple[list[str], list[str]]:
-    """``(http(s) URLs for calls, ws(s) URLs for newHeads)``; at least one of the first kind."""
-    calls = [u for u in urls if urlsplit(u).scheme in {"http", "https"}]
-    heads = [u for u in urls if urlsplit(u).scheme in {"ws", "wss"}]
-    if not calls:
-        raise SettingsError(
-            "WGCHAIN_RPC_URL",
-            "needs at least one http(s):// URL for JSON-RPC calls "
-            "(ws(s):// URLs serve only the newHeads subscription)",
-        )
-    return calls, heads
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -152,4 +138,4 @@ def _decode(message: str | bytes) -> Any:
         return None
 
 
-__all__ = ["HeadWatcher", "reconnect_retry", "split_urls"]
+__all__ = ["HeadWatcher", "reconnect_retry"]

@@ -27,12 +27,12 @@ import msgspec
 import redis
 
 from producers.backfill.append import append_staged
-from producers.listener.decode import TOPIC0S, BlockHeader, LogRef, decode_log, log_ref
-from producers.listener.ranges import RangeSizer
-from producers.listener.rpc import RpcClient, refused
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
 from producers.listener.tip import Look, Watch, look
 from shared import health, metrics
+from shared.chain.decode import TOPIC0S, BlockHeader, LogRef, decode_log, log_ref
+from shared.chain.ranges import RangeSizer
+from shared.chain.rpc import RpcClient, refused
 from shared.cmdline import with_chain_id
 from shared.errors import (
     ChainError,

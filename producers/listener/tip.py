@@ -29,9 +29,9 @@ from typing import Any, Final
 
 import redis
 
-from producers.listener.decode import header, quantity
-from producers.listener.rpc import RpcClient
 from shared import health
+from shared.chain.decode import header, quantity
+from shared.chain.rpc import RpcClient
 from shared.durations import duration
 from shared.errors import ChainError, DecodeError
 from shared.health import REMIND_EVERY

@@ -24,8 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -33,23 +31,20 @@ import click
 import msgspec
 import redis
 
-from producers.listener.decode import TOPIC0S, decode_log, log_ref
-from producers.listener.heads import split_urls
-from producers.listener.ranges import INITIAL_RANGE, RangeSizer
-from producers.listener.rpc import RPC_TIMEOUT, RpcClient
-from shared import health
+from shared import streams
+from shared.chain.answers import split_urls
+from shared.chain.decode import TOPIC0S, decode_log, log_ref
+from shared.chain.oneshot import DEFAULT_TIMEOUT, bounded_rpc, within
+from shared.chain.ranges import INITIAL_RANGE, RangeSizer
+from shared.chain.rpc import RpcClient
 from shared.cmdline import with_chain_id
-from shared.errors import ChainError, DecodeError, ServiceUnavailable, SettingsError
-from shared.events import AnyEntry, LogEntry, effective, from_fields
+from shared.errors import ChainError, DecodeError, SettingsError
+from shared.events import AnyEntry, LogEntry, effective
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
 from shared.settings import Settings
 from shared.validate import excerpt
 
-#: Stream entries read per XRANGE call.
-PAGE: Final = 1000
-#: Seconds one-shot commands (``--verify-range``, ``audit verify``) wait for an RPC call.
-DEFAULT_TIMEOUT: Final = 30.0
 _HASH: Final = re.compile(r"0x[0-9a-f]{64}")
 
 
@@ -108,24 +103,13 @@ def _shown(value: str) -> str:
 
 def _stream(client: redis.Redis, key: str) -> tuple[list[tuple[str, AnyEntry]], list[Finding]]:
     """Every entry of ``key`` in order (decoded), and a finding for each that does not decode."""
-    entries: list[tuple[str, AnyEntry]] = []
     bad: list[Finding] = []
-    low = "-"
-    while True:
-        raw: Any = client.xrange(key, min=low, count=PAGE)
-        for entry_id, fields in raw:
-            ident = as_str(entry_id)
-            try:
-                entries.append((ident, from_fields(fields)))
-            except DecodeError as exc:
-                bad.append(
-                    Finding(
-                        "extra", -1, -1, "", f"entry {ident} does not decode: {excerpt(str(exc))}"
-                    )
-                )
-        if len(raw) < PAGE:
-            return entries, bad
-        low = "(" + as_str(raw[-1][0])
+
+    def undecodable(ident: str, exc: DecodeError) -> None:
+        what = f"entry {ident} does not decode: {excerpt(str(exc))}"
+        bad.append(Finding("extra", -1, -1, "", what))
+
+    return streams.decoded(streams.read(client, key, retry=False), bad=undecodable), bad
 
 
 def _dead_letters(client: redis.Redis, key: str) -> set[str]:
@@ -233,28 +217,6 @@ def _describe(entry: LogEntry) -> str:
     token = getattr(event, "token_id", None)
     who = f"token {token}" if token is not None else f"owner {excerpt(getattr(event, 'owner', ''))}"
     return f"{type(event).__name__} {who}"
-
-
-def bounded_rpc(urls: Sequence[str], timeout: float) -> RpcClient:
-    """An RPC client for a one-shot command: each call gives up after about ``timeout``
-    seconds (retries included), and logs nothing meanwhile (the command says it in one line)."""
-    return RpcClient(
-        urls,
-        timeout=min(RPC_TIMEOUT, timeout),
-        retry_seconds=timeout,
-        outage=health.Outage("RPC", quiet=True),
-    )
-
-
-@contextmanager
-def within(timeout: float) -> Iterator[None]:
-    """One line when an RPC call of the block gets no answer within ``timeout`` seconds."""
-    try:
-        yield
-    except ServiceUnavailable as exc:
-        raise ServiceUnavailable(
-            f"the RPC node did not answer within {timeout:g}s (--timeout): {exc}"
-        ) from None
 
 
 def check(

@@ -114,8 +114,8 @@ def emit(chain: Anvil, logs: int, per_tx: int) -> tuple[Any, int, int]:
 def run(logs: int, per_tx: int, naive_logs: int, workers: int, blocks_per_job: int) -> list[Result]:
     """Emit ``logs`` logs, ingest them each way, and compare (see the module docstring)."""
     from producers.listener.listener import Listener, ListenerConfig
-    from producers.listener.rpc import RpcClient
     from producers.listener.store import ListenerStore
+    from shared.chain.rpc import RpcClient
 
     params: dict[str, Any] = {"logs": logs, "logs_per_tx": per_tx}
     with Anvil() as chain, RedisServer() as server:
@@ -237,16 +237,17 @@ def _backfill(
     order. Timed from the plan's creation to the last range appended.
     """
     try:
-        from producers.backfill.jobs import enqueue, queue_for
-        from producers.backfill.plan import Plan
+        from producers.backfill.jobs import enqueue
         from producers.backfill.store import BackfillStore
+        from shared.chain.plan import Plan
+        from shared.chain.worker import queue_for
     except ImportError:
         return None
     from rq import Worker
 
     from producers.listener.listener import Listener, ListenerConfig
-    from producers.listener.rpc import RpcClient
     from producers.listener.store import ListenerStore
+    from shared.chain.rpc import RpcClient
 
     keys = Keys(chain.chain_id, address)
     with RedisServer() as server:  # its own Redis: the workers use the default key prefix
@@ -288,12 +289,10 @@ def worker_child(params: dict[str, Any]) -> dict[str, Any]:
         MAINTENANCE_INTERVAL,
         WORKER_TTL,
         BackfillWorker,
-        WorkerContext,
-        configure,
-        queue_for,
         worker_name,
     )
-    from producers.listener.rpc import RpcClient
+    from shared.chain.rpc import RpcClient
+    from shared.chain.worker import WorkerContext, configure, queue_for
 
     client = redis.Redis.from_url(params["redis_url"])
     rpc = RpcClient([params["rpc_url"]])

@@ -29,13 +29,14 @@ from eth_utils.crypto import keccak
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from producers.backfill import jobs
-from producers.backfill.jobs import JOB_RETRIES, WorkerContext, fetch_range
-from producers.backfill.plan import Plan, Span
+from producers.backfill.jobs import JOB_RETRIES, fetch_range
 from producers.backfill.store import BackfillStore
 from producers.listener.listener import Listener, ListenerConfig
-from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
+from shared.chain import worker
+from shared.chain.plan import Plan, Span
+from shared.chain.rpc import RpcClient
+from shared.chain.worker import WorkerContext
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import stop_process, wait_for
@@ -254,11 +255,11 @@ def context(redis_client: redis.Redis, anvil: Anvil, nft: AccessNFT) -> Iterator
     """This process as a worker of ``nft``'s network (for jobs run in-process)."""
     keys = Keys(anvil.chain_id, nft.address.lower())
     rpc_client = RpcClient([anvil.url], retry_seconds=10)
-    jobs.configure(WorkerContext(redis_client, rpc_client, keys.chain_id, keys.contract, 100))
+    worker.configure(WorkerContext(redis_client, rpc_client, keys.chain_id, keys.contract, 100))
     try:
         yield keys
     finally:
-        jobs._context = None
+        worker.configure(None)
         rpc_client.close()
 
 

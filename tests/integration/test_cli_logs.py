@@ -11,8 +11,8 @@ import redis
 import requests
 from tenacity import stop_after_attempt
 
-from producers.listener.rpc import RpcClient
 from shared import health
+from shared.chain.rpc import RpcClient
 from shared.devnet.proc import free_port
 from shared.devnet.redis_server import RedisServer
 from shared.errors import ServiceUnavailable

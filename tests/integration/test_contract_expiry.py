@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from web3.exceptions import ContractLogicError
 
-from producers.listener.decode import SUBSCRIPTION, TOPICS, decode_log
+from shared.chain.decode import SUBSCRIPTION, TOPICS, decode_log
 from shared.contract.client import ERC5643_INTERFACE_ID, PERPETUAL, AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.errors import ChainError, SettingsError

@@ -24,8 +24,8 @@ from eth_utils.crypto import keccak
 
 from producers.listener.lease import Lease
 from producers.listener.listener import Listener, ListenerConfig
-from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
+from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import stop_process, wait_for

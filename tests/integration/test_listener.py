@@ -23,8 +23,8 @@ from eth_utils.crypto import keccak
 
 from producers.listener import listener as listener_module
 from producers.listener.listener import Listener, ListenerConfig, open_listener
-from producers.listener.rpc import RpcClient
 from producers.listener.store import Cursor, ListenerStore
+from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import free_port, stop_process, wait_for

@@ -21,7 +21,7 @@ from consumers.agent.desired import Policy
 from consumers.agent.keys import generate_private_key_file
 from consumers.registry.fold import FOLD as REGISTRY
 from consumers.registry.fold import fold
-from producers.listener.decode import TOPIC0S
+from shared.chain.decode import TOPIC0S
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import wait_for

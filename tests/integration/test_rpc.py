@@ -18,9 +18,9 @@ import redis
 from faultproxy import REFUSALS, TOPICS, Delay, FaultProxy, RpcError, Trickle, chain_positions
 
 from producers.listener.listener import Listener, ListenerConfig, open_listener
-from producers.listener.ranges import RangeSizer
-from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
+from shared.chain.ranges import RangeSizer
+from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import free_port, wait_for

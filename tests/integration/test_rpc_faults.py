@@ -20,8 +20,8 @@ import redis
 from faultproxy import Delay, Fault, FaultProxy, RpcError, Trickle, chain_positions
 
 from producers.listener.listener import Listener, ListenerConfig
-from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
+from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import free_port, wait_for

@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from producers.listener.listener import Listener, ListenerConfig
-from producers.listener.rpc import RpcClient
 from producers.listener.store import ListenerStore
+from shared.chain.rpc import RpcClient
 from shared.cli import main
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil

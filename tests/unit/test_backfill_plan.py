@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.backfill.plan import (
+from shared.chain.plan import (
     Plan,
     Span,
     Staged,

@@ -10,8 +10,8 @@ from eth_utils.crypto import keccak
 from hypothesis import given
 from hypothesis import strategies as st
 
-from producers.listener import decode
-from producers.listener.decode import decode_event, decode_log, header
+from shared.chain import decode
+from shared.chain.decode import decode_event, decode_log, header
 from shared.errors import DecodeError
 from shared.events import (
     LogEntry,

@@ -8,8 +8,8 @@ import socket
 import pytest
 
 from producers.listener.commands import parse_network
-from producers.listener.heads import split_urls
 from producers.listener.lease import fair_share, listener_id, registry_key
+from shared.chain.answers import split_urls
 from shared.cli import main
 from shared.errors import SettingsError
 from shared.keys import Keys

@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.listener.decode import LogRef
 from producers.listener.listener import _parts
-from producers.listener.ranges import INITIAL_RANGE, PROBE_AFTER, RangeSizer
-from producers.listener.rpc import _result, is_range_refusal, suggested_range
+from shared.chain.answers import is_range_refusal, suggested_range
+from shared.chain.answers import result as _result
+from shared.chain.decode import LogRef
+from shared.chain.ranges import INITIAL_RANGE, PROBE_AFTER, RangeSizer
 from shared.errors import ChainError, LogRangeError
 
 # --- the sizer ----------------------------------------------------------------------------
@@ -266,7 +267,7 @@ def test_suggested_range_parsing(message: str, expected: tuple[int, int] | None)
 
 
 def test_ranges_module_is_pure() -> None:
-    probe = "import sys, producers.listener.ranges\nprint([m for m in sys.argv[1:] if m in sys.modules])"
+    probe = "import sys, shared.chain.ranges\nprint([m for m in sys.argv[1:] if m in sys.modules])"
     result = subprocess.run(
         [sys.executable, "-c", probe, "redis", "web3", "subprocess", "requests"],
         capture_output=True,

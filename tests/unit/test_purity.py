@@ -15,6 +15,7 @@ import pytest
 #: Modules that hold rules only (docs/design.md §7.2: pure folds).
 PURE_MODULES = [
     "shared.events",
+    "shared.ids",
     "shared.keys",
     "shared.validate",
     "shared.settings",
@@ -27,9 +28,10 @@ PURE_MODULES = [
     "consumers.agent.table",
     "consumers.agent.hold",
     "consumers.agent.config",
-    "producers.listener.decode",
-    "producers.listener.ranges",
-    "producers.backfill.plan",
+    "shared.chain.decode",
+    "shared.chain.ranges",
+    "shared.chain.plan",
+    "shared.chain.answers",
     "consumers.access.decide",
     "consumers.status.model",
     "consumers.status.render",

@@ -133,12 +133,12 @@ def test_nothing_points_to_a_design_outside_the_repository():
 
 
 def test_every_event_the_listener_decodes_is_in_the_design():
-    from producers.listener import decode
+    from shared.chain import decode
 
     signatures = {
         value for name, value in vars(decode).items() if name.endswith("_SIG") and "(" in value
     }
-    assert signatures, "producers/listener/decode.py names no *_SIG signatures"
+    assert signatures, "shared/chain/decode.py names no *_SIG signatures"
     documented = set()
     for name, params in re.findall(r"^event (\w+)\((.*)\);$", DESIGN.read_text(), re.M):
         types = [part.split()[0] for part in params.split(",")]

@@ -13,7 +13,7 @@ Every answer falls in one of four classes:
 * **refused range**: an ``eth_getLogs`` range the provider will not serve raises
   :class:`LogRangeError` (with the range the provider suggested, when its message
   names one), which :meth:`RpcClient.get_logs` answers by asking a smaller range
-  (:class:`~producers.listener.ranges.RangeSizer`);
+  (:class:`~shared.chain.ranges.RangeSizer`);
 * **any other JSON-RPC error** (``execution reverted``, invalid params): the
   answer to the question, the same on every node: :class:`ChainError` at once.
 
@@ -29,11 +29,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import msgspec
 import requests
@@ -46,12 +44,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from producers.listener.decode import BlockHeader, header, quantity
-from producers.listener.ranges import RangeSizer
 from shared import health, shutdown
+from shared.chain.answers import Transient, Unusable, endpoint, result
+from shared.chain.decode import BlockHeader, header, quantity
+from shared.chain.ranges import RangeSizer
 from shared.errors import ChainError, DecodeError, LogRangeError, ServiceUnavailable
 from shared.logs import brief, log
-from shared.validate import excerpt
 
 #: Seconds one HTTP request may wait (to connect, for the next bytes, for the whole reply).
 RPC_TIMEOUT: Final = 10.0
@@ -66,61 +64,9 @@ BATCH_LIMIT: Final = 100
 #: Most bytes taken from one socket read (the deadline is checked between reads).
 _CHUNK: Final = 1 << 16
 
-#: Error texts with which providers refuse an eth_getLogs range (Alchemy, Infura,
-#: QuickNode, Ankr, Chainstack, Tenderly, dRPC, public Base nodes, geth/erigon/reth).
-_RANGE_ERROR: Final = re.compile(
-    r"block range|range (is )?too|too (large|wide|many)|returned more than|more than [\d,]+ "
-    r"(results|logs|blocks)|max(imum)? (block )?range|response size|range limit|exceeds? (the )?"
-    r"(max|limit|range)|range exceeds|query time(d )?out|limited to|limit exceeded|(results|logs) "
-    r"limit|too many (results|logs)|ranges over \d",
-    re.IGNORECASE,
-)
-#: JSON-RPC codes that, on eth_getLogs, mean "range refused" even without a known text
-#: (Infura's "limit exceeded"); -32602 (invalid params) counts only with a range text.
-_RANGE_CODES: Final = frozenset({-32005})
-#: Error texts of a node that lags behind (a load-balanced pool): retried on the next URL.
-_BEHIND_ERROR: Final = re.compile(
-    r"beyond (the )?current head|after last accepted block|header not found|unknown block",
-    re.IGNORECASE,
-)
-_NUMBER: Final = r"(0x[0-9a-f]{1,16}|\d{1,19})"
-#: The range a provider suggests: ``[0x1, 0x2]``, ``[1, 2]`` or reth's ``range 1-2``.
-_SUGGESTION: Final = re.compile(
-    rf"[\[(]\s*{_NUMBER}\s*,\s*{_NUMBER}\s*[\])]|\brange {_NUMBER}\s*-\s*{_NUMBER}\b",
-    re.IGNORECASE,
-)
-#: Error texts of rate limiting (retried like HTTP 429).
-_RATE_ERROR: Final = re.compile(
-    r"rate.?limit|rate exceeded|too many requests|capacity|throttl", re.IGNORECASE
-)
-#: JSON-RPC error codes of rate limiting.
-_RATE_CODES: Final = frozenset({429, -32029})
-#: Error texts of an overloaded or half-down provider (HTTP 200 with a JSON-RPC error):
-#: retried, after the range check (an eth_getLogs "query timeout" asks for a smaller range).
-_BUSY_ERROR: Final = re.compile(
-    r"time(d)? ?out|no backends? available|temporarily unavailable|service unavailable|"
-    r"bad gateway|upstream|overloaded|try again later",
-    re.IGNORECASE,
-)
-
 _DECODER: Final = msgspec.json.Decoder()
 
 T = TypeVar("T")
-
-
-class _Transient(Exception):
-    """A failure worth retrying after a backoff, on the next URL (never leaves this module)."""
-
-
-class _Unusable(ChainError):
-    """This URL answered something unusable: try the other URLs (then a :class:`ChainError`)."""
-
-
-def endpoint(url: str) -> str:
-    """``scheme://host:port`` of ``url``: safe to log (no credentials, no path, no query)."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
 def _reason(state: RetryCallState) -> str:
@@ -141,7 +87,7 @@ def _backoff(first: float, longest: float) -> Callable[[RetryCallState], float]:
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        return 0.0 if isinstance(exc, _Unusable) else float(jittered(state))
+        return 0.0 if isinstance(exc, Unusable) else float(jittered(state))
 
     return wait
 
@@ -149,7 +95,7 @@ def _backoff(first: float, longest: float) -> Callable[[RetryCallState], float]:
 #: Retry policy of RPC calls: jittered exponential backoff, transient failures only, and
 #: no attempt started when its backoff would end after :data:`RPC_RETRY_SECONDS`.
 rpc_retry: Final = Retrying(
-    retry=retry_if_exception_type((_Transient, _Unusable)),
+    retry=retry_if_exception_type((Transient, Unusable)),
     wait=_backoff(RPC_BACKOFF, RPC_MAX_BACKOFF),
     stop=stop_before_delay(RPC_RETRY_SECONDS) | shutdown.requested,
     sleep=shutdown.sleep,
@@ -215,19 +161,19 @@ class RpcClient:
         def attempt() -> T:
             try:
                 return fn(*args)
-            except _Unusable as exc:
+            except Unusable as exc:
                 unusable.append(str(exc))
                 if len(unusable) >= len(self.urls):
                     raise ChainError("; ".join(dict.fromkeys(unusable))) from None
                 self._next_url()
                 raise
-            except _Transient:
+            except Transient:
                 self._next_url()
                 raise
 
         try:
             result = self._retry(attempt)
-        except (_Transient, _Unusable) as exc:
+        except (Transient, Unusable) as exc:
             self.outage.failed(brief(exc, typed=False))
             raise ServiceUnavailable(f"no RPC endpoint answered {what}: {exc}") from None
         self.outage.ok()
@@ -236,7 +182,7 @@ class RpcClient:
     def _post(self, payload: Any) -> tuple[int, Any]:
         """One bounded HTTP POST of ``payload`` to the current URL: (status, decoded JSON).
 
-        Raises :class:`_Transient` for what is worth retrying and :class:`_Unusable`
+        Raises :class:`Transient` for what is worth retrying and :class:`Unusable`
         for an answer that is not JSON-RPC; a 4xx with a JSON body is returned so
         that the caller can read the error it holds.
         """
@@ -248,14 +194,14 @@ class RpcClient:
             with self.session.post(url, data=data, timeout=self.timeout, stream=True) as resp:
                 status = resp.status_code
                 if status == 429 or status >= 500:
-                    raise _Transient(f"{where}: HTTP {status}")
+                    raise Transient(f"{where}: HTTP {status}")
                 body = bytearray()
                 while chunk := resp.raw.read1(_CHUNK, decode_content=True):
                     body += chunk  # one socket read at a time: a trickle meets the deadline
                     if time.monotonic() > deadline:
-                        raise _Transient(f"{where}: reply took over {self.timeout:g}s")
+                        raise Transient(f"{where}: reply took over {self.timeout:g}s")
         except (requests.Timeout, requests.ConnectionError, urllib3.exceptions.HTTPError) as exc:
-            raise _Transient(f"{where}: {type(exc).__name__}") from None
+            raise Transient(f"{where}: {type(exc).__name__}") from None
         except requests.RequestException as exc:  # an invalid URL: no use retrying
             raise ChainError(f"{where}: {type(exc).__name__}") from None
         try:
@@ -264,11 +210,11 @@ class RpcClient:
             reply = None
         if 200 <= status < 300:
             if reply is None:
-                raise _Unusable(f"{where}: reply is not JSON")
+                raise Unusable(f"{where}: reply is not JSON")
             return status, reply
         if isinstance(reply, dict | list):
             return status, reply
-        raise _Unusable(f"{where} answered HTTP {status}")
+        raise Unusable(f"{where} answered HTTP {status}")
 
     def _request(self, method: str, params: list[Any]) -> dict[str, Any]:
         return {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
@@ -276,14 +222,14 @@ class RpcClient:
     def _call_once(self, method: str, params: list[Any]) -> Any:
         status, reply = self._post(self._request(method, params))
         try:
-            return _result(reply, method)
+            return result(reply, method)
         except LogRangeError:
             raise  # QuickNode and Alchemy refuse ranges with HTTP 413 and 400
         except ChainError as exc:
             if 200 <= status < 300:
                 raise
-            why = "" if isinstance(exc, _Unusable) else f": {exc}"
-            raise _Unusable(f"{self.endpoint} answered HTTP {status}{why}") from None
+            why = "" if isinstance(exc, Unusable) else f": {exc}"
+            raise Unusable(f"{self.endpoint} answered HTTP {status}{why}") from None
 
     def call(self, method: str, params: list[Any] | None = None) -> Any:
         """One call; its ``result``, or :class:`ChainError` for a JSON-RPC error."""
@@ -308,7 +254,7 @@ class RpcClient:
             # A rate limit is retried like any other; any other error ("batch requests
             # are not supported", in any words) means single calls from now on.
             with contextlib.suppress(ChainError):
-                _result(reply, "batch")
+                result(reply, "batch")
             log.bind(stage="rpc").warning(
                 "{} does not answer batches (HTTP {}); single calls from now on",
                 self.endpoint,
@@ -321,8 +267,8 @@ class RpcClient:
         for req in requests_:
             item = by_id.get(req["id"])
             if item is None:
-                raise _Transient(f"{self.endpoint}: batch reply misses id {req['id']}")
-            out.append(_result(item, req["method"]))
+                raise Transient(f"{self.endpoint}: batch reply misses id {req['id']}")
+            out.append(result(item, req["method"]))
         return out
 
     # --- eth_* ----------------------------------------------------------------------------
@@ -391,7 +337,7 @@ class RpcClient:
             return self._call_once("eth_getLogs", params)
         logs, header = got
         if header is None:
-            raise _Transient(f"{self.endpoint} has no block {to_block} yet; its logs may lag")
+            raise Transient(f"{self.endpoint} has no block {to_block} yet; its logs may lag")
         return logs
 
     def get_logs(
@@ -432,53 +378,6 @@ def refused(sizer: RangeSizer, lo: int, hi: int, exc: LogRangeError) -> None:
     )
 
 
-def suggested_range(message: str) -> tuple[int, int] | None:
-    """The ``(from, to)`` block range a provider's refusal suggests, if it names one."""
-    match = _SUGGESTION.search(message)
-    if match is None:
-        return None
-    groups = [g for g in match.groups() if g is not None]
-    lo, hi = (int(g, 0) if g[:2].lower() == "0x" else int(g) for g in groups)
-    return (lo, hi) if lo <= hi else None
-
-
-def is_range_refusal(code: Any, message: str) -> bool:
-    """Whether a JSON-RPC error of ``eth_getLogs`` refuses the block range (too wide/full)."""
-    return code in _RANGE_CODES or bool(_RANGE_ERROR.search(message))
-
-
-def _result(reply: Any, method: str) -> Any:
-    """The ``result`` of a JSON-RPC reply object, or the right error for its ``error``.
-
-    The error's ``data`` is read too: some providers (Tenderly) say "invalid params"
-    and explain the refusal there.
-    """
-    if not isinstance(reply, dict):
-        raise _Unusable(f"{method}: reply is not a JSON-RPC object")
-    error = reply.get("error")
-    if error is None:
-        if "result" not in reply:
-            raise _Unusable(f"{method}: reply has neither result nor error")
-        return reply["result"]
-    code = error.get("code") if isinstance(error, dict) else None
-    message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
-    data = error.get("data") if isinstance(error, dict) else None
-    detail = (
-        "" if data is None else str(data.get("payload", data) if isinstance(data, dict) else data)
-    )
-    text = f"{method}: {excerpt(message)}"
-    text += f" ({excerpt(detail)})" if detail else ""
-    text += f" (code {code})"
-    both = f"{message} {detail}"
-    if code in _RATE_CODES or _RATE_ERROR.search(both) or _BEHIND_ERROR.search(both):
-        raise _Transient(text)
-    if method == "eth_getLogs" and is_range_refusal(code, both):
-        raise LogRangeError(text, suggested_range(message) or suggested_range(detail))
-    if _BUSY_ERROR.search(both):
-        raise _Transient(text)
-    raise ChainError(text)
-
-
 def _quantity(value: Any, what: str) -> int:
     try:
         return quantity(value, what)
@@ -488,7 +387,7 @@ def _quantity(value: Any, what: str) -> int:
 
 def _header(raw: Any, number: int | None, client: RpcClient) -> BlockHeader:
     if raw is None:
-        raise _Transient(f"{client.endpoint}: block {number} not available yet")
+        raise Transient(f"{client.endpoint}: block {number} not available yet")
     try:
         head = header(raw)
     except DecodeError as exc:
@@ -504,9 +403,6 @@ __all__ = [
     "RPC_RETRY_SECONDS",
     "RPC_TIMEOUT",
     "RpcClient",
-    "endpoint",
-    "is_range_refusal",
     "refused",
     "rpc_retry",
-    "suggested_range",
 ]
