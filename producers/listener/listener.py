@@ -7,10 +7,6 @@ past the last final-enough block: ``head - confirmations`` or the ``safe`` /
 them, checks that every log's block hash is the hash of the header it read (a
 reorg during the read means: read again), decodes the logs into digest-chained
 :class:`LogEntry` objects, and commits them with the new cursor in one Lua call.
-A range is read in pieces of about :data:`COMMIT_PART` logs (sized by the log
-density seen so far): while one piece is decoded and the one before it is
-committed, the next is fetched, so the provider, this process and Redis work at
-once.
 A log that does not decode is dead-lettered with its reason in the same commit,
 never dropped silently.
 """
@@ -53,12 +49,8 @@ REREAD_ATTEMPTS: Final = 5
 #: Seconds the loop waits after the RPC endpoints all failed, before trying again.
 OUTAGE_WAIT: Final = 5.0
 #: Logs per commit of a large read (whole blocks: a part may hold more); each part's commit
-#: overlaps the decoding of the next. Also the number of logs a piece of a range is sized for.
+#: overlaps the decoding of the next.
 COMMIT_PART: Final = 5000
-#: Blocks of a range's first piece while the log density is not known yet.
-FIRST_PIECE: Final = 8
-#: A piece is at most this many times larger (in blocks) than the one before.
-PIECE_GROWTH: Final = 8
 
 
 @dataclass(frozen=True)
@@ -109,9 +101,6 @@ class Listener:
         self.seen: Look | None = None
         self.watch = Watch(store.client, store.keys)
         self._pool: ThreadPoolExecutor | None = None
-        self._fetcher: ThreadPoolExecutor | None = None
-        #: Blocks of the next piece of a range (learned from the log density).
-        self.piece = FIRST_PIECE
 
     @property
     def next_block(self) -> int:
@@ -147,21 +136,21 @@ class Listener:
         if start > target:
             metrics.listener_progress(self.store.keys.tag, start - 1, target)
             return self._replaced_at_tip(target)
-        end, hi, read = self._read_sized(start, target)
+        end, read = self._read_sized(start, target)
+        batch_log = self.log.bind(blocks=f"{start}-{end}")
         if self._reorged(start, read.headers):
             return self._rewind()
-        appended = self._append(start, end, hi, read)
+        appended = self._append(start, end, read)
         if appended is None:
             return 0
-        end, end_time, entries, dead = appended
-        batch_log = self.log.bind(blocks=f"{start}-{end}")
+        entries, dead = appended
         metrics.appended(
             self.store.keys.tag,
             entries=len(entries),
             dead=len(dead),
             end=end,
             final_block=target,
-            end_time=end_time,
+            end_time=read.headers[end].timestamp,
         )
         (batch_log.info if entries or dead else batch_log.debug)(  # quiet blocks: DEBUG
             "blocks {}-{}: appended {} entries, {} dead-lettered",
@@ -199,35 +188,17 @@ class Listener:
     def _prev(self) -> str:
         return self.cursor.digest if self.cursor else GENESIS_DIGEST
 
-    def _read_sized(self, start: int, target: int) -> tuple[int, int, _Read]:
-        """The largest range from ``start`` the provider accepts now: its last block, and the
-        last block and read of its first piece (:meth:`_piece_end`)."""
+    def _read_sized(self, start: int, target: int) -> tuple[int, _Read]:
+        """The largest range from ``start`` the provider accepts now, and its read."""
         while True:
             end = self.sizer.span(start, target)
-            hi = self._piece_end(start, end)
             try:
-                read = self._read(start, hi)
+                read = self._read(start, end)
             except LogRangeError as exc:
-                refused(self.sizer, start, hi, exc)  # raises for a refused single block
+                refused(self.sizer, start, end, exc)  # raises for a refused single block
                 continue
-            self._learn(start, hi, read)
-            return end, hi, read
-
-    def _piece_end(self, lo: int, end: int) -> int:
-        """The last block of the piece of ``[lo, end]`` read next."""
-        return min(end, lo + self.piece - 1)
-
-    def _learn(self, lo: int, hi: int, read: _Read) -> None:
-        """Size the next piece for about :data:`COMMIT_PART` logs, from this piece's density."""
-        blocks = hi - lo + 1
-        wanted = blocks * COMMIT_PART // max(1, len(read.logs))
-        self.piece = max(1, min(wanted, blocks * PIECE_GROWTH, self.sizer.maximum))
-
-    def _fetch(self, lo: int, hi: int) -> _Read:
-        """The read of one later piece (on the fetch thread)."""
-        read = self._read(lo, hi)
-        self._learn(lo, hi, read)
-        return read
+            self.sizer.on_success(start, end)
+            return end, read
 
     def _read(self, start: int, end: int) -> _Read:
         """Logs and headers of ``[start, end]`` that agree on every block hash."""
@@ -350,85 +321,45 @@ class Listener:
         return 1
 
     def _append(
-        self, start: int, end: int, hi: int, read: _Read
-    ) -> tuple[int, int, list[LogEntry], list[DeadLetter]] | None:
-        """Decode and commit the logs of ``[start, end]``, whose first piece ``[start, hi]`` was
-        read; (last block appended, its timestamp, entries, dead letters), or None when a commit lost a race
-        (the cursor is then reloaded).
+        self, start: int, end: int, read: _Read
+    ) -> tuple[list[LogEntry], list[DeadLetter]] | None:
+        """Decode and commit the logs of ``[start, end]``; what was appended, or None when a
+        commit lost a race (the cursor is then reloaded).
 
-        Three stages overlap: the next piece is fetched (fetch thread) while this one is
-        decoded (this thread) and the part before is committed (commit thread). Every part
-        (whole blocks, about :data:`COMMIT_PART` logs) is one atomic commit that moves the
-        cursor to its last block, fenced and checked against the cursor it expects, as a
-        small read's single commit is. A piece whose first block's parent is not the block
-        the part before ended with (a reorg between two pieces), or that the provider
-        refuses, ends the step after the parts before it; the next step starts from the
-        committed cursor (and finds the reorg, or reads a smaller range).
+        A large read is committed in parts of whole blocks (about :data:`COMMIT_PART` logs
+        each, the last one up to ``end``), every part one atomic commit that moves the
+        cursor to its last block: while one part is being committed (Redis works, this
+        thread waits) the next one is decoded. Small reads are one commit, as before.
         """
+        parts = _parts(read.logs, COMMIT_PART)
         entries: list[LogEntry] = []
         dead: list[DeadLetter] = []
         expected = self.cursor
         base = expected or Cursor(start - 1, "", GENESIS_DIGEST)
         prev = self._prev
         pending: Future[bool] | None = None
-        ahead: Future[_Read] | None = None
-        try:
-            while True:
-                lo, last = hi + 1, self._piece_end(hi + 1, end)
-                ahead = self._fetcher_pool().submit(self._fetch, lo, last) if hi < end else None
-                parts = _parts(read.logs, COMMIT_PART)
-                for n, logs in enumerate(parts, 1):
-                    part, part_dead = self._entries(logs, read.headers, prev)
-                    prev = part[-1].digest if part else prev
-                    block = hi if n == len(parts) else logs[-1][0].block_number
-                    cursor = base.advanced(
-                        block,
-                        read.headers[block].hash,
-                        prev,
-                        ((ref.block_number, ref.block_hash) for ref, _ in logs),
-                    )
-                    if pending is not None and not pending.result():
-                        return None
-                    pending = None
-                    if ahead is None and n == len(parts):
-                        if not self.commit(expected, cursor, part, part_dead):
-                            return None
-                    else:
-                        pending = self._committer().submit(
-                            self.commit, expected, cursor, part, part_dead
-                        )
-                    entries += part
-                    dead += part_dead
-                    expected = base = cursor
-                stamp = read.headers[hi].timestamp
-                if ahead is None:
-                    self.sizer.on_success(start, end)
-                    return end, stamp, entries, dead
-                try:
-                    read = ahead.result()
-                except LogRangeError as exc:
-                    refused(self.sizer, lo, last, exc)
-                    break
-                finally:
-                    ahead = None
-                if read.headers[lo].parent_hash != base.hash:
-                    self.log.warning("block {} changed while its range was read", hi)
-                    break
-                hi = last
+        for n, logs in enumerate(parts, 1):
+            part, part_dead = self._entries(logs, read.headers, prev)
+            prev = part[-1].digest if part else prev
+            last = n == len(parts)
+            block = end if last else logs[-1][0].block_number
+            cursor = base.advanced(
+                block,
+                read.headers[block].hash,
+                prev,
+                ((ref.block_number, ref.block_hash) for ref, _ in logs),
+            )
             if pending is not None and not pending.result():
                 return None
-            pending = None
-            return hi, stamp, entries, dead
-        finally:
-            for future in (pending, ahead):  # never leave a thread at work behind an error
-                if future is not None:
-                    future.exception()
-
-    def _fetcher_pool(self) -> ThreadPoolExecutor:
-        """The thread that fetches the next piece of a range while this one is processed."""
-        if self._fetcher is None:
-            self._fetcher = ThreadPoolExecutor(1, thread_name_prefix="wgchain-listener-fetch")
-        return self._fetcher
+            if last:
+                if not self.commit(expected, cursor, part, part_dead):
+                    return None
+            else:
+                pending = self._committer().submit(self.commit, expected, cursor, part, part_dead)
+            entries += part
+            dead += part_dead
+            expected = base = cursor
+        return entries, dead
 
     def _committer(self) -> ThreadPoolExecutor:
         """The thread that commits one part of a large read while the next is decoded."""
