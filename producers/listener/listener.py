@@ -26,12 +26,12 @@ from producers.backfill.append import append_staged
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
 from producers.listener.tip import Look, Watch, look
 from shared import health, metrics
-from shared.chain.decode import TOPIC0S, BlockHeader, LogRef, decode_log, log_ref
+from shared.chain.decode import TOPIC0S, BlockHeader, LogRef, decode_log
 from shared.chain.ranges import RangeSizer
+from shared.chain.read import Read, read_logs
 from shared.chain.rpc import RpcClient, refused
 from shared.cmdline import with_chain_id
 from shared.errors import (
-    ChainError,
     CommitConflict,
     DecodeError,
     Fenced,
@@ -44,8 +44,6 @@ from shared.logs import log
 from shared.redis_log import keep_going
 from shared.settings import Settings
 
-#: Times a range is read again when its logs and headers disagree (a reorg mid-read).
-REREAD_ATTEMPTS: Final = 5
 #: Seconds the loop waits after the RPC endpoints all failed, before trying again.
 OUTAGE_WAIT: Final = 5.0
 #: Logs per commit of a large read (whole blocks: a part may hold more); each part's commit
@@ -72,14 +70,6 @@ class ListenerConfig:
         if self.finality_tag:
             return f"the {self.finality_tag} block"
         return f"{self.confirmations} confirmations"
-
-
-@dataclass(frozen=True)
-class _Read:
-    """One consistent read of a block range: its logs (chain order) and the headers used."""
-
-    logs: list[tuple[LogRef, Mapping[str, Any]]]
-    headers: dict[int, BlockHeader]
 
 
 class Listener:
@@ -188,7 +178,7 @@ class Listener:
     def _prev(self) -> str:
         return self.cursor.digest if self.cursor else GENESIS_DIGEST
 
-    def _read_sized(self, start: int, target: int) -> tuple[int, _Read]:
+    def _read_sized(self, start: int, target: int) -> tuple[int, Read]:
         """The largest range from ``start`` the provider accepts now, and its read."""
         while True:
             end = self.sizer.span(start, target)
@@ -200,45 +190,14 @@ class Listener:
             self.sizer.on_success(start, end)
             return end, read
 
-    def _read(self, start: int, end: int) -> _Read:
-        """Logs and headers of ``[start, end]`` that agree on every block hash."""
-        for attempt in range(1, REREAD_ATTEMPTS + 1):
-            raws = self.rpc.get_logs_once(self.contract, TOPIC0S, start, end)
-            logs: dict[tuple[int, int], tuple[LogRef, Mapping[str, Any]]] = {}
-            for raw in raws:
-                ref = self._ref(raw, start, end)
-                logs.setdefault(ref.position, (ref, raw))  # a provider may repeat a log
-            needed = {start, end} | {pos[0] for pos in logs}
-            headers = self.rpc.get_blocks(needed)
-            stale = sorted(
-                ref.position
-                for ref, _ in logs.values()
-                if ref.block_hash != headers[ref.block_number].hash
-            )
-            if not stale:
-                return _Read([logs[p] for p in sorted(logs)], headers)
-            self.log.warning(
-                "blocks {}-{}: {} logs disagree with their headers (first at {}); read {} again",
-                start,
-                end,
-                len(stale),
-                stale[0],
-                attempt,
-            )
-        raise ChainError(f"blocks {start}-{end} keep changing while being read")
+    def _read(self, start: int, end: int) -> Read:
+        """Logs and headers of ``[start, end]`` that agree on every block hash (asked at
+        once: a refused range raises :class:`LogRangeError`, for the sizer)."""
 
-    def _ref(self, raw: Any, start: int, end: int) -> LogRef:
-        """Position of a log from the provider; a malformed one is the provider's fault."""
-        try:
-            ref = log_ref(raw)
-        except DecodeError as exc:
-            raise ChainError(f"eth_getLogs returned a malformed log: {exc}") from None
-        if ref.removed or ref.address != self.contract or not start <= ref.block_number <= end:
-            raise ChainError(
-                f"eth_getLogs returned a log it should not have (block {ref.block_number}, "
-                f"address {ref.address}, removed {ref.removed})"
-            )
-        return ref
+        def fetch(lo: int, hi: int) -> Sequence[Mapping[str, Any]]:
+            return self.rpc.get_logs_once(self.contract, TOPIC0S, lo, hi)
+
+        return read_logs(self.rpc, self.contract, start, end, fetch, who="listener")
 
     def _reorged(self, start: int, headers: dict[int, BlockHeader]) -> bool:
         """True when the first block's parent is not the block the cursor recorded."""
@@ -321,7 +280,7 @@ class Listener:
         return 1
 
     def _append(
-        self, start: int, end: int, read: _Read
+        self, start: int, end: int, read: Read
     ) -> tuple[list[LogEntry], list[DeadLetter]] | None:
         """Decode and commit the logs of ``[start, end]``; what was appended, or None when a
         commit lost a race (the cursor is then reloaded).
