@@ -33,10 +33,9 @@ from tenacity.stop import stop_base
 from shared import health, lua, shutdown
 from shared.errors import CommitConflict, ServiceUnavailable, SettingsError, WgchainError
 from shared.events import SCHEMA_VERSION, encode
+from shared.ids import START, id_key
 from shared.logs import log
 
-#: Stream id before the first entry.
-START: Final = "0-0"
 #: Seconds one Redis operation is retried on connection errors before it raises (long-running
 #: loops then start over with :func:`keep_going`, so an outage of any length is waited out).
 REDIS_RETRY_SECONDS: Final = 60.0
@@ -222,12 +221,6 @@ def read_after(
     return [(as_str(i), f) for i, f in raw]
 
 
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair (anything that is not an id sorts first)."""
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0)) if ms.isdigit() and (not seq or seq.isdigit()) else (-1, -1)
-
-
 def as_str(value: bytes | str) -> str:
     """A Redis reply (bytes or str) as str."""
     return value.decode() if isinstance(value, bytes) else value
@@ -384,6 +377,7 @@ __all__ = [
     "StageStore",
     "client_for",
     "connect",
+    "id_key",
     "keep_going",
     "log",
     "outage_retry",

@@ -57,12 +57,13 @@ import redis
 from consumers.access.decide import View
 from consumers.registry.fold import FOLD
 from consumers.stage import RETRY_FIELD
-from shared import health, lua
+from shared import health, lua, streams
 from shared.errors import DecodeError
 from shared.events import LogEntry, NodeJoined, NodeLeft, Retracted, effective, from_fields
+from shared.ids import id_key
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import START, as_str
+from shared.redis_log import START, as_str, read_after
 
 #: Stage whose projection this caches.
 STAGE: Final = "registry"
@@ -97,12 +98,6 @@ class Mark(NamedTuple):
     redriven: str
     #: Id of the newest entry of its dead-letter stream.
     dead: str
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a comparable pair (``0-0`` for the start)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RegistryCache:
@@ -295,9 +290,10 @@ class RegistryCache:
         as the stage skipped them.
         """
         if id_key(mark.dead) > id_key(self._dead_seen):
-            letters: Any = self.client.xrange(
-                self.keys.dead(STAGE), min=f"({self._dead_seen}", max=mark.dead
-            )
+            letters = streams.read(
+                self.client, self.keys.dead(STAGE), after=self._dead_seen, through=mark.dead,
+                retry=False,
+            )  # fmt: skip
             self._skip.update(as_str(f[b"id"]) for _, f in letters if b"id" in f)
             self._dead_seen = mark.dead
         target = mark.position
@@ -305,8 +301,10 @@ class RegistryCache:
             if first:
                 page, first = first, None
             else:
-                low = "-" if self.position == START else f"({self.position}"
-                page = self.client.xrange(self.keys.events, min=low, max=target, count=PAGE)
+                page = streams.read(
+                    self.client, self.keys.events, after=self.position, through=target,
+                    limit=PAGE, retry=False,
+                )  # fmt: skip
             if not page:
                 self._reload(f"events up to {target} are missing")
                 return
@@ -419,14 +417,7 @@ class RegistryCache:
         new = 0
         while True:
             after = self._registry_seen
-            if block_ms is None:
-                low = "-" if after == START else f"({after}"
-                raw: Any = self.client.xrange(self.keys.registry, min=low, count=PAGE)
-            else:
-                res: Any = self.client.xread(
-                    {self.keys.registry: after}, count=PAGE, block=block_ms
-                )
-                raw = res[0][1] if res else []
+            raw = read_after(self.client, self.keys.registry, after, PAGE, block_ms)
             with self._since_lock:
                 for raw_id, fields in raw:
                     entry_id = as_str(raw_id)
@@ -447,18 +438,8 @@ class RegistryCache:
 
     def _rebuild_since(self, until: str) -> None:
         """Recompute the join blocks from the effective registry stream up to ``until``."""
-        items: list[tuple[str, Any]] = []
-        low = "-"
-        while True:
-            page: Any = self.client.xrange(self.keys.registry, min=low, max=until, count=PAGE)
-            for raw_id, fields in page:
-                try:
-                    items.append((as_str(raw_id), from_fields(fields)))
-                except DecodeError:
-                    continue
-            if len(page) < PAGE:
-                break
-            low = f"({as_str(page[-1][0])}"
+        raw = streams.read(self.client, self.keys.registry, through=until, retry=False)
+        items = streams.decoded(raw)  # an undecodable change is skipped, as when tracked
         self._since = {}
         for _, change in effective(items):
             _track(self._since, change)

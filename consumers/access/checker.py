@@ -26,12 +26,12 @@ from typing import Any, Final
 import msgspec
 import redis
 
-from consumers.access.cache import MAX_AGE, PAGE, RegistryCache
+from consumers.access.cache import MAX_AGE, RegistryCache
 from consumers.access.decide import Decision, View, decide_address, decide_key
 from consumers.registry.fold import FOLD, RegistryState
-from shared import validate
-from shared.errors import DecodeError, WgchainError
-from shared.events import LogEntry, effective, from_fields
+from shared import streams, validate
+from shared.errors import WgchainError
+from shared.events import LogEntry, effective
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import as_str
@@ -207,18 +207,8 @@ def state_at_block(client: redis.Redis, keys: Keys, block: int) -> RegistryState
     cursor = int(raw_cursor)
     if block > cursor:
         raise InvalidArgument("at_block", f"block {block} is beyond the log (it reaches {cursor})")
-    items: list[tuple[str, Any]] = []
-    low = "-"
-    while True:
-        page: Any = client.xrange(keys.events, min=low, count=PAGE)
-        for raw_id, fields in page:
-            try:
-                items.append((as_str(raw_id), from_fields(fields)))
-            except DecodeError:
-                continue
-        if len(page) < PAGE:
-            break
-        low = f"({as_str(page[-1][0])}"
+    # Undecodable entries are skipped: the stage dead-letters them too.
+    items = streams.decoded(streams.read(client, keys.events, retry=False))
     dead: Any = client.xrange(keys.dead("registry"))
     skip = {as_str(f[b"id"]) for _, f in dead if b"id" in f}
     state = RegistryState()

@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any, Final
 
@@ -201,20 +202,18 @@ def _route(
     return handler_inline
 
 
+@dataclass(eq=False)
 class _Lazy:
     """The access checker and the reads built on it, made on first use (they load the
     registry from Redis), so that the API serves while Redis is down."""
 
-    def __init__(
-        self, client: redis.Redis, keys: Keys, snapshot: Snapshot, reconcile_interval: float
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.snapshot = snapshot
-        self.reconcile_interval = reconcile_interval
-        self.following = False
-        self._lock = threading.Lock()
-        self._made: tuple[AccessChecker, Reads] | None = None
+    client: redis.Redis
+    keys: Keys
+    snapshot: Snapshot
+    reconcile_interval: float
+    following: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _made: tuple[AccessChecker, Reads] | None = None
 
     def get(self) -> tuple[AccessChecker, Reads]:
         made = self._made

@@ -19,10 +19,10 @@ from consumers.api.schemas import EventItem, EventsPage, NodeDetail, NodeList, N
 from consumers.ipam.allocate import META_FIELD, NODE_FIELD, Address, Meta
 from consumers.nodes.listing import Filter, mark_hosts, matches
 from consumers.status.snapshot import Snapshot
+from shared import streams
 from shared.errors import DecodeError
 from shared.events import LogEntry, Retracted, from_fields
 from shared.keys import Keys
-from shared.redis_log import START, as_str
 from shared.validate import is_valid_node_id, is_valid_wg_key
 
 _ADDRESS: Final = msgspec.json.Decoder(Address)
@@ -118,11 +118,9 @@ class Reads:
     @staticmethod
     def events_of(client: redis.Redis, keys: Keys, after: str, limit: int) -> EventsPage:
         """:meth:`events` without the registry cache (it needs none)."""
-        low = "-" if after == START else f"({after}"
-        raw: Any = client.xrange(keys.events, min=low, count=limit)
+        raw = streams.read(client, keys.events, after=after, limit=limit, retry=False)
         items = []
-        for raw_id, fields in raw:
-            entry_id = as_str(raw_id)
+        for entry_id, fields in raw:
             try:
                 entry = from_fields(fields)
             except DecodeError as exc:

@@ -17,9 +17,8 @@ from typing import Final
 
 from shared.errors import DecodeError, SettingsError
 from shared.events import AnyEntry, LogEntry, Retracted, from_fields
+from shared.ids import START, id_key
 
-#: The id before the first entry of a stream.
-START: Final = "0-0"
 _ID_RE: Final = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 
 
@@ -33,12 +32,6 @@ class Undecodable:
 Decoded = tuple[str, AnyEntry | Undecodable]
 #: A raw stream entry: (id, fields).
 Entry = tuple[str, dict[bytes, bytes]]
-
-
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair (``START`` and "" sort first)."""
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0)) if ms.isdigit() else (-1, -1)
 
 
 def parse_id(text: str, option: str) -> str:

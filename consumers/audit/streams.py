@@ -1,27 +1,22 @@
-"""Reading whole streams in pages (the audit's only Redis reads of stream entries)."""
+"""Reading whole streams for the audit (its only Redis reads of stream entries), through
+:mod:`shared.streams` in large pages."""
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Final
 
 import redis
 
 from consumers.audit.entries import Entry
-from shared.redis_log import as_str, redis_retry
+from shared import streams
 
-#: Entries read per XRANGE page.
+#: Entries read per XRANGE page (the audit reads whole streams).
 PAGE: Final = 5000
 
 
-def read_stream(client: redis.Redis, key: str, low: str = "-", high: str = "+") -> list[Entry]:
-    """Every entry of ``key`` between ``low`` and ``high`` (inclusive), in pages."""
-    out: list[Entry] = []
-    while True:
-        page: Any = redis_retry(client.xrange, key, min=low, max=high, count=PAGE)
-        out += [(as_str(i), f) for i, f in page]
-        if len(page) < PAGE:
-            return out
-        low = f"({as_str(page[-1][0])}"
+def read_stream(client: redis.Redis, key: str, high: str = "+") -> list[Entry]:
+    """Every entry of ``key`` up to ``high`` (inclusive)."""
+    return streams.read(client, key, through=high, page=PAGE)
 
 
 __all__ = ["read_stream"]

@@ -28,6 +28,7 @@ from typing import Any, Final
 import msgspec
 import redis
 
+from shared import streams
 from shared.errors import BadArgument, WgchainError
 from shared.keys import Keys
 from shared.redis_log import as_str, redis_retry
@@ -38,8 +39,6 @@ STAGES: Final = ("listener", "registry", "ipam")
 REDRIVABLE: Final = ("registry", "ipam")
 #: A Redis stream id.
 STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-#: Entries read per XRANGE page.
-PAGE: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,15 +122,8 @@ def queued(client: redis.Redis, keys: Keys, stage: str) -> dict[str, str]:
     """Dead-letter id -> re-drive request id, of the requests ``stage`` has not applied yet."""
     if stage not in REDRIVABLE:
         return {}
-    found: dict[str, str] = {}
-    low = "-"
-    while True:
-        page: Any = redis_retry(client.xrange, keys.retry(stage), min=low, count=PAGE)
-        for raw_id, fields in page:
-            found[as_str(fields.get(b"dead", b""))] = as_str(raw_id)
-        if len(page) < PAGE:
-            return found
-        low = f"({as_str(page[-1][0])}"
+    requests = streams.read(client, keys.retry(stage))
+    return {as_str(fields.get(b"dead", b"")): request for request, fields in requests}
 
 
 def queue(client: redis.Redis, keys: Keys, letter: Letter) -> str:

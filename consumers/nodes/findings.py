@@ -123,12 +123,6 @@ def byte_text(count: int) -> str:
     return f"{count} B"
 
 
-def stream_id(entry_id: str) -> tuple[int, int]:
-    """A stream id as a comparable pair (``0-0`` for anything else)."""
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0)) if ms.isdigit() and (seq or "0").isdigit() else (0, 0)
-
-
 __all__ = [
     "CODES",
     "HANDSHAKE_FRESH",
@@ -149,5 +143,4 @@ __all__ = [
     "fresh",
     "key_text",
     "lag_text",
-    "stream_id",
 ]

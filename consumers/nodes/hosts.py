@@ -21,12 +21,12 @@ from consumers.nodes.findings import (
     fresh,
     key_text,
     lag_text,
-    stream_id,
 )
 from consumers.status.health import STALE_INTERVALS, is_stale
 from consumers.status.model import HostInfo
 from shared import reasons
 from shared.durations import duration
+from shared.ids import id_key
 from shared.validate import excerpt, is_valid_wg_key
 
 #: The ``mode`` of an agent that writes its config file and drives no WireGuard interface.
@@ -96,7 +96,7 @@ def own_host(facts: Facts, host: HostInfo | None, report: Add) -> None:
         m.live
         and own.id
         and own.kind == "upsert"
-        and stream_id(host.applied_position) < stream_id(own.id)
+        and id_key(host.applied_position) < id_key(own.id)
     ):
         add(
             "host",
@@ -197,11 +197,11 @@ def carriers(facts: Facts) -> list[Carrier]:
         elif host.fail_closed:
             carries, why = NO, f"fail closed: {excerpt(host.fail_closed)}"
         elif entry.id:
-            if stream_id(host.applied_position) >= stream_id(entry.id):
+            if id_key(host.applied_position) >= id_key(entry.id):
                 carries, why = YES, f"applied {facts.node}'s entry {entry.id}"
             else:
                 carries, why = NO, f"has not applied {facts.node}'s entry {entry.id} yet"
-        elif entry.oldest and stream_id(host.applied_position) >= stream_id(entry.oldest):
+        elif entry.oldest and id_key(host.applied_position) >= id_key(entry.oldest):
             carries, why = YES, f"applied the last {entry.examined} entries, and more"
         else:
             carries, why = UNKNOWN, "its position is older than the entries looked at"

@@ -31,6 +31,7 @@ import click
 import msgspec
 import redis
 
+from shared import streams
 from shared.chain.answers import split_urls
 from shared.chain.decode import TOPIC0S, decode_log, log_ref
 from shared.chain.oneshot import DEFAULT_TIMEOUT, bounded_rpc, within
@@ -38,14 +39,12 @@ from shared.chain.ranges import INITIAL_RANGE, RangeSizer
 from shared.chain.rpc import RpcClient
 from shared.cmdline import with_chain_id
 from shared.errors import ChainError, DecodeError, SettingsError
-from shared.events import AnyEntry, LogEntry, effective, from_fields
+from shared.events import AnyEntry, LogEntry, effective
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
 from shared.settings import Settings
 from shared.validate import excerpt
 
-#: Stream entries read per XRANGE call.
-PAGE: Final = 1000
 _HASH: Final = re.compile(r"0x[0-9a-f]{64}")
 
 
@@ -104,24 +103,13 @@ def _shown(value: str) -> str:
 
 def _stream(client: redis.Redis, key: str) -> tuple[list[tuple[str, AnyEntry]], list[Finding]]:
     """Every entry of ``key`` in order (decoded), and a finding for each that does not decode."""
-    entries: list[tuple[str, AnyEntry]] = []
     bad: list[Finding] = []
-    low = "-"
-    while True:
-        raw: Any = client.xrange(key, min=low, count=PAGE)
-        for entry_id, fields in raw:
-            ident = as_str(entry_id)
-            try:
-                entries.append((ident, from_fields(fields)))
-            except DecodeError as exc:
-                bad.append(
-                    Finding(
-                        "extra", -1, -1, "", f"entry {ident} does not decode: {excerpt(str(exc))}"
-                    )
-                )
-        if len(raw) < PAGE:
-            return entries, bad
-        low = "(" + as_str(raw[-1][0])
+
+    def undecodable(ident: str, exc: DecodeError) -> None:
+        what = f"entry {ident} does not decode: {excerpt(str(exc))}"
+        bad.append(Finding("extra", -1, -1, "", what))
+
+    return streams.decoded(streams.read(client, key, retry=False), bad=undecodable), bad
 
 
 def _dead_letters(client: redis.Redis, key: str) -> set[str]:

@@ -15,6 +15,7 @@ import pytest
 #: Modules that hold rules only (docs/design.md §7.2: pure folds).
 PURE_MODULES = [
     "shared.events",
+    "shared.ids",
     "shared.keys",
     "shared.validate",
     "shared.settings",
