@@ -103,6 +103,8 @@ class Stage(Generic[S]):
         self.log = log.bind(stage=fold.name, network=keys.tag)
         self.retry = keys.retry(fold.name)
         self.retry_position = START
+        #: Called with the state after each step of :meth:`run` (e.g. a clock-driven warning).
+        self.after_step: Callable[[S], object] | None = None
         self.position, self.state = self._load()
 
     def _load(self) -> tuple[str, S]:
@@ -463,6 +465,8 @@ class Stage(Generic[S]):
             resumed = True
             while not stop.is_set():
                 self.step()
+                if self.after_step is not None:
+                    self.after_step(self.state)
                 work.beat()
 
         try:
@@ -473,11 +477,19 @@ class Stage(Generic[S]):
 
 
 def run_stage(
-    client: redis.Redis, keys: Keys, fold: Fold[Any], stop: threading.Event, retention: int = 0
+    client: redis.Redis,
+    keys: Keys,
+    fold: Fold[Any],
+    stop: threading.Event,
+    retention: int = 0,
+    *,
+    after_step: Callable[[Any], object] | None = None,
 ) -> None:
-    """Load the stage (waiting for Redis if need be), then :meth:`Stage.run` it until ``stop``."""
+    """Load the stage (waiting for Redis if need be), then :meth:`Stage.run` it until ``stop``
+    (``after_step``: see :attr:`Stage.after_step`)."""
     stage = keep_going(lambda: Stage(client, keys, fold, retention=retention), stop)
     if stage is not None:
+        stage.after_step = after_step
         stage.run(stop)
 
 

@@ -148,10 +148,13 @@ class NodeJoined(_Event, frozen=True, tag=True):
     public_key: str
     cause: str
     block_number: int
+    #: Unix time its pass expires (ERC-5643; None: never). A fact of the log: whether it is
+    #: past is judged where a decision is made (an agent applying, a check answering).
+    expires: int | None = None
 
 
 class NodeChanged(_Event, frozen=True, tag=True):
-    """A live member's key, owner or deciding token changed; it stays live."""
+    """A live member's key, owner, deciding token or expiration changed; it stays live."""
 
     node_id: str
     token_id: int
@@ -159,6 +162,8 @@ class NodeChanged(_Event, frozen=True, tag=True):
     public_key: str
     cause: str
     block_number: int
+    #: Unix time its pass expires (None: never), as in :class:`NodeJoined`.
+    expires: int | None = None
 
 
 class NodeLeft(_Event, frozen=True, tag=True):
@@ -206,6 +211,8 @@ class PeerUpsert(_Event, frozen=True, tag=True):
     origin: str
     block_number: int
     ipv6: str | None = None
+    #: Unix time the member's pass expires (None: never); agents drop the peer from then on.
+    expires: int | None = None
 
 
 class PeerRemove(_Event, frozen=True, tag=True):

@@ -36,7 +36,9 @@ DUPLICATE_NODE: Final = "duplicate-node"
 KEY_MISMATCH: Final = "key-mismatch"
 #: Address checks: an active pass names the node, but another address holds it.
 NOT_OWNER: Final = "not-owner"
-# (Expiring passes add ``expired`` here: the node's pass has expired.)
+#: The node's pass (ERC-5643 subscription) has expired: its expiration plus
+#: ``WGCHAIN_EXPIRY_GRACE`` is past (a host whose own pass expired fails closed with it).
+EXPIRED: Final = "expired"
 
 # --- why a host fails closed (no peers at all; the agent's status ``fail_closed``) ---------
 
@@ -79,9 +81,10 @@ DECISION_REASONS: Final = (
     DUPLICATE_NODE,
     KEY_MISMATCH,
     NOT_OWNER,
+    EXPIRED,
 )
 #: Why a node is not live (``/v1/nodes``' ``reason``, ``wgchain nodes``).
-NOT_LIVE_REASONS: Final = (REVOKED, NO_KEY, INVALID_KEY, INVALID_NODE_ID, KEY_CONFLICT)
+NOT_LIVE_REASONS: Final = (REVOKED, NO_KEY, INVALID_KEY, INVALID_NODE_ID, KEY_CONFLICT, EXPIRED)
 #: Why a member stopped being live (``NodeLeft`` entries of the ``registry`` stream).
 LEFT_REASONS: Final = (*NOT_LIVE_REASONS, TRANSFERRED)
 #: Why a host fails closed.
@@ -91,6 +94,7 @@ FAIL_CLOSED_REASONS: Final = (
     NO_OWN_KEY,
     OWN_ADDRESS_OUTSIDE_POOL,
     INVALID_OWN_NODE_ID,
+    EXPIRED,
 )
 #: The reasons of current issues (conflicts, anomalies, pending allocations).
 ISSUE_REASONS: Final = (DUPLICATE_NODE, DUPLICATE_KEY, INVALID_NODE_ID, INVALID_KEY, POOL_EXHAUSTED)
@@ -110,6 +114,7 @@ MEANINGS: Final = {
     DUPLICATE_NODE: "another active token names the node; the lowest token id keeps it",
     KEY_MISMATCH: "the node's key on chain is another key (than the one checked, or the host's own)",
     NOT_OWNER: "an active pass names the node, but another address holds it",
+    EXPIRED: "the node's pass has expired (its expiration plus WGCHAIN_EXPIRY_GRACE is past)",
     NOT_LIVE: "a host fails closed: the peers stream has no entry for its node (not a live member)",
     NO_OWN_KEY: "a host fails closed: it has no usable private key",
     OWN_ADDRESS_OUTSIDE_POOL: "a host fails closed: its address is outside its WGCHAIN_POOL",
@@ -133,6 +138,7 @@ __all__ = [
     "DECISION_REASONS",
     "DUPLICATE_KEY",
     "DUPLICATE_NODE",
+    "EXPIRED",
     "FAIL_CLOSED_REASONS",
     "GRANTED",
     "HOST_STATES",

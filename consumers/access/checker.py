@@ -15,6 +15,12 @@ Answers of ``check_key`` are kept per (node, key) while the view stays the same 
 fold or reload changes its generation), so a repeated check is a dictionary lookup after
 its freshness check. ``at_block=B`` answers for a past block instead: the ``events`` log (its effective
 entries, retractions applied) is folded with the pure registry fold up to block ``B``.
+
+A pass's expiration is judged at the moment of the answer: now (this host's clock) for
+a live answer, and for ``at_block=B`` the timestamp of the newest logged block at or
+before ``B`` (the log holds the blocks that have events), so past answers stay a pure
+function of the log (docs/design.md §5). A kept answer that grants a pass which expires
+is kept only until then.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import msgspec
 import redis
 
 from consumers.access.cache import MAX_AGE, RegistryCache
-from consumers.access.decide import Decision, View, decide_address, decide_key
+from consumers.access.decide import DEFAULT_GRACE, Decision, View, decide_address, decide_key
 from consumers.registry.fold import FOLD, RegistryState
 from shared import streams, validate
 from shared.errors import WgchainError
@@ -103,14 +109,18 @@ class AccessChecker:
         follow: bool = False,
         consistency: str = STRICT,
         max_age: float = MAX_AGE,
+        expiry_grace: float = DEFAULT_GRACE,
     ) -> None:
         self.client = client
         self.keys = keys
         self.consistency = valid_consistency(consistency)
         self.max_age = max_age
+        #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+        self.expiry_grace = expiry_grace
         self.cache = RegistryCache(client, keys)
-        #: (node, key) -> (view generation, decision) of live checks.
-        self._answers: dict[tuple[str, str], tuple[int, Decision]] = {}
+        #: (node, key) -> (view generation, decision, unix time it holds until or None) of
+        #: live checks (a grant of a pass that expires holds until its expiration).
+        self._answers: dict[tuple[str, str], tuple[int, Decision, float | None]] = {}
         if follow:
             self.cache.start()
 
@@ -139,20 +149,32 @@ class AccessChecker:
         if at_block is None:  # the hot path: no closure, no extra call
             cache = self.cache
             self._fresh(consistency)
-            if known is not None and known[0] == cache.generation:
+            if (
+                known is not None
+                and known[0] == cache.generation
+                and (known[2] is None or time.time() < known[2])
+            ):
                 return known[1]  # the view has not changed since this answer was made
+            grace = self.expiry_grace
             with cache.lock:
+                decision = decide_key(cache.view, node, key, now=time.time(), grace=grace)
                 made = (
                     cache.generation,
-                    msgspec.structs.replace(
-                        decide_key(cache.view, node, key), position=cache.position
-                    ),
+                    msgspec.structs.replace(decision, position=cache.position),
+                    decision.expires + grace
+                    if decision.granted and decision.expires is not None
+                    else None,
                 )
             if len(self._answers) >= ANSWERS_KEPT:
                 self._answers.clear()
             self._answers[node, key] = made
             return made[1]
-        return self._decide(lambda view: decide_key(view, node, key), at_block, consistency)
+        grace = self.expiry_grace
+        return self._decide(
+            lambda view, now: decide_key(view, node, key, now=now, grace=grace),
+            at_block,
+            consistency,
+        )
 
     def check_address(
         self,
@@ -165,7 +187,12 @@ class AccessChecker:
         """Does ``address`` hold an active pass for ``node``?"""
         valid_node(node)
         owner = valid_address(address)
-        return self._decide(lambda view: decide_address(view, node, owner), at_block, consistency)
+        grace = self.expiry_grace
+        return self._decide(
+            lambda view, now: decide_address(view, node, owner, now=now, grace=grace),
+            at_block,
+            consistency,
+        )
 
     def _fresh(self, consistency: str | None) -> None:
         """Make the cache as fresh as ``consistency`` (or this checker's default) asks."""
@@ -180,21 +207,29 @@ class AccessChecker:
             valid_consistency(mode)
 
     def _decide(
-        self, rule: Callable[[View], Decision], at_block: int | None, consistency: str | None
+        self,
+        rule: Callable[[View, float | None], Decision],
+        at_block: int | None,
+        consistency: str | None,
     ) -> Decision:
         if at_block is not None:
-            view = View(state_at_block(self.client, self.keys, at_block))
-            return msgspec.structs.replace(rule(view), at_block=at_block)
+            moment: list[int] = []
+            view = View(state_at_block(self.client, self.keys, at_block, moment))
+            when = float(moment[0]) if moment else None
+            return msgspec.structs.replace(rule(view, when), at_block=at_block)
         cache = self.cache
         self._fresh(consistency)
         with cache.lock:
             position = cache.position
-            decision = rule(cache.view)
+            decision = rule(cache.view, time.time())
         return msgspec.structs.replace(decision, position=position)
 
 
-def state_at_block(client: redis.Redis, keys: Keys, block: int) -> RegistryState:
-    """The registry state after every effective ``events`` entry up to block ``block``.
+def state_at_block(
+    client: redis.Redis, keys: Keys, block: int, moment: list[int] | None = None
+) -> RegistryState:
+    """The registry state after every effective ``events`` entry up to block ``block``;
+    ``moment``, if given, receives the timestamp of the newest of those entries' blocks.
 
     Raises :class:`InvalidArgument` for a negative block or one the listener has not
     appended yet (beyond its cursor).
@@ -215,6 +250,8 @@ def state_at_block(client: redis.Redis, keys: Keys, block: int) -> RegistryState
     for entry_id, entry in effective(items):
         if entry_id in skip or not isinstance(entry, LogEntry) or entry.block_number > block:
             continue
+        if moment is not None:
+            moment[:] = [entry.block_timestamp]
         try:
             FOLD.apply(state, entry_id, entry)
         except Exception:  # the stage dead-letters such an entry and goes on

@@ -86,7 +86,9 @@ def check(
             raise
         raise NoAnswer(str(exc)) from None
     try:
-        with AccessChecker(client, keys, consistency=consistency) as checker:
+        with AccessChecker(
+            client, keys, consistency=consistency, expiry_grace=cfg.expiry_grace
+        ) as checker:
             if key is not None:
                 decision = checker.check_key(node, key, at_block=block)
             else:

@@ -5,10 +5,15 @@ index of every token that ever named a node, so that "revoked" can be told from
 "never a member". :func:`decide_key` answers "may this WireGuard key reach this
 node", :func:`decide_address` "does this address hold an active pass for this
 node"; both name the reason of a denial.
+
+Expiring passes: the registry keeps each token's expiration as a fact; a decision
+judges it at ``now`` (the caller's clock, or a past block's timestamp), so a pass
+expired at ``now`` plus the grace is denied ``expired`` (``now`` None: not judged).
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable
 from typing import Final
 
@@ -28,6 +33,9 @@ INVALID_KEY: Final = reasons.INVALID_KEY
 KEY_CONFLICT: Final = reasons.KEY_CONFLICT
 DUPLICATE_NODE: Final = reasons.DUPLICATE_NODE
 NOT_OWNER: Final = reasons.NOT_OWNER
+EXPIRED: Final = reasons.EXPIRED
+#: Default seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+DEFAULT_GRACE: Final = 2.0
 #: Every reason a decision may give.
 REASONS: Final = reasons.DECISION_REASONS
 
@@ -52,6 +60,21 @@ class Decision(msgspec.Struct, frozen=True, kw_only=True):
     position: str = ""
     #: Set when the answer is for a past block (folded from the log).
     at_block: int | None = None
+    #: Unix time the token's pass expires (None: never, or not known).
+    expires: int | None = None
+
+
+def is_expired(expires: int | None, now: float | None, grace: float = DEFAULT_GRACE) -> bool:
+    """Whether a pass expiring at ``expires`` has expired at ``now`` (None: not judged)."""
+    return expires is not None and now is not None and now >= expires + grace
+
+
+def _when(expires: int) -> str:
+    """``expires`` for a sentence (any integer: a hostile one is shown as a number)."""
+    if 0 < expires < 253402300800:  # before year 10000
+        stamp = datetime.datetime.fromtimestamp(expires, datetime.UTC)
+        return stamp.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"unix time {expires}" if expires else "cancelled"
 
 
 class View:
@@ -90,12 +113,16 @@ class View:
         return sorted(self.named)
 
 
-def decide_key(view: View, node: str, key: str) -> Decision:
-    """May WireGuard public key ``key`` reach ``node``? (both already validated)."""
+def decide_key(
+    view: View, node: str, key: str, *, now: float | None = None, grace: float = DEFAULT_GRACE
+) -> Decision:
+    """May WireGuard public key ``key`` reach ``node``? (both already validated) At ``now``
+    (unix time): a pass expired by then is denied ``expired``."""
     state = view.state
     status = view.status(node)
     if status is None:
         return _absent(view, node)
+    expires = _expires(state, status.token_id)
 
     def member(reason: str, detail: str) -> Decision:
         return Decision(
@@ -106,9 +133,13 @@ def decide_key(view: View, node: str, key: str) -> Decision:
             token_id=status.token_id,
             owner=status.owner,
             live=status.live,
+            expires=expires,
         )
 
     if status.live and status.public_key == key:
+        if is_expired(expires, now, grace):
+            assert expires is not None
+            return member(EXPIRED, f"the pass expired ({_when(expires)})")
         return member(GRANTED, "live member")
     for token_id in sorted(state.node_tokens.get(node, set()) - {status.token_id}):
         owner = state.tokens[token_id].owner
@@ -138,14 +169,35 @@ def decide_key(view: View, node: str, key: str) -> Decision:
     return member(KEY_MISMATCH, "the node's key on chain is another key")
 
 
-def decide_address(view: View, node: str, address: str) -> Decision:
-    """Does ``address`` (0x + 40 hex, any case) hold an active pass for ``node``?"""
+def decide_address(
+    view: View,
+    node: str,
+    address: str,
+    *,
+    now: float | None = None,
+    grace: float = DEFAULT_GRACE,
+) -> Decision:
+    """Does ``address`` (0x + 40 hex, any case) hold an active pass for ``node``, not
+    expired at ``now`` (unix time)?"""
     state = view.state
     owner = address.lower()
     status = view.status(node)
     live = status is not None and status.live
     active = sorted(t for t in state.node_tokens.get(node, ()) if state.tokens[t].owner == owner)
     if active and status is not None:
+        expires = _expires(state, status.token_id)
+        if status.token_id in active and is_expired(expires, now, grace):
+            assert expires is not None
+            return Decision(
+                granted=False,
+                reason=EXPIRED,
+                node=node,
+                detail=f"the pass expired ({_when(expires)})",
+                token_id=status.token_id,
+                owner=owner,
+                live=live,
+                expires=expires,
+            )
         if status.token_id in active:
             detail = "active pass" + ("" if live else f" (not live: {status.reason})")
             return Decision(
@@ -156,6 +208,7 @@ def decide_address(view: View, node: str, address: str) -> Decision:
                 token_id=status.token_id,
                 owner=owner,
                 live=live,
+                expires=expires,
             )
         detail = (
             f"token {active[0]} is active, but the lower token {status.token_id} keeps the node"
@@ -184,6 +237,11 @@ def decide_address(view: View, node: str, address: str) -> Decision:
     else:
         detail = f"the pass is held by {status.owner or 'nobody'}"
     return Decision(granted=False, reason=NOT_OWNER, node=node, detail=detail, live=live)
+
+
+def _expires(state: RegistryState, token_id: int) -> int | None:
+    record = state.tokens.get(token_id)
+    return record.expires if record is not None else None
 
 
 def _absent(view: View, node: str) -> Decision:

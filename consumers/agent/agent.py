@@ -21,15 +21,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 import redis
-from tenacity import stop_after_delay
+from tenacity import RetryCallState, stop_after_delay
+from tenacity.stop import stop_base
+from tenacity.wait import wait_base
 
 from consumers.agent import loop
 from consumers.agent.announce import Announcements
 from consumers.agent.config import AgentConfig, is_valid_ifname
-from consumers.agent.desired import Desired, DesiredPeer, PeerTable, share_strings
+from consumers.agent.desired import EXPIRED, Desired, DesiredPeer, PeerTable, share_strings
 from consumers.agent.follow import CATCH_UP_SIZE, Follower
 from consumers.agent.hold import FREE, HELD, REACHED, Hold
 from consumers.agent.hostfiles import HostFiles
@@ -49,6 +52,30 @@ from shared.redis_log import START, Entry, redis_retry
 REDIS_RETRY_SECONDS: Final = 30.0
 
 
+class _ExpiryDue(stop_base):
+    """Stops a Redis retry when a pass expires: the loop removes it, then retries."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.agent.expiry_due()
+
+
+class _UntilExpiry(wait_base):
+    """A Redis retry's wait, cut short when a pass expires sooner (then :class:`_ExpiryDue`
+    ends the retry)."""
+
+    def __init__(self, wait: Callable[[RetryCallState], float], agent: Agent) -> None:
+        self.wait = wait
+        self.agent = agent
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        wait = self.wait(retry_state)
+        deadline = self.agent.next_expiry()
+        return wait if deadline is None else max(0.0, min(wait, deadline - time.time()))
+
+
 class Agent:
     """One host's agent. ``wireguard`` is None in file-only mode (no ``wg``/``ip`` at all)."""
 
@@ -66,7 +93,10 @@ class Agent:
         self.wg = wireguard
         self.log = log.bind(stage="agent", node=config.node_id, interface=config.interface)
         stop_after = max(1.0, min(config.reconcile_interval, REDIS_RETRY_SECONDS))
-        self.retry = redis_retry.copy(stop=stop_after_delay(stop_after) | shutdown.requested)
+        self.retry = redis_retry.copy(
+            stop=stop_after_delay(stop_after) | shutdown.requested | _ExpiryDue(self),
+            wait=_UntilExpiry(redis_retry.wait, self),
+        )
         policy, keys = config.policy, config.keys
         self.follower = Follower(client, keys, policy.needed(config.node_id), self.log)
         self.follower.on_reset = self._on_reset
@@ -109,6 +139,10 @@ class Agent:
         #: Nodes whose announcement changed and is to be read.
         self.announced: set[str] = set()
         self._fail_closed: str | None = None
+        #: Unix time the node's own pass expires, as applied (None: never).
+        self.own_expires: int | None = None
+        #: While the applied configuration is held: when its next pass expires (None: never).
+        self._held_deadline: float | None = None
         #: Why the interface does not hold what was decided ("": it does); /healthz says it.
         self.apply_problem = ""
         #: This agent's loop in /healthz while it runs (consumers/agent/loop.py).
@@ -168,6 +202,7 @@ class Agent:
         if state is not None:
             self.iface.applied = dict(state.peers)
             self.iface.addresses, self.iface.fail_closed = state.addresses, state.fail_closed
+            self.own_expires = state.expires
             self.applied_position, self.applied_block = state.position, state.block
             self.hold.block = state.block
             self.applied_known = True
@@ -312,10 +347,56 @@ class Agent:
         return self._change(changed, model.addresses, model.fail_closed, fill=fill)
 
     def repair_held(self) -> None:
-        """Make the interface hold the applied configuration again (a restart, a hold)."""
-        if self.wg is not None and self.applied_known:
-            iface = self.iface
-            self._change({}, iface.addresses, iface.fail_closed, target=iface.applied, hold=True)
+        """Make the interface hold the applied configuration again (a restart, a hold),
+        without the peers whose pass has expired since (failed closed if ours has)."""
+        if not self.applied_known:
+            return
+        iface = self.iface
+        target, addresses, fail_closed = self._held_target()
+        if self.wg is None and len(target) == len(iface.applied) and not fail_closed:
+            return  # file-only: nothing to repair, nothing expired
+        if fail_closed and fail_closed != self._fail_closed:
+            self.log.warning("fail closed ({}): removing every peer", fail_closed)
+            self._fail_closed = fail_closed
+        changed = iface.changes_to(target)
+        self._change(changed, addresses, fail_closed, target=target, hold=True)
+
+    # --- expiring passes -------------------------------------------------------------
+
+    def _held_target(self) -> tuple[dict[str, DesiredPeer], tuple[str, ...], str | None]:
+        """The applied configuration without what has expired by now (peers, addresses,
+        fail-closed reason); notes when the next of its passes expires."""
+        iface, policy, now = self.iface, self.cfg.policy, time.time()
+        target = {n: p for n, p in iface.applied.items() if not policy.expired(p.expires, now)}
+        addresses, fail_closed = iface.addresses, iface.fail_closed
+        if policy.expired(self.own_expires, now):
+            target, addresses, fail_closed = {}, (), EXPIRED
+        deadlines = [policy.deadline(p.expires) for p in target.values()]
+        deadlines.append(policy.deadline(self.own_expires) if not fail_closed else None)
+        self._held_deadline = min((d for d in deadlines if d is not None), default=None)
+        return target, addresses, fail_closed
+
+    @property
+    def holding(self) -> bool:
+        """Whether the applied configuration is held rather than the table applied."""
+        return bool(self.hold.block) or not self.bootstrapped
+
+    def next_expiry(self) -> float | None:
+        """Unix time the next pass on this host expires, grace included (None: none will)."""
+        return self._held_deadline if self.holding else self.model.next_deadline()
+
+    def expiry_due(self) -> bool:
+        """Whether a pass has expired by this host's clock and is still to be removed."""
+        deadline = self.next_expiry()
+        return deadline is not None and time.time() >= deadline
+
+    def enforce_expiry(self) -> None:
+        """Remove the peers whose pass has expired (fail closed if ours has): by this
+        host's own clock, with no stream entry and no Redis (docs/design.md §11.6)."""
+        if self.holding:
+            self.repair_held()
+        else:
+            self.apply_changes(full=False)
 
     def _update_model(self) -> set[str] | None:
         """Take in what changed since the last time: the peers it changed (None: any)."""
@@ -330,6 +411,9 @@ class Agent:
             if joined:  # a node that (re)joins: its announcement, before its peer is computed
                 self.read_announcements(joined)
             nodes = set(self.model.update(records, changes))
+        expired = self.model.expire(records)  # passes whose time has come, by our clock
+        if nodes is not None:
+            nodes |= set(expired)
         if self.announced:
             changed = self.read_announcements(self.announced)
             self.announced = set()
@@ -367,7 +451,8 @@ class Agent:
                 if hold
                 else (self.follower.position, self.follower.block)
             )
-            header = AppliedState(position, block, addresses, fail_closed)
+            own = self.own_expires if hold else self.model.own_expires
+            header = AppliedState(position, block, addresses, fail_closed, expires=own)
             self.files.write_ahead(changed, header, iface.applied)
         try:
             if fill:
@@ -423,6 +508,7 @@ class Agent:
         self.last_error = ""
         self.applied_block = self.follower.block
         self.applied_position = self.follower.position  # the moment a change is applied
+        self.own_expires = self.model.own_expires
         self.files.state_due.mark()
         self.status.mark()
 
@@ -435,6 +521,7 @@ class Agent:
             iface.addresses,
             iface.fail_closed,
             dict(iface.applied) if peers else {},
+            expires=self.own_expires,
         )
 
     # --- the hold --------------------------------------------------------------------
@@ -443,6 +530,7 @@ class Agent:
         """The stream was trimmed past us or reset: hold the applied configuration until
         the rebuilt table reaches its block (the pipeline refills the stream)."""
         if self.hold.begin(self.applied_block, self.follower.block):
+            self._held_target()  # when the held configuration's next pass expires
             self.log.warning(
                 "keeping the configuration applied at block {} until the peers stream "
                 "reaches that block again",

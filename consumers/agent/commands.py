@@ -100,6 +100,7 @@ def agent(
             keepalive=cfg.keepalive,
             topology=cfg.topology,
             hubs=tuple(cfg.hub_list),
+            expiry_grace=cfg.expiry_grace,
         ),
         listen_port=listen_port,
         endpoint=parse_endpoint(endpoint) if endpoint else None,

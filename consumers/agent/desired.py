@@ -55,6 +55,10 @@ KEY_MISMATCH: Final = reasons.KEY_MISMATCH
 NO_OWN_KEY: Final = reasons.NO_OWN_KEY
 ADDRESS_OUTSIDE_POOL: Final = reasons.OWN_ADDRESS_OUTSIDE_POOL
 BAD_NODE_ID: Final = reasons.INVALID_OWN_NODE_ID
+#: The host's own pass has expired (and, as a skip reason, a member's pass has).
+EXPIRED: Final = reasons.EXPIRED
+#: Default seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+DEFAULT_EXPIRY_GRACE: Final = 2.0
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
@@ -114,8 +118,13 @@ class Policy:
     #: Hub node ids for ``topology = "hub"``, in order of preference: a spoke routes the
     #: whole pool through the first of them that is a live member.
     hubs: tuple[str, ...] = ()
+    #: Seconds past a pass's expiration before it counts as expired (clock skew between
+    #: the chain and the hosts; ``WGCHAIN_EXPIRY_GRACE``).
+    expiry_grace: float = DEFAULT_EXPIRY_GRACE
 
     def __post_init__(self) -> None:
+        if not 0 <= self.expiry_grace < 1e9:
+            raise ValueError("expiry grace must be 0 or more seconds")
         if self.topology not in TOPOLOGIES:
             raise ValueError(f"unknown topology {self.topology!r} (one of {TOPOLOGIES})")
         if self.topology == "hub" and not self.hubs:
@@ -139,6 +148,16 @@ class Policy:
         """Whether ``node_id`` peers with the hubs only (and so needs no other record)."""
         return self.topology == "hub" and node_id not in self.hubs
 
+    def deadline(self, expires: int | None) -> float | None:
+        """Unix time from which a pass that expires at ``expires`` counts as expired
+        (None: it never expires)."""
+        return None if expires is None else expires + self.expiry_grace
+
+    def expired(self, expires: int | None, now: float | None) -> bool:
+        """Whether a pass that expires at ``expires`` has expired at ``now`` (None: time is
+        not judged; docs/design.md §5)."""
+        return expires is not None and now is not None and now >= expires + self.expiry_grace
+
     def needed(self, node_id: str) -> frozenset[str] | None:
         """The nodes whose records ``node_id``'s peers depend on (None: every node)."""
         return frozenset((node_id, *self.hubs)) if self.is_spoke(node_id) else None
@@ -153,6 +172,9 @@ class DesiredPeer:
     allowed_ips: tuple[str, ...]
     endpoint: str | None
     keepalive: int
+    #: Unix time the member's pass expires (None: never): the agent removes the peer then,
+    #: by its own clock, even while Redis is unreachable.
+    expires: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,15 +200,18 @@ def desired_state(
     own_public_key: str | None,
     announcements: Mapping[str, bytes | str],
     policy: Policy,
+    *,
+    now: float | None = None,
 ) -> Desired:
     """The interface ``node_id`` should have; no peers (fail closed) unless it is a live member
-    whose key on chain is ``own_public_key``."""
+    whose key on chain is ``own_public_key`` and whose pass has not expired at ``now`` (unix
+    time; None: expirations are not judged)."""
 
     def endpoint_of(node: str) -> str | None:
         raw = announcements.get(node)
         return announced_endpoint(raw) if raw is not None else None
 
-    return compute(table, node_id, own_public_key, endpoint_of, policy)
+    return compute(table, node_id, own_public_key, endpoint_of, policy, now=now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +241,11 @@ def _in_pool4(ip: str, pools: Pools) -> bool:
 
 
 def own_facts(
-    table: Mapping[str, PeerRecord], node_id: str, own_public_key: str | None, policy: Policy
+    table: Mapping[str, PeerRecord],
+    node_id: str,
+    own_public_key: str | None,
+    policy: Policy,
+    now: float | None = None,
 ) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
     """(fail-closed reason or None, the node's addresses, the keys and IPs it claims)."""
     if not is_valid_node_id(node_id):
@@ -228,6 +257,8 @@ def own_facts(
         return NOT_LIVE, (), ()
     if own.public_key != own_public_key:
         return KEY_MISMATCH, (), ()
+    if policy.expired(own.expires, now):
+        return EXPIRED, (), ()
     pools = pools_of(policy.pool, policy.pool6)
     own4 = address(own.ipv4, 4)
     if own4 is None or not _in_pool4(own4, pools):
@@ -271,7 +302,7 @@ def make_peer(
         allowed += (share(f"{ip6}/128"),)
     node = record.node_id
     endpoint = endpoint_of(node) or policy.template_endpoint(node)
-    return DesiredPeer(node, record.public_key, allowed, endpoint, policy.keepalive)
+    return DesiredPeer(node, record.public_key, allowed, endpoint, policy.keepalive, record.expires)
 
 
 def compute(
@@ -282,13 +313,17 @@ def compute(
     policy: Policy,
     *,
     counts: dict[str, int] | None = None,
+    now: float | None = None,
 ) -> Desired:
     """:func:`desired_state` with the announcements as a lookup of validated endpoints.
 
     ``counts``, if given, receives how many times each key and address is claimed by
-    the node itself and by the records that could be peers (see ``peerset.py``).
+    the node itself and by the records that could be peers (see ``peerset.py``). A
+    record whose pass has expired at ``now`` still claims its key and addresses (it
+    keeps its address upstream), but gets no peer: whether a pass has expired never
+    changes which records clash, so ``peerset.py`` can judge it record by record.
     """
-    fail_closed, addresses, claims = own_facts(table, node_id, own_public_key, policy)
+    fail_closed, addresses, claims = own_facts(table, node_id, own_public_key, policy, now)
     if fail_closed:
         return Desired("" if fail_closed == BAD_NODE_ID else node_id, fail_closed=fail_closed)
     pools = pools_of(policy.pool, policy.pool6)
@@ -319,6 +354,11 @@ def compute(
                 skipped.append((other, "ipv6 outside pool or taken (ipv4 only)"))
         used.add(record.public_key)
         used.add(record.ipv4)
+        if policy.expired(record.expires, now):  # the one reason given for it
+            if skipped and skipped[-1][0] == other:
+                skipped.pop()
+            skipped.append((other, EXPIRED))
+            continue
         peers.append(make_peer(record, ip6, endpoint_of, policy))
     if policy.is_spoke(node_id):
         peers = route_through_hub(peers, policy, pools)

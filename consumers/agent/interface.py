@@ -125,6 +125,12 @@ class Interface:
             if have == want:
                 continue
             before[node] = have
+            if (
+                want is not None
+                and have is not None
+                and replace(have, expires=want.expires) == want
+            ):
+                continue  # a renewal: the interface already holds this peer
             if have is not None and (want is None or want.public_key != have.public_key):
                 removals.append(have.public_key)
             if want is not None:

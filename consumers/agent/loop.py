@@ -44,6 +44,8 @@ BLOCK_MS: Final = 1000
 IDLE_BLOCK_MS: Final = 3000
 #: Seconds to wait before retrying after Redis is unreachable.
 REDIS_PAUSE_SECONDS: Final = 1.0
+#: Shortest such wait (seconds), when a pass expires sooner.
+EXPIRY_PAUSE_SECONDS: Final = 0.05
 #: Seconds between two looks at the private key file (one ``stat``) while running.
 KEY_CHECK_SECONDS: Final = 1.0
 #: Every this many timer ticks every announcement is read again, in case one was written
@@ -71,6 +73,9 @@ class Loop:
         # wake of its own would cost a fleet of agents a round trip each)
         waits = [self.next_timer - now, status.due_in(now)]
         pending = agent.hold_block or agent.files.config_due.dirty
+        expiry = agent.next_expiry()
+        if expiry is not None:  # wake when the next pass expires (its time is unix time)
+            waits.append(max(0.0, expiry - time.time()))
         if announcements.position is None:
             waits.append(self.next_poll - now)
         fields = (status.key, status_fields(agent)) if status.due_in(now) == 0 else None
@@ -118,15 +123,28 @@ class Loop:
             started = time.monotonic()
             agent.apply_changes(full=timer)
             metrics.agent_applied(agent.cfg.keys.tag, started)
+        if agent.expiry_due():
+            agent.enforce_expiry()
         if timer:
             release_memory()
 
     def offline(self) -> None:
-        """Redis is unreachable: the timer still repairs drift from the applied state."""
+        """Redis is unreachable: the timer still repairs drift from the applied state, and
+        passes that expire are removed on time."""
         now = time.monotonic()
         if now >= self.next_timer:
             self.next_timer = now + self.interval
             self.agent.repair_held()
+        if self.agent.expiry_due():
+            self.agent.enforce_expiry()
+
+    def pause(self) -> float:
+        """Seconds to wait before trying Redis again: a second, or less when a pass expires
+        sooner."""
+        expiry = self.agent.next_expiry()
+        if expiry is None:
+            return REDIS_PAUSE_SECONDS
+        return max(EXPIRY_PAUSE_SECONDS, min(REDIS_PAUSE_SECONDS, expiry - time.time()))
 
 
 def run(agent: Agent, stop: threading.Event) -> None:
@@ -159,7 +177,7 @@ def run(agent: Agent, stop: threading.Event) -> None:
                 agent.status.mark()
                 metrics.agent_error(agent.cfg.keys.tag)
                 loop.offline()
-                stop.wait(REDIS_PAUSE_SECONDS)
+                stop.wait(loop.pause())
             except WgchainError as exc:
                 agent.error(str(exc))
                 stop.wait(REDIS_PAUSE_SECONDS)

@@ -18,15 +18,24 @@ closed, addresses), every change on a spoke (whose table holds only itself and t
 hubs: a handful of records), and :meth:`DesiredPeers.reset` (a snapshot, a
 retraction, the end of a hold). ``tests/unit/test_agent_peerset.py`` checks the
 equality over random change sequences with conflicts, mesh and hub.
+
+Expiring passes: whether a record's pass has expired never changes what it claims
+(``desired.compute``), so when a deadline passes (expiration plus the grace, by
+:attr:`DesiredPeers.clock`) only that record's peer is recomputed (:meth:`expire`);
+the node's own deadline, or any on a spoke, recomputes everything. A heap of the
+deadlines still ahead says when the next one is (:meth:`next_deadline`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import heapq
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from consumers.agent.desired import (
     BAD_NODE_ID,
+    EXPIRED,
     NO_OWN_KEY,
     Desired,
     DesiredPeer,
@@ -63,6 +72,14 @@ class DesiredPeers:
         self._claims: dict[str, int] = {}
         #: Full recomputations so far (a batch with a conflict, an own change, a reset).
         self.full_recomputes = 0
+        #: Unix time now (replaced in tests); expirations are judged by it.
+        self.clock: Callable[[], float] = time.time
+        #: (deadline, node) of every record whose pass expires later (may hold stale items).
+        self._deadlines: list[tuple[float, str]] = []
+        #: node -> its deadline still ahead (what makes an item of ``_deadlines`` current).
+        self._deadline_of: dict[str, float] = {}
+        #: Unix time the node's own pass expires (None: never, or no own record).
+        self.own_expires: int | None = None
 
     def endpoint_of(self, node: str) -> str | None:
         return self.endpoints.get(node)
@@ -87,9 +104,21 @@ class DesiredPeers:
             self.own_public_key = own_public_key
         self.full_recomputes += 1
         counts: dict[str, int] | None = None if self.policy.is_spoke(self.node_id) else {}
+        now = self.clock()
         desired = compute(
-            table, self.node_id, self.own_public_key, self.endpoint_of, self.policy, counts=counts
+            table,
+            self.node_id,
+            self.own_public_key,
+            self.endpoint_of,
+            self.policy,
+            counts=counts,
+            now=now,
         )
+        self._deadlines, self._deadline_of = [], {}
+        for node, record in table.items():
+            self._schedule(node, record, now)
+        own = table.get(self.node_id)
+        self.own_expires = own.expires if own is not None else None
         peers = {p.node_id: p for p in desired.peers}
         delta = _diff(self.peers, peers)
         self.peers = peers
@@ -119,6 +148,45 @@ class DesiredPeers:
         for node in changed:
             self._place(node, table.get(node), delta)
         return delta
+
+    def next_deadline(self) -> float | None:
+        """Unix time of the next pass to expire among the records (None: none will)."""
+        heap = self._deadlines
+        while heap and self._deadline_of.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale: the record changed or is gone
+        return heap[0][0] if heap else None
+
+    def expire(self, table: Mapping[str, PeerRecord]) -> dict[str, Change]:
+        """Judge the passes whose deadline has come (by :attr:`clock`): their peers go; the
+        node's own, or any on a spoke, fails closed or recomputes everything."""
+        now = self.clock()
+        due: list[str] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            deadline, node = heapq.heappop(heap)
+            if self._deadline_of.get(node) == deadline:
+                del self._deadline_of[node]
+                due.append(node)
+        if not due:
+            return {}
+        if self.node_id in due or self.policy.is_spoke(self.node_id):
+            return self.reset(table)
+        if self.fail_closed:
+            return {}
+        delta: dict[str, Change] = {}
+        for node in due:
+            self._place(node, table.get(node), delta)
+        return delta
+
+    def _schedule(self, node: str, record: PeerRecord | None, now: float) -> None:
+        """Note ``record``'s deadline if it is still ahead (forgetting any earlier one)."""
+        deadline = self.policy.deadline(record.expires) if record is not None else None
+        if deadline is None or deadline <= now:
+            self._deadline_of.pop(node, None)
+            return
+        if self._deadline_of.get(node) != deadline:
+            self._deadline_of[node] = deadline
+            heapq.heappush(self._deadlines, (deadline, node))
 
     def announce(self, endpoints: Mapping[str, str | None]) -> dict[str, Change]:
         """New announced endpoints (None: none, or nothing valid) of some nodes."""
@@ -170,10 +238,14 @@ class DesiredPeers:
         old = self.peers.get(node)
         self.skipped.pop(node, None)
         new = None
+        now = self.clock()
+        self._schedule(node, record, now)
         if record is not None:
             problem, ip6 = record_facts(record, self.pools)
             if problem:
                 self.skipped[node] = problem
+            elif self.policy.expired(record.expires, now):
+                self.skipped[node] = EXPIRED
             else:
                 note = ipv6_note(record, ip6, self.pools)
                 if note:

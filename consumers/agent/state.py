@@ -75,6 +75,9 @@ class AppliedState:
     peers: dict[str, DesiredPeer] = field(default_factory=dict)
     #: Sequence number of the last journal line this state includes.
     seq: int = 0
+    #: Unix time the node's own pass expires (None: never): a host holding this state
+    #: fails closed then, as it removes each peer at its own ``expires``.
+    expires: int | None = None
 
 
 class _Peer(msgspec.Struct, array_like=True, frozen=True):
@@ -83,6 +86,7 @@ class _Peer(msgspec.Struct, array_like=True, frozen=True):
     allowed: list[str]
     endpoint: str | None
     keepalive: int
+    expires: int | None = None
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -96,6 +100,7 @@ class _Snapshot(msgspec.Struct, frozen=True):
     addresses: list[str]
     fail_closed: str | None
     peers: list[_Peer]
+    expires: int | None = None
 
 
 class _Line(msgspec.Struct, frozen=True):
@@ -106,6 +111,7 @@ class _Line(msgspec.Struct, frozen=True):
     fail_closed: str | None
     set: list[_Peer] = []
     gone: list[str] = []
+    expires: int | None = None
 
 
 _ENCODER: Final = msgspec.json.Encoder()
@@ -114,7 +120,7 @@ _LINE: Final = msgspec.json.Decoder(_Line)
 
 
 def _peer(p: DesiredPeer) -> _Peer:
-    return _Peer(p.node_id, p.public_key, list(p.allowed_ips), p.endpoint, p.keepalive)
+    return _Peer(p.node_id, p.public_key, list(p.allowed_ips), p.endpoint, p.keepalive, p.expires)
 
 
 def encode_snapshot(state: AppliedState, ident: Ident) -> Iterator[bytes]:
@@ -130,15 +136,19 @@ def encode_snapshot(state: AppliedState, ident: Ident) -> Iterator[bytes]:
         list(state.addresses),
         state.fail_closed,
         [],
+        state.expires,
     )
     text = _ENCODER.encode(head)
-    assert text.endswith(b"[]}")
-    yield text[:-2]
+    before, marker, tail = text.rpartition(b'"peers":[]')  # the last field but ``expires``
+    assert marker
+    assert tail.startswith(b',"expires":')
+    yield before + b'"peers":['
+
     nodes = sorted(state.peers)
     for start in range(0, len(nodes), CHUNK_PEERS):
         chunk = [_peer(state.peers[n]) for n in nodes[start : start + CHUNK_PEERS]]
         yield (b"," if start else b"") + _ENCODER.encode(chunk)[1:-1]
-    yield b"]}\n"
+    yield b"]" + tail + b"\n"
 
 
 def encode_line(
@@ -156,6 +166,7 @@ def encode_line(
         state.fail_closed,
         [_peer(p) for p in changed.values() if p is not None],
         [node for node, p in changed.items() if p is None],
+        state.expires,
     )
     return _ENCODER.encode(line) + b"\n"
 
@@ -181,6 +192,7 @@ def decode(snapshot: bytes | None, journal: bytes, ident: Ident) -> AppliedState
             _reason(snap.fail_closed),
             _peers(snap.peers, {}),
             _seq(snap.seq),
+            _expires(snap.expires),
         )
     for number, line in enumerate(_complete_lines(journal), start=1):
         try:
@@ -197,6 +209,7 @@ def decode(snapshot: bytes | None, journal: bytes, ident: Ident) -> AppliedState
         state.block = _block(delta.block)
         state.addresses = _addresses(delta.addresses)
         state.fail_closed = _reason(delta.fail_closed)
+        state.expires = _expires(delta.expires)
         state.seq = seq
     if len({p.public_key for p in state.peers.values()}) != len(state.peers):
         raise StateProblem("two peers with one key")
@@ -240,7 +253,8 @@ def _peers(items: Iterable[_Peer], into: dict[str, DesiredPeer]) -> dict[str, De
             raise StateProblem(f"peer {node}: invalid endpoint")
         if not 0 <= item.keepalive <= 65535:
             raise StateProblem(f"peer {node}: invalid keepalive")
-        into[node] = DesiredPeer(node, item.key, allowed, item.endpoint, item.keepalive)
+        expires = _expires(item.expires)
+        into[node] = DesiredPeer(node, item.key, allowed, item.endpoint, item.keepalive, expires)
     return into
 
 
@@ -277,6 +291,12 @@ def _addresses(addresses: list[str]) -> tuple[str, ...]:
         if "/" not in text:
             raise StateProblem(f"address without prefix {_short(text)}")
     return tuple(addresses)
+
+
+def _expires(expires: int | None) -> int | None:
+    if expires is not None and not 0 <= expires < 2**64:
+        raise StateProblem(f"invalid expiration {expires}")
+    return expires
 
 
 def _reason(reason: str | None) -> str | None:

@@ -62,6 +62,16 @@ class PeerRecord:
     public_key: str
     ipv4: str
     ipv6: str | None = None
+    #: Unix time the member's pass expires (None: never); see ``desired.expired``.
+    expires: int | None = None
+
+
+def expires_of(value: object) -> int | None:
+    """A stream's ``expires`` as a time this agent can judge: None (never) stays None; a
+    negative value means expired (0); anything else is kept (2^64-1 is simply far away)."""
+    if value is None or not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return max(0, value)
 
 
 class PeerTable:
@@ -96,7 +106,11 @@ class PeerTable:
                 return f"node {node}: invalid ipv4 {excerpt(entry.ipv4)}"
             share = _share
             record = PeerRecord(
-                share(node), share(entry.public_key), share(ipv4), share(ipv6) if ipv6 else None
+                share(node),
+                share(entry.public_key),
+                share(ipv4),
+                share(ipv6) if ipv6 else None,
+                expires_of(entry.expires),
             )
             self._set(node, record)
             return None

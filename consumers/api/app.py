@@ -57,6 +57,7 @@ from consumers.dashboard import assets
 from consumers.nodes.diagnose import diagnose
 from consumers.nodes.gather import node_facts
 from consumers.nodes.listing import Filter
+from consumers.status.expiring import expiring, with_expiring
 from consumers.status.exporter import FleetCollector
 from consumers.status.health import Limits
 from consumers.status.probe import no_data, probe
@@ -211,6 +212,8 @@ class _Lazy:
     keys: Keys
     snapshot: Snapshot
     reconcile_interval: float
+    #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+    expiry_grace: float = 2.0
     following: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _made: tuple[AccessChecker, Reads] | None = None
@@ -221,7 +224,12 @@ class _Lazy:
             with self._lock:
                 made = self._made
                 if made is None:
-                    checker = AccessChecker(self.client, self.keys, consistency=BOUNDED)
+                    checker = AccessChecker(
+                        self.client,
+                        self.keys,
+                        consistency=BOUNDED,
+                        expiry_grace=self.expiry_grace,
+                    )
                     if self.following:
                         checker.cache.start()
                     reads = Reads(
@@ -229,6 +237,7 @@ class _Lazy:
                         self.keys,
                         checker.cache,
                         reconcile_interval=self.reconcile_interval,
+                        expiry_grace=self.expiry_grace,
                     )
                     made = self._made = (checker, reads)
         return made
@@ -276,11 +285,22 @@ def create_app(
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
-    lazy = _Lazy(client, keys, snapshot, limits.reconcile_interval)
+    lazy = _Lazy(client, keys, snapshot, limits.reconcile_interval, limits.expiry_grace)
     fleet_metrics = CollectorRegistry(auto_describe=False)
-    fleet_metrics.register(FleetCollector(snapshot, limits, lazy_live=lambda: _live(lazy)))
+    fleet_metrics.register(
+        FleetCollector(
+            snapshot,
+            limits,
+            lazy_live=lambda: _live(lazy),
+            lazy_expiring=lambda: _expiring(lazy, limits),
+        )
+    )
     fleet = FleetReads(
-        lambda: snapshot.fleet([], limits=limits), lambda: lazy.get()[1], rpc_urls, topology, hubs
+        lambda: with_expiring(snapshot.fleet([], limits=limits), lazy.get()[0].cache.fresh, limits),
+        lambda: lazy.get()[1],
+        rpc_urls,
+        topology,
+        hubs,
     )
     files = assets.load(auth=bool(token))
     document = msgspec.json.encode(openapi(version("wgchain"), auth=bool(token)))
@@ -342,6 +362,7 @@ def create_app(
             topology=topology,
             hubs=hubs,
             endpoint_template=endpoint_template,
+            expiry_grace=limits.expiry_grace,
         )
         return json_response(diagnose(facts))
 
@@ -474,6 +495,14 @@ def _live(lazy: _Lazy) -> int:
     checker, _ = lazy.get()
     with checker.cache.fresh() as view:
         return sum(1 for status in view.state.status.values() if status.live)
+
+
+def _expiring(lazy: _Lazy, limits: Limits) -> int:
+    """Live members whose pass expires within ``WGCHAIN_EXPIRY_WARNING`` now."""
+    checker, _ = lazy.get()
+    with checker.cache.fresh() as view:
+        now = time.time()
+        return len(expiring(view.state, now, limits.expiry_warning, limits.expiry_grace))
 
 
 __all__ = ["create_app"]

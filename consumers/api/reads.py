@@ -14,7 +14,7 @@ import msgspec
 import redis
 
 from consumers.access.cache import RegistryCache
-from consumers.access.decide import View
+from consumers.access.decide import DEFAULT_GRACE, EXPIRED, View, is_expired
 from consumers.api.schemas import EventItem, EventsPage, NodeDetail, NodeList, NodeSummary
 from consumers.ipam.allocate import META_FIELD, NODE_FIELD, Address, Meta
 from consumers.nodes.listing import Filter, mark_hosts, matches
@@ -43,10 +43,13 @@ class Reads:
         cache: RegistryCache,
         *,
         reconcile_interval: float = 30.0,
+        expiry_grace: float = DEFAULT_GRACE,
     ) -> None:
         self.client = client
         self.keys = keys
         self.cache = cache
+        #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+        self.expiry_grace = expiry_grace
         self.snapshot = Snapshot(client, keys)
         #: Reconcile interval of agents that do not report theirs (when a host is stale).
         self.reconcile_interval = reconcile_interval
@@ -61,9 +64,9 @@ class Reads:
             position = self.cache.position
             names = [n for n in view.nodes() if n > after and is_valid_node_id(n)]
             if not wanted.given:
-                page = [_summary(view, n) for n in names[: limit + 1]]
+                page = [_summary(view, n, grace=self.expiry_grace) for n in names[: limit + 1]]
             else:
-                page = [_summary(view, n) for n in names]
+                page = [_summary(view, n, grace=self.expiry_grace) for n in names]
         if wanted.given:
             self._addresses(page)
             mark_hosts(page, hosts, now, self.reconcile_interval)
@@ -79,7 +82,11 @@ class Reads:
         """Every node a token ever named (valid ids), with its address, and the position."""
         with self.cache.fresh() as view:
             position = self.cache.position
-            found = [_summary(view, n) for n in view.nodes() if is_valid_node_id(n)]
+            found = [
+                _summary(view, n, grace=self.expiry_grace)
+                for n in view.nodes()
+                if is_valid_node_id(n)
+            ]
         self._addresses(found)
         return found, position
 
@@ -88,7 +95,9 @@ class Reads:
         with self.cache.fresh() as view:
             position = self.cache.position
             names = [n for n in view.nodes() if is_valid_node_id(n)]
-            page = [s for s in (_summary(view, n) for n in names) if s.live]
+            page = [
+                s for s in (_summary(view, n, grace=self.expiry_grace) for n in names) if s.live
+            ]
         if len(page) <= address_limit:
             self._addresses(page)
         return page, position
@@ -99,7 +108,7 @@ class Reads:
             if not view.known(node):
                 raise NotFound(node)
             position = self.cache.position
-            summary = _summary(view, node)
+            summary = _summary(view, node, grace=self.expiry_grace)
         self._addresses([summary])
         host = self.snapshot.host(node)
         since = self.cache.since_block(node) if summary.live else None
@@ -161,17 +170,27 @@ def address_of(meta: bytes | None, value: bytes | None) -> tuple[str, str | None
     return ipv4, ipv6, address.public_key
 
 
-def _summary(view: View, node: str) -> NodeSummary:
+def _summary(
+    view: View, node: str, now: float | None = None, grace: float = DEFAULT_GRACE
+) -> NodeSummary:
+    """``node`` as shown now (a pass that expired by ``now``, default this host's clock, is
+    not live: ``expired``)."""
     status = view.status(node)
     if status is None:
         return NodeSummary(node=node, member=False, live=False, reason="revoked")
     key = status.public_key if is_valid_wg_key(status.public_key) else None
+    record = view.state.tokens.get(status.token_id)
+    expires = record.expires if record is not None else None
+    live, reason = status.live, status.reason
+    if live and is_expired(expires, time.time() if now is None else now, grace):
+        live, reason = False, EXPIRED
     return NodeSummary(
         node=node,
         member=True,
-        live=status.live,
-        reason=status.reason,
+        live=live,
+        reason=reason,
         token_id=status.token_id,
         owner=status.owner or None,
         public_key=key,
+        expires=expires,
     )

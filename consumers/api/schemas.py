@@ -62,6 +62,9 @@ class NodeSummary(msgspec.Struct, kw_only=True):
     #: Its host: ``online``, ``stale`` (silent for over 3 reconcile intervals), ``silent``
     #: (announced, never reported) or ``absent`` (None: not looked at).
     host_state: str | None = None
+    #: Unix time its pass expires (ERC-5643; None: never). Past it (plus
+    #: ``WGCHAIN_EXPIRY_GRACE``) the node is not live: ``expired``.
+    expires: int | None = None
 
 
 class NodeList(msgspec.Struct, kw_only=True):

@@ -65,12 +65,19 @@ Network4 = ipaddress.IPv4Network
 Network6 = ipaddress.IPv6Network
 
 
-class Address(msgspec.Struct, frozen=True, gc=False):
-    """A node's address offset; ``live`` while it holds it (else its last address)."""
+class Address(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """A node's address offset; ``live`` while it holds it (else its last address).
+
+    Defaults are left out of the state hash, so a node whose pass never expires is
+    stored byte for byte as before expirations were kept (audit digests compare bytes).
+    """
 
     offset: int
     live: bool
     public_key: str = ""
+    #: Unix time the node's pass expires (None: never): a fact passed on to the agents,
+    #: who judge it by their clock; an expired pass keeps its address.
+    expires: int | None = None
 
 
 class Quarantine(msgspec.Struct, frozen=True, gc=False):
@@ -80,13 +87,14 @@ class Quarantine(msgspec.Struct, frozen=True, gc=False):
     until: int
 
 
-class Pending(msgspec.Struct, frozen=True, gc=False):
+class Pending(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A live member waiting for an address; ``seq`` orders the queue."""
 
     seq: int
     public_key: str
     #: Block of the change that made it wait (0: from before it was kept).
     block: int = 0
+    expires: int | None = None
 
 
 class Meta(msgspec.Struct, frozen=True, gc=False):
@@ -194,7 +202,9 @@ class IpamFold:
             if isinstance(value, Address):
                 node = intern(rest)
                 if value.public_key:
-                    value = Address(value.offset, value.live, intern(value.public_key))
+                    value = Address(
+                        value.offset, value.live, intern(value.public_key), value.expires
+                    )
                 state.nodes[node] = value
                 if value.live:
                     state.holder[value.offset] = node
@@ -224,7 +234,7 @@ class IpamFold:
         if self._expire(state):
             step.drain()
         if isinstance(entry, NodeJoined | NodeChanged):
-            step.upsert(entry.node_id, entry.public_key)
+            step.upsert(entry.node_id, entry.public_key, entry.expires)
         elif isinstance(entry, NodeLeft) and step.remove(entry.node_id):
             step.drain()
         return state, step.out
@@ -253,7 +263,14 @@ class IpamFold:
                 v4, v6 = self.addresses(address.offset)
                 peers.append(
                     PeerUpsert(
-                        node_id, address.public_key, v4, "snapshot", "snapshot", state.clock, v6
+                        node_id,
+                        address.public_key,
+                        v4,
+                        "snapshot",
+                        "snapshot",
+                        state.clock,
+                        v6,
+                        address.expires,
                     )
                 )
         return msgspec.json.encode(PeersSnapshot(peers))
@@ -344,30 +361,31 @@ class _Step:
         self.block = block
         self.out: list[PeersChange] = []
 
-    def upsert(self, node_id: str, key: str) -> None:
+    def upsert(self, node_id: str, key: str, expires: int | None = None) -> None:
         if not is_valid_node_id(node_id) or not is_valid_wg_key(key):
             raise DecodeError(f"refusing hostile peer {excerpt(node_id)} / {excerpt(key)}")
         state = self.state
         current = state.nodes.get(node_id)
         if current is not None and current.live:
-            if current.public_key != key:
-                state.nodes[node_id] = Address(current.offset, True, key)
+            if current.public_key != key or current.expires != expires:
+                state.nodes[node_id] = Address(current.offset, True, key, expires)
                 state.dirty.add(f"{NODE_FIELD}{node_id}")
-            self._announce(node_id, current.offset, key)
+            self._announce(node_id, current.offset, key, expires)
             return
         if node_id in state.pending:
             self._set_pending(
-                node_id, msgspec.structs.replace(state.pending[node_id], public_key=key)
+                node_id,
+                msgspec.structs.replace(state.pending[node_id], public_key=key, expires=expires),
             )
             return
         offset = self.fold.place(state, node_id)
         if offset is None:
-            self._set_pending(node_id, Pending(state.seq, key, self.block))
+            self._set_pending(node_id, Pending(state.seq, key, self.block, expires))
             state.seq += 1
             state.dirty.add(META_FIELD)
             self.out.append(AllocationPending(node_id, self.cause, self.origin, self.block))
             return
-        self._take(node_id, offset, key)
+        self._take(node_id, offset, key, expires)
 
     def remove(self, node_id: str) -> bool:
         """Release ``node_id``'s address; True when an offset became free for everyone."""
@@ -380,7 +398,7 @@ class _Step:
             return False
         offset = current.offset
         del state.holder[offset]
-        state.nodes[node_id] = Address(offset, False, current.public_key)
+        state.nodes[node_id] = Address(offset, False, current.public_key, current.expires)
         state.dirty.add(f"{NODE_FIELD}{node_id}")
         if self.fold.quarantine_blocks == 0:
             state.blocked[offset] = 0
@@ -402,25 +420,27 @@ class _Step:
                 continue
             pending = state.pending.pop(node_id)
             state.dirty.add(f"{PENDING_FIELD}{node_id}")
-            self._take(node_id, offset, pending.public_key)
+            self._take(node_id, offset, pending.public_key, pending.expires)
 
     def _set_pending(self, node_id: str, pending: Pending) -> None:
         self.state.pending[node_id] = pending
         self.state.dirty.add(f"{PENDING_FIELD}{node_id}")
 
-    def _take(self, node_id: str, offset: int, key: str) -> None:
+    def _take(self, node_id: str, offset: int, key: str, expires: int | None) -> None:
         state = self.state
         if state.quarantine.pop(offset, None) is not None:
             state.dirty.add(f"{QUARANTINE_FIELD}{offset}")
         state.holder[offset] = node_id
         state.blocked[offset] = 1
-        state.nodes[node_id] = Address(offset, True, key)
+        state.nodes[node_id] = Address(offset, True, key, expires)
         state.dirty.add(f"{NODE_FIELD}{node_id}")
-        self._announce(node_id, offset, key)
+        self._announce(node_id, offset, key, expires)
 
-    def _announce(self, node_id: str, offset: int, key: str) -> None:
+    def _announce(self, node_id: str, offset: int, key: str, expires: int | None) -> None:
         v4, v6 = self.fold.addresses(offset)
-        self.out.append(PeerUpsert(node_id, key, v4, self.cause, self.origin, self.block, v6))
+        self.out.append(
+            PeerUpsert(node_id, key, v4, self.cause, self.origin, self.block, v6, expires)
+        )
 
 
 def pending_issues(state: IpamState) -> bytes | None:

@@ -67,7 +67,7 @@ def nodes(
     keys = cfg.keys()
     client = _connect(cfg)
     try:
-        report = nodes_report(client, keys, wanted, cfg.reconcile_interval)
+        report = nodes_report(client, keys, wanted, cfg.reconcile_interval, cfg.expiry_grace)
         if not report.total and not probe(client, keys).has_data:
             raise NoAnswer(no_data(keys))
     except redis.RedisError as exc:
@@ -129,6 +129,7 @@ def diagnose(cfg: Settings, node: str, interface: str | None, as_json: bool) -> 
             hubs=cfg.hub_list,
             endpoint_template=cfg.endpoint_template,
             interface=interface,
+            expiry_grace=cfg.expiry_grace,
         )
     except redis.RedisError as exc:
         raise NoAnswer(f"no answer: Redis failed: {exc}") from None

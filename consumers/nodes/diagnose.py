@@ -133,7 +133,15 @@ def _membership(facts: Facts, add: Add) -> None:
             f"not live: {m.detail or reasons.meaning(reasons.KEY_CONFLICT)} ({token}){caveat}",
             f"give {node} its own key: `wgchain agent init` on its host, then {set_key}",
         )
-    else:  # a reason this version has no advice for (``expired``...): its meaning
+    elif m.reason == reasons.EXPIRED:
+        add(
+            "membership",
+            PROBLEM,
+            reasons.EXPIRED,
+            f"not live: the pass of {token} expired (unix time {m.expires}){caveat}",
+            f"the contract owner renews it: `wgchain contract renew {m.token_id} --duration 30d`",
+        )
+    else:  # a reason this version has no advice for: its meaning
         meaning = reasons.meaning(m.reason) or "not live"
         add(
             "membership",

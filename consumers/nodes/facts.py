@@ -34,6 +34,8 @@ class Membership(msgspec.Struct, kw_only=True):
     active_tokens: list[int] = []
     #: The access check of the node's own key, in words (who keeps the key in a conflict).
     detail: str = ""
+    #: Unix time its pass expires (ERC-5643; None: never).
+    expires: int | None = None
     #: Node ids close to this one (when no token ever named it: a typo?).
     similar: list[str] = []
     #: The ipam stage holds an address for it now (it is in the ``peers`` stream).

@@ -20,7 +20,7 @@ import msgspec
 import redis
 
 from consumers.access.cache import RegistryCache
-from consumers.access.decide import decide_key
+from consumers.access.decide import DEFAULT_GRACE, EXPIRED, decide_key, is_expired
 from consumers.api.reads import Reads, address_of
 from consumers.ipam.allocate import META_FIELD, NODE_FIELD
 from consumers.nodes.facts import Facts, Membership, PeersEntry
@@ -44,13 +44,18 @@ _WALK_LUA: Final = lua.source("nodes_walk")
 
 
 def nodes_report(
-    client: redis.Redis, keys: Keys, wanted: Filter, reconcile_interval: float
+    client: redis.Redis,
+    keys: Keys,
+    wanted: Filter,
+    reconcile_interval: float,
+    expiry_grace: float = DEFAULT_GRACE,
 ) -> NodesReport:
     """Every node, filtered, with the current issues (see the module docstring)."""
     snapshot = Snapshot(client, keys)
     cache = RegistryCache(client, keys)
     try:
-        summaries, position = Reads(client, keys, cache).summaries()
+        reads = Reads(client, keys, cache, expiry_grace=expiry_grace)
+        summaries, position = reads.summaries()
     finally:
         cache.close()
     hosts = snapshot.hosts(cap=1)
@@ -78,10 +83,11 @@ def node_facts(
     hubs: Sequence[str] = (),
     endpoint_template: str = "",
     interface: str | None = None,
+    expiry_grace: float = DEFAULT_GRACE,
 ) -> Facts:
     """What ``diagnose`` looks at for ``node``, with ``fleet`` (the pipeline's status, from
     ``Snapshot.fleet``: listener, stages, hosts, issues, problems); see the module docstring."""
-    membership = _membership(client, keys, node)
+    membership = _membership(client, keys, node, expiry_grace)
     entry = _peers_entry(client, keys, node)
     tunnel = None
     if interface is not None:
@@ -109,7 +115,9 @@ def node_facts(
     )
 
 
-def _membership(client: redis.Redis, keys: Keys, node: str) -> Membership:
+def _membership(
+    client: redis.Redis, keys: Keys, node: str, expiry_grace: float = DEFAULT_GRACE
+) -> Membership:
     """The node in the registry (the access cache's load) and its published address."""
     cache = RegistryCache(client, keys)
     try:
@@ -126,6 +134,10 @@ def _membership(client: redis.Redis, keys: Keys, node: str) -> Membership:
                 return found
             found.member, found.live, found.reason = True, status.live, status.reason
             found.token_id, found.owner = status.token_id, status.owner or None
+            record = tokens.get(status.token_id)
+            found.expires = record.expires if record is not None else None
+            if found.live and is_expired(found.expires, time.time(), expiry_grace):
+                found.live, found.reason = False, EXPIRED  # judged now (docs/design.md §5)
             found.public_key = status.public_key
             found.key_problem = wg_key_problem(status.public_key) if status.public_key else None
             if is_valid_wg_key(status.public_key):

@@ -28,8 +28,6 @@ class NodeRow(NodeSummary, kw_only=True):
     reported_at: float | None = None
     #: Why its host fails closed ("" when it does not, or no host reported).
     fail_closed: str = ""
-    #: Unix time its pass expires (None: never, or not known to this version).
-    expires: int | None = None
 
 
 class NodesReport(msgspec.Struct, kw_only=True):

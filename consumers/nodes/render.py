@@ -84,7 +84,10 @@ def _host(row: NodeRow, now: float) -> Text:
 def _expires(expires: int | None, now: float) -> str:
     if expires is None:
         return "never"
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+    if 0 < expires < 253402300800:  # before year 10000 (a hostile value is shown as a number)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
+    else:
+        stamp = "cancelled" if expires <= 0 else f"unix time {expires}"
     return f"{stamp} (expired)" if expires <= now else stamp
 
 

@@ -35,6 +35,7 @@ from shared.events import (
     NodeLeft,
     PublicKeyUpdated,
     RegistryChange,
+    SubscriptionUpdate,
 )
 from shared.validate import excerpt
 
@@ -48,12 +49,16 @@ key_problem: Final = validate.key_problem
 is_valid_node_id: Final = validate.is_valid_node_id
 
 
-class TokenRecord(msgspec.Struct, frozen=True, gc=False):
-    """One token as the log has seen it (strings only: never part of a cycle, so untracked)."""
+class TokenRecord(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One token as the log has seen it (strings only: never part of a cycle, so untracked;
+    a token that never expires is stored as before expirations were kept: defaults are left
+    out)."""
 
     node_id: str
     owner: str
     active: bool
+    #: Unix time its pass expires (ERC-5643 ``SubscriptionUpdate``; None: none seen, never).
+    expires: int | None = None
 
 
 class Status(NamedTuple):
@@ -65,6 +70,9 @@ class Status(NamedTuple):
     public_key: str
     #: Why the node is not live ("" when live).
     reason: str = ""
+    #: Unix time the member token's pass expires (None: never). A fact: whether it is past
+    #: is judged where a decision is made (docs/design.md §5), never here.
+    expires: int | None = None
 
 
 #: The active tokens of an owner or a node: one token (the common case) or a set of two or
@@ -213,7 +221,9 @@ class RegistryFold:
             if name.startswith(TOKEN_FIELD):
                 token_id = int(name[len(TOKEN_FIELD) :])
                 record = _TOKEN_DECODER.decode(raw)
-                record = TokenRecord(intern(record.node_id), intern(record.owner), record.active)
+                record = TokenRecord(
+                    intern(record.node_id), intern(record.owner), record.active, record.expires
+                )
                 state.tokens[token_id] = record
                 if record.active:
                     _index(state, token_id, record)
@@ -248,6 +258,8 @@ class RegistryFold:
             step.transferred(event)
         elif isinstance(event, NodeAccessRevoked):
             step.revoked(event)
+        elif isinstance(event, SubscriptionUpdate):
+            step.subscription(event)
         return state, step.publish((entry.tx_hash, entry.log_index))
 
     def take_changes(self, state: RegistryState) -> tuple[dict[str, bytes], set[str]]:
@@ -318,7 +330,8 @@ class _Step:
         token_id, node, owner = event.token_id, event.node_id, event.owner.lower()
         if not is_valid_node_id(node):
             self.anomaly("invalid-node-id", f"node id {excerpt(node)}", token_id)
-        self.set_token(token_id, TokenRecord(node, owner, True))
+        old = self.state.tokens.get(token_id)  # an expiration seen before the grant stays
+        self.set_token(token_id, TokenRecord(node, owner, True, old.expires if old else None))
         if event.public_key:
             self.key_updated(owner, event.public_key, token_id)
         holders = self.state.node_index[node]
@@ -342,7 +355,20 @@ class _Step:
             detail = f"revoke names {excerpt(event.node_id)}, token names {excerpt(old.node_id)}"
             self.anomaly("node-mismatch", detail, token_id)
         if old.active:
-            self.set_token(token_id, TokenRecord(old.node_id, old.owner, False))
+            self.set_token(token_id, TokenRecord(old.node_id, old.owner, False, old.expires))
+
+    def subscription(self, event: SubscriptionUpdate) -> None:
+        """The token's pass now expires at ``expiration`` (0: expired; docs/design.md §5)."""
+        token_id, expires = event.token_id, event.expiration
+        old = self.state.tokens.get(token_id)
+        if old is None:  # kept, so that a grant after it (another contract's order) has it
+            self.anomaly(
+                "unknown-token", f"subscription update of unseen token ({expires})", token_id
+            )
+            self.set_token(token_id, TokenRecord("", "", False, expires))
+            return
+        if old.expires != expires:
+            self.set_token(token_id, msgspec.structs.replace(old, expires=expires))
 
     def transferred(self, event: NodeAccessTransferred) -> None:
         token_id, to = event.token_id, event.to_address.lower()
@@ -352,7 +378,7 @@ class _Step:
             return
         self.transfer = True
         if old.owner != to:
-            self.set_token(token_id, TokenRecord(old.node_id, to, old.active))
+            self.set_token(token_id, TokenRecord(old.node_id, to, old.active, old.expires))
 
     def key_updated(self, owner: str, key: str, token_id: int | None = None) -> None:
         state = self.state
@@ -403,10 +429,16 @@ class _Step:
             was_live = old is not None and old.live
             if new is not None and new.live:
                 if not was_live:
-                    joined.append(NodeJoined(node, new[1], new[2], new[3], self.cause, self.block))
-                elif old is not None and old[1:4] != new[1:4]:
+                    joined.append(
+                        NodeJoined(
+                            node, new[1], new[2], new[3], self.cause, self.block, new.expires
+                        )
+                    )
+                elif old is not None and (old[1:4] != new[1:4] or old.expires != new.expires):
                     changed.append(
-                        NodeChanged(node, new[1], new[2], new[3], self.cause, self.block)
+                        NodeChanged(
+                            node, new[1], new[2], new[3], self.cause, self.block, new.expires
+                        )
                     )
             elif was_live:
                 left.append(NodeLeft(node, self._reason(new), self.cause, self.block))
@@ -530,16 +562,17 @@ def _status(state: RegistryState, node: str) -> Status | None:
     if tokens is None:
         return None
     member = _lowest(tokens)
-    owner = state.tokens[member].owner
+    record = state.tokens[member]
+    owner, expires = record.owner, record.expires
     key = state.keys.get(owner, "")
     if not is_valid_node_id(node):
-        return Status(False, member, owner, key, "invalid-node-id")
+        return Status(False, member, owner, key, "invalid-node-id", expires)
     problem = key_problem(key)
     if problem:
-        return Status(False, member, owner, key, problem)
+        return Status(False, member, owner, key, problem, expires)
     if state.winners[key][1] != node:
-        return Status(False, member, owner, key, "key-conflict")
-    return Status(True, member, owner, key)
+        return Status(False, member, owner, key, "key-conflict", expires)
+    return Status(True, member, owner, key, "", expires)
 
 
 #: The registry fold, for ``Stage`` and the audit replay.

@@ -22,6 +22,8 @@ from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
+from consumers.access.cache import RegistryCache
+from consumers.status.expiring import with_expiring
 from consumers.status.health import Limits
 from consumers.status.model import CRITICAL, EXIT_CODES, UNKNOWN, FleetStatus
 from consumers.status.output import console
@@ -76,6 +78,7 @@ def status(cfg: Settings, as_json: bool, watch: float | None, check: bool) -> No
             raise
         _exit(CRITICAL, [f"wgchain CRITICAL: {exc}"])
     snapshot = Snapshot(client, keys)
+    soon = _Expiring(client, keys, limits)
     try:
         if check:
             try:
@@ -84,9 +87,30 @@ def status(cfg: Settings, as_json: bool, watch: float | None, check: bool) -> No
                 _exit(CRITICAL, [f"wgchain CRITICAL: Redis at {redacted(cfg.redis_url)}: {exc}"])
             _print(fleet, as_json, check=True)
             _exit(fleet.health, [])
-        _print(snapshot.fleet(cfg.rpc_urls, limits=limits), as_json)
+        _print(soon.add(snapshot.fleet(cfg.rpc_urls, limits=limits)), as_json)
     finally:
+        soon.close()
         client.close()
+
+
+class _Expiring:
+    """Adds the passes about to expire to a status, from a registry cache made on first use
+    (a status of a network without data, or while Redis is down, makes none)."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, limits: Limits) -> None:
+        self.client, self.keys, self.limits = client, keys, limits
+        self.cache: RegistryCache | None = None
+
+    def add(self, fleet: FleetStatus) -> FleetStatus:
+        if not fleet.has_data:
+            return fleet
+        if self.cache is None:
+            self.cache = RegistryCache(self.client, self.keys)
+        return with_expiring(fleet, self.cache.fresh, self.limits)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
 
 
 def _watch(cfg: Settings, keys: Keys, limits: Limits, as_json: bool, every: float) -> None:
@@ -98,11 +122,12 @@ def _watch(cfg: Settings, keys: Keys, limits: Limits, as_json: bool, every: floa
     stop = stop_event()
     client = _client(cfg.redis_url)
     snapshot = Snapshot(client, keys)
+    soon = _Expiring(client, keys, limits)
     outage = _Outage(cfg.redis_url)
 
     def fleet() -> FleetStatus | None:
         try:
-            status = snapshot.fleet(cfg.rpc_urls, limits=limits)
+            status = soon.add(snapshot.fleet(cfg.rpc_urls, limits=limits))
         except (redis.RedisError, RedisClusterException) as exc:
             outage.down(exc)
             return None
@@ -125,6 +150,7 @@ def _watch(cfg: Settings, keys: Keys, limits: Limits, as_json: bool, every: floa
                 last = fleet() or last
                 live.update(_shown(last, outage), refresh=True)
     finally:
+        soon.close()
         client.close()
 
 

@@ -30,11 +30,16 @@ class FleetCollector(Collector):
     """A custom collector: one :meth:`Snapshot.fleet` per scrape."""
 
     def __init__(
-        self, snapshot: Snapshot, limits: Limits, lazy_live: Callable[[], int] | None = None
+        self,
+        snapshot: Snapshot,
+        limits: Limits,
+        lazy_live: Callable[[], int] | None = None,
+        lazy_expiring: Callable[[], int] | None = None,
     ) -> None:
         self.snapshot = snapshot
         self.limits = limits
         self.live = lazy_live
+        self.expiring = lazy_expiring
         self.net = label(snapshot.keys.tag)
 
     def collect(self) -> Iterator[Metric]:
@@ -48,6 +53,7 @@ class FleetCollector(Collector):
         try:
             fleet = self.snapshot.fleet([], limits=self.limits)
             live = self.live() if self.live is not None else None
+            soon = self.expiring() if self.expiring is not None else None
         except redis.RedisError as exc:
             log.bind(stage="api").debug("fleet metrics: {}", exc)
             up.add_metric([net], 0)
@@ -80,6 +86,14 @@ class FleetCollector(Collector):
             members = gauge("wgchain_live_members", "Members with a WireGuard peer now.", [])
             members.add_metric([net], live)
             yield members
+        if soon is not None:
+            expiring = gauge(
+                "wgchain_passes_expiring",
+                "Live members whose pass expires within WGCHAIN_EXPIRY_WARNING.",
+                [],
+            )
+            expiring.add_metric([net], soon)
+            yield expiring
         yield from self._hosts(fleet.hosts, now)
 
     def _hosts(self, hosts: list[HostInfo], now: float) -> Iterator[Metric]:

@@ -70,6 +70,10 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     max_lag_seconds: float = 60.0
     #: Reconcile interval assumed for agents that do not report theirs (seconds).
     reconcile_interval: float = 30.0
+    #: Seconds before its expiration that a pass is listed as expiring.
+    expiry_warning: float = 86400.0
+    #: Seconds past its expiration before a pass counts as expired.
+    expiry_grace: float = 2.0
 
     @classmethod
     def of(cls, cfg: Settings) -> Limits:
@@ -79,6 +83,8 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
             max_listener_lag=cfg.max_listener_lag,
             max_lag_seconds=cfg.max_lag_seconds,
             reconcile_interval=cfg.reconcile_interval,
+            expiry_warning=cfg.expiry_warning,
+            expiry_grace=cfg.expiry_grace,
         )
 
 

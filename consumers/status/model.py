@@ -154,6 +154,16 @@ class HostInfo(msgspec.Struct, kw_only=True):
     waiting_seconds: float = 0.0
 
 
+class Expiring(msgspec.Struct, frozen=True, kw_only=True):
+    """A live member whose pass expires within ``WGCHAIN_EXPIRY_WARNING`` (ERC-5643)."""
+
+    node: str
+    token_id: int
+    owner: str
+    #: Unix time its pass expires (it counts as expired ``WGCHAIN_EXPIRY_GRACE`` later).
+    expires: int
+
+
 class Counts(msgspec.Struct, kw_only=True):
     """Things an operator should look at, now (not totals since genesis)."""
 
@@ -186,3 +196,5 @@ class FleetStatus(msgspec.Struct, kw_only=True):
     problems: list[Problem] = []
     #: The worst severity among ``problems``: ``ok``, ``warning`` or ``critical``.
     health: str = OK
+    #: Live members whose pass expires within ``WGCHAIN_EXPIRY_WARNING``, soonest first.
+    expiring: list[Expiring] = []

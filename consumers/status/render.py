@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from consumers.status.model import CRITICAL, OK, FleetStatus, HostInfo, Issue
+from shared.durations import duration
 from shared.validate import excerpt, is_valid_node_id, printable
 
 #: Issues listed under the counts (the rest are counted).
@@ -111,7 +112,21 @@ def render(status: FleetStatus, now: float | None = None) -> Group:
     issues = [issue_line(i) for i in status.issues[:ISSUES_SHOWN]]
     if len(status.issues) > ISSUES_SHOWN:
         issues.append(Text(f"… and {len(status.issues) - ISSUES_SHOWN} more (--json lists all)"))
-    return Group(summary, stages, hosts, counts, *issues)
+    expiring = _expiring(status, now)
+    return Group(summary, stages, hosts, counts, *issues, *expiring)
+
+
+def _expiring(status: FleetStatus, now: float) -> list[Text]:
+    """The passes about to expire, one line each (the first :data:`ISSUES_SHOWN`)."""
+    if not status.expiring:
+        return []
+    lines = [Text(f"passes expiring soon ({len(status.expiring)}):")]
+    for item in status.expiring[:ISSUES_SHOWN]:
+        left = duration(item.expires - now) if item.expires > now else "now"
+        lines.append(Text(f"  {printable(item.node)}  token {item.token_id}  expires in {left}"))
+    if len(status.expiring) > ISSUES_SHOWN:
+        lines.append(Text(f"… and {len(status.expiring) - ISSUES_SHOWN} more (--json lists all)"))
+    return lines
 
 
 def issue_line(issue: Issue) -> Text:

@@ -4,7 +4,8 @@ Starts a real anvil (with the contract deployed), a real ``redis-server`` with A
 on, and every process of the pipeline as a subprocess: ``wgchain listen``,
 ``wgchain registry``, ``wgchain ipam``, two ``wgchain agent --file-only`` hosts and
 (``--wg``) one agent driving a real wireguard-go interface in a network namespace.
-A seeded workload of contract operations (grants, revokes, transfers, key updates,
+A seeded workload of contract operations (grants, revokes, transfers, renewals and
+cancellations of time-limited passes, key updates,
 with conflicting node ids and keys and hostile strings) runs while a seeded killer
 SIGKILLs a random process at a random moment and restarts it after a random delay.
 
@@ -80,6 +81,7 @@ from shared.events import (
     PeersSnapshot,
     PublicKeyUpdated,
     Retracted,
+    SubscriptionUpdate,
     effective,
     from_fields,
 )
@@ -102,6 +104,8 @@ KILL_GAP: Final = (0.2, 1.8)
 RESTART_DELAY: Final = (0.0, 1.0)
 #: Seconds a process gets to exit on SIGTERM at the end.
 STOP_TIMEOUT: Final = 15.0
+#: Durations of time-limited passes and renewals (seconds): never reached during a run.
+DURATIONS: Final = (3 * 3600, 86400, 30 * 86400)
 #: Valid node ids of the workload (a small set, so grants, revokes and re-grants collide).
 NODE_NAMES: Final = tuple(f"n{i:02d}" for i in range(80))
 #: Account indexes (into ``ACCOUNTS`` and then the extra accounts): the contract owner, the
@@ -121,6 +125,7 @@ _SIGNATURES: Final = {
     "NodeAccessRevoked(uint256,string)": "NodeAccessRevoked",
     "NodeAccessTransferred(uint256,address,address)": "NodeAccessTransferred",
     "PublicKeyUpdated(address,string)": "PublicKeyUpdated",
+    "SubscriptionUpdate(uint256,uint64)": "SubscriptionUpdate",
 }
 #: topic0 (computed here, independently of the listener) -> event name.
 TOPICS: Final = {"0x" + keccak(text=sig).hex(): name for sig, name in _SIGNATURES.items()}
@@ -376,10 +381,14 @@ class Workload:
         free = [t for t in self.tokens if t not in self.protected]
         if roll < 0.3 or not free:
             self.grant()
-        elif roll < 0.54:
+        elif roll < 0.5:
             self.revoke(free)
-        elif roll < 0.74:
+        elif roll < 0.66:
             self.transfer(free)
+        elif roll < 0.74:
+            self.renew(free)
+        elif roll < 0.8:
+            self.cancel(free)
         else:
             self.set_key()
 
@@ -396,8 +405,12 @@ class Workload:
         else:
             node = self._hostile()
         key = self._key(pool=0.55, agent=0.1, empty=0.15)
-        args = (self.accounts[holder][0], node, key, "")
-        if self._send("grant", ADMIN, "mintNodeAccess(address,string,string,string)", args):
+        args: tuple[Any, ...] = (self.accounts[holder][0], node, key, "")
+        signature = "mintNodeAccess(address,string,string,string)"
+        if rng.random() < 0.25:  # a time-limited pass (ERC-5643): it outlives the run
+            args += (rng.choice(DURATIONS),)
+            signature = "mintNodeAccessWithDuration(address,string,string,string,uint64)"
+        if self._send("grant", ADMIN, signature, args):
             self._minted(holder, _text_or_bytes(node))
 
     def revoke(self, free: list[int]) -> None:
@@ -424,6 +437,19 @@ class Workload:
             self.counts["reverted"] += 1
             return
         record.holder = to
+
+    def renew(self, free: list[int]) -> None:
+        """A renewal by the contract owner (a perpetual pass refuses it; a cancelled one
+        comes back): its expiration is hours away, never reached during a run."""
+        token = self.rng.choice(free)
+        duration = self.rng.choice(DURATIONS)
+        self._send("renew", ADMIN, "renewSubscription(uint256,uint64)", (token, duration))
+
+    def cancel(self, free: list[int]) -> None:
+        """A cancellation (expiration 0: expired at once) by the holder or the owner."""
+        token = self.rng.choice(free)
+        signer = self.tokens[token].holder if self.rng.random() < 0.5 else ADMIN
+        self._send("cancel", signer, "cancelSubscription(uint256)", (token,))
 
     def set_key(self) -> None:
         owner = self.rng.choice(HOLDERS)
@@ -475,8 +501,14 @@ class Workload:
         name = signature.split("(", 1)[0]
         if name == "mintNodeAccess":
             client.mint(args[0], args[1], args[2])
+        elif name == "mintNodeAccessWithDuration":
+            client.mint(args[0], args[1], args[2], duration=args[4])
         elif name == "revokeNodeAccess":
             client.revoke(args[0])
+        elif name == "renewSubscription":
+            client.renew(args[0], args[1])
+        elif name == "cancelSubscription":
+            client.cancel(args[0])
         else:
             client.set_key(args[0])
 
@@ -523,6 +555,9 @@ def decode_log(log: dict[str, Any]) -> ChainEvent:
     if name == "NodeAccessTransferred":
         token = int.from_bytes(topics[1], "big")
         return NodeAccessTransferred(token, _word_address(topics[2]), _word_address(topics[3]))
+    if name == "SubscriptionUpdate":
+        (expiration,) = decode(["uint64"], data)
+        return SubscriptionUpdate(int.from_bytes(topics[1], "big"), expiration)
     (key,) = decode(["bytes"], data)
     return PublicKeyUpdated(_word_address(topics[1]), _text(key))
 
@@ -965,9 +1000,13 @@ class Harness:
             keepalive=cfg.keepalive,
             topology=cfg.topology,
             hubs=tuple(cfg.hub_list),
+            expiry_grace=cfg.expiry_grace,
         )
+        now = time.time()  # cancelled passes are expired; the others expire hours later
         return {
-            a.node: desired_state(table.records, a.node, a.public_key, announcements, policy)
+            a.node: desired_state(
+                table.records, a.node, a.public_key, announcements, policy, now=now
+            )
             for a in self.agents
         }
 

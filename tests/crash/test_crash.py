@@ -57,7 +57,8 @@ def test_pipeline_survives_sigkills_anywhere() -> None:
     options = Options(seed(), ops=CI_OPS, kills=CI_KILLS, wg=ok)
     report = Harness(options).run()  # raises CrashFailure, with the seed, on any difference
     assert sum(report.kills.values()) >= CI_KILLS
-    assert all(report.ops[kind] for kind in ("grant", "revoke", "transfer", "set_key"))
+    kinds = ("grant", "revoke", "transfer", "renew", "cancel", "set_key")
+    assert all(report.ops[kind] for kind in kinds)
     assert all(report.kinds[kind] for kind in ("PeerUpsert", "PeerRemove", "Conflict"))
     assert report.kinds["Anomaly"], "hostile strings are recorded as anomalies"
 

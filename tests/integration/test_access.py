@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,6 +299,33 @@ def test_at_block_answers_from_the_log(net: Net, nft: AccessNFT) -> None:
             at("node-a", KEY_A, at_block=revoked.block_number + 1000)
         # the live projection has not folded anything yet
         assert at("node-a", KEY_B).reason == "not-a-member"
+
+
+def test_at_block_judges_an_expiration_at_that_blocks_time(net: Net, nft: AccessNFT) -> None:
+    granted = nft.mint(ACCOUNTS[1][0], "node-a", KEY_A, duration=600)
+    expires = nft.expires_at(granted.token_id or 0)
+    nft.w3.provider.make_request("evm_increaseTime", [3600])  # type: ignore[arg-type]
+    later = nft.mint(ACCOUNTS[2][0], "node-b", KEY_B)  # a block an hour on, chain time
+    net.settle()
+    with AccessChecker(net.client, net.keys) as checker:
+        at = checker.check_key
+        assert at("node-a", KEY_A, at_block=granted.block_number).granted
+        old = at("node-a", KEY_A, at_block=later.block_number)
+        assert (old.granted, old.reason, old.expires) == (False, "expired", expires)
+        # Now, by this host's clock, the pass of 10 minutes has not expired yet.
+        assert at("node-a", KEY_A).granted
+
+
+def test_a_kept_answer_does_not_outlive_the_pass(net: Net, nft: AccessNFT) -> None:
+    token = nft.mint(ACCOUNTS[1][0], "node-a", KEY_A, duration=4).token_id or 0
+    net.settle()
+    deadline = nft.expires_at(token) + 0.5
+    with AccessChecker(net.client, net.keys, consistency="bounded", expiry_grace=0.5) as checker:
+        assert checker.check_key("node-a", KEY_A).granted  # kept: nothing is folded after it
+        assert time.time() < deadline, "too slow to check before the pass expires"
+        wait_for(lambda: time.time() >= deadline, timeout=10, what="the pass's deadline")
+        late = checker.check_key("node-a", KEY_A)
+        assert (late.granted, late.reason) == (False, "expired")
 
 
 def _check(net: Net, *args: str, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,10 +6,12 @@ agent), one API process with a bearer token; every route is exercised with reque
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -517,3 +519,29 @@ def test_the_dashboard_files_need_no_token_and_hold_no_data(world: World) -> Non
     assert script.headers["content-type"].startswith("text/javascript")
     assert world.get("/ui/nothing.js", token=None).status_code == 404
     assert world.get("/uix", token=None).status_code == 401, "only / and /ui/ are open"
+
+
+def test_expiring_passes_are_listed_counted_and_judged_now(world: World) -> None:
+    """Last in this module: it adds node-e (ERC-5643 pass of an hour), then cancels it."""
+    key_e = base64.b64encode(bytes([0xE]) * 32).decode()
+    token = world.nft.mint(ACCOUNTS[4][0], "node-e", key_e, duration=3600).token_id or 0
+    world.settle()
+    expires = world.nft.expires_at(token)
+    node = world.get("/v1/nodes/node-e").json()
+    assert (node["live"], node["expires"]) == (True, expires)
+    assert world.get("/v1/nodes/node-a").json()["expires"] is None
+    time.sleep(0.6)  # the status answer is shared for 0.5 s
+    status = world.get("/v1/status").json()
+    assert [(e["node"], e["expires"]) for e in status["expiring"]] == [("node-e", expires)]
+    metrics = text_string_to_metric_families(world.get("/metrics").text)
+    values = {s.name: s.value for f in metrics for s in f.samples}
+    assert values["wgchain_passes_expiring"] == 1
+
+    world.nft.cancel(token)
+    world.settle()
+    node = world.get("/v1/nodes/node-e").json()
+    assert (node["live"], node["reason"], node["expires"]) == (False, "expired", 0)
+    decision = world.get("/v1/access", node="node-e", key=key_e).json()
+    assert (decision["granted"], decision["reason"]) == (False, "expired")
+    time.sleep(0.6)  # the status answer is shared for 0.5 s
+    assert world.get("/v1/status").json()["expiring"] == []

@@ -175,10 +175,19 @@ def test_a_lost_key_conflict_names_the_winner() -> None:
 
 
 def test_a_reason_this_version_does_not_know_is_named() -> None:
-    f = facts(membership=member(live=False, reason="expired"))
+    f = facts(membership=member(live=False, reason="frozen"))
     code, message, _ = verdict(f)
+    assert code == "frozen"
+    assert "not live (frozen)" in message
+
+
+def test_an_expired_pass_is_named_with_its_renewal() -> None:
+    f = facts(membership=member(live=False, reason="expired"))
+    f.membership.expires = 1_700_000_000
+    code, message, advice = verdict(f)
     assert code == "expired"
-    assert "not live (expired)" in message
+    assert "expired (unix time 1700000000)" in message
+    assert "wgchain contract renew" in advice
 
 
 def test_duplicate_tokens_of_a_live_node_are_a_warning() -> None:

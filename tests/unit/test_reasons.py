@@ -22,6 +22,7 @@ def test_the_agent_fails_closed_with_the_vocabulary() -> None:
         desired.NO_OWN_KEY,
         desired.ADDRESS_OUTSIDE_POOL,
         desired.BAD_NODE_ID,
+        desired.EXPIRED,
     }
     assert fail_closed == set(reasons.FAIL_CLOSED_REASONS)
     assert desired.NOT_LIVE == "not-live"
