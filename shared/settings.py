@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -31,6 +31,18 @@ _CONFIRMATIONS_RE = re.compile(r"[0-9]{1,9}")
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"})
 #: A host to bind to: an IPv4 or IPv6 address, or a host name (no port).
 _BIND_RE = re.compile(r"[0-9A-Za-z.:_-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
+
+
+#: Defaults that other layers also start from (a fold or a policy built without settings in
+#: a test): each written once, here.
+DEFAULT_POOL: Final = "10.88.0.0/16"
+DEFAULT_QUARANTINE_BLOCKS: Final = 100
+DEFAULT_KEEPALIVE: Final = 25
+DEFAULT_EXPIRY_GRACE: Final = 2.0
+#: Topologies: everyone with everyone, or spokes with hubs only.
+TOPOLOGIES: Final = ("mesh", "hub")
+#: Widest IPv4 pool (ipam keeps one byte per address: a /8 is 16 MiB).
+MIN_POOL_PREFIX: Final = 8
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -56,15 +68,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds between polls of the chain head.
     poll_interval: float = 1.0
     #: IPv4 address pool of the network.
-    pool: str = "10.88.0.0/16"
+    pool: str = DEFAULT_POOL
     #: Optional IPv6 ULA /64 pool ("" for none).
     pool6: str = ""
     #: Blocks a released address stays quarantined before another node may take it.
-    quarantine_blocks: int = 100
+    quarantine_blocks: int = DEFAULT_QUARANTINE_BLOCKS
     #: Endpoint template for peers that have not announced one, e.g. "{node}.vpn.example:51820".
     endpoint_template: str = ""
     #: PersistentKeepalive of every peer (seconds, 0 for off).
-    keepalive: int = 25
+    keepalive: int = DEFAULT_KEEPALIVE
     #: Seconds between an agent's full re-reconciliations (drift repair).
     reconcile_interval: float = 30.0
     #: Who peers with whom: "mesh" (everyone) or "hub" (spokes peer only with ``hubs``).
@@ -94,7 +106,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_listen: str = "127.0.0.1"
     #: Seconds of clock skew tolerated between hosts and the chain: a pass counts as expired
     #: this long after its expiration (ERC-5643), so no host cuts a pass another still keeps.
-    expiry_grace: float = 2.0
+    expiry_grace: float = DEFAULT_EXPIRY_GRACE
     #: Seconds before its expiration that a pass is listed as expiring soon (0: never).
     expiry_warning: float = 86400.0
     #: Log level.
@@ -160,6 +172,68 @@ OTHER_VARIABLES: Final = frozenset(
         "WGCHAIN_TOOLS_DIR",  # the pinned node tools (solc) of `make contract`
     }
 )
+
+
+def keepalive_problem(keepalive: int) -> str:
+    """Why ``keepalive`` is no PersistentKeepalive ("" when it is one)."""
+    if keepalive < 0:
+        return "must not be negative (0: off)"
+    if keepalive > MAX_PORT:
+        return f"{keepalive} is over WireGuard's {MAX_PORT} seconds (0: off)"
+    return ""
+
+
+def pool_problems(pool: str, pool6: str) -> list[tuple[str, str]]:
+    """(setting, why) for each rule the address pools break (none when they are usable).
+
+    The one place these rules live: the settings check them, and so does a fold or a
+    policy built from bare values (tests, tools).
+    """
+    try:
+        net = ipaddress.IPv4Network(pool, strict=True)
+    except ValueError as exc:
+        return [("pool", f"{pool!r} is not an IPv4 network ({exc})")]
+    if not MIN_POOL_PREFIX <= net.prefixlen <= 30:
+        return [("pool", f"{pool} must be between /{MIN_POOL_PREFIX} and /30")]
+    if not pool6:
+        return []
+    try:
+        net6 = ipaddress.IPv6Network(pool6, strict=True)
+    except ValueError as exc:
+        return [("pool6", f"{pool6!r} is not an IPv6 network ({exc})")]
+    if net6.prefixlen > 64 or not net6.subnet_of(ipaddress.IPv6Network("fc00::/7")):
+        return [("pool6", "must be a private (ULA) network of /64 or larger")]
+    if net6.num_addresses < net.num_addresses:
+        return [("pool6", f"{pool6} is smaller than {pool}")]
+    return []
+
+
+def topology_problems(topology: str, hubs: Sequence[str]) -> list[tuple[str, str]]:
+    """(setting, why) for each rule the topology and its hubs break."""
+    if topology not in TOPOLOGIES:
+        return [("topology", f"{topology[:40]!r} is neither 'mesh' nor 'hub'")]
+    if topology == "hub" and not hubs:
+        return [("hubs", "topology 'hub' needs at least one hub node id")]
+    for hub in hubs:
+        if not validate.is_valid_node_id(hub):
+            return [("hubs", f"{validate.excerpt(hub)} is not a valid node id")]
+    return []
+
+
+def expiry_grace_problem(grace: float) -> str:
+    """Why ``grace`` is no clock-skew allowance ("" when it is one)."""
+    if not 0 <= grace <= MAX_EXPIRY_GRACE:  # NaN fails both comparisons
+        return f"must be between 0 and {MAX_EXPIRY_GRACE:.0f} seconds"
+    return ""
+
+
+def check(problems: Sequence[tuple[str, str]]) -> None:
+    """Raise the :class:`SettingsError` of the first problem, if any."""
+    for field, why in problems:
+        if why:
+            raise SettingsError(env_name(field), why)
+
+
 #: Highest TCP/UDP port, and so the highest PersistentKeepalive WireGuard accepts (seconds).
 MAX_PORT: Final = 65535
 #: Largest ``expiry_grace``: a skew beyond an hour is a broken clock, not one to tolerate.
@@ -258,36 +332,21 @@ def _check(s: Settings, name: Callable[[str], str] = env_name) -> None:
     for field in ("poll_interval", "reconcile_interval"):
         if getattr(s, field) <= 0:
             raise bad(field, "must be a positive number of seconds")
-    if s.keepalive > MAX_PORT:
-        raise bad("keepalive", f"{s.keepalive} is over WireGuard's {MAX_PORT} seconds (0: off)")
-    try:
-        pool = ipaddress.IPv4Network(s.pool, strict=True)
-    except ValueError as exc:
-        raise bad("pool", f"{s.pool!r} is not an IPv4 network ({exc})") from None
-    if pool.prefixlen > 30:
-        raise bad("pool", "needs at least a /30")
-    if s.pool6:
-        try:
-            pool6 = ipaddress.IPv6Network(s.pool6, strict=True)
-        except ValueError as exc:
-            raise bad("pool6", f"{s.pool6!r} is not an IPv6 network ({exc})") from None
-        if pool6.prefixlen > 64 or not pool6.subnet_of(ipaddress.IPv6Network("fc00::/7")):
-            raise bad("pool6", "must be a private (ULA) network of /64 or larger")
-    if s.topology not in {"mesh", "hub"}:
-        raise bad("topology", f"{s.topology[:40]!r} is neither 'mesh' nor 'hub'")
-    if s.topology == "hub" and not s.hub_list:
-        raise bad("hubs", "topology 'hub' needs at least one hub node id")
-    for hub in s.hub_list:
-        if not validate.is_valid_node_id(hub):
-            raise bad("hubs", f"{validate.excerpt(hub)} is not a valid node id")
+    for field, problem in (
+        ("keepalive", keepalive_problem(s.keepalive)),
+        *pool_problems(s.pool, s.pool6),
+        *topology_problems(s.topology, s.hub_list),
+    ):
+        if problem:
+            raise bad(field, problem)
     if s.lease_ttl < 1:
         raise bad("lease_ttl", "must be at least 1 second")
     if not 0 <= s.metrics_port <= MAX_PORT:
         raise bad("metrics_port", "must be a TCP port (0 for none)")
     if s.max_lag_seconds <= 0:
         raise bad("max_lag_seconds", "must be positive")
-    if not 0 <= s.expiry_grace <= MAX_EXPIRY_GRACE:  # NaN fails both comparisons
-        raise bad("expiry_grace", f"must be between 0 and {MAX_EXPIRY_GRACE:.0f} seconds")
+    if problem := expiry_grace_problem(s.expiry_grace):
+        raise bad("expiry_grace", problem)
     if not 0 <= s.expiry_warning <= MAX_EXPIRY_WARNING:
         raise bad(
             "expiry_warning", f"must be between 0 and {MAX_EXPIRY_WARNING:.0f} seconds (a year)"

@@ -403,13 +403,16 @@ class Agent:
         records = self.follower.table.records
         changes = self.follower.take()
         nodes: set[str] | None = None
+        # A node that (re)joins: its announcement first (the model forgot it when the node
+        # left), before its peer is computed, whether incrementally or in a recomputation
+        # (a fill reads each batch's announcements itself).
+        joined = {n for n, old in (changes or {}).items() if old is None and n in records}
+        if joined and (self.bootstrapped or not self._recompute):
+            self.read_announcements(joined)
         if changes is None or self._recompute:
             self._recompute = False
             self.model.reset(records, self.own_public_key)
         else:
-            joined = {node for node, old in changes.items() if old is None and node in records}
-            if joined:  # a node that (re)joins: its announcement, before its peer is computed
-                self.read_announcements(joined)
             nodes = set(self.model.update(records, changes))
         expired = self.model.expire(records)  # passes whose time has come, by our clock
         if nodes is not None:

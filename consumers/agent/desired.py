@@ -39,11 +39,11 @@ from consumers.agent.table import (
     share,
     share_strings,
 )
-from shared import reasons
-from shared.validate import excerpt, is_valid_node_id
+from shared import reasons, settings
+from shared.validate import is_valid_node_id
 
-#: Topologies a policy may name: everyone with everyone, or spokes with hubs only.
-TOPOLOGIES: Final = ("mesh", "hub")
+#: Topologies a policy may name (``shared/settings.py``).
+TOPOLOGIES: Final = settings.TOPOLOGIES
 #: Longest host announcement (JSON) that is parsed at all (bytes).
 MAX_ANNOUNCEMENT_BYTES: Final = 1024
 
@@ -58,7 +58,7 @@ BAD_NODE_ID: Final = reasons.INVALID_OWN_NODE_ID
 #: The host's own pass has expired (and, as a skip reason, a member's pass has).
 EXPIRED: Final = reasons.EXPIRED
 #: Default seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
-DEFAULT_EXPIRY_GRACE: Final = 2.0
+DEFAULT_EXPIRY_GRACE: Final = settings.DEFAULT_EXPIRY_GRACE
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
@@ -106,37 +106,45 @@ def announced_endpoint(raw: bytes | str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The network-wide rules that shape every host's peers."""
+    """The network-wide rules that shape every host's peers (built :meth:`from_settings`;
+    the rules of each value are the settings layer's, ``shared/settings.py``)."""
 
-    pool: str = "10.88.0.0/16"
+    pool: str = settings.DEFAULT_POOL
     pool6: str = ""
     #: Endpoint of a host that announced none; ``{node}`` is replaced by its node id.
     endpoint_template: str = ""
     #: PersistentKeepalive (seconds, 0 for off).
-    keepalive: int = 25
+    keepalive: int = settings.DEFAULT_KEEPALIVE
     topology: str = "mesh"
     #: Hub node ids for ``topology = "hub"``, in order of preference: a spoke routes the
     #: whole pool through the first of them that is a live member.
     hubs: tuple[str, ...] = ()
     #: Seconds past a pass's expiration before it counts as expired (clock skew between
     #: the chain and the hosts; ``WGCHAIN_EXPIRY_GRACE``).
-    expiry_grace: float = DEFAULT_EXPIRY_GRACE
+    expiry_grace: float = settings.DEFAULT_EXPIRY_GRACE
 
     def __post_init__(self) -> None:
-        if not 0 <= self.expiry_grace < 1e9:
-            raise ValueError("expiry grace must be 0 or more seconds")
-        if self.topology not in TOPOLOGIES:
-            raise ValueError(f"unknown topology {self.topology!r} (one of {TOPOLOGIES})")
-        if self.topology == "hub" and not self.hubs:
-            raise ValueError("topology 'hub' needs at least one hub node id")
-        bad = [h for h in self.hubs if not is_valid_node_id(h)]
-        if bad:
-            raise ValueError(f"invalid hub node id {excerpt(bad[0])}")
-        if self.keepalive < 0 or self.keepalive > 65535:
-            raise ValueError("keepalive must be 0..65535 seconds")
-        ipaddress.IPv4Network(self.pool)
-        if self.pool6:
-            ipaddress.IPv6Network(self.pool6)
+        settings.check(
+            [
+                *settings.pool_problems(self.pool, self.pool6),
+                *settings.topology_problems(self.topology, self.hubs),
+                ("keepalive", settings.keepalive_problem(self.keepalive)),
+                ("expiry_grace", settings.expiry_grace_problem(self.expiry_grace)),
+            ]
+        )
+
+    @classmethod
+    def from_settings(cls, cfg: settings.Settings) -> Policy:
+        """The policy ``cfg`` sets (already checked by the settings layer)."""
+        return cls(
+            pool=cfg.pool,
+            pool6=cfg.pool6,
+            endpoint_template=cfg.endpoint_template,
+            keepalive=cfg.keepalive,
+            topology=cfg.topology,
+            hubs=tuple(cfg.hub_list),
+            expiry_grace=cfg.expiry_grace,
+        )
 
     def template_endpoint(self, node_id: str) -> str | None:
         """The templated endpoint of ``node_id`` (validated), or None."""

@@ -263,12 +263,12 @@ class HostFiles:
             (self.config_due, "config", self._config_job),
             (self.state_due, "state", self._state_job),
         ):
+            if force:  # a write still queued or running finishes first, even if none is due
+                self._writer.wait((self, key))
             wait = due.due_in(now)
             if wait is None or (wait > 0 and not force):
                 continue
-            if force:
-                self._writer.wait((self, key))
-            elif self._writer.busy((self, key)):
+            if not force and self._writer.busy((self, key)):
                 continue
             due.done(now)
             job = start(snapshot())

@@ -6,6 +6,13 @@ voids, which is exactly folding ``effective(log)``. A row is shown for every ent
 that names the subject or changes what the subject looks like (its view); a voided
 entry that names the subject is shown marked ``retracted`` (not applied), and so is
 the retraction that voided it.
+
+Time-limited passes (docs/design.md §5): a ``SubscriptionUpdate`` row says what it
+changed (``subscribed``, ``renewed``, ``shortened``, ``unchanged`` or ``cancelled``),
+the views show the expiration of the subject's tokens, and an ``Expired`` row marks a
+pass whose expiration a later entry's block timestamp has passed (an expiry is no log
+entry: the log's own clock, the block timestamps, dates it; a pass that expires after
+the last entry shows only its ``expires``). Pure: no clock is read.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from shared.events import (
     LogEntry,
     NodeAccessGranted,
     Retracted,
+    SubscriptionUpdate,
 )
 from shared.validate import excerpt, is_valid_address
 
@@ -60,9 +68,39 @@ class Subject(Protocol):
     def view(self, state: RegistryState) -> dict[str, Any]:
         """The subject's resulting state (a row is shown when it changes)."""
 
+    def subscribed(self) -> set[int]:
+        """The tokens whose expirations concern the subject (``Expired`` rows)."""
+
 
 def _token(event: ChainEvent) -> int | None:
     return getattr(event, "token_id", None)
+
+
+def expiry_text(expiration: int) -> str:
+    """An ERC-5643 expiration in a view: its UTC time, or ``cancelled`` for 0."""
+    return "cancelled" if expiration == 0 else utc(expiration)
+
+
+def change_of(previous: int | None, expiration: int) -> str:
+    """What a ``SubscriptionUpdate`` did to a token's expiration (``previous``: None if none)."""
+    if expiration == 0:
+        return "cancelled"
+    if previous is None:
+        return "subscribed"
+    if previous == 0 or expiration > previous:
+        return "renewed"
+    return "shortened" if expiration < previous else "unchanged"
+
+
+class Expirations:
+    """The latest ``SubscriptionUpdate`` of every token, in chain order (pure)."""
+
+    def __init__(self) -> None:
+        self.of: dict[int, int] = {}
+
+    def observe(self, event: ChainEvent) -> None:
+        if isinstance(event, SubscriptionUpdate):
+            self.of[event.token_id] = event.expiration
 
 
 class NodeSubject:
@@ -73,6 +111,7 @@ class NodeSubject:
         self.tokens: set[int] = set()
         #: Tokens whose grant named the node, applied or not (a retracted grant's token).
         self.named: set[int] = set()
+        self.expirations = Expirations()
 
     def names(self, event: ChainEvent) -> bool:
         token = _token(event)
@@ -82,10 +121,14 @@ class NodeSubject:
         return named or token in self.tokens or token in self.named
 
     def observe(self, state: RegistryState, event: ChainEvent) -> None:
+        self.expirations.observe(event)
         token = _token(event)
         record = state.tokens.get(token) if token is not None else None
         if token is not None and record is not None and record.node_id == self.node:
             self.tokens.add(token)
+
+    def subscribed(self) -> set[int]:
+        return self.tokens
 
     def view(self, state: RegistryState) -> dict[str, Any]:
         status = state.status.get(self.node)
@@ -94,7 +137,7 @@ class NodeSubject:
         }
         if status is None:
             return {"live": False, "reason": "no active token", "tokens": tokens}
-        return {
+        view = {
             "live": status.live,
             "reason": status.reason,
             "token": status.token_id,
@@ -102,6 +145,10 @@ class NodeSubject:
             "key": status.public_key,
             "tokens": tokens,
         }
+        expiration = self.expirations.of.get(status.token_id)
+        if expiration is not None:  # a token never named by a SubscriptionUpdate never expires
+            view["expires"] = expiry_text(expiration)
+        return view
 
 
 class KeySubject:
@@ -123,6 +170,9 @@ class KeySubject:
             else:
                 self.owners.discard(owner)
 
+    def subscribed(self) -> set[int]:
+        return set()
+
     def view(self, state: RegistryState) -> dict[str, Any]:
         winner = state.winners.get(self.key)
         nodes = {
@@ -138,12 +188,14 @@ class OwnerSubject:
     def __init__(self, owner: str) -> None:
         self.owner = owner.lower()
         self.tokens: set[int] = set()
+        self.expirations = Expirations()
 
     def names(self, event: ChainEvent) -> bool:
         addresses = (getattr(event, name, "") for name in ("owner", "from_address", "to_address"))
         return any(a.lower() == self.owner for a in addresses if isinstance(a, str))
 
     def observe(self, state: RegistryState, event: ChainEvent) -> None:
+        self.expirations.observe(event)
         token = _token(event)
         record = state.tokens.get(token) if token is not None else None
         if token is None or record is None:
@@ -161,7 +213,13 @@ class OwnerSubject:
             live = status is not None and status.live and status.token_id == t
             shown = "live" if live else ("active" if record.active else "revoked")
             tokens[str(t)] = {"node": record.node_id, "status": shown}
+            expiration = self.expirations.of.get(t)
+            if expiration is not None:
+                tokens[str(t)]["expires"] = expiry_text(expiration)
         return {"key": state.keys.get(self.owner, ""), "tokens": tokens}
+
+    def subscribed(self) -> set[int]:
+        return self.tokens
 
 
 def subject(node: str | None, key: str | None, owner: str | None) -> Subject:
@@ -185,7 +243,13 @@ def _fields(event: ChainEvent) -> dict[str, Any]:
     return fields
 
 
-def _row(entry_id: str, entry: LogEntry, state: dict[str, Any], retracted: bool) -> Row:
+def _row(
+    entry_id: str,
+    entry: LogEntry,
+    state: dict[str, Any],
+    retracted: bool,
+    extra: dict[str, Any] | None = None,
+) -> Row:
     return Row(
         entry_id=entry_id,
         block=entry.block_number,
@@ -193,10 +257,31 @@ def _row(entry_id: str, entry: LogEntry, state: dict[str, Any], retracted: bool)
         tx=entry.tx_hash,
         log_index=entry.log_index,
         event=type(entry.event).__name__,
-        fields=_fields(entry.event),
+        fields={**_fields(entry.event), **(extra or {})},
         state=state,
         retracted=retracted,
     )
+
+
+def _expired_rows(
+    entry_id: str,
+    timestamp: int,
+    who: Subject,
+    *,
+    seen: Expirations,
+    due: dict[int, int],
+    view: Any,
+) -> list[Row]:
+    """``Expired`` rows of the subject's passes whose expiration ``timestamp`` reached."""
+    rows = []
+    for token in sorted(who.subscribed()):
+        expiration = seen.of.get(token, 0)
+        if 0 < expiration <= timestamp and due.get(token) != expiration:
+            due[token] = expiration
+            fields = {"token_id": token, "expiration": expiration}
+            row_id = f"{entry_id}/expired/{token}"  # unique: at most one per token per entry
+            rows.append(Row(row_id, -1, utc(expiration), "", -1, "Expired", fields, view))
+    return rows
 
 
 def timeline(events: Iterable[Decoded], who: Subject) -> list[Row]:
@@ -207,6 +292,8 @@ def timeline(events: Iterable[Decoded], who: Subject) -> list[Row]:
     shown: set[str] = set()
     rows: list[Row] = []
     view = who.view(state)
+    seen = Expirations()  # every token's, for what each SubscriptionUpdate changed
+    due: dict[int, int] = {}  # token -> the expiration an Expired row was shown for
     for entry_id, entry in events:
         if isinstance(entry, Undecodable):
             rows.append(
@@ -227,12 +314,19 @@ def timeline(events: Iterable[Decoded], who: Subject) -> list[Row]:
                 rows.append(_row(entry_id, entry, view, retracted=True))
                 shown.add(entry_id)
             continue
+        rows += _expired_rows(entry_id, entry.block_timestamp, who, seen=seen, due=due, view=view)
         named = who.names(entry.event)
+        extra: dict[str, Any] = {}
+        event = entry.event
+        if isinstance(event, SubscriptionUpdate):
+            extra["change"] = change_of(seen.of.get(event.token_id), event.expiration)
+            extra["expires"] = expiry_text(event.expiration)
+            seen.observe(event)
         state, _ = FOLD.apply(state, entry_id, entry)
         who.observe(state, entry.event)
         after = who.view(state)
         if named or after != view:
-            rows.append(_row(entry_id, entry, after, retracted=False))
+            rows.append(_row(entry_id, entry, after, retracted=False, extra=extra))
         view = after
     return rows
 
@@ -256,6 +350,7 @@ def render(row: Row) -> str:
 
 
 __all__ = [
+    "Expirations",
     "KeySubject",
     "NodeSubject",
     "OwnerSubject",

@@ -18,7 +18,9 @@ Three checks, each naming the first bad entry it finds:
 3. **Contract views**: the live registry state, once the registry stage has folded
    the whole log, must match ``getNodeAccess``, ``ownerOf`` and
    ``getPublicKeyByOwner`` called at the cursor's block, for every token and owner
-   it knows.
+   it knows; and ``expiresAt`` (ERC-5643, docs/design.md §5) against the expiration
+   the registry holds, for every token that has one (tokens never named by a
+   ``SubscriptionUpdate`` never expire, and a contract without ERC-5643 is never asked).
 """
 
 from __future__ import annotations
@@ -221,6 +223,12 @@ def check_logs(
 _GET_NODE_ACCESS: Final = keccak(text="getNodeAccess(uint256)")[:4]
 _OWNER_OF: Final = keccak(text="ownerOf(uint256)")[:4]
 _KEY_OF: Final = keccak(text="getPublicKeyByOwner(address)")[:4]
+_EXPIRES_AT: Final = keccak(text="expiresAt(uint256)")[:4]
+
+
+def expirations(state: RegistryState) -> dict[int, int]:
+    """token -> the expiration the registry holds (tokens a ``SubscriptionUpdate`` named)."""
+    return {t: r.expires for t, r in state.tokens.items() if r.expires is not None}
 
 
 def _calldata(selector: bytes, types: list[str], args: list[Any]) -> str:
@@ -261,22 +269,32 @@ def _text(raw: bytes) -> str:
 
 
 def check_views(
-    rpc: RpcClient, contract: str, block: int, state: RegistryState
+    rpc: RpcClient,
+    contract: str,
+    block: int,
+    state: RegistryState,
+    expires: dict[int, int] | None = None,
 ) -> tuple[list[Problem], int, int]:
     """Problems between the registry state and the contract's views at ``block``.
 
-    Returns the problems and the numbers of tokens and owners checked.
+    ``expires`` (token -> expiration) are the expirations the registry holds: each is
+    compared with ``expiresAt`` at ``block``. Returns the problems and the numbers of
+    tokens and owners checked.
     """
     tokens = sorted(state.tokens.items())
     owners = sorted({r.owner for _, r in tokens if r.owner} | set(state.keys))
+    limited = sorted((expires or {}).items())
     calls = [_calldata(_GET_NODE_ACCESS, ["uint256"], [t]) for t, _ in tokens]
     calls += [_calldata(_OWNER_OF, ["uint256"], [t]) for t, _ in tokens]
     calls += [_calldata(_KEY_OF, ["address"], [o]) for o in owners]
+    calls += [_calldata(_EXPIRES_AT, ["uint256"], [t]) for t, _ in limited]
     results = eth_calls(rpc, contract, block, calls)
-    access, holders, keys = (
-        results[: len(tokens)],
-        results[len(tokens) : 2 * len(tokens)],
-        results[2 * len(tokens) :],
+    n_tokens, n_owners = len(tokens), len(owners)
+    access, holders, keys, expiring = (
+        results[:n_tokens],
+        results[n_tokens : 2 * n_tokens],
+        results[2 * n_tokens : 2 * n_tokens + n_owners],
+        results[2 * n_tokens + n_owners :],
     )
     problems: list[Problem] = []
 
@@ -314,6 +332,18 @@ def check_views(
                 f"key of {excerpt(owner)}: {excerpt(want)} in the registry, "
                 f"the contract says {excerpt(_text(key))}"
             )
+    for (token, want_expiry), got in zip(limited, expiring, strict=True):
+        name = f"registry token {token}"
+        if isinstance(got, ChainError):
+            bad(f"{name}: expires {want_expiry}, the contract has no expiresAt for it ({got})")
+            continue
+        try:
+            (expiry,) = abi_decode(["uint64"], got)
+        except Exception:  # an answer that is not a uint64 word: hostile or not ERC-5643
+            bad(f"{name}: expiresAt answered {excerpt(got.hex())}, not a uint64")
+            continue
+        if int(expiry) != want_expiry:
+            bad(f"{name}: expires {want_expiry} in the registry, the contract says {int(expiry)}")
     return problems, len(tokens), len(owners)
 
 
@@ -434,8 +464,10 @@ class Verify:
             )
             return Check("contract views", f"at block {block}", [problem])
         state = RegistryFold().load(snap.registry_state)
-        problems, tokens, owners = check_views(self.rpc, self.keys.contract, block, state)
-        return Check("contract views", f"block {block}: {tokens} tokens, {owners} owners", problems)
+        expires = expirations(state)
+        problems, tokens, owners = check_views(self.rpc, self.keys.contract, block, state, expires)
+        summary = f"block {block}: {tokens} tokens, {owners} owners, {len(expires)} expirations"
+        return Check("contract views", summary, problems)
 
 
 __all__ = [
@@ -446,5 +478,6 @@ __all__ = [
     "check_logs",
     "check_views",
     "eth_calls",
+    "expirations",
     "live",
 ]

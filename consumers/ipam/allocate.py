@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 
 from consumers.status.model import PENDING, Issue
+from shared import settings
 from shared.errors import DecodeError, SettingsError
 from shared.events import (
     AllocationPending,
@@ -47,11 +48,9 @@ if TYPE_CHECKING:
     from shared.settings import Settings
 
 #: Default IPv4 pool.
-DEFAULT_POOL: Final = "10.88.0.0/16"
+DEFAULT_POOL: Final = settings.DEFAULT_POOL
 #: Default quarantine of a released address (blocks).
-DEFAULT_QUARANTINE_BLOCKS: Final = 100
-#: Smallest prefix length of an IPv4 pool (a /8 is 16 MiB of bitmap).
-MIN_PREFIX: Final = 8
+DEFAULT_QUARANTINE_BLOCKS: Final = settings.DEFAULT_QUARANTINE_BLOCKS
 #: Field of the clock, pending counter and pool in the state hash.
 META_FIELD: Final = "meta"
 #: Field-name prefixes in the state hash: node address, quarantined offset, pending node.
@@ -145,16 +144,9 @@ class IpamFold:
         pool6: Network6 | str | None = None,
         quarantine_blocks: int = DEFAULT_QUARANTINE_BLOCKS,
     ) -> None:
+        settings.check(settings.pool_problems(str(pool), str(pool6 or "")))
         self.pool = ipaddress.IPv4Network(pool)
         self.pool6 = ipaddress.IPv6Network(pool6) if pool6 else None
-        if self.pool.prefixlen < MIN_PREFIX or self.pool.num_addresses < 4:
-            raise SettingsError(
-                "WGCHAIN_POOL", f"{self.pool} must be between /{MIN_PREFIX} and /30"
-            )
-        if self.pool6 is not None and self.pool6.num_addresses < self.pool.num_addresses:
-            raise SettingsError("WGCHAIN_POOL6", f"{self.pool6} is smaller than {self.pool}")
-        if quarantine_blocks < 0:
-            raise SettingsError("WGCHAIN_QUARANTINE_BLOCKS", "must not be negative")
         self.quarantine_blocks = quarantine_blocks
         self.size = self.pool.num_addresses
         #: Usable offsets are 1 .. size - 2.

@@ -22,7 +22,7 @@ import click
 from shared.cmdline import with_settings
 from shared.contract.client import MAX_DURATION, PERPETUAL, AccessNFT, TxResult
 from shared.durations import parse_duration
-from shared.errors import SettingsError
+from shared.errors import ChainError, SettingsError
 from shared.settings import Settings
 from shared.validate import excerpt, node_id_problem, wg_key_problem
 
@@ -91,6 +91,15 @@ def _nft(cfg: Settings, private_key: str | None) -> AccessNFT:
     if not cfg.contract:
         raise SettingsError("WGCHAIN_CONTRACT", "required (the contract address)")
     return AccessNFT(cfg.rpc_urls[0], cfg.contract, _signer_key(private_key))
+
+
+def _require_expiry(nft: AccessNFT) -> None:
+    """Stop (exit 1, nothing sent) when the contract has no time-limited passes."""
+    if not nft.supports_expiry():
+        raise ChainError(
+            f"the contract at {nft.address} does not implement ERC-5643 "
+            "(supportsInterface(0x8c65f84d) is not true): its passes never expire; nothing was sent"
+        )
 
 
 def _refuse(problem: str | None, option: str, force: bool) -> None:
@@ -173,6 +182,8 @@ def mint(
     _refuse(node_id_problem(node_id), "--node", force)
     _refuse(wg_key_problem(public_key) if public_key else None, "--key", force)
     nft = _nft(cfg, private_key)
+    if duration:
+        _require_expiry(nft)
     result = nft.mint(to, node_id, public_key, token_uri, duration or 0)
     owner = str(result.args.get("owner", to))
     expiration = int(result.args.get("expiration", PERPETUAL))
@@ -283,6 +294,7 @@ def renew(
     cancelled or expired pass comes back). A perpetual pass is not renewable.
     """
     nft = _nft(cfg, private_key)
+    _require_expiry(nft)
     result = nft.renew(token_id, duration)
     expiration = int(result.args.get("expiration", nft.expires_at(token_id)))
     _report(
@@ -305,6 +317,7 @@ def cancel(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
     The token stays owned and active; a renewal by the contract owner brings the pass back.
     """
     nft = _nft(cfg, private_key)
+    _require_expiry(nft)
     result = nft.cancel(token_id)
     _report(
         as_json,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from web3 import Web3
 from web3.exceptions import ContractLogicError
 
 from shared.chain.decode import SUBSCRIPTION, TOPICS, decode_log
@@ -363,3 +364,29 @@ def test_cli_reverts_are_one_line(
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [line]
     assert signer[2:] not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["renew", "1", "--duration", "1d"],
+        ["cancel", "1"],
+        ["mint", "--to", ALICE, "--node", "node-a", "--duration", "1d"],
+    ],
+)
+def test_cli_on_a_contract_without_erc5643_says_so_and_sends_nothing(
+    nft: AccessNFT, anvil: Anvil, args: list[str]
+) -> None:
+    legacy = "0x" + "5a" * 20
+    anvil.rpc("anvil_setCode", [legacy, "0x60006000fd"])  # reverts every call
+    assert AccessNFT(anvil.url, legacy).supports_expiry() is False
+    head = anvil.block_number()
+    env = {**cli_env(anvil, nft), "WGCHAIN_CONTRACT": legacy}
+    result = run_cli(env, *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"wgchain: the contract at {Web3.to_checksum_address(legacy)} does not implement "
+        "ERC-5643 (supportsInterface(0x8c65f84d) is not true): its passes never expire; "
+        "nothing was sent"
+    ]
+    assert anvil.block_number() == head

@@ -19,6 +19,8 @@ from consumers.agent.desired import (
     parse_endpoint,
 )
 from consumers.agent.render import RemovePeer, SetPeer, diff_peers, normalise_ips, wanted_peers
+from shared import settings
+from shared.errors import SettingsError
 from shared.events import AllocationPending, PeerRemove, PeerUpsert
 
 
@@ -238,16 +240,29 @@ def test_switching_topology_updates_peers_in_place() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "setting"),
     [
-        {"topology": "star"},
-        {"topology": "hub"},
-        {"topology": "hub", "hubs": ("a", "../etc")},
+        ({"topology": "star"}, "WGCHAIN_TOPOLOGY"),
+        ({"topology": "hub"}, "WGCHAIN_HUBS"),
+        ({"topology": "hub", "hubs": ("a", "../etc")}, "WGCHAIN_HUBS"),
+        ({"pool": "0.0.0.0/4"}, "WGCHAIN_POOL"),
+        ({"keepalive": 70000}, "WGCHAIN_KEEPALIVE"),
     ],
 )
-def test_bad_topology_rejected(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+def test_bad_policy_rejected_by_the_settings_rules(kwargs: dict[str, object], setting: str) -> None:
+    """A policy built from bare values breaks the same rules, with the same error, as the
+    settings it is normally built from."""
+    with pytest.raises(SettingsError, match=setting):
         Policy(**kwargs)  # type: ignore[arg-type]
+    env = {k: ",".join(v) if isinstance(v, tuple) else str(v) for k, v in kwargs.items()}
+    with pytest.raises(SettingsError, match=setting):
+        settings.load(environ={settings.env_name(k): v for k, v in env.items()})
+
+
+def test_policy_from_settings() -> None:
+    env = {"WGCHAIN_TOPOLOGY": "hub", "WGCHAIN_HUBS": "h1,h2", "WGCHAIN_KEEPALIVE": "5"}
+    cfg = settings.load(environ=env)
+    assert Policy.from_settings(cfg) == Policy(topology="hub", hubs=("h1", "h2"), keepalive=5)
 
 
 def test_desired_is_plain_data() -> None:

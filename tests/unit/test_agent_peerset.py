@@ -109,12 +109,14 @@ def test_incremental_equals_full_recomputation(
                 announced.pop(node, None)
             else:
                 announced[node] = raw(endpoint)
+        # The agent reads a (re)joining node's announcement first (it forgot it), before
+        # an incremental update as before a recomputation.
+        joined = {n for n, old in kept.changes.items() if old is None and n in kept.records}
+        apply(seen, model.announce({n: endpoint_in(announced.get(n)) for n in joined}))
         if new_key is not None and new_key != own_key:
             own_key = new_key
             delta = model.reset(kept.records, own_key)
-        else:  # the agent reads a (re)joining node's announcement first (it forgot it)
-            joined = {n for n, old in kept.changes.items() if old is None and n in kept.records}
-            apply(seen, model.announce({n: endpoint_in(announced.get(n)) for n in joined}))
+        else:
             delta = model.update(kept.records, kept.changes)
         apply(seen, delta)
         apply(seen, model.announce({n: endpoint_in(announced.get(n)) for n, _ in announcements}))
