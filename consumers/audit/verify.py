@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 import redis
 from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
@@ -39,6 +38,15 @@ from eth_utils.crypto import keccak
 from consumers.audit.entries import Decoded, Undecodable, decode, void_ids
 from consumers.audit.streams import read_stream
 from consumers.registry.fold import RegistryFold, RegistryState
+from shared.chain.compare import (
+    DUPLICATE,
+    EXTRA,
+    MISMATCH,
+    MISSING,
+    UNDECODABLE,
+    LogDiff,
+    compare_logs,
+)
 from shared.chain.plan import Span, Staged, split
 from shared.chain.rpc import BATCH_LIMIT, RpcClient
 from shared.errors import ChainError
@@ -153,69 +161,42 @@ def check_digests(
 # --- 2. the chain logs ---------------------------------------------------------------
 
 
-def _leaves(a: Any, b: Any, path: str) -> list[str]:
-    """Dotted paths where two JSON-like values differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            out += _leaves(a.get(key), b.get(key), f"{path}.{key}" if path else key)
-        return out
-    return [] if a == b else [path]
-
-
 def check_logs(
     events: Sequence[Decoded], fetched: Iterable[Staged], lo: int, hi: int
 ) -> list[Problem]:
     """Problems between the effective log entries of blocks ``lo``..``hi`` and the chain's logs."""
     void = void_ids(events)
-    expected: dict[tuple[int, int], tuple[str, LogEntry]] = {}
-    problems: list[Problem] = []
-    for entry_id, entry in events:
-        if not isinstance(entry, LogEntry) or entry_id in void:
-            continue
-        if not lo <= entry.block_number <= hi:
-            continue
-        other = expected.get(entry.position)
-        if other is not None:
-            problems.append(Problem(entry_id, *entry.position, f"duplicate of entry {other[0]}"))
-            continue
-        expected[entry.position] = (entry_id, entry)
-    dead: set[str] = set()
+    ours = [
+        (entry_id, entry)
+        for entry_id, entry in events
+        if isinstance(entry, LogEntry) and entry_id not in void and lo <= entry.block_number <= hi
+    ]
+    logs: list[LogEntry] = []
+    undecodable: set[str] = set()
     for staged in fetched:
-        dead.update(d.ident for d in staged.dead)
-        for log in staged.entries:
-            found = expected.pop(log.position, None)
-            if found is None:
-                problems.append(
-                    Problem(
-                        "",
-                        *log.position,
-                        f"log of tx {log.tx_hash} is on chain but not in the events stream",
-                    )
-                )
-                continue
-            entry_id, entry = found
-            ours = msgspec.to_builtins(
-                msgspec.structs.replace(entry, prev=GENESIS_DIGEST, digest="")
-            )
-            theirs = msgspec.to_builtins(log)
-            differs = _leaves(ours, theirs, "")
-            if differs:
-                problems.append(
-                    Problem(
-                        entry_id,
-                        *entry.position,
-                        "differs from the chain's log: " + ", ".join(differs),
-                    )
-                )
-    for entry_id, entry in expected.values():
-        if f"{entry.block_number}:{entry.log_index}" in dead:
-            continue
-        problems.append(
-            Problem(entry_id, *entry.position, f"no such log on chain (tx {entry.tx_hash})")
+        logs += staged.entries
+        undecodable.update(d.ident for d in staged.dead)
+    diffs = compare_logs(ours, logs, undecodable)
+    # an edit the content does not show is a digest problem: part 1 names it
+    return [_problem(d) for d in diffs if d.kind != MISMATCH or d.fields]
+
+
+def _problem(diff: LogDiff) -> Problem:
+    """A difference in the audit's words (its digests are checked in part 1)."""
+    where = (diff.entry_id, diff.block, diff.log_index)
+    if diff.kind == MISSING and diff.log is not None:
+        tx = diff.log.tx_hash
+        return Problem("", *where[1:], f"log of tx {tx} is on chain but not in the events stream")
+    assert diff.entry is not None
+    if diff.kind == DUPLICATE:
+        return Problem(*where, f"duplicate of entry {diff.first_id}")
+    if diff.kind == UNDECODABLE:
+        return Problem(
+            *where, "its log on chain does not decode (the listener sets such logs aside)"
         )
-    problems.sort(key=lambda p: (p.block, p.log_index))
-    return problems
+    if diff.kind == EXTRA:
+        return Problem(*where, f"no such log on chain (tx {diff.entry.tx_hash})")
+    return Problem(*where, "differs from the chain's log: " + ", ".join(diff.fields))
 
 
 # --- 3. the contract's views ---------------------------------------------------------

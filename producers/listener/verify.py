@@ -33,12 +33,14 @@ import redis
 
 from shared import streams
 from shared.chain.answers import split_urls
-from shared.chain.decode import TOPIC0S, decode_log, log_ref
+from shared.chain.compare import DUPLICATE, EXTRA, MISSING, UNDECODABLE, LogDiff, compare_logs
 from shared.chain.oneshot import DEFAULT_TIMEOUT, bounded_rpc, within
-from shared.chain.ranges import INITIAL_RANGE, RangeSizer
+from shared.chain.plan import Span, StagedDead
+from shared.chain.ranges import INITIAL_RANGE
+from shared.chain.read import read_range
 from shared.chain.rpc import RpcClient
 from shared.cmdline import with_chain_id
-from shared.errors import ChainError, DecodeError, SettingsError
+from shared.errors import DecodeError, SettingsError
 from shared.events import AnyEntry, LogEntry, effective
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
@@ -118,36 +120,6 @@ def _dead_letters(client: redis.Redis, key: str) -> set[str]:
     return {as_str(fields.get(b"id", b"")) for _, fields in raw}
 
 
-def _differences(entry: LogEntry, log: LogEntry) -> list[str]:
-    """The fields in which ``entry`` (the stream's) differs from ``log`` (the chain's)."""
-    out = [
-        f"{name} {_shown(str(ours))} in the stream, {_shown(str(theirs))} on chain"
-        for name, ours, theirs in (
-            ("block hash", entry.block_hash, log.block_hash),
-            ("tx", entry.tx_hash, log.tx_hash),
-            ("contract", entry.contract.lower(), log.contract),
-            ("chain", entry.chain_id, log.chain_id),
-        )
-        if ours != theirs
-    ]
-    if type(entry.event) is not type(log.event):
-        out.append(
-            f"event {type(entry.event).__name__} in the stream, {type(log.event).__name__} on chain"
-        )
-    else:
-        ours_ev = msgspec.structs.asdict(entry.event)
-        theirs_ev = msgspec.structs.asdict(log.event)
-        out += [
-            f"{name} {_shown(str(ours_ev[name]))} in the stream, "
-            f"{_shown(str(theirs_ev[name]))} on chain"
-            for name in ours_ev
-            if ours_ev[name] != theirs_ev[name]
-        ]
-    if not entry.digest_ok():
-        out.append("its digest does not cover its content (edited)")
-    return out
-
-
 def verify_range(
     rpc: RpcClient,
     client: redis.Redis,
@@ -159,52 +131,59 @@ def verify_range(
 ) -> Report:
     """Compare the effective stream entries of blocks ``first..last`` with the chain's logs."""
     entries, findings = _stream(client, keys.events)
-    ours: dict[tuple[int, int], LogEntry] = {}
-    in_stream = 0
-    for _, entry in effective(entries):
-        if not isinstance(entry, LogEntry) or not first <= entry.block_number <= last:
-            continue
-        in_stream += 1
-        if entry.position in ours:
-            findings.append(_finding("extra", entry, "a second entry for this log"))
-        else:
-            ours[entry.position] = entry
+    ours = [
+        (entry_id, entry)
+        for entry_id, entry in effective(entries)
+        if isinstance(entry, LogEntry) and first <= entry.block_number <= last
+    ]
     dead = _dead_letters(client, keys.dead("listener"))
-    sizer = RangeSizer(max_block_range, initial=min(INITIAL_RANGE, max_block_range))
-    raws = rpc.get_logs(keys.contract, TOPIC0S, first, last, sizer)
-    on_chain = 0
-    for raw in raws:
-        try:
-            ref = log_ref(raw)
-        except DecodeError as exc:
-            raise ChainError(f"eth_getLogs returned a malformed log: {exc}") from None
-        if ref.removed or ref.address != keys.contract:
-            raise ChainError(f"eth_getLogs returned a log of {excerpt(ref.address)}")
-        on_chain += 1
-        position = (ref.block_number, ref.log_index)
-        mine = ours.pop(position, None)
-        try:
-            log = decode_log(raw, keys.chain_id, 0)
-        except DecodeError as exc:
-            if mine is None and f"{ref.block_number}:{ref.log_index}" in dead:
-                continue  # the listener set it aside, as it must
-            what = f"does not decode ({exc})"
-            if mine is None:
-                findings.append(Finding("missing", *position, ref.tx_hash, what))
-            else:
-                findings.append(_finding("mismatch", mine, f"its log on chain {what}"))
-            continue
-        if mine is None:
-            findings.append(_finding("missing", log, _describe(log)))
-        elif problems := _differences(mine, log):
-            findings.append(_finding("mismatch", mine, "; ".join(problems)))
-    for mine in ours.values():
-        findings.append(_finding("extra", mine, f"no such log on chain ({_describe(mine)})"))
+    staged = read_range(rpc, keys.contract, keys.chain_id, Span(first, last), max_block_range)
+    undecodable = {d.ident: d for d in staged.dead}
+    diffs = compare_logs(ours, staged.entries, undecodable)
+    findings += [_finding_of(diff, undecodable) for diff in diffs]
+    answered = {f"{d.block}:{d.log_index}" for d in diffs if d.kind == UNDECODABLE}
+    for ident, letter in undecodable.items():  # no entry: right if the listener set it aside
+        if ident not in dead and ident not in answered:
+            block, _, index = ident.partition(":")
+            what = f"does not decode ({excerpt(letter.reason)})"
+            findings.append(Finding("missing", int(block), int(index), "", what))
     findings.sort(key=lambda f: (f.block, f.log_index, f.kind))
     cursor = client.hget(keys.cursor, "block")
+    on_chain = len(staged.entries) + len(staged.dead)
     return Report(
-        first, last, on_chain, in_stream, findings, int(cursor) if cursor is not None else None
+        first, last, on_chain, len(ours), findings, int(cursor) if cursor is not None else None
     )
+
+
+def _finding_of(diff: LogDiff, undecodable: dict[str, StagedDead]) -> Finding:
+    """A difference in this command's words."""
+    entry = diff.entry
+    if diff.kind == MISSING and diff.log is not None:
+        return _finding("missing", diff.log, _describe(diff.log))
+    assert entry is not None
+    if diff.kind == DUPLICATE:
+        return _finding("extra", entry, "a second entry for this log")
+    if diff.kind == EXTRA:
+        return _finding("extra", entry, f"no such log on chain ({_describe(entry)})")
+    if diff.kind == UNDECODABLE:
+        reason = undecodable[f"{entry.block_number}:{entry.log_index}"].reason
+        what = f"its log on chain does not decode ({excerpt(reason)})"
+        return _finding("mismatch", entry, what)
+    ours, theirs = msgspec.to_builtins(entry), msgspec.to_builtins(diff.log)
+    problems = [
+        f"{path} {_shown(str(_at(ours, path)))} in the stream, "
+        f"{_shown(str(_at(theirs, path)))} on chain"
+        for path in diff.fields
+    ]
+    if diff.edited:
+        problems.append("its digest does not cover its content (edited)")
+    return _finding("mismatch", entry, "; ".join(problems))
+
+
+def _at(doc: Any, path: str) -> Any:
+    for part in path.split("."):
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
 
 
 def _finding(kind: str, entry: LogEntry, what: str) -> Finding:

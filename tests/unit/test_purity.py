@@ -32,6 +32,7 @@ PURE_MODULES = [
     "shared.chain.ranges",
     "shared.chain.plan",
     "shared.chain.answers",
+    "shared.chain.compare",
     "consumers.access.decide",
     "consumers.status.model",
     "consumers.status.render",
