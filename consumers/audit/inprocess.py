@@ -22,13 +22,16 @@ real stages instead (``consumers/audit/replay.py``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from consumers.audit.entries import Decoded, Undecodable
+from consumers.audit.entries import Decoded
 from shared.events import Retracted
 
 if TYPE_CHECKING:
     from consumers.stage import Fold
+
+#: Entries between two progress reports.
+PROGRESS_EVERY: Final = 10_000
 
 
 def run_fold(
@@ -43,57 +46,53 @@ def run_fold(
     accepts = fold.accepts
     apply = fold.apply
     state = fold.load({})
-    #: Effective inputs applied, and the outputs of each (same index).
-    kept: list[tuple[str, Any]] = []
+    #: Effective inputs applied (ids, entries) and the outputs of each (same index); the ids
+    #: increase, and a retraction can only void the last one (else: None).
+    kept_ids: list[str] = []
+    kept: list[Any] = []
     produced: list[list[Any]] = []
-    positions: dict[str, int] = {}  # input id -> index in ``kept``
-    poison: set[str] = set()
     rebuild = False
-    done = 0
-    for entry_id, entry in entries:
-        done += 1
-        if progress is not None and done % 10_000 == 0:
-            progress(10_000)
-        if isinstance(entry, Retracted):
-            voided = positions.get(entry.entry_id)
-            if voided is None:  # a dead-lettered or unknown entry: nothing to undo
-                continue
-            if voided != len(kept) - 1:
-                return None
-            del positions[entry.entry_id]
-            kept.pop()
-            produced.pop()
-            rebuild = True
-            continue
-        if isinstance(entry, Undecodable) or not isinstance(entry, accepts):
-            continue
-        if rebuild:
-            state, _ = _refold(fold, kept)
-            rebuild = False
-        try:
-            state, out = apply(state, entry_id, entry)
-        except Exception:  # dead-lettered live; the stage reloads as if never applied
-            poison.add(entry_id)
-            state, _ = _refold(fold, kept)
-            continue
-        positions[entry_id] = len(kept)
-        kept.append((entry_id, entry))
-        produced.append(out)
+    for start in range(0, len(entries), PROGRESS_EVERY):
+        chunk = entries[start : start + PROGRESS_EVERY]
+        for entry_id, entry in chunk:
+            if isinstance(entry, accepts):  # the common case first: one check
+                if rebuild:
+                    state = _refold(fold, kept_ids, kept)
+                    rebuild = False
+                try:
+                    state, out = apply(state, entry_id, entry)
+                except Exception:  # dead-lettered live; the stage reloads as if never applied
+                    state = _refold(fold, kept_ids, kept)
+                    continue
+                kept_ids.append(entry_id)
+                kept.append(entry)
+                produced.append(out)
+            elif isinstance(entry, Retracted):
+                voided = entry.entry_id
+                if kept_ids and kept_ids[-1] == voided:
+                    kept_ids.pop()
+                    kept.pop()
+                    produced.pop()
+                    rebuild = True
+                elif voided in set(kept_ids):  # rare: such a log is replayed by the real stages
+                    return None
+                # else a dead-lettered or unknown entry: nothing to undo
+            # anything else (undecodable, not an input of this stage) is dead-lettered live
+        if progress is not None:
+            progress(len(chunk))
     if rebuild:
-        state, _ = _refold(fold, kept)
-    if progress is not None:
-        progress(done % 10_000)
+        state = _refold(fold, kept_ids, kept)
     fold.take_changes(state)
     items = [item for out in produced for item in out]
     return state, [(f"{n}-0", item) for n, item in enumerate(items, 1)]
 
 
-def _refold(fold: Fold[Any], kept: list[tuple[str, Any]]) -> tuple[Any, int]:
-    """A clean fold of ``kept`` (all of them applied without error before)."""
+def _refold(fold: Fold[Any], kept_ids: list[str], kept: list[Any]) -> Any:
+    """A clean fold of the ``kept`` entries (all of them applied without error before)."""
     state = fold.load({})
-    for entry_id, entry in kept:
+    for entry_id, entry in zip(kept_ids, kept, strict=True):
         state, _ = fold.apply(state, entry_id, entry)
-    return state, len(kept)
+    return state
 
 
 __all__ = ["run_fold"]

@@ -43,6 +43,7 @@ import redis
 from consumers.audit import compare
 from consumers.audit.entries import Decoded, decode, id_key
 from consumers.audit.inprocess import run_fold
+from consumers.audit.live import Worker, payload_digest
 from consumers.audit.progress import bar
 from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
@@ -182,6 +183,8 @@ class Replay:
         self.max_diff = max_diff
         self.show = show_progress
         self.scratch = Keys(keys.chain_id, keys.contract, SCRATCH_PREFIX + secrets.token_hex(6))
+        #: The registry fold of a parallel attempt that did not match (reused, not redone).
+        self._registry_done: tuple[int, dict[str, bytes], list[Decoded] | None] | None = None
 
     # --- the live side ------------------------------------------------------------
 
@@ -273,7 +276,28 @@ class Replay:
             return self._compare(bound, snap, notes)
 
     def _compare(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
-        """Fold the log up to ``bound`` in process and compare with the live ``snap``."""
+        """Fold the log up to ``bound`` in process and compare with the live ``snap``.
+
+        Without ``--until``, a second process checks the live side meanwhile
+        (``consumers/audit/live.py``); when the registry outputs are the live ones, its
+        ipam fold is the replay's and the replay is done.
+        """
+        worker = None
+        if bound == snap.positions["registry"] and bound != START:
+            worker = Worker(self.client, self.keys, self.ipam, snap.registry_last, snap.peers_last)
+        try:
+            return self._compare_with(bound, snap, notes, worker)
+        finally:
+            if worker is not None:
+                worker.close()
+
+    def _compare_with(
+        self, bound: str, snap: Snapshot, notes: list[str], worker: Worker | None
+    ) -> Report:
+        if worker is not None:
+            report = self._parallel(bound, snap, notes, worker)
+            if report is not None:
+                return report
         replayed = self._fold(bound)
         if replayed is None:  # retractions wgchain never writes: run the real stages
             return self._run_scratch(bound, snap, notes)
@@ -296,6 +320,43 @@ class Replay:
             self._state("ipam", snap, states["ipam"], streams[2]),
             streams[0],
             streams[1],
+        ]
+        return report
+
+    def _parallel(
+        self, bound: str, snap: Snapshot, notes: list[str], worker: Worker
+    ) -> Report | None:
+        """The report when the worker's live side matches the replay's registry fold
+        (None: the caller folds ipam here and compares the old way)."""
+        events, registry_state, registry_out = self._fold_registry(bound)
+        if registry_out is None:
+            self._registry_done = (events, registry_state, None)
+            return None
+        ours = compare.content(registry_out)
+        live = worker.result()
+        if (
+            live is None
+            or not live.plain
+            or live.ipam_state is None
+            or not live.peers_equal
+            or live.registry_digest != payload_digest(ours)
+        ):
+            self._registry_done = (events, registry_state, registry_out)
+            return None
+        report = Report(bound, events, "", notes)
+        peers_digest = live.peers_digest
+        report.outcomes = [
+            self._state("registry", snap, registry_state, bound),
+            self._state("ipam", snap, live.ipam_state, live.registry_last),
+            self._stream("registry stream", ours, ours),
+            self._outcome(
+                "peers stream",
+                live=peers_digest,
+                replay=peers_digest,
+                size=live.peers_count,
+                diff=list,
+                unit="entries",
+            ),
         ]
         return report
 
@@ -362,6 +423,21 @@ class Replay:
     ) -> tuple[int, dict[str, dict[str, bytes]], list[Decoded], list[Decoded]] | None:
         """Fold the log up to ``bound`` in process: (entries, state hashes, registry outputs,
         peers outputs)."""
+        done, self._registry_done = self._registry_done, None
+        events, registry_state, registry_out = done or self._fold_registry(bound)
+        if registry_out is None:
+            return None
+        with bar("replaying ipam", len(registry_out), self.show) as progress:
+            allocated = run_fold(self.ipam, registry_out, progress.advance)
+        if allocated is None:
+            return None
+        ipam_state, peers_out = allocated
+        states = {"registry": registry_state, "ipam": self.ipam.dump(ipam_state)}
+        return events, states, registry_out, peers_out
+
+    def _fold_registry(self, bound: str) -> tuple[int, dict[str, bytes], list[Decoded] | None]:
+        """Fold the log up to ``bound`` through the registry fold: (entries, state hash,
+        outputs); outputs None when a retraction voids an entry before the end."""
         raw = read_stream(self.client, self.keys.events, high=bound) if bound != START else []
         events = decode(raw)
         del raw
@@ -369,15 +445,9 @@ class Replay:
         with bar("replaying registry", len(events), self.show) as progress:
             folded = run_fold(registry, events, progress.advance)
         if folded is None:
-            return None
+            return len(events), {}, None
         registry_state, registry_out = folded
-        with bar("replaying ipam", len(registry_out), self.show) as progress:
-            allocated = run_fold(self.ipam, registry_out, progress.advance)
-        if allocated is None:
-            return None
-        ipam_state, peers_out = allocated
-        states = {"registry": registry.dump(registry_state), "ipam": self.ipam.dump(ipam_state)}
-        return len(events), states, registry_out, peers_out
+        return len(events), registry.dump(registry_state), registry_out
 
     def _run_scratch(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
         """The replay through the real stages in a scratch namespace."""

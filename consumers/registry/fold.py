@@ -411,7 +411,8 @@ class _Step:
         if not affected:
             return self.notes
         nodes = sorted(affected) if len(affected) > 1 else list(affected)
-        touched = _update_candidates(state, nodes)
+        facts: dict[str, _Facts | None] = {}
+        touched = _update_candidates(state, nodes, facts)
         if touched and not touched <= affected:
             nodes = sorted(affected | touched)
         left: list[RegistryChange] = []
@@ -420,7 +421,7 @@ class _Step:
         statuses = state.status
         for node in nodes:
             old = statuses.get(node)
-            new = _status(state, node)
+            new = _status_of(state, node, facts[node] if node in facts else _facts(state, node))
             if new is None:
                 if old is not None:
                     del statuses[node]
@@ -476,16 +477,31 @@ def _unindex(state: RegistryState, token_id: int, record: TokenRecord) -> None:
     _remove(state.node_index, record.node_id, token_id)
 
 
-def _candidate(state: RegistryState, node: str) -> tuple[str, int] | None:
-    """(key, member token) when ``node`` could be live, else None."""
+#: What the status and the candidacy of a node are made of: (member token, its record, the
+#: owner's key, why the node cannot be live: "" when it can, key conflicts aside).
+_Facts = tuple[int, TokenRecord, str, str]
+
+
+def _facts(state: RegistryState, node: str) -> _Facts | None:
+    """``node``'s facts (None when no active token names it); computed once per node and
+    event, for its candidacy and then its status (the candidacies change neither)."""
     tokens = state.node_index.get(node)
-    if tokens is None or not is_valid_node_id(node):
+    if tokens is None:
         return None
     member = _lowest(tokens)
-    key = state.keys.get(state.tokens[member].owner, "")
-    if key_problem(key):
+    record = state.tokens[member]
+    key = state.keys.get(record.owner, "")
+    if not is_valid_node_id(node):
+        return member, record, key, "invalid-node-id"
+    return member, record, key, key_problem(key) or ""
+
+
+def _candidate(state: RegistryState, node: str) -> tuple[str, int] | None:
+    """(key, member token) when ``node`` could be live, else None."""
+    facts = _facts(state, node)
+    if facts is None or facts[3]:
         return None
-    return key, member
+    return facts[2], facts[0]
 
 
 def _current(state: RegistryState, node: str) -> tuple[str, int] | None:
@@ -528,12 +544,20 @@ def _enter(state: RegistryState, node: str, key: str, token: int) -> None:
         state.winners[key] = (token, node)
 
 
-def _update_candidates(state: RegistryState, nodes: Iterable[str]) -> set[str]:
-    """Refresh the candidacy of ``nodes``; returns the nodes whose key winner changed."""
+def _update_candidates(
+    state: RegistryState, nodes: Iterable[str], facts: dict[str, _Facts | None] | None = None
+) -> set[str]:
+    """Refresh the candidacy of ``nodes``; returns the nodes whose key winner changed.
+
+    ``facts``, when given, receives each node's :func:`_facts`.
+    """
     before: dict[str, tuple[int, str] | None] = {}
     winners = state.winners
     for node in nodes:
-        new = _candidate(state, node)
+        found = _facts(state, node)
+        if facts is not None:
+            facts[node] = found
+        new = None if found is None or found[3] else (found[2], found[0])
         old = _current(state, node)
         if old == new:
             continue
@@ -558,18 +582,17 @@ def _update_candidates(state: RegistryState, nodes: Iterable[str]) -> set[str]:
 
 def _status(state: RegistryState, node: str) -> Status | None:
     """The published view of ``node`` (None when no active token names it)."""
-    tokens = state.node_index.get(node)
-    if tokens is None:
+    return _status_of(state, node, _facts(state, node))
+
+
+def _status_of(state: RegistryState, node: str, facts: _Facts | None) -> Status | None:
+    """:func:`_status` from ``node``'s :func:`_facts` (after the candidacies are updated)."""
+    if facts is None:
         return None
-    member = _lowest(tokens)
-    record = state.tokens[member]
+    member, record, key, reason = facts
     owner, expires = record.owner, record.expires
-    key = state.keys.get(owner, "")
-    if not is_valid_node_id(node):
-        return Status(False, member, owner, key, "invalid-node-id", expires)
-    problem = key_problem(key)
-    if problem:
-        return Status(False, member, owner, key, problem, expires)
+    if reason:
+        return Status(False, member, owner, key, reason, expires)
     if state.winners[key][1] != node:
         return Status(False, member, owner, key, "key-conflict", expires)
     return Status(True, member, owner, key, "", expires)

@@ -25,8 +25,14 @@ import redis
 from rq import Queue, Worker
 from rq.registry import FinishedJobRegistry
 
-from consumers.audit import export
+from consumers.audit import compare, export
+from consumers.audit.entries import decode
 from consumers.audit.history import NodeSubject, timeline
+from consumers.audit.inprocess import run_fold
+from consumers.audit.live import Worker as LiveWorker
+from consumers.audit.live import live_side, payload_digest
+from consumers.audit.replay import snapshot
+from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import RegistryFold
 from consumers.stage import Stage
@@ -223,6 +229,43 @@ def test_replay_after_tampering_the_peers_stream(world: World):
     assert res.returncode == 1
     assert "DIFF  peers stream" in res.stdout
     assert "only in the replay" in res.stdout
+
+
+def test_replay_checks_the_live_side_in_a_second_process(world: World):
+    world.halt()
+    snap = snapshot(world.client, world.keys)
+    side = live_side(world.client, world.keys, IpamFold(POOL), snap.registry_last, snap.peers_last)
+    assert side.plain
+    assert side.peers_equal
+    assert side.ipam_state is not None
+    assert side.registry_last == snap.registry_last
+    assert compare.state_digest(side.ipam_state) == compare.state_digest(snap.states["ipam"])
+    # the replay's own registry outputs are the live ones, byte for byte
+    folded = run_fold(RegistryFold(), decode(read_stream(world.client, world.keys.events)))
+    assert folded is not None
+    assert side.registry_digest == payload_digest(compare.content(folded[1]))
+
+    # the same check in a forked worker
+    worker = LiveWorker(
+        world.client, world.keys, IpamFold(POOL), snap.registry_last, snap.peers_last
+    )
+    assert worker.result() == side
+
+    # a peers entry that is not what the ipam fold wrote: the replay compares the old way
+    last_id, fields = world.client.xrevrange(world.keys.peers, count=1)[0]
+    entry = from_fields(fields)
+    peers = [(i.decode(), from_fields(f)) for i, f in world.client.xrange(world.keys.peers)]
+    changed = msgspec.structs.replace(entry, block_number=entry.block_number + 1)
+    _rewrite(world.client, world.keys.peers, [*peers[:-1], (last_id.decode(), changed)])
+    tampered = live_side(
+        world.client, world.keys, IpamFold(POOL), snap.registry_last, snap.peers_last
+    )
+    assert tampered.plain
+    assert not tampered.peers_equal
+    res = world.audit("replay", "--wait", "0")
+    assert res.returncode == 1
+    assert "DIFF  peers stream" in res.stdout
+    assert any(ln.startswith("OK") and "ipam state" in ln for ln in res.stdout.splitlines())
 
 
 def _log(block: int, event: object, index: int = 0) -> LogEntry:
