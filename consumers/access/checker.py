@@ -34,7 +34,8 @@ import redis
 
 from consumers.access.cache import MAX_AGE, RegistryCache
 from consumers.access.decide import DEFAULT_GRACE, Decision, View, decide_address, decide_key
-from consumers.registry.fold import FOLD, RegistryState
+from consumers.registry.fold import FOLD
+from consumers.registry.state import RegistryState
 from shared import streams, validate
 from shared.errors import WgchainError
 from shared.events import LogEntry, effective

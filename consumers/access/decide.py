@@ -19,7 +19,7 @@ from typing import Final
 
 import msgspec
 
-from consumers.registry.fold import RegistryState, Status
+from consumers.registry.state import RegistryState, Status
 from shared import reasons
 from shared.validate import excerpt
 

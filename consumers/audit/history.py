@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import msgspec
 
 from consumers.audit.entries import Decoded, Undecodable, utc, void_ids
-from consumers.registry.fold import FOLD, RegistryState
+from consumers.registry.fold import FOLD
+from consumers.registry.state import RegistryState
 from shared.errors import SettingsError
 from shared.events import (
     ChainEvent,

@@ -37,7 +37,8 @@ from eth_utils.crypto import keccak
 
 from consumers.audit.entries import Decoded, Undecodable, decode, void_ids
 from consumers.audit.streams import read_stream
-from consumers.registry.fold import RegistryFold, RegistryState
+from consumers.registry.fold import RegistryFold
+from consumers.registry.state import RegistryState
 from shared.chain.compare import (
     DUPLICATE,
     EXTRA,

@@ -12,15 +12,13 @@ long the history is.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import msgspec
 
+from consumers.registry.state import RegistryState
 from consumers.status.model import ANOMALY, CONFLICT, Issue
 from shared.validate import excerpt
-
-if TYPE_CHECKING:
-    from consumers.registry.fold import RegistryState
 
 #: State-hash field holding every current issue (JSON list, sorted by node and token).
 ISSUES_FIELD: Final = "~issues"

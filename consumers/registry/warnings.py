@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Final
 
-from consumers.registry.fold import RegistryState
+from consumers.registry.state import RegistryState
 from consumers.status.expiring import expiring
 from consumers.status.model import Expiring
 from shared.durations import duration

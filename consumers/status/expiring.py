@@ -13,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from consumers.registry.fold import RegistryState
+from consumers.registry.state import RegistryState
 from consumers.status.model import Expiring, FleetStatus
 
 if TYPE_CHECKING:

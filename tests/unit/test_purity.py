@@ -48,6 +48,7 @@ PURE_MODULES = [
     "consumers.nodes.hosts",
     "consumers.nodes.render",
     "consumers.registry.issues",
+    "consumers.registry.state",
     "consumers.audit.compare",
     "consumers.audit.entries",
     "consumers.audit.history",
