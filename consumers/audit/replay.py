@@ -34,7 +34,6 @@ import gc
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, Final, get_args
 
 import msgspec
@@ -44,6 +43,15 @@ from consumers.audit import compare
 from consumers.audit.entries import Decoded, decode, id_key
 from consumers.audit.inprocess import run_fold
 from consumers.audit.live import Worker, payload_digest
+from consumers.audit.outcome import (
+    STAGES,
+    Outcome,
+    Report,
+    Snapshot,
+    peers_prefix,
+    registry_prefix,
+    snapshot,
+)
 from consumers.audit.progress import bar
 from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
@@ -52,7 +60,7 @@ from consumers.stage import Fold, Stage
 from shared.errors import WgchainError
 from shared.events import SCHEMA_VERSION, PeersChange, RegistryChange, encode
 from shared.keys import Keys
-from shared.redis_log import START, as_str, redis_retry
+from shared.redis_log import START, as_str
 
 #: Prefix of scratch namespaces (a random suffix follows).
 SCRATCH_PREFIX: Final = "wgchain-audit-"
@@ -62,105 +70,9 @@ SCRATCH_TTL: Final = 3600
 COPY_CHUNK: Final = 1000
 #: Seconds between two snapshots while waiting for the live stages.
 POLL: Final = 0.2
-STAGES: Final = ("registry", "ipam")
 #: The ``v`` of a current envelope, and the entry types a stage writes besides retractions.
 _VERSION: Final = str(SCHEMA_VERSION).encode()
 _PLAIN: Final = frozenset(t.__name__ for t in (*get_args(RegistryChange), *get_args(PeersChange)))
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The live positions and state hashes, read atomically."""
-
-    events_last: str
-    registry_last: str
-    positions: dict[str, str]
-    states: dict[str, dict[str, bytes]]
-    peers_last: str = START
-
-
-@dataclass
-class Outcome:
-    """The comparison of one projection."""
-
-    name: str
-    status: str  # OK, DIFF or SKIP
-    detail: str
-    diff: list[str] = field(default_factory=list)
-
-
-@dataclass
-class Report:
-    """What a replay covered and how each projection compared."""
-
-    bound: str
-    entries: int
-    #: The scratch namespace the real stages ran in ("": folded in process).
-    scratch: str
-    notes: list[str] = field(default_factory=list)
-    outcomes: list[Outcome] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return all(o.status != "DIFF" for o in self.outcomes)
-
-
-def snapshot(client: redis.Redis, keys: Keys) -> Snapshot:
-    """Positions, state hashes and the last ids of ``events`` and ``registry``, atomically."""
-
-    def read() -> list[Any]:
-        pipe = client.pipeline(transaction=True)
-        pipe.xrevrange(keys.events, count=1)
-        pipe.xrevrange(keys.registry, count=1)
-        pipe.xrevrange(keys.peers, count=1)
-        for stage in STAGES:
-            pipe.get(keys.position(stage))
-            pipe.hgetall(keys.state(stage))
-        result: list[Any] = pipe.execute()
-        return result
-
-    ev, reg, peers, reg_pos, reg_state, ipam_pos, ipam_state = redis_retry(read)
-    return Snapshot(
-        events_last=as_str(ev[0][0]) if ev else START,
-        registry_last=as_str(reg[0][0]) if reg else START,
-        peers_last=as_str(peers[0][0]) if peers else START,
-        positions={
-            "registry": as_str(reg_pos) if reg_pos else START,
-            "ipam": as_str(ipam_pos) if ipam_pos else START,
-        },
-        states={
-            "registry": {as_str(k): v for k, v in reg_state.items()},
-            "ipam": {as_str(k): v for k, v in ipam_state.items()},
-        },
-    )
-
-
-def registry_prefix(registry: list[Decoded], bound: str) -> list[Decoded]:
-    """The registry entries caused by events up to ``bound`` (a prefix of the stream)."""
-    limit = id_key(bound)
-    out: list[Decoded] = []
-    for entry_id, entry in registry:
-        cause = getattr(entry, "cause", None)
-        if isinstance(cause, str) and id_key(cause) > limit:
-            break
-        out.append((entry_id, entry))
-    return out
-
-
-def peers_prefix(peers: list[Decoded], registry: list[Decoded], bound: str) -> list[Decoded]:
-    """The peers entries caused by events up to ``bound`` (a prefix of the stream).
-
-    A peers entry's ``cause`` is the ``registry`` entry it came from (a retraction's
-    too); ``registry`` holds the registry prefix of the same bound.
-    """
-    known = {i for i, _ in registry}
-    out: list[Decoded] = []
-    for entry_id, entry in peers:
-        cause = getattr(entry, "cause", None)
-        if isinstance(cause, str) and cause not in known:
-            break
-        out.append((entry_id, entry))
-    return out
 
 
 class Replay:
