@@ -180,7 +180,14 @@ class Follower:
     def _round_trip(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """``commands`` in one write on this follower's own connection; their raw replies
         (an error reply as its exception). A redis-py pipeline per wake costs several
-        times more CPU, which a fleet of agents in one process pays on every change."""
+        times more CPU, which a fleet of agents in one process pays on every change.
+        A Redis Cluster client has no single connection pool: a pipeline there (every key
+        shares the network's hash tag, so one node answers)."""
+        if not hasattr(self.client, "connection_pool"):
+            pipe = self.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            return list(pipe.execute(raise_on_error=False))
         pool = self.client.connection_pool
         conn = self._conn
         if conn is None:
@@ -398,6 +405,9 @@ def _stream(items: Any) -> list[Entry]:
     """Raw stream entries ``[id, [field, value, ...]]`` as (id, fields)."""
     out: list[Entry] = []
     for entry_id, flat in items or ():
+        if isinstance(flat, dict):  # parsed already (a cluster pipeline's reply)
+            out.append((as_str(entry_id), flat))
+            continue
         it = iter(flat or ())
         out.append((as_str(entry_id), dict(zip(it, it, strict=False))))
     return out
