@@ -107,7 +107,7 @@ def replay(
             ipam,
             wait=wait,
             max_diff=max_diff,
-            show_progress=enabled(cfg.log_json),
+            show=enabled(cfg.log_json),
         )
         report = run.run(bound)
     finally:

@@ -34,6 +34,7 @@ import gc
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final, get_args
 
 import msgspec
@@ -75,28 +76,25 @@ _VERSION: Final = str(SCHEMA_VERSION).encode()
 _PLAIN: Final = frozenset(t.__name__ for t in (*get_args(RegistryChange), *get_args(PeersChange)))
 
 
+@dataclass(eq=False)
 class Replay:
     """One audit replay against the live namespace ``keys``."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        ipam: IpamFold,
-        *,
-        wait: float = 30.0,
-        max_diff: int = 20,
-        show_progress: bool = False,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.ipam = ipam
-        self.wait = wait
-        self.max_diff = max_diff
-        self.show = show_progress
-        self.scratch = Keys(keys.chain_id, keys.contract, SCRATCH_PREFIX + secrets.token_hex(6))
-        #: The registry fold of a parallel attempt that did not match (reused, not redone).
-        self._registry_done: tuple[int, dict[str, bytes], list[Decoded] | None] | None = None
+    client: redis.Redis
+    keys: Keys
+    ipam: IpamFold
+    _: KW_ONLY
+    wait: float = 30.0
+    max_diff: int = 20
+    show: bool = False
+    #: Where the real stages run when the replay cannot fold in process.
+    scratch: Keys = field(init=False)
+    #: The registry fold of a parallel attempt that did not match (reused, not redone).
+    _registry_done: tuple[int, dict[str, bytes], list[Decoded] | None] | None = None
+
+    def __post_init__(self) -> None:
+        suffix = secrets.token_hex(6)
+        self.scratch = Keys(self.keys.chain_id, self.keys.contract, SCRATCH_PREFIX + suffix)
 
     # --- the live side ------------------------------------------------------------
 

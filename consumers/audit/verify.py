@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final
 
 import redis
@@ -367,27 +367,22 @@ def live(client: redis.Redis, keys: Keys) -> Live:
 Fetcher = Callable[[list[Span]], list[Staged]]
 
 
+@dataclass(eq=False)
 class Verify:
     """One ``audit verify`` run."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        rpc: RpcClient,
-        *,
-        fetch: Fetcher,
-        max_block_range: int,
-        wait: float = 30.0,
-        show_progress: bool = False,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.rpc = rpc
-        self.fetch = fetch
-        self.max_block_range = max_block_range
-        self.wait = wait
-        self.show = show_progress
+    client: redis.Redis
+    keys: Keys
+    rpc: RpcClient
+    _: KW_ONLY
+    fetch: Fetcher
+    max_block_range: int
+    wait: float = 30.0
+    show_progress: bool = False
+
+    @property
+    def show(self) -> bool:
+        return self.show_progress
 
     def _settled(self) -> Live:
         """A snapshot in which the registry stage has folded the whole log (waits for it)."""

@@ -340,18 +340,16 @@ class IpamFold:
         return v4, v6
 
 
+@dataclass(slots=True, eq=False)
 class _Step:
     """The work of one registry entry."""
 
-    def __init__(
-        self, fold: IpamFold, state: IpamState, cause: str, origin: str, block: int
-    ) -> None:
-        self.fold = fold
-        self.state = state
-        self.cause = cause
-        self.origin = origin
-        self.block = block
-        self.out: list[PeersChange] = []
+    fold: IpamFold
+    state: IpamState
+    cause: str
+    origin: str
+    block: int
+    out: list[PeersChange] = field(default_factory=list)
 
     def upsert(self, node_id: str, key: str, expires: int | None = None) -> None:
         if not is_valid_node_id(node_id) or not is_valid_wg_key(key):
