@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -33,26 +34,22 @@ class NotFound(Exception):
     """Raised when a node id was never named by any token."""
 
 
+@dataclass(eq=False)
 class Reads:
     """Read-only queries over one network's projections."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        cache: RegistryCache,
-        *,
-        reconcile_interval: float = 30.0,
-        expiry_grace: float = DEFAULT_GRACE,
-    ) -> None:
-        self.client = client
-        self.keys = keys
-        self.cache = cache
-        #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
-        self.expiry_grace = expiry_grace
-        self.snapshot = Snapshot(client, keys)
-        #: Reconcile interval of agents that do not report theirs (when a host is stale).
-        self.reconcile_interval = reconcile_interval
+    client: redis.Redis
+    keys: Keys
+    cache: RegistryCache
+    _: KW_ONLY
+    #: Reconcile interval of agents that do not report theirs (when a host is stale).
+    reconcile_interval: float = 30.0
+    #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
+    expiry_grace: float = DEFAULT_GRACE
+    snapshot: Snapshot = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.snapshot = Snapshot(self.client, self.keys)
 
     def nodes(self, after: str, limit: int, wanted: Filter | None = None) -> NodeList:
         """Up to ``limit`` nodes with ids after ``after`` that pass ``wanted``, sorted, each
