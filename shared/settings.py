@@ -39,6 +39,7 @@ DEFAULT_POOL: Final = "10.88.0.0/16"
 DEFAULT_QUARANTINE_BLOCKS: Final = 100
 DEFAULT_KEEPALIVE: Final = 25
 DEFAULT_EXPIRY_GRACE: Final = 2.0
+DEFAULT_EXPIRY_WARNING: Final = 86400.0
 #: Topologies: everyone with everyone, or spokes with hubs only.
 TOPOLOGIES: Final = ("mesh", "hub")
 #: Widest IPv4 pool (ipam keeps one byte per address: a /8 is 16 MiB).
@@ -108,7 +109,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: this long after its expiration (ERC-5643), so no host cuts a pass another still keeps.
     expiry_grace: float = DEFAULT_EXPIRY_GRACE
     #: Seconds before its expiration that a pass is listed as expiring soon (0: never).
-    expiry_warning: float = 86400.0
+    expiry_warning: float = DEFAULT_EXPIRY_WARNING
     #: Log level.
     log_level: str = "INFO"
     #: Log as JSON lines instead of the human format.

@@ -20,7 +20,7 @@ from typing import Final
 import msgspec
 
 from consumers.registry.state import RegistryState, Status
-from shared import reasons
+from shared import reasons, settings
 from shared.validate import excerpt
 
 # The reasons are the project's one vocabulary (``shared/reasons.py``, README table).
@@ -35,7 +35,7 @@ DUPLICATE_NODE: Final = reasons.DUPLICATE_NODE
 NOT_OWNER: Final = reasons.NOT_OWNER
 EXPIRED: Final = reasons.EXPIRED
 #: Default seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
-DEFAULT_GRACE: Final = 2.0
+DEFAULT_GRACE: Final = settings.DEFAULT_EXPIRY_GRACE
 #: Every reason a decision may give.
 REASONS: Final = reasons.DECISION_REASONS
 

@@ -62,7 +62,7 @@ from consumers.status.exporter import FleetCollector
 from consumers.status.health import Limits
 from consumers.status.probe import no_data, probe
 from consumers.status.snapshot import Snapshot
-from shared import health, metrics
+from shared import health, metrics, settings
 from shared.errors import ServiceUnavailable, WgchainError
 from shared.keys import Keys
 from shared.redis_log import START
@@ -213,7 +213,7 @@ class _Lazy:
     snapshot: Snapshot
     reconcile_interval: float
     #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
-    expiry_grace: float = 2.0
+    expiry_grace: float = settings.DEFAULT_EXPIRY_GRACE
     following: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _made: tuple[AccessChecker, Reads] | None = None

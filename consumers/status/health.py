@@ -36,6 +36,7 @@ from consumers.status.model import (
     HostInfo,
     Problem,
 )
+from shared import settings
 from shared.durations import duration
 from shared.settings import Settings
 from shared.validate import excerpt
@@ -71,9 +72,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     #: Reconcile interval assumed for agents that do not report theirs (seconds).
     reconcile_interval: float = 30.0
     #: Seconds before its expiration that a pass is listed as expiring.
-    expiry_warning: float = 86400.0
+    expiry_warning: float = settings.DEFAULT_EXPIRY_WARNING
     #: Seconds past its expiration before a pass counts as expired.
-    expiry_grace: float = 2.0
+    expiry_grace: float = settings.DEFAULT_EXPIRY_GRACE
 
     @classmethod
     def of(cls, cfg: Settings) -> Limits:
