@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import require
+from hostagents import start_agents
 
-from consumers.agent.keys import generate_private_key_file
 from consumers.agent.wg import parse_dump
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
@@ -107,16 +107,7 @@ def fleet(tmp_path: Path, anvil: Anvil, nft: AccessNFT) -> Iterator[Fleet]:
                 stderr=out,
             )
         agent_env = {**env, "WGCHAIN_REDIS_URL": server.unix_url}  # reachable from a netns
-        for node in NODES:
-            host = lab.add_host(node)
-            host.start_wireguard()
-            key_file = tmp_path / f"{node}.key"
-            found.keys[node] = generate_private_key_file(key_file)
-            found.hosts[node] = host
-            argv = [*wgchain_command(), "agent", "--node", node, "--interface", host.ifname]
-            argv += ["--private-key-file", str(key_file), "--config-dir", str(tmp_path / node)]
-            argv += ["--listen-port", str(PORT), "--endpoint", f"{host.underlay_ip}:{PORT}"]
-            found.agents[node] = host.spawn(argv, env=agent_env, log_path=tmp_path / f"{node}.log")
+        found.keys, found.hosts, found.agents = start_agents(lab, NODES, tmp_path, agent_env, PORT)
         yield found
     finally:
         if found.run is not None:
