@@ -331,7 +331,13 @@ class Demo:
         """One shell line that stops every process and removes everything the demo made."""
         procs = [*self.services, *self.procs, *(self.lab.procs if self.lab else [])]
         pids = " ".join(sorted({str(p.pid) for p in procs if p.poll() is None}))
-        parts = [f"kill {pids}"] if pids else []
+        parts = []
+        if pids:  # wait (bounded) for them to exit: an agent writes its files while it stops
+            listed = pids.replace(" ", ",")
+            parts += [
+                f"kill {pids}",
+                f"timeout 20 sh -c 'while ps -p {listed} >/dev/null; do sleep 0.2; done'",
+            ]
         if self.lab is not None:
             parts += [f"ip netns del {ns}" for ns in self.lab.namespaces]
             sockets = [str(netns.WG_SOCKET_DIR / f"{h.ifname}.sock") for h in self.lab.hosts]
