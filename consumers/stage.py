@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 import msgspec
@@ -34,8 +35,11 @@ from shared.redis_log import (
     redis_retry,
 )
 
-#: Entries read and committed per batch.
-BATCH_SIZE: Final = 500
+#: Entries read per batch (one XRANGE / XREAD).
+BATCH_SIZE: Final = 2000
+#: Entries per commit: a batch is folded and committed in chunks of this size, the commit
+#: of one chunk running in Redis while the next chunk is folded.
+COMMIT_EVERY: Final = 500
 #: Milliseconds one XREAD blocks waiting for new entries.
 BLOCK_MS: Final = 1000
 #: Entries per page when a retraction scans the input or output stream.
@@ -103,6 +107,8 @@ class Stage(Generic[S]):
         self.log = log.bind(stage=fold.name, network=keys.tag)
         self.retry = keys.retry(fold.name)
         self.retry_position = START
+        #: The thread commits run on (made at the first commit).
+        self._writer: ThreadPoolExecutor | None = None
         #: Called with the state after each step of :meth:`run` (e.g. a clock-driven warning).
         self.after_step: Callable[[S], object] | None = None
         self.position, self.state = self._load()
@@ -147,66 +153,166 @@ class Stage(Generic[S]):
         self.position, self.state = self._load()
 
     def step(self, block_ms: int | None = BLOCK_MS, count: int = BATCH_SIZE) -> int:
-        """Process at most one batch; returns the number of input entries consumed."""
+        """Process at most one batch; returns the number of input entries consumed.
+
+        The batch is folded and committed in chunks of :data:`COMMIT_EVERY` entries, each
+        chunk one atomic commit from the position the chunk before it ends at. A chunk's
+        commit runs on the writer thread while the next chunk is folded; every commit has
+        landed (or failed) when this returns. A commit that fails with a conflict reloads
+        the state from Redis (what was folded after it is dropped, and read again).
+        """
         self.redrive()
         entries = redis_retry(read_after, self.client, self.input, self.position, count, block_ms)
         if not entries:
             self._check_position()
             return 0
         started = time.monotonic()
-        poison: dict[str, str] = {}
-        while True:
+        inflight: list[tuple[Future[list[str]], Batch, int]] = []
+        outputs: list[Any] = []
+        dead = consumed = 0
+
+        def settle() -> bool:
+            """Wait for the commit in flight; False (state reloaded) when it conflicted."""
+            nonlocal consumed, dead
+            if not inflight:
+                return True
+            future, batch, size = inflight.pop()
             try:
-                batch = self._apply(entries, poison)
-                break
-            except _Poison as exc:  # state may be half-applied: reload and skip the entry
-                poison[exc.entry_id] = exc.reason
+                future.result()
+            except CommitConflict as exc:
+                self.log.warning("commit conflict ({}); reloading state", exc)
                 self.position, self.state = self._load()
+                return False
+            if batch.snapshot is not None and self.retention:
+                self._trim()
+            consumed += size
+            dead += len(batch.dead)
+            outputs.extend(batch.outputs)
+            return True
+
         try:
-            redis_retry(self.store.commit, self.position, batch)
-        except CommitConflict as exc:
-            self.log.warning("commit conflict ({}); reloading state", exc)
-            self.position, self.state = self._load()
-            return 0
-        self.position = batch.position
-        self._committed(batch)
+            for low in range(0, len(entries), COMMIT_EVERY):
+                chunk = entries[low : low + COMMIT_EVERY]
+                batch = self._apply_chunk(chunk, settle)
+                if batch is None or not settle():
+                    break
+                inflight.append((self._submit(self.position, batch), batch, len(chunk)))
+                self._counted(batch)
+                self.position = batch.position  # the next chunk's expected position
+            settle()
+        finally:
+            if inflight:  # an exception left a commit in flight: let it land (or fail)
+                inflight[0][0].exception()
         metrics.stage_committed(
             self.fold.name,
             self.client,
             self.input,
             self.position,
-            entries=len(entries),
+            entries=consumed,
             full=len(entries) == count,
-            outputs=batch.outputs,
-            dead=len(batch.dead),
+            outputs=outputs,
+            dead=dead,
             started=started,
             state=self.state,
         )
-        return len(entries)
+        return consumed
+
+    def _apply_chunk(
+        self, chunk: list[tuple[str, dict[bytes, bytes]]], settle: Callable[[], bool]
+    ) -> Batch | None:
+        """:meth:`_apply` ``chunk``, poisoned entries set aside; None when the commit in
+        flight conflicted (the state was reloaded)."""
+        poison: dict[str, str] = {}
+        while True:
+            try:
+                return self._apply(chunk, poison, settle)
+            except _Poison as exc:  # state may be half-applied: reload and skip the entry
+                poison[exc.entry_id] = exc.reason
+                if not settle():
+                    return None
+                self.position, self.state = self._load()
+            except _Conflicted:
+                return None
+
+    def _submit(self, expected: str, batch: Batch) -> Future[list[str]]:
+        """Start committing ``batch`` (from position ``expected``) on the writer thread."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.fold.name}-commit")
+        return self._writer.submit(redis_retry, self.store.commit, expected, batch)
 
     def _apply(
-        self, entries: list[tuple[str, dict[bytes, bytes]]], poison: dict[str, str]
+        self,
+        entries: list[tuple[str, dict[bytes, bytes]]],
+        poison: dict[str, str],
+        settle: Callable[[], bool] | None = None,
     ) -> Batch:
+        """Fold ``entries`` into a batch to commit (``settle``: waits for the commit in
+        flight, which a retraction must see; raises :class:`_Conflicted` when it conflicted)."""
         batch = Batch(position=entries[-1][0])
         decoded: list[tuple[str, Any]] = []
+        reads = self._reads
+        retractions = False
         for entry_id, fields in entries:
-            if entry_id in poison:
+            if poison and entry_id in poison:
                 batch.dead.append((entry_id, poison[entry_id], _raw(fields)))
                 continue
             try:
                 entry = from_fields(fields)
-                if not isinstance(entry, self._reads):
+                if not isinstance(entry, reads):
                     raise DecodeError(f"{type(entry).__name__} is not an input of {self.fold.name}")
             except DecodeError as exc:
                 self.log.warning("dead-lettering {}: {}", entry_id, exc)
                 batch.dead.append((entry_id, str(exc), _raw(fields)))
                 continue
+            if type(entry) is Retracted:
+                retractions = True
             decoded.append((entry_id, entry))
+        if not retractions:  # the common case: one fold call per entry, nothing else
+            self._fold_all(decoded, batch)
+        else:
+            self._fold_retracting(decoded, batch, poison, settle)
+        changes = self.fold.take_changes(self.state)
+        if batch.replace:
+            batch.state_set, batch.state_del = self.fold.dump(self.state), set()
+        else:
+            batch.state_set, batch.state_del = changes
+        every = min(SNAPSHOT_EVERY, self.retention) if self.retention else SNAPSHOT_EVERY
+        if self.snapshot_of is not None and (
+            batch.replace
+            or self._since_snapshot + len(batch.outputs) >= max(every, self._snapshot_size)
+        ):
+            batch.snapshot = self.snapshot_of(self.state)
+        return batch
+
+    def _fold_all(self, decoded: list[tuple[str, Any]], batch: Batch) -> None:
+        """Apply ``decoded`` (no retraction among them), the outputs into ``batch``."""
+        apply, state, out = self.fold.apply, self.state, batch.outputs
+        entry_id = ""
+        try:
+            for entry_id, entry in decoded:
+                state, outputs = apply(state, entry_id, entry)
+                out += outputs
+        except Exception as exc:  # a bug or an unforeseen input must not block the log
+            self.log.exception("cannot apply {}", entry_id)
+            raise _Poison(entry_id, f"apply failed: {brief(exc)}") from exc
+        finally:
+            self.state = state
+
+    def _fold_retracting(
+        self,
+        decoded: list[tuple[str, Any]],
+        batch: Batch,
+        poison: dict[str, str],
+        settle: Callable[[], bool] | None,
+    ) -> None:
+        """Apply ``decoded``, retractions among them, the outputs into ``batch``."""
         links: list[str] = []  # input id of each output in batch.outputs
         i = 0
         while i < len(decoded):
             entry_id, entry = decoded[i]
             if isinstance(entry, Retracted):
+                if settle is not None and not settle():
+                    raise _Conflicted
                 run = [(entry_id, entry)]
                 while i + 1 < len(decoded) and isinstance(decoded[i + 1][1], Retracted):
                     i += 1
@@ -222,30 +328,23 @@ class Stage(Generic[S]):
             batch.outputs.extend(outputs)
             links.extend(entry_id for _ in outputs)
             i += 1
-        changes = self.fold.take_changes(self.state)
-        if batch.replace:
-            batch.state_set, batch.state_del = self.fold.dump(self.state), set()
-        else:
-            batch.state_set, batch.state_del = changes
-        every = min(SNAPSHOT_EVERY, self.retention) if self.retention else SNAPSHOT_EVERY
-        if self.snapshot_of is not None and (
-            batch.replace
-            or self._since_snapshot + len(batch.outputs) >= max(every, self._snapshot_size)
-        ):
-            batch.snapshot = self.snapshot_of(self.state)
-        return batch
 
     # --- snapshots and retention -----------------------------------------------------
 
     def _committed(self, batch: Batch) -> None:
         """Bookkeeping after a commit: snapshot cadence, then trimming."""
+        if self._counted(batch) and self.retention:
+            self._trim()
+
+    def _counted(self, batch: Batch) -> bool:
+        """The snapshot cadence counts ``batch`` (a commit under way); True when it wrote a
+        snapshot (trim once it has landed)."""
         if batch.snapshot is None:
             self._since_snapshot += len(batch.outputs)
-            return
+            return False
         self._since_snapshot = 0
         self._snapshot_size = batch.snapshot.count(b'"node_id"')
-        if self.retention:
-            self._trim()
+        return True
 
     def _outputs_since_snapshot(self) -> int:
         """Output entries after the latest snapshot (a restart keeps the cadence going).
@@ -491,6 +590,10 @@ def run_stage(
     if stage is not None:
         stage.after_step = after_step
         stage.run(stop)
+
+
+class _Conflicted(Exception):
+    """The commit in flight conflicted while a chunk was folded (the state was reloaded)."""
 
 
 class _Poison(Exception):

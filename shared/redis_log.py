@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
+import msgspec
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import (
@@ -227,6 +228,7 @@ def as_str(value: bytes | str) -> str:
 
 
 _COMMIT_LUA: Final = lua.source("stage_commit")
+_MSGPACK: Final = msgspec.msgpack.Encoder().encode
 
 
 def pack_entries(items: Sequence[Any]) -> list[Any]:
@@ -329,17 +331,21 @@ class StageStore:
         Raises :class:`CommitConflict` when the stored position is not ``expected``
         (another instance committed, or the store was reset).
         """
+        state: list[str] = []
+        for k, v in batch.state_set.items():  # values are JSON: UTF-8 (cmsgpack has no bin)
+            state += (k, v.decode())
+        out: list[str] = []
+        for item in batch.outputs:
+            out += (type(item).__name__, encode(item).decode())
         args: list[Any] = [
             "" if expected == START else expected,
             batch.position,
             "1" if batch.replace else "0",
+            SCHEMA_VERSION,
+            _MSGPACK(state),
+            _MSGPACK(sorted(batch.state_del)),
+            _MSGPACK(out),
         ]
-        args.append(len(batch.state_set))
-        for k, v in batch.state_set.items():
-            args += [k, v]
-        args.append(len(batch.state_del))
-        args += sorted(batch.state_del)
-        args += pack_entries(batch.outputs)
         args += pack_dead(batch.dead)
         args += [0] if batch.snapshot is None else [1, batch.snapshot]
         try:

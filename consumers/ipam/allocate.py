@@ -130,6 +130,9 @@ _DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
     PENDING_FIELD: msgspec.json.Decoder(Pending),
 }
 _META_DECODER: Final = msgspec.json.Decoder(Meta)
+#: What the fold reads, and which of those give a node its peer (isinstance tuples, built once).
+_CHANGES: Final = (NodeJoined, NodeChanged, NodeLeft, Conflict, Anomaly)
+_UPSERTS: Final = (NodeJoined, NodeChanged)
 
 
 class IpamFold:
@@ -217,15 +220,16 @@ class IpamFold:
     def apply(
         self, state: IpamState, entry_id: str, entry: Any
     ) -> tuple[IpamState, list[PeersChange]]:
-        if not isinstance(entry, NodeJoined | NodeChanged | NodeLeft | Conflict | Anomaly):
+        if not isinstance(entry, _CHANGES):
             raise TypeError(f"ipam folds registry changes, not {type(entry).__name__}")
-        step = _Step(self, state, entry_id, entry.cause, entry.block_number)
-        if entry.block_number > state.clock:
-            state.clock = entry.block_number
+        block = entry.block_number
+        step = _Step(self, state, entry_id, entry.cause, block)
+        if block > state.clock:
+            state.clock = block
             state.dirty.add(META_FIELD)
-        if self._expire(state):
+        if state.expiries and state.expiries[0][0] <= state.clock and self._expire(state):
             step.drain()
-        if isinstance(entry, NodeJoined | NodeChanged):
+        if isinstance(entry, _UPSERTS):
             step.upsert(entry.node_id, entry.public_key, entry.expires)
         elif isinstance(entry, NodeLeft) and step.remove(entry.node_id):
             step.drain()

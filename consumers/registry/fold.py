@@ -27,7 +27,6 @@ from consumers.registry.state import (
     Status,
     TokenRecord,
     _add,
-    _lowest,
     _remove,
 )
 from shared import validate
@@ -108,16 +107,9 @@ class RegistryFold:
             raise TypeError(f"registry folds LogEntry, not {type(entry).__name__}")
         step = _Step(state, entry_id, entry.block_number)
         event = entry.event
-        if isinstance(event, PublicKeyUpdated):
-            step.key_updated(event.owner.lower(), event.public_key)
-        elif isinstance(event, NodeAccessGranted):
-            step.granted(event)
-        elif isinstance(event, NodeAccessTransferred):
-            step.transferred(event)
-        elif isinstance(event, NodeAccessRevoked):
-            step.revoked(event)
-        elif isinstance(event, SubscriptionUpdate):
-            step.subscription(event)
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(step, event)
         return state, step.publish((entry.tx_hash, entry.log_index))
 
     def take_changes(self, state: RegistryState) -> tuple[dict[str, bytes], set[str]]:
@@ -238,6 +230,9 @@ class _Step:
         if old.owner != to:
             self.set_token(token_id, TokenRecord(old.node_id, to, old.active, old.expires))
 
+    def key_event(self, event: PublicKeyUpdated) -> None:
+        self.key_updated(event.owner.lower(), event.public_key)
+
     def key_updated(self, owner: str, key: str, token_id: int | None = None) -> None:
         state = self.state
         if key and key_problem(key):
@@ -277,6 +272,7 @@ class _Step:
         changed: list[RegistryChange] = []
         joined: list[RegistryChange] = []
         statuses = state.status
+        cause, block = self.cause, self.block
         for node in nodes:
             old = statuses.get(node)
             new = _status_of(state, node, facts[node] if node in facts else _facts(state, node))
@@ -285,26 +281,20 @@ class _Step:
                     del statuses[node]
             elif new != old:
                 statuses[node] = new
-            was_live = old is not None and old.live
-            if new is not None and new.live:
+            was_live = old is not None and old[0]
+            if new is not None and new[0]:
                 if not was_live:
-                    joined.append(
-                        NodeJoined(
-                            node, new[1], new[2], new[3], self.cause, self.block, new.expires
-                        )
-                    )
-                elif old is not None and (old[1:4] != new[1:4] or old.expires != new.expires):
-                    changed.append(
-                        NodeChanged(
-                            node, new[1], new[2], new[3], self.cause, self.block, new.expires
-                        )
-                    )
+                    joined.append(NodeJoined(node, new[1], new[2], new[3], cause, block, new[5]))
+                elif old is not None and (
+                    old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+                ):
+                    changed.append(NodeChanged(node, new[1], new[2], new[3], cause, block, new[5]))
             elif was_live:
-                left.append(NodeLeft(node, self._reason(new), self.cause, self.block))
+                left.append(NodeLeft(node, self._reason(new), cause, block))
             if (
                 new is not None
-                and new.reason == "key-conflict"
-                and (old is None or old.reason != "key-conflict")
+                and new[4] == "key-conflict"
+                and (old is None or old[4] != "key-conflict")
             ):
                 winner = state.winners[new.public_key][0]
                 conflict = Conflict(
@@ -346,7 +336,7 @@ def _facts(state: RegistryState, node: str) -> _Facts | None:
     tokens = state.node_index.get(node)
     if tokens is None:
         return None
-    member = _lowest(tokens)
+    member = tokens if isinstance(tokens, int) else min(tokens)
     record = state.tokens[member]
     key = state.keys.get(record.owner, "")
     if not is_valid_node_id(node):
@@ -455,6 +445,15 @@ def _status_of(state: RegistryState, node: str, facts: _Facts | None) -> Status 
         return Status(False, member, owner, key, "key-conflict", expires)
     return Status(True, member, owner, key, "", expires)
 
+
+#: The step of each chain event type (exact types: the events are final structs).
+_HANDLERS: Final[dict[type, Any]] = {
+    PublicKeyUpdated: _Step.key_event,
+    NodeAccessGranted: _Step.granted,
+    NodeAccessTransferred: _Step.transferred,
+    NodeAccessRevoked: _Step.revoked,
+    SubscriptionUpdate: _Step.subscription,
+}
 
 #: The registry fold, for ``Stage`` and the audit replay.
 FOLD: Final = RegistryFold()
