@@ -9,6 +9,8 @@ and restarting gives the same result as never killing it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import threading
 import time
@@ -162,6 +164,10 @@ class Stage(Generic[S]):
         the state from Redis (what was folded after it is dropped, and read again).
         """
         self.redrive()
+        with _gc_paused():
+            return self._step(block_ms, count)
+
+    def _step(self, block_ms: int | None, count: int) -> int:
         entries = redis_retry(read_after, self.client, self.input, self.position, count, block_ms)
         if not entries:
             self._check_position()
@@ -590,6 +596,25 @@ def run_stage(
     if stage is not None:
         stage.after_step = after_step
         stage.run(stop)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during one step (it resumes after it).
+
+    A fold allocates a few objects per entry and frees them by reference counting; the
+    collector would otherwise run every few hundred entries and, every few dozen runs,
+    walk the whole state (a third of a stage's time at 100,000 nodes). A step is bounded
+    (one batch), so the cycles it may leave are collected by the next run after it.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class _Conflicted(Exception):
