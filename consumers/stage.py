@@ -244,6 +244,7 @@ class Stage(Generic[S]):
         """Start committing ``batch`` (from position ``expected``) on the writer thread."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.fold.name}-commit")
+        batch.packed = self.store.pack(batch)  # here: the writer thread only waits for Redis
         return self._writer.submit(redis_retry, self.store.commit, expected, batch)
 
     def _apply(

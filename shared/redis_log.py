@@ -260,6 +260,9 @@ class Batch:
     replace: bool = False
     #: A snapshot of the output as of this commit (written with the last output id).
     snapshot: bytes | None = None
+    #: The commit's arguments after the expected position (``StageStore.pack``), when packed
+    #: ahead of the commit (e.g. on the thread that made the batch).
+    packed: list[Any] | None = None
 
 
 class StageStore:
@@ -325,12 +328,9 @@ class StageStore:
                     continue
             return (as_str(raw_pos) if raw_pos else START), built
 
-    def commit(self, expected: str, batch: Batch) -> list[str]:
-        """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
-
-        Raises :class:`CommitConflict` when the stored position is not ``expected``
-        (another instance committed, or the store was reset).
-        """
+    @staticmethod
+    def pack(batch: Batch) -> list[Any]:
+        """The commit script's arguments for ``batch``, after the expected position."""
         state: list[str] = []
         for k, v in batch.state_set.items():  # values are JSON: UTF-8 (cmsgpack has no bin)
             state += (k, v.decode())
@@ -338,7 +338,6 @@ class StageStore:
         for item in batch.outputs:
             out += (type(item).__name__, encode(item).decode())
         args: list[Any] = [
-            "" if expected == START else expected,
             batch.position,
             "1" if batch.replace else "0",
             SCHEMA_VERSION,
@@ -348,6 +347,18 @@ class StageStore:
         ]
         args += pack_dead(batch.dead)
         args += [0] if batch.snapshot is None else [1, batch.snapshot]
+        return args
+
+    def commit(self, expected: str, batch: Batch) -> list[str]:
+        """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
+
+        Raises :class:`CommitConflict` when the stored position is not ``expected``
+        (another instance committed, or the store was reset).
+        """
+        args = [
+            "" if expected == START else expected,
+            *(batch.packed if batch.packed is not None else self.pack(batch)),
+        ]
         try:
             ids = self._commit(keys=self.keys, args=args)
         except redis.ResponseError as exc:

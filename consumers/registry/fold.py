@@ -20,6 +20,7 @@ from typing import Any, Final
 import msgspec
 
 from consumers.registry import issues
+from consumers.registry.issues import PROBLEMS
 from consumers.registry.state import (
     KEY_FIELD,
     TOKEN_FIELD,
@@ -263,9 +264,17 @@ class _Step:
         affected = self.affected
         if not affected:
             return self.notes
-        nodes = sorted(affected) if len(affected) > 1 else list(affected)
-        facts: dict[str, _Facts | None] = {}
-        touched = _update_candidates(state, nodes, facts)
+        if len(affected) == 1:
+            (node,) = affected
+            found, touched = _update_one(state, node)
+            if not touched or touched <= affected:
+                return self._publish_one(node, found, source)
+            nodes = [node]
+            facts: dict[str, _Facts | None] = {node: found}
+        else:
+            nodes = sorted(affected)
+            facts = {}
+            touched = _update_candidates(state, nodes, facts)
         if touched and not touched <= affected:
             nodes = sorted(affected | touched)
         left: list[RegistryChange] = []
@@ -305,6 +314,50 @@ class _Step:
         if not left and not changed:
             return self.notes + joined if self.notes else joined
         return self.notes + left + changed + joined
+
+    def _publish_one(
+        self, node: str, facts: _Facts | None, source: tuple[str, int | None]
+    ) -> list[RegistryChange]:
+        """:meth:`publish` when the event affected one node and no other (the common case)."""
+        state = self.state
+        statuses = state.status
+        old = statuses.get(node)
+        new = _status_of(state, node, facts)
+        if new is None:
+            if old is not None:
+                del statuses[node]
+        elif new != old:
+            statuses[node] = new
+        out: list[RegistryChange] = self.notes
+        was_live = old is not None and old[0]
+        if new is not None and new[0]:
+            if not was_live:
+                change: RegistryChange | None = NodeJoined(
+                    node, new[1], new[2], new[3], self.cause, self.block, new[5]
+                )
+            elif old is not None and (
+                old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+            ):
+                change = NodeChanged(node, new[1], new[2], new[3], self.cause, self.block, new[5])
+            else:
+                change = None
+        elif was_live:
+            change = NodeLeft(node, self._reason(new), self.cause, self.block)
+        else:
+            change = None
+        if new is not None and new[4] == "key-conflict" and (old is None or old[4] != new[4]):
+            winner = state.winners[new.public_key][0]
+            out.append(
+                Conflict("duplicate-key", node, new.token_id, winner, self.cause, self.block)
+            )
+        held = state.node_index.get(node)
+        if node in state.issues or not (
+            held is None or new is None or (isinstance(held, int) and new[4] not in PROBLEMS)
+        ):
+            issues.track(state, (node,), source, self.block)
+        if change is not None:
+            out.append(change)
+        return out
 
     def _reason(self, status: Status | None) -> str:
         """Why a node that was live is not live any more."""
@@ -426,6 +479,34 @@ def _update_candidates(
             if now is not None:
                 touched.add(now[1])
     return touched
+
+
+def _update_one(state: RegistryState, node: str) -> tuple[_Facts | None, set[str]]:
+    """:func:`_update_candidates` of one node: its facts, and the nodes whose key winner
+    changed."""
+    found = _facts(state, node)
+    new = None if found is None or found[3] else (found[2], found[0])
+    old = _current(state, node)
+    if old == new:
+        return found, set()
+    winners = state.winners
+    keys = []
+    if old is not None:
+        keys.append((old[0], winners.get(old[0])))
+        _withdraw(state, node, old[0])
+    if new is not None and (old is None or new[0] != old[0]):
+        keys.append((new[0], winners.get(new[0])))
+    if new is not None:
+        _enter(state, node, new[0], new[1])
+    touched: set[str] = set()
+    for key, prev in keys:
+        now = winners.get(key)
+        if prev != now:
+            if prev is not None:
+                touched.add(prev[1])
+            if now is not None:
+                touched.add(now[1])
+    return found, touched
 
 
 def _status(state: RegistryState, node: str) -> Status | None:
