@@ -240,6 +240,12 @@ class Stage(Generic[S]):
             except _Conflicted:
                 return None
 
+    def close(self) -> None:
+        """Stop the writer thread (each :meth:`step` has waited for its commits already)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
     def _submit(self, expected: str, batch: Batch) -> Future[list[str]]:
         """Start committing ``batch`` (from position ``expected``) on the writer thread."""
         if self._writer is None:
@@ -579,6 +585,7 @@ class Stage(Generic[S]):
             keep_going(loop, stop)
         finally:
             health.retire(work)
+            self.close()
         self.log.info("stopped at position {}", self.position)
 
 
