@@ -5,25 +5,31 @@ loop owns Redis: it loads the committed position and state, reads entries after
 the position, applies them, and commits position + state changes + outputs +
 dead letters in one Lua call (``StageStore.commit``). Killing it at any instant
 and restarting gives the same result as never killing it.
+
+A batch is folded and committed in chunks, the commit of one chunk running (on a writer
+thread) while the next is folded. Beside this loop: ``stage_retract.py`` (deep reorgs),
+``stage_redrive.py`` (re-driven dead letters), ``stage_reads.py`` (the scans they need).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Final, Generic, Protocol, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-import msgspec
 import redis
 
+from consumers import stage_reads as reads
+from consumers.fold import Fold
+from consumers.stage_redrive import RETRY_FIELD, raw_fields, redrive
+from consumers.stage_retract import retract
 from shared import health, metrics
 from shared.errors import CommitConflict, DecodeError
-from shared.events import Retracted, effective, from_fields
+from shared.events import Retracted, from_fields
 from shared.keys import Keys
 from shared.logs import brief, log
 from shared.redis_log import (
@@ -31,7 +37,6 @@ from shared.redis_log import (
     Batch,
     StageStore,
     as_str,
-    id_key,
     keep_going,
     read_after,
     redis_retry,
@@ -44,38 +49,11 @@ BATCH_SIZE: Final = 2000
 COMMIT_EVERY: Final = 500
 #: Milliseconds one XREAD blocks waiting for new entries.
 BLOCK_MS: Final = 1000
-#: Entries per page when a retraction scans the input or output stream.
-SCAN_PAGE: Final = 5000
 #: Output entries between two snapshots (fewer with a smaller retention; never fewer than
 #: the snapshot has peers, so writing snapshots costs O(1) per output entry).
 SNAPSHOT_EVERY: Final = 1000
-#: State-hash field holding the id of the last re-drive request applied (not fold state).
-RETRY_FIELD: Final = "~retry"
-_STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 S = TypeVar("S")
-
-
-class Fold(Protocol[S]):
-    """A pure projection: the rules of one stage, with no I/O."""
-
-    #: Stage name: "registry" or "ipam" (names its keys).
-    name: str
-    #: Entry types this stage consumes; anything else in its input is dead-lettered.
-    accepts: tuple[type, ...]
-
-    def load(self, fields: Mapping[str, bytes] | Iterable[tuple[str, bytes]]) -> S:
-        """Rebuild the state from its persisted fields, a mapping or (name, value) pairs in
-        any order (empty: initial state)."""
-
-    def apply(self, state: S, entry_id: str, entry: Any) -> tuple[S, list[Any]]:
-        """Apply one input entry; returns the state and the output entries."""
-
-    def take_changes(self, state: S) -> tuple[dict[str, bytes], set[str]]:
-        """Persisted fields changed since the last call: (fields to set, fields to delete)."""
-
-    def dump(self, state: S) -> dict[str, bytes]:
-        """Every persisted field of ``state`` (what the state hash holds after all commits)."""
 
 
 class Stage(Generic[S]):
@@ -267,7 +245,7 @@ class Stage(Generic[S]):
         retractions = False
         for entry_id, fields in entries:
             if poison and entry_id in poison:
-                batch.dead.append((entry_id, poison[entry_id], _raw(fields)))
+                batch.dead.append((entry_id, poison[entry_id], raw_fields(fields)))
                 continue
             try:
                 entry = from_fields(fields)
@@ -275,7 +253,7 @@ class Stage(Generic[S]):
                     raise DecodeError(f"{type(entry).__name__} is not an input of {self.fold.name}")
             except DecodeError as exc:
                 self.log.warning("dead-lettering {}: {}", entry_id, exc)
-                batch.dead.append((entry_id, str(exc), _raw(fields)))
+                batch.dead.append((entry_id, str(exc), raw_fields(fields)))
                 continue
             if type(entry) is Retracted:
                 retractions = True
@@ -330,7 +308,7 @@ class Stage(Generic[S]):
                 while i + 1 < len(decoded) and isinstance(decoded[i + 1][1], Retracted):
                     i += 1
                     run.append(decoded[i])
-                self._retract(run, batch, links, poison)
+                retract(self, run, batch, links, poison)
                 i += 1
                 continue
             try:
@@ -360,202 +338,26 @@ class Stage(Generic[S]):
         return True
 
     def _outputs_since_snapshot(self) -> int:
-        """Output entries after the latest snapshot (a restart keeps the cadence going).
-
-        Counted up to :data:`SNAPSHOT_EVERY`; with no snapshot at all, that many (so
-        the next batch writes one).
-        """
-        through: Any = redis_retry(self.client.hget, self.snapshot_key, "id")
-        if through is None:
-            return SNAPSHOT_EVERY
-        after: Any = redis_retry(
-            self.client.xrange,
-            self.store.output,
-            min=f"({as_str(through)}",
-            count=SNAPSHOT_EVERY,
+        """Output entries after the latest snapshot (a restart keeps the cadence going)."""
+        assert self.snapshot_key is not None
+        return reads.outputs_since_snapshot(
+            self.client, self.snapshot_key, self.store.output, SNAPSHOT_EVERY
         )
-        return len(after)
 
     def _trim(self) -> None:
-        """Drop output entries beyond ``retention``, never past the latest snapshot.
-
-        A reader whose position is older than what was dropped starts again from
-        the snapshot, so nothing it needs is lost.
-        """
+        """Drop output entries beyond ``retention``, never past the latest snapshot."""
+        assert self.snapshot_key is not None
         output = self.store.output
-        newest: Any = redis_retry(self.client.xrevrange, output, "+", "-", count=self.retention)
-        through: Any = redis_retry(self.client.hget, self.snapshot_key, "id")
-        if len(newest) < self.retention or through is None:
-            return
-        keep_from = min(as_str(newest[-1][0]), as_str(through), key=id_key)
-        dropped = redis_retry(self.client.xtrim, output, minid=keep_from, approximate=False)
+        dropped, keep_from = reads.trim(self.client, output, self.snapshot_key, self.retention)
         if dropped:
             self.log.info("trimmed {} entries of {} (kept from {})", dropped, output, keep_from)
-
-    # --- retractions (deep reorgs) ---------------------------------------------------
-
-    def _retract(
-        self,
-        run: list[tuple[str, Retracted]],
-        batch: Batch,
-        links: list[str],
-        poison: dict[str, str],
-    ) -> None:
-        """Undo the input entries that ``run`` retracts, and retract their outputs.
-
-        The state becomes a clean fold of the effective input up to the end of
-        ``run`` (rebuilt from the start of the input: deep reorgs are rare and
-        this is exact whatever the fold). Outputs of retracted inputs that are
-        still in this batch are dropped; committed ones get ``Retracted``
-        entries of their own, newest first, so the next stage does the same.
-        """
-        void = {r.entry_id: (rid, r) for rid, r in run}
-        kept = [(o, link) for o, link in zip(batch.outputs, links, strict=True) if link not in void]
-        dropped = len(batch.outputs) - len(kept)
-        batch.outputs[:] = [o for o, _ in kept]
-        links[:] = [link for _, link in kept]
-        retractions = [
-            Retracted(
-                entry_id=out_id,
-                block_number=void[cause][1].block_number,
-                block_hash=void[cause][1].block_hash,
-                cause=void[cause][0],
-                origin=void[cause][1].origin or void[cause][0],
-            )
-            for out_id, cause in self._committed_outputs(set(void))
-        ]
-        batch.outputs.extend(retractions)
-        links.extend(r.cause for r in retractions)
-        self.state = self._rebuild(run[-1][0], poison)
-        batch.replace = True
-        self.log.warning(
-            "retracted {} input entries (from block {}): {} outputs retracted, {} unpublished",
-            len(run),
-            min(r.block_number for _, r in run),
-            len(retractions),
-            dropped,
-        )
-
-    def _committed_outputs(self, inputs: set[str]) -> list[tuple[str, str]]:
-        """(output id, input id) of committed outputs caused by ``inputs``, newest first."""
-        first = min(inputs, key=id_key)
-        found: list[tuple[str, str]] = []
-        already: set[str] = set()
-        last = "+"
-        while True:
-            page: Any = redis_retry(
-                self.client.xrevrange, self.store.output, max=last, count=SCAN_PAGE
-            )
-            for raw_id, fields in page:
-                out_id = as_str(raw_id)
-                try:
-                    out = from_fields(fields)
-                except DecodeError:
-                    continue
-                if isinstance(out, Retracted):
-                    already.add(out.entry_id)
-                    continue
-                link = getattr(out, "cause", "")
-                if id_key(link) < id_key(first):
-                    return found
-                if link in inputs and out_id not in already:
-                    found.append((out_id, link))
-            if len(page) < SCAN_PAGE:
-                return found
-            last = f"({as_str(page[-1][0])}"
-
-    def _rebuild(self, until: str, poison: dict[str, str]) -> S:
-        """A clean fold of the effective input up to ``until`` (dead letters skipped)."""
-        skip = set(poison) | self._dead_ids()
-        items: list[tuple[str, Any]] = []
-        low = "-"
-        while True:
-            page: Any = redis_retry(
-                self.client.xrange, self.input, min=low, max=until, count=SCAN_PAGE
-            )
-            for raw_id, fields in page:
-                entry_id = as_str(raw_id)
-                if entry_id in skip:
-                    continue
-                try:
-                    entry = from_fields(fields)
-                except DecodeError:
-                    continue
-                if isinstance(entry, self._reads):
-                    items.append((entry_id, entry))
-            if len(page) < SCAN_PAGE:
-                break
-            low = f"({as_str(page[-1][0])}"
-        state = self.fold.load({})
-        for entry_id, entry in effective(items):
-            try:
-                state, _ = self.fold.apply(state, entry_id, entry)
-            except Exception:  # dead-lettered when it was first seen; skip it again
-                self.log.exception("rebuild: cannot apply {}; skipped", entry_id)
-        self.fold.take_changes(state)
-        return state
-
-    def _dead_ids(self) -> set[str]:
-        """Input ids this stage dead-lettered (they stay out of a rebuild too)."""
-        raw: Any = redis_retry(self.client.xrange, self.store.dead)
-        return {as_str(f[b"id"]) for _, f in raw if b"id" in f}
 
     # --- re-driven dead letters (``wgchain deadletters retry``) ------------------------
 
     def redrive(self) -> int:
-        """Apply the dead letters an operator queued in the retry stream; returns how many.
-
-        A request names a dead letter. Its original entry goes through :meth:`_apply`
-        like an input entry (same entry id), in a commit of its own that also stores
-        the request id in the state hash (:data:`RETRY_FIELD`): a request takes effect
-        exactly once. The dead letter and the request are deleted only after that
-        commit (a stage killed in between deletes them when it restarts); an entry
-        that fails again is dead-lettered anew, with the new reason, in the commit.
-        """
-        requests: Any = redis_retry(self.client.xrange, self.retry, count=BATCH_SIZE)
-        for raw_id, fields in requests:
-            request, dead_id = as_str(raw_id), as_str(fields.get(b"dead", b""))
-            pending = id_key(request) > id_key(self.retry_position)
-            if pending and not self._redrive_one(request, dead_id):
-                return 0
-            pipe = self.client.pipeline(transaction=True)
-            if _STREAM_ID.fullmatch(dead_id):
-                pipe.xdel(self.store.dead, dead_id)
-            pipe.xdel(self.retry, request)
-            redis_retry(pipe.execute)
-        return len(requests)
-
-    def _redrive_one(self, request: str, dead_id: str) -> bool:
-        """Apply one request's dead letter (gone already: nothing); False on a conflict."""
-        letter: Any = []
-        if _STREAM_ID.fullmatch(dead_id):
-            letter = redis_retry(self.client.xrange, self.store.dead, dead_id, dead_id)
-        if not letter:
-            return True
-        fields = letter[0][1]
-        original = [(as_str(fields.get(b"id", b"?")), _unraw(fields.get(b"raw", b"")))]
-        if original[0][1].get(b"type") == b"Retracted":  # only meaningful in stream order
-            why = "a retraction is not re-driven (replay the stage instead)"
-            batch = Batch(self.position, dead=[(original[0][0], why, fields.get(b"raw", b""))])
-        else:
-            try:
-                batch = self._apply(original, {})
-            except _Poison as exc:
-                self.position, self.state = self._load()
-                batch = self._apply(original, {exc.entry_id: exc.reason})
-        batch.position = self.position
-        batch.state_set[RETRY_FIELD] = request.encode()
-        try:
-            redis_retry(self.store.commit, self.position, batch)
-        except CommitConflict as exc:
-            self.log.warning("commit conflict ({}); reloading state", exc)
-            self.position, self.state = self._load()
-            return False
-        self.retry_position = request
-        self._committed(batch)
-        outcome = "dead-lettered again" if batch.dead else "applied"
-        self.log.info("re-drove dead letter {} (entry {}): {}", dead_id, original[0][0], outcome)
-        return True
+        """Apply the dead letters an operator queued in the retry stream; returns how many
+        (:func:`consumers.stage_redrive.redrive`)."""
+        return redrive(self)
 
     def run(self, stop: threading.Event) -> None:
         """Loop until ``stop`` is set; finishes and commits the current batch first.
@@ -636,16 +438,4 @@ class _Poison(Exception):
         self.reason = reason
 
 
-def _raw(fields: dict[bytes, bytes]) -> bytes:
-    return msgspec.json.encode(
-        {k.decode("latin-1"): v.decode("latin-1") for k, v in fields.items()}
-    )
-
-
-def _unraw(raw: bytes) -> dict[bytes, bytes]:
-    """The entry fields ``_raw`` encoded (empty when ``raw`` is not such an encoding)."""
-    try:
-        decoded = msgspec.json.decode(raw, type=dict[str, str])
-        return {k.encode("latin-1"): v.encode("latin-1") for k, v in decoded.items()}
-    except (msgspec.DecodeError, UnicodeEncodeError):
-        return {}
+__all__ = ["BATCH_SIZE", "RETRY_FIELD", "Fold", "Stage", "run_stage"]
