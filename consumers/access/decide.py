@@ -185,24 +185,17 @@ def decide_address(
     live = status is not None and status.live
     active = sorted(t for t in state.node_tokens.get(node, ()) if state.tokens[t].owner == owner)
     if active and status is not None:
-        expires = _expires(state, status.token_id)
-        if status.token_id in active and is_expired(expires, now, grace):
-            assert expires is not None
-            return Decision(
-                granted=False,
-                reason=EXPIRED,
-                node=node,
-                detail=f"the pass expired ({_when(expires)})",
-                token_id=status.token_id,
-                owner=owner,
-                live=live,
-                expires=expires,
-            )
         if status.token_id in active:
-            detail = "active pass" + ("" if live else f" (not live: {status.reason})")
+            expires = _expires(state, status.token_id)
+            if is_expired(expires, now, grace):
+                assert expires is not None
+                reason, detail = EXPIRED, f"the pass expired ({_when(expires)})"
+            else:
+                reason = GRANTED
+                detail = "active pass" + ("" if live else f" (not live: {status.reason})")
             return Decision(
-                granted=True,
-                reason=GRANTED,
+                granted=reason == GRANTED,
+                reason=reason,
                 node=node,
                 detail=detail,
                 token_id=status.token_id,
