@@ -14,6 +14,7 @@ expired at ``now`` plus the grace is denied ``expired`` (``now`` None: not judge
 from __future__ import annotations
 
 import datetime
+import functools
 from collections.abc import Iterable
 from typing import Final
 
@@ -123,19 +124,7 @@ def decide_key(
     if status is None:
         return _absent(view, node)
     expires = _expires(state, status.token_id)
-
-    def member(reason: str, detail: str) -> Decision:
-        return Decision(
-            granted=reason == GRANTED,
-            reason=reason,
-            node=node,
-            detail=detail,
-            token_id=status.token_id,
-            owner=status.owner,
-            live=status.live,
-            expires=expires,
-        )
-
+    member = functools.partial(_member, node, status, status.owner, expires=expires)
     if status.live and status.public_key == key:
         if is_expired(expires, now, grace):
             assert expires is not None
@@ -193,16 +182,7 @@ def decide_address(
             else:
                 reason = GRANTED
                 detail = "active pass" + ("" if live else f" (not live: {status.reason})")
-            return Decision(
-                granted=reason == GRANTED,
-                reason=reason,
-                node=node,
-                detail=detail,
-                token_id=status.token_id,
-                owner=owner,
-                live=live,
-                expires=expires,
-            )
+            return _member(node, status, owner, reason, detail, expires=expires)
         detail = (
             f"token {active[0]} is active, but the lower token {status.token_id} keeps the node"
         )
@@ -230,6 +210,23 @@ def decide_address(
     else:
         detail = f"the pass is held by {status.owner or 'nobody'}"
     return Decision(granted=False, reason=NOT_OWNER, node=node, detail=detail, live=live)
+
+
+def _member(
+    node: str, status: Status, owner: str, reason: str, detail: str, *, expires: int | None
+) -> Decision:
+    """A decision about ``node``'s member token (``status``), granted when ``reason`` is
+    :data:`GRANTED`."""
+    return Decision(
+        granted=reason == GRANTED,
+        reason=reason,
+        node=node,
+        detail=detail,
+        token_id=status.token_id,
+        owner=owner,
+        live=status.live,
+        expires=expires,
+    )
 
 
 def _expires(state: RegistryState, token_id: int) -> int | None:
