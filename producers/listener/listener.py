@@ -31,6 +31,7 @@ from shared.chain.ranges import RangeSizer
 from shared.chain.read import Read, read_logs
 from shared.chain.rpc import RpcClient, refused
 from shared.cmdline import with_chain_id
+from shared.collector import collector_paused
 from shared.errors import (
     CommitConflict,
     DecodeError,
@@ -38,7 +39,7 @@ from shared.errors import (
     LogRangeError,
     ServiceUnavailable,
 )
-from shared.events import GENESIS_DIGEST, LogEntry, Retracted
+from shared.events import GENESIS_DIGEST, LogEntry, Retracted, sealed
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import keep_going
@@ -116,7 +117,16 @@ class Listener:
         return self._target
 
     def step(self) -> int:
-        """Append one block range; returns the number of blocks it covered (0 at the tip)."""
+        """Append one block range; returns the number of blocks it covered (0 at the tip).
+
+        The cyclic collector is paused meanwhile (:func:`collector_paused`): a large range
+        holds tens of thousands of raw logs and entries, and every collection would walk
+        them all again (about half the listener's CPU); a step makes no reference cycles.
+        """
+        with collector_paused():
+            return self._step()
+
+    def _step(self) -> int:
         self.watch.record({})  # "still at work", for status (throttled: at most once a second)
         staged = append_staged(self)  # a running backfill's next range, strictly in order
         if staged is not None:
@@ -157,14 +167,16 @@ class Listener:
         cursor: Cursor,
         entries: Sequence[LogEntry | Retracted],
         dead: Sequence[DeadLetter] = (),
+        payloads: Sequence[bytes] | None = None,
     ) -> bool:
         """Append under our fence and move the cursor; False when another writer moved it.
 
         The cursor is then reloaded from Redis. A fenced commit (the lease is lost)
         raises :class:`CommitConflict`, so the lease supervisor steps down at once.
+        ``payloads``: the entries' JSON when already encoded (:func:`sealed`).
         """
         try:
-            self.store.commit(expected, cursor, entries, dead, fence=self.fence)
+            self.store.commit(expected, cursor, entries, dead, fence=self.fence, payloads=payloads)
         except Fenced:
             raise
         except CommitConflict as exc:
@@ -290,7 +302,7 @@ class Listener:
         cursor to its last block: while one part is being committed (Redis works, this
         thread waits) the next one is decoded. Small reads are one commit, as before.
         """
-        parts = _parts(read.logs, COMMIT_PART)
+        parts = read.parts(COMMIT_PART)
         entries: list[LogEntry] = []
         dead: list[DeadLetter] = []
         expected = self.cursor
@@ -298,7 +310,7 @@ class Listener:
         prev = self._prev
         pending: Future[bool] | None = None
         for n, logs in enumerate(parts, 1):
-            part, part_dead = self._entries(logs, read.headers, prev)
+            part, payloads, part_dead = self._entries(logs, read.headers, prev)
             prev = part[-1].digest if part else prev
             last = n == len(parts)
             block = end if last else logs[-1][0].block_number
@@ -311,10 +323,12 @@ class Listener:
             if pending is not None and not pending.result():
                 return None
             if last:
-                if not self.commit(expected, cursor, part, part_dead):
+                if not self.commit(expected, cursor, part, part_dead, payloads):
                     return None
             else:
-                pending = self._committer().submit(self.commit, expected, cursor, part, part_dead)
+                pending = self._committer().submit(
+                    self.commit, expected, cursor, part, part_dead, payloads
+                )
             entries += part
             dead += part_dead
             expected = base = cursor
@@ -331,22 +345,27 @@ class Listener:
         logs: Sequence[tuple[LogRef, Mapping[str, Any]]],
         headers: Mapping[int, BlockHeader],
         prev: str,
-    ) -> tuple[list[LogEntry], list[DeadLetter]]:
-        """Decode and chain ``logs`` after digest ``prev``; undecodable ones become dead letters."""
+    ) -> tuple[list[LogEntry], list[bytes], list[DeadLetter]]:
+        """Decode and chain ``logs`` after digest ``prev``: the entries, their JSON (encoded
+        once, :func:`sealed`), and the dead letters of the logs that do not decode."""
         entries: list[LogEntry] = []
+        payloads: list[bytes] = []
         dead: list[DeadLetter] = []
+        chain_id = self.cfg.chain_id
         for ref, raw in logs:
             timestamp = headers[ref.block_number].timestamp
             try:
-                entry = decode_log(raw, self.cfg.chain_id, timestamp, ref).with_digest(prev)
+                entry = decode_log(raw, chain_id, timestamp, ref, prev)
             except DecodeError as exc:
                 ident = f"{ref.block_number}:{ref.log_index}"
                 self.log.warning("dead-lettering log {} (tx {}): {}", ident, ref.tx_hash, exc)
                 dead.append(DeadLetter(ident, str(exc), msgspec.json.encode(raw)))
                 continue
+            entry, payload = sealed(entry)
             entries.append(entry)
+            payloads.append(payload)
             prev = entry.digest
-        return entries, dead
+        return entries, payloads, dead
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Append until ``stop`` is set; at the tip, poll every ``poll_interval`` seconds.
@@ -396,22 +415,6 @@ class Listener:
             self.watch.work = None
             health.retire(work)
         self.log.info("stopped at block {}", self.next_block - 1)
-
-
-def _parts(
-    logs: list[tuple[LogRef, Mapping[str, Any]]], size: int
-) -> list[list[tuple[LogRef, Mapping[str, Any]]]]:
-    """``logs`` (chain order) in parts of at least ``size`` logs (the last may be smaller),
-    never splitting a block; one (maybe empty) part for a read of fewer logs."""
-    parts: list[list[tuple[LogRef, Mapping[str, Any]]]] = []
-    part: list[tuple[LogRef, Mapping[str, Any]]] = []
-    for item in logs:
-        if len(part) >= size and item[0].block_number != part[-1][0].block_number:
-            parts.append(part)
-            part = []
-        part.append(item)
-    parts.append(part)
-    return parts
 
 
 def open_listener(cfg: Settings, client: redis.Redis, rpc: RpcClient | None = None) -> Listener:
