@@ -8,7 +8,8 @@ them, checks that every log's block hash is the hash of the header it read (a
 reorg during the read means: read again), decodes the logs into digest-chained
 :class:`LogEntry` objects, and commits them with the new cursor in one Lua call.
 A log that does not decode is dead-lettered with its reason in the same commit,
-never dropped silently.
+never dropped silently. After a range full of logs the next one is read on a thread
+while this one is appended (:mod:`producers.listener.ahead`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import msgspec
 import redis
 
 from producers.backfill.append import append_staged
+from producers.listener.ahead import ReadAhead
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
 from producers.listener.tip import Look, Watch, look
 from shared import health, metrics
@@ -92,6 +94,8 @@ class Listener:
         self.seen: Look | None = None
         self.watch = Watch(store.client, store.keys)
         self._pool: ThreadPoolExecutor | None = None
+        #: The next range, read on a thread while this one is appended (``ahead.py``).
+        self.ahead = ReadAhead(self._read, self.sizer)
 
     @property
     def next_block(self) -> int:
@@ -127,6 +131,7 @@ class Listener:
             return self._step()
 
     def _step(self) -> int:
+        self.ahead.settle()  # the read ahead is done before the node is asked anything else
         self.watch.record({})  # "still at work", for status (throttled: at most once a second)
         staged = append_staged(self)  # a running backfill's next range, strictly in order
         if staged is not None:
@@ -136,10 +141,12 @@ class Listener:
         if start > target:
             metrics.listener_progress(self.store.keys.tag, start - 1, target)
             return self._replaced_at_tip(target)
-        end, read = self._read_sized(start, target)
+        end, read = self.ahead.take(start, target) or self._read_sized(start, target)
+        self.ahead.learn(start, end, len(read.logs))
         batch_log = self.log.bind(blocks=f"{start}-{end}")
         if self._reorged(start, read.headers):
             return self._rewind()
+        self.ahead.start(end + 1, target, len(read.logs))  # read on while this one is appended
         appended = self._append(start, end, read)
         if appended is None:
             return 0
@@ -193,7 +200,7 @@ class Listener:
     def _read_sized(self, start: int, target: int) -> tuple[int, Read]:
         """The largest range from ``start`` the provider accepts now, and its read."""
         while True:
-            end = self.sizer.span(start, target)
+            end = self.ahead.last(start, target)
             try:
                 read = self._read(start, end)
             except LogRangeError as exc:
