@@ -50,8 +50,8 @@ from shared.settings import Settings
 #: Seconds the loop waits after the RPC endpoints all failed, before trying again.
 OUTAGE_WAIT: Final = 5.0
 #: Logs per commit of a large read (whole blocks: a part may hold more); each part's commit
-#: overlaps the decoding of the next.
-COMMIT_PART: Final = 5000
+#: overlaps the decoding of the next (a dense range, ``ahead.PIECE_LOGS``, is two parts).
+COMMIT_PART: Final = 2500
 
 
 @dataclass(frozen=True)
