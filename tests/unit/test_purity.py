@@ -49,6 +49,7 @@ PURE_MODULES = [
     "consumers.nodes.render",
     "consumers.registry.issues",
     "consumers.registry.state",
+    "consumers.audit.checks",
     "consumers.audit.compare",
     "consumers.audit.entries",
     "consumers.audit.history",
