@@ -29,7 +29,7 @@ from producers.listener.listener import Listener
 from shared.chain.read import Read
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
-from shared.events import LogEntry, Retracted, effective, from_fields
+from shared.events import LogEntry, Retracted, effective, encode, from_fields
 
 pytestmark = pytest.mark.integration
 
@@ -70,6 +70,11 @@ def test_ranges_read_ahead_are_appended_once_in_chain_order(
     assert_chain(entries, listener.store.load_cursor())
     assert len(used) >= 3, "the later ranges were read ahead"
     assert all(start <= end for start, end in used)
+    raw: Any = redis_client.xrange(keys_of(anvil, nft).events)
+    for _, fields in raw:  # the stored JSON is what encode writes, byte for byte
+        assert fields[b"data"] == encode(from_fields(fields))
+        assert fields[b"v"] == b"1"
+        assert fields[b"type"] == b"LogEntry"
 
 
 def test_a_reorg_of_the_blocks_read_ahead_is_retracted(
