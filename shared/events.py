@@ -281,6 +281,25 @@ def _chained(item: _Chained, prev: str) -> _Chained:
     return msgspec.structs.replace(unsigned, digest=digest)
 
 
+#: How an unchained entry's JSON ends: ``digest`` is the last field, empty.
+_UNSIGNED_END: Final = b'"digest":""}'
+
+
+def sealed(entry: LogEntry) -> tuple[LogEntry, bytes]:
+    """``entry`` (its ``prev`` set, no digest) chained, and its JSON as :func:`encode` gives it.
+
+    The same as ``chained = entry.with_digest(entry.prev)`` and ``encode(chained)``, with one
+    encoding for both: the digest covers the JSON with an empty ``digest``, and the stored
+    JSON is those bytes with the digest written in (``digest`` is the last field).
+    """
+    unsigned = _ENCODER.encode(entry)
+    if entry.digest or not unsigned.endswith(_UNSIGNED_END):
+        raise ValueError("sealed() takes an entry without digest")
+    digest = hashlib.sha256(entry.prev.encode() + unsigned).hexdigest()
+    payload = b"".join((unsigned[:-2], digest.encode(), b'"}'))
+    return msgspec.structs.replace(entry, digest=digest), payload
+
+
 E = TypeVar("E")
 
 
