@@ -139,8 +139,8 @@ EventsEntry = LogEntry | Retracted
 # --- registry changes (docs/design.md §6.4) -------------------------------------------
 
 
-class NodeJoined(_Event, frozen=True, tag=True):
-    """A node became a live member (it now gets a peer)."""
+class _Member(_Event, frozen=True):
+    """A live member as the registry stage decided it (the fields of both events about one)."""
 
     node_id: str
     token_id: int
@@ -153,17 +153,12 @@ class NodeJoined(_Event, frozen=True, tag=True):
     expires: int | None = None
 
 
-class NodeChanged(_Event, frozen=True, tag=True):
-    """A live member's key, owner, deciding token or expiration changed; it stays live."""
+class NodeJoined(_Member, frozen=True, tag=True):
+    """A node became a live member (it now gets a peer)."""
 
-    node_id: str
-    token_id: int
-    owner: str
-    public_key: str
-    cause: str
-    block_number: int
-    #: Unix time its pass expires (None: never), as in :class:`NodeJoined`.
-    expires: int | None = None
+
+class NodeChanged(_Member, frozen=True, tag=True):
+    """A live member's key, owner, deciding token or expiration changed; it stays live."""
 
 
 class NodeLeft(_Event, frozen=True, tag=True):
@@ -215,20 +210,21 @@ class PeerUpsert(_Event, frozen=True, tag=True):
     expires: int | None = None
 
 
-class PeerRemove(_Event, frozen=True, tag=True):
+class _NodeFact(_Event, frozen=True):
+    """A ``peers`` entry that names a node and nothing more of it."""
+
     node_id: str
     cause: str
     origin: str
     block_number: int
 
 
-class AllocationPending(_Event, frozen=True, tag=True):
+class PeerRemove(_NodeFact, frozen=True, tag=True):
+    """A node no host should peer with any more."""
+
+
+class AllocationPending(_NodeFact, frozen=True, tag=True):
     """A live member that the pool has no address for yet (retried when space frees)."""
-
-    node_id: str
-    cause: str
-    origin: str
-    block_number: int
 
 
 PeersChange = PeerUpsert | PeerRemove | AllocationPending
