@@ -43,6 +43,7 @@ PURE_MODULES = [
     "consumers.dashboard.topology",
     "shared.reasons",
     "shared.durations",
+    "shared.collector",
     "consumers.status.health",
     "consumers.nodes.facts",
     "consumers.nodes.listing",
