@@ -50,6 +50,10 @@ from shared.redis_log import START, Entry, redis_retry
 
 #: Longest a Redis call is retried before the loop gets control back (seconds).
 REDIS_RETRY_SECONDS: Final = 30.0
+#: Entries of a fill's first catch-up read (see :meth:`Agent.bootstrap`); each next read
+#: is :data:`FILL_GROWTH` times larger, up to ``CATCH_UP_SIZE``.
+FIRST_FILL_SIZE: Final = 200
+FILL_GROWTH: Final = 4
 
 
 class _ExpiryDue(stop_base):
@@ -224,19 +228,23 @@ class Agent:
         read before the next request; a failure rolls that batch back, and the reconcile
         after the bootstrap reads the interface whole). Every batch is a prefix of the
         stream, applied as an agent following it live would have. The addresses (the
-        link going up) come once caught up, and so does ``applied_position``.
+        link going up) come once caught up, and so does ``applied_position``. The first
+        batch of a fill is small, so that wireguard-go starts at once; each next one is
+        larger, as wireguard-go takes several times longer per peer than the agent does.
         """
         follower = self.follower
         follower.load_snapshot(newer_than=follower.position)
         self.announcements.watch()
         fill = self._can_fill()
+        count = FIRST_FILL_SIZE if fill else CATCH_UP_SIZE
         while True:
-            entries, _ = self.retry(follower.read, None, CATCH_UP_SIZE)
+            entries, _ = self.retry(follower.read, None, count)
             follower.fold(entries)
             if fill:
                 fill = self._fill()
             if follower.caught_up:
                 break
+            count = min(CATCH_UP_SIZE, count * FILL_GROWTH)
         follower.last_entries = time.monotonic()
         if not fill:  # (a fill read them batch by batch)
             self.read_announcements(set(follower.table.records))

@@ -142,11 +142,13 @@ class DesiredPeers:
             return self.reset(table)
         if self.fail_closed:
             return {}  # no peers whatever the others do, until the own record changes
-        if not self._recount(table, changed):
+        facts: dict[str, tuple[str | None, str | None]] = {}
+        if not self._recount(table, changed, facts):
             return self.reset(table)
         delta: dict[str, Change] = {}
+        now = self.clock()
         for node in changed:
-            self._place(node, table.get(node), delta)
+            self._place(node, table.get(node), delta, now, facts.get(node))
         return delta
 
     def next_deadline(self) -> float | None:
@@ -209,10 +211,14 @@ class DesiredPeers:
     # --- internals -------------------------------------------------------------------
 
     def _recount(
-        self, table: Mapping[str, PeerRecord], changed: Mapping[str, PeerRecord | None]
+        self,
+        table: Mapping[str, PeerRecord],
+        changed: Mapping[str, PeerRecord | None],
+        facts: dict[str, tuple[str | None, str | None]],
     ) -> bool:
         """Move the changed records' claims to their new records; False when any of them
-        is (or was) shared with another record: then only a full recomputation is exact."""
+        is (or was) shared with another record: then only a full recomputation is exact.
+        ``facts`` receives each new record's :func:`record_facts` (for :meth:`_place`)."""
         claims = self._claims
         alone = True
         for old in changed.values():
@@ -224,24 +230,39 @@ class DesiredPeers:
                     claims.pop(claim, None)
                 else:
                     claims[claim] = count - 1
+        pools = self.pools
         for node in changed:
             new = table.get(node)
-            for claim in claims_of(new, self.pools) if new is not None else ():
+            if new is None:
+                continue
+            problem, ip6 = facts[node] = record_facts(new, pools)
+            if problem:
+                continue
+            for claim in (new.public_key, new.ipv4, ip6) if ip6 else (new.public_key, new.ipv4):
                 count = claims.get(claim, 0)
                 if count:
                     alone = False
                 claims[claim] = count + 1
         return alone
 
-    def _place(self, node: str, record: PeerRecord | None, delta: dict[str, Change]) -> None:
-        """Recompute one node's peer (its claims are unshared)."""
+    def _place(
+        self,
+        node: str,
+        record: PeerRecord | None,
+        delta: dict[str, Change],
+        now: float | None = None,
+        facts: tuple[str | None, str | None] | None = None,
+    ) -> None:
+        """Recompute one node's peer (its claims are unshared); ``facts``: the record's
+        :func:`record_facts` when known already."""
         old = self.peers.get(node)
         self.skipped.pop(node, None)
         new = None
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         self._schedule(node, record, now)
         if record is not None:
-            problem, ip6 = record_facts(record, self.pools)
+            problem, ip6 = facts or record_facts(record, self.pools)
             if problem:
                 self.skipped[node] = problem
             elif self.policy.expired(record.expires, now):
