@@ -7,7 +7,7 @@ import json
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +16,7 @@ import redis
 from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
+from consumers.agent.bootstrap import FIRST_FILL_SIZE
 from consumers.agent.follow import CATCH_UP_SIZE
 from consumers.agent.keys import generate_private_key_file, read_private_key
 from consumers.agent.render import PeerSpec
@@ -215,12 +216,14 @@ class PipelinedTwin(MemoryWireGuard):
 
     refuse: int = 0
     requests: int = 0
+    sizes: list[int] = field(default_factory=list)  # peers per request
     addresses_at: int = -1  # how many requests had been sent when the link got its address
 
     def start_apply(
         self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
     ) -> SimpleNamespace:
         self.requests += 1
+        self.sizes.append(len(peers))
         if self.requests == self.refuse:
             self.apply(ifname, removals, list(peers)[:1])
 
@@ -269,6 +272,8 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
     assert wg.requests >= (refuse or 3)  # one per catch-up batch (until the refused one)
     if not refuse:
         assert wg.addresses_at == wg.requests  # after the last batch: filled while down
+        # a small first batch (wireguard-go starts at once), then larger ones
+        assert wg.sizes[0] <= FIRST_FILL_SIZE < max(wg.sizes)
         assert agent.iface.synced
         assert not agent.last_error
     conf = (tmp_path / "conf" / "wgtest0.conf").read_text()
