@@ -6,7 +6,9 @@ change; pure), :mod:`~consumers.agent.interface` (changed peers applied against 
 model of the interface; the timer's full read), :mod:`~consumers.agent.hostfiles`
 (the config file and the state file), :mod:`~consumers.agent.announce` (endpoints),
 :mod:`~consumers.agent.status` (the status hash). The loop is in
-:mod:`~consumers.agent.loop`, when to hold in :mod:`~consumers.agent.hold`.
+:mod:`~consumers.agent.loop`, the start (the state file, catching up, filling a fresh
+interface) in :mod:`~consumers.agent.bootstrap`, holding the applied configuration and
+expiring passes meanwhile in :mod:`~consumers.agent.holding` (when to hold: ``hold.py``).
 
 One change: the blocked ``XREAD`` returns it, the table folds it, the desired peers
 it changed are written ahead to the state journal and applied with one ``wg set``
@@ -21,20 +23,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import Final
 
 import redis
-from tenacity import RetryCallState, stop_after_delay
-from tenacity.stop import stop_base
-from tenacity.wait import wait_base
+from tenacity import stop_after_delay
 
-from consumers.agent import loop
+from consumers.agent import bootstrap, holding, loop
 from consumers.agent.announce import Announcements
 from consumers.agent.config import AgentConfig, is_valid_ifname
-from consumers.agent.desired import EXPIRED, Desired, DesiredPeer, PeerTable, share_strings
-from consumers.agent.follow import CATCH_UP_SIZE, Follower
-from consumers.agent.hold import FREE, HELD, REACHED, Hold
+from consumers.agent.desired import Desired, DesiredPeer, PeerTable, share_strings
+from consumers.agent.follow import Follower
+from consumers.agent.hold import Hold
 from consumers.agent.hostfiles import HostFiles
 from consumers.agent.interface import LOGGED_CHANGES as LOGGED
 from consumers.agent.interface import Changes, Interface, PipelineError, summary
@@ -50,30 +49,6 @@ from shared.redis_log import START, Entry, redis_retry
 
 #: Longest a Redis call is retried before the loop gets control back (seconds).
 REDIS_RETRY_SECONDS: Final = 30.0
-
-
-class _ExpiryDue(stop_base):
-    """Stops a Redis retry when a pass expires: the loop removes it, then retries."""
-
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.agent.expiry_due()
-
-
-class _UntilExpiry(wait_base):
-    """A Redis retry's wait, cut short when a pass expires sooner (then :class:`_ExpiryDue`
-    ends the retry)."""
-
-    def __init__(self, wait: Callable[[RetryCallState], float], agent: Agent) -> None:
-        self.wait = wait
-        self.agent = agent
-
-    def __call__(self, retry_state: RetryCallState) -> float:
-        wait = self.wait(retry_state)
-        deadline = self.agent.next_expiry()
-        return wait if deadline is None else max(0.0, min(wait, deadline - time.time()))
 
 
 class Agent:
@@ -94,12 +69,12 @@ class Agent:
         self.log = log.bind(stage="agent", node=config.node_id, interface=config.interface)
         stop_after = max(1.0, min(config.reconcile_interval, REDIS_RETRY_SECONDS))
         self.retry = redis_retry.copy(
-            stop=stop_after_delay(stop_after) | shutdown.requested | _ExpiryDue(self),
-            wait=_UntilExpiry(redis_retry.wait, self),
+            stop=stop_after_delay(stop_after) | shutdown.requested | holding.ExpiryDue(self),
+            wait=holding.UntilExpiry(redis_retry.wait, self),
         )
         policy, keys = config.policy, config.keys
         self.follower = Follower(client, keys, policy.needed(config.node_id), self.log)
-        self.follower.on_reset = self._on_reset
+        self.follower.on_reset = lambda: holding.on_reset(self)
         self.model = DesiredPeers(config.node_id, policy)
         self.iface = Interface(
             wireguard,
@@ -135,14 +110,15 @@ class Agent:
         #: Whether the applied state is known (from the state file, or applied since start).
         self.applied_known = False
         self._key_stamp: tuple[int, int, int] | None = None
-        self._recompute = True
+        #: Whether the next update recomputes the desired peers whole (a new key, a hold's end).
+        self.recompute = True
         #: Nodes whose announcement changed and is to be read.
         self.announced: set[str] = set()
         self._fail_closed: str | None = None
         #: Unix time the node's own pass expires, as applied (None: never).
         self.own_expires: int | None = None
         #: While the applied configuration is held: when its next pass expires (None: never).
-        self._held_deadline: float | None = None
+        self.held_deadline: float | None = None
         #: Why the interface does not hold what was decided ("": it does); /healthz says it.
         self.apply_problem = ""
         #: This agent's loop in /healthz while it runs (consumers/agent/loop.py).
@@ -182,85 +158,16 @@ class Agent:
         self.reconcile("start")
 
     def prepare(self) -> None:
-        """Everything that needs no Redis: the key, the interface, the state file (and the
-        interface restored from it, when it lost its peers)."""
-        if self.prepared:
-            return
-        self.own_public_key = public_key_from_file(self.cfg.private_key_file)
-        self.check_key_file()
-        self.log.info("own public key {}", self.own_public_key)
-        policy = self.cfg.policy
-        self.log.info("topology {} {}", policy.topology, ",".join(policy.hubs))
-        for stale in self.files.remove_stale_temp_files():
-            self.log.info("removed the stale temp file {}", stale)
-        if self.wg is None:
-            self.log.warning("file-only mode: writing {} only, no wg/ip", self.cfg.config_path)
-        else:
-            self.log.info("interface ready ({})", self.wg.ensure(self.cfg.interface))
-        self.iface.own_public_key = self.own_public_key
-        state = self.files.load()
-        if state is not None:
-            self.iface.applied = dict(state.peers)
-            self.iface.addresses, self.iface.fail_closed = state.addresses, state.fail_closed
-            self.own_expires = state.expires
-            self.applied_position, self.applied_block = state.position, state.block
-            self.hold.block = state.block
-            self.applied_known = True
-            self.log.info(
-                "state file: {} peer(s) applied up to {} (block {}); held until the peers "
-                "stream reaches that block",
-                len(state.peers), state.position, state.block,
-            )  # fmt: skip
-            self.files.config_due.mark()
-            self.repair_held()
-        self.prepared = True
+        """Everything that needs no Redis (consumers/agent/bootstrap.py)."""
+        bootstrap.prepare(self)
 
     def bootstrap(self) -> None:
-        """Catch up before the first reconcile: the latest snapshot, then the stream after it.
+        """Catch up before the first reconcile, filling a fresh interface on the way
+        (consumers/agent/bootstrap.py)."""
+        bootstrap.bootstrap(self)
 
-        A first start (no state file) on a fresh wireguard-go interface (no peers) fills
-        it while catching up: each batch's new peers are sent on the control socket and
-        wireguard-go applies them while the next batch is read and folded (the answer is
-        read before the next request; a failure rolls that batch back, and the reconcile
-        after the bootstrap reads the interface whole). Every batch is a prefix of the
-        stream, applied as an agent following it live would have. The addresses (the
-        link going up) come once caught up, and so does ``applied_position``.
-        """
-        follower = self.follower
-        follower.load_snapshot(newer_than=follower.position)
-        self.announcements.watch()
-        fill = self._can_fill()
-        while True:
-            entries, _ = self.retry(follower.read, None, CATCH_UP_SIZE)
-            follower.fold(entries)
-            if fill:
-                fill = self._fill()
-            if follower.caught_up:
-                break
-        follower.last_entries = time.monotonic()
-        if not fill:  # (a fill read them batch by batch)
-            self.read_announcements(set(follower.table.records))
-        self._settle()
-        self.bootstrapped = True
-
-    def _can_fill(self) -> bool:
-        if self.wg is None or self.applied_known or not hasattr(self.wg, "start_apply"):
-            return False
-        try:
-            return self.iface.take_empty()
-        except WireGuardError as exc:
-            self.error(str(exc))
-            return False
-
-    def _fill(self) -> bool:
-        """Send the peers the last batch changed (see :meth:`bootstrap`); False: stop
-        filling (it failed)."""
-        if self.follower.replaced:  # the first batch: the announcements of its nodes
-            self.read_announcements(set(self.follower.table.records))
-        return self.apply_changes(full=False, fill=True)
-
-    def _settle(self) -> None:
-        """Read the answer of a fill's last request (see :meth:`bootstrap`)."""
+    def settle_fill(self) -> None:
+        """Read the answer of a fill's last request; a failure was rolled back."""
         try:
             self.iface.settle()
         except PipelineError as exc:
@@ -299,7 +206,7 @@ class Agent:
             return False
         if self.own_public_key is not None:
             self.log.info("private key file changed: new public key {}", public)
-            self._recompute = True
+            self.recompute = True
             self.iface.load_key(public)
         self.own_public_key = public
         return True
@@ -329,11 +236,11 @@ class Agent:
     def apply_changes(self, *, full: bool, fill: bool = False) -> bool:
         """Apply what changed (``full``: read the interface whole and repair it). ``fill``:
         a bootstrap's fill (:meth:`bootstrap`)."""
-        if self._held():
+        if holding.held(self):
             if full:
                 self.repair_held()
             return False
-        nodes = self._update_model()
+        nodes = self.update_model()
         model = self.model
         if full or not self.iface.synced:
             target = model.peers
@@ -352,7 +259,7 @@ class Agent:
         if not self.applied_known:
             return
         iface = self.iface
-        target, addresses, fail_closed = self._held_target()
+        target, addresses, fail_closed = holding.held_target(self)
         if self.wg is None and len(target) == len(iface.applied) and not fail_closed:
             return  # file-only: nothing to repair, nothing expired
         if fail_closed and fail_closed != self._fail_closed:
@@ -363,19 +270,6 @@ class Agent:
 
     # --- expiring passes -------------------------------------------------------------
 
-    def _held_target(self) -> tuple[dict[str, DesiredPeer], tuple[str, ...], str | None]:
-        """The applied configuration without what has expired by now (peers, addresses,
-        fail-closed reason); notes when the next of its passes expires."""
-        iface, policy, now = self.iface, self.cfg.policy, time.time()
-        target = {n: p for n, p in iface.applied.items() if not policy.expired(p.expires, now)}
-        addresses, fail_closed = iface.addresses, iface.fail_closed
-        if policy.expired(self.own_expires, now):
-            target, addresses, fail_closed = {}, (), EXPIRED
-        deadlines = [policy.deadline(p.expires) for p in target.values()]
-        deadlines.append(policy.deadline(self.own_expires) if not fail_closed else None)
-        self._held_deadline = min((d for d in deadlines if d is not None), default=None)
-        return target, addresses, fail_closed
-
     @property
     def holding(self) -> bool:
         """Whether the applied configuration is held rather than the table applied."""
@@ -383,7 +277,7 @@ class Agent:
 
     def next_expiry(self) -> float | None:
         """Unix time the next pass on this host expires, grace included (None: none will)."""
-        return self._held_deadline if self.holding else self.model.next_deadline()
+        return self.held_deadline if self.holding else self.model.next_deadline()
 
     def expiry_due(self) -> bool:
         """Whether a pass has expired by this host's clock and is still to be removed."""
@@ -398,7 +292,7 @@ class Agent:
         else:
             self.apply_changes(full=False)
 
-    def _update_model(self) -> set[str] | None:
+    def update_model(self) -> set[str] | None:
         """Take in what changed since the last time: the peers it changed (None: any)."""
         records = self.follower.table.records
         changes = self.follower.take()
@@ -407,10 +301,10 @@ class Agent:
         # left), before its peer is computed, whether incrementally or in a recomputation
         # (a fill reads each batch's announcements itself).
         joined = {n for n, old in (changes or {}).items() if old is None and n in records}
-        if joined and (self.bootstrapped or not self._recompute):
+        if joined and (self.bootstrapped or not self.recompute):
             self.read_announcements(joined)
-        if changes is None or self._recompute:
-            self._recompute = False
+        if changes is None or self.recompute:
+            self.recompute = False
             self.model.reset(records, self.own_public_key)
         else:
             nodes = set(self.model.update(records, changes))
@@ -529,43 +423,9 @@ class Agent:
 
     # --- the hold --------------------------------------------------------------------
 
-    def _on_reset(self) -> None:
-        """The stream was trimmed past us or reset: hold the applied configuration until
-        the rebuilt table reaches its block (the pipeline refills the stream)."""
-        if self.hold.begin(self.applied_block, self.follower.block):
-            self._held_target()  # when the held configuration's next pass expires
-            self.log.warning(
-                "keeping the configuration applied at block {} until the peers stream "
-                "reaches that block again",
-                self.hold.block,
-            )
-
     @property
     def hold_block(self) -> int:
         return self.hold.block
-
-    def _held(self) -> bool:
-        """True while the table is behind the applied configuration (hold.py)."""
-        follower = self.follower
-        state, why = self.hold.check(follower.block, follower.last_entries, ready=self.bootstrapped)
-        if state == HELD or (state == FREE and not why):
-            return state == HELD
-        if state == REACHED:
-            self._recompute = True
-            self._update_model()
-            changed = self.iface.changes_to(self.model.peers)
-            removes = any(
-                peer is None or peer.public_key != self.iface.applied[node].public_key
-                for node, peer in changed.items()
-                if node in self.iface.applied
-            )
-            if removes and not self.hold.settled(follower.last_entries):
-                return True  # maybe not all of that block yet: removals wait for quiet
-            self.hold.end()
-        self.log.info("{}", why)
-        self._recompute = True
-        self.status.mark()
-        return False
 
     # --- status ----------------------------------------------------------------------
 

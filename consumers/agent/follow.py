@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Final
 
+import hiredis
 import msgspec
 import redis
 
@@ -193,7 +194,11 @@ class Follower:
         if conn is None:
             conn = self._conn = pool.get_connection()
         try:
-            conn.send_packed_command(conn.pack_commands(commands))
+            try:  # hiredis packs in C (redis-py's packer loops in Python over every argument)
+                packed: Any = [b"".join([hiredis.pack_command(c) for c in commands])]
+            except TypeError:  # not a str, bytes, int or float: redis-py's own error
+                packed = conn.pack_commands(commands)
+            conn.send_packed_command(packed)
             replies: list[Any] = []
             for _ in commands:
                 try:

@@ -141,8 +141,9 @@ class Interface:
             specs = [_spec(p) for p in sets]
             old = {p.public_key: _spec(p) for p in before.values() if p is not None}
             touched = removals + [p.public_key for p in sets]
+            send = None if wait else self._prepare(removals, specs)
             self.settle()
-            pending = None if wait else self._start(removals, specs)
+            pending = send() if send is not None else None
             if pending is not None:
                 applied = self.applied
 
@@ -168,13 +169,21 @@ class Interface:
             else:
                 self.applied[node] = want
 
-    def _start(self, removals: list[str], specs: list[PeerSpec]) -> Any:
-        """Send a request without waiting for its answer; None when the interface cannot
-        (no control socket, a hostname endpoint)."""
-        start = getattr(self.wg, "start_apply", None)
-        if start is None or not (removals or specs):
+    def _prepare(self, removals: list[str], specs: list[PeerSpec]) -> Callable[[], Any] | None:
+        """A function that sends a request without waiting for its answer, the request
+        encoded already when the interface can (so that it goes out as soon as the one in
+        flight is answered); None when the interface cannot send one (no control socket,
+        a hostname endpoint)."""
+        if not (removals or specs):
             return None
-        return start(self.ifname, removals, specs)
+        prepare = getattr(self.wg, "prepare_apply", None)
+        if prepare is not None:
+            send: Callable[[], Any] | None = prepare(self.ifname, removals, specs)
+            return send
+        start = getattr(self.wg, "start_apply", None)
+        if start is None:
+            return None
+        return lambda: start(self.ifname, removals, specs)
 
     def settle(self) -> None:
         """Read the answer of the request in flight, if any. When it failed, its peers are

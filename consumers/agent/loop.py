@@ -69,16 +69,19 @@ class Loop:
         agent = self.agent
         follower, announcements, status = agent.follower, agent.announcements, agent.status
         now = time.monotonic()
+        # the status, when due, rides on this read: then the next write is a heartbeat
+        # away (waiting until it is due, 0 s, would make this read return at once and
+        # cost every agent of a fleet a second round trip per change)
+        fields = (status.key, status_fields(agent)) if status.due_in(now) == 0 else None
         # (a file write that comes due rides on the next wake, at most BLOCK_MS later: a
         # wake of its own would cost a fleet of agents a round trip each)
-        waits = [self.next_timer - now, status.due_in(now)]
+        waits = [self.next_timer - now, status.heartbeat if fields else status.due_in(now)]
         pending = agent.hold_block or agent.files.config_due.dirty
         expiry = agent.next_expiry()
         if expiry is not None:  # wake when the next pass expires (its time is unix time)
             waits.append(max(0.0, expiry - time.time()))
         if announcements.position is None:
             waits.append(self.next_poll - now)
-        fields = (status.key, status_fields(agent)) if status.due_in(now) == 0 else None
         also = None
         if follower.caught_up:
             most = BLOCK_MS if pending else IDLE_BLOCK_MS

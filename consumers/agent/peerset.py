@@ -14,9 +14,11 @@ a batch whose records' old and new claims are all unshared is applied record by
 record, and any other batch is recomputed in full by ``desired_state``'s own loop.
 Upstream resolves duplicate keys and allocates unique addresses, so that fallback
 is rare. Also recomputed in full: a change of the node's own record or key (fail
-closed, addresses), every change on a spoke (whose table holds only itself and the
-hubs: a handful of records), and :meth:`DesiredPeers.reset` (a snapshot, a
-retraction, the end of a hold). ``tests/unit/test_agent_peerset.py`` checks the
+closed, addresses), and :meth:`DesiredPeers.reset` (a snapshot, a retraction, the end
+of a hold). A spoke peers with the hubs only: a change of another record changes
+nothing; a hub's change is placed like a mesh record's, then the pools are moved to
+the first live hub if that changed (``desired.route_through_hub``). Each of 1,000
+spokes of one process applies a hub's key rotation without recomputing the others. ``tests/unit/test_agent_peerset.py`` checks the
 equality over random change sequences with conflicts, mesh and hub.
 
 Expiring passes: whether a record's pass has expired never changes what it claims
@@ -80,6 +82,8 @@ class DesiredPeers:
         self._deadline_of: dict[str, float] = {}
         #: Unix time the node's own pass expires (None: never, or no own record).
         self.own_expires: int | None = None
+        #: On a spoke: the hub whose peer carries the pools (None: no hub, or not a spoke).
+        self._routed: str | None = None
 
     def endpoint_of(self, node: str) -> str | None:
         return self.endpoints.get(node)
@@ -103,7 +107,7 @@ class DesiredPeers:
         if own_public_key is not None:
             self.own_public_key = own_public_key
         self.full_recomputes += 1
-        counts: dict[str, int] | None = None if self.policy.is_spoke(self.node_id) else {}
+        counts: dict[str, int] = {}
         now = self.clock()
         desired = compute(
             table,
@@ -125,7 +129,8 @@ class DesiredPeers:
         self.skipped = dict(desired.skipped)
         self.addresses = desired.addresses
         self.fail_closed = desired.fail_closed
-        self._claims = counts or {}
+        self._claims = counts
+        self._routed = self._route_hub()
         return delta
 
     def update(
@@ -138,15 +143,25 @@ class DesiredPeers:
                 self.endpoints.pop(node, None)
         if not changed:
             return {}
-        if self.node_id in changed or self.policy.is_spoke(self.node_id):
+        if self.node_id in changed:
             return self.reset(table)
+        spoke = self.policy.is_spoke(self.node_id)
+        if spoke:  # a spoke peers with the hubs only: no other record changes anything here
+            hubs = self.policy.hubs
+            changed = {node: old for node, old in changed.items() if node in hubs}
+            if not changed:
+                return {}
         if self.fail_closed:
             return {}  # no peers whatever the others do, until the own record changes
-        if not self._recount(table, changed):
+        facts: dict[str, tuple[str | None, str | None]] = {}
+        if not self._recount(table, changed, facts):
             return self.reset(table)
         delta: dict[str, Change] = {}
+        now = self.clock()
         for node in changed:
-            self._place(node, table.get(node), delta)
+            self._place(node, table.get(node), delta, now, facts.get(node))
+        if spoke:
+            self._route(delta)
         return delta
 
     def next_deadline(self) -> float | None:
@@ -208,11 +223,42 @@ class DesiredPeers:
 
     # --- internals -------------------------------------------------------------------
 
+    def _route_hub(self) -> str | None:
+        """On a spoke, the hub that carries the pools: the first live one
+        (``desired.route_through_hub``); None elsewhere."""
+        if not self.policy.is_spoke(self.node_id):
+            return None
+        return next((hub for hub in self.policy.hubs if hub in self.peers), None)
+
+    def _route(self, delta: dict[str, Change]) -> None:
+        """On a spoke, after :meth:`_place` (which gives every peer its own addresses only):
+        the pools go to the first live hub, and off the hub that carried them before."""
+        routes = self.pools.routes
+        route = self._route_hub()
+        for node in {*delta, self._routed or "", route or ""}:
+            peer = self.peers.get(node)
+            if peer is None:
+                continue
+            routed = node not in delta and node == self._routed  # placed peers carry none
+            if routed == (node == route):
+                continue
+            ips = peer.allowed_ips + routes if node == route else peer.allowed_ips[: -len(routes)]
+            new = replace(peer, allowed_ips=ips)
+            self.peers[node] = new
+            delta[node] = (delta[node][0] if node in delta else peer, new)
+        self._routed = route
+        for node in [node for node, (before, after) in delta.items() if before == after]:
+            del delta[node]
+
     def _recount(
-        self, table: Mapping[str, PeerRecord], changed: Mapping[str, PeerRecord | None]
+        self,
+        table: Mapping[str, PeerRecord],
+        changed: Mapping[str, PeerRecord | None],
+        facts: dict[str, tuple[str | None, str | None]],
     ) -> bool:
         """Move the changed records' claims to their new records; False when any of them
-        is (or was) shared with another record: then only a full recomputation is exact."""
+        is (or was) shared with another record: then only a full recomputation is exact.
+        ``facts`` receives each new record's :func:`record_facts` (for :meth:`_place`)."""
         claims = self._claims
         alone = True
         for old in changed.values():
@@ -224,24 +270,39 @@ class DesiredPeers:
                     claims.pop(claim, None)
                 else:
                     claims[claim] = count - 1
+        pools = self.pools
         for node in changed:
             new = table.get(node)
-            for claim in claims_of(new, self.pools) if new is not None else ():
+            if new is None:
+                continue
+            problem, ip6 = facts[node] = record_facts(new, pools)
+            if problem:
+                continue
+            for claim in (new.public_key, new.ipv4, ip6) if ip6 else (new.public_key, new.ipv4):
                 count = claims.get(claim, 0)
                 if count:
                     alone = False
                 claims[claim] = count + 1
         return alone
 
-    def _place(self, node: str, record: PeerRecord | None, delta: dict[str, Change]) -> None:
-        """Recompute one node's peer (its claims are unshared)."""
+    def _place(
+        self,
+        node: str,
+        record: PeerRecord | None,
+        delta: dict[str, Change],
+        now: float | None = None,
+        facts: tuple[str | None, str | None] | None = None,
+    ) -> None:
+        """Recompute one node's peer (its claims are unshared); ``facts``: the record's
+        :func:`record_facts` when known already."""
         old = self.peers.get(node)
         self.skipped.pop(node, None)
         new = None
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         self._schedule(node, record, now)
         if record is not None:
-            problem, ip6 = record_facts(record, self.pools)
+            problem, ip6 = facts or record_facts(record, self.pools)
             if problem:
                 self.skipped[node] = problem
             elif self.policy.expired(record.expires, now):

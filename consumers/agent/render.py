@@ -18,6 +18,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Final
 
 from consumers.agent.desired import IPV4_RE, Desired, DesiredPeer, is_key, parse_endpoint
@@ -85,6 +86,13 @@ def normalise_ips(ips: Iterable[str]) -> tuple[str, ...]:
     ips = tuple(ips)
     if len(ips) == 1 and _V4_HOST_RE.fullmatch(ips[0]):
         return ips  # one canonical /32: the common case, already normal
+    return _normalised(ips)
+
+
+@lru_cache(maxsize=4096)
+def _normalised(ips: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`normalise_ips` through :mod:`ipaddress` (remembered: a spoke's hub carries
+    the pools, which every agent of a process would parse again on every change)."""
     nets = {ipaddress.ip_network(ip, strict=False) for ip in ips}
     return tuple(str(n) for n in sorted(nets, key=lambda n: (n.version, n)))
 

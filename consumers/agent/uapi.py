@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import socket
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -41,6 +41,8 @@ MAX_ANSWER: Final = 256
 #: :func:`start_set_peers`, folds the next batch of the stream).
 FILL_PEERS: Final = 256
 FILL_BUFFER: Final = 32 << 20
+#: The same threshold for an encoded request (bytes; a peer is 130 to 200 of them).
+FILL_BYTES: Final = FILL_PEERS * 128
 
 
 def socket_path(ifname: str, socket_dir: Path = SOCKET_DIR) -> Path:
@@ -144,15 +146,34 @@ def start_set_peers(
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     checked = [_checked(p) for p in peers]
+    large = len(removals) + len(checked) > FILL_PEERS
+    return _send(ifname, _request(removals, checked), large, socket_dir)
+
+
+def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerSpec]) -> bytes:
+    """The request of :func:`set_peers`, validated and encoded whole, for
+    :func:`send_set_peers` (a bootstrap's fill encodes the next batch while wireguard-go
+    still applies the one before)."""
+    if not all(is_key(key) for key in removals):
+        raise WireGuardError("refusing an invalid peer key")
+    return b"".join(_request(removals, [_checked(p) for p in peers]))
+
+
+def send_set_peers(ifname: str, request: bytes, socket_dir: Path = SOCKET_DIR) -> Pending:
+    """Send a request of :func:`encode_set_peers`; as :func:`start_set_peers`."""
+    return _send(ifname, (request,), len(request) > FILL_BYTES, socket_dir)
+
+
+def _send(ifname: str, pieces: Iterable[bytes], large: bool, socket_dir: Path) -> Pending:
     path = socket_path(ifname, socket_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(TIMEOUT)
     try:
-        if len(removals) + len(checked) > FILL_PEERS:
+        if large:
             _large_buffer(sock)
         sock.connect(str(path))
         try:
-            for piece in _request(removals, checked):
+            for piece in pieces:
                 sock.sendall(piece)
         except OSError:
             pass  # it stopped reading (it refused a line): its answer says why

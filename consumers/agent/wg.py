@@ -15,9 +15,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
+import socket
 import subprocess
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -256,9 +257,11 @@ def set_address(ifname: str, cidr: str, pool: str | None = None) -> bool:
 
 
 def interface_exists(ifname: str) -> bool:
+    """Whether this network namespace has an interface ``ifname`` (one ``ioctl``, where
+    ``ip link show`` would be a process: it is on the path of every start)."""
     try:
-        run(["ip", "link", "show", "dev", ifname])
-    except WireGuardError:
+        socket.if_nametoindex(ifname)
+    except (OSError, ValueError):
         return False
     return True
 
@@ -361,6 +364,25 @@ class Wg:
         except WireGuardError:
             self._sockets.pop(ifname, None)
             raise
+
+    def prepare_apply(
+        self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
+    ) -> Callable[[], uapi_socket.Pending] | None:
+        """:meth:`start_apply` in two steps: the request validated and encoded now, sent by
+        the function returned (None: not possible, as for :meth:`start_apply`)."""
+        direct = all(p.endpoint is None or is_ip_endpoint(p.endpoint) for p in peers)
+        if not (self.uapi and direct and self._has_socket(ifname)):
+            return None
+        request = uapi_socket.encode_set_peers(removals, peers)
+
+        def send() -> uapi_socket.Pending:
+            try:
+                return uapi_socket.send_set_peers(ifname, request, self.socket_dir)
+            except WireGuardError:
+                self._sockets.pop(ifname, None)
+                raise
+
+        return send
 
     def _has_socket(self, ifname: str) -> bool:
         known = self._sockets.get(ifname)

@@ -7,7 +7,7 @@ import json
 import stat
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +16,7 @@ import redis
 from factories import network_keys
 
 from consumers.agent.agent import Agent, AgentConfig
+from consumers.agent.bootstrap import FIRST_FILL_SIZE
 from consumers.agent.follow import CATCH_UP_SIZE
 from consumers.agent.keys import generate_private_key_file, read_private_key
 from consumers.agent.render import PeerSpec
@@ -215,12 +216,14 @@ class PipelinedTwin(MemoryWireGuard):
 
     refuse: int = 0
     requests: int = 0
+    sizes: list[int] = field(default_factory=list)  # peers per request
     addresses_at: int = -1  # how many requests had been sent when the link got its address
 
     def start_apply(
         self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
     ) -> SimpleNamespace:
         self.requests += 1
+        self.sizes.append(len(peers))
         if self.requests == self.refuse:
             self.apply(ifname, removals, list(peers)[:1])
 
@@ -269,7 +272,50 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
     assert wg.requests >= (refuse or 3)  # one per catch-up batch (until the refused one)
     if not refuse:
         assert wg.addresses_at == wg.requests  # after the last batch: filled while down
+        # a small first batch (wireguard-go starts at once), then larger ones
+        assert wg.sizes[0] <= FIRST_FILL_SIZE < max(wg.sizes)
         assert agent.iface.synced
         assert not agent.last_error
     conf = (tmp_path / "conf" / "wgtest0.conf").read_text()
     assert conf.count("[Peer]") == members
+
+
+def test_the_status_write_after_a_change_rides_on_a_read_that_blocks(
+    client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path
+) -> None:
+    """After a change, the status written in the next read's round trip does not make that
+    read return at once: one read per change, not two (a fleet pays each one per agent)."""
+    key_file, public = own
+    append(client, keys, upsert("a", public, "10.88.0.1"))
+    cfg = replace(config(tmp_path, keys, key_file), reconcile_interval=60.0)
+    agent = Agent(cfg, client, MemoryWireGuard())
+    reads: list[tuple[int | None, bool]] = []  # (block_ms, status written) of each read
+    real_read = agent.follower.read
+
+    def read(block_ms: int | None, *args: object) -> object:
+        reads.append((block_ms, len(args) > 1 and args[1] is not None))
+        return real_read(block_ms, *args)  # type: ignore[arg-type]
+
+    agent.follower.read = read  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.applied_position != "0-0", timeout=30, what="bootstrap")
+        threading.Event().wait(0.5)  # idle, blocked in a read; the status is due
+        kb = other_key(tmp_path, "b")
+        before = len(reads)  # (the read in progress returns the change)
+        last = append(client, keys, upsert("b", kb, "10.88.0.2"))
+        wait_for(lambda: agent.applied_position == last, timeout=30, what="the change")
+        threading.Event().wait(0.5)
+        after = reads[before:]
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    # the read after the change writes the status and blocks (it would return at once
+    # and be followed by a second read before the fix)
+    assert len(after) == 1, after
+    block_ms, status_written = after[0]
+    assert status_written
+    assert block_ms is not None
+    assert block_ms >= 100, after

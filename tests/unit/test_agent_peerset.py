@@ -155,3 +155,29 @@ def test_a_spoke_keeps_only_itself_and_the_hubs() -> None:
     table.apply(PeerUpsert("s", KEYS[0], "10.88.0.9", "1-0", "1-0", 1))
     assert set(table.records) == {"h2", "s"}
     assert Policy(pool="10.88.0.0/16").needed("s") is None  # a mesh node needs everyone
+
+
+def test_a_spoke_applies_a_hub_change_alone_and_moves_the_pools_to_the_next_hub() -> None:
+    """A hub's key rotation on a spoke recomputes that hub only; when the hub that carries
+    the pools leaves, the next live hub carries them (as desired_state says)."""
+    policy = Policy(pool="10.88.0.0/16", topology="hub", hubs=("h1", "h2"))
+    table = PeerTable(policy.needed("s"))
+    table.apply(PeerUpsert("s", KEYS[0], "10.88.0.9", "1-0", "1-0", 1))
+    table.apply(PeerUpsert("h1", KEYS[1], "10.88.0.1", "1-0", "1-0", 1))
+    table.apply(PeerUpsert("h2", KEYS[2], "10.88.0.2", "1-0", "1-0", 1))
+    model = DesiredPeers("s", policy)
+    model.reset(table.records, KEYS[0])
+    assert model.peers["h1"].allowed_ips == ("10.88.0.1/32", "10.88.0.0/16")
+    before = model.full_recomputes
+    table.changes = {}
+    table.apply(PeerUpsert("h1", KEYS[3], "10.88.0.1", "1-0", "1-0", 2))  # h1's key rotation
+    delta = model.update(table.records, table.changes)
+    assert set(delta) == {"h1"}
+    assert delta["h1"][1] == DesiredPeer("h1", KEYS[3], ("10.88.0.1/32", "10.88.0.0/16"), None, 25)
+    table.changes = {}
+    table.apply(PeerRemove("h1", "1-0", "1-0", 3))  # h1 leaves: h2 carries the pool
+    delta = model.update(table.records, table.changes)
+    assert set(delta) == {"h1", "h2"}
+    assert model.peers["h2"].allowed_ips == ("10.88.0.2/32", "10.88.0.0/16")
+    assert model.full_recomputes == before
+    assert model.desired() == desired_state(table.records, "s", KEYS[0], {}, policy)
