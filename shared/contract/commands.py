@@ -34,6 +34,16 @@ _FORCE = click.option(
     help="Send even a node id or key the pipeline will reject (to test hostile input).",
 )
 
+#: The receiver of a token (``mint``, ``transfer``).
+_TO = click.option(
+    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
+)
+
+
+def _token_id(help_text: str) -> Callable[[F], F]:
+    """The TOKEN_ID argument of the commands that act on one token (ids start at 1)."""
+    return click.argument("token_id", type=click.IntRange(min=1), help=help_text)
+
 
 def _chain_options(func: F) -> F:
     """``--rpc-url``, ``--contract``, ``--private-key`` and ``--json`` for every subcommand."""
@@ -146,9 +156,7 @@ def deploy(*, cfg: Settings, private_key: str | None, as_json: bool) -> None:
 
 
 @contract.command()
-@click.option(
-    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
-)
+@_TO
 @click.option("--node", "node_id", required=True, help="Node id the token grants.")
 @click.option(
     "--key",
@@ -204,7 +212,7 @@ def mint(
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token to revoke.")
+@_token_id("The token to revoke.")
 @_chain_options
 def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: int) -> None:
     """Revoke a token (its holder or the contract owner)."""
@@ -224,10 +232,8 @@ def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token to transfer.")
-@click.option(
-    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
-)
+@_token_id("The token to transfer.")
+@_TO
 @_chain_options
 def transfer(
     *, cfg: Settings, private_key: str | None, as_json: bool, token_id: int, to: str
@@ -277,7 +283,7 @@ def set_key(
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token to renew.")
+@_token_id("The token to renew.")
 @click.option(
     "--duration",
     type=Duration(),
@@ -309,7 +315,7 @@ def renew(
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token whose pass ends.")
+@_token_id("The token whose pass ends.")
 @_chain_options
 def cancel(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: int) -> None:
     """Cancel a pass at once (ERC-5643; its holder or the contract owner).
