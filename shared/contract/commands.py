@@ -120,13 +120,15 @@ def _refuse(problem: str | None, option: str, force: bool) -> None:
         )
 
 
-def _report(as_json: bool, line: str, result: TxResult, **facts: Any) -> None:
-    """One JSON object (the transaction and ``facts``), or ``line`` with block and tx."""
+def _report(nft: AccessNFT, as_json: bool, line: str, result: TxResult, **facts: Any) -> None:
+    """One JSON object (the transaction, the contract's ``address`` and ``facts``), or
+    ``line`` with block and tx."""
     if as_json:
         payload = {
             "tx_hash": result.tx_hash,
             "block": result.block_number,
             "events": list(result.events),
+            "address": nft.address,
             **facts,
         }
         click.echo(json.dumps(payload, sort_keys=True))
@@ -146,10 +148,10 @@ def deploy(*, cfg: Settings, private_key: str | None, as_json: bool) -> None:
     nft = AccessNFT.deploy(cfg.rpc_urls[0], _signer_key(private_key))
     assert nft.deployment is not None
     _report(
+        nft,
         as_json,
         f"deployed DstackAccessNFT at {nft.address} (chain {nft.chain_id})",
         nft.deployment,
-        address=nft.address,
         chain_id=nft.chain_id,
         owner=nft.signer,
     )
@@ -199,10 +201,10 @@ def mint(
     if duration:
         line += f", expires {expiration_text(expiration)}"
     _report(
+        nft,
         as_json,
         line,
         result,
-        address=nft.address,
         token_id=result.token_id,
         node=result.args.get("nodeId", node_id),
         owner=owner,
@@ -221,10 +223,10 @@ def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
     node = str(result.args.get("nodeId", ""))
     owner = nft.owner_of(token_id)  # a revoked token keeps its holder
     _report(
+        nft,
         as_json,
         f"revoked token {token_id} (node {excerpt(node)}, held by {owner})",
         result,
-        address=nft.address,
         token_id=token_id,
         node=node,
         owner=owner,
@@ -244,10 +246,10 @@ def transfer(
     owner = str(result.args.get("to", to))
     access = nft.get_node_access(token_id)
     _report(
+        nft,
         as_json,
         f"transferred token {token_id} (node {excerpt(access.node_id)}) to {owner}",
         result,
-        address=nft.address,
         token_id=token_id,
         node=access.node_id,
         previous_owner=str(result.args.get("from", nft.signer)),
@@ -273,10 +275,10 @@ def set_key(
     result = nft.set_key(key)
     owner = str(result.args.get("owner", nft.signer))
     _report(
+        nft,
         as_json,
         f"set the key of {owner}",
         result,
-        address=nft.address,
         owner=owner,
         key=result.args.get("wireguardPublicKey", key),
     )
@@ -304,10 +306,10 @@ def renew(
     result = nft.renew(token_id, duration)
     expiration = int(result.args.get("expiration", nft.expires_at(token_id)))
     _report(
+        nft,
         as_json,
         f"renewed token {token_id}: expires {expiration_text(expiration)}",
         result,
-        address=nft.address,
         token_id=token_id,
         duration=duration,
         expiration=expiration,
@@ -326,10 +328,10 @@ def cancel(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
     _require_expiry(nft)
     result = nft.cancel(token_id)
     _report(
+        nft,
         as_json,
         f"cancelled the pass of token {token_id} (expired now)",
         result,
-        address=nft.address,
         token_id=token_id,
         expiration=int(result.args.get("expiration", 0)),
     )
