@@ -28,6 +28,8 @@ _ENCODER: Final = msgspec.json.Encoder()
 #: last re-drive request a stage applied, ``consumers.stage.RETRY_FIELD``). A replay
 #: never re-drives, so they are left out of every comparison.
 BOOKKEEPING_PREFIX: Final = "~"
+#: Entries encoded per call when a digest is computed over a whole list.
+DIGEST_CHUNK: Final = 10_000
 
 
 def state_fields(fields: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -54,8 +56,21 @@ def content_digest(items: Sequence[bytes]) -> str:
 
 def outputs_digest(outputs: Sequence[Decoded]) -> str:
     """``content_digest(content(outputs))`` of a fold's outputs (``run_fold``'s: no
-    retraction, nothing undecodable, no cause to replace), in one encode."""
-    return hashlib.sha256(_ENCODER.encode([entry for _, entry in outputs])).hexdigest()
+    retraction, nothing undecodable, no cause to replace), encoded a list at a time."""
+    return _list_digest([entry for _, entry in outputs])
+
+
+def _list_digest(items: list[Any]) -> str:
+    """sha256 of ``items`` encoded as one JSON array, encoded :data:`DIGEST_CHUNK` at a time."""
+    h = hashlib.sha256(b"[")
+    buf = bytearray()
+    for start in range(0, len(items), DIGEST_CHUNK):
+        if start:
+            h.update(b",")
+        _ENCODER.encode_into(items[start : start + DIGEST_CHUNK], buf)
+        h.update(memoryview(buf)[1:-1])
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def ordinals(registry: Sequence[Decoded]) -> dict[str, int]:
@@ -88,8 +103,8 @@ def content(entries: Sequence[Decoded], causes: Mapping[str, int] | None = None)
 
 
 def content_digest_of(entries: Sequence[Decoded], causes: Mapping[str, int] | None = None) -> str:
-    """``content_digest(content(entries, causes))``, in one encode."""
-    return hashlib.sha256(_ENCODER.encode(_shown(entries, causes))).hexdigest()
+    """``content_digest(content(entries, causes))``, encoded a list at a time."""
+    return _list_digest(_shown(entries, causes))
 
 
 def _parse(raw: bytes) -> Any:

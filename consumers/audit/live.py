@@ -72,19 +72,21 @@ def payload_digest(payloads: Sequence[bytes]) -> str:
     return compare.content_digest(payloads)
 
 
-def _payload(entry: RawEntry) -> bytes | None:
-    """The ``data`` of a current envelope of a plain type (not a retraction), else None."""
-    f = entry[1]
-    kind: bytes | None
-    data: bytes | None
-    if usual(entry):
-        kind, data = f[3], f[5]
-    else:
+def _payloads(chunk: list[RawEntry]) -> list[bytes] | None:
+    """The ``data`` of each entry of a page; None unless each is a current envelope of a
+    plain type (not a retraction)."""
+    if all(usual(entry) for entry in chunk):
+        if {f[3] for _, f in chunk} <= _PLAIN:
+            return [f[5] for _, f in chunk]
+        return None
+    out: list[bytes] = []
+    for entry in chunk:
         fields = fields_of(entry)
-        if fields.get(b"v") != _VERSION:
+        data = fields.get(b"data")
+        if fields.get(b"v") != _VERSION or fields.get(b"type") not in _PLAIN or data is None:
             return None
-        kind, data = fields.get(b"type"), fields.get(b"data")
-    return data if kind in _PLAIN and data is not None else None
+        out.append(data)
+    return out
 
 
 class _Plain:
@@ -99,13 +101,13 @@ class _Plain:
 
     def pages(self, client: redis.Redis, key: str, last: str) -> Iterator[list[Decoded]]:
         for chunk in rawpages.pages(client, key, last):
-            payloads = [_payload(entry) for entry in chunk]
+            payloads = _payloads(chunk)
             decoded = decode_page(chunk)
-            if None in payloads or any(isinstance(e, Undecodable) for _, e in decoded):
+            if payloads is None or any(isinstance(e, Undecodable) for _, e in decoded):
                 self.broken = True
                 return
             self._hash.update(b"," if not self._first else b"")
-            self._hash.update(b",".join(payloads))  # type: ignore[arg-type]
+            self._hash.update(b",".join(payloads))
             self._first = False
             self.ids += [entry_id for entry_id, _ in decoded]
             yield decoded
@@ -144,9 +146,8 @@ def live_side(
     )
     n = 0
     for chunk in rawpages.pages(client, keys.peers, peers_last):
-        payloads = [_payload(entry) for entry in chunk]
         mine = [encode(entry) for _, entry in peers_out[n : n + len(chunk)]]  # type: ignore[arg-type]
-        if payloads != mine:
+        if _payloads(chunk) != mine:
             return side
         n += len(chunk)
     if n != len(peers_out):

@@ -3,6 +3,8 @@ item by item, and equal digests mean equal contents."""
 
 from __future__ import annotations
 
+import pytest
+
 from consumers.audit import compare
 from consumers.audit.entries import Decoded, Undecodable
 from shared.events import NodeJoined, NodeLeft, PeerUpsert, Retracted
@@ -17,10 +19,13 @@ def _registry() -> list[Decoded]:
     ]
 
 
-def test_outputs_digest_is_the_content_digest() -> None:
-    outputs = _registry()
+@pytest.mark.parametrize("chunk", [1, 2, 10_000])
+def test_outputs_digest_is_the_content_digest(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(compare, "DIGEST_CHUNK", chunk)  # encoded in pieces or at once
+    outputs = [*_registry(), *_registry()[:1]]
     assert compare.outputs_digest(outputs) == compare.content_digest(compare.content(outputs))
-    assert compare.outputs_digest(outputs) != compare.outputs_digest(outputs[:1])
+    assert compare.outputs_digest(outputs) != compare.outputs_digest(outputs[:2])
+    assert compare.outputs_digest([]) == compare.content_digest([])
 
 
 def test_content_digest_of_replaces_causes_and_keeps_retractions_and_undecodable() -> None:
