@@ -38,9 +38,15 @@ HELP_WIDTH: Final = 100
 _FULL: Final = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 #: Help of the global options, shown by every command.
 _GLOBAL_HELP: Final = {
-    "config": "TOML settings file (keys as in WGCHAIN_* without the prefix) [env WGCHAIN_CONFIG].",
+    "config_file": "TOML settings file (keys as in WGCHAIN_* without the prefix) [env WGCHAIN_CONFIG].",
     "log_json": "Log JSON lines [env WGCHAIN_LOG_JSON; default: false].",
     "log_level": "TRACE, DEBUG, INFO, WARNING or ERROR [env WGCHAIN_LOG_LEVEL; default: INFO].",
+}
+#: A global option's flags and its other settings, by the key its value is kept under.
+_GLOBAL_OPTIONS: Final[dict[str, tuple[list[str], dict[str, Any]]]] = {
+    "config_file": (["--config", "config_file"], {"type": click.Path(), "metavar": "FILE"}),
+    "log_json": (["--log-json"], {"is_flag": True}),
+    "log_level": (["--log-level"], {"metavar": "LEVEL"}),
 }
 
 
@@ -64,30 +70,14 @@ def _global_options() -> list[click.Option]:
     """``--config``, ``--log-json`` and ``--log-level`` as every subcommand accepts them."""
     return [
         click.Option(
-            ["--config", "config_file"],
-            type=click.Path(),
-            default=None,
-            metavar="FILE",
-            expose_value=False,
-            callback=_remember("config_file"),
-            help=_GLOBAL_HELP["config"],
-        ),
-        click.Option(
-            ["--log-json"],
-            is_flag=True,
+            decls,
             default=None,
             expose_value=False,
-            callback=_remember("log_json"),
-            help=_GLOBAL_HELP["log_json"],
-        ),
-        click.Option(
-            ["--log-level"],
-            default=None,
-            metavar="LEVEL",
-            expose_value=False,
-            callback=_remember("log_level"),
-            help=_GLOBAL_HELP["log_level"],
-        ),
+            callback=_remember(key),
+            help=_GLOBAL_HELP[key],
+            **more,
+        )
+        for key, (decls, more) in _GLOBAL_OPTIONS.items()
     ]
 
 
@@ -137,7 +127,7 @@ class _Root(click.Group):
     type=click.Path(),
     envvar="WGCHAIN_CONFIG",
     metavar="FILE",
-    help=_GLOBAL_HELP["config"],
+    help=_GLOBAL_HELP["config_file"],
 )
 @click.option("--log-json", is_flag=True, default=None, help=_GLOBAL_HELP["log_json"])
 @click.option("--log-level", default=None, metavar="LEVEL", help=_GLOBAL_HELP["log_level"])

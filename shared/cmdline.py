@@ -33,6 +33,10 @@ ADDRESSES: Final = ("pool", "pool6", "quarantine_blocks")
 METRICS: Final = ("metrics_port", "metrics_listen")
 #: How far behind a read may be before it says so.
 FRESHNESS: Final = ("max_lag", "max_listener_lag", "max_lag_seconds")
+#: What a read of the whole fleet takes (``status``, ``diagnose``): the streams, the chain head,
+#: how far behind is too far, and the agents' reconcile interval (a host silent for over three
+#: is stale).
+FLEET: Final = (*STREAM, "rpc_url", *FRESHNESS, "reconcile_interval")
 
 #: Seconds one ``eth_chainId`` request may take when the chain id is asked from the RPC node.
 CHAIN_ID_TIMEOUT: Final = 10.0

@@ -139,8 +139,8 @@ EventsEntry = LogEntry | Retracted
 # --- registry changes (docs/design.md §6.4) -------------------------------------------
 
 
-class NodeJoined(_Event, frozen=True, tag=True):
-    """A node became a live member (it now gets a peer)."""
+class _Member(_Event, frozen=True):
+    """A live member as the registry stage decided it (the fields of both events about one)."""
 
     node_id: str
     token_id: int
@@ -153,17 +153,12 @@ class NodeJoined(_Event, frozen=True, tag=True):
     expires: int | None = None
 
 
-class NodeChanged(_Event, frozen=True, tag=True):
-    """A live member's key, owner, deciding token or expiration changed; it stays live."""
+class NodeJoined(_Member, frozen=True, tag=True):
+    """A node became a live member (it now gets a peer)."""
 
-    node_id: str
-    token_id: int
-    owner: str
-    public_key: str
-    cause: str
-    block_number: int
-    #: Unix time its pass expires (None: never), as in :class:`NodeJoined`.
-    expires: int | None = None
+
+class NodeChanged(_Member, frozen=True, tag=True):
+    """A live member's key, owner, deciding token or expiration changed; it stays live."""
 
 
 class NodeLeft(_Event, frozen=True, tag=True):
@@ -215,20 +210,21 @@ class PeerUpsert(_Event, frozen=True, tag=True):
     expires: int | None = None
 
 
-class PeerRemove(_Event, frozen=True, tag=True):
+class _NodeFact(_Event, frozen=True):
+    """A ``peers`` entry that names a node and nothing more of it."""
+
     node_id: str
     cause: str
     origin: str
     block_number: int
 
 
-class AllocationPending(_Event, frozen=True, tag=True):
+class PeerRemove(_NodeFact, frozen=True, tag=True):
+    """A node no host should peer with any more."""
+
+
+class AllocationPending(_NodeFact, frozen=True, tag=True):
     """A live member that the pool has no address for yet (retried when space frees)."""
-
-    node_id: str
-    cause: str
-    origin: str
-    block_number: int
 
 
 PeersChange = PeerUpsert | PeerRemove | AllocationPending
@@ -279,6 +275,25 @@ def _chained(item: _Chained, prev: str) -> _Chained:
     unsigned = msgspec.structs.replace(item, prev=prev, digest="")
     digest = hashlib.sha256(prev.encode() + _ENCODER.encode(unsigned)).hexdigest()
     return msgspec.structs.replace(unsigned, digest=digest)
+
+
+#: How an unchained entry's JSON ends: ``digest`` is the last field, empty.
+_UNSIGNED_END: Final = b'"digest":""}'
+
+
+def sealed(entry: LogEntry) -> tuple[LogEntry, bytes]:
+    """``entry`` (its ``prev`` set, no digest) chained, and its JSON as :func:`encode` gives it.
+
+    The same as ``chained = entry.with_digest(entry.prev)`` and ``encode(chained)``, with one
+    encoding for both: the digest covers the JSON with an empty ``digest``, and the stored
+    JSON is those bytes with the digest written in (``digest`` is the last field).
+    """
+    unsigned = _ENCODER.encode(entry)
+    if entry.digest or not unsigned.endswith(_UNSIGNED_END):
+        raise ValueError("sealed() takes an entry without digest")
+    digest = hashlib.sha256(entry.prev.encode() + unsigned).hexdigest()
+    payload = b"".join((unsigned[:-2], digest.encode(), b'"}'))
+    return msgspec.structs.replace(entry, digest=digest), payload
 
 
 E = TypeVar("E")

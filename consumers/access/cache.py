@@ -29,8 +29,9 @@ How it stays exact and fresh:
   follower would wait for after each round trip) and reads the position
   :data:`NEWS_GRACE` later unless a check did. A second thread reads the position
   every :data:`REFRESH_MS` (commits without outputs; and it keeps bounded checks
-  from ever finding the copy older than their bound). It also keeps,
-  per node, the block of the ``NodeJoined`` that made it live.
+  from ever finding the copy older than their bound). The follower also keeps,
+  per node, the block of the ``NodeJoined`` that made it live
+  (:class:`consumers.access.joins.JoinBlocks`).
 
 Two ways to read it (README "Reads"; docs/design.md §12.1):
 
@@ -55,15 +56,16 @@ from typing import Any, Final, NamedTuple
 import redis
 
 from consumers.access.decide import View
+from consumers.access.joins import JoinBlocks
 from consumers.registry.fold import FOLD
 from consumers.stage import RETRY_FIELD
 from shared import health, lua, streams
 from shared.errors import DecodeError
-from shared.events import LogEntry, NodeJoined, NodeLeft, Retracted, effective, from_fields
+from shared.events import LogEntry, from_fields
 from shared.ids import id_key
 from shared.keys import Keys
 from shared.logs import log
-from shared.redis_log import START, as_str, read_after
+from shared.redis_log import START, as_str
 
 #: Stage whose projection this caches.
 STAGE: Final = "registry"
@@ -140,9 +142,8 @@ class RegistryCache:
         #: bounded check reads the position itself instead of waiting for the follower
         #: (which would wait for the interpreter lock after each of its round trips).
         self.news = False
-        self._since: dict[str, int] = {}
-        self._since_lock = threading.Lock()
-        self._registry_seen = START
+        #: The join block of each live node, read from the ``registry`` stream.
+        self.joins = JoinBlocks(client, keys)
 
     # --- reading ----------------------------------------------------------------------
 
@@ -212,9 +213,7 @@ class RegistryCache:
 
     def since_block(self, node: str) -> int | None:
         """Block of the ``NodeJoined`` that made ``node`` live (None when it is not live)."""
-        self._read_registry(None)
-        with self._since_lock:
-            return self._since.get(node)
+        return self.joins.get(node)
 
     def _stage_mark(self) -> tuple[Mark, Any]:
         """Where the stage is (one script, so the parts belong to the same commit), and the
@@ -377,7 +376,7 @@ class RegistryCache:
         """Wake on every registry commit (an entry of the ``registry`` stream)."""
         while not self._stop.is_set():
             try:
-                if self._read_registry(FOLLOW_BLOCK_MS):
+                if self.joins.read(FOLLOW_BLOCK_MS):
                     woke = time.monotonic()
                     self.news = True  # a busy checking thread reads the position itself ...
                     self._stop.wait(NEWS_GRACE)
@@ -409,50 +408,7 @@ class RegistryCache:
                 self.log.exception("registry position ticker failed; retrying")
                 self._stop.wait(FOLLOW_PAUSE)
 
-    def _read_registry(self, block_ms: int | None) -> int:
-        """Read registry entries after the last one seen; returns how many were new.
-
-        ``block_ms`` None reads everything there is now; else one blocking XREAD.
-        """
-        new = 0
-        while True:
-            after = self._registry_seen
-            raw = read_after(self.client, self.keys.registry, after, PAGE, block_ms)
-            with self._since_lock:
-                for raw_id, fields in raw:
-                    entry_id = as_str(raw_id)
-                    if id_key(entry_id) <= id_key(self._registry_seen):
-                        continue  # the other reader got there first
-                    new += 1
-                    try:
-                        change = from_fields(fields)
-                    except DecodeError:
-                        change = None
-                    if isinstance(change, Retracted):
-                        self._rebuild_since(entry_id)
-                    else:
-                        _track(self._since, change)
-                    self._registry_seen = entry_id
-            if block_ms is not None or len(raw) < PAGE:
-                return new
-
-    def _rebuild_since(self, until: str) -> None:
-        """Recompute the join blocks from the effective registry stream up to ``until``."""
-        raw = streams.read(self.client, self.keys.registry, through=until, retry=False)
-        items = streams.decoded(raw)  # an undecodable change is skipped, as when tracked
-        self._since = {}
-        for _, change in effective(items):
-            _track(self._since, change)
-
 
 def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     """A stream entry's fields as a script returns them (a flat list) as XRANGE gives them."""
     return dict(zip(flat[0::2], flat[1::2], strict=True))
-
-
-def _track(since: dict[str, int], change: object) -> None:
-    """Update the join blocks with one registry change."""
-    if isinstance(change, NodeJoined):
-        since[change.node_id] = change.block_number
-    elif isinstance(change, NodeLeft):
-        since.pop(change.node_id, None)

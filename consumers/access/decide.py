@@ -123,50 +123,46 @@ def decide_key(
     if status is None:
         return _absent(view, node)
     expires = _expires(state, status.token_id)
-
-    def member(reason: str, detail: str) -> Decision:
-        return Decision(
-            granted=reason == GRANTED,
-            reason=reason,
-            node=node,
-            detail=detail,
-            token_id=status.token_id,
-            owner=status.owner,
-            live=status.live,
-            expires=expires,
-        )
-
     if status.live and status.public_key == key:
-        if is_expired(expires, now, grace):
-            assert expires is not None
-            return member(EXPIRED, f"the pass expired ({_when(expires)})")
-        return member(GRANTED, "live member")
-    for token_id in sorted(state.node_tokens.get(node, set()) - {status.token_id}):
-        owner = state.tokens[token_id].owner
-        if state.keys.get(owner) == key:
-            detail = (
-                f"token {token_id} also names this node; the lower token {status.token_id} keeps it"
-            )
-            return Decision(
-                granted=False,
-                reason=DUPLICATE_NODE,
-                node=node,
-                detail=detail,
-                token_id=token_id,
-                owner=owner,
-                live=status.live,
-            )
+        if not is_expired(expires, now, grace):
+            return _member(node, status, status.owner, GRANTED, "live member", expires=expires)
+        assert expires is not None
+        reason, detail = EXPIRED, f"the pass expired ({_when(expires)})"
+    else:
+        for token_id in sorted(state.node_tokens.get(node, set()) - {status.token_id}):
+            owner = state.tokens[token_id].owner
+            if state.keys.get(owner) == key:
+                detail = (
+                    f"token {token_id} also names this node; "
+                    f"the lower token {status.token_id} keeps it"
+                )
+                return Decision(
+                    granted=False,
+                    reason=DUPLICATE_NODE,
+                    node=node,
+                    detail=detail,
+                    token_id=token_id,
+                    owner=owner,
+                    live=status.live,
+                )
+        reason, detail = _not_this_key(state, status, key)
+    return _member(node, status, status.owner, reason, detail, expires=expires)
+
+
+def _not_this_key(state: RegistryState, status: Status, key: str) -> tuple[str, str]:
+    """Why ``key`` is not the node's live key: the reason and its sentence."""
     if status.reason == KEY_CONFLICT and status.public_key == key:
         winner_token, winner_node = state.winners[key]
-        return member(
-            KEY_CONFLICT, f"the key is also {winner_node}'s (token {winner_token}), which keeps it"
+        return (
+            KEY_CONFLICT,
+            f"the key is also {winner_node}'s (token {winner_token}), which keeps it",
         )
     if status.reason == NO_KEY:
-        return member(NO_KEY, "the owner has no WireGuard key on chain")
+        return NO_KEY, "the owner has no WireGuard key on chain"
     if status.reason == INVALID_KEY:
-        detail = f"the owner's key on chain is not a WireGuard key: {excerpt(status.public_key)}"
-        return member(INVALID_KEY, detail)
-    return member(KEY_MISMATCH, "the node's key on chain is another key")
+        shown = excerpt(status.public_key)
+        return INVALID_KEY, f"the owner's key on chain is not a WireGuard key: {shown}"
+    return KEY_MISMATCH, "the node's key on chain is another key"
 
 
 def decide_address(
@@ -185,31 +181,15 @@ def decide_address(
     live = status is not None and status.live
     active = sorted(t for t in state.node_tokens.get(node, ()) if state.tokens[t].owner == owner)
     if active and status is not None:
-        expires = _expires(state, status.token_id)
-        if status.token_id in active and is_expired(expires, now, grace):
-            assert expires is not None
-            return Decision(
-                granted=False,
-                reason=EXPIRED,
-                node=node,
-                detail=f"the pass expired ({_when(expires)})",
-                token_id=status.token_id,
-                owner=owner,
-                live=live,
-                expires=expires,
-            )
         if status.token_id in active:
-            detail = "active pass" + ("" if live else f" (not live: {status.reason})")
-            return Decision(
-                granted=True,
-                reason=GRANTED,
-                node=node,
-                detail=detail,
-                token_id=status.token_id,
-                owner=owner,
-                live=live,
-                expires=expires,
-            )
+            expires = _expires(state, status.token_id)
+            if is_expired(expires, now, grace):
+                assert expires is not None
+                reason, detail = EXPIRED, f"the pass expired ({_when(expires)})"
+            else:
+                reason = GRANTED
+                detail = "active pass" + ("" if live else f" (not live: {status.reason})")
+            return _member(node, status, owner, reason, detail, expires=expires)
         detail = (
             f"token {active[0]} is active, but the lower token {status.token_id} keeps the node"
         )
@@ -237,6 +217,23 @@ def decide_address(
     else:
         detail = f"the pass is held by {status.owner or 'nobody'}"
     return Decision(granted=False, reason=NOT_OWNER, node=node, detail=detail, live=live)
+
+
+def _member(
+    node: str, status: Status, owner: str, reason: str, detail: str, *, expires: int | None
+) -> Decision:
+    """A decision about ``node``'s member token (``status``), granted when ``reason`` is
+    :data:`GRANTED`."""
+    return Decision(
+        granted=reason == GRANTED,
+        reason=reason,
+        node=node,
+        detail=detail,
+        token_id=status.token_id,
+        owner=owner,
+        live=status.live,
+        expires=expires,
+    )
 
 
 def _expires(state: RegistryState, token_id: int) -> int | None:

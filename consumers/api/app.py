@@ -11,66 +11,65 @@ the dashboard's files (which hold no data: the page asks for the token and sends
 with every JSON request).
 
 The API starts, and answers, while Redis is down: the access checker (which loads
-the registry from Redis) is built on first use, and until then every read answers
-503. ``/healthz`` is this process's health (Redis answers it), ``/readyz`` the
+the registry from Redis) is built on first use (``consumers/api/lazy.py``), and until
+then every read answers 503. ``/healthz`` is this process's health (Redis answers it), ``/readyz`` the
 pipeline's (every problem ``wgchain status`` names makes it 503), and ``/metrics``
 also carries the fleet's gauges (``consumers/status/exporter.py``).
 """
 
 from __future__ import annotations
 
-import hmac
 import re
-import threading
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 import redis
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from consumers.access.checker import (
     BOUNDED,
-    AccessChecker,
     InvalidArgument,
     valid_address,
     valid_consistency,
     valid_node,
 )
 from consumers.api.fleet import FleetReads
-from consumers.api.reads import NotFound, Reads
-from consumers.api.schemas import ErrorBody, Health, HostList, IssueList, Ready, openapi
+from consumers.api.lazy import LazyReads
+from consumers.api.reads import Reads
+from consumers.api.routing import (
+    ASSET_PREFIX,
+    JSON,
+    BearerAuth,
+    bool_param,
+    error,
+    int_param,
+    json_response,
+    route,
+)
+from consumers.api.schemas import Health, HostList, IssueList, Ready, openapi
 from consumers.dashboard import assets
 from consumers.nodes.diagnose import diagnose
 from consumers.nodes.gather import node_facts
 from consumers.nodes.listing import Filter
-from consumers.status.expiring import expiring, with_expiring
+from consumers.status.expiring import with_expiring
 from consumers.status.exporter import FleetCollector
 from consumers.status.health import Limits
 from consumers.status.probe import no_data, probe
 from consumers.status.snapshot import Snapshot
-from shared import health, metrics, settings
-from shared.errors import ServiceUnavailable, WgchainError
+from shared import health, metrics
+from shared.errors import ServiceUnavailable
 from shared.keys import Keys
 from shared.redis_log import START
 
-#: Paths that answer without the bearer token (health checks).
-OPEN_PATHS: Final = frozenset({"/healthz", "/readyz", "/"})
-#: Path prefix of the dashboard's files (no data in them: open, like ``/``).
-ASSET_PREFIX: Final = "/ui/"
 #: Default and largest page of ``/v1/nodes``.
 NODES_PAGE: Final = (1000, 10_000)
 #: Longest ``search`` of ``/v1/nodes`` (characters).
@@ -80,59 +79,8 @@ EVENTS_PAGE: Final = (100, 1000)
 #: Default and largest number of rows of ``/v1/nodes/{node}/history``.
 HISTORY_ROWS: Final = (500, 10_000)
 _STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-_JSON: Final = "application/json"
 
-REQUESTS: Final = Counter("wgchain_api_requests", "HTTP API requests answered", ["route", "code"])
-LATENCY: Final = Histogram("wgchain_api_request_seconds", "HTTP API request latency", ["route"])
 DECISIONS: Final = Counter("wgchain_access_decisions", "Access checks answered", ["reason"])
-
-
-def json_response(body: msgspec.Struct, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(body), status_code=status, media_type=_JSON)
-
-
-def error(status: int, message: str, param: str | None = None) -> Response:
-    return json_response(ErrorBody(error=message, param=param), status)
-
-
-class BearerAuth:
-    """ASGI middleware: 401 unless ``Authorization: Bearer <token>`` (constant-time compare)."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.token = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
-        if path and path not in OPEN_PATHS and not path.startswith(ASSET_PREFIX):
-            scheme, _, given = Headers(scope=scope).get("authorization", "").partition(" ")
-            ok = scheme.lower() == "bearer" and hmac.compare_digest(
-                given.strip().encode(), self.token
-            )
-            if not ok:
-                response = error(401, "missing or wrong bearer token")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="wgchain"'
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    text = request.query_params.get(name)
-    if text is None:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise InvalidArgument(name, f"must be an integer from {low} to {high}")
-    return int(text)
-
-
-def _bool(request: Request, name: str) -> bool | None:
-    text = request.query_params.get(name)
-    if text is None:
-        return None
-    if text.lower() not in {"true", "false", "1", "0"}:
-        raise InvalidArgument(name, "must be true or false")
-    return text.lower() in {"true", "1"}
 
 
 def _filter(request: Request) -> Filter:
@@ -145,123 +93,11 @@ def _filter(request: Request) -> Filter:
     if search is not None and (len(search) > SEARCH_CHARS or not search.isprintable()):
         raise InvalidArgument("search", f"at most {SEARCH_CHARS} printable characters")
     return Filter(
-        live=_bool(request, "live"),
-        host_offline=bool(_bool(request, "host_offline")),
+        live=bool_param(request, "live"),
+        host_offline=bool(bool_param(request, "host_offline")),
         owner=owner,
         search=search or None,
     )
-
-
-def _answer(fn: Callable[[Request], Response | None], request: Request) -> Response | None:
-    """``fn``'s response, with errors as JSON answers."""
-    try:
-        return fn(request)
-    except InvalidArgument as exc:
-        return error(400, str(exc), exc.param)
-    except NotFound as exc:
-        return error(404, f"no token has ever named node {exc}")
-    except ServiceUnavailable as exc:
-        return error(503, str(exc))
-    except (redis.RedisError, WgchainError) as exc:
-        return error(503, f"unavailable: {type(exc).__name__}")
-
-
-def _route(
-    name: str,
-    fn: Callable[[Request], Response],
-    inline: Callable[[Request], Response | None] | None = None,
-) -> Callable[[Request], Any]:
-    """Errors to JSON answers, and metrics, around one endpoint.
-
-    The endpoint runs in Starlette's thread pool (it may block on Redis). ``inline``,
-    when given, is tried first on the event loop: it answers from memory, or returns
-    None and the request goes to the thread pool (a thread hop is most of the cost
-    of an answer that needs no I/O).
-    """
-
-    def observed(response: Response, started: float) -> Response:
-        REQUESTS.labels(name, str(response.status_code)).inc()
-        LATENCY.labels(name).observe(time.perf_counter() - started)
-        return response
-
-    def handler(request: Request) -> Response:
-        started = time.perf_counter()
-        response = _answer(fn, request)
-        assert response is not None
-        return observed(response, started)
-
-    if inline is None:
-        return handler
-
-    async def handler_inline(request: Request) -> Response:
-        started = time.perf_counter()
-        response = _answer(inline, request)
-        if response is None:
-            return await run_in_threadpool(handler, request)
-        return observed(response, started)
-
-    return handler_inline
-
-
-@dataclass(eq=False)
-class _Lazy:
-    """The access checker and the reads built on it, made on first use (they load the
-    registry from Redis), so that the API serves while Redis is down."""
-
-    client: redis.Redis
-    keys: Keys
-    snapshot: Snapshot
-    reconcile_interval: float
-    #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
-    expiry_grace: float = settings.DEFAULT_EXPIRY_GRACE
-    following: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _made: tuple[AccessChecker, Reads] | None = None
-
-    def get(self) -> tuple[AccessChecker, Reads]:
-        made = self._made
-        if made is None:
-            with self._lock:
-                made = self._made
-                if made is None:
-                    checker = AccessChecker(
-                        self.client,
-                        self.keys,
-                        consistency=BOUNDED,
-                        expiry_grace=self.expiry_grace,
-                    )
-                    if self.following:
-                        checker.cache.start()
-                    reads = Reads(
-                        self.client,
-                        self.keys,
-                        checker.cache,
-                        reconcile_interval=self.reconcile_interval,
-                        expiry_grace=self.expiry_grace,
-                    )
-                    made = self._made = (checker, reads)
-        return made
-
-    @property
-    def made(self) -> bool:
-        """Whether the checker exists (its follower then reports Redis outages every second)."""
-        return self._made is not None
-
-    def start(self) -> None:
-        """Follow the registry stream from now on (at once if the checker exists)."""
-        self.following = True
-        with self._lock:
-            if self._made is not None:
-                self._made[0].cache.start()
-        try:
-            self.get()
-        except redis.RedisError as exc:  # built on the first request once Redis answers
-            health.REDIS.failed(exc)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._made is not None:
-                self._made[0].close()
 
 
 def create_app(
@@ -285,14 +121,14 @@ def create_app(
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
-    lazy = _Lazy(client, keys, snapshot, limits.reconcile_interval, limits.expiry_grace)
+    lazy = LazyReads(client, keys, snapshot, limits.reconcile_interval, limits.expiry_grace)
     fleet_metrics = CollectorRegistry(auto_describe=False)
     fleet_metrics.register(
         FleetCollector(
             snapshot,
             limits,
-            lazy_live=lambda: _live(lazy),
-            lazy_expiring=lambda: _expiring(lazy, limits),
+            lazy_live=lazy.live_count,
+            lazy_expiring=lambda: lazy.expiring_count(limits),
         )
     )
     fleet = FleetReads(
@@ -342,7 +178,7 @@ def create_app(
 
     def nodes(request: Request) -> Response:
         after = request.query_params.get("after", "")
-        limit = _int(request, "limit", NODES_PAGE[0], 1, NODES_PAGE[1])
+        limit = int_param(request, "limit", NODES_PAGE[0], 1, NODES_PAGE[1])
         return json_response(lazy.get()[1].nodes(after, limit, _filter(request)))
 
     def node(request: Request) -> Response:
@@ -378,7 +214,7 @@ def create_app(
             after = "0-0"
         if not _STREAM_ID.fullmatch(after):
             raise InvalidArgument("after", "must be a stream id such as 1700000000000-0")
-        limit = _int(request, "limit", EVENTS_PAGE[0], 1, EVENTS_PAGE[1])
+        limit = int_param(request, "limit", EVENTS_PAGE[0], 1, EVENTS_PAGE[1])
         return json_response(Reads.events_of(client, keys, after, limit))
 
     def status(request: Request) -> Response:
@@ -389,7 +225,7 @@ def create_app(
 
     def history(request: Request) -> Response:
         node_id = valid_node(request.path_params["node"])
-        limit = _int(request, "limit", HISTORY_ROWS[0], 1, HISTORY_ROWS[1])
+        limit = int_param(request, "limit", HISTORY_ROWS[0], 1, HISTORY_ROWS[1])
         return json_response(fleet.history(node_id, limit))
 
     def dashboard_file(request: Request) -> Response:
@@ -440,7 +276,7 @@ def create_app(
         return Response(page + generate_latest(fleet_metrics), media_type=content_type)
 
     def openapi_json(request: Request) -> Response:
-        return Response(document, media_type=_JSON)
+        return Response(document, media_type=JSON)
 
     endpoints: dict[str, Callable[[Request], Response]] = {
         "/v1/access": access,
@@ -465,7 +301,7 @@ def create_app(
         "/healthz": healthz_inline,
     }
     routes = [
-        Route(path, _route(path, fn, inline.get(path)), methods=["GET"])
+        Route(path, route(path, fn, inline.get(path)), methods=["GET"])
         for path, fn in endpoints.items()
     ]
 
@@ -488,21 +324,6 @@ def create_app(
         lifespan=lifespan,
         exception_handlers={HTTPException: http_error},
     )
-
-
-def _live(lazy: _Lazy) -> int:
-    """Live members now (the registry as the access checker holds it)."""
-    checker, _ = lazy.get()
-    with checker.cache.fresh() as view:
-        return sum(1 for status in view.state.status.values() if status.live)
-
-
-def _expiring(lazy: _Lazy, limits: Limits) -> int:
-    """Live members whose pass expires within ``WGCHAIN_EXPIRY_WARNING`` now."""
-    checker, _ = lazy.get()
-    with checker.cache.fresh() as view:
-        now = time.time()
-        return len(expiring(view.state, now, limits.expiry_warning, limits.expiry_grace))
 
 
 __all__ = ["create_app"]

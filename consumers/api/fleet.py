@@ -14,11 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-import msgspec
-
 from consumers.api.head import ChainHead
 from consumers.api.reads import NotFound, Reads
-from consumers.api.schemas import HistoryRow, NodeHistory, Topology, TopologyMember
+from consumers.api.schemas import NodeHistory, Topology, TopologyMember
 from consumers.audit.entries import decode
 from consumers.audit.history import NodeSubject, timeline
 from consumers.audit.streams import read_stream
@@ -105,7 +103,7 @@ class FleetReads:
             with reads.cache.fresh() as view:
                 if not view.known(node):
                     raise NotFound(node)
-        shown = [msgspec.convert(r.as_json(), HistoryRow) for r in rows[-limit:]]
+        shown = rows[-limit:]
         return NodeHistory(node=node, rows=shown, total=len(rows), events=len(events))
 
 

@@ -7,6 +7,7 @@ from typing import Any, Final
 import msgspec
 
 from consumers.access.decide import REASONS, Decision
+from consumers.audit.history import HistoryRow
 from consumers.nodes.findings import Diagnosis
 from consumers.status.model import FleetStatus, HostInfo, Issue, Problem, StageInfo
 from shared.events import LogEntry, Retracted
@@ -109,28 +110,6 @@ class EventsPage(msgspec.Struct, kw_only=True):
     next: str | None = None
 
 
-class HistoryRow(msgspec.Struct, kw_only=True):
-    """One entry of the log that concerns a node (``wgchain audit history --json``)."""
-
-    #: The ``events`` entry id.
-    entry_id: str
-    #: -1 when the entry does not decode.
-    block: int
-    #: Block time, UTC (ISO 8601); "" when unknown.
-    time: str
-    tx: str
-    #: -1 when unknown.
-    log_index: int
-    #: ``NodeAccessGranted``, ``NodeAccessRevoked``, ..., ``Retracted``, ``Undecodable``.
-    event: str
-    #: The event's fields (chain strings as they are on chain: escape before display).
-    fields: dict[str, Any]
-    #: The node after the entry: live, reason, token, owner, key, its tokens.
-    state: dict[str, Any]
-    #: Voided by a deep-reorg retraction: shown, not applied.
-    retracted: bool = False
-
-
 class NodeHistory(msgspec.Struct, kw_only=True):
     """A node's story, folded from the log with the registry fold."""
 
@@ -214,6 +193,7 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
     bad = {"400": _json(error, "invalid parameter")}
     denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
     unavailable = {"503": _json(error, "Redis unreachable, or no data for this network")}
+    not_named = {"404": _json(error, "no token ever named this node")}
     node_q = _param("node", "node id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"})
     node_p = _param("node", "node id", {"type": "string"}, required=True)
 
@@ -225,8 +205,21 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             op["parameters"] = params
         return {"get": op}
 
+    def read(
+        summary: str,
+        ok: dict[str, Any],
+        params: list[dict[str, Any]] | None = None,
+        /,
+        *,
+        named: bool = False,
+    ) -> dict[str, Any]:
+        """A ``/v1`` read: 400 for a bad parameter (when it takes any), 404 for a node no
+        token ever named (``named``), 503 while Redis is down or holds no data."""
+        more = {**(bad if params else {}), **(not_named if named else {}), **unavailable}
+        return get(summary, ok, params, **more)
+
     paths = {
-        "/v1/access": get(
+        "/v1/access": read(
             "Access check: may KEY (or does ADDRESS) reach NODE? 200 with granted true/false.",
             _json(ref["Decision"], "the decision and its reason"),
             [
@@ -242,10 +235,8 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
                     {"type": "string", "enum": ["bounded", "strict"], "default": "bounded"},
                 ),
             ],
-            **bad,
-            **unavailable,
         ),
-        "/v1/nodes": get(
+        "/v1/nodes": read(
             "Every node a token ever named, by id, in pages, with its host's state; the "
             "filters of `wgchain nodes`.",
             _json(ref["NodeList"], "a page of nodes"),
@@ -261,67 +252,53 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
                     {"type": "string", "maxLength": 100},
                 ),
             ],
-            **bad,
-            **unavailable,
         ),
-        "/v1/nodes/{node}": get(
+        "/v1/nodes/{node}": read(
             "One node: membership, key, address, owner, token, since-block, host status.",
             _json(ref["NodeDetail"], "the node"),
             [node_p],
-            **bad,
-            **{"404": _json(error, "no token ever named this node")},
-            **unavailable,
+            named=True,
         ),
-        "/v1/hosts": get(
+        "/v1/hosts": read(
             "Every agent: applied position, lag, last apply, last error, endpoint.",
             _json(ref["HostList"], "the hosts"),
-            **unavailable,
         ),
-        "/v1/issues": get(
+        "/v1/issues": read(
             "The current conflicts, anomalies and pending allocations, each with its cause.",
             _json(ref["IssueList"], "the issues"),
-            **unavailable,
         ),
-        "/v1/events": get(
+        "/v1/events": read(
             "The events log, in pages.",
             _json(ref["EventsPage"], "a page of entries"),
             [
                 _param("after", "stream id to start after (0-0: the start)", {"type": "string"}),
                 _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
             ],
-            **bad,
-            **unavailable,
         ),
-        "/v1/status": get(
+        "/v1/status": read(
             "The fleet: listener, stages, every host's convergence, the current issues and the "
             "problems, as `wgchain status --json` prints it.",
             _json(ref["FleetStatus"], "the status snapshot"),
-            **unavailable,
         ),
-        "/v1/topology": get(
+        "/v1/topology": read(
             "Live members and hubs, and the tunnels between them.",
             _json(ref["Topology"], "the topology"),
-            **unavailable,
         ),
-        "/v1/nodes/{node}/history": get(
+        "/v1/nodes/{node}/history": read(
             "A node's story: every log entry that concerns it, with the resulting state.",
             _json(ref["NodeHistory"], "the timeline"),
             [
                 node_p,
                 _param("limit", "newest rows", {"type": "integer", "minimum": 1, "maximum": 10000}),
             ],
-            **bad,
-            **{"404": _json(error, "no token ever named this node")},
-            **unavailable,
+            named=True,
         ),
-        "/v1/nodes/{node}/diagnosis": get(
+        "/v1/nodes/{node}/diagnosis": read(
             "Why can't NODE connect? `wgchain diagnose NODE --json` (without the local tunnel): "
             "findings from the registry, the pipeline, its host and the hosts that should carry "
             "it, and a verdict with the next thing to look at.",
             _json(ref["Diagnosis"], "the diagnosis"),
             [node_p],
-            **bad,
-            **unavailable,
         ),
         "/healthz": {
             "get": {

@@ -23,7 +23,7 @@ from consumers.audit.streams import read_stream
 from consumers.audit.verify import Verify
 from consumers.ipam.allocate import IpamFold
 from shared.chain.oneshot import DEFAULT_TIMEOUT, bounded_rpc, within
-from shared.cmdline import with_chain_id, with_settings
+from shared.cmdline import ADDRESSES, STREAM, with_chain_id, with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
@@ -76,9 +76,7 @@ _WAIT = click.option(
 @click.option("--max-diff", type=click.IntRange(min=1), default=20, show_default=True,
               help="Difference lines shown per projection.")  # fmt: skip
 @_JSON
-@with_settings(
-    "redis_url", "chain_id", "contract", "pool", "pool6", "quarantine_blocks", stage="audit"
-)
+@with_settings(*STREAM, *ADDRESSES, stage="audit")
 def replay(
     *,
     cfg: Settings,
@@ -128,7 +126,7 @@ def replay(
 @click.option("--key", default=None, help="WireGuard public key.")
 @click.option("--owner", default=None, help="Owner address (0x...).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@with_settings("redis_url", "chain_id", "contract", stage="audit")
+@with_settings(*STREAM, stage="audit")
 def history(
     cfg: Settings, node: str | None, key: str | None, owner: str | None, as_json: bool
 ) -> None:
@@ -168,10 +166,8 @@ def history(
 @_WAIT
 @_JSON
 @with_settings(
-    "redis_url",
+    *STREAM,
     "rpc_url",
-    "chain_id",
-    "contract",
     "max_block_range",
     stage="audit",
     ask_chain_id=False,  # asked through its RPC client (retries, failover)
@@ -232,7 +228,7 @@ def verify(
 @_UNTIL_BLOCK
 @click.option("--output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="File to write [default: stdout].")  # fmt: skip
-@with_settings("redis_url", "chain_id", "contract", stage="audit")
+@with_settings(*STREAM, stage="audit")
 def export(
     cfg: Settings, fmt: str, until: str | None, until_block: int | None, output: str | None
 ) -> None:

@@ -139,16 +139,7 @@ def diff_state(live: Mapping[str, bytes], replay: Mapping[str, bytes]) -> list[s
     live, replay = state_fields(live), state_fields(replay)
     lines: list[str] = []
     for name in sorted(set(live) | set(replay)):
-        a, b = live.get(name), replay.get(name)
-        shown = excerpt(name)
-        if a == b:
-            continue
-        if a is None and b is not None:
-            lines.append(f"{shown}: only in the replay: {_show(_parse(b))}")
-        elif b is None and a is not None:
-            lines.append(f"{shown}: only live: {_show(_parse(a))}")
-        elif a is not None and b is not None:
-            lines.extend(_paths(_parse(a), _parse(b), shown))
+        lines += _differences(live.get(name), replay.get(name), excerpt(name))
     return lines
 
 
@@ -158,15 +149,17 @@ def diff_content(live: Sequence[bytes], replay: Sequence[bytes]) -> list[str]:
     for n in range(max(len(live), len(replay))):
         a = live[n] if n < len(live) else None
         b = replay[n] if n < len(replay) else None
-        if a == b:
-            continue
-        if a is None and b is not None:
-            lines.append(f"entry #{n}: only in the replay: {_show(_parse(b))}")
-        elif b is None and a is not None:
-            lines.append(f"entry #{n}: only live: {_show(_parse(a))}")
-        elif a is not None and b is not None:
-            lines.extend(_paths(_parse(a), _parse(b), f"entry #{n}"))
+        lines += _differences(a, b, f"entry #{n}")
     return lines
+
+
+def _differences(live: bytes | None, replay: bytes | None, shown: str) -> list[str]:
+    """The lines that tell one live value from its replayed one (None: absent on that side)."""
+    if live is None:
+        return [] if replay is None else [f"{shown}: only in the replay: {_show(_parse(replay))}"]
+    if replay is None:
+        return [f"{shown}: only live: {_show(_parse(live))}"]
+    return [] if live == replay else list(_paths(_parse(live), _parse(replay), shown))
 
 
 __all__ = [

@@ -17,9 +17,7 @@ the last entry shows only its ``expires``). Pure: no clock is read.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
@@ -38,23 +36,30 @@ from shared.events import (
 from shared.validate import excerpt, is_valid_address
 
 
-@dataclass(frozen=True)
-class Row:
-    """One line of a timeline."""
+class HistoryRow(msgspec.Struct, frozen=True):
+    """One entry of the log that concerns a node (``wgchain audit history --json``)."""
 
+    #: The ``events`` entry id.
     entry_id: str
+    #: -1 when the entry does not decode.
     block: int
+    #: Block time, UTC (ISO 8601); "" when unknown.
     time: str
     tx: str
+    #: -1 when unknown.
     log_index: int
+    #: ``NodeAccessGranted``, ``NodeAccessRevoked``, ..., ``Retracted``, ``Undecodable``.
     event: str
+    #: The event's fields (chain strings as they are on chain: escape before display).
     fields: dict[str, Any]
+    #: The node after the entry: live, reason, token, owner, key, its tokens.
     state: dict[str, Any]
+    #: Voided by a deep-reorg retraction: shown, not applied.
     retracted: bool = False
 
     def as_json(self) -> dict[str, Any]:
         """The row as a JSON object."""
-        return dataclasses.asdict(self)
+        return msgspec.structs.asdict(self)
 
 
 class Subject(Protocol):
@@ -250,8 +255,8 @@ def _row(
     state: dict[str, Any],
     retracted: bool,
     extra: dict[str, Any] | None = None,
-) -> Row:
-    return Row(
+) -> HistoryRow:
+    return HistoryRow(
         entry_id=entry_id,
         block=entry.block_number,
         time=utc(entry.block_timestamp),
@@ -272,7 +277,7 @@ def _expired_rows(
     seen: Expirations,
     due: dict[int, int],
     view: Any,
-) -> list[Row]:
+) -> list[HistoryRow]:
     """``Expired`` rows of the subject's passes whose expiration ``timestamp`` reached."""
     rows = []
     for token in sorted(who.subscribed()):
@@ -281,31 +286,31 @@ def _expired_rows(
             due[token] = expiration
             fields = {"token_id": token, "expiration": expiration}
             row_id = f"{entry_id}/expired/{token}"  # unique: at most one per token per entry
-            rows.append(Row(row_id, -1, utc(expiration), "", -1, "Expired", fields, view))
+            rows.append(HistoryRow(row_id, -1, utc(expiration), "", -1, "Expired", fields, view))
     return rows
 
 
-def timeline(events: Iterable[Decoded], who: Subject) -> list[Row]:
+def timeline(events: Iterable[Decoded], who: Subject) -> list[HistoryRow]:
     """The rows of ``who``'s timeline over the events log ``events`` (stream order)."""
     events = list(events)
     void = void_ids(events)
     state = RegistryState()
     shown: set[str] = set()
-    rows: list[Row] = []
+    rows: list[HistoryRow] = []
     view = who.view(state)
     seen = Expirations()  # every token's, for what each SubscriptionUpdate changed
     due: dict[int, int] = {}  # token -> the expiration an Expired row was shown for
     for entry_id, entry in events:
         if isinstance(entry, Undecodable):
             rows.append(
-                Row(entry_id, -1, "", "", -1, "Undecodable", {"reason": entry.reason}, view)
+                HistoryRow(entry_id, -1, "", "", -1, "Undecodable", {"reason": entry.reason}, view)
             )
             continue
         if isinstance(entry, Retracted):
             if entry.entry_id in shown:
                 fields = {"entry_id": entry.entry_id, "block_hash": entry.block_hash}
                 rows.append(
-                    Row(entry_id, entry.block_number, "", "", -1, "Retracted", fields, view)
+                    HistoryRow(entry_id, entry.block_number, "", "", -1, "Retracted", fields, view)
                 )
             continue
         if not isinstance(entry, LogEntry):
@@ -340,7 +345,7 @@ def _text(value: Any) -> str:
     return excerpt(value) if isinstance(value, str) else str(value)
 
 
-def render(row: Row) -> str:
+def render(row: HistoryRow) -> str:
     """One row as a text line; every chain string is escaped."""
     event = " ".join(f"{k}={_text(v)}" for k, v in row.fields.items())
     state = " ".join(f"{k}={_text(v)}" for k, v in row.state.items())
@@ -352,10 +357,10 @@ def render(row: Row) -> str:
 
 __all__ = [
     "Expirations",
+    "HistoryRow",
     "KeySubject",
     "NodeSubject",
     "OwnerSubject",
-    "Row",
     "Subject",
     "render",
     "subject",

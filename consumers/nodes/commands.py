@@ -21,7 +21,7 @@ from consumers.status.health import Limits
 from consumers.status.output import console
 from consumers.status.probe import no_data, probe
 from consumers.status.snapshot import Snapshot
-from shared.cmdline import FRESHNESS, STREAM, with_settings
+from shared.cmdline import FLEET, STREAM, with_settings
 from shared.errors import BadArgument, NoAnswer, WgchainError
 from shared.redis_log import connect
 from shared.settings import Settings
@@ -90,16 +90,7 @@ def nodes(
     "or one that should reach it) for handshakes and traffic.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (facts included).")
-@with_settings(
-    *STREAM,
-    "rpc_url",
-    *FRESHNESS,
-    "reconcile_interval",
-    "topology",
-    "hubs",
-    "endpoint_template",
-    stage="diagnose",
-)
+@with_settings(*FLEET, "topology", "hubs", "endpoint_template", stage="diagnose")
 def diagnose(cfg: Settings, node: str, interface: str | None, as_json: bool) -> None:
     """Why can't NODE connect? Its membership, the pipeline, its host, its peers and the tunnel.
 

@@ -29,7 +29,7 @@ from consumers.status.model import CRITICAL, EXIT_CODES, UNKNOWN, FleetStatus
 from consumers.status.output import console
 from consumers.status.render import check_lines, render
 from consumers.status.snapshot import Snapshot
-from shared.cmdline import stop_event, with_settings
+from shared.cmdline import FLEET, stop_event, with_settings
 from shared.errors import ServiceUnavailable, SettingsError
 from shared.keys import Keys
 from shared.logs import brief
@@ -51,17 +51,7 @@ from shared.settings import Settings
     is_flag=True,
     help="Monitoring plugin: exit 0 OK, 1 warning, 2 critical, 3 unknown, with the reasons.",
 )
-@with_settings(
-    "redis_url",
-    "rpc_url",
-    "chain_id",
-    "contract",
-    "max_lag",
-    "max_listener_lag",
-    "max_lag_seconds",
-    "reconcile_interval",
-    stage="status",
-)
+@with_settings(*FLEET, stage="status")
 def status(cfg: Settings, as_json: bool, watch: float | None, check: bool) -> None:
     """Health, chain head, listener, stages, hosts and what needs attention now."""
     if check and watch is not None:

@@ -29,34 +29,15 @@ reads those blocks itself, with its own reorg handling.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Final
 
 from producers.backfill.store import BackfillStore
-from producers.listener.store import Cursor, DeadLetter, ListenerStore
+from producers.listener.store import Cursor, DeadLetter
 from shared.errors import DecodeError
-from shared.events import GENESIS_DIGEST, LogEntry, Retracted
+from shared.events import GENESIS_DIGEST, LogEntry
 
-
-class Appender(Protocol):
-    """What :func:`append_staged` needs of the listener (``Listener`` is one): its store,
-    cursor and fenced commit; a protocol, so the listener and its backfill hook do not
-    import each other."""
-
-    store: ListenerStore
-    cursor: Cursor | None
-    log: Any
-
-    @property
-    def next_block(self) -> int: ...
-
-    def commit(
-        self,
-        expected: Cursor | None,
-        cursor: Cursor,
-        entries: Sequence[LogEntry | Retracted],
-        dead: Sequence[DeadLetter] = (),
-    ) -> bool: ...
+if TYPE_CHECKING:  # the hook is handed its listener: its type, not a run-time import
+    from producers.listener.listener import Listener
 
 
 #: Seconds between "waiting for a range" log lines.
@@ -81,7 +62,7 @@ class _Every:
 _waiting = _Every(WAIT_LOG_EVERY)
 
 
-def append_staged(listener: Appender) -> int | None:
+def append_staged(listener: Listener) -> int | None:
     """Append the staged range holding the listener's next block.
 
     Returns the number of blocks appended, 0 to wait for the range to be

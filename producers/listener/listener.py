@@ -8,7 +8,8 @@ them, checks that every log's block hash is the hash of the header it read (a
 reorg during the read means: read again), decodes the logs into digest-chained
 :class:`LogEntry` objects, and commits them with the new cursor in one Lua call.
 A log that does not decode is dead-lettered with its reason in the same commit,
-never dropped silently.
+never dropped silently. After a range full of logs the next one is read on a thread
+while this one is appended (:mod:`producers.listener.ahead`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import msgspec
 import redis
 
 from producers.backfill.append import append_staged
+from producers.listener.ahead import ReadAhead
 from producers.listener.store import Cursor, DeadLetter, ListenerStore
 from producers.listener.tip import Look, Watch, look
 from shared import health, metrics
@@ -31,6 +33,7 @@ from shared.chain.ranges import RangeSizer
 from shared.chain.read import Read, read_logs
 from shared.chain.rpc import RpcClient, refused
 from shared.cmdline import with_chain_id
+from shared.collector import collector_paused
 from shared.errors import (
     CommitConflict,
     DecodeError,
@@ -38,7 +41,7 @@ from shared.errors import (
     LogRangeError,
     ServiceUnavailable,
 )
-from shared.events import GENESIS_DIGEST, LogEntry, Retracted
+from shared.events import GENESIS_DIGEST, LogEntry, Retracted, sealed
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import keep_going
@@ -47,8 +50,8 @@ from shared.settings import Settings
 #: Seconds the loop waits after the RPC endpoints all failed, before trying again.
 OUTAGE_WAIT: Final = 5.0
 #: Logs per commit of a large read (whole blocks: a part may hold more); each part's commit
-#: overlaps the decoding of the next.
-COMMIT_PART: Final = 5000
+#: overlaps the decoding of the next (a dense range, ``ahead.PIECE_LOGS``, is two parts).
+COMMIT_PART: Final = 2500
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Listener:
         self.seen: Look | None = None
         self.watch = Watch(store.client, store.keys)
         self._pool: ThreadPoolExecutor | None = None
+        #: The next range, read on a thread while this one is appended (``ahead.py``).
+        self.ahead = ReadAhead(self._read, self.sizer)
 
     @property
     def next_block(self) -> int:
@@ -116,7 +121,17 @@ class Listener:
         return self._target
 
     def step(self) -> int:
-        """Append one block range; returns the number of blocks it covered (0 at the tip)."""
+        """Append one block range; returns the number of blocks it covered (0 at the tip).
+
+        The cyclic collector is paused meanwhile (:func:`collector_paused`): a large range
+        holds tens of thousands of raw logs and entries, and every collection would walk
+        them all again (about half the listener's CPU); a step makes no reference cycles.
+        """
+        with collector_paused():
+            return self._step()
+
+    def _step(self) -> int:
+        self.ahead.settle()  # the read ahead is done before the node is asked anything else
         self.watch.record({})  # "still at work", for status (throttled: at most once a second)
         staged = append_staged(self)  # a running backfill's next range, strictly in order
         if staged is not None:
@@ -126,10 +141,12 @@ class Listener:
         if start > target:
             metrics.listener_progress(self.store.keys.tag, start - 1, target)
             return self._replaced_at_tip(target)
-        end, read = self._read_sized(start, target)
+        end, read = self.ahead.take(start, target) or self._read_sized(start, target)
+        self.ahead.learn(start, end, len(read.logs))
         batch_log = self.log.bind(blocks=f"{start}-{end}")
         if self._reorged(start, read.headers):
             return self._rewind()
+        self.ahead.start(end + 1, target, len(read.logs))  # read on while this one is appended
         appended = self._append(start, end, read)
         if appended is None:
             return 0
@@ -157,14 +174,16 @@ class Listener:
         cursor: Cursor,
         entries: Sequence[LogEntry | Retracted],
         dead: Sequence[DeadLetter] = (),
+        payloads: Sequence[bytes] | None = None,
     ) -> bool:
         """Append under our fence and move the cursor; False when another writer moved it.
 
         The cursor is then reloaded from Redis. A fenced commit (the lease is lost)
         raises :class:`CommitConflict`, so the lease supervisor steps down at once.
+        ``payloads``: the entries' JSON when already encoded (:func:`sealed`).
         """
         try:
-            self.store.commit(expected, cursor, entries, dead, fence=self.fence)
+            self.store.commit(expected, cursor, entries, dead, fence=self.fence, payloads=payloads)
         except Fenced:
             raise
         except CommitConflict as exc:
@@ -181,7 +200,7 @@ class Listener:
     def _read_sized(self, start: int, target: int) -> tuple[int, Read]:
         """The largest range from ``start`` the provider accepts now, and its read."""
         while True:
-            end = self.sizer.span(start, target)
+            end = self.ahead.last(start, target)
             try:
                 read = self._read(start, end)
             except LogRangeError as exc:
@@ -290,7 +309,7 @@ class Listener:
         cursor to its last block: while one part is being committed (Redis works, this
         thread waits) the next one is decoded. Small reads are one commit, as before.
         """
-        parts = _parts(read.logs, COMMIT_PART)
+        parts = read.parts(COMMIT_PART)
         entries: list[LogEntry] = []
         dead: list[DeadLetter] = []
         expected = self.cursor
@@ -298,7 +317,7 @@ class Listener:
         prev = self._prev
         pending: Future[bool] | None = None
         for n, logs in enumerate(parts, 1):
-            part, part_dead = self._entries(logs, read.headers, prev)
+            part, payloads, part_dead = self._entries(logs, read.headers, prev)
             prev = part[-1].digest if part else prev
             last = n == len(parts)
             block = end if last else logs[-1][0].block_number
@@ -311,10 +330,12 @@ class Listener:
             if pending is not None and not pending.result():
                 return None
             if last:
-                if not self.commit(expected, cursor, part, part_dead):
+                if not self.commit(expected, cursor, part, part_dead, payloads):
                     return None
             else:
-                pending = self._committer().submit(self.commit, expected, cursor, part, part_dead)
+                pending = self._committer().submit(
+                    self.commit, expected, cursor, part, part_dead, payloads
+                )
             entries += part
             dead += part_dead
             expected = base = cursor
@@ -331,22 +352,27 @@ class Listener:
         logs: Sequence[tuple[LogRef, Mapping[str, Any]]],
         headers: Mapping[int, BlockHeader],
         prev: str,
-    ) -> tuple[list[LogEntry], list[DeadLetter]]:
-        """Decode and chain ``logs`` after digest ``prev``; undecodable ones become dead letters."""
+    ) -> tuple[list[LogEntry], list[bytes], list[DeadLetter]]:
+        """Decode and chain ``logs`` after digest ``prev``: the entries, their JSON (encoded
+        once, :func:`sealed`), and the dead letters of the logs that do not decode."""
         entries: list[LogEntry] = []
+        payloads: list[bytes] = []
         dead: list[DeadLetter] = []
+        chain_id = self.cfg.chain_id
         for ref, raw in logs:
             timestamp = headers[ref.block_number].timestamp
             try:
-                entry = decode_log(raw, self.cfg.chain_id, timestamp, ref).with_digest(prev)
+                entry = decode_log(raw, chain_id, timestamp, ref, prev)
             except DecodeError as exc:
                 ident = f"{ref.block_number}:{ref.log_index}"
                 self.log.warning("dead-lettering log {} (tx {}): {}", ident, ref.tx_hash, exc)
                 dead.append(DeadLetter(ident, str(exc), msgspec.json.encode(raw)))
                 continue
+            entry, payload = sealed(entry)
             entries.append(entry)
+            payloads.append(payload)
             prev = entry.digest
-        return entries, dead
+        return entries, payloads, dead
 
     def run(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
         """Append until ``stop`` is set; at the tip, poll every ``poll_interval`` seconds.
@@ -396,22 +422,6 @@ class Listener:
             self.watch.work = None
             health.retire(work)
         self.log.info("stopped at block {}", self.next_block - 1)
-
-
-def _parts(
-    logs: list[tuple[LogRef, Mapping[str, Any]]], size: int
-) -> list[list[tuple[LogRef, Mapping[str, Any]]]]:
-    """``logs`` (chain order) in parts of at least ``size`` logs (the last may be smaller),
-    never splitting a block; one (maybe empty) part for a read of fewer logs."""
-    parts: list[list[tuple[LogRef, Mapping[str, Any]]]] = []
-    part: list[tuple[LogRef, Mapping[str, Any]]] = []
-    for item in logs:
-        if len(part) >= size and item[0].block_number != part[-1][0].block_number:
-            parts.append(part)
-            part = []
-        part.append(item)
-    parts.append(part)
-    return parts
 
 
 def open_listener(cfg: Settings, client: redis.Redis, rpc: RpcClient | None = None) -> Listener:

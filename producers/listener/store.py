@@ -21,7 +21,7 @@ import redis
 
 from shared import lua
 from shared.errors import CommitConflict, Fenced
-from shared.events import LogEntry, Retracted, from_fields
+from shared.events import SCHEMA_VERSION, LogEntry, Retracted, from_fields
 from shared.keys import Keys
 from shared.redis_log import as_str, pack_dead, pack_entries, redis_retry
 
@@ -117,12 +117,14 @@ class ListenerStore:
         dead: Sequence[DeadLetter] = (),
         *,
         fence: tuple[str, str] | None = None,
+        payloads: Sequence[bytes] | None = None,
     ) -> str | None:
         """Append ``entries`` and ``dead`` and move the cursor from ``expected`` to ``cursor``.
 
         All or nothing. ``cursor.digest`` must be the digest of the last entry (or
         the previous digest when ``entries`` is empty). ``fence`` is an optional
-        (lease key, token) pair checked in the same call. Returns the id of the last
+        (lease key, token) pair checked in the same call. ``payloads``, when given, are the
+        entries' JSON already encoded (:func:`shared.events.sealed`). Returns the id of the last
         appended entry (None if none); raises :class:`CommitConflict` when the stored
         cursor is not ``expected`` (or the lease is not held).
         """
@@ -138,7 +140,7 @@ class ListenerStore:
             cursor.digest,
             token,
             msgspec.json.encode(cursor.recent),
-            *pack_entries(entries),
+            *(pack_entries(entries) if payloads is None else _packed(entries, payloads)),
             *pack_dead(dead),
         ]
         try:
@@ -153,6 +155,15 @@ class ListenerStore:
                 raise CommitConflict(text) from exc
             raise
         return last.decode() if isinstance(last, bytes) else last
+
+
+def _packed(entries: Sequence[LogEntry | Retracted], payloads: Sequence[bytes]) -> list[Any]:
+    """:func:`pack_entries` of ``entries`` whose JSON is ``payloads`` (encoded once, by the
+    caller)."""
+    args: list[Any] = [len(entries)]
+    for entry, payload in zip(entries, payloads, strict=True):
+        args += (SCHEMA_VERSION, type(entry).__name__, payload)
+    return args
 
 
 __all__ = ["Cursor", "DeadLetter", "ListenerStore"]

@@ -35,6 +35,19 @@ class Read:
     logs: list[tuple[LogRef, Mapping[str, Any]]]
     headers: dict[int, BlockHeader]
 
+    def parts(self, size: int) -> list[list[tuple[LogRef, Mapping[str, Any]]]]:
+        """The logs (chain order) in parts of at least ``size`` logs (the last may be
+        smaller), never splitting a block; one (maybe empty) part for fewer logs."""
+        parts: list[list[tuple[LogRef, Mapping[str, Any]]]] = []
+        part: list[tuple[LogRef, Mapping[str, Any]]] = []
+        for item in self.logs:
+            if len(part) >= size and item[0].block_number != part[-1][0].block_number:
+                parts.append(part)
+                part = []
+            part.append(item)
+        parts.append(part)
+        return parts
+
 
 #: How a reader asks for the raw logs of ``[start, end]``: at once (the listener, which
 #: sizes its ranges itself and hears of a refusal) or split as the provider requires.

@@ -22,7 +22,7 @@ import redis
 from factories import wg_key
 
 from consumers.audit.entries import utc
-from consumers.audit.verify import check_views
+from consumers.audit.views import check_views
 from consumers.registry.fold import TOKEN_FIELD, RegistryFold
 from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT

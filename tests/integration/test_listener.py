@@ -21,6 +21,7 @@ import redis
 import requests
 from eth_utils.crypto import keccak
 
+from producers.listener import ahead as ahead_module
 from producers.listener import listener as listener_module
 from producers.listener.listener import Listener, ListenerConfig, open_listener
 from producers.listener.store import Cursor, ListenerStore
@@ -232,6 +233,7 @@ def test_a_large_read_is_committed_in_parts_of_whole_blocks(
 ) -> None:
     some_history(nft)  # six logs in six blocks
     monkeypatch.setattr(listener_module, "COMMIT_PART", 2)
+    monkeypatch.setattr(ahead_module, "FIRST_BLOCKS", 100)  # one read of the whole history
     listener = make_listener(redis_client, anvil.url, nft.address, max_block_range=100)
     commits: list[tuple[int, int]] = []
     commit = listener.store.commit

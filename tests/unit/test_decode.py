@@ -266,6 +266,44 @@ def test_random_offsets_and_lengths_never_crash(
     assert isinstance(event, NodeAccessGranted)
 
 
+def _outcome(decoder: Any, topics: Any, data: Any) -> object:
+    """What ``decoder`` answers: an event, None, or the class DecodeError when it raises it."""
+    try:
+        return decoder(topics, data)
+    except DecodeError:
+        return DecodeError
+
+
+@given(
+    topic0=st.sampled_from(list(decode.TOPIC0S)),
+    words=st.lists(st.binary(min_size=32, max_size=32), min_size=0, max_size=4),
+    data=st.one_of(
+        st.binary(max_size=256),
+        st.lists(st.text(max_size=40), min_size=1, max_size=2).map(
+            lambda texts: encode(["string"] * len(texts), texts)
+        ),
+    ),
+    address=st.booleans(),
+)
+def test_the_fast_path_decodes_what_the_careful_path_decodes(
+    topic0: str, words: list[bytes], data: bytes, address: bool
+) -> None:
+    """The fast path declines (None) or gives the careful path's answer, never another."""
+    if address and words:  # an address topic (zero high bytes), as contracts emit them
+        words[-1] = bytes(12) + words[-1][12:]
+    topics = [topic0, *("0x" + w.hex() for w in words)]
+    fast = _outcome(decode._decode_well_formed, topics, hexdata(data))
+    careful = _outcome(decode._decode_careful, topics, hexdata(data))
+    assert fast is None or fast == careful
+    assert _outcome(decode_event, topics, hexdata(data)) == careful
+
+
+def test_the_fast_path_takes_well_formed_logs() -> None:
+    data = hexdata(encode(["string", "string"], ["node-1", KEY]))
+    event = decode._decode_well_formed(granted_topics(), data)
+    assert event == NodeAccessGranted(token_id=7, node_id="node-1", owner=OWNER, public_key=KEY)
+
+
 # --- ERC-5643 SubscriptionUpdate(uint256 indexed tokenId, uint64 expiration) ---------------
 
 

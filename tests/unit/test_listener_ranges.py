@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from producers.listener.listener import _parts
 from shared.chain.answers import is_range_refusal, suggested_range
 from shared.chain.answers import result as _result
 from shared.chain.decode import LogRef
 from shared.chain.ranges import INITIAL_RANGE, PROBE_AFTER, RangeSizer
+from shared.chain.read import Read
 from shared.errors import ChainError, LogRangeError
 
 # --- the sizer ----------------------------------------------------------------------------
@@ -284,11 +284,11 @@ def _log(block: int, index: int) -> tuple[LogRef, dict[str, str]]:
 
 def test_parts_of_a_read_never_split_a_block() -> None:
     logs = [_log(b, i) for b, n in ((1, 3), (2, 1), (3, 2), (4, 1)) for i in range(n)]
-    parts = _parts(logs, 2)
+    parts = Read(logs, {}).parts(2)
     assert [[ref.block_number for ref, _ in part] for part in parts] == [
         [1, 1, 1],
         [2, 3, 3],
         [4],
     ]
-    assert _parts([], 2) == [[]]
-    assert _parts(logs, 100) == [logs]
+    assert Read([], {}).parts(2) == [[]]
+    assert Read(logs, {}).parts(100) == [logs]
