@@ -27,8 +27,6 @@ and says so when it did not.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass
@@ -54,6 +52,7 @@ from consumers.audit.scratch import Scratch
 from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import RegistryFold
+from shared.collector import collector_paused
 from shared.errors import WgchainError
 from shared.events import SCHEMA_VERSION, PeersChange, RegistryChange, encode
 from shared.keys import Keys
@@ -120,7 +119,9 @@ class Replay:
         """Replay the log up to ``bound`` (None: the live registry position) and compare."""
         notes: list[str] = []
         bound, snap = self._settle(bound, notes)
-        with _collector_paused():
+        # every decoded entry and output stays alive to the end: a full collection would
+        # walk all of them again (about 40% of a replay's CPU); the folds make no cycles
+        with collector_paused():
             return self._compare(bound, snap, notes)
 
     def _compare(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
@@ -399,23 +400,6 @@ class Replay:
         if len(lines) > len(shown):
             shown.append(f"... and {len(lines) - len(shown)} more differences")
         return Outcome(name, "DIFF", f"live sha256 {live[:16]}, replay sha256 {replay[:16]}", shown)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a replay holds the whole log in memory.
-
-    Every decoded entry and output is a tracked object that stays alive to the end, so
-    each full collection would walk all of them again (about 40% of a replay's CPU);
-    the folds create no reference cycles to collect.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def render(report: Report) -> list[str]:
