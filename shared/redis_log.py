@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
+import msgspec
 import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import (
@@ -227,6 +228,7 @@ def as_str(value: bytes | str) -> str:
 
 
 _COMMIT_LUA: Final = lua.source("stage_commit")
+_MSGPACK: Final = msgspec.msgpack.Encoder().encode
 
 
 def pack_entries(items: Sequence[Any]) -> list[Any]:
@@ -258,6 +260,9 @@ class Batch:
     replace: bool = False
     #: A snapshot of the output as of this commit (written with the last output id).
     snapshot: bytes | None = None
+    #: The commit's arguments after the expected position (``StageStore.pack``), when packed
+    #: ahead of the commit (e.g. on the thread that made the batch).
+    packed: list[Any] | None = None
 
 
 class StageStore:
@@ -323,25 +328,37 @@ class StageStore:
                     continue
             return (as_str(raw_pos) if raw_pos else START), built
 
+    @staticmethod
+    def pack(batch: Batch) -> list[Any]:
+        """The commit script's arguments for ``batch``, after the expected position."""
+        state: list[str] = []
+        for k, v in batch.state_set.items():  # values are JSON: UTF-8 (cmsgpack has no bin)
+            state += (k, v.decode())
+        out: list[str] = []
+        for item in batch.outputs:
+            out += (type(item).__name__, encode(item).decode())
+        args: list[Any] = [
+            batch.position,
+            "1" if batch.replace else "0",
+            SCHEMA_VERSION,
+            _MSGPACK(state),
+            _MSGPACK(sorted(batch.state_del)),
+            _MSGPACK(out),
+        ]
+        args += pack_dead(batch.dead)
+        args += [0] if batch.snapshot is None else [1, batch.snapshot]
+        return args
+
     def commit(self, expected: str, batch: Batch) -> list[str]:
         """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
 
         Raises :class:`CommitConflict` when the stored position is not ``expected``
         (another instance committed, or the store was reset).
         """
-        args: list[Any] = [
+        args = [
             "" if expected == START else expected,
-            batch.position,
-            "1" if batch.replace else "0",
+            *(batch.packed if batch.packed is not None else self.pack(batch)),
         ]
-        args.append(len(batch.state_set))
-        for k, v in batch.state_set.items():
-            args += [k, v]
-        args.append(len(batch.state_del))
-        args += sorted(batch.state_del)
-        args += pack_entries(batch.outputs)
-        args += pack_dead(batch.dead)
-        args += [0] if batch.snapshot is None else [1, batch.snapshot]
         try:
             ids = self._commit(keys=self.keys, args=args)
         except redis.ResponseError as exc:

@@ -27,7 +27,21 @@ from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
-from consumers.status.model import PENDING, Issue
+from consumers.ipam.state import (
+    _DECODERS,
+    _META_DECODER,
+    META_FIELD,
+    NODE_FIELD,
+    PENDING_FIELD,
+    PENDING_ISSUES_FIELD,
+    QUARANTINE_FIELD,
+    Address,
+    IpamState,
+    Meta,
+    Pending,
+    Quarantine,
+    pending_issues,
+)
 from shared import settings
 from shared.errors import DecodeError, SettingsError
 from shared.events import (
@@ -51,85 +65,31 @@ if TYPE_CHECKING:
 DEFAULT_POOL: Final = settings.DEFAULT_POOL
 #: Default quarantine of a released address (blocks).
 DEFAULT_QUARANTINE_BLOCKS: Final = settings.DEFAULT_QUARANTINE_BLOCKS
-#: Field of the clock, pending counter and pool in the state hash.
-META_FIELD: Final = "meta"
-#: Field-name prefixes in the state hash: node address, quarantined offset, pending node.
-NODE_FIELD: Final = "n:"
-QUARANTINE_FIELD: Final = "q:"
-PENDING_FIELD: Final = "p:"
-#: Field listing every pending node as an :class:`Issue` (what a status reads, one HGET).
-PENDING_ISSUES_FIELD: Final = "~pending"
+__all__ = [
+    "DEFAULT_POOL",
+    "DEFAULT_QUARANTINE_BLOCKS",
+    "FOLD",
+    "META_FIELD",
+    "NODE_FIELD",
+    "PENDING_FIELD",
+    "PENDING_ISSUES_FIELD",
+    "QUARANTINE_FIELD",
+    "Address",
+    "IpamFold",
+    "IpamState",
+    "Meta",
+    "Pending",
+    "Quarantine",
+    "fold",
+    "pending_issues",
+]
 
 Network4 = ipaddress.IPv4Network
 Network6 = ipaddress.IPv6Network
 
-
-class Address(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
-    """A node's address offset; ``live`` while it holds it (else its last address).
-
-    Defaults are left out of the state hash, so a node whose pass never expires is
-    stored byte for byte as before expirations were kept (audit digests compare bytes).
-    """
-
-    offset: int
-    live: bool
-    public_key: str = ""
-    #: Unix time the node's pass expires (None: never): a fact passed on to the agents,
-    #: who judge it by their clock; an expired pass keeps its address.
-    expires: int | None = None
-
-
-class Quarantine(msgspec.Struct, frozen=True, gc=False):
-    """An offset released by ``node_id``; nobody else may take it before block ``until``."""
-
-    node_id: str
-    until: int
-
-
-class Pending(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
-    """A live member waiting for an address; ``seq`` orders the queue."""
-
-    seq: int
-    public_key: str
-    #: Block of the change that made it wait (0: from before it was kept).
-    block: int = 0
-    expires: int | None = None
-
-
-class Meta(msgspec.Struct, frozen=True, gc=False):
-    pool: str
-    pool6: str = ""
-    clock: int = 0
-    seq: int = 0
-
-
-@dataclass(eq=False)
-class IpamState:
-    """Mutable fold state; ``apply`` updates it in place and returns it."""
-
-    #: 1 for every offset that is held, quarantined or unusable (network, broadcast).
-    blocked: bytearray
-    #: Every node that ever held an address: its current or last offset.
-    nodes: dict[str, Address] = field(default_factory=dict)
-    #: offset -> node holding it.
-    holder: dict[int, str] = field(default_factory=dict)
-    quarantine: dict[int, Quarantine] = field(default_factory=dict)
-    #: (until, offset) heap over ``quarantine`` (may hold stale items).
-    expiries: list[tuple[int, int]] = field(default_factory=list)
-    #: Nodes waiting for an address, in FIFO order.
-    pending: dict[str, Pending] = field(default_factory=dict)
-    #: Highest block number seen (the quarantine clock).
-    clock: int = 0
-    seq: int = 0
-    dirty: set[str] = field(default_factory=set)
-
-
-_DECODERS: Final[dict[str, msgspec.json.Decoder[Any]]] = {
-    NODE_FIELD: msgspec.json.Decoder(Address),
-    QUARANTINE_FIELD: msgspec.json.Decoder(Quarantine),
-    PENDING_FIELD: msgspec.json.Decoder(Pending),
-}
-_META_DECODER: Final = msgspec.json.Decoder(Meta)
+#: What the fold reads, and which of those give a node its peer (isinstance tuples, built once).
+_CHANGES: Final = (NodeJoined, NodeChanged, NodeLeft, Conflict, Anomaly)
+_UPSERTS: Final = (NodeJoined, NodeChanged)
 
 
 class IpamFold:
@@ -217,15 +177,16 @@ class IpamFold:
     def apply(
         self, state: IpamState, entry_id: str, entry: Any
     ) -> tuple[IpamState, list[PeersChange]]:
-        if not isinstance(entry, NodeJoined | NodeChanged | NodeLeft | Conflict | Anomaly):
+        if not isinstance(entry, _CHANGES):
             raise TypeError(f"ipam folds registry changes, not {type(entry).__name__}")
-        step = _Step(self, state, entry_id, entry.cause, entry.block_number)
-        if entry.block_number > state.clock:
-            state.clock = entry.block_number
+        block = entry.block_number
+        step = _Step(self, state, entry_id, entry.cause, block)
+        if block > state.clock:
+            state.clock = block
             state.dirty.add(META_FIELD)
-        if self._expire(state):
+        if state.expiries and state.expiries[0][0] <= state.clock and self._expire(state):
             step.drain()
-        if isinstance(entry, NodeJoined | NodeChanged):
+        if isinstance(entry, _UPSERTS):
             step.upsert(entry.node_id, entry.public_key, entry.expires)
         elif isinstance(entry, NodeLeft) and step.remove(entry.node_id):
             step.drain()
@@ -431,18 +392,6 @@ class _Step:
         self.out.append(
             PeerUpsert(node_id, key, v4, self.cause, self.origin, self.block, v6, expires)
         )
-
-
-def pending_issues(state: IpamState) -> bytes | None:
-    """The :data:`PENDING_ISSUES_FIELD` value: every pending node, in queue order (None: none)."""
-    if not state.pending:
-        return None
-    return msgspec.json.encode(
-        [
-            Issue(kind=PENDING, reason="pool-exhausted", node=node, block=p.block)
-            for node, p in state.pending.items()
-        ]
-    )
 
 
 #: An ipam fold with the default pool (commands build theirs with ``from_settings``).

@@ -20,15 +20,23 @@ from typing import Any, Final
 import msgspec
 
 from consumers.registry import issues
+from consumers.registry.candidates import (
+    _Facts,
+    _facts,
+    _index,
+    _status,
+    _status_of,
+    _unindex,
+    _update_candidates,
+    _update_one,
+)
+from consumers.registry.issues import PROBLEMS
 from consumers.registry.state import (
     KEY_FIELD,
     TOKEN_FIELD,
     RegistryState,
     Status,
     TokenRecord,
-    _add,
-    _lowest,
-    _remove,
 )
 from shared import validate
 from shared.events import (
@@ -108,16 +116,9 @@ class RegistryFold:
             raise TypeError(f"registry folds LogEntry, not {type(entry).__name__}")
         step = _Step(state, entry_id, entry.block_number)
         event = entry.event
-        if isinstance(event, PublicKeyUpdated):
-            step.key_updated(event.owner.lower(), event.public_key)
-        elif isinstance(event, NodeAccessGranted):
-            step.granted(event)
-        elif isinstance(event, NodeAccessTransferred):
-            step.transferred(event)
-        elif isinstance(event, NodeAccessRevoked):
-            step.revoked(event)
-        elif isinstance(event, SubscriptionUpdate):
-            step.subscription(event)
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(step, event)
         return state, step.publish((entry.tx_hash, entry.log_index))
 
     def take_changes(self, state: RegistryState) -> tuple[dict[str, bytes], set[str]]:
@@ -238,6 +239,9 @@ class _Step:
         if old.owner != to:
             self.set_token(token_id, TokenRecord(old.node_id, to, old.active, old.expires))
 
+    def key_event(self, event: PublicKeyUpdated) -> None:
+        self.key_updated(event.owner.lower(), event.public_key)
+
     def key_updated(self, owner: str, key: str, token_id: int | None = None) -> None:
         state = self.state
         if key and key_problem(key):
@@ -268,15 +272,24 @@ class _Step:
         affected = self.affected
         if not affected:
             return self.notes
-        nodes = sorted(affected) if len(affected) > 1 else list(affected)
-        facts: dict[str, _Facts | None] = {}
-        touched = _update_candidates(state, nodes, facts)
+        if len(affected) == 1:
+            (node,) = affected
+            found, touched = _update_one(state, node)
+            if not touched or touched <= affected:
+                return self._publish_one(node, found, source)
+            nodes = [node]
+            facts: dict[str, _Facts | None] = {node: found}
+        else:
+            nodes = sorted(affected)
+            facts = {}
+            touched = _update_candidates(state, nodes, facts)
         if touched and not touched <= affected:
             nodes = sorted(affected | touched)
         left: list[RegistryChange] = []
         changed: list[RegistryChange] = []
         joined: list[RegistryChange] = []
         statuses = state.status
+        cause, block = self.cause, self.block
         for node in nodes:
             old = statuses.get(node)
             new = _status_of(state, node, facts[node] if node in facts else _facts(state, node))
@@ -285,26 +298,20 @@ class _Step:
                     del statuses[node]
             elif new != old:
                 statuses[node] = new
-            was_live = old is not None and old.live
-            if new is not None and new.live:
+            was_live = old is not None and old[0]
+            if new is not None and new[0]:
                 if not was_live:
-                    joined.append(
-                        NodeJoined(
-                            node, new[1], new[2], new[3], self.cause, self.block, new.expires
-                        )
-                    )
-                elif old is not None and (old[1:4] != new[1:4] or old.expires != new.expires):
-                    changed.append(
-                        NodeChanged(
-                            node, new[1], new[2], new[3], self.cause, self.block, new.expires
-                        )
-                    )
+                    joined.append(NodeJoined(node, new[1], new[2], new[3], cause, block, new[5]))
+                elif old is not None and (
+                    old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+                ):
+                    changed.append(NodeChanged(node, new[1], new[2], new[3], cause, block, new[5]))
             elif was_live:
-                left.append(NodeLeft(node, self._reason(new), self.cause, self.block))
+                left.append(NodeLeft(node, self._reason(new), cause, block))
             if (
                 new is not None
-                and new.reason == "key-conflict"
-                and (old is None or old.reason != "key-conflict")
+                and new[4] == "key-conflict"
+                and (old is None or old[4] != "key-conflict")
             ):
                 winner = state.winners[new.public_key][0]
                 conflict = Conflict(
@@ -316,6 +323,50 @@ class _Step:
             return self.notes + joined if self.notes else joined
         return self.notes + left + changed + joined
 
+    def _publish_one(
+        self, node: str, facts: _Facts | None, source: tuple[str, int | None]
+    ) -> list[RegistryChange]:
+        """:meth:`publish` when the event affected one node and no other (the common case)."""
+        state = self.state
+        statuses = state.status
+        old = statuses.get(node)
+        new = _status_of(state, node, facts)
+        if new is None:
+            if old is not None:
+                del statuses[node]
+        elif new != old:
+            statuses[node] = new
+        out: list[RegistryChange] = self.notes
+        was_live = old is not None and old[0]
+        if new is not None and new[0]:
+            if not was_live:
+                change: RegistryChange | None = NodeJoined(
+                    node, new[1], new[2], new[3], self.cause, self.block, new[5]
+                )
+            elif old is not None and (
+                old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+            ):
+                change = NodeChanged(node, new[1], new[2], new[3], self.cause, self.block, new[5])
+            else:
+                change = None
+        elif was_live:
+            change = NodeLeft(node, self._reason(new), self.cause, self.block)
+        else:
+            change = None
+        if new is not None and new[4] == "key-conflict" and (old is None or old[4] != new[4]):
+            winner = state.winners[new.public_key][0]
+            out.append(
+                Conflict("duplicate-key", node, new.token_id, winner, self.cause, self.block)
+            )
+        held = state.node_index.get(node)
+        if node in state.issues or not (
+            held is None or new is None or (isinstance(held, int) and new[4] not in PROBLEMS)
+        ):
+            issues.track(state, (node,), source, self.block)
+        if change is not None:
+            out.append(change)
+        return out
+
     def _reason(self, status: Status | None) -> str:
         """Why a node that was live is not live any more."""
         if status is None:
@@ -325,136 +376,14 @@ class _Step:
         return status.reason
 
 
-def _index(state: RegistryState, token_id: int, record: TokenRecord) -> None:
-    _add(state.owner_tokens, record.owner, token_id)
-    _add(state.node_index, record.node_id, token_id)
-
-
-def _unindex(state: RegistryState, token_id: int, record: TokenRecord) -> None:
-    _remove(state.owner_tokens, record.owner, token_id)
-    _remove(state.node_index, record.node_id, token_id)
-
-
-#: What the status and the candidacy of a node are made of: (member token, its record, the
-#: owner's key, why the node cannot be live: "" when it can, key conflicts aside).
-_Facts = tuple[int, TokenRecord, str, str]
-
-
-def _facts(state: RegistryState, node: str) -> _Facts | None:
-    """``node``'s facts (None when no active token names it); computed once per node and
-    event, for its candidacy and then its status (the candidacies change neither)."""
-    tokens = state.node_index.get(node)
-    if tokens is None:
-        return None
-    member = _lowest(tokens)
-    record = state.tokens[member]
-    key = state.keys.get(record.owner, "")
-    if not is_valid_node_id(node):
-        return member, record, key, "invalid-node-id"
-    return member, record, key, key_problem(key) or ""
-
-
-def _candidate(state: RegistryState, node: str) -> tuple[str, int] | None:
-    """(key, member token) when ``node`` could be live, else None."""
-    facts = _facts(state, node)
-    if facts is None or facts[3]:
-        return None
-    return facts[2], facts[0]
-
-
-def _current(state: RegistryState, node: str) -> tuple[str, int] | None:
-    """(key, member token) of ``node``'s current candidacy, else None."""
-    key = state.candidate_key.get(node)
-    if key is None:
-        return None
-    group = state.rivals.get(key)
-    return key, (group[node] if group is not None else state.winners[key][0])
-
-
-def _withdraw(state: RegistryState, node: str, key: str) -> None:
-    """Take ``node`` out of the candidates under ``key``."""
-    del state.candidate_key[node]
-    group = state.rivals.get(key)
-    if group is None:  # the only candidate
-        del state.winners[key]
-        return
-    del group[node]
-    if len(group) == 1:
-        ((other, token),) = group.items()
-        del state.rivals[key]
-        state.winners[key] = (token, other)
-    elif state.winners[key][1] == node:
-        state.winners[key] = min((t, n) for n, t in group.items())
-
-
-def _enter(state: RegistryState, node: str, key: str, token: int) -> None:
-    """Make ``node`` (member ``token``) a candidate under ``key``."""
-    state.candidate_key[node] = key
-    current = state.winners.get(key)
-    if current is None:
-        state.winners[key] = (token, node)
-        return
-    group = state.rivals.get(key)
-    if group is None:
-        group = state.rivals[key] = {current[1]: current[0]}
-    group[node] = token
-    if token < current[0]:
-        state.winners[key] = (token, node)
-
-
-def _update_candidates(
-    state: RegistryState, nodes: Iterable[str], facts: dict[str, _Facts | None] | None = None
-) -> set[str]:
-    """Refresh the candidacy of ``nodes``; returns the nodes whose key winner changed.
-
-    ``facts``, when given, receives each node's :func:`_facts`.
-    """
-    before: dict[str, tuple[int, str] | None] = {}
-    winners = state.winners
-    for node in nodes:
-        found = _facts(state, node)
-        if facts is not None:
-            facts[node] = found
-        new = None if found is None or found[3] else (found[2], found[0])
-        old = _current(state, node)
-        if old == new:
-            continue
-        if old is not None:
-            if old[0] not in before:
-                before[old[0]] = winners.get(old[0])
-            _withdraw(state, node, old[0])
-        if new is not None:
-            if new[0] not in before:
-                before[new[0]] = winners.get(new[0])
-            _enter(state, node, new[0], new[1])
-    touched: set[str] = set()
-    for key, prev in before.items():
-        now = winners.get(key)
-        if prev != now:
-            if prev is not None:
-                touched.add(prev[1])
-            if now is not None:
-                touched.add(now[1])
-    return touched
-
-
-def _status(state: RegistryState, node: str) -> Status | None:
-    """The published view of ``node`` (None when no active token names it)."""
-    return _status_of(state, node, _facts(state, node))
-
-
-def _status_of(state: RegistryState, node: str, facts: _Facts | None) -> Status | None:
-    """:func:`_status` from ``node``'s :func:`_facts` (after the candidacies are updated)."""
-    if facts is None:
-        return None
-    member, record, key, reason = facts
-    owner, expires = record.owner, record.expires
-    if reason:
-        return Status(False, member, owner, key, reason, expires)
-    if state.winners[key][1] != node:
-        return Status(False, member, owner, key, "key-conflict", expires)
-    return Status(True, member, owner, key, "", expires)
-
+#: The step of each chain event type (exact types: the events are final structs).
+_HANDLERS: Final[dict[type, Any]] = {
+    PublicKeyUpdated: _Step.key_event,
+    NodeAccessGranted: _Step.granted,
+    NodeAccessTransferred: _Step.transferred,
+    NodeAccessRevoked: _Step.revoked,
+    SubscriptionUpdate: _Step.subscription,
+}
 
 #: The registry fold, for ``Stage`` and the audit replay.
 FOLD: Final = RegistryFold()

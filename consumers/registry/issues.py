@@ -28,7 +28,7 @@ _DECODER: Final = msgspec.json.Decoder(list[Issue])
 
 #: Why a member is not live that makes an issue (``no-key`` is not one: a transfer to an
 #: address without a key, on purpose).
-_PROBLEMS: Final = frozenset({"invalid-node-id", "key-conflict", "invalid-key"})
+PROBLEMS: Final = frozenset({"invalid-node-id", "key-conflict", "invalid-key"})
 #: (kind, reason, token, winner, detail) of one issue as the state shows it now.
 _Found = tuple[str, str, int, int | None, str]
 
@@ -39,7 +39,7 @@ def node_issues(state: RegistryState, node: str) -> list[_Found]:
     status = state.status.get(node)  # present exactly while an active token names the node
     if held is None or status is None:
         return []
-    if isinstance(held, int) and status.reason not in _PROBLEMS:
+    if isinstance(held, int) and status.reason not in PROBLEMS:
         return []  # the common case, without building anything
     tokens = {held} if isinstance(held, int) else held
     member = status.token_id  # the lowest active token

@@ -1,31 +1,34 @@
 -- KEYS: position, state hash, output stream, dead-letter stream
 -- ARGV: expected position, new position, replace ('1': the state hash is rewritten whole),
---   then counted groups:
---   n_set, (field, value)*, n_del, field*, n_out, (v, type, data)*, n_dead, (id, reason, raw)*,
+--   schema version of the outputs, then three MessagePack arrays of strings (one argument
+--   each, so a commit of thousands of fields is a handful of arguments to send and parse):
+--   state fields to set (field, value)*, state fields to delete field*, outputs (type, data)*;
+--   then counted groups: n_dead, (id, reason, raw)*,
 --   n_snapshot (0 or 1), snapshot data (written to KEYS[5] with the last output id it covers)
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then
   return redis.error_reply('CONFLICT position is ' .. cur .. ', expected ' .. ARGV[1])
 end
 if ARGV[3] == '1' then redis.call('DEL', KEYS[2]) end
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
+local version = ARGV[4]
+local set = cmsgpack.unpack(ARGV[5])
+local n, i = #set / 2, 1
 while n > 0 do  -- one HSET per chunk of fields (unpack stays far below Lua's stack limit)
   local m = math.min(n, 1000)
-  redis.call('HSET', KEYS[2], unpack(ARGV, i, i + 2 * m - 1)); i = i + 2 * m; n = n - m
+  redis.call('HSET', KEYS[2], unpack(set, i, i + 2 * m - 1)); i = i + 2 * m; n = n - m
 end
-n = tonumber(ARGV[i]); i = i + 1
+local del = cmsgpack.unpack(ARGV[6])
+n, i = #del, 1
 while n > 0 do
   local m = math.min(n, 1000)
-  redis.call('HDEL', KEYS[2], unpack(ARGV, i, i + m - 1)); i = i + m; n = n - m
+  redis.call('HDEL', KEYS[2], unpack(del, i, i + m - 1)); i = i + m; n = n - m
 end
 local ids = {}
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  ids[#ids + 1] = redis.call('XADD', KEYS[3], '*', 'v', ARGV[i], 'type', ARGV[i + 1],
-                             'data', ARGV[i + 2])
-  i = i + 3
+local out = cmsgpack.unpack(ARGV[7])
+for j = 1, #out, 2 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[3], '*', 'v', version, 'type', out[j], 'data', out[j + 1])
 end
+i = 8
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('XADD', KEYS[4], '*', 'id', ARGV[i], 'reason', ARGV[i + 1], 'raw', ARGV[i + 2])

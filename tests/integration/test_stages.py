@@ -132,6 +132,41 @@ def test_a_crash_around_the_commit_never_duplicates_outputs(
     assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == ["node-a", "node-b"]
 
 
+def test_a_batch_commits_in_chunks_each_exactly_once(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is committed in chunks, one commit running while the next chunk folds: a
+    crash at the second commit keeps the first chunk's outputs and position, and a
+    restarted stage publishes the rest once."""
+    from consumers import stage as stage_module
+
+    monkeypatch.setattr(stage_module, "COMMIT_EVERY", 2)
+    nodes = [f"node-{n}" for n in range(5)]
+    owners = [f"0x{n + 1:040x}" for n in range(5)]
+    append_events(
+        redis_client,
+        *(NodeAccessGranted(n + 1, node, owners[n], key(n + 1)) for n, node in enumerate(nodes)),
+    )
+    stage = Stage(redis_client, KEYS, REGISTRY)
+    real_commit = stage.store.commit
+    commits: list[str] = []
+
+    def second_crashes(expected: str, batch: Any) -> list[str]:
+        if len(commits) == 1:
+            raise Crash
+        commits.append(batch.position)
+        return real_commit(expected, batch)
+
+    monkeypatch.setattr(stage.store, "commit", second_crashes)
+    with pytest.raises(Crash):
+        stage.step(block_ms=None)
+    published = [c.node_id for _, c in read(redis_client, KEYS.registry)]
+    assert published == nodes[:2]
+    assert redis_client.get(KEYS.position("registry")) == commits[0].encode()
+    drain(Stage(redis_client, KEYS, REGISTRY))
+    assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == nodes
+
+
 def test_two_instances_on_the_same_keys_commit_once(redis_client: redis.Redis) -> None:
     append_events(redis_client, NodeAccessGranted(1, "node-a", A, key(1)))
     first = Stage(redis_client, KEYS, REGISTRY)
