@@ -11,6 +11,8 @@ interface it fills the interface batch by batch while it reads (the docstring of
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from typing import TYPE_CHECKING, Final
 
@@ -71,38 +73,89 @@ def bootstrap(agent: Agent) -> None:
     read before the next request; a failure rolls that batch back, and the reconcile
     after the bootstrap reads the interface whole). Every batch is a prefix of the
     stream, applied as an agent following it live would have. The addresses (the
-    link going up) come once caught up, and so does ``applied_position``. The first
+    link going up) come once caught up, while wireguard-go still applies the last
+    request; ``applied_position`` after its answer. Whether the interface is empty is
+    found while the first reads run (:class:`_EmptyCheck`). The first
     batch of a fill is small, so that wireguard-go starts at once; each next one is
     larger, as wireguard-go takes several times longer per peer than the agent does.
     """
     follower = agent.follower
-    follower.load_snapshot(newer_than=follower.position)
-    agent.announcements.watch()
-    fill = _can_fill(agent)
-    count = FIRST_FILL_SIZE if fill else CATCH_UP_SIZE
-    while True:
-        entries, _ = agent.retry(follower.read, None, count)
-        follower.fold(entries)
-        if fill:
-            fill = _fill(agent)
-        if follower.caught_up:
-            break
-        count = min(CATCH_UP_SIZE, count * FILL_GROWTH)
+    check = _EmptyCheck(agent) if _may_fill(agent) else None
+    try:
+        follower.load_snapshot(newer_than=follower.position)
+        agent.announcements.watch()
+        fill = False
+        count = FIRST_FILL_SIZE if check is not None else CATCH_UP_SIZE
+        while True:
+            entries, _ = agent.retry(follower.read, None, count)
+            if check is not None:
+                fill, check = check.result(), None
+                count = count if fill else CATCH_UP_SIZE
+            follower.fold(entries)
+            if fill:
+                fill = _fill(agent)
+            if follower.caught_up:
+                break
+            count = min(CATCH_UP_SIZE, count * FILL_GROWTH)
+    finally:
+        if check is not None:  # (Redis failed before the first read: the next try checks again)
+            check.thread.join()
     follower.last_entries = time.monotonic()
     if not fill:  # (a fill read them batch by batch)
         agent.read_announcements(set(follower.table.records))
+    else:
+        _early_addresses(agent)
     agent.settle_fill()
     agent.bootstrapped = True
 
 
-def _can_fill(agent: Agent) -> bool:
-    if agent.wg is None or agent.applied_known or not hasattr(agent.wg, "start_apply"):
-        return False
-    try:
-        return agent.iface.take_empty()
-    except WireGuardError as exc:
-        agent.error(str(exc))
-        return False
+def _may_fill(agent: Agent) -> bool:
+    """Whether a fill is possible, the interface not looked at yet (:class:`_EmptyCheck`
+    looks: it must have no peers)."""
+    return agent.wg is not None and not agent.applied_known and hasattr(agent.wg, "start_apply")
+
+
+class _EmptyCheck:
+    """Whether the interface is empty, found in a thread of its own started at once: ``wg
+    show`` (and loading the private key into a fresh interface) run while the first reads
+    of the stream do, so that the first request of a fill goes out sooner. Nothing else
+    touches the interface until :meth:`result` (no request in flight yet, no state file:
+    nothing to hold)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.fill = False
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="wgchain-empty-check", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.fill = self.agent.iface.take_empty()
+        except BaseException as exc:  # handed to the agent's thread (result())
+            self.failure = exc
+
+    def result(self) -> bool:
+        """Whether the interface is empty (then a fill may only add); an error of the
+        interface is reported (and means no fill)."""
+        self.thread.join()
+        failure, self.failure = self.failure, None
+        if isinstance(failure, WireGuardError):
+            self.agent.error(str(failure))
+            return False
+        if failure is not None:
+            raise failure
+        return self.fill
+
+
+def _early_addresses(agent: Agent) -> None:
+    """Caught up: give the interface its addresses (and bring it up) while wireguard-go
+    still applies the fill's last request, rather than after its answer. The position
+    applied is still declared only after that answer (the reconcile that follows the
+    bootstrap); a failure here is left to that reconcile, which sets them again and
+    reports it."""
+    with contextlib.suppress(WireGuardError):
+        agent.iface.set_addresses(agent.model.addresses, settle=False)
 
 
 def _fill(agent: Agent) -> bool:

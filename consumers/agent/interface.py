@@ -199,9 +199,13 @@ class Interface:
             self._put_back(flight.touched, flight.old)
             raise PipelineError(str(exc), flight.nodes) from None
 
-    def set_addresses(self, addresses: tuple[str, ...], *, check: bool = False) -> None:
-        """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged."""
-        self.settle()
+    def set_addresses(
+        self, addresses: tuple[str, ...], *, check: bool = False, settle: bool = True
+    ) -> None:
+        """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged.
+        ``settle`` false: leave the request in flight unanswered (a fill's last)."""
+        if settle:
+            self.settle()
         wanted = self.wg is not None and addresses and (check or addresses != self.addresses)
         if (
             wanted

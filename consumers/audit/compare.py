@@ -18,14 +18,18 @@ from typing import Any, Final
 import msgspec
 
 from consumers.audit.entries import Decoded, Undecodable
-from shared.events import effective, encode
+from shared.events import effective
 from shared.validate import excerpt
 
 _JSON: Final = msgspec.json.Decoder()
+#: The encoder of ``shared.events.encode`` (same output), for a whole list at once.
+_ENCODER: Final = msgspec.json.Encoder()
 #: Prefix of a state hash's bookkeeping fields, which are not fold state: ``~retry`` (the
 #: last re-drive request a stage applied, ``consumers.stage.RETRY_FIELD``). A replay
 #: never re-drives, so they are left out of every comparison.
 BOOKKEEPING_PREFIX: Final = "~"
+#: Entries encoded per call when a digest is computed over a whole list.
+DIGEST_CHUNK: Final = 10_000
 
 
 def state_fields(fields: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -34,15 +38,39 @@ def state_fields(fields: Mapping[str, bytes]) -> dict[str, bytes]:
 
 
 def state_digest(fields: Mapping[str, bytes]) -> str:
-    """sha256 of a state hash's canonical dump (sorted fold-state fields)."""
-    fields = state_fields(fields)
-    pairs = [(k, fields[k].decode("latin-1")) for k in sorted(fields)]
+    """sha256 of a state hash's canonical dump: its fold-state (field, value) pairs sorted,
+    as one JSON array (values base64). Sorted here: msgspec's ``order="sorted"`` takes
+    seconds on a dump whose fields come in numeric order."""
+    pairs = sorted(state_fields(fields).items())
     return hashlib.sha256(msgspec.json.encode(pairs)).hexdigest()
 
 
 def content_digest(items: Sequence[bytes]) -> str:
-    """sha256 of a stream's canonical content (see :func:`content`)."""
-    return hashlib.sha256(msgspec.json.encode([i.decode("latin-1") for i in items])).hexdigest()
+    """sha256 of a stream's canonical content (see :func:`content`): its items as one JSON
+    array (each item is one JSON value, so equal digests mean equal item lists)."""
+    h = hashlib.sha256(b"[")
+    h.update(b",".join(items))
+    h.update(b"]")
+    return h.hexdigest()
+
+
+def outputs_digest(outputs: Sequence[Decoded]) -> str:
+    """``content_digest(content(outputs))`` of a fold's outputs (``run_fold``'s: no
+    retraction, nothing undecodable, no cause to replace), encoded a list at a time."""
+    return _list_digest([entry for _, entry in outputs])
+
+
+def _list_digest(items: list[Any]) -> str:
+    """sha256 of ``items`` encoded as one JSON array, encoded :data:`DIGEST_CHUNK` at a time."""
+    h = hashlib.sha256(b"[")
+    buf = bytearray()
+    for start in range(0, len(items), DIGEST_CHUNK):
+        if start:
+            h.update(b",")
+        _ENCODER.encode_into(items[start : start + DIGEST_CHUNK], buf)
+        h.update(memoryview(buf)[1:-1])
+    h.update(b"]")
+    return h.hexdigest()
 
 
 def ordinals(registry: Sequence[Decoded]) -> dict[str, int]:
@@ -50,22 +78,33 @@ def ordinals(registry: Sequence[Decoded]) -> dict[str, int]:
     return {entry_id: n for n, (entry_id, _) in enumerate(effective(registry))}
 
 
-def content(entries: Sequence[Decoded], causes: Mapping[str, int] | None = None) -> list[bytes]:
-    """The effective entries of a stream as canonical JSON; with ``causes`` (registry id ->
-    position), ``cause`` ids are replaced by their position (``#n``)."""
-    out: list[bytes] = []
+def _shown(entries: Sequence[Decoded], causes: Mapping[str, int] | None) -> list[Any]:
+    """The effective entries of a stream as they are compared (see :func:`content`)."""
+    out: list[Any] = []
+    replace = msgspec.structs.replace
     for _, entry in effective(entries):
         if isinstance(entry, Undecodable):
-            out.append(msgspec.json.encode({"type": "undecodable", "reason": entry.reason}))
+            out.append({"type": "undecodable", "reason": entry.reason})
             continue
         cause = getattr(entry, "cause", "")
         if causes is not None and cause:
             number = causes.get(cause)
             shown = f"#{number}" if number is not None else f"?{cause}"
-            out.append(encode(msgspec.structs.replace(entry, cause=shown)))
+            out.append(replace(entry, cause=shown))  # type: ignore[type-var]
         else:
-            out.append(encode(entry))
+            out.append(entry)
     return out
+
+
+def content(entries: Sequence[Decoded], causes: Mapping[str, int] | None = None) -> list[bytes]:
+    """The effective entries of a stream as canonical JSON; with ``causes`` (registry id ->
+    position), ``cause`` ids are replaced by their position (``#n``)."""
+    return [_ENCODER.encode(item) for item in _shown(entries, causes)]
+
+
+def content_digest_of(entries: Sequence[Decoded], causes: Mapping[str, int] | None = None) -> str:
+    """``content_digest(content(entries, causes))``, encoded a list at a time."""
+    return _list_digest(_shown(entries, causes))
 
 
 def _parse(raw: bytes) -> Any:
@@ -126,9 +165,11 @@ def _differences(live: bytes | None, replay: bytes | None, shown: str) -> list[s
 __all__ = [
     "content",
     "content_digest",
+    "content_digest_of",
     "diff_content",
     "diff_state",
     "ordinals",
+    "outputs_digest",
     "state_digest",
     "state_fields",
 ]

@@ -22,26 +22,26 @@ import dataclasses
 import hashlib
 import multiprocessing
 import multiprocessing.connection
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, get_args
 
-import msgspec
 import redis
 
-from consumers.audit import compare
-from consumers.audit.entries import Decoded
-from consumers.audit.inprocess import run_fold
-from consumers.audit.streams import read_stream
+from consumers.audit import compare, rawpages
+from consumers.audit.entries import Decoded, Undecodable
+from consumers.audit.inprocess import run_fold_chunks
+from consumers.audit.rawpages import RawEntry, decode_page, fields_of, usual
 from consumers.ipam.allocate import IpamFold
-from shared.errors import DecodeError
-from shared.events import SCHEMA_VERSION, PeersChange, RegistryChange, encode, from_fields
+from shared.events import SCHEMA_VERSION, PeersChange, RegistryChange, encode
 from shared.keys import Keys
 from shared.redis_log import START
 
 #: The ``v`` of a current envelope, and the entry types a stage writes besides retractions.
 _VERSION: Final = str(SCHEMA_VERSION).encode()
-_PLAIN: Final = frozenset(t.__name__ for t in (*get_args(RegistryChange), *get_args(PeersChange)))
+_PLAIN: Final = frozenset(
+    t.__name__.encode() for t in (*get_args(RegistryChange), *get_args(PeersChange))
+)
 #: Seconds the replay waits for the worker once its own fold is done.
 WAIT_S: Final = 1800.0
 
@@ -51,7 +51,8 @@ class LiveSide:
     """What the worker found (``plain`` False: the replay compares the old way)."""
 
     plain: bool
-    #: :func:`payload_digest` of the live ``registry`` payloads, and its last id.
+    #: :func:`~consumers.audit.compare.content_digest` of the live ``registry`` payloads,
+    #: and its last id.
     registry_digest: str = ""
     registry_last: str = START
     #: The ipam fold of the live registry stream: its state hash.
@@ -60,69 +61,103 @@ class LiveSide:
     peers_equal: bool = False
     peers_digest: str = ""
     peers_count: int = 0
+    #: ``state_digest`` of the live state hashes handed in (stage -> digest), and of
+    #: ``ipam_state``: computed here, not on the replay's side.
+    live_states: dict[str, str] = dataclasses.field(default_factory=dict)
+    ipam_digest: str = ""
 
 
 def payload_digest(payloads: Sequence[bytes]) -> str:
-    """sha256 of a sequence of payloads (each length-prefixed: equal digests, equal lists)."""
-    h = hashlib.sha256()
-    for p in payloads:
-        h.update(len(p).to_bytes(8, "big"))
-        h.update(p)
-    return h.hexdigest()
+    """The digest of a stream's ``data`` payloads (``compare.content_digest``)."""
+    return compare.content_digest(payloads)
 
 
-def _plain(client: redis.Redis, key: str, last: str) -> list[tuple[str, dict[bytes, bytes]]] | None:
-    """The entries of ``key`` up to ``last``; None unless each is a current plain envelope."""
-    if last == START:
-        return []
-    entries = read_stream(client, key, high=last)
-    for _, fields in entries:
-        kind = fields.get(b"type")
-        if fields.get(b"v") != _VERSION or kind is None or kind == b"Retracted":
+def _payloads(chunk: list[RawEntry]) -> list[bytes] | None:
+    """The ``data`` of each entry of a page; None unless each is a current envelope of a
+    plain type (not a retraction)."""
+    if all(usual(entry) for entry in chunk):
+        if {f[3] for _, f in chunk} <= _PLAIN:
+            return [f[5] for _, f in chunk]
+        return None
+    out: list[bytes] = []
+    for entry in chunk:
+        fields = fields_of(entry)
+        data = fields.get(b"data")
+        if fields.get(b"v") != _VERSION or fields.get(b"type") not in _PLAIN or data is None:
             return None
-        if kind.decode("ascii", "replace") not in _PLAIN:
-            return None
-    return entries
+        out.append(data)
+    return out
+
+
+class _Plain:
+    """The decoded pages of a stream while each entry is plain (``broken`` once one is not),
+    with the digest of their payloads and their ids."""
+
+    def __init__(self) -> None:
+        self.broken = False
+        self.ids: list[str] = []
+        self._hash = hashlib.sha256(b"[")
+        self._first = True
+
+    def pages(self, client: redis.Redis, key: str, last: str) -> Iterator[list[Decoded]]:
+        for chunk in rawpages.pages(client, key, last):
+            payloads = _payloads(chunk)
+            decoded = decode_page(chunk)
+            if payloads is None or any(isinstance(e, Undecodable) for _, e in decoded):
+                self.broken = True
+                return
+            self._hash.update(b"," if not self._first else b"")
+            self._hash.update(b",".join(payloads))
+            self._first = False
+            self.ids += [entry_id for entry_id, _ in decoded]
+            yield decoded
+
+    def digest(self) -> str:
+        h = self._hash.copy()
+        h.update(b"]")
+        return h.hexdigest()
 
 
 def live_side(
-    client: redis.Redis, keys: Keys, ipam: IpamFold, registry_last: str, peers_last: str
+    client: redis.Redis,
+    keys: Keys,
+    ipam: IpamFold,
+    registry_last: str,
+    peers_last: str,
+    *,
+    states: Mapping[str, Mapping[str, bytes]] | None = None,
 ) -> LiveSide:
-    """Read the live streams, fold ``registry`` through ``ipam``, check ``peers``."""
-    registry = _plain(client, keys.registry, registry_last)
-    if registry is None:
-        return LiveSide(plain=False)
-    payloads = [fields[b"data"] for _, fields in registry]
-    decoded: list[Decoded] = []
-    try:
-        for entry_id, fields in registry:
-            decoded.append((entry_id, from_fields(fields)))
-    except DecodeError:
-        return LiveSide(plain=False)
-    del registry
-    folded = run_fold(ipam, decoded)
-    if folded is None:
-        return LiveSide(plain=False)
+    """Read the live streams, fold ``registry`` through ``ipam`` (page by page, as read),
+    check ``peers``; and the digests of the live ``states``."""
+    registry = _Plain()
+    folded = run_fold_chunks(ipam, registry.pages(client, keys.registry, registry_last))
+    live_states = {stage: compare.state_digest(f) for stage, f in (states or {}).items()}
+    if registry.broken or folded is None:
+        return LiveSide(plain=False, live_states=live_states)
     state, peers_out = folded
+    ipam_state = ipam.dump(state)
     side = LiveSide(
         plain=True,
-        registry_digest=payload_digest(payloads),
-        registry_last=decoded[-1][0] if decoded else START,
-        ipam_state=ipam.dump(state),
+        registry_digest=registry.digest(),
+        registry_last=registry.ids[-1] if registry.ids else START,
+        ipam_state=ipam_state,
+        live_states=live_states,
+        ipam_digest=compare.state_digest(ipam_state),
     )
-    del payloads
-    peers = _plain(client, keys.peers, peers_last)
-    if peers is None or len(peers) != len(peers_out):
-        return side
-    for (_, fields), (_, entry) in zip(peers, peers_out, strict=True):
-        if not isinstance(entry, msgspec.Struct) or fields[b"data"] != encode(entry):
+    n = 0
+    for chunk in rawpages.pages(client, keys.peers, peers_last):
+        mine = [encode(entry) for _, entry in peers_out[n : n + len(chunk)]]  # type: ignore[arg-type]
+        if _payloads(chunk) != mine:
             return side
-    content = compare.content(peers_out, compare.ordinals(decoded))
+        n += len(chunk)
+    if n != len(peers_out):
+        return side
+    causes = {entry_id: n for n, entry_id in enumerate(registry.ids)}
     return dataclasses.replace(
         side,
         peers_equal=True,
-        peers_digest=compare.content_digest(content),
-        peers_count=len(content),
+        peers_digest=compare.content_digest_of(peers_out, causes),
+        peers_count=len(peers_out),
     )
 
 
@@ -130,11 +165,18 @@ class Worker:
     """:func:`live_side` in a forked process; :meth:`result` is None if it failed."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, ipam: IpamFold, registry_last: str, peers_last: str
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        ipam: IpamFold,
+        registry_last: str,
+        peers_last: str,
+        *,
+        states: Mapping[str, Mapping[str, bytes]] | None = None,
     ) -> None:
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe(duplex=False)
-        args = (child, (client, keys, ipam, registry_last, peers_last))
+        args = (child, (client, keys, ipam, registry_last, peers_last, states))
         self._proc = context.Process(target=_serve, args=args, daemon=True)
         self._proc.start()
         child.close()
@@ -158,10 +200,10 @@ class Worker:
 
 
 def _serve(conn: multiprocessing.connection.Connection, job: tuple[Any, ...]) -> None:
-    client, keys, ipam, registry_last, peers_last = job
+    client, keys, ipam, registry_last, peers_last, states = job
     client.connection_pool.reset()  # never share the parent's sockets
     try:
-        answer: Any = live_side(client, keys, ipam, registry_last, peers_last)
+        answer: Any = live_side(client, keys, ipam, registry_last, peers_last, states=states)
     except Exception as exc:  # the replay compares the old way
         answer = f"{type(exc).__name__}: {exc}"
     conn.send(answer)

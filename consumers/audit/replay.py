@@ -1,15 +1,13 @@
 """``audit replay``: rebuild the projections from the log and compare them with the live ones.
 
-The log's entries up to the bound are read and folded in this process by the same
-pure folds the stages run (``consumers/audit/inprocess.py``: registry, then ipam over
-the registry's outputs), with the stages' rules for dead letters and retractions;
-nothing is written to Redis. A log whose retractions do not void the end of the log
-(never written by wgchain) is replayed the old way instead: copied, with its ids,
-into the ``events`` stream of a scratch namespace (``Keys(..., prefix="wgchain-audit-
-<random>")``) where the real stages (:class:`~consumers.stage.Stage`) run until idle;
-the scratch keys are deleted afterwards (and expire within :data:`SCRATCH_TTL`
-seconds if the audit is killed). Then four projections are compared by sha256
-digest, with a field-level diff when they differ:
+The log's entries up to the bound are read (``consumers/audit/rawpages.py``: raw
+pages, each folded as it arrives while the next is read) and folded in this process
+by the same pure folds the stages run (``consumers/audit/inprocess.py``: registry,
+then ipam over the registry's outputs), with the stages' rules for dead letters and
+retractions; nothing is written to Redis. A log whose retractions do not void the
+end of the log (never written by wgchain) is replayed by the real stages in a
+scratch namespace instead (``consumers/audit/scratch.py``). Then four projections
+are compared by sha256 digest, with a field-level diff when they differ:
 
 * ``registry state`` and ``ipam state`` (the allocations): the state hashes. The live
   side only keeps its *current* state, so they are compared when the live stage's
@@ -29,23 +27,19 @@ and says so when it did not.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import KW_ONLY, dataclass, field
-from typing import Any, Final, get_args
+from dataclasses import KW_ONLY, dataclass
+from typing import Final, get_args
 
 import msgspec
 import redis
 
-from consumers.audit import compare
+from consumers.audit import compare, rawpages
 from consumers.audit.entries import Decoded, decode, id_key
-from consumers.audit.inprocess import run_fold
-from consumers.audit.live import Worker, payload_digest
+from consumers.audit.inprocess import run_fold, run_fold_chunks
+from consumers.audit.live import Worker
 from consumers.audit.outcome import (
-    STAGES,
     Outcome,
     Report,
     Snapshot,
@@ -54,21 +48,16 @@ from consumers.audit.outcome import (
     snapshot,
 )
 from consumers.audit.progress import bar
+from consumers.audit.scratch import Scratch
 from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
 from consumers.registry.fold import RegistryFold
-from consumers.stage import Fold, Stage
+from shared.collector import collector_paused
 from shared.errors import WgchainError
 from shared.events import SCHEMA_VERSION, PeersChange, RegistryChange, encode
 from shared.keys import Keys
-from shared.redis_log import START, as_str
+from shared.redis_log import START
 
-#: Prefix of scratch namespaces (a random suffix follows).
-SCRATCH_PREFIX: Final = "wgchain-audit-"
-#: Seconds a scratch key lives if the audit dies before deleting it.
-SCRATCH_TTL: Final = 3600
-#: Entries copied per pipeline.
-COPY_CHUNK: Final = 1000
 #: Seconds between two snapshots while waiting for the live stages.
 POLL: Final = 0.2
 #: The ``v`` of a current envelope, and the entry types a stage writes besides retractions.
@@ -87,14 +76,8 @@ class Replay:
     wait: float = 30.0
     max_diff: int = 20
     show: bool = False
-    #: Where the real stages run when the replay cannot fold in process.
-    scratch: Keys = field(init=False)
     #: The registry fold of a parallel attempt that did not match (reused, not redone).
     _registry_done: tuple[int, dict[str, bytes], list[Decoded] | None] | None = None
-
-    def __post_init__(self) -> None:
-        suffix = secrets.token_hex(6)
-        self.scratch = Keys(self.keys.chain_id, self.keys.contract, SCRATCH_PREFIX + suffix)
 
     # --- the live side ------------------------------------------------------------
 
@@ -130,59 +113,15 @@ class Replay:
             return False, f"ipam is at {ipam_at}, before {last}"
         return True, ""
 
-    # --- the scratch side ---------------------------------------------------------
-
-    def _scratch_keys(self) -> list[str]:
-        s = self.scratch
-        names = [s.events, s.registry, s.peers]
-        for stage in STAGES:
-            names += [s.position(stage), s.state(stage), s.dead(stage)]
-        return names
-
-    def _expire(self) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for name in self._scratch_keys():
-            pipe.expire(name, SCRATCH_TTL)
-        pipe.execute()
-
-    def _copy(self, bound: str) -> int:
-        """Copy the log up to ``bound`` into the scratch ``events`` stream, ids kept."""
-        entries = read_stream(self.client, self.keys.events, high=bound) if bound != START else []
-        with bar("copying the log", len(entries), self.show) as progress:
-            for start in range(0, len(entries), COPY_CHUNK):
-                chunk = entries[start : start + COPY_CHUNK]
-                pipe = self.client.pipeline(transaction=False)
-                for entry_id, fields in chunk:
-                    pipe.xadd(self.scratch.events, fields, id=entry_id)  # type: ignore[arg-type]
-                pipe.execute()
-                self._expire()
-                progress.advance(len(chunk))
-        return len(entries)
-
-    def _run(self, fold: Fold[Any], total: int) -> None:
-        """Run the real stage ``fold`` over its scratch input until it is idle."""
-        stage = Stage(self.client, self.scratch, fold)
-        with bar(f"replaying {fold.name}", total, self.show) as progress:
-            while True:
-                done = stage.step(block_ms=None)
-                if not done:
-                    return
-                self._expire()
-                progress.advance(done)
-
-    def cleanup(self) -> None:
-        """Delete every key of the scratch namespace."""
-        names = set(self._scratch_keys())
-        names.update(as_str(k) for k in self.client.scan_iter(match=f"{self.scratch.prefix}:*"))
-        self.client.delete(*names)
-
     # --- the comparison -----------------------------------------------------------
 
     def run(self, bound: str | None) -> Report:
         """Replay the log up to ``bound`` (None: the live registry position) and compare."""
         notes: list[str] = []
         bound, snap = self._settle(bound, notes)
-        with _collector_paused():
+        # every decoded entry and output stays alive to the end: a full collection would
+        # walk all of them again (about 40% of a replay's CPU); the folds make no cycles
+        with collector_paused():
             return self._compare(bound, snap, notes)
 
     def _compare(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
@@ -194,7 +133,8 @@ class Replay:
         """
         worker = None
         if bound == snap.positions["registry"] and bound != START:
-            worker = Worker(self.client, self.keys, self.ipam, snap.registry_last, snap.peers_last)
+            last = snap.registry_last, snap.peers_last
+            worker = Worker(self.client, self.keys, self.ipam, *last, states=snap.states)
         try:
             return self._compare_with(bound, snap, notes, worker)
         finally:
@@ -242,33 +182,45 @@ class Replay:
         if registry_out is None:
             self._registry_done = (events, registry_state, None)
             return None
-        ours = compare.content(registry_out)
+        digest = compare.outputs_digest(registry_out)
+        replay_registry = compare.state_digest(registry_state)
         live = worker.result()
         if (
             live is None
             or not live.plain
             or live.ipam_state is None
             or not live.peers_equal
-            or live.registry_digest != payload_digest(ours)
+            or live.registry_digest != digest
         ):
             self._registry_done = (events, registry_state, registry_out)
             return None
         report = Report(bound, events, "", notes)
-        peers_digest = live.peers_digest
+        digests = live.live_states
         report.outcomes = [
-            self._state("registry", snap, registry_state, bound),
-            self._state("ipam", snap, live.ipam_state, live.registry_last),
-            self._stream("registry stream", ours, ours),
-            self._outcome(
-                "peers stream",
-                live=peers_digest,
-                replay=peers_digest,
-                size=live.peers_count,
-                diff=list,
-                unit="entries",
+            self._state(
+                "registry",
+                snap,
+                registry_state,
+                bound,
+                live_digests=digests,
+                replay_digest=replay_registry,
             ),
+            self._state(
+                "ipam",
+                snap,
+                live.ipam_state,
+                live.registry_last,
+                live_digests=digests,
+                replay_digest=live.ipam_digest,
+            ),
+            self._same("registry stream", digest, len(registry_out)),
+            self._same("peers stream", live.peers_digest, live.peers_count),
         ]
         return report
+
+    def _same(self, name: str, digest: str, size: int) -> Outcome:
+        """The outcome of a stream whose live and replayed contents have the same digest."""
+        return self._outcome(name, live=digest, replay=digest, size=size, diff=list, unit="entries")
 
     def _plain_streams(
         self,
@@ -348,30 +300,35 @@ class Replay:
     def _fold_registry(self, bound: str) -> tuple[int, dict[str, bytes], list[Decoded] | None]:
         """Fold the log up to ``bound`` through the registry fold: (entries, state hash,
         outputs); outputs None when a retraction voids an entry before the end."""
-        raw = read_stream(self.client, self.keys.events, high=bound) if bound != START else []
-        events = decode(raw)
-        del raw
+        count = 0
+
+        def chunks() -> Iterator[list[Decoded]]:
+            nonlocal count
+            for page in rawpages.pages(self.client, self.keys.events, bound):
+                decoded = rawpages.decode_page(page)
+                count += len(decoded)
+                yield decoded
+
         registry = RegistryFold()
-        with bar("replaying registry", len(events), self.show) as progress:
-            folded = run_fold(registry, events, progress.advance)
+        total = int(self.client.xlen(self.keys.events)) if self.show else 0
+        with bar("replaying registry", total, self.show) as progress:
+            folded = run_fold_chunks(registry, chunks(), progress.advance)
         if folded is None:
-            return len(events), {}, None
+            return count, {}, None
         registry_state, registry_out = folded
-        return len(events), registry.dump(registry_state), registry_out
+        return count, registry.dump(registry_state), registry_out
 
     def _run_scratch(self, bound: str, snap: Snapshot, notes: list[str]) -> Report:
         """The replay through the real stages in a scratch namespace."""
+        scratch = Scratch(self.client, self.keys, self.show)
         try:
-            copied = self._copy(bound)
-            self._run(RegistryFold(), copied)
-            replayed = self.client.xlen(self.scratch.registry)
-            self._run(self.ipam, int(replayed))
-            replay = snapshot(self.client, self.scratch)
-            ours = self._streams(self.scratch, bound)
+            copied = scratch.replay(bound, self.ipam)
+            replay = snapshot(self.client, scratch.keys)
+            ours = self._streams(scratch.keys, bound)
         finally:
-            self.cleanup()
+            scratch.cleanup()
         live = self._streams(self.keys, bound)
-        report = Report(bound, copied, self.scratch.prefix, notes)
+        report = Report(bound, copied, scratch.keys.prefix, notes)
         report.outcomes = [
             self._state("registry", snap, replay.states["registry"], bound),
             self._state("ipam", snap, replay.states["ipam"], live[2]),
@@ -388,26 +345,39 @@ class Replay:
         last = registry[-1][0] if registry else START
         return compare.content(registry), compare.content(peers, causes), last
 
-    def _state(self, stage: str, live: Snapshot, replay: dict[str, bytes], upto: str) -> Outcome:
-        """Compare ``stage``'s state hashes when the live one is at the replay's point."""
+    def _state(
+        self,
+        stage: str,
+        live: Snapshot,
+        replay: dict[str, bytes],
+        upto: str,
+        *,
+        live_digests: dict[str, str] | None = None,
+        replay_digest: str = "",
+    ) -> Outcome:
+        """Compare ``stage``'s state hashes when the live one is at the replay's point (the
+        digests when already computed)."""
         name = f"{stage} state"
         at = live.positions[stage]
         if at != upto:
             return Outcome(name, "SKIP", f"the live stage is at {at}, the replay at {upto}")
+        fields = live.states[stage]
+        live_digest = (live_digests or {}).get(stage) or compare.state_digest(fields)
         return self._outcome(
             name,
-            live=compare.state_digest(live.states[stage]),
-            replay=compare.state_digest(replay),
-            size=len(live.states[stage]),
-            diff=lambda: compare.diff_state(live.states[stage], replay),
+            live=live_digest,
+            replay=replay_digest or compare.state_digest(replay),
+            size=len(fields),
+            diff=lambda: compare.diff_state(fields, replay),
             unit="fields",
         )
 
     def _stream(self, name: str, live: list[bytes], replay: list[bytes]) -> Outcome:
+        digest = compare.content_digest(live)
         return self._outcome(
             name,
-            live=compare.content_digest(live),
-            replay=compare.content_digest(replay),
+            live=digest,
+            replay=digest if replay is live else compare.content_digest(replay),
             size=len(live),
             diff=lambda: compare.diff_content(live, replay),
             unit="entries",
@@ -430,23 +400,6 @@ class Replay:
         if len(lines) > len(shown):
             shown.append(f"... and {len(lines) - len(shown)} more differences")
         return Outcome(name, "DIFF", f"live sha256 {live[:16]}, replay sha256 {replay[:16]}", shown)
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off while a replay holds the whole log in memory.
-
-    Every decoded entry and output is a tracked object that stays alive to the end, so
-    each full collection would walk all of them again (about 40% of a replay's CPU);
-    the folds create no reference cycles to collect.
-    """
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def render(report: Report) -> list[str]:

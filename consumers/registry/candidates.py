@@ -121,8 +121,16 @@ def _update_candidates(
             if new[0] not in before:
                 before[new[0]] = winners.get(new[0])
             _enter(state, node, new[0], new[1])
+    return _winners_changed(winners, before.items())
+
+
+def _winners_changed(
+    winners: dict[str, tuple[int, str]], before: Iterable[tuple[str, tuple[int, str] | None]]
+) -> set[str]:
+    """The nodes that won or lost a key: for each (key, winner before), both winners when
+    the key's winner is not the one before."""
     touched: set[str] = set()
-    for key, prev in before.items():
+    for key, prev in before:
         now = winners.get(key)
         if prev != now:
             if prev is not None:
@@ -149,15 +157,7 @@ def _update_one(state: RegistryState, node: str) -> tuple[_Facts | None, set[str
         keys.append((new[0], winners.get(new[0])))
     if new is not None:
         _enter(state, node, new[0], new[1])
-    touched: set[str] = set()
-    for key, prev in keys:
-        now = winners.get(key)
-        if prev != now:
-            if prev is not None:
-                touched.add(prev[1])
-            if now is not None:
-                touched.add(now[1])
-    return found, touched
+    return found, _winners_changed(winners, keys)
 
 
 def _status(state: RegistryState, node: str) -> Status | None:

@@ -218,6 +218,8 @@ class PipelinedTwin(MemoryWireGuard):
     requests: int = 0
     sizes: list[int] = field(default_factory=list)  # peers per request
     addresses_at: int = -1  # how many requests had been sent when the link got its address
+    answers: int = 0  # answers read (``wait``)
+    answers_at: int = -1  # how many answers had been read when the link got its address
 
     def start_apply(
         self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
@@ -232,11 +234,15 @@ class PipelinedTwin(MemoryWireGuard):
 
             return SimpleNamespace(wait=refused)
         self.apply(ifname, removals, peers)
-        return SimpleNamespace(wait=lambda: None)
+
+        def answered() -> None:
+            self.answers += 1
+
+        return SimpleNamespace(wait=answered)
 
     def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
         if self.addresses_at < 0:
-            self.addresses_at = self.requests
+            self.addresses_at, self.answers_at = self.requests, self.answers
         return super().set_addresses(ifname, cidrs, pools)
 
 
@@ -245,7 +251,8 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
     client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path, refuse: int
 ) -> None:
     """A first start on an interface without peers sends each catch-up batch's peers
-    while reading the next; the link gets its address once caught up. A refused batch
+    while reading the next; the link gets its address once caught up, while the last
+    batch is still being applied (before its answer is read). A refused batch
     is rolled back, and the reconcile after the bootstrap puts the interface right."""
     key_file, public = own
     members = 2 * CATCH_UP_SIZE + 100
@@ -272,6 +279,9 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
     assert wg.requests >= (refuse or 3)  # one per catch-up batch (until the refused one)
     if not refuse:
         assert wg.addresses_at == wg.requests  # after the last batch: filled while down
+        # ... but before its answer is read (wireguard-go still applies it meanwhile)
+        assert wg.answers_at == wg.requests - 1
+        assert wg.answers == wg.requests  # and that answer is read before the position
         # a small first batch (wireguard-go starts at once), then larger ones
         assert wg.sizes[0] <= FIRST_FILL_SIZE < max(wg.sizes)
         assert agent.iface.synced

@@ -1,0 +1,53 @@
+"""The replay's digests: one encode of a whole list gives the digest of the content
+item by item, and equal digests mean equal contents."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumers.audit import compare
+from consumers.audit.entries import Decoded, Undecodable
+from shared.events import NodeJoined, NodeLeft, PeerUpsert, Retracted
+
+KEY = "k" * 43 + "="
+
+
+def _registry() -> list[Decoded]:
+    return [
+        ("5-0", NodeJoined("node-a", 1, "0x" + "a" * 40, KEY, "1-0", 1)),
+        ("6-0", NodeLeft("node-a", "revoked", "2-0", 2)),
+    ]
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 10_000])
+def test_outputs_digest_is_the_content_digest(monkeypatch: pytest.MonkeyPatch, chunk: int) -> None:
+    monkeypatch.setattr(compare, "DIGEST_CHUNK", chunk)  # encoded in pieces or at once
+    outputs = [*_registry(), *_registry()[:1]]
+    assert compare.outputs_digest(outputs) == compare.content_digest(compare.content(outputs))
+    assert compare.outputs_digest(outputs) != compare.outputs_digest(outputs[:2])
+    assert compare.outputs_digest([]) == compare.content_digest([])
+
+
+def test_content_digest_of_replaces_causes_and_keeps_retractions_and_undecodable() -> None:
+    peers: list[Decoded] = [
+        ("9-0", PeerUpsert("node-a", KEY, "10.0.0.1", "5-0", "1-0", 1)),
+        ("9-1", PeerUpsert("node-b", KEY, "10.0.0.2", "7-0", "1-0", 1)),  # unknown cause
+        ("9-2", Undecodable("bad")),
+        ("9-3", PeerUpsert("node-c", KEY, "10.0.0.3", "6-0", "2-0", 2)),
+        ("9-4", Retracted("9-3", 2, "0x2")),
+    ]
+    causes = compare.ordinals(_registry())
+    content = compare.content(peers, causes)
+    assert len(content) == 3
+    assert b'"cause":"#0"' in content[0]
+    assert b'"cause":"?7-0"' in content[1]
+    assert compare.content_digest_of(peers, causes) == compare.content_digest(content)
+    assert compare.content_digest_of(peers, causes) != compare.content_digest_of(peers)
+
+
+def test_state_digest_ignores_order_and_bookkeeping_but_not_values() -> None:
+    state = {"t:10": b'{"a":1}', "t:9": b'{"a":2}', "k:0x1": b'"key"'}
+    shuffled = dict(reversed(state.items()))
+    assert compare.state_digest(state) == compare.state_digest({**shuffled, "~retry": b"1-0"})
+    assert compare.state_digest(state) != compare.state_digest({**state, "t:9": b'{"a":3}'})
+    assert compare.state_digest(state) != compare.state_digest({**state, "t:11": b"{}"})
