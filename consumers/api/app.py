@@ -194,11 +194,10 @@ def create_app(
             keys,
             node_id,
             now,
-            reconcile_interval=limits.reconcile_interval,
+            limits=limits,
             topology=topology,
             hubs=hubs,
             endpoint_template=endpoint_template,
-            expiry_grace=limits.expiry_grace,
         )
         return json_response(diagnose(facts))
 

@@ -108,19 +108,19 @@ def diagnose(cfg: Settings, node: str, interface: str | None, as_json: bool) -> 
         raise BadArgument("--interface", "an interface name of 1-15 letters, digits, '_=+-.'")
     client = _connect(cfg)
     keys = cfg.keys()
+    limits = Limits.of(cfg)
     try:
-        fleet = Snapshot(client, keys).fleet(cfg.rpc_urls, limits=Limits.of(cfg))
+        fleet = Snapshot(client, keys).fleet(cfg.rpc_urls, limits=limits)
         facts = node_facts(
             client,
             keys,
             node,
             fleet,
-            reconcile_interval=cfg.reconcile_interval,
+            limits=limits,
             topology=cfg.topology,
             hubs=cfg.hub_list,
             endpoint_template=cfg.endpoint_template,
             interface=interface,
-            expiry_grace=cfg.expiry_grace,
         )
     except redis.RedisError as exc:
         raise NoAnswer(f"no answer: Redis failed: {exc}") from None

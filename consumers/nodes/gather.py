@@ -26,6 +26,7 @@ from consumers.ipam.allocate import META_FIELD, NODE_FIELD
 from consumers.nodes.facts import Facts, Membership, PeersEntry
 from consumers.nodes.listing import Filter, NodesReport, rows, select
 from consumers.nodes.tunnel import read_tunnel
+from consumers.status.health import Limits
 from consumers.status.model import FleetStatus
 from consumers.status.snapshot import Snapshot
 from shared import lua
@@ -78,16 +79,16 @@ def node_facts(
     node: str,
     fleet: FleetStatus,
     *,
-    reconcile_interval: float = 30.0,
+    limits: Limits,
     topology: str = "mesh",
     hubs: Sequence[str] = (),
     endpoint_template: str = "",
     interface: str | None = None,
-    expiry_grace: float = DEFAULT_GRACE,
 ) -> Facts:
     """What ``diagnose`` looks at for ``node``, with ``fleet`` (the pipeline's status, from
-    ``Snapshot.fleet``: listener, stages, hosts, issues, problems); see the module docstring."""
-    membership = _membership(client, keys, node, expiry_grace)
+    ``Snapshot.fleet`` with the same ``limits``: listener, stages, hosts, issues, problems);
+    see the module docstring."""
+    membership = _membership(client, keys, node, limits.expiry_grace)
     entry = _peers_entry(client, keys, node)
     tunnel = None
     if interface is not None:
@@ -107,7 +108,7 @@ def node_facts(
         peers_head=fleet.peers_head,
         entry=entry,
         hosts=fleet.hosts,
-        reconcile_interval=reconcile_interval,
+        reconcile_interval=limits.reconcile_interval,
         topology=topology,
         hubs=list(hubs),
         endpoint_template=endpoint_template,

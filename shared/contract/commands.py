@@ -34,6 +34,16 @@ _FORCE = click.option(
     help="Send even a node id or key the pipeline will reject (to test hostile input).",
 )
 
+#: The receiver of a token (``mint``, ``transfer``).
+_TO = click.option(
+    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
+)
+
+
+def _token_id(help_text: str) -> Callable[[F], F]:
+    """The TOKEN_ID argument of the commands that act on one token (ids start at 1)."""
+    return click.argument("token_id", type=click.IntRange(min=1), help=help_text)
+
 
 def _chain_options(func: F) -> F:
     """``--rpc-url``, ``--contract``, ``--private-key`` and ``--json`` for every subcommand."""
@@ -110,13 +120,15 @@ def _refuse(problem: str | None, option: str, force: bool) -> None:
         )
 
 
-def _report(as_json: bool, line: str, result: TxResult, **facts: Any) -> None:
-    """One JSON object (the transaction and ``facts``), or ``line`` with block and tx."""
+def _report(nft: AccessNFT, as_json: bool, line: str, result: TxResult, **facts: Any) -> None:
+    """One JSON object (the transaction, the contract's ``address`` and ``facts``), or
+    ``line`` with block and tx."""
     if as_json:
         payload = {
             "tx_hash": result.tx_hash,
             "block": result.block_number,
             "events": list(result.events),
+            "address": nft.address,
             **facts,
         }
         click.echo(json.dumps(payload, sort_keys=True))
@@ -136,19 +148,17 @@ def deploy(*, cfg: Settings, private_key: str | None, as_json: bool) -> None:
     nft = AccessNFT.deploy(cfg.rpc_urls[0], _signer_key(private_key))
     assert nft.deployment is not None
     _report(
+        nft,
         as_json,
         f"deployed DstackAccessNFT at {nft.address} (chain {nft.chain_id})",
         nft.deployment,
-        address=nft.address,
         chain_id=nft.chain_id,
         owner=nft.signer,
     )
 
 
 @contract.command()
-@click.option(
-    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
-)
+@_TO
 @click.option("--node", "node_id", required=True, help="Node id the token grants.")
 @click.option(
     "--key",
@@ -191,10 +201,10 @@ def mint(
     if duration:
         line += f", expires {expiration_text(expiration)}"
     _report(
+        nft,
         as_json,
         line,
         result,
-        address=nft.address,
         token_id=result.token_id,
         node=result.args.get("nodeId", node_id),
         owner=owner,
@@ -204,7 +214,7 @@ def mint(
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token to revoke.")
+@_token_id("The token to revoke.")
 @_chain_options
 def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: int) -> None:
     """Revoke a token (its holder or the contract owner)."""
@@ -213,10 +223,10 @@ def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
     node = str(result.args.get("nodeId", ""))
     owner = nft.owner_of(token_id)  # a revoked token keeps its holder
     _report(
+        nft,
         as_json,
         f"revoked token {token_id} (node {excerpt(node)}, held by {owner})",
         result,
-        address=nft.address,
         token_id=token_id,
         node=node,
         owner=owner,
@@ -224,10 +234,8 @@ def revoke(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token to transfer.")
-@click.option(
-    "--to", "to", required=True, metavar="ADDRESS", help="Address that receives the token."
-)
+@_token_id("The token to transfer.")
+@_TO
 @_chain_options
 def transfer(
     *, cfg: Settings, private_key: str | None, as_json: bool, token_id: int, to: str
@@ -238,10 +246,10 @@ def transfer(
     owner = str(result.args.get("to", to))
     access = nft.get_node_access(token_id)
     _report(
+        nft,
         as_json,
         f"transferred token {token_id} (node {excerpt(access.node_id)}) to {owner}",
         result,
-        address=nft.address,
         token_id=token_id,
         node=access.node_id,
         previous_owner=str(result.args.get("from", nft.signer)),
@@ -267,17 +275,17 @@ def set_key(
     result = nft.set_key(key)
     owner = str(result.args.get("owner", nft.signer))
     _report(
+        nft,
         as_json,
         f"set the key of {owner}",
         result,
-        address=nft.address,
         owner=owner,
         key=result.args.get("wireguardPublicKey", key),
     )
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token to renew.")
+@_token_id("The token to renew.")
 @click.option(
     "--duration",
     type=Duration(),
@@ -298,10 +306,10 @@ def renew(
     result = nft.renew(token_id, duration)
     expiration = int(result.args.get("expiration", nft.expires_at(token_id)))
     _report(
+        nft,
         as_json,
         f"renewed token {token_id}: expires {expiration_text(expiration)}",
         result,
-        address=nft.address,
         token_id=token_id,
         duration=duration,
         expiration=expiration,
@@ -309,7 +317,7 @@ def renew(
 
 
 @contract.command()
-@click.argument("token_id", type=click.IntRange(min=1), help="The token whose pass ends.")
+@_token_id("The token whose pass ends.")
 @_chain_options
 def cancel(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: int) -> None:
     """Cancel a pass at once (ERC-5643; its holder or the contract owner).
@@ -320,10 +328,10 @@ def cancel(*, cfg: Settings, private_key: str | None, as_json: bool, token_id: i
     _require_expiry(nft)
     result = nft.cancel(token_id)
     _report(
+        nft,
         as_json,
         f"cancelled the pass of token {token_id} (expired now)",
         result,
-        address=nft.address,
         token_id=token_id,
         expiration=int(result.args.get("expiration", 0)),
     )
