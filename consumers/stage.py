@@ -23,7 +23,7 @@ import redis
 
 from consumers import stage_reads as reads
 from consumers.fold import Fold
-from consumers.stage_redrive import RETRY_FIELD, raw_fields, redrive
+from consumers.stage_redrive import RETRY_FIELD, Poison, raw_fields, redrive
 from consumers.stage_retract import retract
 from shared import health, metrics
 from shared.collector import collector_paused
@@ -213,7 +213,7 @@ class Stage(Generic[S]):
         while True:
             try:
                 return self._apply(chunk, poison, settle)
-            except _Poison as exc:  # state may be half-applied: reload and skip the entry
+            except Poison as exc:  # state may be half-applied: reload and skip the entry
                 poison[exc.entry_id] = exc.reason
                 if not settle():
                     return None
@@ -288,7 +288,7 @@ class Stage(Generic[S]):
                 out += outputs
         except Exception as exc:  # a bug or an unforeseen input must not block the log
             self.log.exception("cannot apply {}", entry_id)
-            raise _Poison(entry_id, f"apply failed: {brief(exc)}") from exc
+            raise Poison(entry_id, f"apply failed: {brief(exc)}") from exc
         finally:
             self.state = state
 
@@ -318,7 +318,7 @@ class Stage(Generic[S]):
                 self.state, outputs = self.fold.apply(self.state, entry_id, entry)
             except Exception as exc:  # a bug or an unforeseen input must not block the log
                 self.log.exception("cannot apply {}", entry_id)
-                raise _Poison(entry_id, f"apply failed: {brief(exc)}") from exc
+                raise Poison(entry_id, f"apply failed: {brief(exc)}") from exc
             batch.outputs.extend(outputs)
             links.extend(entry_id for _ in outputs)
             i += 1
@@ -413,13 +413,6 @@ def run_stage(
 
 class _Conflicted(Exception):
     """The commit in flight conflicted while a chunk was folded (the state was reloaded)."""
-
-
-class _Poison(Exception):
-    def __init__(self, entry_id: str, reason: str) -> None:
-        super().__init__(reason)
-        self.entry_id = entry_id
-        self.reason = reason
 
 
 __all__ = ["BATCH_SIZE", "RETRY_FIELD", "Fold", "Stage", "run_stage"]

@@ -23,6 +23,15 @@ REQUESTS_PER_STEP: Final = 500
 _STREAM_ID: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 
 
+class Poison(Exception):
+    """An entry its fold cannot apply: the stage moves it to the dead letters."""
+
+    def __init__(self, entry_id: str, reason: str) -> None:
+        super().__init__(reason)
+        self.entry_id = entry_id
+        self.reason = reason
+
+
 def redrive(stage: Stage[Any]) -> int:
     """Apply the dead letters an operator queued in the retry stream; returns how many.
 
@@ -49,8 +58,6 @@ def redrive(stage: Stage[Any]) -> int:
 
 def _redrive_one(stage: Stage[Any], request: str, dead_id: str) -> bool:
     """Apply one request's dead letter (gone already: nothing); False on a conflict."""
-    from consumers.stage import _Poison as Poison  # (stage imports this module)
-
     letter: Any = []
     if _STREAM_ID.fullmatch(dead_id):
         letter = redis_retry(stage.client.xrange, stage.store.dead, dead_id, dead_id)
