@@ -119,14 +119,7 @@ def decode_page(chunk: list[RawEntry]) -> list[Decoded]:
     when every entry is a usual envelope of a known type that decodes, else entry by entry."""
     decoders = _DECODERS
     try:
-        if chunk and all(
-            f[1] == _VERSION
-            and len(f) == 6
-            and f[0] == b"v"
-            and f[2] == b"type"
-            and f[4] == b"data"
-            for _, f in chunk
-        ):
+        if chunk and all(map(usual, chunk)):
             ids = b"\n".join([entry_id for entry_id, _ in chunk]).decode().split("\n")
             items = [decoders[f[3]].decode(f[5]) for _, f in chunk]
             return list(zip(ids, items, strict=True))
