@@ -992,16 +992,7 @@ class Harness:
         nodes = sorted(table.records)
         raw: Any = self.client.mget([self.keys.host_announce(n) for n in nodes]) if nodes else []
         announcements = {n: v for n, v in zip(nodes, raw, strict=True) if v is not None}
-        cfg = self.settings
-        policy = Policy(
-            pool=cfg.pool,
-            pool6=cfg.pool6,
-            endpoint_template=cfg.endpoint_template,
-            keepalive=cfg.keepalive,
-            topology=cfg.topology,
-            hubs=tuple(cfg.hub_list),
-            expiry_grace=cfg.expiry_grace,
-        )
+        policy = Policy.from_settings(self.settings)
         now = time.time()  # cancelled passes are expired; the others expire hours later
         return {
             a.node: desired_state(
