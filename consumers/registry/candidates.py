@@ -56,18 +56,22 @@ def _candidate(state: RegistryState, node: str) -> tuple[str, int] | None:
     return facts[2], facts[0]
 
 
+#: The reasons of a published status whose node is a candidate under its key.
+CANDIDATE: Final = frozenset({"", "key-conflict"})
+
+
 def _current(state: RegistryState, node: str) -> tuple[str, int] | None:
-    """(key, member token) of ``node``'s current candidacy, else None."""
-    key = state.candidate_key.get(node)
-    if key is None:
+    """(key, member token) of ``node``'s current candidacy, else None: the key of its
+    published status, while that status is not yet updated for the event (a node is a
+    candidate exactly when its status is live or a key conflict)."""
+    status = state.status.get(node)
+    if status is None or status.reason not in CANDIDATE:
         return None
-    group = state.rivals.get(key)
-    return key, (group[node] if group is not None else state.winners[key][0])
+    return status.public_key, status.token_id
 
 
 def _withdraw(state: RegistryState, node: str, key: str) -> None:
     """Take ``node`` out of the candidates under ``key``."""
-    del state.candidate_key[node]
     group = state.rivals.get(key)
     if group is None:  # the only candidate
         del state.winners[key]
@@ -83,7 +87,6 @@ def _withdraw(state: RegistryState, node: str, key: str) -> None:
 
 def _enter(state: RegistryState, node: str, key: str, token: int) -> None:
     """Make ``node`` (member ``token``) a candidate under ``key``."""
-    state.candidate_key[node] = key
     current = state.winners.get(key)
     if current is None:
         state.winners[key] = (token, node)

@@ -31,6 +31,7 @@ from consumers.registry.candidates import (
     _update_one,
 )
 from consumers.registry.issues import PROBLEMS
+from consumers.registry.quick import QUICK
 from consumers.registry.state import (
     KEY_FIELD,
     TOKEN_FIELD,
@@ -81,20 +82,30 @@ class RegistryFold:
         e.g. chunks of an ``HSCAN``)."""
         state = RegistryState()
         pairs = fields.items() if isinstance(fields, Mapping) else fields
+        # one copy of each string: node ids and keys interned (the ipam stage's state
+        # interns them too, and shares them), owners in a table of this load only (an
+        # interned string has an entry in the interpreter's table for good)
         intern = sys.intern
+        seen: dict[str, str] = {}
+        owners = seen.setdefault
         raw_issues: bytes | None = None
         for name, raw in pairs:
             if name.startswith(TOKEN_FIELD):
                 token_id = int(name[len(TOKEN_FIELD) :])
                 record = _TOKEN_DECODER.decode(raw)
                 record = TokenRecord(
-                    intern(record.node_id), intern(record.owner), record.active, record.expires
+                    intern(record.node_id),
+                    owners(record.owner, record.owner),
+                    record.active,
+                    record.expires,
                 )
                 state.tokens[token_id] = record
                 if record.active:
                     _index(state, token_id, record)
             elif name.startswith(KEY_FIELD):
-                state.keys[intern(name[len(KEY_FIELD) :])] = intern(_STR_DECODER.decode(raw))
+                owner = name[len(KEY_FIELD) :]
+                key = _STR_DECODER.decode(raw)
+                state.keys[owners(owner, owner)] = intern(key)
             elif name == issues.ISSUES_FIELD:
                 raw_issues = raw
         nodes = sorted(state.node_index)
@@ -114,8 +125,13 @@ class RegistryFold:
     ) -> tuple[RegistryState, list[RegistryChange]]:
         if not isinstance(entry, LogEntry):
             raise TypeError(f"registry folds LogEntry, not {type(entry).__name__}")
-        step = _Step(state, entry_id, entry.block_number)
         event = entry.event
+        quick = QUICK.get(type(event))
+        if quick is not None:
+            out = quick(state, event, entry_id, entry.block_number)
+            if out is not None:
+                return state, out
+        step = _Step(state, entry_id, entry.block_number)
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(step, event)

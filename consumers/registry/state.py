@@ -143,8 +143,6 @@ class RegistryState:
     winners: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: key -> {node: member token}, only for keys with two or more candidates.
     rivals: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: node -> the key it is a candidate under.
-    candidate_key: dict[str, str] = field(default_factory=dict)
     status: dict[str, Status] = field(default_factory=dict)
     dirty_tokens: set[int] = field(default_factory=set)
     dirty_owners: set[str] = field(default_factory=set)
@@ -161,6 +159,12 @@ class RegistryState:
     def candidates(self) -> Mapping[str, dict[str, int]]:
         """key -> {node: member token} of every node that could be live with that key."""
         return _Candidates(self)
+
+    @property
+    def candidate_key(self) -> dict[str, str]:
+        """node -> the key it is a candidate under (derived from ``status``: a node is a
+        candidate exactly while its status is live or a key conflict)."""
+        return {n: s.public_key for n, s in self.status.items() if s.reason in ("", "key-conflict")}
 
     def live(self) -> dict[str, Status]:
         """Every live member, by node id."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from unittest import mock
 
 import pytest
 from factories import wg_key as key
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.registry.fold import FOLD, RegistryState, dump, fold
+from consumers.registry.quick import QUICK
 from shared.events import (
     Anomaly,
     ChainEvent,
@@ -357,3 +359,57 @@ def test_persist_and_reload_anywhere_equals_folding_straight(
     assert outputs == expected
     assert stored == dump(straight)
     assert _indexes(state) == _indexes(straight)
+
+
+@settings(max_examples=300, deadline=None)
+@given(LOGS)
+def test_quick_steps_equal_the_general_step(events: list[ChainEvent]) -> None:
+    """The common events' quick folds (``consumers/registry/quick.py``) change the state and
+    output exactly what the general step does, event by event."""
+    entries = log(events)
+    quick, out_quick = fold(entries)
+    with mock.patch.dict(QUICK, clear=True):
+        general, out_general = fold(entries)
+    assert out_quick == out_general
+    assert dump(quick) == dump(general)
+    assert _indexes(quick) == _indexes(general)
+    assert quick.dirty_tokens == general.dirty_tokens
+    assert quick.dirty_owners == general.dirty_owners
+
+
+def test_quick_steps_take_the_common_events() -> None:
+    """Grants, rotations, transfers and revocations of one node's token are all quick."""
+    taken: list[str] = []
+    wrapped = {kind: lambda *a, q=q: taken.append(q.__name__) or q(*a) for kind, q in QUICK.items()}
+    with mock.patch.dict(QUICK, wrapped):
+        state, out = run(
+            grant(1, "n1", A, key(1)),
+            rekey(A, key(2)),
+            transfer(1, A, B),
+            rekey(B, key(3)),
+            revoke(1, "n1"),
+        )
+    assert taken == ["granted", "key_event", "transferred", "key_event", "revoked"]
+    assert [type(o) for o in out] == [NodeJoined, NodeChanged, NodeLeft, NodeJoined, NodeLeft]
+    assert state.live() == {}
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        revoke(1, "n1"),
+        transfer(1, A, C),
+        rekey(A, key(3)),
+        rekey(B, key(3)),
+        grant(3, "n3", C, key(1)),
+    ],
+)
+def test_quick_steps_leave_shared_keys_to_the_general_step(last: ChainEvent) -> None:
+    """When two nodes share a key, an event of either changes who keeps the peer."""
+    events = (grant(1, "n1", A, key(1)), grant(2, "n2", B, key(1)), last)
+    quick, out_quick = fold(log(events))
+    with mock.patch.dict(QUICK, clear=True):
+        general, out_general = fold(log(events))
+    assert out_quick == out_general
+    assert _indexes(quick) == _indexes(general)
+    assert dump(quick) == dump(general)
