@@ -329,7 +329,7 @@ class _Step:
                 and new[4] == "key-conflict"
                 and (old is None or old[4] != "key-conflict")
             ):
-                winner = state.winners[new.public_key][0]
+                winner = state.winner[new.public_key]
                 conflict = Conflict(
                     "duplicate-key", node, new.token_id, winner, self.cause, self.block
                 )
@@ -370,7 +370,7 @@ class _Step:
         else:
             change = None
         if new is not None and new[4] == "key-conflict" and (old is None or old[4] != new[4]):
-            winner = state.winners[new.public_key][0]
+            winner = state.winner[new.public_key]
             out.append(
                 Conflict("duplicate-key", node, new.token_id, winner, self.cause, self.block)
             )

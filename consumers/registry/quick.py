@@ -54,7 +54,7 @@ def rotate(state: RegistryState, owner: str, key: str, cause: str, block: int) -
         keys[owner] = key
         state.dirty_owners.add(owner)
         return []
-    if type(held) is not int or key in state.winners:
+    if type(held) is not int or key in state.winner:
         return None  # several nodes, or a candidate already has the key
     record = state.tokens[held]
     node = record.node_id
@@ -70,10 +70,10 @@ def rotate(state: RegistryState, owner: str, key: str, cause: str, block: int) -
         return None  # other tokens name the node
     keys[owner] = key
     state.dirty_owners.add(owner)
-    winners = state.winners
+    winner = state.winner
     if old.reason == "":
-        del winners[old.public_key]
-    winners[key] = (held, node)
+        del winner[old.public_key]
+    winner[key] = held
     owner, expires = record.owner, record.expires
     state.status[node] = _new(Status, (True, held, owner, key, "", expires))
     if old.reason == "":
@@ -114,7 +114,7 @@ def transferred(
     if old is None or to in state.owner_tokens:
         return None
     key = state.keys.get(to, "")
-    if key and (not is_valid_wg_key(key) or key in state.winners):
+    if key and (not is_valid_wg_key(key) or key in state.winner):
         return None
     node, expires = record.node_id, record.expires
     owner_tokens = state.owner_tokens
@@ -122,13 +122,13 @@ def transferred(
     owner_tokens[to] = token
     state.tokens[token] = TokenRecord(node, to, True, expires)
     state.dirty_tokens.add(token)
-    winners = state.winners
+    winner = state.winner
     if old.reason == "":
-        del winners[old.public_key]
+        del winner[old.public_key]
     if not key:
         state.status[node] = _new(Status, (False, token, to, "", "no-key", expires))
         return [NodeLeft(node, "transferred", cause, block)] if old.reason == "" else []
-    winners[key] = (token, node)
+    winner[key] = token
     state.status[node] = _new(Status, (True, token, to, key, "", expires))
     if old.reason == "":
         return [NodeChanged(node, token, to, key, cause, block, expires)]
@@ -153,7 +153,7 @@ def revoked(state: RegistryState, event: NodeAccessRevoked, cause: str, block: i
     state.dirty_tokens.add(token)
     del state.status[node]
     if old.reason == "":
-        del state.winners[old.public_key]
+        del state.winner[old.public_key]
         return [NodeLeft(node, "revoked", cause, block)]
     return []
 
@@ -177,7 +177,7 @@ def granted(state: RegistryState, event: NodeAccessGranted, cause: str, block: i
         return None
     keys = state.keys
     key = new_key or keys.get(owner, "")
-    if key and (not is_valid_wg_key(key) or key in state.winners):
+    if key and (not is_valid_wg_key(key) or key in state.winner):
         return None
     state.tokens[token] = TokenRecord(node, owner, True)
     state.dirty_tokens.add(token)
@@ -189,7 +189,7 @@ def granted(state: RegistryState, event: NodeAccessGranted, cause: str, block: i
     if not key:
         state.status[node] = _new(Status, (False, token, owner, "", "no-key", None))
         return []
-    state.winners[key] = (token, node)
+    state.winner[key] = token
     state.status[node] = _new(Status, (True, token, owner, key, "", None))
     return [NodeJoined(node, token, owner, key, cause, block, None)]
 

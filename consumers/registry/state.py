@@ -113,14 +113,34 @@ class _Candidates(Mapping[str, dict[str, int]]):
         group = self._state.rivals.get(key)
         if group is not None:
             return dict(group)
-        token, node = self._state.winners[key]
-        return {node: token}
+        token = self._state.winner[key]
+        return {self._state.tokens[token].node_id: token}
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._state.winners)
+        return iter(self._state.winner)
 
     def __len__(self) -> int:
-        return len(self._state.winners)
+        return len(self._state.winner)
+
+
+class _Winners(Mapping[str, tuple[int, str]]):
+    """Read-only view: key -> (token, node) of the candidate that keeps the peer."""
+
+    def __init__(self, state: RegistryState) -> None:
+        self._state = state
+
+    def __getitem__(self, key: str) -> tuple[int, str]:
+        token = self._state.winner[key]
+        return token, self._state.tokens[token].node_id
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state.winner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state.winner)
+
+    def __len__(self) -> int:
+        return len(self._state.winner)
 
 
 @dataclass(eq=False)
@@ -139,8 +159,9 @@ class RegistryState:
     owner_tokens: dict[str, Tokens] = field(default_factory=dict)
     #: node -> the active tokens naming it (:data:`Tokens`; read it through ``node_tokens``).
     node_index: dict[str, Tokens] = field(default_factory=dict)
-    #: key -> (token, node): the candidate that keeps the peer (every key with a candidate).
-    winners: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: key -> the member token of the candidate that keeps the peer (every key with a
+    #: candidate; its node is the token's: read both through ``winners``).
+    winner: dict[str, int] = field(default_factory=dict)
     #: key -> {node: member token}, only for keys with two or more candidates.
     rivals: dict[str, dict[str, int]] = field(default_factory=dict)
     status: dict[str, Status] = field(default_factory=dict)
@@ -154,6 +175,11 @@ class RegistryState:
     def node_tokens(self) -> Mapping[str, set[int]]:
         """node -> the set of active tokens naming it (a read-only view)."""
         return _TokenSets(self.node_index)
+
+    @property
+    def winners(self) -> Mapping[str, tuple[int, str]]:
+        """key -> (token, node) of the candidate that keeps the peer (a read-only view)."""
+        return _Winners(self)
 
     @property
     def candidates(self) -> Mapping[str, dict[str, int]]:

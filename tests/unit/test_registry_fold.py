@@ -413,3 +413,29 @@ def test_quick_steps_leave_shared_keys_to_the_general_step(last: ChainEvent) -> 
     assert out_quick == out_general
     assert _indexes(quick) == _indexes(general)
     assert dump(quick) == dump(general)
+
+
+@pytest.mark.parametrize("node", ["n2", "n3"])
+def test_regrant_of_a_winning_token_to_another_node_keeps_the_indexes_exact(node: str) -> None:
+    """The winner of a shared key is re-granted for another node: the key's candidates are
+    rebuilt from tokens that name other nodes than before (docs/design.md §4)."""
+    events = [
+        grant(1, "n1", A, key(1)),
+        grant(2, "n2", B, key(1)),
+        grant(3, "n4", C, key(1)),
+        grant(1, node, C),
+    ]
+    state = RegistryState()
+    for entry_id, entry in log(events):
+        state, _ = FOLD.apply(state, entry_id, entry)
+        assert _indexes(FOLD.load(dump(state))) == _indexes(state)
+    assert state.winners[key(1)] == (1, node)
+    assert "n1" not in state.status
+
+
+def test_regrant_of_a_sole_winner_to_a_node_sorted_first() -> None:
+    """Node ``n0`` enters the key while ``n5``, whose token it takes, still holds it."""
+    state, out = run(grant(1, "n5", A, key(1)), grant(1, "n0", A))
+    assert state.winners[key(1)] == (1, "n0")
+    assert _indexes(FOLD.load(dump(state))) == _indexes(state)
+    assert [type(o) for o in out] == [NodeJoined, NodeLeft, NodeJoined]
