@@ -314,20 +314,31 @@ class _Step:
                     del statuses[node]
             elif new != old:
                 statuses[node] = new
-            was_live = old is not None and old[0]
-            if new is not None and new[0]:
+            was_live = old is not None and old.live
+            if new is not None and new.live:
                 if not was_live:
-                    joined.append(NodeJoined(node, new[1], new[2], new[3], cause, block, new[5]))
+                    joined.append(
+                        NodeJoined(
+                            node, new.token_id, new.owner, new.public_key, cause, block, new.expires
+                        )
+                    )
                 elif old is not None and (
-                    old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+                    old.token_id != new.token_id
+                    or old.owner != new.owner
+                    or old.public_key != new.public_key
+                    or old.expires != new.expires
                 ):
-                    changed.append(NodeChanged(node, new[1], new[2], new[3], cause, block, new[5]))
+                    changed.append(
+                        NodeChanged(
+                            node, new.token_id, new.owner, new.public_key, cause, block, new.expires
+                        )
+                    )
             elif was_live:
                 left.append(NodeLeft(node, self._reason(new), cause, block))
             if (
                 new is not None
-                and new[4] == "key-conflict"
-                and (old is None or old[4] != "key-conflict")
+                and new.reason == "key-conflict"
+                and (old is None or old.reason != "key-conflict")
             ):
                 winner = state.winner[new.public_key]
                 conflict = Conflict(
@@ -353,30 +364,51 @@ class _Step:
         elif new != old:
             statuses[node] = new
         out: list[RegistryChange] = self.notes
-        was_live = old is not None and old[0]
-        if new is not None and new[0]:
+        was_live = old is not None and old.live
+        if new is not None and new.live:
             if not was_live:
                 change: RegistryChange | None = NodeJoined(
-                    node, new[1], new[2], new[3], self.cause, self.block, new[5]
+                    node,
+                    new.token_id,
+                    new.owner,
+                    new.public_key,
+                    self.cause,
+                    self.block,
+                    new.expires,
                 )
             elif old is not None and (
-                old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+                old.token_id != new.token_id
+                or old.owner != new.owner
+                or old.public_key != new.public_key
+                or old.expires != new.expires
             ):
-                change = NodeChanged(node, new[1], new[2], new[3], self.cause, self.block, new[5])
+                change = NodeChanged(
+                    node,
+                    new.token_id,
+                    new.owner,
+                    new.public_key,
+                    self.cause,
+                    self.block,
+                    new.expires,
+                )
             else:
                 change = None
         elif was_live:
             change = NodeLeft(node, self._reason(new), self.cause, self.block)
         else:
             change = None
-        if new is not None and new[4] == "key-conflict" and (old is None or old[4] != new[4]):
+        if (
+            new is not None
+            and new.reason == "key-conflict"
+            and (old is None or old.reason != new.reason)
+        ):
             winner = state.winner[new.public_key]
             out.append(
                 Conflict("duplicate-key", node, new.token_id, winner, self.cause, self.block)
             )
         held = state.node_index.get(node)
         if node in state.issues or not (
-            held is None or new is None or (isinstance(held, int) and new[4] not in PROBLEMS)
+            held is None or new is None or (isinstance(held, int) and new.reason not in PROBLEMS)
         ):
             issues.track(state, (node,), source, self.block)
         if change is not None:

@@ -29,8 +29,6 @@ from shared.events import (
 
 is_valid_wg_key: Final = validate.is_valid_wg_key
 is_valid_node_id: Final = validate.is_valid_node_id
-#: ``Status(...)`` without the named tuple's Python-level ``__new__`` (the same object).
-_new: Final = tuple.__new__
 #: The outputs of an event (None: not folded here, the general step folds it).
 Outputs = list[RegistryChange] | None
 
@@ -75,7 +73,7 @@ def rotate(state: RegistryState, owner: str, key: str, cause: str, block: int) -
         del winner[old.public_key]
     winner[key] = held
     owner, expires = record.owner, record.expires
-    state.status[node] = _new(Status, (True, held, owner, key, "", expires))
+    state.status[node] = Status(True, held, owner, key, "", expires)
     if old.reason == "":
         return [NodeChanged(node, held, owner, key, cause, block, expires)]
     return [NodeJoined(node, held, owner, key, cause, block, expires)]
@@ -126,10 +124,10 @@ def transferred(
     if old.reason == "":
         del winner[old.public_key]
     if not key:
-        state.status[node] = _new(Status, (False, token, to, "", "no-key", expires))
+        state.status[node] = Status(False, token, to, "", "no-key", expires)
         return [NodeLeft(node, "transferred", cause, block)] if old.reason == "" else []
     winner[key] = token
-    state.status[node] = _new(Status, (True, token, to, key, "", expires))
+    state.status[node] = Status(True, token, to, key, "", expires)
     if old.reason == "":
         return [NodeChanged(node, token, to, key, cause, block, expires)]
     return [NodeJoined(node, token, to, key, cause, block, expires)]
@@ -187,10 +185,10 @@ def granted(state: RegistryState, event: NodeAccessGranted, cause: str, block: i
         keys[owner] = new_key
         state.dirty_owners.add(owner)
     if not key:
-        state.status[node] = _new(Status, (False, token, owner, "", "no-key", None))
+        state.status[node] = Status(False, token, owner, "", "no-key", None)
         return []
     state.winner[key] = token
-    state.status[node] = _new(Status, (True, token, owner, key, "", None))
+    state.status[node] = Status(True, token, owner, key, "", None)
     return [NodeJoined(node, token, owner, key, cause, block, None)]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final
 
 import msgspec
 
@@ -33,8 +33,9 @@ class TokenRecord(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     expires: int | None = None
 
 
-class Status(NamedTuple):
-    """The published view of a node that has at least one active token."""
+class Status(msgspec.Struct, frozen=True, gc=False):
+    """The published view of a node that has at least one active token (strings and
+    numbers only: untracked, 64 bytes)."""
 
     live: bool
     token_id: int
