@@ -34,13 +34,8 @@ Outputs = list[RegistryChange] | None
 
 
 def key_event(state: RegistryState, event: PublicKeyUpdated, cause: str, block: int) -> Outputs:
-    """A ``PublicKeyUpdated``."""
-    return rotate(state, event.owner.lower(), event.public_key, cause, block)
-
-
-def rotate(state: RegistryState, owner: str, key: str, cause: str, block: int) -> Outputs:
-    """``owner`` (lower case) sets ``key``: the outputs, or None when the general step must
-    fold it (nothing changed then)."""
+    """A ``PublicKeyUpdated``: its owner rotates the key of the one node it holds."""
+    owner, key = event.owner.lower(), event.public_key
     if not key or not is_valid_wg_key(key):
         return None  # a removal or an anomaly
     keys = state.keys
@@ -200,4 +195,4 @@ QUICK: Final[dict[type, Callable[[RegistryState, Any, str, int], Outputs]]] = {
     NodeAccessRevoked: revoked,
 }
 
-__all__ = ["QUICK", "granted", "key_event", "revoked", "rotate", "transferred"]
+__all__ = ["QUICK", "granted", "key_event", "revoked", "transferred"]
