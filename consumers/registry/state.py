@@ -148,10 +148,10 @@ class _Winners(Mapping[str, tuple[int, str]]):
 class RegistryState:
     """Mutable fold state; ``apply`` updates it in place and returns it.
 
-    Compact (docs/design.md, registry): an index entry is one token unless there are
-    several, a key with a single candidate is only its winner, token records are
-    untracked structs, and strings are interned when loaded (one copy per owner, node
-    and key).
+    Compact (docs/design.md §4.1): an index entry is one token unless there are several,
+    a key with a single candidate is only its winning token, a node's candidacy is read
+    from its status, token records and statuses are untracked structs, and strings are
+    shared when loaded (one copy per owner, node and key).
     """
 
     tokens: dict[int, TokenRecord] = field(default_factory=dict)
