@@ -136,15 +136,7 @@ def decide_key(
                     f"token {token_id} also names this node; "
                     f"the lower token {status.token_id} keeps it"
                 )
-                return Decision(
-                    granted=False,
-                    reason=DUPLICATE_NODE,
-                    node=node,
-                    detail=detail,
-                    token_id=token_id,
-                    owner=owner,
-                    live=status.live,
-                )
+                return _about(node, token_id, owner, DUPLICATE_NODE, detail, live=status.live)
         reason, detail = _not_this_key(state, status, key)
     return _member(node, status, status.owner, reason, detail, expires=expires)
 
@@ -193,15 +185,7 @@ def decide_address(
         detail = (
             f"token {active[0]} is active, but the lower token {status.token_id} keeps the node"
         )
-        return Decision(
-            granted=False,
-            reason=DUPLICATE_NODE,
-            node=node,
-            detail=detail,
-            token_id=active[0],
-            owner=owner,
-            live=live,
-        )
+        return _about(node, active[0], owner, DUPLICATE_NODE, detail, live=live)
     if not view.known(node):
         return Decision(
             granted=False, reason=NOT_MEMBER, node=node, detail="no token has named this node"
@@ -222,16 +206,30 @@ def decide_address(
 def _member(
     node: str, status: Status, owner: str, reason: str, detail: str, *, expires: int | None
 ) -> Decision:
-    """A decision about ``node``'s member token (``status``), granted when ``reason`` is
-    :data:`GRANTED`."""
+    """A decision about ``node``'s member token (``status``)."""
+    return _about(node, status.token_id, owner, reason, detail, live=status.live, expires=expires)
+
+
+def _about(
+    node: str,
+    token_id: int,
+    owner: str,
+    reason: str,
+    detail: str,
+    *,
+    live: bool,
+    expires: int | None = None,
+) -> Decision:
+    """A decision about ``owner``'s token ``token_id`` that names ``node``, granted when
+    ``reason`` is :data:`GRANTED`."""
     return Decision(
         granted=reason == GRANTED,
         reason=reason,
         node=node,
         detail=detail,
-        token_id=status.token_id,
+        token_id=token_id,
         owner=owner,
-        live=status.live,
+        live=live,
         expires=expires,
     )
 
