@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -84,7 +83,6 @@ class Anvil(ProcessService):
     #: Seconds between blocks (interval mining), or None to mine one block per transaction.
     block_time: float | None = None
     workdir: Path = field(default_factory=temp_workdir("anvil"))
-    proc: subprocess.Popen[bytes] | None = None
     log_name: ClassVar[str] = "anvil.log"
 
     @property

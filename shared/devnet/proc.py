@@ -66,10 +66,11 @@ def temp_workdir(name: str) -> Callable[[], Path]:
 class ProcessService:
     """A service process we started, with its own work folder: stopped by pid, folder removed.
 
-    Subclasses (dataclasses) define ``proc``, ``workdir``, ``log_name`` and ``start()``.
+    Subclasses (dataclasses) define ``workdir``, ``log_name`` and ``start()``.
     """
 
-    proc: subprocess.Popen[bytes] | None
+    #: The running process (None: not started, or stopped).
+    proc: subprocess.Popen[bytes] | None = None
     workdir: Path
     #: Its log file in :attr:`workdir` (standard output and error).
     log_name: ClassVar[str]

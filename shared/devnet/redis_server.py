@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -43,7 +42,6 @@ class RedisServer(ProcessService):
     #: The redis-server to run ("" = :func:`redis_server_binary`).
     binary: str = ""
     workdir: Path = field(default_factory=temp_workdir("redis"))
-    proc: subprocess.Popen[bytes] | None = None
     log_name: ClassVar[str] = "redis.log"
 
     @property
