@@ -136,7 +136,7 @@ def decide_key(
                     f"token {token_id} also names this node; "
                     f"the lower token {status.token_id} keeps it"
                 )
-                return _about(node, token_id, owner, DUPLICATE_NODE, detail, live=status.live)
+                return _member(node, status, owner, DUPLICATE_NODE, detail, token_id=token_id)
         reason, detail = _not_this_key(state, status, key)
     return _member(node, status, status.owner, reason, detail, expires=expires)
 
@@ -185,7 +185,7 @@ def decide_address(
         detail = (
             f"token {active[0]} is active, but the lower token {status.token_id} keeps the node"
         )
-        return _about(node, active[0], owner, DUPLICATE_NODE, detail, live=live)
+        return _member(node, status, owner, DUPLICATE_NODE, detail, token_id=active[0])
     if not view.known(node):
         return Decision(
             granted=False, reason=NOT_MEMBER, node=node, detail="no token has named this node"
@@ -204,32 +204,25 @@ def decide_address(
 
 
 def _member(
-    node: str, status: Status, owner: str, reason: str, detail: str, *, expires: int | None
-) -> Decision:
-    """A decision about ``node``'s member token (``status``)."""
-    return _about(node, status.token_id, owner, reason, detail, live=status.live, expires=expires)
-
-
-def _about(
     node: str,
-    token_id: int,
+    status: Status,
     owner: str,
     reason: str,
     detail: str,
     *,
-    live: bool,
     expires: int | None = None,
+    token_id: int | None = None,
 ) -> Decision:
-    """A decision about ``owner``'s token ``token_id`` that names ``node``, granted when
-    ``reason`` is :data:`GRANTED`."""
+    """A decision about a token that names ``node`` (``status``: the node's), granted when
+    ``reason`` is :data:`GRANTED`: its member token, or ``token_id``, another of its tokens."""
     return Decision(
         granted=reason == GRANTED,
         reason=reason,
         node=node,
         detail=detail,
-        token_id=token_id,
+        token_id=status.token_id if token_id is None else token_id,
         owner=owner,
-        live=live,
+        live=status.live,
         expires=expires,
     )
 
