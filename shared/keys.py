@@ -17,17 +17,17 @@ DEFAULT_PREFIX = "wgchain"
 class _Fixed:
     """A key every network has once: ``<prefix>:<tag>:<parts...>`` (a row of :class:`Keys`)."""
 
-    __slots__ = ("parts",)
+    __slots__ = ("name",)
 
     def __init__(self, *parts: str) -> None:
-        self.parts = parts
+        self.name = ":".join(parts)
 
     @overload
     def __get__(self, keys: None, owner: type) -> Self: ...
     @overload
     def __get__(self, keys: Keys, owner: type) -> str: ...
     def __get__(self, keys: Keys | None, owner: type) -> Self | str:
-        return self if keys is None else keys._key(*self.parts)
+        return self if keys is None else f"{keys.prefix}:{keys.tag}:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
