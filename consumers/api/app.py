@@ -122,14 +122,14 @@ def create_app(
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
-    lazy = LazyReads(client, keys, snapshot, limits.reconcile_interval, limits.expiry_grace)
+    lazy = LazyReads(client, keys, snapshot, limits)
     fleet_metrics = CollectorRegistry(auto_describe=False)
     fleet_metrics.register(
         FleetCollector(
             snapshot,
             limits,
             lazy_live=lazy.live_count,
-            lazy_expiring=lambda: lazy.expiring_count(limits),
+            lazy_expiring=lazy.expiring_count,
         )
     )
     fleet = FleetReads(
