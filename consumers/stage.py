@@ -251,11 +251,12 @@ class Stage(Generic[S]):
 
     def close(self) -> None:
         """Stop the writer and reader threads (each :meth:`step` has waited for its commits
-        already; a read ahead is dropped)."""
+        already; a read ahead is dropped, not waited for: it may be retrying an outage)."""
         self._ahead = None
-        for pool in (self._writer, self._reader):
-            if pool is not None:
-                pool.shutdown(wait=True)
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
         self._writer = self._reader = None
 
     def _submit(self, expected: str, batch: Batch) -> Future[int]:
