@@ -75,7 +75,7 @@ def payload_digest(payloads: Sequence[bytes]) -> str:
 def _payloads(chunk: list[RawEntry]) -> list[bytes] | None:
     """The ``data`` of each entry of a page; None unless each is a current envelope of a
     plain type (not a retraction)."""
-    if all(usual(entry) for entry in chunk):
+    if all(map(usual, chunk)):
         if {f[3] for _, f in chunk} <= _PLAIN:
             return [f[5] for _, f in chunk]
         return None
