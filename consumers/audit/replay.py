@@ -38,7 +38,7 @@ import redis
 from consumers.audit import compare, rawpages
 from consumers.audit.entries import Decoded, decode, id_key
 from consumers.audit.inprocess import run_fold, run_fold_chunks
-from consumers.audit.live import Worker
+from consumers.audit.live import LiveJob, Worker
 from consumers.audit.outcome import (
     Outcome,
     Report,
@@ -133,8 +133,8 @@ class Replay:
         """
         worker = None
         if bound == snap.positions["registry"] and bound != START:
-            last = snap.registry_last, snap.peers_last
-            worker = Worker(self.client, self.keys, self.ipam, *last)
+            job = LiveJob(self.client, self.keys, self.ipam, snap.registry_last, snap.peers_last)
+            worker = Worker(job)
         try:
             return self._compare_with(bound, snap, notes, worker)
         finally:
