@@ -365,24 +365,20 @@ class _Step:
             statuses[node] = new
         out: list[RegistryChange] = self.notes
         was_live = old is not None and old.live
+        change: RegistryChange | None = None
         if new is not None and new.live:
+            kind: type[NodeJoined] | type[NodeChanged] | None = None
             if not was_live:
-                change: RegistryChange | None = NodeJoined(
-                    node,
-                    new.token_id,
-                    new.owner,
-                    new.public_key,
-                    self.cause,
-                    self.block,
-                    new.expires,
-                )
+                kind = NodeJoined
             elif old is not None and (
                 old.token_id != new.token_id
                 or old.owner != new.owner
                 or old.public_key != new.public_key
                 or old.expires != new.expires
             ):
-                change = NodeChanged(
+                kind = NodeChanged
+            if kind is not None:
+                change = kind(
                     node,
                     new.token_id,
                     new.owner,
@@ -391,12 +387,8 @@ class _Step:
                     self.block,
                     new.expires,
                 )
-            else:
-                change = None
         elif was_live:
             change = NodeLeft(node, self._reason(new), self.cause, self.block)
-        else:
-            change = None
         if (
             new is not None
             and new.reason == "key-conflict"
