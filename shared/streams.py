@@ -9,6 +9,10 @@ block, dead letters, the API's events page, the access cache's catch-up) goes th
 * ``page``: entries per ``XRANGE``; ``limit``: stop after that many entries in all;
 * ``retry``: ride out a Redis outage (:func:`redis_retry`, for commands and loops) or
   fail at once (a request handler that answers 503 instead of hanging);
+* ``ahead``: pages a thread fetches ahead of the caller (Redis builds the next page
+  while the caller works on this one; the audit replay reads millions of entries);
+* ``raw``: entries as Redis sent them, ``(id bytes, [field, value, ...])``, without
+  redis-py turning each into a dict (the replay decodes whole pages at once);
 * :func:`decoded` turns raw entries into events: an entry that does not decode is
   skipped, raised, or handed to a callback; :func:`~shared.events.effective` then
   applies retractions.
@@ -20,8 +24,11 @@ blocking ``XREAD``) and the agent's pipelined read with its continuity check
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final, TypedDict, Unpack
+from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar, Unpack, overload
 
 import redis
 
@@ -30,7 +37,17 @@ from shared.events import AnyEntry, from_fields
 from shared.ids import START, exclusive, id_key
 from shared.redis_log import Entry, as_str, redis_retry
 
-__all__ = ["PAGE", "START", "Where", "decoded", "exclusive", "id_key", "pages", "read"]
+__all__ = [
+    "PAGE",
+    "START",
+    "RawEntry",
+    "Where",
+    "decoded",
+    "exclusive",
+    "id_key",
+    "pages",
+    "read",
+]
 
 #: Entries per XRANGE call.
 PAGE: Final = 1000
@@ -44,6 +61,42 @@ class Where(TypedDict, total=False):
     page: int
     limit: int | None
     retry: bool
+    ahead: int
+
+
+#: A raw entry (``raw=True``): (id, [field, value, field, value, ...]) as Redis sends it.
+RawEntry = tuple[bytes, list[bytes]]
+E = TypeVar("E", Entry, RawEntry)
+
+
+@overload
+def pages(
+    client: redis.Redis,
+    key: str,
+    *,
+    after: str = ...,
+    through: str = ...,
+    page: int = ...,
+    limit: int | None = ...,
+    retry: bool = ...,
+    ahead: int = ...,
+    raw: Literal[False] = ...,
+) -> Iterator[list[Entry]]: ...
+
+
+@overload
+def pages(
+    client: redis.Redis,
+    key: str,
+    *,
+    after: str = ...,
+    through: str = ...,
+    page: int = ...,
+    limit: int | None = ...,
+    retry: bool = ...,
+    ahead: int = ...,
+    raw: Literal[True],
+) -> Iterator[list[RawEntry]]: ...
 
 
 def pages(
@@ -55,26 +108,105 @@ def pages(
     page: int = PAGE,
     limit: int | None = None,
     retry: bool = True,
-) -> Iterator[list[Entry]]:
+    ahead: int = 0,
+    raw: bool = False,
+) -> Iterator[list[Entry]] | Iterator[list[RawEntry]]:
     """The entries of ``key`` after ``after`` up to ``through``, one page at a time."""
-    low = exclusive(after)
-    left = limit
+    if through == START:
+        return iter(())  # nothing is after the start and at or before it
+    span = _Span(exclusive(after), through, page, limit, retry)
+    if raw:
+        raws = _walk(_raw_fetch(client), key, span)
+        return _fetched_ahead(raws, ahead, key) if ahead > 0 else raws
+    chunks = _walk(_parsed_fetch(client), key, span)
+    return _fetched_ahead(chunks, ahead, key) if ahead > 0 else chunks
+
+
+class _Span(NamedTuple):
+    low: str
+    through: str
+    page: int
+    limit: int | None
+    retry: bool
+
+
+def _walk(
+    fetch: Callable[[str, str, str, int], list[E]], key: str, span: _Span
+) -> Iterator[list[E]]:
+    low, through, page, left, retry = span
     while left is None or left > 0:
         count = page if left is None else min(page, left)
-        raw: Any = (
-            redis_retry(client.xrange, key, min=low, max=through, count=count)
+        chunk = (
+            redis_retry(fetch, key, low, through, count)
             if retry
-            else client.xrange(key, min=low, max=through, count=count)
+            else fetch(key, low, through, count)
         )
-        if not raw:
+        if not chunk:
             return
-        chunk: list[Entry] = [(as_str(i), f) for i, f in raw]
         yield chunk
-        if len(raw) < count:
+        if len(chunk) < count:
             return
         if left is not None:
-            left -= len(raw)
-        low = f"({chunk[-1][0]}"
+            left -= len(chunk)
+        low = "(" + as_str(chunk[-1][0])
+
+
+def _parsed_fetch(client: redis.Redis) -> Callable[[str, str, str, int], list[Entry]]:
+    def fetch(key: str, low: str, high: str, count: int) -> list[Entry]:
+        reply: Any = client.xrange(key, min=low, max=high, count=count)
+        return [(as_str(i), f) for i, f in reply]
+
+    return fetch
+
+
+def _raw_fetch(client: redis.Redis) -> Callable[[str, str, str, int], list[RawEntry]]:
+    """XRANGE replies unparsed, through a client on ``client``'s pool without redis-py's
+    callback for them (a cluster client: parsed, then flattened back)."""
+    if type(client) is not redis.Redis:
+
+        def flattened(key: str, low: str, high: str, count: int) -> list[RawEntry]:
+            reply: Any = client.xrange(key, min=low, max=high, count=count)
+            return [(i, [x for kv in (f or {}).items() for x in kv]) for i, f in reply]
+
+        return flattened
+    unparsed = redis.Redis(connection_pool=client.connection_pool)
+    unparsed.set_response_callback("XRANGE", lambda response, **_: response)
+
+    def fetch(key: str, low: str, high: str, count: int) -> list[RawEntry]:
+        reply: Any = unparsed.xrange(key, min=low, max=high, count=count)
+        return [(entry_id, fields or []) for entry_id, fields in reply]
+
+    return fetch
+
+
+def _fetched_ahead(chunks: Iterator[list[E]], ahead: int, key: str) -> Iterator[list[E]]:
+    """``chunks`` advanced by a thread, up to ``ahead`` pages before the caller; an error
+    there is raised here, and a caller that stops early stops the thread."""
+    waiting: queue.Queue[list[E] | BaseException | None] = queue.Queue(ahead)
+    stop = threading.Event()
+
+    def fetch_all() -> None:
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    return
+                waiting.put(chunk)
+            waiting.put(None)
+        except BaseException as exc:  # handed to the reader, raised there
+            waiting.put(exc)
+
+    thread = threading.Thread(target=fetch_all, name=f"xrange {key}", daemon=True)
+    thread.start()
+    try:
+        while (chunk := waiting.get()) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            yield chunk
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a put, then let it end
+            with contextlib.suppress(queue.Empty):
+                waiting.get(timeout=0.05)
 
 
 def read(client: redis.Redis, key: str, **where: Unpack[Where]) -> list[Entry]:

@@ -1,9 +1,9 @@
 """Whole streams read fast for the audit replay: raw ``XRANGE`` pages, decoded a page at a time.
 
 The replay reads millions of entries. redis-py turns each ``XRANGE`` reply into
-(id, dict) pairs in Python; here hiredis' raw reply is kept instead (a client of
-the same connection pool without that callback), and the next page is fetched by a
-thread while the caller works on the current one (Redis builds a page meanwhile).
+(id, dict) pairs in Python; here hiredis' raw reply is kept instead, and the next
+page is fetched by a thread while the caller works on the current one (Redis builds
+a page meanwhile): :func:`shared.streams.pages` with ``raw`` and ``ahead``.
 
 Each entry is decoded as :func:`shared.events.from_fields` decodes it (the same
 decoder for a current envelope, ``from_fields`` itself for anything else), so the
@@ -12,9 +12,6 @@ result is the one of :func:`consumers.audit.entries.decode`, only faster.
 
 from __future__ import annotations
 
-import contextlib
-import queue
-import threading
 from collections.abc import Iterator
 from typing import Any, Final, get_args
 
@@ -22,17 +19,16 @@ import msgspec
 import redis
 
 from consumers.audit.entries import Decoded, Undecodable
+from shared import streams
 from shared.errors import DecodeError
 from shared.events import SCHEMA_VERSION, AnyEntry, from_fields
-from shared.ids import START, exclusive
-from shared.redis_log import as_str, redis_retry
+from shared.redis_log import as_str
+from shared.streams import RawEntry
 
 #: Entries per ``XRANGE`` page.
 PAGE: Final = 10_000
 #: Pages fetched ahead of the caller.
 AHEAD: Final = 2
-#: A raw entry: (id, [field, value, field, value, ...]) as Redis sends it.
-RawEntry = tuple[bytes, list[bytes]]
 
 _VERSION: Final = str(SCHEMA_VERSION).encode()
 #: The ``type`` of a current envelope -> the decoder of its ``data`` (``from_fields``' own).
@@ -41,64 +37,12 @@ _DECODERS: Final[dict[bytes, msgspec.json.Decoder[Any]]] = {
 }
 
 
-def _raw_client(client: redis.Redis) -> redis.Redis | None:
-    """A client on ``client``'s pool that returns ``XRANGE`` replies unparsed (None: a
-    cluster client, read the parsed way)."""
-    if type(client) is not redis.Redis:
-        return None
-    raw = redis.Redis(connection_pool=client.connection_pool)
-    raw.set_response_callback("XRANGE", lambda response, **_: response)
-    return raw
-
-
-def _fetch(
-    client: redis.Redis, raw: redis.Redis | None, key: str, span: tuple[str, str, int]
-) -> list[RawEntry]:
-    """One page: the entries of ``key`` in ``span`` (low, high, count)."""
-    low, high, count = span
-    if raw is not None:
-        reply: Any = redis_retry(raw.xrange, key, min=low, max=high, count=count)
-        return [(entry_id, fields or []) for entry_id, fields in reply]
-    parsed: Any = redis_retry(client.xrange, key, min=low, max=high, count=count)
-    return [(i, [x for kv in (f or {}).items() for x in kv]) for i, f in parsed]
-
-
 def pages(
     client: redis.Redis, key: str, high: str = "+", page: int = PAGE
 ) -> Iterator[list[RawEntry]]:
-    """The raw entries of ``key`` up to ``high`` (inclusive), a page at a time, fetched ahead."""
-    if high == START:
-        return
-    raw = _raw_client(client)
-    ahead: queue.Queue[list[RawEntry] | BaseException | None] = queue.Queue(AHEAD)
-    stop = threading.Event()
-
-    def fetch_all() -> None:
-        low = exclusive(START)
-        try:
-            while not stop.is_set():
-                chunk = _fetch(client, raw, key, (low, high, page))
-                if chunk:
-                    ahead.put(chunk)
-                if len(chunk) < page:
-                    break
-                low = "(" + as_str(chunk[-1][0])
-            ahead.put(None)
-        except BaseException as exc:  # handed to the reader, raised there
-            ahead.put(exc)
-
-    thread = threading.Thread(target=fetch_all, name=f"xrange {key}", daemon=True)
-    thread.start()
-    try:
-        while (chunk := ahead.get()) is not None:
-            if isinstance(chunk, BaseException):
-                raise chunk
-            yield chunk
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a put, then let it end
-            with contextlib.suppress(queue.Empty):
-                ahead.get(timeout=0.05)
+    """The raw entries of ``key`` up to ``high`` (inclusive), a page at a time, fetched ahead
+    (the one stream reader, :func:`shared.streams.pages`, with the replay's parameters)."""
+    return streams.pages(client, key, through=high, page=page, ahead=AHEAD, raw=True)
 
 
 def fields_of(entry: RawEntry) -> dict[bytes, bytes]:
