@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 #: Rotated backups kept of the config file (``IF.conf.1`` newest .. ``IF.conf.5``).
 CONFIG_BACKUPS: Final = 5
@@ -34,10 +34,17 @@ def write_atomic(
     path: Path, pieces: Iterable[bytes], backups: int = 0, *, make_dir: bool = True
 ) -> None:
     """Replace ``path`` with the concatenated ``pieces`` (mode 0600), keeping ``backups``;
-    ``make_dir``: create its folder first if it is missing."""
+    ``make_dir``: create its folder first if it is missing.
+
+    Plain ``os`` calls on string paths: a fleet of agents in one process writes a small
+    file per agent per change, and ``tempfile.mkstemp`` and ``pathlib`` cost more Python
+    than the writing (the temp name is random all the same, the file created exclusively)."""
+    folder, name = os.path.split(os.fspath(path))
     if make_dir:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.makedirs(folder or ".", mode=0o700, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
@@ -49,30 +56,33 @@ def write_atomic(
         finally:
             os.close(fd)
         if backups:
-            _rotate(path, backups)
+            _rotate(os.path.join(folder, name), backups)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(folder or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def _rotate(path: Path, backups: int) -> None:
+def _rotate(path: str, backups: int) -> None:
+    """``path.1`` .. ``path.N-1`` move up one (the oldest drops off), ``path`` becomes
+    ``path.1`` (a hard link: ``path`` itself stays until it is replaced)."""
     for i in range(backups - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    if path.exists():
-        newest = path.with_name(f"{path.name}.1")
         with contextlib.suppress(FileNotFoundError):
-            newest.unlink()
-        try:
-            os.link(path, newest)
-        except OSError:  # no hard links on this filesystem
+            os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+    newest = f"{path}.1"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(newest)
+    try:
+        os.link(path, newest)
+    except FileNotFoundError:
+        return  # no file yet: nothing to back up
+    except OSError:  # no hard links on this filesystem
+        with contextlib.suppress(FileNotFoundError):
             shutil.copy2(path, newest)
 
 
@@ -145,8 +155,18 @@ def release_memory() -> None:
     """Give back to the system the memory that a bootstrap, a full read or a whole-file
     write freed (glibc's ``malloc_trim``: free blocks inside the heap stay the
     process's otherwise). A no-op where there is no such call."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None where there is none), looked up once."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class Writer:
@@ -196,8 +216,10 @@ class Writer:
                 self._busy = key
             try:
                 job()
-                release_memory()  # a whole file's text was just built and dropped
             finally:
                 with self._cond:
                     self._busy = None
                     self._cond.notify_all()
+                    drained = not self._jobs
+            if drained:  # whole files' texts were just built and dropped (once per burst:
+                release_memory()  # a process of many agents writes one file per agent)
