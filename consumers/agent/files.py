@@ -8,7 +8,7 @@ A whole file of 10,000 peers takes some 20 ms to render and write: too long for 
 loop that applies changes. :class:`Debounce` spaces the writes (one a second under a
 burst), and :class:`Writer`, one thread per process, does them from a snapshot of
 the applied state (immutable peers), so a change that arrives meanwhile is applied
-at once. Its rendering gives way at every piece it writes (``os.write`` releases the
+at once. Its rendering gives way at every 64 KiB it writes (``os.write`` releases the
 interpreter lock).
 """
 
@@ -20,6 +20,7 @@ import functools
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +29,12 @@ from typing import Any, Final
 CONFIG_BACKUPS: Final = 5
 #: Seconds between two writes of a whole file while changes keep coming.
 WRITE_INTERVAL: Final = 1.0
+#: Bytes gathered before one ``os.write`` of a whole file.
+WRITE_CHUNK: Final = 1 << 16
+#: Seconds without a new job before the writer thread starts one (:class:`Writer`)...
+QUIET_SECONDS: Final = 0.2
+#: ...or since the queue holds one.
+MOST_WAIT_SECONDS: Final = 1.0
 
 
 def write_atomic(
@@ -48,10 +55,15 @@ def write_atomic(
     try:
         try:
             os.fchmod(fd, 0o600)
-            for piece in pieces:
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view) :]
+            pending: list[bytes] = []
+            size = 0
+            for piece in pieces:  # a small file in one write (each one lets other threads in)
+                pending.append(piece)
+                size += len(piece)
+                if size >= WRITE_CHUNK:
+                    write_all(fd, b"".join(pending))
+                    pending, size = [], 0
+            write_all(fd, b"".join(pending))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -66,6 +78,13 @@ def write_atomic(
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _rotate(path: str, backups: int) -> None:
@@ -171,7 +190,13 @@ def _malloc_trim() -> Any:
 
 class Writer:
     """The process's file-writing thread: jobs keyed by file, a newer job for a file
-    replacing one still queued."""
+    replacing one still queued.
+
+    A job starts once no other was submitted for :data:`QUIET_SECONDS` (or once the
+    queue has been waiting :data:`MOST_WAIT_SECONDS`): a process that runs many agents
+    (the fleet benchmark) then writes their files after a change has reached all of them,
+    rather than taking turns with them while it is being applied (every system call of
+    a write lets another thread in)."""
 
     _instance: Writer | None = None
     _instance_lock = threading.Lock()
@@ -180,6 +205,8 @@ class Writer:
         self._jobs: dict[object, Callable[[], None]] = {}
         self._busy: object | None = None
         self._cond = threading.Condition()
+        #: When the last job was submitted, and since when the queue holds any (monotonic).
+        self._last_submit = self._queued_since = 0.0
         self._thread = threading.Thread(target=self._run, name="wgchain-file-writer", daemon=True)
         self._thread.start()
 
@@ -193,6 +220,10 @@ class Writer:
     def submit(self, key: object, job: Callable[[], None]) -> None:
         """Run ``job`` soon (it must catch its own errors)."""
         with self._cond:
+            now = time.monotonic()
+            if not self._jobs:
+                self._queued_since = now
+            self._last_submit = now
             self._jobs[key] = job
             self._cond.notify_all()
 
@@ -201,19 +232,35 @@ class Writer:
             return key in self._jobs or self._busy == key
 
     def wait(self, key: object) -> None:
-        """Until no job for ``key`` is queued or running."""
+        """Until no job for ``key`` is queued or running (a queued one runs now, here)."""
         with self._cond:
-            while key in self._jobs or self._busy == key:
+            job = self._jobs.pop(key, None)
+            while self._busy == key:
                 self._cond.wait()
+        if job is not None:
+            job()
+
+    def _next(self) -> tuple[object, Callable[[], None]]:
+        """The next job once one may start (the class docstring), marked busy."""
+        with self._cond:
+            while True:
+                if not self._jobs:
+                    self._cond.wait()
+                    continue
+                start = min(
+                    self._last_submit + QUIET_SECONDS, self._queued_since + MOST_WAIT_SECONDS
+                )
+                wait = start - time.monotonic()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
+            key = next(iter(self._jobs))
+            self._busy = key
+            return key, self._jobs.pop(key)
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._jobs:
-                    self._cond.wait()
-                key = next(iter(self._jobs))
-                job = self._jobs.pop(key)
-                self._busy = key
+            _, job = self._next()
             try:
                 job()
             finally:
