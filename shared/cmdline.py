@@ -87,7 +87,7 @@ def field_docs() -> dict[str, str]:
 def setting_help(name: str, docs: dict[str, str] | None = None) -> str:
     """The help of ``--<name>``: its meaning, its variable and its default."""
     meaning = (docs if docs is not None else field_docs()).get(name, "")
-    default = getattr(Settings(), name)
+    default = getattr(settings.DEFAULTS, name)
     shown = _EMPTY_DEFAULTS.get(name, "none") if default == "" else str(default)
     if isinstance(default, bool):
         shown = str(default).lower()
@@ -95,7 +95,7 @@ def setting_help(name: str, docs: dict[str, str] | None = None) -> str:
 
 
 def _option(name: str, docs: dict[str, str]) -> Callable[[F], F]:
-    default = getattr(Settings(), name)
+    default = getattr(settings.DEFAULTS, name)
     kind: click.ParamType[Any] = click.STRING
     if isinstance(default, bool):
         kind = click.BOOL

@@ -8,9 +8,26 @@ Redis Cluster; different networks land on different slots.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Self, overload
 
 #: Key prefix of live data; an audit replay uses another prefix (a scratch namespace).
 DEFAULT_PREFIX = "wgchain"
+
+
+class _Fixed:
+    """A key every network has once: ``<prefix>:<tag>:<parts...>`` (a row of :class:`Keys`)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, *parts: str) -> None:
+        self.name = ":".join(parts)
+
+    @overload
+    def __get__(self, keys: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, keys: Keys, owner: type) -> str: ...
+    def __get__(self, keys: Keys | None, owner: type) -> Self | str:
+        return self if keys is None else f"{keys.prefix}:{keys.tag}:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,25 +45,35 @@ class Keys:
     def _key(self, *parts: str) -> str:
         return ":".join((self.prefix, self.tag, *parts))
 
-    @property
-    def events(self) -> str:
-        """Stream: one entry per contract log, chain order, digest-chained."""
-        return self._key("events")
+    # --- the keys a network has once (each line: what it holds) ------------------------------
 
-    @property
-    def registry(self) -> str:
-        """Stream: membership changes, each naming its ``events`` cause."""
-        return self._key("registry")
+    #: Stream: one entry per contract log, chain order, digest-chained.
+    events = _Fixed("events")
+    #: Stream: membership changes, each naming its ``events`` cause.
+    registry = _Fixed("registry")
+    #: Stream: peer upserts/removals with addresses, each naming its cause.
+    peers = _Fixed("peers")
+    #: Hash: ``id`` (peers stream id it covers through) and ``data`` (the full peer set).
+    snapshot = _Fixed("peers", "snapshot")
+    #: Hash: the listener's cursor (block, hash, last digest, last entry id).
+    cursor = _Fixed("listener", "cursor")
+    #: Hash: what the lease holder last saw (head, final block, problem, when).
+    listener_health = _Fixed("listener", "health")
+    #: String with a TTL: ``<fence>:<listener id>`` of the listener allowed to append.
+    lease = _Fixed("listener", "lease")
+    #: Counter: the last fencing number handed out with :attr:`lease` (only grows).
+    fence = _Fixed("listener", "fence")
+    #: Stream: node ids of hosts whose announcement changed (agents read it instead of
+    #: polling every announcement; each agent appends only its own node id).
+    announcements = _Fixed("announcements")
+    #: Hash: the running backfill's plan (id, start, end, size); absent when none runs.
+    backfill_plan = _Fixed("backfill", "plan")
+    #: Hash: ``<from>-<to>`` -> JSON of a fetched range waiting for the listener.
+    backfill_staged = _Fixed("backfill", "staged")
+    #: Name of the rq queue of this network's backfill jobs.
+    backfill_queue = _Fixed("backfill")
 
-    @property
-    def peers(self) -> str:
-        """Stream: peer upserts/removals with addresses, each naming its cause."""
-        return self._key("peers")
-
-    @property
-    def cursor(self) -> str:
-        """Hash: the listener's cursor (block, hash, last digest, last entry id)."""
-        return self._key("listener", "cursor")
+    # --- keys per stage, per host, per range -------------------------------------------------
 
     def position(self, stage: str) -> str:
         """String: the id of the last input entry ``stage`` committed."""
@@ -76,51 +103,10 @@ class Keys:
         """String: JSON announcement (endpoint) written by ``node_id``'s agent, and only by it."""
         return self._key("host", node_id, "announce")
 
-    @property
-    def announcements(self) -> str:
-        """Stream: node ids of hosts whose announcement changed (agents read it instead of
-        polling every announcement; each agent appends only its own node id)."""
-        return self._key("announcements")
-
     def host_status(self, node_id: str) -> str:
         """Hash: one agent's applied position, lag, last apply and last error."""
         return self._key("host", node_id, "status")
 
-    @property
-    def listener_health(self) -> str:
-        """Hash: what the lease holder last saw (head, final block, problem, when)."""
-        return self._key("listener", "health")
-
-    @property
-    def lease(self) -> str:
-        """String with a TTL: ``<fence>:<listener id>`` of the listener allowed to append."""
-        return self._key("listener", "lease")
-
-    @property
-    def fence(self) -> str:
-        """Counter: the last fencing number handed out with :attr:`lease` (only grows)."""
-        return self._key("listener", "fence")
-
-    @property
-    def backfill_plan(self) -> str:
-        """Hash: the running backfill's plan (id, start, end, size); absent when none runs."""
-        return self._key("backfill", "plan")
-
-    @property
-    def backfill_staged(self) -> str:
-        """Hash: ``<from>-<to>`` -> JSON of a fetched range waiting for the listener."""
-        return self._key("backfill", "staged")
-
     def backfill_claim(self, span: str) -> str:
         """String with a short TTL: the worker fetching range ``span`` right now."""
         return self._key("backfill", "claim", span)
-
-    @property
-    def backfill_queue(self) -> str:
-        """Name of the rq queue of this network's backfill jobs."""
-        return self._key("backfill")
-
-    @property
-    def snapshot(self) -> str:
-        """Hash: ``id`` (peers stream id it covers through) and ``data`` (the full peer set)."""
-        return self._key("peers", "snapshot")

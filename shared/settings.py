@@ -163,6 +163,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [u.strip() for u in self.rpc_url.split(",") if u.strip()]
 
 
+#: Every setting at its default (what nothing set gives): the one home of each default.
+DEFAULTS: Final = Settings()
 FIELDS: tuple[str, ...] = Settings.__struct_fields__
 #: ``WGCHAIN_*`` variables that are read directly, not settings (never warned about).
 OTHER_VARIABLES: Final = frozenset(
@@ -367,13 +369,10 @@ def _convert(field: str, value: Any, where: str) -> None:
         msgspec.convert({field: value}, Settings, strict=False)
     except msgspec.ValidationError:
         expected = _EXPECTED_OF.get(field) or _EXPECTED.get(
-            type(getattr(_DEFAULTS, field)), "a valid value"
+            type(getattr(DEFAULTS, field)), "a valid value"
         )
         shown = validate.excerpt(value) if isinstance(value, str) else repr(value)[:40]
         raise SettingsError(where, f"{shown!r} is not {expected}") from None
-
-
-_DEFAULTS: Final = Settings()
 
 
 def load(

@@ -136,15 +136,7 @@ def decide_key(
                     f"token {token_id} also names this node; "
                     f"the lower token {status.token_id} keeps it"
                 )
-                return Decision(
-                    granted=False,
-                    reason=DUPLICATE_NODE,
-                    node=node,
-                    detail=detail,
-                    token_id=token_id,
-                    owner=owner,
-                    live=status.live,
-                )
+                return _member(node, status, owner, DUPLICATE_NODE, detail, token_id=token_id)
         reason, detail = _not_this_key(state, status, key)
     return _member(node, status, status.owner, reason, detail, expires=expires)
 
@@ -193,15 +185,7 @@ def decide_address(
         detail = (
             f"token {active[0]} is active, but the lower token {status.token_id} keeps the node"
         )
-        return Decision(
-            granted=False,
-            reason=DUPLICATE_NODE,
-            node=node,
-            detail=detail,
-            token_id=active[0],
-            owner=owner,
-            live=live,
-        )
+        return _member(node, status, owner, DUPLICATE_NODE, detail, token_id=active[0])
     if not view.known(node):
         return Decision(
             granted=False, reason=NOT_MEMBER, node=node, detail="no token has named this node"
@@ -220,16 +204,23 @@ def decide_address(
 
 
 def _member(
-    node: str, status: Status, owner: str, reason: str, detail: str, *, expires: int | None
+    node: str,
+    status: Status,
+    owner: str,
+    reason: str,
+    detail: str,
+    *,
+    expires: int | None = None,
+    token_id: int | None = None,
 ) -> Decision:
-    """A decision about ``node``'s member token (``status``), granted when ``reason`` is
-    :data:`GRANTED`."""
+    """A decision about a token that names ``node`` (``status``: the node's), granted when
+    ``reason`` is :data:`GRANTED`: its member token, or ``token_id``, another of its tokens."""
     return Decision(
         granted=reason == GRANTED,
         reason=reason,
         node=node,
         detail=detail,
-        token_id=status.token_id,
+        token_id=status.token_id if token_id is None else token_id,
         owner=owner,
         live=status.live,
         expires=expires,

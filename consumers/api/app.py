@@ -69,6 +69,7 @@ from shared import health, metrics
 from shared.errors import ServiceUnavailable
 from shared.keys import Keys
 from shared.redis_log import START
+from shared.settings import DEFAULTS
 
 #: Default and largest page of ``/v1/nodes``.
 NODES_PAGE: Final = (1000, 10_000)
@@ -105,10 +106,10 @@ def create_app(
     keys: Keys,
     *,
     token: str = "",
-    max_lag: int = 1000,
+    max_lag: int = DEFAULTS.max_lag,
     limits: Limits | None = None,
     rpc_urls: Sequence[str] = (),
-    topology: str = "mesh",
+    topology: str = DEFAULTS.topology,
     hubs: Sequence[str] = (),
     endpoint_template: str = "",
 ) -> Starlette:
@@ -121,14 +122,14 @@ def create_app(
     """
     limits = limits or Limits(max_lag=max_lag)
     snapshot = Snapshot(client, keys)
-    lazy = LazyReads(client, keys, snapshot, limits.reconcile_interval, limits.expiry_grace)
+    lazy = LazyReads(client, keys, snapshot, limits)
     fleet_metrics = CollectorRegistry(auto_describe=False)
     fleet_metrics.register(
         FleetCollector(
             snapshot,
             limits,
             lazy_live=lazy.live_count,
-            lazy_expiring=lambda: lazy.expiring_count(limits),
+            lazy_expiring=lazy.expiring_count,
         )
     )
     fleet = FleetReads(

@@ -22,6 +22,7 @@ from consumers.audit.history import NodeSubject, timeline
 from consumers.audit.streams import read_stream
 from consumers.dashboard import topology as drawing
 from consumers.status.model import FleetStatus
+from shared.settings import DEFAULTS
 
 #: Seconds a ``/v1/status`` answer is shared between requests.
 STATUS_TTL: Final = 0.5
@@ -42,7 +43,7 @@ class FleetReads:
         fleet: Callable[[], FleetStatus],
         reads: Callable[[], Reads],
         rpc_urls: Sequence[str] = (),
-        topology: str = "mesh",
+        topology: str = DEFAULTS.topology,
         hubs: Sequence[str] = (),
     ) -> None:
         self.fleet = fleet

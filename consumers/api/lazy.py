@@ -14,7 +14,7 @@ from consumers.api.reads import Reads
 from consumers.status.expiring import expiring
 from consumers.status.health import Limits
 from consumers.status.snapshot import Snapshot
-from shared import health, settings
+from shared import health
 from shared.keys import Keys
 
 
@@ -26,9 +26,9 @@ class LazyReads:
     client: redis.Redis
     keys: Keys
     snapshot: Snapshot
-    reconcile_interval: float
-    #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
-    expiry_grace: float = settings.DEFAULT_EXPIRY_GRACE
+    #: The thresholds: the reconcile interval of agents that do not report theirs, and when
+    #: a pass counts as expiring and as expired.
+    limits: Limits
     following: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _made: tuple[AccessChecker, Reads] | None = None
@@ -43,7 +43,7 @@ class LazyReads:
                         self.client,
                         self.keys,
                         consistency=BOUNDED,
-                        expiry_grace=self.expiry_grace,
+                        expiry_grace=self.limits.expiry_grace,
                     )
                     if self.following:
                         checker.cache.start()
@@ -51,8 +51,8 @@ class LazyReads:
                         self.client,
                         self.keys,
                         checker.cache,
-                        reconcile_interval=self.reconcile_interval,
-                        expiry_grace=self.expiry_grace,
+                        reconcile_interval=self.limits.reconcile_interval,
+                        expiry_grace=self.limits.expiry_grace,
                     )
                     made = self._made = (checker, reads)
         return made
@@ -84,9 +84,10 @@ class LazyReads:
         with checker.cache.fresh() as view:
             return sum(1 for status in view.state.status.values() if status.live)
 
-    def expiring_count(self, limits: Limits) -> int:
+    def expiring_count(self) -> int:
         """Live members whose pass expires within ``WGCHAIN_EXPIRY_WARNING`` now."""
         checker, _ = self.get()
+        limits = self.limits
         with checker.cache.fresh() as view:
             now = time.time()
             return len(expiring(view.state, now, limits.expiry_warning, limits.expiry_grace))

@@ -24,6 +24,7 @@ from shared import streams
 from shared.errors import DecodeError
 from shared.events import LogEntry, Retracted, from_fields
 from shared.keys import Keys
+from shared.settings import DEFAULTS
 from shared.validate import is_valid_node_id, is_valid_wg_key
 
 _ADDRESS: Final = msgspec.json.Decoder(Address)
@@ -43,7 +44,7 @@ class Reads:
     cache: RegistryCache
     _: KW_ONLY
     #: Reconcile interval of agents that do not report theirs (when a host is stale).
-    reconcile_interval: float = 30.0
+    reconcile_interval: float = DEFAULTS.reconcile_interval
     #: Seconds past an expiration before a pass counts as expired (``WGCHAIN_EXPIRY_GRACE``).
     expiry_grace: float = DEFAULT_GRACE
     snapshot: Snapshot = field(init=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 
@@ -185,6 +185,116 @@ def _param(
     }
 
 
+class _Read(NamedTuple):
+    """One ``/v1`` read of the OpenAPI document."""
+
+    summary: str
+    #: The response struct (a name of :data:`_STRUCTS`) and what its 200 answer is.
+    struct: str
+    answer: str
+    params: tuple[dict[str, Any], ...] = ()
+    #: 404 for a node no token ever named.
+    named: bool = False
+
+
+#: The node id, in the query (``/v1/access``) and in the path.
+_NODE_Q: Final = {
+    **_param("node", "node id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}),
+    "required": True,
+}
+_NODE_P: Final = _param("node", "node id", {"type": "string"}, required=True)
+_LIMIT: Final = {"type": "integer", "minimum": 1, "maximum": 10000}
+#: Every ``/v1`` read, in the document's order.
+_READS: Final = {
+    "/v1/access": _Read(
+        "Access check: may KEY (or does ADDRESS) reach NODE? 200 with granted true/false.",
+        "Decision",
+        "the decision and its reason",
+        (
+            _NODE_Q,
+            _param("key", "WireGuard public key (give key or address)", {"type": "string"}),
+            _param("address", "0x address (give key or address)", {"type": "string"}),
+            _param("at_block", "answer for this past block", {"type": "integer", "minimum": 0}),
+            _param(
+                "consistency",
+                "bounded (default): answered from the in-process copy, which reflects "
+                "every registry commit made 50 ms or more before; strict: never behind "
+                "the registry stage's last commit (one shared Redis round trip)",
+                {"type": "string", "enum": ["bounded", "strict"], "default": "bounded"},
+            ),
+        ),
+    ),
+    "/v1/nodes": _Read(
+        "Every node a token ever named, by id, in pages, with its host's state; the "
+        "filters of `wgchain nodes`.",
+        "NodeList",
+        "a page of nodes",
+        (
+            _param("after", "node id to start after", {"type": "string"}),
+            _param("limit", "page size", _LIMIT),
+            _param("live", "true: live members only; false: the others", {"type": "boolean"}),
+            _param("host_offline", "true: nodes whose host is not online", {"type": "boolean"}),
+            _param("owner", "tokens of this 0x address only", {"type": "string"}),
+            _param(
+                "search",
+                "text in the node id, address, key, owner or reason",
+                {"type": "string", "maxLength": 100},
+            ),
+        ),
+    ),
+    "/v1/nodes/{node}": _Read(
+        "One node: membership, key, address, owner, token, since-block, host status.",
+        "NodeDetail",
+        "the node",
+        (_NODE_P,),
+        named=True,
+    ),
+    "/v1/hosts": _Read(
+        "Every agent: applied position, lag, last apply, last error, endpoint.",
+        "HostList",
+        "the hosts",
+    ),
+    "/v1/issues": _Read(
+        "The current conflicts, anomalies and pending allocations, each with its cause.",
+        "IssueList",
+        "the issues",
+    ),
+    "/v1/events": _Read(
+        "The events log, in pages.",
+        "EventsPage",
+        "a page of entries",
+        (
+            _param("after", "stream id to start after (0-0: the start)", {"type": "string"}),
+            _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
+        ),
+    ),
+    "/v1/status": _Read(
+        "The fleet: listener, stages, every host's convergence, the current issues and the "
+        "problems, as `wgchain status --json` prints it.",
+        "FleetStatus",
+        "the status snapshot",
+    ),
+    "/v1/topology": _Read(
+        "Live members and hubs, and the tunnels between them.", "Topology", "the topology"
+    ),
+    "/v1/nodes/{node}/history": _Read(
+        "A node's story: every log entry that concerns it, with the resulting state.",
+        "NodeHistory",
+        "the timeline",
+        (_NODE_P, _param("limit", "newest rows", _LIMIT)),
+        named=True,
+    ),
+    "/v1/nodes/{node}/diagnosis": _Read(
+        "Why can't NODE connect? `wgchain diagnose NODE --json` (without the local tunnel): "
+        "findings from the registry, the pipeline, its host and the hosts that should carry "
+        "it, and a verdict with the next thing to look at.",
+        "Diagnosis",
+        "the diagnosis",
+        (_NODE_P,),
+    ),
+}
+
+
 def openapi(version: str, auth: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the API (schemas generated from the response structs)."""
     refs, components = msgspec.json.schema_components(_STRUCTS, ref_template=_REF)
@@ -194,8 +304,6 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
     denied = {"401": _json(error, "missing or wrong bearer token")} if auth else {}
     unavailable = {"503": _json(error, "Redis unreachable, or no data for this network")}
     not_named = {"404": _json(error, "no token ever named this node")}
-    node_q = _param("node", "node id", {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"})
-    node_p = _param("node", "node id", {"type": "string"}, required=True)
 
     def get(
         summary: str, ok: dict[str, Any], params: list[dict[str, Any]] | None = None, /, **more: Any
@@ -205,119 +313,31 @@ def openapi(version: str, auth: bool) -> dict[str, Any]:
             op["parameters"] = params
         return {"get": op}
 
-    def read(
-        summary: str,
-        ok: dict[str, Any],
-        params: list[dict[str, Any]] | None = None,
-        /,
-        *,
-        named: bool = False,
-    ) -> dict[str, Any]:
+    def read(r: _Read) -> dict[str, Any]:
         """A ``/v1`` read: 400 for a bad parameter (when it takes any), 404 for a node no
         token ever named (``named``), 503 while Redis is down or holds no data."""
-        more = {**(bad if params else {}), **(not_named if named else {}), **unavailable}
-        return get(summary, ok, params, **more)
+        more = {**(bad if r.params else {}), **(not_named if r.named else {}), **unavailable}
+        return get(r.summary, _json(ref[r.struct], r.answer), list(r.params), **more)
 
-    paths = {
-        "/v1/access": read(
-            "Access check: may KEY (or does ADDRESS) reach NODE? 200 with granted true/false.",
-            _json(ref["Decision"], "the decision and its reason"),
-            [
-                {**node_q, "required": True},
-                _param("key", "WireGuard public key (give key or address)", {"type": "string"}),
-                _param("address", "0x address (give key or address)", {"type": "string"}),
-                _param("at_block", "answer for this past block", {"type": "integer", "minimum": 0}),
-                _param(
-                    "consistency",
-                    "bounded (default): answered from the in-process copy, which reflects "
-                    "every registry commit made 50 ms or more before; strict: never behind "
-                    "the registry stage's last commit (one shared Redis round trip)",
-                    {"type": "string", "enum": ["bounded", "strict"], "default": "bounded"},
-                ),
-            ],
+    def probe(summary: str, struct: str, up: str, down: str) -> dict[str, Any]:
+        """A probe: 200 or 503 with the same body."""
+        answers = {"200": _json(ref[struct], up), "503": _json(ref[struct], down)}
+        return {"get": {"summary": summary, "responses": answers}}
+
+    paths = {path: read(r) for path, r in _READS.items()}
+    paths |= {
+        "/healthz": probe(
+            "This process works: Redis answers it and its registry follower runs.",
+            "Health",
+            "working",
+            "failing, with the reason",
         ),
-        "/v1/nodes": read(
-            "Every node a token ever named, by id, in pages, with its host's state; the "
-            "filters of `wgchain nodes`.",
-            _json(ref["NodeList"], "a page of nodes"),
-            [
-                _param("after", "node id to start after", {"type": "string"}),
-                _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 10000}),
-                _param("live", "true: live members only; false: the others", {"type": "boolean"}),
-                _param("host_offline", "true: nodes whose host is not online", {"type": "boolean"}),
-                _param("owner", "tokens of this 0x address only", {"type": "string"}),
-                _param(
-                    "search",
-                    "text in the node id, address, key, owner or reason",
-                    {"type": "string", "maxLength": 100},
-                ),
-            ],
+        "/readyz": probe(
+            "Nothing wrong with the pipeline: the problems `wgchain status` names.",
+            "Ready",
+            "ready",
+            "not ready",
         ),
-        "/v1/nodes/{node}": read(
-            "One node: membership, key, address, owner, token, since-block, host status.",
-            _json(ref["NodeDetail"], "the node"),
-            [node_p],
-            named=True,
-        ),
-        "/v1/hosts": read(
-            "Every agent: applied position, lag, last apply, last error, endpoint.",
-            _json(ref["HostList"], "the hosts"),
-        ),
-        "/v1/issues": read(
-            "The current conflicts, anomalies and pending allocations, each with its cause.",
-            _json(ref["IssueList"], "the issues"),
-        ),
-        "/v1/events": read(
-            "The events log, in pages.",
-            _json(ref["EventsPage"], "a page of entries"),
-            [
-                _param("after", "stream id to start after (0-0: the start)", {"type": "string"}),
-                _param("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 1000}),
-            ],
-        ),
-        "/v1/status": read(
-            "The fleet: listener, stages, every host's convergence, the current issues and the "
-            "problems, as `wgchain status --json` prints it.",
-            _json(ref["FleetStatus"], "the status snapshot"),
-        ),
-        "/v1/topology": read(
-            "Live members and hubs, and the tunnels between them.",
-            _json(ref["Topology"], "the topology"),
-        ),
-        "/v1/nodes/{node}/history": read(
-            "A node's story: every log entry that concerns it, with the resulting state.",
-            _json(ref["NodeHistory"], "the timeline"),
-            [
-                node_p,
-                _param("limit", "newest rows", {"type": "integer", "minimum": 1, "maximum": 10000}),
-            ],
-            named=True,
-        ),
-        "/v1/nodes/{node}/diagnosis": read(
-            "Why can't NODE connect? `wgchain diagnose NODE --json` (without the local tunnel): "
-            "findings from the registry, the pipeline, its host and the hosts that should carry "
-            "it, and a verdict with the next thing to look at.",
-            _json(ref["Diagnosis"], "the diagnosis"),
-            [node_p],
-        ),
-        "/healthz": {
-            "get": {
-                "summary": "This process works: Redis answers it and its registry follower runs.",
-                "responses": {
-                    "200": _json(ref["Health"], "working"),
-                    "503": _json(ref["Health"], "failing, with the reason"),
-                },
-            }
-        },
-        "/readyz": {
-            "get": {
-                "summary": "Nothing wrong with the pipeline: the problems `wgchain status` names.",
-                "responses": {
-                    "200": _json(ref["Ready"], "ready"),
-                    "503": _json(ref["Ready"], "not ready"),
-                },
-            }
-        },
         "/metrics": get(
             "Prometheus metrics of this process.",
             {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from consumers.status.model import HostInfo, Issue, ListenerInfo, Problem, StageInfo
+from shared.settings import DEFAULTS
 
 
 class Membership(msgspec.Struct, kw_only=True):
@@ -105,8 +106,8 @@ class Facts(msgspec.Struct, kw_only=True):
     #: Every host that reported or announced itself (the node's own among them, if any).
     hosts: list[HostInfo] = []
     #: Reconcile interval of agents that do not report theirs (seconds).
-    reconcile_interval: float = 30.0
-    topology: str = "mesh"
+    reconcile_interval: float = DEFAULTS.reconcile_interval
+    topology: str = DEFAULTS.topology
     hubs: list[str] = []
     #: The endpoint template of hosts that announce none ("" none).
     endpoint_template: str = ""

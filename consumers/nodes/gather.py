@@ -32,6 +32,7 @@ from consumers.status.snapshot import Snapshot
 from shared import lua
 from shared.keys import Keys
 from shared.redis_log import as_str
+from shared.settings import DEFAULTS
 from shared.validate import is_valid_wg_key, wg_key_problem
 
 #: Most ``peers`` entries examined looking for the newest one about a node.
@@ -80,7 +81,7 @@ def node_facts(
     fleet: FleetStatus,
     *,
     limits: Limits,
-    topology: str = "mesh",
+    topology: str = DEFAULTS.topology,
     hubs: Sequence[str] = (),
     endpoint_template: str = "",
     interface: str | None = None,

@@ -57,36 +57,31 @@ PROBLEM_CODES: Final = {
 }
 #: A host is stale after this many reconcile intervals without a report.
 STALE_INTERVALS: Final = 3
+_DEFAULT: Final = settings.DEFAULTS
 _RANK: Final = {OK: 0, WARNING: 1, CRITICAL: 2}
 
 
 class Limits(msgspec.Struct, frozen=True, kw_only=True):
-    """The thresholds (settings ``WGCHAIN_MAX_LAG``, ``..._MAX_LISTENER_LAG``, ...)."""
+    """The thresholds: each field is the setting of its name (``WGCHAIN_MAX_LAG``, ...), with
+    that setting's default."""
 
     #: Entries a stage may lag.
-    max_lag: int = 1000
+    max_lag: int = _DEFAULT.max_lag
     #: Final blocks the listener may have left to append.
-    max_listener_lag: int = 50
+    max_listener_lag: int = _DEFAULT.max_listener_lag
     #: Seconds an entry may wait for a stage or a host, and the listener between two looks.
-    max_lag_seconds: float = 60.0
+    max_lag_seconds: float = _DEFAULT.max_lag_seconds
     #: Reconcile interval assumed for agents that do not report theirs (seconds).
-    reconcile_interval: float = 30.0
+    reconcile_interval: float = _DEFAULT.reconcile_interval
     #: Seconds before its expiration that a pass is listed as expiring.
-    expiry_warning: float = settings.DEFAULT_EXPIRY_WARNING
+    expiry_warning: float = _DEFAULT.expiry_warning
     #: Seconds past its expiration before a pass counts as expired.
-    expiry_grace: float = settings.DEFAULT_EXPIRY_GRACE
+    expiry_grace: float = _DEFAULT.expiry_grace
 
     @classmethod
     def of(cls, cfg: Settings) -> Limits:
-        """The thresholds of the settings ``cfg``."""
-        return cls(
-            max_lag=cfg.max_lag,
-            max_listener_lag=cfg.max_listener_lag,
-            max_lag_seconds=cfg.max_lag_seconds,
-            reconcile_interval=cfg.reconcile_interval,
-            expiry_warning=cfg.expiry_warning,
-            expiry_grace=cfg.expiry_grace,
-        )
+        """The thresholds of the settings ``cfg`` (every field read from its setting)."""
+        return cls(**{name: getattr(cfg, name) for name in cls.__struct_fields__})
 
 
 def is_stale(host: HostInfo, now: float, default_interval: float) -> bool:

@@ -18,10 +18,12 @@ import redis
 from shared import lua
 from shared.keys import Keys
 from shared.redis_log import as_str
+from shared.settings import DEFAULTS
 from shared.validate import excerpt
 
-#: Final blocks behind after which an answer is said to be possibly stale.
-STALE_BLOCKS: Final = 50
+#: Final blocks behind after which an answer is said to be possibly stale (the default of
+#: ``WGCHAIN_MAX_LISTENER_LAG``, after which ``wgchain status`` says the listener lags).
+STALE_BLOCKS: Final = DEFAULTS.max_listener_lag
 #: Seconds an ``events`` entry may wait for the registry stage before answers may be stale.
 STALE_SECONDS: Final = 10.0
 

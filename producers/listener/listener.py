@@ -45,7 +45,7 @@ from shared.events import GENESIS_DIGEST, LogEntry, Retracted, sealed
 from shared.keys import Keys
 from shared.logs import log
 from shared.redis_log import keep_going
-from shared.settings import Settings
+from shared.settings import DEFAULTS, Settings
 
 #: Seconds the loop waits after the RPC endpoints all failed, before trying again.
 OUTAGE_WAIT: Final = 5.0
@@ -60,10 +60,10 @@ class ListenerConfig:
 
     chain_id: int
     contract: str
-    start_block: int = 0
-    confirmations: int = 2
-    max_block_range: int = 2000
-    poll_interval: float = 1.0
+    start_block: int = DEFAULTS.start_block
+    confirmations: int = DEFAULTS.confirmations
+    max_block_range: int = DEFAULTS.max_block_range
+    poll_interval: float = DEFAULTS.poll_interval
     #: Block tag (``safe``, ``finalized``) followed instead of ``head - confirmations``.
     finality_tag: str = ""
 

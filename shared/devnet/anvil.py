@@ -10,15 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import requests
 
-from shared.devnet.proc import ProcessService, free_port, wait_for
+from shared.devnet.proc import ProcessService, free_port, temp_workdir, wait_for
 from shared.errors import ChainError, ServiceUnavailable
 
 #: Root of the repository (holds ``.tools``).
@@ -84,16 +82,12 @@ class Anvil(ProcessService):
     chain_id: int = DEFAULT_CHAIN_ID
     #: Seconds between blocks (interval mining), or None to mine one block per transaction.
     block_time: float | None = None
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="wgchain-anvil-")))
-    proc: subprocess.Popen[bytes] | None = None
+    workdir: Path = field(default_factory=temp_workdir("anvil"))
+    log_name: ClassVar[str] = "anvil.log"
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "anvil.log"
 
     def start(self) -> Anvil:
         binary = anvil_binary()
@@ -117,9 +111,7 @@ class Anvil(ProcessService):
         ]  # fmt: skip
         if self.block_time is not None:
             args += ["--block-time", str(self.block_time)]
-        with open(self.log_path, "ab") as log_file:
-            self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
-        proc = self.proc
+        proc = self._spawn(args)
 
         def settled() -> bool:
             """True once anvil answers (or exits: a port taken meanwhile)."""

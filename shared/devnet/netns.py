@@ -19,13 +19,12 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final
 
-from shared.devnet.proc import stop_process, wait_for
+from shared.devnet.proc import stop_process, temp_workdir, wait_for
 from shared.errors import ServiceUnavailable
 
 #: Directory of wireguard-go's control sockets (shared by all namespaces).
@@ -187,7 +186,7 @@ class Lab:
 
     prefix: str = ""
     subnet: str = "192.168.77.0/24"
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="wgchain-lab-")))
+    workdir: Path = field(default_factory=temp_workdir("lab"))
     keep_workdir: bool = False
     lab_id: str = field(default_factory=lambda: secrets.token_hex(3))
     hosts: list[Host] = field(default_factory=list)

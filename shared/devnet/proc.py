@@ -7,10 +7,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import ClassVar, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -57,17 +58,35 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
         pass
 
 
+def temp_workdir(name: str) -> Callable[[], Path]:
+    """What makes a fresh temporary folder ``wgchain-<name>-...`` (a work folder's default)."""
+    return lambda: Path(tempfile.mkdtemp(prefix=f"wgchain-{name}-"))
+
+
 class ProcessService:
     """A service process we started, with its own work folder: stopped by pid, folder removed.
 
-    Subclasses (dataclasses) define ``proc``, ``workdir`` and ``start()``.
+    Subclasses (dataclasses) define ``workdir``, ``log_name`` and ``start()``.
     """
 
-    proc: subprocess.Popen[bytes] | None
+    #: The running process (None: not started, or stopped).
+    proc: subprocess.Popen[bytes] | None = None
     workdir: Path
+    #: Its log file in :attr:`workdir` (standard output and error).
+    log_name: ClassVar[str]
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / self.log_name
 
     def start(self) -> Self:
         raise NotImplementedError
+
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        """Start ``args`` as :attr:`proc`, its output appended to :attr:`log_path`."""
+        with open(self.log_path, "ab") as log_file:
+            self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        return self.proc
 
     def stop(self) -> None:
         if self.proc is not None:

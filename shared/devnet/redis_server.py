@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import redis
 
-from shared.devnet.proc import ProcessService, free_port, wait_for
+from shared.devnet.proc import ProcessService, free_port, temp_workdir, wait_for
 from shared.errors import ServiceUnavailable
 
 
@@ -42,8 +41,8 @@ class RedisServer(ProcessService):
     appendonly: bool = False
     #: The redis-server to run ("" = :func:`redis_server_binary`).
     binary: str = ""
-    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="wgchain-redis-")))
-    proc: subprocess.Popen[bytes] | None = None
+    workdir: Path = field(default_factory=temp_workdir("redis"))
+    log_name: ClassVar[str] = "redis.log"
 
     @property
     def url(self) -> str:
@@ -71,8 +70,7 @@ class RedisServer(ProcessService):
             "--appendonly", "yes" if self.appendonly else "no",
             "--protected-mode", "no",
         ]  # fmt: skip
-        with open(self.workdir / "redis.log", "ab") as log_file:
-            self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        self._spawn(args)
         client = redis.Redis.from_url(self.url)
         try:
             wait_for(client.ping, timeout=10, what=f"redis-server on port {self.port}")

@@ -6,19 +6,17 @@ exactly what the registry stage has committed when it asks.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import redis
+from factories import KEY_A, KEY_B, KEY_C, catch_up, clean_env, devnet_settings, wgchain
 
 from consumers.access.checker import AccessChecker, InvalidArgument
 from consumers.access.decide import Decision
@@ -39,14 +37,9 @@ from shared.events import (
     to_fields,
 )
 from shared.keys import Keys
-from shared.settings import Settings, load
+from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
-
-KEY_A = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-KEY_B = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-KEY_C = "UqU1QmDsBJtH6tNRZF4EKDx+9sQKPGKnhuS4EhHaL3M="
-WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 
 
 @dataclass
@@ -59,8 +52,7 @@ class Net:
 
     def append(self) -> None:
         """The listener appends everything final (confirmations 0)."""
-        while self.listener.step():
-            pass
+        catch_up(self.listener)
 
     def fold(self) -> None:
         """The registry stage commits everything appended."""
@@ -74,16 +66,7 @@ class Net:
 
 @pytest.fixture
 def net(anvil: Anvil, nft: AccessNFT, redis_server: RedisServer) -> Iterator[Net]:
-    cfg = load(
-        {
-            "redis_url": redis_server.url,
-            "rpc_url": anvil.url,
-            "contract": nft.address,
-            "chain_id": anvil.chain_id,
-            "confirmations": 0,
-        },
-        environ={},
-    )
+    cfg = devnet_settings(anvil, nft, redis_server)
     client = redis.Redis.from_url(redis_server.url)
     listener = open_listener(cfg, client)
     try:
@@ -329,16 +312,12 @@ def test_a_kept_answer_does_not_outlive_the_pass(net: Net, nft: AccessNFT) -> No
 
 
 def _check(net: Net, *args: str, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
-    env = {
-        **clean,
-        "WGCHAIN_REDIS_URL": redis_url or net.cfg.redis_url,
-        "WGCHAIN_CHAIN_ID": str(net.cfg.chain_id),
-        "WGCHAIN_CONTRACT": net.cfg.contract,
-    }
-    return subprocess.run(
-        [WGCHAIN, "check", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    env = clean_env(
+        WGCHAIN_REDIS_URL=redis_url or net.cfg.redis_url,
+        WGCHAIN_CHAIN_ID=str(net.cfg.chain_id),
+        WGCHAIN_CONTRACT=net.cfg.contract,
     )
+    return wgchain(env, "check", *args)
 
 
 def _one_line(res: subprocess.CompletedProcess[str]) -> str:

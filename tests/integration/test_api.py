@@ -21,6 +21,7 @@ import pytest
 import redis
 import requests
 from conftest import require
+from factories import KEY_B, KEY_C
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.agent.agent import Agent, AgentConfig
@@ -41,8 +42,6 @@ from shared.settings import Settings, load
 pytestmark = pytest.mark.integration
 
 TOKEN = "s3cret-token"
-KEY_B = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-KEY_R = "UqU1QmDsBJtH6tNRZF4EKDx+9sQKPGKnhuS4EhHaL3M="
 WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 ROUTES = {
     "/v1/access",
@@ -126,7 +125,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         key_a = generate_private_key_file(key_file)
         minted_a = nft.mint(ACCOUNTS[1][0], "node-a", key_a)
         nft.mint(ACCOUNTS[2][0], "node-b", KEY_B)
-        nft.revoke(nft.mint(ACCOUNTS[3][0], "node-c", KEY_R).token_id or 0)
+        nft.revoke(nft.mint(ACCOUNTS[3][0], "node-c", KEY_C).token_id or 0)
         listener = open_listener(cfg, client)
         stages: list[Stage[Any]] = [
             Stage(client, keys, FOLD),
@@ -223,7 +222,7 @@ def test_access(world: World) -> None:
     assert granted.json()["reason"] == "granted"
     denied = world.get("/v1/access", node="node-a", key=KEY_B).json()
     assert (denied["granted"], denied["reason"]) == (False, "key-mismatch")
-    assert world.get("/v1/access", node="node-c", key=KEY_R).json()["reason"] == "revoked"
+    assert world.get("/v1/access", node="node-c", key=KEY_C).json()["reason"] == "revoked"
     assert world.get("/v1/access", node="node-a", address=ACCOUNTS[1][0]).json()["granted"]
     other = world.get("/v1/access", node="node-a", address=ACCOUNTS[2][0]).json()
     assert other["reason"] == "not-owner"
@@ -258,22 +257,22 @@ def test_access_rejects_bad_parameters(world: World, params: dict[str, str], par
 
 
 def test_a_revoke_is_visible_as_soon_as_the_registry_commits(world: World) -> None:
-    token = world.nft.mint(ACCOUNTS[4][0], "node-r", KEY_R).token_id or 0
+    token = world.nft.mint(ACCOUNTS[4][0], "node-r", KEY_C).token_id or 0
     world.settle()
     # strict: a bounded answer may still be up to its bound older than the stage's commit
-    assert world.get("/v1/access", node="node-r", key=KEY_R, consistency="strict").json()["granted"]
+    assert world.get("/v1/access", node="node-r", key=KEY_C, consistency="strict").json()["granted"]
     world.nft.revoke(token)
     while world.listener.step():
         pass
     registry = world.stages[0]
     while registry.step(block_ms=None):
         pass
-    after = world.get("/v1/access", node="node-r", key=KEY_R, consistency="strict").json()
+    after = world.get("/v1/access", node="node-r", key=KEY_C, consistency="strict").json()
     assert (after["granted"], after["reason"]) == (False, "revoked")
     assert after["position"] == registry.position
     # bounded (the default): within 50 ms of the commit at the latest
     wait_for(
-        lambda: world.get("/v1/access", node="node-r", key=KEY_R).json()["reason"] == "revoked",
+        lambda: world.get("/v1/access", node="node-r", key=KEY_C).json()["reason"] == "revoked",
         timeout=10,
         what="a bounded answer denying the revoked node",
     )

@@ -11,17 +11,27 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import pytest
 import redis
+from factories import (
+    KEY_A,
+    KEY_B,
+    KEY_C,
+    KEY_D,
+    WGCHAIN,
+    Pipeline,
+    clean_env,
+    devnet_env,
+    devnet_settings,
+    running_pipeline,
+    wgchain,
+)
 from rq import Queue, Worker
 from rq.registry import FinishedJobRegistry
 
@@ -50,15 +60,8 @@ from shared.events import (
     to_fields,
 )
 from shared.keys import Keys
-from shared.runner import run_stages
-from shared.settings import Settings, load
 
-WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 POOL = "10.77.0.0/24"
-KEY_A = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-KEY_A2 = "mE/bTz+EyX3K7Pyd0jIxyaG8kzpH4mW1cvGYnzqpbG0="
-KEY_B = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-KEY_C = "UqU1QmDsBJtH6tNRZF4EKDx+9sQKPGKnhuS4EhHaL3M="
 #: Entries of the scenario: key of C, grant a, grant b, re-key a's owner, transfer, revoke.
 EVENTS = 6
 
@@ -73,37 +76,14 @@ return #ARGV / 4
 
 
 @dataclass
-class World:
-    cfg: Settings
-    keys: Keys
-    client: redis.Redis
-    stop: threading.Event
-    thread: threading.Thread
-    env: dict[str, str]
+class World(Pipeline):
+    env: dict[str, str] = field(default_factory=dict)
 
     def audit(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [WGCHAIN, "audit", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    def halt(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
+        return wgchain(self.env, "audit", *args, timeout=120)
 
     def events(self) -> list[tuple[str, dict[bytes, bytes]]]:
         return [(i.decode(), f) for i, f in self.client.xrange(self.keys.events)]
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
-    env.update(extra)
-    return env
 
 
 def _scenario(nft: AccessNFT) -> None:
@@ -111,7 +91,7 @@ def _scenario(nft: AccessNFT) -> None:
     nft.with_signer(k3).set_key(KEY_C)
     token = nft.mint(a1, "node-a", KEY_A).token_id
     nft.mint(a2, "node-b", KEY_B)
-    nft.with_signer(k1).set_key(KEY_A2)
+    nft.with_signer(k1).set_key(KEY_D)
     nft.with_signer(k1).transfer(token or 0, a3)
     nft.revoke(token or 0)
 
@@ -128,39 +108,13 @@ def _settled(client: redis.Redis, keys: Keys) -> bool:
 
 @pytest.fixture
 def world(anvil: Anvil, nft: AccessNFT, redis_server: RedisServer) -> Iterator[World]:
-    cfg = load(
-        {
-            "redis_url": redis_server.url,
-            "rpc_url": anvil.url,
-            "contract": nft.address,
-            "chain_id": anvil.chain_id,
-            "confirmations": 0,
-            "poll_interval": 0.05,
-            "pool": POOL,
-        },
-        environ={},
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=run_stages, args=(cfg, stop), daemon=True)
-    thread.start()
-    client = redis.Redis.from_url(redis_server.url)
-    keys = cfg.keys()
-    env = _clean_env(
-        WGCHAIN_REDIS_URL=redis_server.url,
-        WGCHAIN_RPC_URL=anvil.url,
-        WGCHAIN_CONTRACT=nft.address,
-        WGCHAIN_CHAIN_ID=str(anvil.chain_id),
-        WGCHAIN_POOL=POOL,
-    )
-    w = World(cfg, keys, client, stop, thread, env)
-    try:
+    cfg = devnet_settings(anvil, nft, redis_server, poll_interval=0.05, pool=POOL)
+    env = devnet_env(anvil, nft, redis_server, WGCHAIN_POOL=POOL)
+    with running_pipeline(cfg) as p:
+        w = World(p.cfg, p.keys, p.client, p.stop, p.thread, env)
         _scenario(nft)
-        wait_for(lambda: _settled(client, keys), timeout=60, what="the pipeline to fold it all")
+        wait_for(lambda: _settled(w.client, w.keys), timeout=60, what="the pipeline to fold it all")
         yield w
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        client.close()
 
 
 def _rewrite(client: redis.Redis, stream: str, entries: list[tuple[str, object]]) -> None:
@@ -301,7 +255,7 @@ def test_replay_history_and_export_across_a_retraction(redis_server: RedisServer
     )
     registry = [from_fields(f) for _, f in client.xrange(keys.registry)]
     assert any(isinstance(e, Retracted) for e in registry), "the live stage retracted outputs"
-    env = _clean_env(
+    env = clean_env(
         WGCHAIN_REDIS_URL=redis_server.url,
         WGCHAIN_CONTRACT=CONTRACT,
         WGCHAIN_CHAIN_ID="31337",
@@ -309,10 +263,7 @@ def test_replay_history_and_export_across_a_retraction(redis_server: RedisServer
     )
 
     def audit(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [WGCHAIN, "audit", *args], env=env, capture_output=True, text=True, timeout=120,
-            check=False,
-        )  # fmt: skip
+        return wgchain(env, "audit", *args, timeout=120)
 
     try:
         res = audit("replay", "--wait", "0")
@@ -356,7 +307,7 @@ def test_history_of_a_node_across_grant_rekey_transfer_revoke(world: World):
     assert states[0] | {"tokens": None} == {
         "live": True, "reason": "", "token": 1, "owner": a1, "key": KEY_A, "tokens": None,
     }  # fmt: skip
-    assert (states[1]["key"], states[1]["owner"], states[1]["live"]) == (KEY_A2, a1, True)
+    assert (states[1]["key"], states[1]["owner"], states[1]["live"]) == (KEY_D, a1, True)
     assert (states[2]["key"], states[2]["owner"], states[2]["live"]) == (KEY_C, a3, True)
     assert states[3] == {"live": False, "reason": "no active token", "tokens": {"1": "revoked"}}
     for row in rows:
@@ -529,14 +480,12 @@ def test_export_jsonl_and_csv_parse_back(world: World, tmp_path: Path):
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args: list[str]):
-    env = _clean_env(
+    env = clean_env(
         WGCHAIN_REDIS_URL="redis://127.0.0.1:9/0",
         WGCHAIN_CONTRACT="0x" + "12" * 20,
         WGCHAIN_CHAIN_ID="31337",
     )
-    res = subprocess.run(
-        [WGCHAIN, "audit", *args], env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    res = wgchain(env, "audit", *args)
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr

@@ -8,18 +8,14 @@ a thread; the audit commands run as ``wgchain`` processes. Block timestamps are 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import redis
-from factories import wg_key
+from factories import devnet_env, devnet_settings, running_pipeline, wg_key, wgchain
 
 from consumers.audit.entries import utc
 from consumers.audit.views import check_views
@@ -30,12 +26,9 @@ from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.keys import Keys
-from shared.runner import run_stages
-from shared.settings import load
 
 pytestmark = pytest.mark.integration
 
-WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 DAY = 86_400
 ALICE, ALICE_KEY = ACCOUNTS[1]
 BOB = ACCOUNTS[2][0]
@@ -52,14 +45,7 @@ class World:
     times: dict[str, int]
 
     def audit(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [WGCHAIN, "audit", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return wgchain(self.env, "audit", *args, timeout=120)
 
 
 def _at(anvil: Anvil, when: int) -> int:
@@ -69,30 +55,17 @@ def _at(anvil: Anvil, when: int) -> int:
 
 @pytest.fixture
 def world(anvil: Anvil, nft: AccessNFT, redis_server: RedisServer) -> Iterator[World]:
-    cfg = load(
-        {
-            "redis_url": redis_server.url,
-            "rpc_url": anvil.url,
-            "contract": nft.address,
-            "chain_id": anvil.chain_id,
-            "confirmations": 0,
-            "poll_interval": 0.05,
-            "pool": "10.77.0.0/24",
-        },
-        environ={},
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=run_stages, args=(cfg, stop), daemon=True)
-    thread.start()
-    client = redis.Redis.from_url(redis_server.url)
-    keys = cfg.keys()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
-    env.update(
-        WGCHAIN_REDIS_URL=redis_server.url,
-        WGCHAIN_RPC_URL=anvil.url,
-        WGCHAIN_CONTRACT=nft.address,
-        WGCHAIN_CHAIN_ID=str(anvil.chain_id),
-    )
+    cfg = devnet_settings(anvil, nft, redis_server, poll_interval=0.05, pool="10.77.0.0/24")
+    with running_pipeline(cfg) as pipeline:
+        yield _scenario(
+            anvil, nft, pipeline.client, cfg.keys(), devnet_env(anvil, nft, redis_server)
+        )
+
+
+def _scenario(
+    anvil: Anvil, nft: AccessNFT, client: redis.Redis, keys: Keys, env: dict[str, str]
+) -> World:
+    """Mints, renewals and a cancel at pinned times, folded by the running pipeline."""
     t0 = int(time.time()) + 1_000
     times = {"mint": _at(anvil, t0)}
     nft.mint(ALICE, "node-a", wg_key(1), duration=30 * DAY)  # token 1: 1 grant + 1 update
@@ -116,13 +89,8 @@ def world(anvil: Anvil, nft: AccessNFT, redis_server: RedisServer) -> Iterator[W
             and client.get(keys.position("registry")) == last[0][0]
         )
 
-    try:
-        wait_for(settled, timeout=60, what="the pipeline to fold the scenario")
-        yield w
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        client.close()
+    wait_for(settled, timeout=60, what="the pipeline to fold the scenario")
+    return w
 
 
 def test_history_shows_the_subscription_renewals_cancellation_and_expiry(world: World) -> None:

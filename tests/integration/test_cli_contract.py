@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from factories import KEY_A
 
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
@@ -18,7 +19,6 @@ pytestmark = pytest.mark.integration
 
 WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 (OWNER, OWNER_KEY), (ALICE, ALICE_KEY), (BOB, _) = ACCOUNTS[:3]
-KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 ZERO_KEY = "A" * 43 + "="
 
 
@@ -53,8 +53,8 @@ def sent(anvil: Anvil) -> tuple[int, int]:
         (["set-key", ZERO_KEY], ALICE_KEY, "KEY", "is the all-zero key"),
         (["set-key", ""], ALICE_KEY, "KEY", "a WireGuard public key must not be empty"),
         (["mint", "--to", ALICE, "--node", "node-x", "--key", "xyz"], OWNER_KEY, "--key", "'xyz' is not a WireGuard public key"),
-        (["mint", "--to", ALICE, "--node", "bad node!", "--key", KEY], OWNER_KEY, "--node", "'bad node!' is not a node id"),
-        (["mint", "--to", ALICE, "--node", "a\n[Peer]", "--key", KEY], OWNER_KEY, "--node", r"'a\\n[Peer]' is not a node id"),
+        (["mint", "--to", ALICE, "--node", "bad node!", "--key", KEY_A], OWNER_KEY, "--node", "'bad node!' is not a node id"),
+        (["mint", "--to", ALICE, "--node", "a\n[Peer]", "--key", KEY_A], OWNER_KEY, "--node", r"'a\\n[Peer]' is not a node id"),
         (["mint", "--to", ALICE, "--node", "x" * 65], OWNER_KEY, "--node", "65 characters long"),
     ],
     ids=lambda v: " ".join(v)[:30] if isinstance(v, list) else None,
@@ -100,11 +100,11 @@ def test_force_sends_it_anyway(nft: AccessNFT, anvil: Anvil) -> None:
 def test_every_json_output_is_complete(nft: AccessNFT, anvil: Anvil) -> None:
     minted = json.loads(
         contract(
-            nft, anvil, "mint", "--to", ALICE, "--node", "node-a", "--key", KEY, "--json"
+            nft, anvil, "mint", "--to", ALICE, "--node", "node-a", "--key", KEY_A, "--json"
         ).stdout
     )
     assert minted["token_id"] == 1
-    assert (minted["node"], minted["owner"], minted["key"]) == ("node-a", ALICE, KEY)
+    assert (minted["node"], minted["owner"], minted["key"]) == ("node-a", ALICE, KEY_A)
     assert minted["events"] == ["Transfer", "NodeAccessGranted"]
 
     other = "YmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmJiYmI="

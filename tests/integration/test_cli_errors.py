@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 import pytest
+from factories import KEY_A
 
 from shared import cli, clidoc, shutdown
 from shared.devnet.proc import free_port, wait_for
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.integration
 WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 CONTRACT = "0x" + "12" * 20
 SIGNER = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's, public
-KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 PASSWORD = "hunter2-secret"
 COMMANDS = sorted(ep.name for ep in entry_points(group="wgchain.commands"))
 
@@ -33,7 +33,7 @@ USES_REDIS: dict[str, list[str]] = {
     "api": ["api"],
     "audit": ["audit", "replay"],
     "backfill": ["backfill"],
-    "check": ["check", "--node", "n", "--key", KEY],
+    "check": ["check", "--node", "n", "--key", KEY_A],
     "deadletters": ["deadletters", "list"],
     "demo": ["demo", "--file-only"],
     "deadletters retry": ["deadletters", "retry", "--all"],
@@ -52,7 +52,7 @@ WAITS_FOR_REDIS = {"agent", "api", "ipam", "listen", "registry", "run", "worker"
 #: Commands that need the chain before anything else.
 USES_RPC: dict[str, list[str]] = {
     "contract deploy": ["contract", "deploy", "--private-key", SIGNER],
-    "contract mint": ["contract", "mint", "--to", CONTRACT, "--node", "n", "--key", KEY,
+    "contract mint": ["contract", "mint", "--to", CONTRACT, "--node", "n", "--key", KEY_A,
                       "--private-key", SIGNER],
 }  # fmt: skip
 

@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +27,15 @@ import msgspec
 import pytest
 import redis
 import requests
+from factories import (
+    KEY_A,
+    WGCHAIN,
+    catch_up,
+    clean_env,
+    devnet_env,
+    devnet_settings,
+    wgchain,
+)
 
 from producers.listener.lease import Lease
 from producers.listener.listener import open_listener
@@ -38,28 +45,10 @@ from shared.devnet.proc import free_port, stop_process, wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.events import Conflict, Retracted, from_fields, to_fields
 from shared.keys import Keys
-from shared.settings import load
 
 pytestmark = pytest.mark.integration
 
-WGCHAIN = str(Path(sys.executable).parent / "wgchain")
-KEY_X = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-KEY_Y = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
 OTHER_CONTRACT = "0x" + "77" * 20
-
-
-def base_env(**more: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
-    env.update(more)
-    return env
-
-
-def wgchain(
-    env: dict[str, str], *args: str, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [WGCHAIN, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
 
 
 def healthz(port: int) -> tuple[int, dict[str, Any]]:
@@ -105,11 +94,10 @@ def test_a_process_started_while_redis_is_down_waits_for_it(
 ) -> None:
     server = RedisServer(port=free_port())  # not started yet
     port = free_port()
-    env = base_env(
-        WGCHAIN_REDIS_URL=server.url,
-        WGCHAIN_RPC_URL=anvil.url,
-        WGCHAIN_CONTRACT=nft.address,
-        WGCHAIN_CHAIN_ID=str(anvil.chain_id),
+    env = devnet_env(
+        anvil,
+        nft,
+        server,
         WGCHAIN_LEASE_TTL="3",
         WGCHAIN_POLL_INTERVAL="0.2",
     )
@@ -138,7 +126,7 @@ def test_the_api_starts_while_redis_is_down_and_answers_once_it_is_back(
 ) -> None:
     server = RedisServer(port=free_port())
     listen = f"127.0.0.1:{free_port()}"
-    env = base_env(
+    env = clean_env(
         WGCHAIN_REDIS_URL=server.url,
         WGCHAIN_CONTRACT=nft.address,
         WGCHAIN_CHAIN_ID=str(anvil.chain_id),
@@ -153,7 +141,7 @@ def test_the_api_starts_while_redis_is_down_and_answers_once_it_is_back(
         )
         assert down.status_code == 503
         assert "Redis unreachable" in down.json()["reason"]
-        access = requests.get(url + "/v1/access", params={"node": "n", "key": KEY_X}, timeout=5)
+        access = requests.get(url + "/v1/access", params={"node": "n", "key": KEY_A}, timeout=5)
         assert access.status_code == 503
         server.start()
         wait_for(
@@ -161,7 +149,7 @@ def test_the_api_starts_while_redis_is_down_and_answers_once_it_is_back(
             timeout=30,
             what="/healthz 200",
         )
-        access = requests.get(url + "/v1/access", params={"node": "n", "key": KEY_X}, timeout=5)
+        access = requests.get(url + "/v1/access", params={"node": "n", "key": KEY_A}, timeout=5)
         assert access.status_code == 503  # Redis answers, but holds nothing for this network
         assert "no data for network" in access.json()["error"]
         assert proc.proc.poll() is None
@@ -176,16 +164,15 @@ def test_a_head_below_the_cursor_is_an_error_that_repeats_and_a_failing_health(
     anvil: Anvil, nft: AccessNFT, redis_server: RedisServer, tmp_path: Path, procs: list[Proc]
 ) -> None:
     for i in range(3):
-        nft.mint(ACCOUNTS[1 + i][0], f"node-{i}", KEY_X)
+        nft.mint(ACCOUNTS[1 + i][0], f"node-{i}", KEY_A)
     anvil.mine(5)
     head = anvil.block_number()
     keys = Keys(anvil.chain_id, nft.address.lower())
     port = free_port()
-    env = base_env(
-        WGCHAIN_REDIS_URL=redis_server.url,
-        WGCHAIN_RPC_URL=anvil.url,
-        WGCHAIN_CONTRACT=nft.address,
-        WGCHAIN_CHAIN_ID=str(anvil.chain_id),
+    env = devnet_env(
+        anvil,
+        nft,
+        redis_server,
         WGCHAIN_CONFIRMATIONS="0",
         WGCHAIN_POLL_INTERVAL="0.2",
     )
@@ -226,23 +213,13 @@ def test_a_head_below_the_cursor_is_an_error_that_repeats_and_a_failing_health(
 def test_a_block_replaced_at_the_same_height_is_retracted_on_the_next_poll(
     anvil: Anvil, nft: AccessNFT, redis_server: RedisServer
 ) -> None:
-    cfg = load(
-        {
-            "redis_url": redis_server.url,
-            "rpc_url": anvil.url,
-            "contract": nft.address,
-            "chain_id": anvil.chain_id,
-            "confirmations": 0,
-        },
-        environ={},
-    )
+    cfg = devnet_settings(anvil, nft, redis_server)
     client = redis.Redis.from_url(redis_server.url)
     listener = open_listener(cfg, client)
     try:
         anvil.mine(2)
-        orphan = nft.mint(ACCOUNTS[1][0], "node-x", KEY_X)
-        while listener.step():
-            pass
+        orphan = nft.mint(ACCOUNTS[1][0], "node-x", KEY_A)
+        catch_up(listener)
         assert listener.cursor is not None
         assert listener.cursor.block == anvil.block_number() == orphan.block_number
         events: Any = client.xrange(cfg.keys().events)
@@ -256,8 +233,7 @@ def test_a_block_replaced_at_the_same_height_is_retracted_on_the_next_poll(
         assert retracted
         assert all(isinstance(r, Retracted) for r in retracted)
         assert orphan_id.decode() in {r.entry_id for r in retracted}  # type: ignore[union-attr]
-        while listener.step():
-            pass
+        catch_up(listener)
         assert listener.step() == 0  # the replaced block holds no log: nothing more
     finally:
         listener.rpc.close()
@@ -270,29 +246,18 @@ def test_a_block_replaced_at_the_same_height_is_retracted_on_the_next_poll(
 def test_status_check_exit_codes_name_each_problem(
     anvil: Anvil, nft: AccessNFT, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    cfg = load(
-        {
-            "redis_url": redis_server.url,
-            "rpc_url": anvil.url,
-            "contract": nft.address,
-            "chain_id": anvil.chain_id,
-            "confirmations": 0,
-        },
-        environ={},
-    )
+    cfg = devnet_settings(anvil, nft, redis_server)
     keys = cfg.keys()
     client = redis.Redis.from_url(redis_server.url)
-    env = base_env(
-        WGCHAIN_REDIS_URL=redis_server.url,
-        WGCHAIN_RPC_URL=anvil.url,
-        WGCHAIN_CONTRACT=nft.address,
-        WGCHAIN_CHAIN_ID=str(anvil.chain_id),
+    env = devnet_env(
+        anvil,
+        nft,
+        redis_server,
     )
     listener = open_listener(cfg, client)
     try:
-        nft.mint(ACCOUNTS[1][0], "node-a", KEY_X)
-        while listener.step():
-            pass
+        nft.mint(ACCOUNTS[1][0], "node-a", KEY_A)
+        catch_up(listener)
         lease = Lease(client, keys, "listener-1", 60)
         assert lease.acquire()
 
@@ -324,7 +289,7 @@ def test_status_check_exit_codes_name_each_problem(
         none = wgchain(env, "status", "--check")
         assert none.returncode == 2
         assert "CRITICAL no-lease: no listener holds the lease" in none.stdout
-        note = wgchain(env, "check", "--node", "node-a", "--key", KEY_X)
+        note = wgchain(env, "check", "--node", "node-a", "--key", KEY_A)
         assert "this answer may be stale: no listener holds the lease" in note.stderr
 
         wrong = {**env, "WGCHAIN_CONTRACT": OTHER_CONTRACT}
@@ -334,7 +299,7 @@ def test_status_check_exit_codes_name_each_problem(
             nodata.stdout
         )
         assert f"Redis has data for {anvil.chain_id}:{nft.address.lower()}" in nodata.stdout
-        denied = wgchain(wrong, "check", "--node", "node-a", "--key", KEY_X)
+        denied = wgchain(wrong, "check", "--node", "node-a", "--key", KEY_A)
         assert denied.returncode == 3  # no answer, not "not-a-member"
         assert "no data for network" in denied.stderr
         assert "not-a-member" not in denied.stdout + denied.stderr
@@ -421,7 +386,7 @@ def silent_rpc() -> Iterator[str]:
 def test_timeout_bounds_one_shot_commands_against_a_silent_rpc(
     argv: list[str], silent_rpc: str, redis_server: RedisServer
 ) -> None:
-    env = base_env(
+    env = clean_env(
         WGCHAIN_REDIS_URL=redis_server.url,
         WGCHAIN_RPC_URL=silent_rpc,
         WGCHAIN_CONTRACT=OTHER_CONTRACT,
@@ -451,7 +416,7 @@ def _listening(port: int) -> set[str]:
 def test_metrics_bind_loopback_unless_told_otherwise(
     redis_server: RedisServer, tmp_path: Path, procs: list[Proc]
 ) -> None:
-    env = base_env(
+    env = clean_env(
         WGCHAIN_REDIS_URL=redis_server.url,
         WGCHAIN_CONTRACT=OTHER_CONTRACT,
         WGCHAIN_CHAIN_ID="31337",

@@ -14,7 +14,6 @@ import json
 import re
 import secrets
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 import redis
 from eth_abi import encode
 from eth_utils.crypto import keccak
+from factories import devnet_settings, running_pipeline
 from web3 import Web3
 
 from consumers.agent.keys import generate_private_key_file
@@ -34,8 +34,6 @@ from shared.devnet.proc import wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.events import Anomaly, NodeJoined, PeerUpsert, from_fields, to_fields
 from shared.logs import log
-from shared.runner import run_stages
-from shared.settings import load
 from shared.validate import is_valid_wg_key
 
 pytestmark = pytest.mark.e2e
@@ -179,42 +177,28 @@ def test_hostile_strings_are_rejected_recorded_and_never_reach_files_argv_or_log
     messages: list[str],
 ) -> None:
     anvil.rpc("evm_setBlockGasLimit", [hex(500_000_000)])
-    cfg = load(
-        {
-            "redis_url": redis_server.url,
-            "rpc_url": anvil.url,
-            "contract": nft.address,
-            "chain_id": anvil.chain_id,
-            "confirmations": 0,
-            "poll_interval": 0.05,
-        },
-        environ={},
-    )
+    cfg = devnet_settings(anvil, nft, redis_server, poll_interval=0.05)
     keys = cfg.keys()
     client = redis.Redis.from_url(redis_server.url)
-    stop = threading.Event()
-    pipeline = threading.Thread(target=run_stages, args=(cfg, stop), daemon=True)
-    pipeline.start()
-
-    host: Host = lab.add_host("hostile")
-    host.start_wireguard()
-    recorder = Recorder(tmp_path / "rec")
-    path = recorder.install()
-    key_file = tmp_path / "a.key"
-    public_a = generate_private_key_file(key_file)
-    public_b = generate_private_key_file(tmp_path / "b.key")
-    conf_dir = tmp_path / "conf"
-    agent = host.start_agent(
-        node="node-a",
-        redis_url=redis_server.unix_url,
-        chain_id=keys.chain_id,
-        contract=keys.contract,
-        private_key_file=key_file,
-        listen_port=51820,
-        config_dir=conf_dir,
-        env={"PATH": path, "WGCHAIN_RECONCILE_INTERVAL": "1", "WGCHAIN_LOG_LEVEL": "DEBUG"},
-    )
-    try:
+    with running_pipeline(cfg):  # stopped, and checked stopped, at the end of the block
+        host: Host = lab.add_host("hostile")
+        host.start_wireguard()
+        recorder = Recorder(tmp_path / "rec")
+        path = recorder.install()
+        key_file = tmp_path / "a.key"
+        public_a = generate_private_key_file(key_file)
+        public_b = generate_private_key_file(tmp_path / "b.key")
+        conf_dir = tmp_path / "conf"
+        agent = host.start_agent(
+            node="node-a",
+            redis_url=redis_server.unix_url,
+            chain_id=keys.chain_id,
+            contract=keys.contract,
+            private_key_file=key_file,
+            listen_port=51820,
+            config_dir=conf_dir,
+            env={"PATH": path, "WGCHAIN_RECONCILE_INTERVAL": "1", "WGCHAIN_LOG_LEVEL": "DEBUG"},
+        )
         nft.mint(ACCOUNTS[1][0], "node-a", public_a)
         nft.mint(ACCOUNTS[2][0], "node-b", public_b)
         first_hostile = 3
@@ -259,10 +243,6 @@ def test_hostile_strings_are_rejected_recorded_and_never_reach_files_argv_or_log
 
         wait_for(settled, timeout=DEADLINE, interval=0.2, what="the agent applied everything")
         wait_for(lambda: public_b in host.exec(["wg", "show", host.ifname]).stdout, timeout=10)
-    finally:
-        stop.set()
-        pipeline.join(timeout=30)
-    assert not pipeline.is_alive()
 
     # rejected and recorded: every hostile token is an anomaly, never a member
     registry = [from_fields(f) for _, f in client.xrange(keys.registry)]  # type: ignore[union-attr]

@@ -11,19 +11,18 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import requests
 from eth_utils.crypto import keccak
+from factories import WGCHAIN, catch_up, clean_env, log_entries, make_listener, rpc
 
 from producers.listener import ahead as ahead_module
 from producers.listener import listener as listener_module
-from producers.listener.listener import Listener, ListenerConfig, open_listener
+from producers.listener.listener import open_listener
 from producers.listener.store import Cursor, ListenerStore
 from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
@@ -31,7 +30,7 @@ from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import free_port, stop_process, wait_for
 from shared.devnet.redis_server import RedisServer
 from shared.errors import ChainError, CommitConflict, Fenced
-from shared.events import GENESIS_DIGEST, LogEntry, from_fields
+from shared.events import GENESIS_DIGEST, LogEntry
 from shared.keys import Keys
 from shared.settings import Settings
 
@@ -45,18 +44,9 @@ SIGNATURES = {
 }
 TOPICS = {"0x" + keccak(text=sig).hex(): name for sig, name in SIGNATURES.items()}
 KEYS = [f"{chr(65 + i)}" * 43 + "=" for i in range(8)]
-WGCHAIN = Path(sys.executable).parent / "wgchain"
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def rpc(url: str, method: str, params: list[Any]) -> Any:
-    reply = requests.post(
-        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=30
-    ).json()
-    assert "error" not in reply, reply
-    return reply["result"]
 
 
 def scan(url: str, contract: str, to_block: int) -> list[tuple[int, int, str]]:
@@ -85,15 +75,6 @@ def xrange(client: redis.Redis, key: str) -> list[tuple[bytes, dict[bytes, bytes
     return list(raw)
 
 
-def stream(client: redis.Redis, keys: Keys) -> list[LogEntry]:
-    entries = []
-    for _, fields in xrange(client, keys.events):
-        entry = from_fields(fields)
-        assert isinstance(entry, LogEntry)
-        entries.append(entry)
-    return entries
-
-
 def positions(entries: list[LogEntry]) -> list[tuple[int, int, str]]:
     return [(e.block_number, e.log_index, e.tx_hash) for e in entries]
 
@@ -106,31 +87,6 @@ def assert_chain(entries: list[LogEntry], cursor: Cursor | None) -> None:
         prev = entry.digest
     assert cursor is not None
     assert cursor.digest == prev
-
-
-def make_listener(
-    client: redis.Redis,
-    url: str,
-    contract: str,
-    *,
-    confirmations: int = 0,
-    max_block_range: int = 3,
-) -> Listener:
-    chain_id = int(rpc(url, "eth_chainId", []), 16)
-    keys = Keys(chain_id, contract.lower())
-    cfg = ListenerConfig(
-        chain_id=chain_id,
-        contract=contract,
-        confirmations=confirmations,
-        max_block_range=max_block_range,
-        poll_interval=0.05,
-    )
-    return Listener(RpcClient([url], retry_seconds=10), ListenerStore(client, keys), cfg)
-
-
-def catch_up(listener: Listener) -> None:
-    while listener.step():
-        pass
 
 
 def keys_of(anvil: Anvil, nft: AccessNFT) -> Keys:
@@ -163,7 +119,7 @@ def test_stream_equals_independent_scan_and_web3_decoding(
 
     head = anvil.block_number()
     keys = keys_of(anvil, nft)
-    entries = stream(redis_client, keys)
+    entries = log_entries(redis_client, keys)
     expected = scan(anvil.url, nft.address, head)
     assert len(expected) == 6  # 3 grants, a key update, a transfer, a revoke
     assert positions(entries) == expected
@@ -216,13 +172,13 @@ def test_no_duplicates_when_caught_up_and_stepped_again(
     some_history(nft)
     listener = make_listener(redis_client, anvil.url, nft.address, max_block_range=100)
     catch_up(listener)
-    first = positions(stream(redis_client, keys_of(anvil, nft)))
+    first = positions(log_entries(redis_client, keys_of(anvil, nft)))
     assert listener.step() == 0
     # A fresh listener (a restart) continues from the cursor, it does not re-append.
     again = make_listener(redis_client, anvil.url, nft.address)
     nft.mint(ACCOUNTS[4][0], "delta", KEYS[3])
     catch_up(again)
-    after = positions(stream(redis_client, keys_of(anvil, nft)))
+    after = positions(log_entries(redis_client, keys_of(anvil, nft)))
     assert after[: len(first)] == first
     assert after == scan(anvil.url, nft.address, anvil.block_number())
     assert len(after) == len(set(after)) == len(first) + 1
@@ -246,7 +202,7 @@ def test_a_large_read_is_committed_in_parts_of_whole_blocks(
 
     listener.store.commit = counted  # type: ignore[method-assign]
     assert listener.step() == 0, "a lost race ends the step; the first part stays committed"
-    first = stream(redis_client, keys_of(anvil, nft))
+    first = log_entries(redis_client, keys_of(anvil, nft))
     assert len(first) == commits[0][1] == 2
     cursor = listener.store.load_cursor()
     assert cursor is not None
@@ -255,7 +211,7 @@ def test_a_large_read_is_committed_in_parts_of_whole_blocks(
     assert listener.cursor == cursor, "reloaded after the lost race"
 
     catch_up(listener)
-    entries = stream(redis_client, keys_of(anvil, nft))
+    entries = log_entries(redis_client, keys_of(anvil, nft))
     assert positions(entries) == scan(anvil.url, nft.address, anvil.block_number())
     assert_chain(entries, listener.store.load_cursor())
     parts = [n for _, n in commits[2:]]
@@ -273,18 +229,18 @@ def test_confirmations_hold_back_the_last_blocks(
     minted = nft.mint(ACCOUNTS[1][0], "alpha", KEYS[0])
     catch_up(listener)
     keys = keys_of(anvil, nft)
-    assert stream(redis_client, keys) == []
+    assert log_entries(redis_client, keys) == []
     cursor = listener.store.load_cursor()
     assert cursor is not None
     assert cursor.block == anvil.block_number() - confirmations
 
     anvil.mine(confirmations - 1)
     catch_up(listener)
-    assert stream(redis_client, keys) == []
+    assert log_entries(redis_client, keys) == []
 
     anvil.mine(1)
     catch_up(listener)
-    entries = stream(redis_client, keys)
+    entries = log_entries(redis_client, keys)
     assert [e.block_number for e in entries] == [minted.block_number]
     assert entries[0].tx_hash == minted.tx_hash.lower()
 
@@ -299,9 +255,9 @@ def test_run_loop_appends_new_events_and_stops(
     try:
         keys = keys_of(anvil, nft)
         nft.mint(ACCOUNTS[1][0], "alpha", KEYS[0])
-        wait_for(lambda: len(stream(redis_client, keys)) == 1, timeout=20, what="first entry")
+        wait_for(lambda: len(log_entries(redis_client, keys)) == 1, timeout=20, what="first entry")
         nft.mint(ACCOUNTS[2][0], "beta", KEYS[1])
-        wait_for(lambda: len(stream(redis_client, keys)) == 2, timeout=20, what="second entry")
+        wait_for(lambda: len(log_entries(redis_client, keys)) == 2, timeout=20, what="second entry")
     finally:
         stop.set()
         thread.join(timeout=20)
@@ -330,7 +286,7 @@ def test_commit_conflict_when_the_cursor_moved(
     assert second.cursor == first.cursor
     catch_up(second)
     catch_up(first)
-    entries = stream(redis_client, keys)
+    entries = log_entries(redis_client, keys)
     expected = [p for p in scan(anvil.url, nft.address, anvil.block_number()) if p[0] >= 2]
     assert positions(entries) == expected
 
@@ -390,7 +346,7 @@ def test_undecodable_logs_are_dead_lettered_not_dropped(
     listener = make_listener(redis_client, anvil.url, emitter, max_block_range=2)
     catch_up(listener)
     keys = Keys(anvil.chain_id, emitter.lower())
-    entries = stream(redis_client, keys)
+    entries = log_entries(redis_client, keys)
     assert [e.event.token_id for e in entries] == [1, 4]  # type: ignore[union-attr]
     assert [getattr(e.event, "node_id", None) for e in entries] == ["node", "\ufffd"]
     assert_chain(entries, listener.store.load_cursor())
@@ -415,7 +371,7 @@ def test_rpc_fails_over_to_the_next_url_and_checks_the_chain_id(
     listener = open_listener(cfg, redis_client, RpcClient(cfg.rpc_urls, retry_seconds=20))
     assert listener.cfg.chain_id == anvil.chain_id
     catch_up(listener)
-    assert len(stream(redis_client, keys_of(anvil, nft))) == 1
+    assert len(log_entries(redis_client, keys_of(anvil, nft))) == 1
     wrong = Settings(rpc_url=anvil.url, contract=nft.address, chain_id=8453)
     with pytest.raises(ChainError, match="8453"):
         open_listener(wrong, redis_client)
@@ -426,7 +382,7 @@ def test_rpc_fails_over_to_the_next_url_and_checks_the_chain_id(
 
 def _spawn(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as out:
-        return subprocess.Popen([str(WGCHAIN), "listen"], env=env, stdout=out, stderr=out)
+        return subprocess.Popen([WGCHAIN, "listen"], env=env, stdout=out, stderr=out)
 
 
 def test_sigkill_at_any_moment_loses_and_duplicates_nothing(
@@ -444,8 +400,7 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(
         anvil.mine(rng.randint(0, 25))
     head = anvil.block_number()
     keys = keys_of(anvil, nft)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WGCHAIN_")}
-    env.update(
+    env = clean_env(
         WGCHAIN_REDIS_URL=redis_server.url,
         WGCHAIN_RPC_URL=anvil.url,
         WGCHAIN_CONTRACT=nft.address,
@@ -485,7 +440,7 @@ def test_sigkill_at_any_moment_loses_and_duplicates_nothing(
     finally:
         stop_process(proc)
 
-    entries = stream(redis_client, keys)
+    entries = log_entries(redis_client, keys)
     expected = scan(anvil.url, nft.address, head)
     assert len(expected) == 24 + 4
     got = positions(entries)

@@ -14,17 +14,13 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 from eth_utils.crypto import keccak
-from factories import wg_key
+from factories import catch_up, log_entries, make_listener, rpc, wg_key
 
-from producers.listener.listener import Listener, ListenerConfig
-from producers.listener.store import ListenerStore
-from shared.chain.rpc import RpcClient
 from shared.contract.client import AccessNFT
 from shared.devnet.anvil import ACCOUNTS, Anvil
 from shared.devnet.proc import wait_for
-from shared.events import LogEntry, NodeAccessGranted, SubscriptionUpdate, from_fields
+from shared.events import LogEntry, NodeAccessGranted, SubscriptionUpdate
 from shared.keys import Keys
 
 pytestmark = pytest.mark.integration
@@ -36,14 +32,6 @@ _EMITTER_INIT = "6014600c60003960146000f3" + _EMITTER_RUNTIME
 #: The same with LOG1 (topic0 only): a SubscriptionUpdate without its token topic.
 _EMITTER1_RUNTIME = "366000600037600035602036036020a100"
 _EMITTER1_INIT = "6011600c60003960116000f3" + _EMITTER1_RUNTIME
-
-
-def rpc(url: str, method: str, params: list[Any]) -> Any:
-    reply = requests.post(
-        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=30
-    ).json()
-    assert "error" not in reply, reply
-    return reply["result"]
 
 
 def word(n: int) -> str:
@@ -63,20 +51,10 @@ def send(url: str, to: str | None, data: str) -> dict[str, Any]:
 
 
 def listen(client: redis.Redis, url: str, contract: str) -> tuple[Keys, list[LogEntry]]:
-    chain_id = int(rpc(url, "eth_chainId", []), 16)
-    keys = Keys(chain_id, contract.lower())
-    cfg = ListenerConfig(
-        chain_id=chain_id, contract=contract, confirmations=0, max_block_range=3, poll_interval=0.05
-    )
-    listener = Listener(RpcClient([url], retry_seconds=10), ListenerStore(client, keys), cfg)
-    while listener.step():
-        pass
-    entries = []
-    for _, fields in client.xrange(keys.events):  # type: ignore[union-attr]
-        entry = from_fields(fields)
-        assert isinstance(entry, LogEntry)
-        entries.append(entry)
-    return keys, entries
+    listener = make_listener(client, url, contract)
+    catch_up(listener)
+    keys = listener.store.keys
+    return keys, log_entries(client, keys)
 
 
 def test_the_contracts_subscription_updates_reach_the_events_stream_in_chain_order(

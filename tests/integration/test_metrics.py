@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from factories import KEY_C
 from prometheus_client.parser import text_string_to_metric_families
 
 from consumers.agent.keys import generate_private_key_file
@@ -25,7 +26,6 @@ from shared.keys import Keys
 pytestmark = pytest.mark.integration
 
 DEADLINE = 60.0
-KEY_3 = "UqU1QmDsBJtH6tNRZF4EKDx+9sQKPGKnhuS4EhHaL3M="
 Sample = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -125,8 +125,8 @@ def test_run_and_agent_serve_metrics_that_follow_the_pipeline(
     key2 = generate_private_key_file(tmp_path / "node-2.key")
     nft.mint(ACCOUNTS[1][0], "node-1", pub1)
     nft.mint(ACCOUNTS[2][0], "node-2", key2)
-    nft.mint(ACCOUNTS[3][0], "node-3", KEY_3)
-    nft.mint(ACCOUNTS[4][0], "node-4", KEY_3)  # the same key as node-3: a conflict
+    nft.mint(ACCOUNTS[3][0], "node-3", KEY_C)
+    nft.mint(ACCOUNTS[4][0], "node-4", KEY_C)  # the same key as node-3: a conflict
     head = anvil.block_number()
     redis_client.xadd(keys.events, {"v": "1", "type": "Nonsense", "data": "{}"})  # poison
 

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+from factories import KEY_B
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
@@ -38,7 +39,6 @@ from shared.settings import Settings, load
 pytestmark = pytest.mark.integration
 
 WGCHAIN = str(Path(sys.executable).parent / "wgchain")
-KEY_X = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
 
 
 @dataclass
@@ -126,9 +126,9 @@ def test_nodes_lists_every_node_with_its_host_and_the_current_issues(net: Net) -
     key_a = generate_private_key_file(net.tmp / "a.key")
     key_b = generate_private_key_file(net.tmp / "b.key")  # node-b's host: not its chain key
     nft.mint(owners[0], "node-a", key_a)
-    nft.mint(owners[1], "node-b", KEY_X)
+    nft.mint(owners[1], "node-b", KEY_B)
     nft.mint(owners[2], "node-c", "")  # no key
-    nft.mint(owners[3], "node-d", KEY_X)  # node-b's key: a conflict, node-b keeps it
+    nft.mint(owners[3], "node-d", KEY_B)  # node-b's key: a conflict, node-b keeps it
     nft.revoke(nft.mint(owners[4], "node-e", key_b).token_id or 0)
     nft.mint(owners[5], "node-g", generate_private_key_file(net.tmp / "g.key"))  # pool full
     net.settle()
@@ -204,10 +204,10 @@ def test_diagnose_answers_why_a_node_cannot_connect(net: Net) -> None:
     key_a = generate_private_key_file(net.tmp / "a.key")
     key_b = generate_private_key_file(net.tmp / "b.key")
     nft.mint(owners[0], "node-a", key_a)
-    minted_b = nft.mint(owners[1], "node-b", KEY_X)  # its host has key_b: fails closed
+    minted_b = nft.mint(owners[1], "node-b", KEY_B)  # its host has key_b: fails closed
     nft.mint(owners[2], "node-c", "")
-    nft.mint(owners[3], "node-d", KEY_X)
-    nft.revoke(nft.mint(owners[4], "node-e", KEY_X).token_id or 0)
+    nft.mint(owners[3], "node-d", KEY_B)
+    nft.revoke(nft.mint(owners[4], "node-e", KEY_B).token_id or 0)
     net.settle()
     assert Lease(net.client, net.cfg.keys(), "listener-x", 3600).acquire()
     agent_a = net.agent("node-a", net.tmp / "a.key")
@@ -221,7 +221,7 @@ def test_diagnose_answers_why_a_node_cannot_connect(net: Net) -> None:
     b = verdict("node-b")
     assert b["code"] == "key-mismatch"
     assert f"its own key is {key_b}" in b["message"]
-    assert KEY_X in b["message"]
+    assert KEY_B in b["message"]
     assert f"wgchain contract set-key {key_b}" in b["next"]
     assert verdict("node-c")["code"] == "no-key"
     d = verdict("node-d")
@@ -287,7 +287,7 @@ def test_nodes_reads_do_not_grow_with_history(redis_server: RedisServer) -> None
     stage = Stage(client, keys, FOLD)
     prev = GENESIS_DIGEST
     for i in range(3):  # three members, folded by the real stage
-        event = NodeAccessGranted(i + 1, f"node-{i}", f"0x{i + 1:040x}", KEY_X if i == 0 else "")
+        event = NodeAccessGranted(i + 1, f"node-{i}", f"0x{i + 1:040x}", KEY_B if i == 0 else "")
         entry = LogEntry(31337, keys.contract, i + 1, f"0x{i:064x}", "0x01", 0, i, event)
         entry = entry.with_digest(prev)
         prev = entry.digest
@@ -300,7 +300,7 @@ def test_nodes_reads_do_not_grow_with_history(redis_server: RedisServer) -> None
         pipe = client.pipeline(transaction=False)
         for i in range(history):  # entries every stage has long applied
             pipe.xadd(
-                keys.peers, to_fields(PeerUpsert(f"n{i}", KEY_X, "10.0.0.1", "1-0", "1-0", 1))
+                keys.peers, to_fields(PeerUpsert(f"n{i}", KEY_B, "10.0.0.1", "1-0", "1-0", 1))
             )
             pipe.xadd(keys.registry, {"v": "1", "type": "Nonsense", "data": "{}"})
         pipe.execute()

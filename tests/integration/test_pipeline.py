@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import threading
 from collections.abc import Iterator
 
 import msgspec
 import pytest
 import redis
+from factories import KEY_A, KEY_B, KEY_C, KEY_D, decoded, devnet_settings, running_pipeline
 
 from consumers.ipam import allocate
 from consumers.registry import fold as registry_fold
@@ -24,54 +24,23 @@ from shared.events import (
     NodeLeft,
     PeerRemove,
     PeerUpsert,
-    from_fields,
 )
 from shared.keys import Keys
-from shared.runner import run_stages
-from shared.settings import Settings, load
-
-KEY_A = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-KEY_B = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-KEY_B2 = "mE/bTz+EyX3K7Pyd0jIxyaG8kzpH4mW1cvGYnzqpbG0="
-KEY_C = "UqU1QmDsBJtH6tNRZF4EKDx+9sQKPGKnhuS4EhHaL3M="
+from shared.settings import Settings
 
 
 @pytest.fixture
 def pipeline(
     anvil: Anvil, nft: AccessNFT, redis_server: RedisServer
 ) -> Iterator[tuple[Settings, redis.Redis]]:
-    cfg = load(
-        {
-            "redis_url": redis_server.url,
-            "rpc_url": anvil.url,
-            "contract": nft.address,
-            "chain_id": anvil.chain_id,
-            "confirmations": 0,
-            "poll_interval": 0.05,
-            "pool": "10.77.0.0/24",
-        },
-        environ={},
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=run_stages, args=(cfg, stop), daemon=True)
-    thread.start()
-    client = redis.Redis.from_url(redis_server.url)
-    try:
-        yield cfg, client
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-        client.close()
-    assert not thread.is_alive()
-
-
-def _entries(client: redis.Redis, stream: str) -> list[tuple[str, object]]:
-    return [(i.decode(), from_fields(f)) for i, f in client.xrange(stream)]
+    cfg = devnet_settings(anvil, nft, redis_server, poll_interval=0.05, pool="10.77.0.0/24")
+    with running_pipeline(cfg) as running:
+        yield cfg, running.client
 
 
 def _upserts(client: redis.Redis, keys: Keys) -> dict[str, PeerUpsert]:
     out: dict[str, PeerUpsert] = {}
-    for _, e in _entries(client, keys.peers):
+    for _, e in decoded(client, keys.peers):
         if isinstance(e, PeerUpsert):
             out[e.node_id] = e
         elif isinstance(e, PeerRemove):
@@ -107,18 +76,18 @@ def test_chain_to_peers(pipeline, nft):
     assert live["node-a"].public_key == KEY_A
 
     nft.with_signer(c_key).set_key(KEY_C)  # node-c becomes live through its owner's key
-    nft.with_signer(b_key).set_key(KEY_B2)  # node-b re-keyed, keeps its address
+    nft.with_signer(b_key).set_key(KEY_D)  # node-b re-keyed, keeps its address
     nft.with_signer(ACCOUNTS[1][1]).transfer(1, ACCOUNTS[9][0])  # to a keyless owner
     nft.revoke(tok_c or 0)
 
     final = wait_for(
-        peers_when(lambda u: set(u) == {"node-b"} and u["node-b"].public_key == KEY_B2),
+        peers_when(lambda u: set(u) == {"node-b"} and u["node-b"].public_key == KEY_D),
         timeout=30,
         what="only node-b left, with its new key",
     )
     assert final["node-b"].ipv4 == live["node-b"].ipv4  # sticky across the key change
 
-    registry = _entries(client, keys.registry)
+    registry = decoded(client, keys.registry)
     kinds = [(type(e).__name__, getattr(e, "node_id", "")) for _, e in registry]
     assert ("NodeJoined", "node-c") in kinds
     assert ("NodeChanged", "node-b") in kinds
@@ -132,7 +101,7 @@ def test_chain_to_peers(pipeline, nft):
             assert e.node_id != "../etc"
 
     # every output names its cause, and the streams equal a clean fold of the events
-    events = _entries(client, keys.events)
+    events = decoded(client, keys.events)
     event_ids = {i for i, _ in events}
     assert all(getattr(e, "cause", None) in event_ids for _, e in registry)
     _, expected_registry = registry_fold.fold((i, e) for i, e in events if isinstance(e, LogEntry))
@@ -141,6 +110,6 @@ def test_chain_to_peers(pipeline, nft):
     ]
     ipam = allocate.IpamFold.from_settings(cfg)
     _, expected_peers = allocate.fold(registry, ipam=ipam)
-    assert [msgspec.json.encode(e) for _, e in _entries(client, keys.peers)] == [
+    assert [msgspec.json.encode(e) for _, e in decoded(client, keys.peers)] == [
         msgspec.json.encode(e) for e in expected_peers
     ]

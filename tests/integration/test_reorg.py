@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from factories import KEY_A, KEY_B
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
@@ -32,9 +33,6 @@ from shared.runner import run_stages
 from shared.settings import Settings, load
 
 pytestmark = pytest.mark.integration
-
-KEY_X = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-KEY_Y = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
 
 
 def settings(anvil: Anvil, nft: AccessNFT, redis_server: RedisServer, margin: int) -> Settings:
@@ -118,12 +116,12 @@ def test_shallow_reorg_within_the_margin_publishes_nothing_orphaned(
     keys = cfg.keys()
     client = redis.Redis.from_url(redis_server.url)
     running.start(run_stages, cfg)
-    nft.mint(ACCOUNTS[1][0], "node-w", KEY_X)
+    nft.mint(ACCOUNTS[1][0], "node-w", KEY_A)
     anvil.mine(3)
     wait_for(lambda: "node-w" in live_nodes(client, keys), timeout=30, what="node-w appended")
 
-    orphan = nft.mint(ACCOUNTS[2][0], "node-x", KEY_Y)  # at the head: inside the margin
-    anvil.rpc("anvil_reorg", [2, [[mint_call(nft, ACCOUNTS[3][0], "node-y", KEY_Y), 0]]])
+    orphan = nft.mint(ACCOUNTS[2][0], "node-x", KEY_B)  # at the head: inside the margin
+    anvil.rpc("anvil_reorg", [2, [[mint_call(nft, ACCOUNTS[3][0], "node-y", KEY_B), 0]]])
     anvil.mine(4)
     head = anvil.block_number()
     wait_for(
@@ -168,10 +166,10 @@ def test_deep_reorg_retracts_and_every_consumer_converges(
     conf = agent_cfg.config_path
 
     nft.mint(ACCOUNTS[1][0], "node-a", own_public)
-    orphan = nft.mint(ACCOUNTS[2][0], "node-x", KEY_X)
+    orphan = nft.mint(ACCOUNTS[2][0], "node-x", KEY_A)
     anvil.mine(3)  # node-x's block is now 4 deep: deeper than the margin
     wait_for(
-        lambda: conf.exists() and KEY_X in conf.read_text(),
+        lambda: conf.exists() and KEY_A in conf.read_text(),
         timeout=30,
         what="the agent peering with node-x",
     )
@@ -180,12 +178,12 @@ def test_deep_reorg_retracts_and_every_consumer_converges(
     )
 
     # Replace the last 4 blocks: node-x's grant is gone, node-y's is in its place.
-    anvil.rpc("anvil_reorg", [4, [[mint_call(nft, ACCOUNTS[3][0], "node-y", KEY_Y), 0]]])
+    anvil.rpc("anvil_reorg", [4, [[mint_call(nft, ACCOUNTS[3][0], "node-y", KEY_B), 0]]])
     anvil.mine(2)
     head = anvil.block_number()
 
     wait_for(
-        lambda: KEY_Y in conf.read_text() and KEY_X not in conf.read_text(),
+        lambda: KEY_B in conf.read_text() and KEY_A not in conf.read_text(),
         timeout=30,
         what="the agent peering with node-y instead of node-x",
     )
@@ -203,7 +201,7 @@ def test_deep_reorg_retracts_and_every_consumer_converges(
         assert entry.prev == prev
         assert entry.digest_ok()
         prev = entry.digest
-    assert live_nodes(client, keys) == {"node-a": own_public, "node-y": KEY_Y}
+    assert live_nodes(client, keys) == {"node-a": own_public, "node-y": KEY_B}
 
     registry_live = REGISTRY.load(
         {k.decode(): v for k, v in client.hgetall(keys.state("registry")).items()}  # type: ignore[union-attr]

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis
+from factories import KEY_B, KEY_C
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.desired import Policy
@@ -33,8 +34,6 @@ from shared.settings import load
 
 pytestmark = pytest.mark.integration
 
-KEY_B = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-KEY_C = "UqU1QmDsBJtH6tNRZF4EKDx+9sQKPGKnhuS4EhHaL3M="
 WGCHAIN = str(Path(sys.executable).parent / "wgchain")
 
 

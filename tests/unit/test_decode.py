@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from eth_abi.abi import encode
 from eth_utils.crypto import keccak
+from factories import KEY_A
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -24,7 +25,6 @@ from shared.events import (
 
 OWNER = "0x70997970c51812dc3a010c7d01b50e0d17dc79c8"
 OTHER = "0x3c44cdddb6a900fa2b585dd299e03d12fa4293bc"
-KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 BLOCK_HASH = "0x" + "ab" * 32
 TX_HASH = "0x" + "cd" * 32
 CONTRACT = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -79,10 +79,10 @@ def test_topic_hashes_are_the_keccak_of_the_design_signatures(signature: str, to
 
 
 def test_decodes_granted() -> None:
-    data = hexdata(encode(["string", "string"], ["node-1", KEY]))
+    data = hexdata(encode(["string", "string"], ["node-1", KEY_A]))
     event = decode_event(granted_topics(2**256 - 1), data)
     assert event == NodeAccessGranted(
-        token_id=2**256 - 1, node_id="node-1", owner=OWNER, public_key=KEY
+        token_id=2**256 - 1, node_id="node-1", owner=OWNER, public_key=KEY_A
     )
 
 
@@ -114,7 +114,7 @@ def test_decodes_key_updated_with_empty_and_long_strings() -> None:
 
 
 def test_decode_log_builds_the_entry_without_digest() -> None:
-    data = hexdata(encode(["string", "string"], ["n", KEY]))
+    data = hexdata(encode(["string", "string"], ["n", KEY_A]))
     entry = decode_log(raw_log(granted_topics(), data), chain_id=8453, timestamp=1_700_000_000)
     assert entry == LogEntry(
         chain_id=8453,
@@ -124,7 +124,7 @@ def test_decode_log_builds_the_entry_without_digest() -> None:
         tx_hash=TX_HASH,
         log_index=3,
         block_timestamp=1_700_000_000,
-        event=NodeAccessGranted(token_id=7, node_id="n", owner=OWNER, public_key=KEY),
+        event=NodeAccessGranted(token_id=7, node_id="n", owner=OWNER, public_key=KEY_A),
     )
     assert entry.digest == ""
 
@@ -141,7 +141,7 @@ def _word(value: int) -> bytes:
     return value.to_bytes(32, "big")
 
 
-GOOD = encode(["string", "string"], ["node-1", KEY])
+GOOD = encode(["string", "string"], ["node-1", KEY_A])
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ GOOD = encode(["string", "string"], ["node-1", KEY])
         pytest.param([decode.REVOKED, t_uint(1)], None, "hex", id="data-null"),
         pytest.param(
             [decode.KEY_UPDATED, "0x" + "ff" * 32],
-            hexdata(encode(["string"], [KEY])),
+            hexdata(encode(["string"], [KEY_A])),
             "not an address",
             id="address-high-bytes",
         ),
@@ -299,9 +299,9 @@ def test_the_fast_path_decodes_what_the_careful_path_decodes(
 
 
 def test_the_fast_path_takes_well_formed_logs() -> None:
-    data = hexdata(encode(["string", "string"], ["node-1", KEY]))
+    data = hexdata(encode(["string", "string"], ["node-1", KEY_A]))
     event = decode._decode_well_formed(granted_topics(), data)
-    assert event == NodeAccessGranted(token_id=7, node_id="node-1", owner=OWNER, public_key=KEY)
+    assert event == NodeAccessGranted(token_id=7, node_id="node-1", owner=OWNER, public_key=KEY_A)
 
 
 # --- ERC-5643 SubscriptionUpdate(uint256 indexed tokenId, uint64 expiration) ---------------

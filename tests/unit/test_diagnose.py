@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from factories import KEY_A, KEY_B, KEY_C
 
 from consumers.nodes.diagnose import diagnose
 from consumers.nodes.facts import Facts, Membership, PeersEntry, Tunnel, TunnelPeer
@@ -15,9 +16,6 @@ from consumers.status.model import HostInfo, Issue, ListenerInfo, Problem, Stage
 from shared import reasons
 
 NOW = 1_700_000_000.0
-KEY_A = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-KEY_B = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
-KEY_C = "UqU1QmDsBJtH6tNRZF4EKDx+9sQKPGKnhuS4EhHaL3M="
 OWNER = "0x" + "ab" * 20
 ENTRY = "1700000000000-5"
 

@@ -4,6 +4,7 @@ current issues the registry and ipam folds keep (with their causes)."""
 from __future__ import annotations
 
 import pytest
+from factories import KEY_A, KEY_B
 
 from consumers.ipam.allocate import PENDING_ISSUES_FIELD, IpamFold
 from consumers.ipam.allocate import fold as ipam_fold
@@ -29,8 +30,6 @@ from shared.events import (
 )
 from shared.logs import log
 
-KEY_A = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
-KEY_B = "HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw="
 NOW = 1_800_000_000.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from factories import KEY_A
 from rich.console import Console
 
 from consumers.api.schemas import NodeSummary
@@ -11,7 +12,6 @@ from consumers.status.model import HostInfo, Issue
 from shared import reasons
 
 NOW = 1_700_000_000.0
-KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 A, B = "0x" + "ab" * 20, "0x" + "cd" * 20
 LONG = "n" * 64  # the longest node id: shown whole
 
@@ -19,7 +19,7 @@ LONG = "n" * 64  # the longest node id: shown whole
 def summaries() -> list[NodeSummary]:
     return [
         NodeSummary(node="node-a", member=True, live=True, reason="", token_id=1, owner=A,
-                    public_key=KEY, ipv4="10.88.0.2"),
+                    public_key=KEY_A, ipv4="10.88.0.2"),
         NodeSummary(node="node-b", member=True, live=False, reason="no-key", token_id=2, owner=B),
         NodeSummary(node="node-c", member=False, live=False, reason="revoked"),
         NodeSummary(node=LONG, member=True, live=True, reason="", token_id=4, owner=B,
@@ -67,7 +67,7 @@ def test_filters() -> None:
     assert names(owner=B.upper().replace("0X", "0x")) == ["node-b", LONG]
     assert names(search="10.88.0.4") == [LONG]
     assert names(search="NO-KEY") == ["node-b"]
-    assert names(search=KEY[:10]) == ["node-a"]
+    assert names(search=KEY_A[:10]) == ["node-a"]
     assert names(live=True, host_offline=True) == [LONG]
 
 
@@ -90,7 +90,7 @@ def test_the_table_cuts_nothing_and_shows_expiry_only_when_known() -> None:
     console.print(render_nodes(report, now=NOW))
     text = console.export_text()
     assert LONG in text
-    assert KEY in text
+    assert KEY_A in text
     assert A in text
     assert "{1:0x" + "12" * 20 + "}" in text
     assert "no: no-key" in text
