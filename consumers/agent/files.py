@@ -94,8 +94,9 @@ def _rotate(path: str, backups: int) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.replace(f"{path}.{i}", f"{path}.{i + 1}")
     newest = f"{path}.1"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(newest)
+    if backups == 1:  # (otherwise it has just moved up)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(newest)
     try:
         os.link(path, newest)
     except FileNotFoundError:
