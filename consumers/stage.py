@@ -7,7 +7,8 @@ dead letters in one Lua call (``StageStore.commit``). Killing it at any instant
 and restarting gives the same result as never killing it.
 
 A batch is folded and committed in chunks, the commit of one chunk running (on a writer
-thread) while the next is folded. Beside this loop: ``stage_retract.py`` (deep reorgs),
+thread) while the next is folded; after a full batch, the next is read (on a reader thread)
+while this one folds. Beside this loop: ``stage_retract.py`` (deep reorgs),
 ``stage_redrive.py`` (re-driven dead letters), ``stage_reads.py`` (the scans they need).
 """
 
@@ -34,6 +35,7 @@ from shared.logs import brief, log
 from shared.redis_log import (
     START,
     Batch,
+    Entry,
     StageStore,
     as_str,
     keep_going,
@@ -88,6 +90,10 @@ class Stage(Generic[S]):
         self.retry_position = START
         #: The thread commits run on (made at the first commit).
         self._writer: ThreadPoolExecutor | None = None
+        #: The thread that reads the next batch while this one folds (made at the first).
+        self._reader: ThreadPoolExecutor | None = None
+        #: The read of the next batch under way: (the position it reads after, count, entries).
+        self._ahead: tuple[str, int, Future[list[Entry]]] | None = None
         #: Called with the state after each step of :meth:`run` (e.g. a clock-driven warning).
         self.after_step: Callable[[S], object] | None = None
         self.position, self.state = self._load()
@@ -108,6 +114,7 @@ class Stage(Generic[S]):
 
             return self.fold.load(fold_fields())
 
+        self._ahead = None  # read after a position this state may not be at
         position, state = self.store.load_with(build)
         self.retry_position = as_str(retry[-1]) if retry else START
         return position, state
@@ -148,13 +155,34 @@ class Stage(Generic[S]):
         with collector_paused():
             return self._step(block_ms, count)
 
+    def _read(self, block_ms: int | None, count: int) -> list[Entry]:
+        """The entries after the position: the read ahead's if it read from there, and then the
+        read of the batch after them starts (when this one is full, more input is waiting)."""
+        ahead, self._ahead = self._ahead, None
+        entries: list[Entry] = []
+        if ahead is not None and ahead[:2] == (self.position, count):
+            entries = ahead[2].result()
+        if not entries:
+            entries = redis_retry(
+                read_after, self.client, self.input, self.position, count, block_ms
+            )
+        if len(entries) == count:
+            if self._reader is None:
+                self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"{self.fold.name}-read")
+            after = entries[-1][0]
+            future = self._reader.submit(
+                redis_retry, read_after, self.client, self.input, after, count
+            )
+            self._ahead = (after, count, future)
+        return entries
+
     def _step(self, block_ms: int | None, count: int) -> int:
-        entries = redis_retry(read_after, self.client, self.input, self.position, count, block_ms)
+        entries = self._read(block_ms, count)
         if not entries:
             self._check_position()
             return 0
         started = time.monotonic()
-        inflight: list[tuple[Future[list[str]], Batch, int]] = []
+        inflight: list[tuple[Future[int], Batch, int]] = []
         outputs: list[Any] = []
         dead = consumed = 0
 
@@ -222,12 +250,16 @@ class Stage(Generic[S]):
                 return None
 
     def close(self) -> None:
-        """Stop the writer thread (each :meth:`step` has waited for its commits already)."""
+        """Stop the writer and reader threads (each :meth:`step` has waited for its commits
+        already; a read ahead is dropped, not waited for: it may be retrying an outage)."""
+        self._ahead = None
         if self._writer is not None:
             self._writer.shutdown(wait=True)
-            self._writer = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=False, cancel_futures=True)
+        self._writer = self._reader = None
 
-    def _submit(self, expected: str, batch: Batch) -> Future[list[str]]:
+    def _submit(self, expected: str, batch: Batch) -> Future[int]:
         """Start committing ``batch`` (from position ``expected``) on the writer thread."""
         if self._writer is None:
             self._writer = ThreadPoolExecutor(1, thread_name_prefix=f"{self.fold.name}-commit")

@@ -349,8 +349,9 @@ class StageStore:
         args += [0] if batch.snapshot is None else [1, batch.snapshot]
         return args
 
-    def commit(self, expected: str, batch: Batch) -> list[str]:
-        """Atomically move from position ``expected`` to ``batch.position``; returns output ids.
+    def commit(self, expected: str, batch: Batch) -> int:
+        """Atomically move from position ``expected`` to ``batch.position``; returns the number
+        of output entries appended.
 
         Raises :class:`CommitConflict` when the stored position is not ``expected``
         (another instance committed, or the store was reset).
@@ -360,12 +361,12 @@ class StageStore:
             *(batch.packed if batch.packed is not None else self.pack(batch)),
         ]
         try:
-            ids = self._commit(keys=self.keys, args=args)
+            appended = self._commit(keys=self.keys, args=args)
         except redis.ResponseError as exc:
             if "CONFLICT" in str(exc):
                 raise CommitConflict(str(exc)) from exc
             raise
-        return [as_str(i) for i in ids]
+        return int(appended)
 
 
 def _scan_pairs(client: Any, key: str) -> Iterator[tuple[str, bytes]]:
@@ -391,6 +392,7 @@ __all__ = [
     "OUTAGE_ERRORS",
     "START",
     "Batch",
+    "Entry",
     "StageStore",
     "client_for",
     "connect",

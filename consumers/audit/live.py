@@ -75,7 +75,7 @@ def payload_digest(payloads: Sequence[bytes]) -> str:
 def _payloads(chunk: list[RawEntry]) -> list[bytes] | None:
     """The ``data`` of each entry of a page; None unless each is a current envelope of a
     plain type (not a retraction)."""
-    if all(usual(entry) for entry in chunk):
+    if all(map(usual, chunk)):
         if {f[3] for _, f in chunk} <= _PLAIN:
             return [f[5] for _, f in chunk]
         return None
@@ -118,17 +118,25 @@ class _Plain:
         return h.hexdigest()
 
 
-def live_side(
-    client: redis.Redis,
-    keys: Keys,
-    ipam: IpamFold,
-    registry_last: str,
-    peers_last: str,
-    *,
-    states: Mapping[str, Mapping[str, bytes]] | None = None,
-) -> LiveSide:
+@dataclass(frozen=True)
+class LiveJob:
+    """What :func:`live_side` (and so a :class:`Worker`) checks: the live streams up to
+    ``registry_last`` and ``peers_last``, folded through ``ipam``, and the digests of the
+    live ``states``."""
+
+    client: redis.Redis
+    keys: Keys
+    ipam: IpamFold
+    registry_last: str
+    peers_last: str
+    states: Mapping[str, Mapping[str, bytes]] | None = None
+
+
+def live_side(job: LiveJob) -> LiveSide:
     """Read the live streams, fold ``registry`` through ``ipam`` (page by page, as read),
     check ``peers``; and the digests of the live ``states``."""
+    client, keys, ipam = job.client, job.keys, job.ipam
+    registry_last, peers_last, states = job.registry_last, job.peers_last, job.states
     registry = _Plain()
     folded = run_fold_chunks(ipam, registry.pages(client, keys.registry, registry_last))
     live_states = {stage: compare.state_digest(f) for stage, f in (states or {}).items()}
@@ -164,19 +172,10 @@ def live_side(
 class Worker:
     """:func:`live_side` in a forked process; :meth:`result` is None if it failed."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        ipam: IpamFold,
-        registry_last: str,
-        peers_last: str,
-        *,
-        states: Mapping[str, Mapping[str, bytes]] | None = None,
-    ) -> None:
+    def __init__(self, job: LiveJob) -> None:
         context = multiprocessing.get_context("fork")
         self._conn, child = context.Pipe(duplex=False)
-        args = (child, (client, keys, ipam, registry_last, peers_last, states))
+        args = (child, job)
         self._proc = context.Process(target=_serve, args=args, daemon=True)
         self._proc.start()
         child.close()
@@ -199,15 +198,14 @@ class Worker:
         self._proc.join()
 
 
-def _serve(conn: multiprocessing.connection.Connection, job: tuple[Any, ...]) -> None:
-    client, keys, ipam, registry_last, peers_last, states = job
-    client.connection_pool.reset()  # never share the parent's sockets
+def _serve(conn: multiprocessing.connection.Connection, job: LiveJob) -> None:
+    job.client.connection_pool.reset()  # never share the parent's sockets
     try:
-        answer: Any = live_side(client, keys, ipam, registry_last, peers_last, states=states)
+        answer: Any = live_side(job)
     except Exception as exc:  # the replay compares the old way
         answer = f"{type(exc).__name__}: {exc}"
     conn.send(answer)
     conn.close()
 
 
-__all__ = ["LiveSide", "Worker", "live_side", "payload_digest"]
+__all__ = ["LiveJob", "LiveSide", "Worker", "live_side", "payload_digest"]

@@ -90,6 +90,9 @@ Network6 = ipaddress.IPv6Network
 #: What the fold reads, and which of those give a node its peer (isinstance tuples, built once).
 _CHANGES: Final = (NodeJoined, NodeChanged, NodeLeft, Conflict, Anomaly)
 _UPSERTS: Final = (NodeJoined, NodeChanged)
+#: The last octet of an IPv4 address, by value.
+_OCTETS: Final = tuple(str(i) for i in range(256))
+_encode: Final = msgspec.json.Encoder().encode
 
 
 class IpamFold:
@@ -114,6 +117,8 @@ class IpamFold:
         self._base4 = int(self.pool.network_address)
         self._base6 = int(self.pool6.network_address) if self.pool6 else 0
         self._meta_pool = (str(self.pool), str(self.pool6 or ""))
+        #: "a.b.c." of each /24 of the pool an address was formatted in (filled as used).
+        self._heads: dict[int, str] = {}
 
     @classmethod
     def from_settings(cls, cfg: Settings) -> IpamFold:
@@ -195,38 +200,58 @@ class IpamFold:
     def take_changes(self, state: IpamState) -> tuple[dict[str, bytes], set[str]]:
         to_set: dict[str, bytes] = {}
         to_del: set[str] = set()
-        if PENDING_ISSUES_FIELD not in state.dirty and any(
-            name.startswith(PENDING_FIELD) for name in state.dirty
-        ):
-            state.dirty.add(PENDING_ISSUES_FIELD)
-        for name in sorted(state.dirty):
-            value = self._field(state, name)
+        nodes, quarantine, pending = state.nodes, state.quarantine, state.pending
+        listed = False  # whether the pending list (it sorts last) needs writing
+        value: msgspec.Struct | None
+        for name in sorted(state.dirty):  # _field's values, the common prefixes inline
+            kind = name[:2]
+            if kind == NODE_FIELD:
+                value = nodes.get(name[2:])
+            elif kind == QUARANTINE_FIELD:
+                value = quarantine.get(int(name[2:]))
+            elif kind == PENDING_FIELD:
+                value = pending.get(name[2:])
+                listed = True  # the pending list changed too
+            else:
+                raw = self._field(state, name)
+                if raw is None:
+                    to_del.add(name)
+                else:
+                    to_set[name] = raw
+                continue
             if value is None:
                 to_del.add(name)
             else:
-                to_set[name] = value
+                to_set[name] = _encode(value)
+        if listed and PENDING_ISSUES_FIELD not in state.dirty:
+            issues = pending_issues(state)
+            if issues is None:
+                to_del.add(PENDING_ISSUES_FIELD)
+            else:
+                to_set[PENDING_ISSUES_FIELD] = issues
         state.dirty.clear()
         return to_set, to_del
 
     def snapshot(self, state: IpamState) -> bytes:
         """The full peer set (every node holding an address), for ``Keys.snapshot``."""
-        peers = []
+        peers: list[PeerUpsert] = []
+        add, addresses, clock = peers.append, self.addresses, state.clock
         for node_id, address in sorted(state.nodes.items()):
             if address.live:
-                v4, v6 = self.addresses(address.offset)
-                peers.append(
+                v4, v6 = addresses(address.offset)
+                add(
                     PeerUpsert(
                         node_id,
                         address.public_key,
                         v4,
                         "snapshot",
                         "snapshot",
-                        state.clock,
+                        clock,
                         v6,
                         address.expires,
                     )
                 )
-        return msgspec.json.encode(PeersSnapshot(peers))
+        return _encode(PeersSnapshot(peers))
 
     # --- helpers --------------------------------------------------------------------
 
@@ -295,10 +320,12 @@ class IpamFold:
 
     def addresses(self, offset: int) -> tuple[str, str | None]:
         """The IPv4 (and IPv6) address of ``offset``."""
-        n = self._base4 + offset
-        v4 = f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"  # str(IPv4Address(n))
+        n = self._base4 + offset  # v4 is str(IPv4Address(n)), its first three octets cached
+        head = self._heads.get(n >> 8)
+        if head is None:
+            head = self._heads[n >> 8] = f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}."
         v6 = str(ipaddress.IPv6Address(self._base6 + offset)) if self.pool6 else None
-        return v4, v6
+        return head + _OCTETS[n & 255], v6
 
 
 @dataclass(slots=True, eq=False)

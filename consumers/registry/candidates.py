@@ -56,44 +56,48 @@ def _candidate(state: RegistryState, node: str) -> tuple[str, int] | None:
     return facts[2], facts[0]
 
 
+#: The reasons of a published status whose node is a candidate under its key.
+CANDIDATE: Final = frozenset({"", "key-conflict"})
+
+
 def _current(state: RegistryState, node: str) -> tuple[str, int] | None:
-    """(key, member token) of ``node``'s current candidacy, else None."""
-    key = state.candidate_key.get(node)
-    if key is None:
+    """(key, member token) of ``node``'s current candidacy, else None: the key of its
+    published status, while that status is not yet updated for the event (a node is a
+    candidate exactly when its status is live or a key conflict)."""
+    status = state.status.get(node)
+    if status is None or status.reason not in CANDIDATE:
         return None
-    group = state.rivals.get(key)
-    return key, (group[node] if group is not None else state.winners[key][0])
+    return status.public_key, status.token_id
 
 
 def _withdraw(state: RegistryState, node: str, key: str) -> None:
     """Take ``node`` out of the candidates under ``key``."""
-    del state.candidate_key[node]
     group = state.rivals.get(key)
     if group is None:  # the only candidate
-        del state.winners[key]
+        del state.winner[key]
         return
-    del group[node]
+    token = group.pop(node)
     if len(group) == 1:
-        ((other, token),) = group.items()
+        ((_, other),) = group.items()
         del state.rivals[key]
-        state.winners[key] = (token, other)
-    elif state.winners[key][1] == node:
-        state.winners[key] = min((t, n) for n, t in group.items())
+        state.winner[key] = other
+    elif state.winner[key] == token:
+        state.winner[key] = min(group.values())
 
 
 def _enter(state: RegistryState, node: str, key: str, token: int) -> None:
-    """Make ``node`` (member ``token``) a candidate under ``key``."""
-    state.candidate_key[node] = key
-    current = state.winners.get(key)
+    """Make ``node`` (member ``token``) a candidate under ``key`` (after every candidacy
+    that changes is withdrawn: a winning token then names its candidate)."""
+    current = state.winner.get(key)
     if current is None:
-        state.winners[key] = (token, node)
+        state.winner[key] = token
         return
     group = state.rivals.get(key)
     if group is None:
-        group = state.rivals[key] = {current[1]: current[0]}
+        group = state.rivals[key] = {state.tokens[current].node_id: current}
     group[node] = token
-    if token < current[0]:
-        state.winners[key] = (token, node)
+    if token < current:
+        state.winner[key] = token
 
 
 def _update_candidates(
@@ -103,9 +107,10 @@ def _update_candidates(
 
     ``facts``, when given, receives each node's :func:`_facts`.
     """
-    before: dict[str, tuple[int, str] | None] = {}
-    winners = state.winners
-    for node in nodes:
+    before: dict[str, int | None] = {}
+    winner = state.winner
+    entering: list[tuple[str, str, int]] = []
+    for node in nodes:  # every changed candidacy withdrawn first, then entered
         found = _facts(state, node)
         if facts is not None:
             facts[node] = found
@@ -115,28 +120,30 @@ def _update_candidates(
             continue
         if old is not None:
             if old[0] not in before:
-                before[old[0]] = winners.get(old[0])
+                before[old[0]] = winner.get(old[0])
             _withdraw(state, node, old[0])
         if new is not None:
-            if new[0] not in before:
-                before[new[0]] = winners.get(new[0])
-            _enter(state, node, new[0], new[1])
-    return _winners_changed(winners, before.items())
+            entering.append((node, *new))
+    for node, key, token in entering:
+        if key not in before:
+            before[key] = winner.get(key)
+        _enter(state, node, key, token)
+    return _winners_changed(state, before.items())
 
 
-def _winners_changed(
-    winners: dict[str, tuple[int, str]], before: Iterable[tuple[str, tuple[int, str] | None]]
-) -> set[str]:
-    """The nodes that won or lost a key: for each (key, winner before), both winners when
-    the key's winner is not the one before."""
+def _winners_changed(state: RegistryState, before: Iterable[tuple[str, int | None]]) -> set[str]:
+    """The nodes that won or lost a key: for each (key, winning token before), the nodes of
+    both winning tokens when the key's winner is not the one before (a token that now names
+    another node was re-granted: both its nodes are affected by that event anyway)."""
     touched: set[str] = set()
+    tokens = state.tokens
     for key, prev in before:
-        now = winners.get(key)
+        now = state.winner.get(key)
         if prev != now:
             if prev is not None:
-                touched.add(prev[1])
+                touched.add(tokens[prev].node_id)
             if now is not None:
-                touched.add(now[1])
+                touched.add(tokens[now].node_id)
     return touched
 
 
@@ -148,16 +155,16 @@ def _update_one(state: RegistryState, node: str) -> tuple[_Facts | None, set[str
     old = _current(state, node)
     if old == new:
         return found, set()
-    winners = state.winners
+    winner = state.winner
     keys = []
     if old is not None:
-        keys.append((old[0], winners.get(old[0])))
+        keys.append((old[0], winner.get(old[0])))
         _withdraw(state, node, old[0])
     if new is not None and (old is None or new[0] != old[0]):
-        keys.append((new[0], winners.get(new[0])))
+        keys.append((new[0], winner.get(new[0])))
     if new is not None:
         _enter(state, node, new[0], new[1])
-    return found, _winners_changed(winners, keys)
+    return found, _winners_changed(state, keys)
 
 
 def _status(state: RegistryState, node: str) -> Status | None:
@@ -173,6 +180,6 @@ def _status_of(state: RegistryState, node: str, facts: _Facts | None) -> Status 
     owner, expires = record.owner, record.expires
     if reason:
         return Status(False, member, owner, key, reason, expires)
-    if state.winners[key][1] != node:
+    if state.winner[key] != member:  # tokens name one node each
         return Status(False, member, owner, key, "key-conflict", expires)
     return Status(True, member, owner, key, "", expires)

@@ -31,6 +31,7 @@ from consumers.registry.candidates import (
     _update_one,
 )
 from consumers.registry.issues import PROBLEMS
+from consumers.registry.quick import QUICK
 from consumers.registry.state import (
     KEY_FIELD,
     TOKEN_FIELD,
@@ -81,20 +82,30 @@ class RegistryFold:
         e.g. chunks of an ``HSCAN``)."""
         state = RegistryState()
         pairs = fields.items() if isinstance(fields, Mapping) else fields
+        # one copy of each string: node ids and keys interned (the ipam stage's state
+        # interns them too, and shares them), owners in a table of this load only (an
+        # interned string has an entry in the interpreter's table for good)
         intern = sys.intern
+        seen: dict[str, str] = {}
+        owners = seen.setdefault
         raw_issues: bytes | None = None
         for name, raw in pairs:
             if name.startswith(TOKEN_FIELD):
                 token_id = int(name[len(TOKEN_FIELD) :])
                 record = _TOKEN_DECODER.decode(raw)
                 record = TokenRecord(
-                    intern(record.node_id), intern(record.owner), record.active, record.expires
+                    intern(record.node_id),
+                    owners(record.owner, record.owner),
+                    record.active,
+                    record.expires,
                 )
                 state.tokens[token_id] = record
                 if record.active:
                     _index(state, token_id, record)
             elif name.startswith(KEY_FIELD):
-                state.keys[intern(name[len(KEY_FIELD) :])] = intern(_STR_DECODER.decode(raw))
+                owner = name[len(KEY_FIELD) :]
+                key = _STR_DECODER.decode(raw)
+                state.keys[owners(owner, owner)] = intern(key)
             elif name == issues.ISSUES_FIELD:
                 raw_issues = raw
         nodes = sorted(state.node_index)
@@ -114,8 +125,13 @@ class RegistryFold:
     ) -> tuple[RegistryState, list[RegistryChange]]:
         if not isinstance(entry, LogEntry):
             raise TypeError(f"registry folds LogEntry, not {type(entry).__name__}")
-        step = _Step(state, entry_id, entry.block_number)
         event = entry.event
+        quick = QUICK.get(type(event))
+        if quick is not None:
+            out = quick(state, event, entry_id, entry.block_number)
+            if out is not None:
+                return state, out
+        step = _Step(state, entry_id, entry.block_number)
         handler = _HANDLERS.get(type(event))
         if handler is not None:
             handler(step, event)
@@ -298,22 +314,33 @@ class _Step:
                     del statuses[node]
             elif new != old:
                 statuses[node] = new
-            was_live = old is not None and old[0]
-            if new is not None and new[0]:
+            was_live = old is not None and old.live
+            if new is not None and new.live:
                 if not was_live:
-                    joined.append(NodeJoined(node, new[1], new[2], new[3], cause, block, new[5]))
+                    joined.append(
+                        NodeJoined(
+                            node, new.token_id, new.owner, new.public_key, cause, block, new.expires
+                        )
+                    )
                 elif old is not None and (
-                    old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+                    old.token_id != new.token_id
+                    or old.owner != new.owner
+                    or old.public_key != new.public_key
+                    or old.expires != new.expires
                 ):
-                    changed.append(NodeChanged(node, new[1], new[2], new[3], cause, block, new[5]))
+                    changed.append(
+                        NodeChanged(
+                            node, new.token_id, new.owner, new.public_key, cause, block, new.expires
+                        )
+                    )
             elif was_live:
                 left.append(NodeLeft(node, self._reason(new), cause, block))
             if (
                 new is not None
-                and new[4] == "key-conflict"
-                and (old is None or old[4] != "key-conflict")
+                and new.reason == "key-conflict"
+                and (old is None or old.reason != "key-conflict")
             ):
-                winner = state.winners[new.public_key][0]
+                winner = state.winner[new.public_key]
                 conflict = Conflict(
                     "duplicate-key", node, new.token_id, winner, self.cause, self.block
                 )
@@ -337,30 +364,43 @@ class _Step:
         elif new != old:
             statuses[node] = new
         out: list[RegistryChange] = self.notes
-        was_live = old is not None and old[0]
-        if new is not None and new[0]:
+        was_live = old is not None and old.live
+        change: RegistryChange | None = None
+        if new is not None and new.live:
+            kind: type[NodeJoined] | type[NodeChanged] | None = None
             if not was_live:
-                change: RegistryChange | None = NodeJoined(
-                    node, new[1], new[2], new[3], self.cause, self.block, new[5]
-                )
+                kind = NodeJoined
             elif old is not None and (
-                old[1] != new[1] or old[2] != new[2] or old[3] != new[3] or old[5] != new[5]
+                old.token_id != new.token_id
+                or old.owner != new.owner
+                or old.public_key != new.public_key
+                or old.expires != new.expires
             ):
-                change = NodeChanged(node, new[1], new[2], new[3], self.cause, self.block, new[5])
-            else:
-                change = None
+                kind = NodeChanged
+            if kind is not None:
+                change = kind(
+                    node,
+                    new.token_id,
+                    new.owner,
+                    new.public_key,
+                    self.cause,
+                    self.block,
+                    new.expires,
+                )
         elif was_live:
             change = NodeLeft(node, self._reason(new), self.cause, self.block)
-        else:
-            change = None
-        if new is not None and new[4] == "key-conflict" and (old is None or old[4] != new[4]):
-            winner = state.winners[new.public_key][0]
+        if (
+            new is not None
+            and new.reason == "key-conflict"
+            and (old is None or old.reason != new.reason)
+        ):
+            winner = state.winner[new.public_key]
             out.append(
                 Conflict("duplicate-key", node, new.token_id, winner, self.cause, self.block)
             )
         held = state.node_index.get(node)
         if node in state.issues or not (
-            held is None or new is None or (isinstance(held, int) and new[4] not in PROBLEMS)
+            held is None or new is None or (isinstance(held, int) and new.reason not in PROBLEMS)
         ):
             issues.track(state, (node,), source, self.block)
         if change is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final
 
 import msgspec
 
@@ -33,8 +33,9 @@ class TokenRecord(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     expires: int | None = None
 
 
-class Status(NamedTuple):
-    """The published view of a node that has at least one active token."""
+class Status(msgspec.Struct, frozen=True, gc=False):
+    """The published view of a node that has at least one active token (strings and
+    numbers only: untracked, 64 bytes)."""
 
     live: bool
     token_id: int
@@ -113,24 +114,44 @@ class _Candidates(Mapping[str, dict[str, int]]):
         group = self._state.rivals.get(key)
         if group is not None:
             return dict(group)
-        token, node = self._state.winners[key]
-        return {node: token}
+        token = self._state.winner[key]
+        return {self._state.tokens[token].node_id: token}
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._state.winners)
+        return iter(self._state.winner)
 
     def __len__(self) -> int:
-        return len(self._state.winners)
+        return len(self._state.winner)
+
+
+class _Winners(Mapping[str, tuple[int, str]]):
+    """Read-only view: key -> (token, node) of the candidate that keeps the peer."""
+
+    def __init__(self, state: RegistryState) -> None:
+        self._state = state
+
+    def __getitem__(self, key: str) -> tuple[int, str]:
+        token = self._state.winner[key]
+        return token, self._state.tokens[token].node_id
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state.winner
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state.winner)
+
+    def __len__(self) -> int:
+        return len(self._state.winner)
 
 
 @dataclass(eq=False)
 class RegistryState:
     """Mutable fold state; ``apply`` updates it in place and returns it.
 
-    Compact (docs/design.md, registry): an index entry is one token unless there are
-    several, a key with a single candidate is only its winner, token records are
-    untracked structs, and strings are interned when loaded (one copy per owner, node
-    and key).
+    Compact (docs/design.md §4.1): an index entry is one token unless there are several,
+    a key with a single candidate is only its winning token, a node's candidacy is read
+    from its status, token records and statuses are untracked structs, and strings are
+    shared when loaded (one copy per owner, node and key).
     """
 
     tokens: dict[int, TokenRecord] = field(default_factory=dict)
@@ -139,12 +160,11 @@ class RegistryState:
     owner_tokens: dict[str, Tokens] = field(default_factory=dict)
     #: node -> the active tokens naming it (:data:`Tokens`; read it through ``node_tokens``).
     node_index: dict[str, Tokens] = field(default_factory=dict)
-    #: key -> (token, node): the candidate that keeps the peer (every key with a candidate).
-    winners: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: key -> the member token of the candidate that keeps the peer (every key with a
+    #: candidate; its node is the token's: read both through ``winners``).
+    winner: dict[str, int] = field(default_factory=dict)
     #: key -> {node: member token}, only for keys with two or more candidates.
     rivals: dict[str, dict[str, int]] = field(default_factory=dict)
-    #: node -> the key it is a candidate under.
-    candidate_key: dict[str, str] = field(default_factory=dict)
     status: dict[str, Status] = field(default_factory=dict)
     dirty_tokens: set[int] = field(default_factory=set)
     dirty_owners: set[str] = field(default_factory=set)
@@ -158,9 +178,20 @@ class RegistryState:
         return _TokenSets(self.node_index)
 
     @property
+    def winners(self) -> Mapping[str, tuple[int, str]]:
+        """key -> (token, node) of the candidate that keeps the peer (a read-only view)."""
+        return _Winners(self)
+
+    @property
     def candidates(self) -> Mapping[str, dict[str, int]]:
         """key -> {node: member token} of every node that could be live with that key."""
         return _Candidates(self)
+
+    @property
+    def candidate_key(self) -> dict[str, str]:
+        """node -> the key it is a candidate under (derived from ``status``: a node is a
+        candidate exactly while its status is live or a key conflict)."""
+        return {n: s.public_key for n, s in self.status.items() if s.reason in ("", "key-conflict")}
 
     def live(self) -> dict[str, Status]:
         """Every live member, by node id."""

@@ -5,6 +5,7 @@
 --   state fields to set (field, value)*, state fields to delete field*, outputs (type, data)*;
 --   then counted groups: n_dead, (id, reason, raw)*,
 --   n_snapshot (0 or 1), snapshot data (written to KEYS[5] with the last output id it covers)
+-- Returns the number of outputs appended.
 local cur = redis.call('GET', KEYS[1]) or ''
 if cur ~= ARGV[1] then
   return redis.error_reply('CONFLICT position is ' .. cur .. ', expected ' .. ARGV[1])
@@ -23,10 +24,10 @@ while n > 0 do
   local m = math.min(n, 1000)
   redis.call('HDEL', KEYS[2], unpack(del, i, i + m - 1)); i = i + m; n = n - m
 end
-local ids = {}
+local through = false  -- the id of the last output appended
 local out = cmsgpack.unpack(ARGV[7])
 for j = 1, #out, 2 do
-  ids[#ids + 1] = redis.call('XADD', KEYS[3], '*', 'v', version, 'type', out[j], 'data', out[j + 1])
+  through = redis.call('XADD', KEYS[3], '*', 'v', version, 'type', out[j], 'data', out[j + 1])
 end
 i = 8
 n = tonumber(ARGV[i]); i = i + 1
@@ -36,7 +37,6 @@ for _ = 1, n do
 end
 n = tonumber(ARGV[i]); i = i + 1
 if n == 1 and #KEYS >= 5 then
-  local through = ids[#ids]
   if not through then
     local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
     through = last and last[1] or '0-0'
@@ -44,4 +44,4 @@ if n == 1 and #KEYS >= 5 then
   redis.call('HSET', KEYS[5], 'id', through, 'data', ARGV[i])
 end
 if ARGV[2] ~= cur then redis.call('SET', KEYS[1], ARGV[2]) end
-return ids
+return #out / 2

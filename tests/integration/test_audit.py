@@ -9,6 +9,7 @@ hash, a stream rewritten by a Lua script with the same ids, XDEL.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -39,8 +40,8 @@ from consumers.audit import compare, export
 from consumers.audit.entries import decode
 from consumers.audit.history import NodeSubject, timeline
 from consumers.audit.inprocess import run_fold
+from consumers.audit.live import LiveJob, live_side, payload_digest
 from consumers.audit.live import Worker as LiveWorker
-from consumers.audit.live import live_side, payload_digest
 from consumers.audit.replay import snapshot
 from consumers.audit.streams import read_stream
 from consumers.ipam.allocate import IpamFold
@@ -188,7 +189,8 @@ def test_replay_after_tampering_the_peers_stream(world: World):
 def test_replay_checks_the_live_side_in_a_second_process(world: World):
     world.halt()
     snap = snapshot(world.client, world.keys)
-    side = live_side(world.client, world.keys, IpamFold(POOL), snap.registry_last, snap.peers_last)
+    job = LiveJob(world.client, world.keys, IpamFold(POOL), snap.registry_last, snap.peers_last)
+    side = live_side(job)
     assert side.plain
     assert side.peers_equal
     assert side.ipam_state is not None
@@ -200,9 +202,7 @@ def test_replay_checks_the_live_side_in_a_second_process(world: World):
     assert side.registry_digest == payload_digest(compare.content(folded[1]))
 
     # the same check in a forked worker
-    worker = LiveWorker(
-        world.client, world.keys, IpamFold(POOL), snap.registry_last, snap.peers_last
-    )
+    worker = LiveWorker(job)
     assert worker.result() == side
 
     # a peers entry that is not what the ipam fold wrote: the replay compares the old way
@@ -211,9 +211,7 @@ def test_replay_checks_the_live_side_in_a_second_process(world: World):
     peers = [(i.decode(), from_fields(f)) for i, f in world.client.xrange(world.keys.peers)]
     changed = msgspec.structs.replace(entry, block_number=entry.block_number + 1)
     _rewrite(world.client, world.keys.peers, [*peers[:-1], (last_id.decode(), changed)])
-    tampered = live_side(
-        world.client, world.keys, IpamFold(POOL), snap.registry_last, snap.peers_last
-    )
+    tampered = live_side(dataclasses.replace(job, ipam=IpamFold(POOL)))
     assert tampered.plain
     assert not tampered.peers_equal
     res = world.audit("replay", "--wait", "0")

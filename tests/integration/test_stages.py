@@ -116,7 +116,7 @@ def test_a_crash_around_the_commit_never_duplicates_outputs(
     stage = Stage(redis_client, KEYS, REGISTRY)
     real_commit = stage.store.commit
 
-    def crashing_commit(expected: str, batch: Any) -> list[str]:
+    def crashing_commit(expected: str, batch: Any) -> int:
         if after_commit:
             real_commit(expected, batch)
         raise Crash
@@ -151,7 +151,7 @@ def test_a_batch_commits_in_chunks_each_exactly_once(
     real_commit = stage.store.commit
     commits: list[str] = []
 
-    def second_crashes(expected: str, batch: Any) -> list[str]:
+    def second_crashes(expected: str, batch: Any) -> int:
         if len(commits) == 1:
             raise Crash
         commits.append(batch.position)
@@ -317,3 +317,61 @@ def test_a_large_state_loads_in_chunks_and_again_when_a_commit_lands_meanwhile(
     assert restarted.position == read(redis_client, KEYS.events)[-1][0]
     assert dump(restarted.state) == dump(straight)
     assert restarted.state.status == straight.status
+
+
+def test_the_batch_after_a_full_one_is_read_ahead_while_it_folds(
+    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a full batch the next read runs on the reader thread (the fold never waits for
+    it); a batch that is not full reads nothing ahead; the outputs are the same."""
+    from consumers import stage as stage_module
+
+    readers: list[tuple[str, int]] = []
+    real_read = stage_module.read_after
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        got = real_read(*args, **kwargs)
+        readers.append((threading.current_thread().name.split("_")[0], len(got)))
+        return got
+
+    monkeypatch.setattr(stage_module, "read_after", counted)
+    nodes = [f"node-{n}" for n in range(5)]
+    append_events(
+        redis_client,
+        *(
+            NodeAccessGranted(n + 1, node, f"0x{n + 1:040x}", key(n + 1))
+            for n, node in enumerate(nodes)
+        ),
+    )
+    stage = Stage(redis_client, KEYS, REGISTRY)
+    assert [stage.step(block_ms=None, count=2) for _ in range(4)] == [2, 2, 1, 0]
+    stage.close()
+    main = threading.current_thread().name.split("_")[0]
+    assert readers == [(main, 2), ("registry-read", 2), ("registry-read", 1), (main, 0)]
+    assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == nodes
+
+
+def test_a_read_ahead_from_a_position_another_instance_moved_commits_nothing_twice(
+    redis_client: redis.Redis,
+) -> None:
+    """The read ahead of a stage that another instance overtook folds, conflicts and is
+    dropped with the state: every output is published once."""
+    nodes = [f"node-{n}" for n in range(6)]
+    append_events(
+        redis_client,
+        *(
+            NodeAccessGranted(n + 1, node, f"0x{n + 1:040x}", key(n + 1))
+            for n, node in enumerate(nodes)
+        ),
+    )
+    first = Stage(redis_client, KEYS, REGISTRY)
+    assert first.step(block_ms=None, count=2) == 2  # reads entries 3-4 ahead
+    other = Stage(redis_client, KEYS, REGISTRY)
+    drain(other)
+    assert first.step(block_ms=None, count=2) == 0  # its commit conflicts: state reloaded
+    assert first.position == other.position
+    append_events(redis_client, NodeAccessGranted(7, "node-6", f"0x{7:040x}", key(7)))
+    drain(first)
+    first.close()
+    other.close()
+    assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == [*nodes, "node-6"]

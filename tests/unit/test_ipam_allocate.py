@@ -169,6 +169,16 @@ def test_ipv6_is_optional_and_uses_the_same_host_offset() -> None:
     assert out.ipv6 == str(ipaddress.IPv6Address("fd00:88::") + offset)
 
 
+@pytest.mark.parametrize("pool", ["10.88.0.0/16", "10.64.0.0/12", "192.168.7.0/30"])
+def test_addresses_are_the_pool_offsets_in_every_octet(pool: str) -> None:
+    """Addresses are formatted from cached /24 prefixes: every offset still gives its own."""
+    ipam = IpamFold(pool)
+    base = ipaddress.IPv4Network(pool).network_address
+    offsets = {1, 2, 254, 255, 256, 257, 511, 65535, 65536, ipam.usable, ipam.size // 2}
+    for offset in sorted(o for o in offsets if 1 <= o <= ipam.usable) * 2:
+        assert ipam.addresses(offset)[0] == str(base + offset)
+
+
 def test_conflicts_and_anomalies_produce_nothing() -> None:
     run = Run(IpamFold())
     assert run(Conflict("duplicate-node", "node-a", 2, 1, "e1", 1)) == []

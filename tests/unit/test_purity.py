@@ -22,6 +22,7 @@ PURE_MODULES = [
     "consumers.fold",
     "consumers.registry.fold",
     "consumers.registry.candidates",
+    "consumers.registry.quick",
     "consumers.ipam.allocate",
     "consumers.ipam.state",
     "consumers.agent.render",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from unittest import mock
 
 import pytest
 from factories import wg_key as key
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumers.registry.fold import FOLD, RegistryState, dump, fold
+from consumers.registry.quick import QUICK
 from shared.events import (
     Anomaly,
     ChainEvent,
@@ -357,3 +359,83 @@ def test_persist_and_reload_anywhere_equals_folding_straight(
     assert outputs == expected
     assert stored == dump(straight)
     assert _indexes(state) == _indexes(straight)
+
+
+@settings(max_examples=300, deadline=None)
+@given(LOGS)
+def test_quick_steps_equal_the_general_step(events: list[ChainEvent]) -> None:
+    """The common events' quick folds (``consumers/registry/quick.py``) change the state and
+    output exactly what the general step does, event by event."""
+    entries = log(events)
+    quick, out_quick = fold(entries)
+    with mock.patch.dict(QUICK, clear=True):
+        general, out_general = fold(entries)
+    assert out_quick == out_general
+    assert dump(quick) == dump(general)
+    assert _indexes(quick) == _indexes(general)
+    assert quick.dirty_tokens == general.dirty_tokens
+    assert quick.dirty_owners == general.dirty_owners
+
+
+def test_quick_steps_take_the_common_events() -> None:
+    """Grants, rotations, transfers and revocations of one node's token are all quick."""
+    taken: list[str] = []
+    wrapped = {kind: lambda *a, q=q: taken.append(q.__name__) or q(*a) for kind, q in QUICK.items()}
+    with mock.patch.dict(QUICK, wrapped):
+        state, out = run(
+            grant(1, "n1", A, key(1)),
+            rekey(A, key(2)),
+            transfer(1, A, B),
+            rekey(B, key(3)),
+            revoke(1, "n1"),
+        )
+    assert taken == ["granted", "key_event", "transferred", "key_event", "revoked"]
+    assert [type(o) for o in out] == [NodeJoined, NodeChanged, NodeLeft, NodeJoined, NodeLeft]
+    assert state.live() == {}
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        revoke(1, "n1"),
+        transfer(1, A, C),
+        rekey(A, key(3)),
+        rekey(B, key(3)),
+        grant(3, "n3", C, key(1)),
+    ],
+)
+def test_quick_steps_leave_shared_keys_to_the_general_step(last: ChainEvent) -> None:
+    """When two nodes share a key, an event of either changes who keeps the peer."""
+    events = (grant(1, "n1", A, key(1)), grant(2, "n2", B, key(1)), last)
+    quick, out_quick = fold(log(events))
+    with mock.patch.dict(QUICK, clear=True):
+        general, out_general = fold(log(events))
+    assert out_quick == out_general
+    assert _indexes(quick) == _indexes(general)
+    assert dump(quick) == dump(general)
+
+
+@pytest.mark.parametrize("node", ["n2", "n3"])
+def test_regrant_of_a_winning_token_to_another_node_keeps_the_indexes_exact(node: str) -> None:
+    """The winner of a shared key is re-granted for another node: the key's candidates are
+    rebuilt from tokens that name other nodes than before (docs/design.md §4)."""
+    events = [
+        grant(1, "n1", A, key(1)),
+        grant(2, "n2", B, key(1)),
+        grant(3, "n4", C, key(1)),
+        grant(1, node, C),
+    ]
+    state = RegistryState()
+    for entry_id, entry in log(events):
+        state, _ = FOLD.apply(state, entry_id, entry)
+        assert _indexes(FOLD.load(dump(state))) == _indexes(state)
+    assert state.winners[key(1)] == (1, node)
+    assert "n1" not in state.status
+
+
+def test_regrant_of_a_sole_winner_to_a_node_sorted_first() -> None:
+    """Node ``n0`` enters the key while ``n5``, whose token it takes, still holds it."""
+    state, out = run(grant(1, "n5", A, key(1)), grant(1, "n0", A))
+    assert state.winners[key(1)] == (1, "n0")
+    assert _indexes(FOLD.load(dump(state))) == _indexes(state)
+    assert [type(o) for o in out] == [NodeJoined, NodeLeft, NodeJoined]
