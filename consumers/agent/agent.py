@@ -378,7 +378,7 @@ class Agent:
             self.files.state_due.mark()
             self.status.mark()
         else:
-            self._applied()
+            self.applied()
         self.files.flush()  # a removal: on the disk before anything else is read
         if repaired > 0:
             self.log.info("repaired {} peer(s) on the interface", repaired)
@@ -399,7 +399,8 @@ class Agent:
             back = {node: applied.get(node) for node in nodes}
             self.files.write_ahead(back, self.snapshot(peers=False), applied)
 
-    def _applied(self) -> None:
+    def applied(self) -> None:
+        """The applied state now covers the table's position and block."""
         self.applied_known = True
         self.last_apply = time.time()
         self.last_error = ""

@@ -8,7 +8,7 @@ A whole file of 10,000 peers takes some 20 ms to render and write: too long for 
 loop that applies changes. :class:`Debounce` spaces the writes (one a second under a
 burst), and :class:`Writer`, one thread per process, does them from a snapshot of
 the applied state (immutable peers), so a change that arrives meanwhile is applied
-at once. Its rendering gives way at every piece it writes (``os.write`` releases the
+at once. Its rendering gives way at every 64 KiB it writes (``os.write`` releases the
 interpreter lock).
 """
 
@@ -16,63 +16,93 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import shutil
-import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 #: Rotated backups kept of the config file (``IF.conf.1`` newest .. ``IF.conf.5``).
 CONFIG_BACKUPS: Final = 5
 #: Seconds between two writes of a whole file while changes keep coming.
 WRITE_INTERVAL: Final = 1.0
+#: Bytes gathered before one ``os.write`` of a whole file.
+WRITE_CHUNK: Final = 1 << 16
+#: Seconds without a new job before the writer thread starts one (:class:`Writer`)...
+QUIET_SECONDS: Final = 0.2
+#: ...or since the queue holds one.
+MOST_WAIT_SECONDS: Final = 1.0
 
 
 def write_atomic(
     path: Path, pieces: Iterable[bytes], backups: int = 0, *, make_dir: bool = True
 ) -> None:
     """Replace ``path`` with the concatenated ``pieces`` (mode 0600), keeping ``backups``;
-    ``make_dir``: create its folder first if it is missing."""
+    ``make_dir``: create its folder first if it is missing.
+
+    Plain ``os`` calls on string paths: a fleet of agents in one process writes a small
+    file per agent per change, and ``tempfile.mkstemp`` and ``pathlib`` cost more Python
+    than the writing (the temp name is random all the same, the file created exclusively)."""
+    folder, name = os.path.split(os.fspath(path))
     if make_dir:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.makedirs(folder or ".", mode=0o700, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{os.urandom(6).hex()}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
-            for piece in pieces:
-                view = memoryview(piece)
-                while view:
-                    view = view[os.write(fd, view) :]
+            pending: list[bytes] = []
+            size = 0
+            for piece in pieces:  # a small file in one write (each one lets other threads in)
+                pending.append(piece)
+                size += len(piece)
+                if size >= WRITE_CHUNK:
+                    write_all(fd, b"".join(pending))
+                    pending, size = [], 0
+            write_all(fd, b"".join(pending))
             os.fsync(fd)
         finally:
             os.close(fd)
         if backups:
-            _rotate(path, backups)
+            _rotate(os.path.join(folder, name), backups)
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    dir_fd = os.open(folder or ".", os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
 
 
-def _rotate(path: Path, backups: int) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _rotate(path: str, backups: int) -> None:
+    """``path.1`` .. ``path.N-1`` move up one (the oldest drops off), ``path`` becomes
+    ``path.1`` (a hard link: ``path`` itself stays until it is replaced)."""
     for i in range(backups - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    if path.exists():
-        newest = path.with_name(f"{path.name}.1")
         with contextlib.suppress(FileNotFoundError):
-            newest.unlink()
-        try:
-            os.link(path, newest)
-        except OSError:  # no hard links on this filesystem
+            os.replace(f"{path}.{i}", f"{path}.{i + 1}")
+    newest = f"{path}.1"
+    if backups == 1:  # (otherwise it has just moved up)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(newest)
+    try:
+        os.link(path, newest)
+    except FileNotFoundError:
+        return  # no file yet: nothing to back up
+    except OSError:  # no hard links on this filesystem
+        with contextlib.suppress(FileNotFoundError):
             shutil.copy2(path, newest)
 
 
@@ -145,13 +175,29 @@ def release_memory() -> None:
     """Give back to the system the memory that a bootstrap, a full read or a whole-file
     write freed (glibc's ``malloc_trim``: free blocks inside the heap stay the
     process's otherwise). A no-op where there is no such call."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim`` (None where there is none), looked up once."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 class Writer:
     """The process's file-writing thread: jobs keyed by file, a newer job for a file
-    replacing one still queued."""
+    replacing one still queued.
+
+    A job starts once no other was submitted for :data:`QUIET_SECONDS` (or once the
+    queue has been waiting :data:`MOST_WAIT_SECONDS`): a process that runs many agents
+    (the fleet benchmark) then writes their files after a change has reached all of them,
+    rather than taking turns with them while it is being applied (every system call of
+    a write lets another thread in)."""
 
     _instance: Writer | None = None
     _instance_lock = threading.Lock()
@@ -160,6 +206,8 @@ class Writer:
         self._jobs: dict[object, Callable[[], None]] = {}
         self._busy: object | None = None
         self._cond = threading.Condition()
+        #: When the last job was submitted, and since when the queue holds any (monotonic).
+        self._last_submit = self._queued_since = 0.0
         self._thread = threading.Thread(target=self._run, name="wgchain-file-writer", daemon=True)
         self._thread.start()
 
@@ -173,6 +221,10 @@ class Writer:
     def submit(self, key: object, job: Callable[[], None]) -> None:
         """Run ``job`` soon (it must catch its own errors)."""
         with self._cond:
+            now = time.monotonic()
+            if not self._jobs:
+                self._queued_since = now
+            self._last_submit = now
             self._jobs[key] = job
             self._cond.notify_all()
 
@@ -181,23 +233,41 @@ class Writer:
             return key in self._jobs or self._busy == key
 
     def wait(self, key: object) -> None:
-        """Until no job for ``key`` is queued or running."""
+        """Until no job for ``key`` is queued or running (a queued one runs now, here)."""
         with self._cond:
-            while key in self._jobs or self._busy == key:
+            job = self._jobs.pop(key, None)
+            while self._busy == key:
                 self._cond.wait()
+        if job is not None:
+            job()
+
+    def _next(self) -> tuple[object, Callable[[], None]]:
+        """The next job once one may start (the class docstring), marked busy."""
+        with self._cond:
+            while True:
+                if not self._jobs:
+                    self._cond.wait()
+                    continue
+                start = min(
+                    self._last_submit + QUIET_SECONDS, self._queued_since + MOST_WAIT_SECONDS
+                )
+                wait = start - time.monotonic()
+                if wait <= 0:
+                    break
+                self._cond.wait(wait)
+            key = next(iter(self._jobs))
+            self._busy = key
+            return key, self._jobs.pop(key)
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._jobs:
-                    self._cond.wait()
-                key = next(iter(self._jobs))
-                job = self._jobs.pop(key)
-                self._busy = key
+            _, job = self._next()
             try:
                 job()
-                release_memory()  # a whole file's text was just built and dropped
             finally:
                 with self._cond:
                     self._busy = None
                     self._cond.notify_all()
+                    drained = not self._jobs
+            if drained:  # whole files' texts were just built and dropped (once per burst:
+                release_memory()  # a process of many agents writes one file per agent)

@@ -96,7 +96,7 @@ class StateFile:
         if self._fd is None:
             self._open()
         assert self._fd is not None
-        _write_all(self._fd, line)
+        files.write_all(self._fd, line)
         self._since.append(line)
         self.journal_bytes += len(line)
 
@@ -146,12 +146,6 @@ class StateFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class HostFiles:

@@ -185,6 +185,11 @@ class Interface:
             return None
         return lambda: start(self.ifname, removals, specs)
 
+    @property
+    def in_flight(self) -> bool:
+        """Whether a request's answer is still to be read (:meth:`settle`)."""
+        return self._in_flight is not None
+
     def settle(self) -> None:
         """Read the answer of the request in flight, if any. When it failed, its peers are
         put back, the model undone, and :class:`PipelineError` raised."""

@@ -104,7 +104,8 @@ class Loop:
         if fields is not None:
             status.written(now)
         agent.announced |= announcements.nodes_in(others)
-        changed = follower.fold(entries) > 0 or bool(agent.announced)
+        folded = follower.fold(entries) > 0
+        changed = bool(agent.announced)
         now = time.monotonic()
         if now >= self.next_key_check:
             self.next_key_check = now + KEY_CHECK_SECONDS
@@ -114,6 +115,9 @@ class Loop:
             agent.announced |= set(follower.table.records)
             changed = True
         timer = now >= self.next_timer
+        if folded and not (changed or timer) and advance(agent):
+            folded = False  # none of this host's peers changed: only the position moved
+        changed = changed or folded
         if timer:
             self.next_timer = now + self.interval
             announcements.publish()
@@ -148,6 +152,38 @@ class Loop:
         if expiry is None:
             return REDIS_PAUSE_SECONDS
         return max(EXPIRY_PAUSE_SECONDS, min(REDIS_PAUSE_SECONDS, expiry - time.time()))
+
+
+def advance(agent: Agent) -> bool:
+    """The common case of a fleet: the entries just folded changed none of the nodes
+    this host's table keeps (a spoke keeps only the hubs). Then its peers, addresses and
+    fail-closed reason cannot have changed, so the applied state is the same at the new
+    position: only the position and block move (the status, the state file and anything
+    watching ``applied_position`` see them move, as after any apply), without the model
+    update and the apply path. True when done; False when anything else is pending (a
+    recompute, announcements, a hold, a pass to expire, an interface to repair, a request
+    in flight): the caller then takes the whole path, which covers this case too."""
+    follower, model, iface = agent.follower, agent.model, agent.iface
+    if (
+        follower.replaced
+        or follower.table.changes != {}
+        or agent.recompute
+        or agent.announced
+        or agent.hold.block
+        or not agent.bootstrapped
+        or not iface.synced
+        or iface.in_flight
+        or agent.apply_problem
+        or iface.fail_closed != model.fail_closed
+        or iface.addresses != model.addresses
+    ):
+        return False
+    deadline = model.next_deadline()
+    if deadline is not None and deadline <= model.clock():
+        return False  # a pass to expire: the whole path judges it
+    agent.applied()
+    agent.files.flush()
+    return True
 
 
 def run(agent: Agent, stop: threading.Event) -> None:
