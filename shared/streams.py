@@ -11,8 +11,9 @@ block, dead letters, the API's events page, the access cache's catch-up) goes th
   fail at once (a request handler that answers 503 instead of hanging);
 * ``ahead``: pages a thread fetches ahead of the caller (Redis builds the next page
   while the caller works on this one; the audit replay reads millions of entries);
-* ``raw``: entries as Redis sent them, ``(id bytes, [field, value, ...])``, without
-  redis-py turning each into a dict (the replay decodes whole pages at once);
+* :func:`raw_pages` instead of :func:`pages`: entries as Redis sent them, ``(id bytes,
+  [field, value, ...])``, without redis-py turning each into a dict (the replay decodes
+  whole pages at once);
 * :func:`decoded` turns raw entries into events: an entry that does not decode is
   skipped, raised, or handed to a callback; :func:`~shared.events.effective` then
   applies retractions.
@@ -28,7 +29,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Final, NamedTuple, TypedDict, TypeVar, Unpack
 
 import redis
 
@@ -46,6 +47,7 @@ __all__ = [
     "exclusive",
     "id_key",
     "pages",
+    "raw_pages",
     "read",
 ]
 
@@ -64,61 +66,36 @@ class Where(TypedDict, total=False):
     ahead: int
 
 
-#: A raw entry (``raw=True``): (id, [field, value, field, value, ...]) as Redis sends it.
+#: A raw entry (:func:`raw_pages`): (id, [field, value, field, value, ...]) as Redis sends it.
 RawEntry = tuple[bytes, list[bytes]]
 E = TypeVar("E", Entry, RawEntry)
 
 
-@overload
-def pages(
-    client: redis.Redis,
-    key: str,
-    *,
-    after: str = ...,
-    through: str = ...,
-    page: int = ...,
-    limit: int | None = ...,
-    retry: bool = ...,
-    ahead: int = ...,
-    raw: Literal[False] = ...,
-) -> Iterator[list[Entry]]: ...
-
-
-@overload
-def pages(
-    client: redis.Redis,
-    key: str,
-    *,
-    after: str = ...,
-    through: str = ...,
-    page: int = ...,
-    limit: int | None = ...,
-    retry: bool = ...,
-    ahead: int = ...,
-    raw: Literal[True],
-) -> Iterator[list[RawEntry]]: ...
-
-
-def pages(
-    client: redis.Redis,
-    key: str,
-    *,
-    after: str = START,
-    through: str = "+",
-    page: int = PAGE,
-    limit: int | None = None,
-    retry: bool = True,
-    ahead: int = 0,
-    raw: bool = False,
-) -> Iterator[list[Entry]] | Iterator[list[RawEntry]]:
+def pages(client: redis.Redis, key: str, **where: Unpack[Where]) -> Iterator[list[Entry]]:
     """The entries of ``key`` after ``after`` up to ``through``, one page at a time."""
+    return _pages(_parsed_fetch(client), key, where)
+
+
+def raw_pages(client: redis.Redis, key: str, **where: Unpack[Where]) -> Iterator[list[RawEntry]]:
+    """:func:`pages`, each entry as Redis sent it (no dict per entry)."""
+    return _pages(_raw_fetch(client), key, where)
+
+
+def _pages(
+    fetch: Callable[[str, str, str, int], list[E]], key: str, where: Where
+) -> Iterator[list[E]]:
+    through = where.get("through", "+")
     if through == START:
         return iter(())  # nothing is after the start and at or before it
-    span = _Span(exclusive(after), through, page, limit, retry)
-    if raw:
-        raws = _walk(_raw_fetch(client), key, span)
-        return _fetched_ahead(raws, ahead, key) if ahead > 0 else raws
-    chunks = _walk(_parsed_fetch(client), key, span)
+    span = _Span(
+        exclusive(where.get("after", START)),
+        through,
+        where.get("page", PAGE),
+        where.get("limit"),
+        where.get("retry", True),
+    )
+    chunks = _walk(fetch, key, span)
+    ahead = where.get("ahead", 0)
     return _fetched_ahead(chunks, ahead, key) if ahead > 0 else chunks
 
 
