@@ -9,6 +9,7 @@ block, dead letters, the API's events page, the access cache's catch-up) goes th
 * ``page``: entries per ``XRANGE``; ``limit``: stop after that many entries in all;
 * ``retry``: ride out a Redis outage (:func:`redis_retry`, for commands and loops) or
   fail at once (a request handler that answers 503 instead of hanging);
+* ``newest_first``: walk from ``through`` down to ``after`` (``XREVRANGE``);
 * ``ahead``: pages a thread fetches ahead of the caller (Redis builds the next page
   while the caller works on this one; the audit replay reads millions of entries);
 * :func:`raw_pages` instead of :func:`pages`: entries as Redis sent them, ``(id bytes,
@@ -64,6 +65,7 @@ class Where(TypedDict, total=False):
     limit: int | None
     retry: bool
     ahead: int
+    newest_first: bool
 
 
 #: A raw entry (:func:`raw_pages`): (id, [field, value, field, value, ...]) as Redis sends it.
@@ -73,12 +75,12 @@ E = TypeVar("E", Entry, RawEntry)
 
 def pages(client: redis.Redis, key: str, **where: Unpack[Where]) -> Iterator[list[Entry]]:
     """The entries of ``key`` after ``after`` up to ``through``, one page at a time."""
-    return _pages(_parsed_fetch(client), key, where)
+    return _pages(_parsed_fetch(client, where.get("newest_first", False)), key, where)
 
 
 def raw_pages(client: redis.Redis, key: str, **where: Unpack[Where]) -> Iterator[list[RawEntry]]:
     """:func:`pages`, each entry as Redis sent it (no dict per entry)."""
-    return _pages(_raw_fetch(client), key, where)
+    return _pages(_raw_fetch(client, where.get("newest_first", False)), key, where)
 
 
 def _pages(
@@ -93,6 +95,7 @@ def _pages(
         where.get("page", PAGE),
         where.get("limit"),
         where.get("retry", True),
+        where.get("newest_first", False),
     )
     chunks = _walk(fetch, key, span)
     ahead = where.get("ahead", 0)
@@ -105,12 +108,13 @@ class _Span(NamedTuple):
     page: int
     limit: int | None
     retry: bool
+    newest_first: bool
 
 
 def _walk(
     fetch: Callable[[str, str, str, int], list[E]], key: str, span: _Span
 ) -> Iterator[list[E]]:
-    low, through, page, left, retry = span
+    low, through, page, left, retry, newest_first = span
     while left is None or left > 0:
         count = page if left is None else min(page, left)
         chunk = (
@@ -125,32 +129,44 @@ def _walk(
             return
         if left is not None:
             left -= len(chunk)
-        low = "(" + as_str(chunk[-1][0])
+        if newest_first:
+            through = "(" + as_str(chunk[-1][0])
+        else:
+            low = "(" + as_str(chunk[-1][0])
 
 
-def _parsed_fetch(client: redis.Redis) -> Callable[[str, str, str, int], list[Entry]]:
+def _parsed_fetch(
+    client: redis.Redis, newest_first: bool
+) -> Callable[[str, str, str, int], list[Entry]]:
+    command = client.xrevrange if newest_first else client.xrange
+
     def fetch(key: str, low: str, high: str, count: int) -> list[Entry]:
-        reply: Any = client.xrange(key, min=low, max=high, count=count)
+        reply: Any = command(key, min=low, max=high, count=count)
         return [(as_str(i), f) for i, f in reply]
 
     return fetch
 
 
-def _raw_fetch(client: redis.Redis) -> Callable[[str, str, str, int], list[RawEntry]]:
-    """XRANGE replies unparsed, through a client on ``client``'s pool without redis-py's
-    callback for them (a cluster client: parsed, then flattened back)."""
+def _raw_fetch(
+    client: redis.Redis, newest_first: bool
+) -> Callable[[str, str, str, int], list[RawEntry]]:
+    """XRANGE (XREVRANGE) replies unparsed, through a client on ``client``'s pool without
+    redis-py's callback for them (a cluster client: parsed, then flattened back)."""
     if type(client) is not redis.Redis:
+        parsed = client.xrevrange if newest_first else client.xrange
 
         def flattened(key: str, low: str, high: str, count: int) -> list[RawEntry]:
-            reply: Any = client.xrange(key, min=low, max=high, count=count)
+            reply: Any = parsed(key, min=low, max=high, count=count)
             return [(i, [x for kv in (f or {}).items() for x in kv]) for i, f in reply]
 
         return flattened
     unparsed = redis.Redis(connection_pool=client.connection_pool)
     unparsed.set_response_callback("XRANGE", lambda response, **_: response)
+    unparsed.set_response_callback("XREVRANGE", lambda response, **_: response)
+    command = unparsed.xrevrange if newest_first else unparsed.xrange
 
     def fetch(key: str, low: str, high: str, count: int) -> list[RawEntry]:
-        reply: Any = unparsed.xrange(key, min=low, max=high, count=count)
+        reply: Any = command(key, min=low, max=high, count=count)
         return [(entry_id, fields or []) for entry_id, fields in reply]
 
     return fetch

@@ -60,3 +60,16 @@ def test_a_reader_that_stops_early_stops_the_read_ahead(
     while any(t.name == f"xrange {STREAM}" for t in threading.enumerate()):
         assert time.monotonic() < deadline, "the read-ahead thread outlived its reader"
         time.sleep(0.01)
+
+
+@pytest.mark.parametrize("ahead", [0, 2])
+def test_newest_first_walks_the_same_range_backwards(
+    redis_client: redis.Redis, ids: list[str], ahead: int
+) -> None:
+    back = _flat(list(streams.pages(redis_client, STREAM, page=3, newest_first=True, ahead=ahead)))
+    assert [entry_id for entry_id, _ in back] == ids[::-1]
+    bounded = _flat(list(streams.pages(redis_client, STREAM, after=ids[1], through=ids[6],
+                                       page=2, newest_first=True)))  # fmt: skip
+    assert [entry_id for entry_id, _ in bounded] == ids[6:1:-1]
+    raw = [e for c in streams.raw_pages(redis_client, STREAM, page=4, newest_first=True) for e in c]
+    assert [entry_id for entry_id, _ in raw] == [i.encode() for i in ids[::-1]]
