@@ -1,8 +1,10 @@
 """One way to read a Redis stream: paging, retries, decoding, retractions.
 
-Every reader that walks a stream (audit, the completeness check, access checks at a
-block, dead letters, the API's events page, the access cache's catch-up) goes through
-:func:`pages`; what differed between them is now a parameter:
+Every reader that walks a stream (audit and its replay, the completeness check, access
+checks at a block, dead letters, the API's events page, the access cache's catch-up, a
+stage's retraction and rebuild reads, the listener's look back over its own entries, the
+agent's rebuild after a retraction) goes through :func:`pages` (or :func:`raw_pages`);
+what differed between them is now a parameter:
 
 * ``after`` / ``through``: where to start (exclusive; :data:`START` for the beginning)
   and where to stop (inclusive; ``+`` for the end);
