@@ -2,8 +2,9 @@
 
 A retraction looks up the committed outputs of the entries it voids and rebuilds the state
 from the input; a rebuild leaves out the entries the stage dead-lettered; the snapshot
-cadence and the output's retention look at the latest snapshot. Each read pages through
-its stream with :func:`~shared.redis_log.redis_retry` and sets aside what does not decode.
+cadence and the output's retention look at the latest snapshot. Each walk pages through
+its stream with :func:`shared.streams.pages` (retrying through an outage) and sets aside
+what does not decode.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import redis
 
+from shared import streams
 from shared.errors import DecodeError
 from shared.events import Retracted, from_fields
 from shared.ids import id_key
@@ -26,11 +28,8 @@ def committed_outputs(
     first = min(inputs, key=id_key)
     found: list[tuple[str, str]] = []
     already: set[str] = set()
-    last = "+"
-    while True:
-        page: Any = redis_retry(client.xrevrange, output, max=last, count=page_size)
-        for raw_id, fields in page:
-            out_id = as_str(raw_id)
+    for page in streams.pages(client, output, page=page_size, newest_first=True):
+        for out_id, fields in page:
             try:
                 out = from_fields(fields)
             except DecodeError:
@@ -43,9 +42,7 @@ def committed_outputs(
                 return found
             if link in inputs and out_id not in already:
                 found.append((out_id, link))
-        if len(page) < page_size:
-            return found
-        last = f"({as_str(page[-1][0])}"
+    return found
 
 
 def input_entries(
@@ -60,11 +57,8 @@ def input_entries(
     """(id, entry) of ``stream`` up to ``until``: entries of the ``reads`` types that decode,
     ``skip`` left out."""
     items: list[tuple[str, Any]] = []
-    low = "-"
-    while True:
-        page: Any = redis_retry(client.xrange, stream, min=low, max=until, count=page_size)
-        for raw_id, fields in page:
-            entry_id = as_str(raw_id)
+    for page in streams.pages(client, stream, through=until, page=page_size):
+        for entry_id, fields in page:
             if entry_id in skip:
                 continue
             try:
@@ -73,9 +67,7 @@ def input_entries(
                 continue
             if isinstance(entry, reads):
                 items.append((entry_id, entry))
-        if len(page) < page_size:
-            return items
-        low = f"({as_str(page[-1][0])}"
+    return items
 
 
 def dead_ids(client: redis.Redis, dead: str) -> set[str]:

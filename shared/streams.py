@@ -1,18 +1,22 @@
 """One way to read a Redis stream: paging, retries, decoding, retractions.
 
-Every reader that walks a stream (audit, the completeness check, access checks at a
-block, dead letters, the API's events page, the access cache's catch-up) goes through
-:func:`pages`; what differed between them is now a parameter:
+Every reader that walks a stream (audit and its replay, the completeness check, access
+checks at a block, dead letters, the API's events page, the access cache's catch-up, a
+stage's retraction and rebuild reads, the listener's look back over its own entries, the
+agent's rebuild after a retraction) goes through :func:`pages` (or :func:`raw_pages`);
+what differed between them is now a parameter:
 
 * ``after`` / ``through``: where to start (exclusive; :data:`START` for the beginning)
   and where to stop (inclusive; ``+`` for the end);
 * ``page``: entries per ``XRANGE``; ``limit``: stop after that many entries in all;
 * ``retry``: ride out a Redis outage (:func:`redis_retry`, for commands and loops) or
   fail at once (a request handler that answers 503 instead of hanging);
+* ``newest_first``: walk from ``through`` down to ``after`` (``XREVRANGE``);
 * ``ahead``: pages a thread fetches ahead of the caller (Redis builds the next page
   while the caller works on this one; the audit replay reads millions of entries);
-* ``raw``: entries as Redis sent them, ``(id bytes, [field, value, ...])``, without
-  redis-py turning each into a dict (the replay decodes whole pages at once);
+* :func:`raw_pages` instead of :func:`pages`: entries as Redis sent them, ``(id bytes,
+  [field, value, ...])``, without redis-py turning each into a dict (the replay decodes
+  whole pages at once);
 * :func:`decoded` turns raw entries into events: an entry that does not decode is
   skipped, raised, or handed to a callback; :func:`~shared.events.effective` then
   applies retractions.
@@ -28,7 +32,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Final, Literal, NamedTuple, TypedDict, TypeVar, Unpack, overload
+from typing import Any, Final, NamedTuple, TypedDict, TypeVar, Unpack
 
 import redis
 
@@ -46,6 +50,7 @@ __all__ = [
     "exclusive",
     "id_key",
     "pages",
+    "raw_pages",
     "read",
 ]
 
@@ -62,63 +67,40 @@ class Where(TypedDict, total=False):
     limit: int | None
     retry: bool
     ahead: int
+    newest_first: bool
 
 
-#: A raw entry (``raw=True``): (id, [field, value, field, value, ...]) as Redis sends it.
+#: A raw entry (:func:`raw_pages`): (id, [field, value, field, value, ...]) as Redis sends it.
 RawEntry = tuple[bytes, list[bytes]]
 E = TypeVar("E", Entry, RawEntry)
 
 
-@overload
-def pages(
-    client: redis.Redis,
-    key: str,
-    *,
-    after: str = ...,
-    through: str = ...,
-    page: int = ...,
-    limit: int | None = ...,
-    retry: bool = ...,
-    ahead: int = ...,
-    raw: Literal[False] = ...,
-) -> Iterator[list[Entry]]: ...
-
-
-@overload
-def pages(
-    client: redis.Redis,
-    key: str,
-    *,
-    after: str = ...,
-    through: str = ...,
-    page: int = ...,
-    limit: int | None = ...,
-    retry: bool = ...,
-    ahead: int = ...,
-    raw: Literal[True],
-) -> Iterator[list[RawEntry]]: ...
-
-
-def pages(
-    client: redis.Redis,
-    key: str,
-    *,
-    after: str = START,
-    through: str = "+",
-    page: int = PAGE,
-    limit: int | None = None,
-    retry: bool = True,
-    ahead: int = 0,
-    raw: bool = False,
-) -> Iterator[list[Entry]] | Iterator[list[RawEntry]]:
+def pages(client: redis.Redis, key: str, **where: Unpack[Where]) -> Iterator[list[Entry]]:
     """The entries of ``key`` after ``after`` up to ``through``, one page at a time."""
+    return _pages(_parsed_fetch(client, where.get("newest_first", False)), key, where)
+
+
+def raw_pages(client: redis.Redis, key: str, **where: Unpack[Where]) -> Iterator[list[RawEntry]]:
+    """:func:`pages`, each entry as Redis sent it (no dict per entry)."""
+    return _pages(_raw_fetch(client, where.get("newest_first", False)), key, where)
+
+
+def _pages(
+    fetch: Callable[[str, str, str, int], list[E]], key: str, where: Where
+) -> Iterator[list[E]]:
+    through = where.get("through", "+")
     if through == START:
         return iter(())  # nothing is after the start and at or before it
-    span = _Span(exclusive(after), through, page, limit, retry)
-    if raw:
-        raws = _walk(_raw_fetch(client), key, span)
-        return _fetched_ahead(raws, ahead, key) if ahead > 0 else raws
-    chunks = _walk(_parsed_fetch(client), key, span)
+    span = _Span(
+        exclusive(where.get("after", START)),
+        through,
+        where.get("page", PAGE),
+        where.get("limit"),
+        where.get("retry", True),
+        where.get("newest_first", False),
+    )
+    chunks = _walk(fetch, key, span)
+    ahead = where.get("ahead", 0)
     return _fetched_ahead(chunks, ahead, key) if ahead > 0 else chunks
 
 
@@ -128,12 +110,13 @@ class _Span(NamedTuple):
     page: int
     limit: int | None
     retry: bool
+    newest_first: bool
 
 
 def _walk(
     fetch: Callable[[str, str, str, int], list[E]], key: str, span: _Span
 ) -> Iterator[list[E]]:
-    low, through, page, left, retry = span
+    low, through, page, left, retry, newest_first = span
     while left is None or left > 0:
         count = page if left is None else min(page, left)
         chunk = (
@@ -148,32 +131,44 @@ def _walk(
             return
         if left is not None:
             left -= len(chunk)
-        low = "(" + as_str(chunk[-1][0])
+        if newest_first:
+            through = "(" + as_str(chunk[-1][0])
+        else:
+            low = "(" + as_str(chunk[-1][0])
 
 
-def _parsed_fetch(client: redis.Redis) -> Callable[[str, str, str, int], list[Entry]]:
+def _parsed_fetch(
+    client: redis.Redis, newest_first: bool
+) -> Callable[[str, str, str, int], list[Entry]]:
+    command = client.xrevrange if newest_first else client.xrange
+
     def fetch(key: str, low: str, high: str, count: int) -> list[Entry]:
-        reply: Any = client.xrange(key, min=low, max=high, count=count)
+        reply: Any = command(key, min=low, max=high, count=count)
         return [(as_str(i), f) for i, f in reply]
 
     return fetch
 
 
-def _raw_fetch(client: redis.Redis) -> Callable[[str, str, str, int], list[RawEntry]]:
-    """XRANGE replies unparsed, through a client on ``client``'s pool without redis-py's
-    callback for them (a cluster client: parsed, then flattened back)."""
+def _raw_fetch(
+    client: redis.Redis, newest_first: bool
+) -> Callable[[str, str, str, int], list[RawEntry]]:
+    """XRANGE (XREVRANGE) replies unparsed, through a client on ``client``'s pool without
+    redis-py's callback for them (a cluster client: parsed, then flattened back)."""
     if type(client) is not redis.Redis:
+        parsed = client.xrevrange if newest_first else client.xrange
 
         def flattened(key: str, low: str, high: str, count: int) -> list[RawEntry]:
-            reply: Any = client.xrange(key, min=low, max=high, count=count)
+            reply: Any = parsed(key, min=low, max=high, count=count)
             return [(i, [x for kv in (f or {}).items() for x in kv]) for i, f in reply]
 
         return flattened
     unparsed = redis.Redis(connection_pool=client.connection_pool)
     unparsed.set_response_callback("XRANGE", lambda response, **_: response)
+    unparsed.set_response_callback("XREVRANGE", lambda response, **_: response)
+    command = unparsed.xrevrange if newest_first else unparsed.xrange
 
     def fetch(key: str, low: str, high: str, count: int) -> list[RawEntry]:
-        reply: Any = unparsed.xrange(key, min=low, max=high, count=count)
+        reply: Any = command(key, min=low, max=high, count=count)
         return [(entry_id, fields or []) for entry_id, fields in reply]
 
     return fetch

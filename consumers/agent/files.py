@@ -19,6 +19,7 @@ import ctypes
 import functools
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -271,3 +272,39 @@ class Writer:
                     drained = not self._jobs
             if drained:  # whole files' texts were just built and dropped (once per burst:
                 release_memory()  # a process of many agents writes one file per agent)
+
+
+class NotPrivate(Exception):
+    """A file that must be private is not; the text completes a sentence naming the file,
+    and ``about_mode`` says whether its mode (or owner) is what is wrong."""
+
+    def __init__(self, what: str, *, about_mode: bool = False) -> None:
+        super().__init__(what)
+        self.about_mode = about_mode
+
+
+def read_private(path: Path, limit: int, *, ours: bool = False) -> bytes | None:
+    """The bytes of ``path`` (None: it does not exist), read only if it is a regular file
+    (a symlink is not followed) with mode 0600 or stricter, owned by this user when
+    ``ours``, and of at most ``limit`` bytes; else :class:`NotPrivate`. Another error
+    opening it (``OSError``) is the caller's to word."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotPrivate("is not a regular file")
+        if info.st_mode & 0o077 or (ours and info.st_uid != os.geteuid()):
+            owner = f" and owner {info.st_uid}" if ours else ""
+            raise NotPrivate(f"has mode {stat.S_IMODE(info.st_mode):04o}{owner}", about_mode=True)
+        if info.st_size > limit:
+            raise NotPrivate(f"is larger than {limit} bytes")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:  # grew while being read
+            raise NotPrivate(f"is larger than {limit} bytes")
+        return data
+    finally:
+        os.close(fd)

@@ -32,6 +32,7 @@ import redis
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from consumers.agent.desired import PeerRecord, PeerTable
+from shared import streams
 from shared.errors import DecodeError
 from shared.events import SCHEMA_VERSION, PeerUpsert, Retracted, effective, from_fields
 from shared.keys import Keys
@@ -386,15 +387,13 @@ class Follower:
     def _rebuild(self, until: str) -> PeerTable:
         """The peer table folded from the effective ``peers`` stream up to ``until``."""
         items: list[tuple[str, Any]] = []
-        low = "-"
-        while True:
-            page: Any = self.client.xrange(self.keys.peers, min=low, max=until, count=REBUILD_PAGE)
-            for raw_id, fields in page:
+        pages = streams.pages(
+            self.client, self.keys.peers, through=until, page=REBUILD_PAGE, retry=False
+        )  # an outage is the agent loop's to ride out
+        for page in pages:
+            for entry_id, fields in page:
                 with contextlib.suppress(DecodeError):
-                    items.append((as_str(raw_id), from_fields(fields)))
-            if len(page) < REBUILD_PAGE:
-                break
-            low = f"({as_str(page[-1][0])}"
+                    items.append((entry_id, from_fields(fields)))
         table = PeerTable(self.keep)
         for _, entry in effective(items):
             table.apply(entry)

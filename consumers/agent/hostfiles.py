@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -42,26 +41,12 @@ def _read_private(path: Path) -> bytes | None:
     :class:`StateProblem` when it is not a regular file of ours with mode 0600 (or
     stricter), or too large."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return None
+        return files.read_private(path, MAX_STATE_BYTES, ours=True)
+    except files.NotPrivate as exc:
+        hint = ": it must be this user's and 0600" if exc.about_mode else ""
+        raise StateProblem(f"{path.name} {exc}{hint}") from None
     except OSError as exc:
         raise StateProblem(f"{path.name}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise StateProblem(f"{path.name} is not a regular file")
-        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
-            raise StateProblem(
-                f"{path.name} has mode {stat.S_IMODE(info.st_mode):04o} and owner "
-                f"{info.st_uid}: it must be this user's and 0600"
-            )
-        if info.st_size > MAX_STATE_BYTES:
-            raise StateProblem(f"{path.name} is larger than {MAX_STATE_BYTES} bytes")
-        with os.fdopen(os.dup(fd), "rb") as fh:
-            return fh.read(MAX_STATE_BYTES + 1)
-    finally:
-        os.close(fd)
 
 
 class StateFile:

@@ -12,13 +12,13 @@ import base64
 import binascii
 import contextlib
 import os
-import stat
 from pathlib import Path
 from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from consumers.agent import files
 from shared.errors import KeyFileError
 from shared.validate import is_valid_wg_key
 
@@ -83,25 +83,14 @@ def read_private_key(path: str | Path) -> str:
     """The base64 private key in ``path``, after checking the file is private (0600 or stricter)."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        raise KeyFileError(f"private key file {path} does not exist") from None
+        data = files.read_private(path, MAX_KEY_FILE_BYTES)
+    except files.NotPrivate as exc:
+        hint = "; it must not be readable by group or others (chmod 600)" if exc.about_mode else ""
+        raise KeyFileError(f"private key file {path} {exc}{hint}") from None
     except OSError as exc:
         raise KeyFileError(f"cannot open private key file {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyFileError(f"private key file {path} is not a regular file")
-        if info.st_mode & 0o077:
-            raise KeyFileError(
-                f"private key file {path} has mode {stat.S_IMODE(info.st_mode):04o}; "
-                "it must not be readable by group or others (chmod 600)"
-            )
-        data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise KeyFileError(f"private key file {path} is too large to be a key")
+    if data is None:
+        raise KeyFileError(f"private key file {path} does not exist")
     try:
         text = data.decode("ascii").strip()
     except UnicodeDecodeError:

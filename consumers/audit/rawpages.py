@@ -3,7 +3,7 @@
 The replay reads millions of entries. redis-py turns each ``XRANGE`` reply into
 (id, dict) pairs in Python; here hiredis' raw reply is kept instead, and the next
 page is fetched by a thread while the caller works on the current one (Redis builds
-a page meanwhile): :func:`shared.streams.pages` with ``raw`` and ``ahead``.
+a page meanwhile): :func:`shared.streams.raw_pages` with ``ahead``.
 
 Each entry is decoded as :func:`shared.events.from_fields` decodes it (the same
 decoder for a current envelope, ``from_fields`` itself for anything else), so the
@@ -41,8 +41,8 @@ def pages(
     client: redis.Redis, key: str, high: str = "+", page: int = PAGE
 ) -> Iterator[list[RawEntry]]:
     """The raw entries of ``key`` up to ``high`` (inclusive), a page at a time, fetched ahead
-    (the one stream reader, :func:`shared.streams.pages`, with the replay's parameters)."""
-    return streams.pages(client, key, through=high, page=page, ahead=AHEAD, raw=True)
+    (the one stream reader, :func:`shared.streams.raw_pages`, with the replay's parameters)."""
+    return streams.raw_pages(client, key, through=high, page=page, ahead=AHEAD)
 
 
 def fields_of(entry: RawEntry) -> dict[bytes, bytes]:

@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import redis
 
-from shared import lua
+from shared import lua, streams
 from shared.errors import CommitConflict, Fenced
 from shared.events import SCHEMA_VERSION, LogEntry, Retracted, from_fields
 from shared.keys import Keys
@@ -93,11 +93,8 @@ class ListenerStore:
         """Entries of logs above ``block`` that no retraction voided yet, newest first."""
         found: list[tuple[str, LogEntry]] = []
         void: set[str] = set()
-        last = "+"
-        while True:
-            page: Any = redis_retry(self.client.xrevrange, self.keys.events, max=last, count=PAGE)
-            for raw_id, fields in page:
-                entry_id = as_str(raw_id)
+        for chunk in streams.pages(self.client, self.keys.events, page=PAGE, newest_first=True):
+            for entry_id, fields in chunk:
                 entry = from_fields(fields)
                 if isinstance(entry, Retracted):
                     void.add(entry.entry_id)
@@ -105,9 +102,7 @@ class ListenerStore:
                     if entry.block_number <= block:
                         return found
                     found.append((entry_id, entry))
-            if len(page) < PAGE:
-                return found
-            last = f"({as_str(page[-1][0])}"
+        return found
 
     def commit(
         self,

@@ -11,17 +11,8 @@ from typing import Any
 
 import pytest
 import redis
-from test_listener import (
-    KEYS,
-    assert_chain,
-    catch_up,
-    keys_of,
-    make_listener,
-    positions,
-    scan,
-    some_history,
-    stream,
-)
+from factories import catch_up, log_entries, make_listener
+from test_listener import KEYS, assert_chain, keys_of, positions, scan, some_history
 from test_reorg import mint_call
 
 from producers.listener import ahead as ahead_module
@@ -64,7 +55,7 @@ def test_ranges_read_ahead_are_appended_once_in_chain_order(
     listener = make_listener(redis_client, anvil.url, nft.address, max_block_range=100)
     used = taken(listener)
     catch_up(listener)
-    entries = stream(redis_client, keys_of(anvil, nft))
+    entries = log_entries(redis_client, keys_of(anvil, nft))
     assert positions(entries) == scan(anvil.url, nft.address, anvil.block_number())
     assert len(entries) == 6
     assert_chain(entries, listener.store.load_cursor())
