@@ -72,9 +72,10 @@ def bootstrap(agent: Agent) -> None:
     wireguard-go applies them while the next batch is read and folded (the answer is
     read before the next request; a failure rolls that batch back, and the reconcile
     after the bootstrap reads the interface whole). Every batch is a prefix of the
-    stream, applied as an agent following it live would have. The addresses (the
-    link going up) come once caught up, while wireguard-go still applies the last
-    request; ``applied_position`` after its answer. Whether the interface is empty is
+    stream, applied as an agent following it live would have. The addresses come
+    once caught up, while wireguard-go still applies the last request; the link goes
+    up after its answer (:meth:`Interface.give_addresses` says why), and
+    ``applied_position`` right after that. Whether the interface is empty is
     found while the first reads run (:class:`_EmptyCheck`). The first
     batch of a fill is small, so that wireguard-go starts at once; each next one is
     larger, as wireguard-go takes several times longer per peer than the agent does.
@@ -149,13 +150,12 @@ class _EmptyCheck:
 
 
 def _early_addresses(agent: Agent) -> None:
-    """Caught up: give the interface its addresses (and bring it up) while wireguard-go
-    still applies the fill's last request, rather than after its answer. The position
-    applied is still declared only after that answer (the reconcile that follows the
-    bootstrap); a failure here is left to that reconcile, which sets them again and
-    reports it."""
+    """Caught up: give the interface its addresses while wireguard-go still applies the
+    fill's last request, the link still down. The reconcile that follows the bootstrap
+    reads that answer, brings the link up and declares the position applied; a failure
+    here is left to it (it sets them again and reports it)."""
     with contextlib.suppress(WireGuardError):
-        agent.iface.set_addresses(agent.model.addresses, settle=False)
+        agent.iface.give_addresses(agent.model.addresses)
 
 
 def _fill(agent: Agent) -> bool:

@@ -204,13 +204,9 @@ class Interface:
             self._put_back(flight.touched, flight.old)
             raise PipelineError(str(exc), flight.nodes) from None
 
-    def set_addresses(
-        self, addresses: tuple[str, ...], *, check: bool = False, settle: bool = True
-    ) -> None:
-        """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged.
-        ``settle`` false: leave the request in flight unanswered (a fill's last)."""
-        if settle:
-            self.settle()
+    def set_addresses(self, addresses: tuple[str, ...], *, check: bool = False) -> None:
+        """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged."""
+        self.settle()
         wanted = self.wg is not None and addresses and (check or addresses != self.addresses)
         if (
             wanted
@@ -219,6 +215,15 @@ class Interface:
         ):
             self.log.info("address set to {}", ", ".join(addresses))
         self.addresses = addresses
+
+    def give_addresses(self, addresses: tuple[str, ...]) -> None:
+        """Give the interface ``addresses`` while a request may be in flight (a fill's last),
+        the link left as it is. Not applied yet: :meth:`set_addresses` brings the link up
+        once the request is answered. A link up while wireguard-go still adds peers would
+        make it start each one added after that and send it a handshake initiation (key
+        exchanges): the end of the fill would be slower."""
+        if self.wg is not None and addresses:
+            self.wg.set_addresses(self.ifname, addresses, self.pools, up=False)
 
     def load_key(self, public_key: str) -> None:
         """Load the private key file into the interface (its public key is ``public_key``)."""

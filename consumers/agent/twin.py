@@ -28,6 +28,8 @@ class MemoryWireGuard:
     listen_port: int = 0
     peers: dict[str, PeerSpec] = field(default_factory=dict)
     addresses: set[str] = field(default_factory=set)
+    #: Whether the link is up (``set_addresses`` brings it up).
+    up: bool = False
     fail_keys: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
 
@@ -84,8 +86,11 @@ class MemoryWireGuard:
         for peer in peers:
             self._set(peer)
 
-    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
+    def set_addresses(
+        self, ifname: str, cidrs: Sequence[str], pools: Sequence[str], *, up: bool = True
+    ) -> bool:
         wanted = set(cidrs)
-        changed = wanted != self.addresses
+        changed = wanted != self.addresses or (up and not self.up)
         self.addresses = wanted
+        self.up = self.up or up
         return changed

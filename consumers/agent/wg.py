@@ -12,10 +12,12 @@ fleet benchmark (it never stands in for WireGuard in e2e tests).
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import shlex
 import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -36,6 +38,11 @@ COMMAND_TIMEOUT: Final = 15.0
 MAX_STDERR: Final = 500
 #: Most peer clauses in one ``wg set`` (about 60 KiB of argv, far below ARG_MAX).
 PEERS_PER_CALL: Final = 500
+#: ``struct ifreq`` (name, flags) and the ioctls of the link's flags (linux/sockios.h, net/if.h).
+_IFREQ_SIZE: Final = 40
+_SIOCGIFFLAGS: Final = 0x8913
+_SIOCSIFFLAGS: Final = 0x8914
+_IFF_UP: Final = 0x1
 
 
 def run(argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
@@ -228,8 +235,11 @@ def addresses(info: dict[str, Any]) -> set[str]:
     return {f"{a['local']}/{a['prefixlen']}" for a in info.get("addr_info", []) if "local" in a}
 
 
-def set_addresses(ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
-    """Give the interface exactly ``cidrs`` among the addresses in ``pools``, and bring it up.
+def set_addresses(
+    ifname: str, cidrs: Sequence[str], pools: Sequence[str], *, up: bool = True
+) -> bool:
+    """Give the interface exactly ``cidrs`` among the addresses in ``pools``, and bring it up
+    (``up`` false: leave the link as it is).
 
     Addresses outside the pools are left alone. Returns True when anything changed.
     """
@@ -245,10 +255,23 @@ def set_addresses(ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bo
     for cidr in sorted(wanted - addresses(info)):
         run(["ip", "addr", "replace", cidr, "dev", ifname])
         changed = True
-    if "UP" not in info.get("flags", []):
-        run(["ip", "link", "set", "dev", ifname, "up"])
+    if up and "UP" not in info.get("flags", []):
+        link_up(ifname)
         changed = True
     return changed
+
+
+def link_up(ifname: str) -> None:
+    """Bring the link up: one ``ioctl`` (``SIOCSIFFLAGS``), where ``ip link set dev IF up``
+    would be a process on the path of a start; ``ip`` when it fails (it says why)."""
+    name = struct.pack("16s", ifname.encode())
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            got = fcntl.ioctl(sock, _SIOCGIFFLAGS, name.ljust(_IFREQ_SIZE, b"\0"))
+            flags = struct.pack("H", struct.unpack_from("H", got, 16)[0] | _IFF_UP)
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, (name + flags).ljust(_IFREQ_SIZE, b"\0"))
+    except OSError:
+        run(["ip", "link", "set", "dev", ifname, "up"])
 
 
 def set_address(ifname: str, cidr: str, pool: str | None = None) -> bool:
@@ -321,7 +344,9 @@ class WireGuard(Protocol):
         """Remove ``removals``, then set ``peers`` (IP endpoints or none), in that order."""
         ...
 
-    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool: ...
+    def set_addresses(
+        self, ifname: str, cidrs: Sequence[str], pools: Sequence[str], *, up: bool = True
+    ) -> bool: ...
 
 
 class Wg:
@@ -416,8 +441,10 @@ class Wg:
     def remove_peers(self, ifname: str, keys: Sequence[str]) -> None:
         self.apply(ifname, keys, ())
 
-    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
-        return set_addresses(ifname, cidrs, pools)
+    def set_addresses(
+        self, ifname: str, cidrs: Sequence[str], pools: Sequence[str], *, up: bool = True
+    ) -> bool:
+        return set_addresses(ifname, cidrs, pools, up=up)
 
 
 __all__ = ["InterfaceState", "MemoryWireGuard", "Wg", "WireGuard", "parse_dump", "show_dump"]

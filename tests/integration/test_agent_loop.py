@@ -220,12 +220,15 @@ class PipelinedTwin(MemoryWireGuard):
     addresses_at: int = -1  # how many requests had been sent when the link got its address
     answers: int = 0  # answers read (``wait``)
     answers_at: int = -1  # how many answers had been read when the link got its address
+    up_at: int = -1  # how many answers had been read when the link went up
+    sent_while_up: int = 0  # peers sent while the link was up
 
     def start_apply(
         self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
     ) -> SimpleNamespace:
         self.requests += 1
         self.sizes.append(len(peers))
+        self.sent_while_up += len(peers) if self.up else 0
         if self.requests == self.refuse:
             self.apply(ifname, removals, list(peers)[:1])
 
@@ -240,10 +243,14 @@ class PipelinedTwin(MemoryWireGuard):
 
         return SimpleNamespace(wait=answered)
 
-    def set_addresses(self, ifname: str, cidrs: Sequence[str], pools: Sequence[str]) -> bool:
+    def set_addresses(
+        self, ifname: str, cidrs: Sequence[str], pools: Sequence[str], *, up: bool = True
+    ) -> bool:
         if self.addresses_at < 0:
             self.addresses_at, self.answers_at = self.requests, self.answers
-        return super().set_addresses(ifname, cidrs, pools)
+        if up and self.up_at < 0:
+            self.up_at = self.answers
+        return super().set_addresses(ifname, cidrs, pools, up=up)
 
 
 @pytest.mark.parametrize("refuse", [0, 2])
@@ -252,8 +259,10 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
 ) -> None:
     """A first start on an interface without peers sends each catch-up batch's peers
     while reading the next; the link gets its address once caught up, while the last
-    batch is still being applied (before its answer is read). A refused batch
-    is rolled back, and the reconcile after the bootstrap puts the interface right."""
+    batch is still being applied (before its answer is read), and goes up only once
+    every answer is read (wireguard-go starts every peer added while it is up). A
+    refused batch is rolled back, and the reconcile after the bootstrap puts the
+    interface right."""
     key_file, public = own
     members = 2 * CATCH_UP_SIZE + 100
     pipe = client.pipeline(transaction=False)
@@ -282,6 +291,9 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
         # ... but before its answer is read (wireguard-go still applies it meanwhile)
         assert wg.answers_at == wg.requests - 1
         assert wg.answers == wg.requests  # and that answer is read before the position
+        assert wg.up_at == wg.requests  # the link up only once every request is answered
+        assert wg.sent_while_up == 0
+        assert wg.up
         # a small first batch (wireguard-go starts at once), then larger ones
         assert wg.sizes[0] <= FIRST_FILL_SIZE < max(wg.sizes)
         assert agent.iface.synced

@@ -1,0 +1,114 @@
+"""A first start on a fresh wireguard-go interface (no peers, link down), the real agent
+in the host's namespace: it fills the interface batch by batch while it reads the
+stream, and brings the link up only once wireguard-go has answered the last batch.
+wireguard-go starts every peer added while the link is up and sends it a handshake
+(two key exchanges each): a link up during the fill would slow its end down. Each
+request on the control socket is watched through a relay (:class:`LinkWatch`) that
+looks at the link when wireguard-go answers."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from pathlib import Path
+
+import pytest
+import redis
+from factories import wg_key
+from uapiproxy import UapiProxy, _read_answer, _read_request
+
+from consumers.agent.keys import generate_private_key_file
+from consumers.agent.wg import parse_dump
+from shared.devnet.netns import Host, Lab
+from shared.devnet.proc import wait_for
+from shared.devnet.redis_server import RedisServer
+from shared.events import PeerUpsert, to_fields
+from shared.keys import Keys
+
+pytestmark = pytest.mark.e2e
+
+#: Members besides the host: batches of 200, 800, 2,000, then 1,001 (consumers/agent/
+#: bootstrap.py); wireguard-go takes over 100 ms on that last one, far longer than the
+#: ``ip`` commands that would bring the link up while it does.
+MEMBERS = 4000
+
+
+class LinkWatch(UapiProxy):
+    """The interface's control socket, relayed; for each ``set=1`` request, how many peers
+    it set and whether the link was up when wireguard-go answered it."""
+
+    def __init__(self, host: Host) -> None:
+        super().__init__(host.ifname)
+        self.host = host
+        self.sets: list[tuple[int, bool]] = []
+
+    def link_up(self) -> bool:
+        out = self.host.exec(["ip", "-j", "link", "show", "dev", self.host.ifname]).stdout
+        return "UP" in json.loads(out)[0]["flags"]
+
+    def _relay(self, conn: socket.socket) -> None:
+        request = _read_request(conn)
+        if not request:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            upstream.connect(str(self.real))
+            upstream.sendall(request)
+            answer = _read_answer(upstream)
+            if request.startswith(b"set=1"):
+                self.sets.append((request.count(b"\npublic_key="), self.link_up()))
+            conn.sendall(answer)
+
+
+def test_the_link_goes_up_after_the_fill(
+    lab: Lab, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    host = lab.add_host("fill")
+    host.start_wireguard()
+    key_file = tmp_path / "own.key"
+    own = generate_private_key_file(key_file)
+    keys = Keys(31337, "0x" + secrets.token_hex(20))
+    client = redis.Redis.from_url(redis_server.url)
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.peers, to_fields(PeerUpsert("own", own, "10.88.0.1", "0-1", "0-1", 1)))  # type: ignore[arg-type]
+    members = {}
+    for i in range(2, MEMBERS + 2):
+        key = wg_key(i)
+        members[key] = f"10.88.{i >> 8}.{i & 0xFF}"
+        upsert = PeerUpsert(f"n{i:05d}", key, members[key], "0-1", "0-1", 1)
+        pipe.xadd(keys.peers, to_fields(upsert))  # type: ignore[arg-type]
+    pipe.execute()
+    client.close()
+    watch = LinkWatch(host).start()
+    try:
+        host.start_agent(
+            node="own",
+            redis_url=redis_server.unix_url,
+            chain_id=keys.chain_id,
+            contract=keys.contract,
+            private_key_file=key_file,
+            config_dir=tmp_path / "conf",
+            env={"WGCHAIN_RECONCILE_INTERVAL": "60"},
+        )
+
+        def filled() -> bool:
+            dump = parse_dump(host.exec(["wg", "show", host.ifname, "dump"]).stdout)
+            return len(dump.peers) == MEMBERS and watch.link_up()
+
+        wait_for(filled, timeout=60, interval=0.2, what="the interface filled, link up")
+    finally:
+        watch.stop()
+    dump = parse_dump(host.exec(["wg", "show", host.ifname, "dump"]).stdout)
+    assert {key: peer.allowed_ips for key, peer in dump.peers.items()} == {
+        key: (f"{ip}/32",) for key, ip in members.items()
+    }
+    assert sum(peers for peers, _ in watch.sets) == MEMBERS
+    assert len(watch.sets) >= 3  # batch by batch
+    answered_up = [peers for peers, up in watch.sets if up]
+    assert not answered_up, watch.sets  # every batch was answered with the link down
+    conf = tmp_path / "conf" / f"{host.ifname}.conf"
+    wait_for(
+        lambda: conf.exists() and conf.read_text().count("[Peer]") == MEMBERS,
+        timeout=30,
+        what="the config file",
+    )
