@@ -386,14 +386,11 @@ class Follower:
 
     def _rebuild(self, until: str) -> PeerTable:
         """The peer table folded from the effective ``peers`` stream up to ``until``."""
-        items: list[tuple[str, Any]] = []
+        # retry=False: an outage is the agent loop's to ride out
         pages = streams.pages(
             self.client, self.keys.peers, through=until, page=REBUILD_PAGE, retry=False
-        )  # an outage is the agent loop's to ride out
-        for page in pages:
-            for entry_id, fields in page:
-                with contextlib.suppress(DecodeError):
-                    items.append((entry_id, from_fields(fields)))
+        )
+        items = [item for page in pages for item in streams.decoded(page)]
         table = PeerTable(self.keep)
         for _, entry in effective(items):
             table.apply(entry)

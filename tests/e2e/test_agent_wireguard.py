@@ -144,8 +144,10 @@ def test_agents_follow_the_peers_stream(net: Net) -> None:
     wg_pids = {n.name: n.host.wg_proc.pid for n in (a, b)}  # type: ignore[union-attr]
     ifindexes = {n.name: n.ifindex() for n in (a, b)}
 
-    # 2. the config file: 0600, no private key, the peer's key
+    # 2. the config file: 0600, no private key, the peer's key (written by the process's
+    # file writer within a second of the apply, not during it: docs/design.md §11.4)
     conf = a.conf_dir / f"{a.host.ifname}.conf"
+    net.wait(lambda: conf.exists() and b.public_key in conf.read_text(), "a's config file")
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     text = conf.read_text()
     assert read_private_key(a.key_file) not in text
