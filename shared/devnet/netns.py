@@ -31,6 +31,8 @@ from shared.errors import ServiceUnavailable
 WG_SOCKET_DIR: Final = Path("/var/run/wireguard")
 #: Seconds to wait for a wireguard-go interface to answer ``wg show``.
 WG_START_TIMEOUT: Final = 10.0
+#: Starts of wireguard-go tried before giving up (it may exit while starting).
+WG_START_ATTEMPTS: Final = 3
 #: Seconds one lab command (``ip``, ``wg``) may take.
 COMMAND_TIMEOUT: Final = 15.0
 #: Host names inside a lab (they become part of namespace names, e.g. ``node-a``).
@@ -130,22 +132,32 @@ class Host:
         return proc
 
     def start_wireguard(self) -> subprocess.Popen[bytes]:
-        """Start ``wireguard-go -f IF`` in the namespace; returns once ``wg show IF`` answers."""
-        sock = WG_SOCKET_DIR / f"{self.ifname}.sock"
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()  # a stale socket of this (unique) name from a crashed run
-        proc = self.spawn(
-            ["wireguard-go", "-f", self.ifname], log_path=self.lab.workdir / f"{self.ifname}.log"
-        )
-        self.wg_proc = proc
+        """Start ``wireguard-go -f IF`` in the namespace; returns once ``wg show IF`` answers.
 
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise ServiceUnavailable(f"wireguard-go {self.ifname} exited ({proc.returncode})")
-            return self.exec(["wg", "show", self.ifname], check=False).returncode == 0
+        A wireguard-go that exits while starting (seen once in a few hundred starts on a
+        loaded machine, exit status 1) is started again, up to :data:`WG_START_ATTEMPTS`
+        times; the error then quotes the end of its log."""
+        log_path = self.lab.workdir / f"{self.ifname}.log"
+        for attempt in range(1, WG_START_ATTEMPTS + 1):
+            with contextlib.suppress(FileNotFoundError):
+                (WG_SOCKET_DIR / f"{self.ifname}.sock").unlink()  # stale: from a crashed run
+            proc = self.spawn(["wireguard-go", "-f", self.ifname], log_path=log_path)
+            self.wg_proc = proc
 
-        wait_for(ready, timeout=WG_START_TIMEOUT, what=f"wireguard-go {self.ifname}")
-        return proc
+            def ready(proc: subprocess.Popen[bytes] = proc) -> bool:
+                if proc.poll() is not None:
+                    return True  # exited: told apart below
+                return self.exec(["wg", "show", self.ifname], check=False).returncode == 0
+
+            wait_for(ready, timeout=WG_START_TIMEOUT, what=f"wireguard-go {self.ifname}")
+            if proc.poll() is None:
+                return proc
+            if attempt == WG_START_ATTEMPTS:
+                tail = log_path.read_bytes()[-400:].decode(errors="replace").strip()
+                raise ServiceUnavailable(
+                    f"wireguard-go {self.ifname} exited ({proc.returncode}): {tail}"
+                )
+        raise AssertionError("unreachable")
 
     def start_agent(
         self,
