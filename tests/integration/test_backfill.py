@@ -26,6 +26,7 @@ import redis
 import requests
 from eth_abi import encode as abi_encode
 from eth_utils.crypto import keccak
+from factories import rpc
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -58,14 +59,6 @@ KEY = "K" * 43 + "="
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def rpc(url: str, method: str, params: list[Any]) -> Any:
-    reply = requests.post(
-        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=30
-    ).json()
-    assert "error" not in reply, reply
-    return reply["result"]
 
 
 def scan(url: str, contract: str, to_block: int) -> list[tuple[int, int, str]]:

@@ -64,6 +64,19 @@ def append_events(client: redis.Redis, *events: ChainEvent) -> list[str]:
     return [i.decode() for i in xadd_many(client, KEYS.events, entries)]
 
 
+def grant_nodes(client: redis.Redis, count: int) -> list[str]:
+    """Grants of ``node-0`` .. ``node-{count-1}``, each its own owner and key; the node ids."""
+    nodes = [f"node-{n}" for n in range(count)]
+    append_events(
+        client,
+        *(
+            NodeAccessGranted(n + 1, node, f"0x{n + 1:040x}", key(n + 1))
+            for n, node in enumerate(nodes)
+        ),
+    )
+    return nodes
+
+
 def entries(client: redis.Redis, stream: str) -> list[tuple[str, dict[bytes, bytes]]]:
     raw: Any = client.xrange(stream)
     return [(i.decode(), f) for i, f in raw]
@@ -335,14 +348,7 @@ def test_the_batch_after_a_full_one_is_read_ahead_while_it_folds(
         return got
 
     monkeypatch.setattr(stage_module, "read_after", counted)
-    nodes = [f"node-{n}" for n in range(5)]
-    append_events(
-        redis_client,
-        *(
-            NodeAccessGranted(n + 1, node, f"0x{n + 1:040x}", key(n + 1))
-            for n, node in enumerate(nodes)
-        ),
-    )
+    nodes = grant_nodes(redis_client, 5)
     stage = Stage(redis_client, KEYS, REGISTRY)
     assert [stage.step(block_ms=None, count=2) for _ in range(4)] == [2, 2, 1, 0]
     stage.close()
@@ -356,14 +362,7 @@ def test_a_read_ahead_from_a_position_another_instance_moved_commits_nothing_twi
 ) -> None:
     """The read ahead of a stage that another instance overtook folds, conflicts and is
     dropped with the state: every output is published once."""
-    nodes = [f"node-{n}" for n in range(6)]
-    append_events(
-        redis_client,
-        *(
-            NodeAccessGranted(n + 1, node, f"0x{n + 1:040x}", key(n + 1))
-            for n, node in enumerate(nodes)
-        ),
-    )
+    nodes = grant_nodes(redis_client, 6)
     first = Stage(redis_client, KEYS, REGISTRY)
     assert first.step(block_ms=None, count=2) == 2  # reads entries 3-4 ahead
     other = Stage(redis_client, KEYS, REGISTRY)
