@@ -45,6 +45,24 @@ def state_digest(fields: Mapping[str, bytes]) -> str:
     return hashlib.sha256(msgspec.json.encode(pairs)).hexdigest()
 
 
+def same_state(live: Mapping[str, bytes], replay: Mapping[str, bytes]) -> bool:
+    """Whether two state hashes hold the same fold state, so have the same
+    :func:`state_digest`: one digest serves both (a dict comparison costs a fraction of
+    a digest, which sorts and encodes every field)."""
+    return live == replay or state_fields(live) == state_fields(replay)
+
+
+def state_digests(
+    live: Mapping[str, bytes], replay: Mapping[str, bytes], replay_digest: str = ""
+) -> tuple[str, str]:
+    """(live, replay) :func:`state_digest`; computed once when the states are the same
+    (``replay_digest``: the replay's, when already known)."""
+    replay_digest = replay_digest or state_digest(replay)
+    if same_state(live, replay):
+        return replay_digest, replay_digest
+    return state_digest(live), replay_digest
+
+
 def content_digest(items: Sequence[bytes]) -> str:
     """sha256 of a stream's canonical content (see :func:`content`): its items as one JSON
     array (each item is one JSON value, so equal digests mean equal item lists)."""
@@ -71,6 +89,50 @@ def _list_digest(items: list[Any]) -> str:
         h.update(memoryview(buf)[1:-1])
     h.update(b"]")
     return h.hexdigest()
+
+
+class ContentHash:
+    """:func:`content_digest` of items given a batch at a time."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256(b"[")
+        self._first = True
+
+    def update(self, items: Sequence[bytes]) -> None:
+        if not items:
+            return
+        if not self._first:
+            self._hash.update(b",")
+        self._hash.update(b",".join(items))
+        self._first = False
+
+    def hexdigest(self) -> str:
+        h = self._hash.copy()
+        h.update(b"]")
+        return h.hexdigest()
+
+
+def numbered(
+    encoded: Sequence[bytes], entries: Sequence[Decoded], causes: Mapping[str, int]
+) -> list[bytes]:
+    """``content(entries, causes)`` of entries that are all plain (no retraction, nothing
+    undecodable), given ``encoded``: each entry's canonical JSON as it is (``encode``).
+
+    The ``cause`` id is replaced by its position in the encoded bytes themselves, not by
+    encoding the entry again: in canonical JSON an unescaped ``"cause":"`` is a key (a
+    string value escapes its quotes), and these entries are flat objects with one
+    ``cause``. An entry where that key does not occur exactly once is encoded again."""
+    out: list[bytes] = []
+    for raw, (_, entry) in zip(encoded, entries, strict=True):
+        cause = getattr(entry, "cause", "")
+        number = causes.get(cause) if cause else None
+        if number is not None:
+            old = b'"cause":"%s"' % cause.encode()
+            if raw.count(b'"cause":"') == 1 and old in raw:
+                out.append(raw.replace(old, b'"cause":"#%d"' % number))
+                continue
+        out += content([(_, entry)], causes)
+    return out
 
 
 def ordinals(registry: Sequence[Decoded]) -> dict[str, int]:
@@ -163,13 +225,17 @@ def _differences(live: bytes | None, replay: bytes | None, shown: str) -> list[s
 
 
 __all__ = [
+    "ContentHash",
     "content",
     "content_digest",
     "content_digest_of",
     "diff_content",
     "diff_state",
+    "numbered",
     "ordinals",
     "outputs_digest",
+    "same_state",
     "state_digest",
+    "state_digests",
     "state_fields",
 ]
