@@ -169,7 +169,7 @@ def live_side(job: LiveJob) -> LiveSide:
         if _payloads(chunk) != mine:
             return side
         # the content digest from the same bytes, causes numbered in place
-        content.update(compare.numbered(mine, ours, causes))
+        content.update_joined(compare.numbered(mine, ours, causes), bool(mine))
         n += len(chunk)
     if n != len(peers_out):
         return side

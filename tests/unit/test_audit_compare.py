@@ -83,14 +83,17 @@ def test_numbered_is_the_content_with_positions_for_causes() -> None:
     ]
     causes = compare.ordinals(_registry())
     encoded = [msgspec.json.encode(entry) for _, entry in peers]
-    numbered = compare.numbered(encoded, peers, causes)
-    assert numbered == compare.content(peers, causes)
-    assert b'"cause":"#1"' in numbered[1]
-    assert hostile.replace('"', '\\"').encode() in numbered[1]
+    content = compare.content(peers, causes)
+    assert compare.numbered(encoded[:3], peers[:3], causes) == b",".join(content[:3])
+    assert b'"cause":"#1"' in content[1]
+    assert hostile.replace('"', '\\"').encode() in content[1]
+    # an unknown cause: encoded again, as the content shows it
+    assert compare.numbered(encoded, peers, causes) == b",".join(content)
+    assert b'"cause":"?7-0"' in content[3]
     # given a batch at a time, the digest of the whole content
     digest = compare.ContentHash()
-    for start in range(0, len(peers), 3):
-        digest.update(numbered[start : start + 3])
+    digest.update_joined(compare.numbered(encoded[:3], peers[:3], causes))
     digest.update([])
+    digest.update(content[3:])
     assert digest.hexdigest() == compare.content_digest_of(peers, causes)
     assert compare.ContentHash().hexdigest() == compare.content_digest([])
