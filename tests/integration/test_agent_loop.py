@@ -302,6 +302,57 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
     assert conf.count("[Peer]") == members
 
 
+@dataclass
+class LinkTwin(PipelinedTwin):
+    """:class:`PipelinedTwin` that, as the real interface, can bring the link up alone
+    (``link_up``: the addresses as they are)."""
+
+    address_calls: list[bool] = field(default_factory=list)  # ``up`` of each set_addresses
+    link_ups_at: list[int] = field(default_factory=list)  # answers read at each link_up
+
+    def set_addresses(
+        self, ifname: str, cidrs: Sequence[str], pools: Sequence[str], *, up: bool = True
+    ) -> bool:
+        self.address_calls.append(up)
+        return super().set_addresses(ifname, cidrs, pools, up=up)
+
+    def link_up(self, ifname: str) -> None:
+        self.link_ups_at.append(self.answers)
+        self.up = True
+
+
+def test_after_a_fill_the_link_goes_up_without_reading_the_addresses_again(
+    client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The addresses a fill gave the interface during its last batch are not read again
+    after the last answer (an ``ip`` process on the real interface): only the link goes
+    up, then the position is declared applied (docs/design.md §11.2)."""
+    key_file, public = own
+    members = CATCH_UP_SIZE + 100
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.peers, to_fields(upsert("a", public, "10.88.0.1")))  # type: ignore[arg-type]
+    for i in range(members):
+        key = base64.b64encode((i + 1).to_bytes(32, "big")).decode()
+        ip = f"10.88.{(i + 2) >> 8}.{(i + 2) & 0xFF}"
+        pipe.xadd(keys.peers, to_fields(upsert(f"n{i:05d}", key, ip)))  # type: ignore[arg-type]
+    last = pipe.execute()[-1].decode()
+    wg = LinkTwin()
+    agent = Agent(config(tmp_path, keys, key_file), client, wg)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
+        assert wg.address_calls == [False]  # given once, the link left down
+        assert wg.link_ups_at == [wg.requests]  # up once, after every answer
+        assert wg.up
+        assert wg.addresses == {"10.88.0.1/16"}
+        assert len(wg.peers) == members
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 def test_the_status_write_after_a_change_rides_on_a_read_that_blocks(
     client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path
 ) -> None:
