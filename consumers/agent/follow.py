@@ -416,11 +416,14 @@ def _stream(items: Any) -> list[Entry]:
     """Raw stream entries ``[id, [field, value, ...]]`` as (id, fields)."""
     out: list[Entry] = []
     for entry_id, flat in items or ():
+        name = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         if isinstance(flat, dict):  # parsed already (a cluster pipeline's reply)
-            out.append((as_str(entry_id), flat))
-            continue
-        it = iter(flat or ())
-        out.append((as_str(entry_id), dict(zip(it, it, strict=False))))
+            out.append((name, flat))
+        elif flat is not None and len(flat) == 6:  # v, type, data: every wgchain entry
+            out.append((name, {flat[0]: flat[1], flat[2]: flat[3], flat[4]: flat[5]}))
+        else:
+            it = iter(flat or ())
+            out.append((name, dict(zip(it, it, strict=False))))
     return out
 
 
