@@ -18,6 +18,7 @@ PARTS = {
     "worker": "b1_ingest:worker_child",
     "fold": "b2_fold:fold_child",
     "load": "b2_fold:load_child",
+    "stage": "b2_fold:stage_child",
     "stages": "b3_propagation:stages_child",
     "agents": "b3_propagation:agents_child",
     "scanner": "b3_propagation:scanner_child",
