@@ -309,17 +309,26 @@ class Follower:
         a clean fold of the canonical history.
         """
         retract_until = ""
+        # Entries come in stream order: once one is past the position, so are the rest,
+        # until a retraction moves the position (a snapshot may cover entries ahead).
+        covered: tuple[int, int] | None = id_key(self.position)
+        elsewhere_of = self._elsewhere if self.keep is not None else None
+        block = self.block
         for entry_id, fields in entries:
-            if id_key(entry_id) <= id_key(self.position):
-                continue  # already covered by a snapshot loaded in this batch
-            elsewhere = self._elsewhere(fields)
+            if covered is not None:
+                if id_key(entry_id) <= covered:
+                    continue  # already covered by a snapshot loaded in this batch
+                covered = None
+            elsewhere = elsewhere_of(fields) if elsewhere_of is not None else None
             if elsewhere is not None:  # about a node this table does not keep: its block only
                 if retract_until:
+                    self.block = block
                     self._retract(retract_until)
-                    retract_until = ""
+                    block, retract_until = self.block, ""
                     if id_key(entry_id) <= id_key(self.position):
+                        covered = id_key(self.position)
                         continue
-                self.block = max(self.block, elsewhere)
+                block = max(block, elsewhere)
                 self.position = entry_id
                 continue
             try:
@@ -328,20 +337,25 @@ class Follower:
                 self.log.bind(entry=entry_id).warning("peers entry ignored: {}", exc)
                 self.position = entry_id
                 continue
-            self.block = max(self.block, block_of(entry))
+            entry_block = getattr(entry, "block_number", 0)  # (block_of, inline: per entry)
+            if isinstance(entry_block, int) and entry_block > block:
+                block = entry_block
             if isinstance(entry, Retracted):
                 retract_until = entry_id
                 self.position = entry_id
                 continue
             if retract_until:
+                self.block = block
                 self._retract(retract_until)
-                retract_until = ""
+                block, retract_until = self.block, ""
                 if id_key(entry_id) <= id_key(self.position):
+                    covered = id_key(self.position)
                     continue
             problem = self.table.apply(entry)
             if problem:
                 self.log.bind(entry=entry_id).warning("peers entry ignored: {}", problem)
             self.position = entry_id
+        self.block = block
         if retract_until:
             self._retract(retract_until)
         if entries:
@@ -402,11 +416,14 @@ def _stream(items: Any) -> list[Entry]:
     """Raw stream entries ``[id, [field, value, ...]]`` as (id, fields)."""
     out: list[Entry] = []
     for entry_id, flat in items or ():
+        name = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         if isinstance(flat, dict):  # parsed already (a cluster pipeline's reply)
-            out.append((as_str(entry_id), flat))
-            continue
-        it = iter(flat or ())
-        out.append((as_str(entry_id), dict(zip(it, it, strict=False))))
+            out.append((name, flat))
+        elif flat is not None and len(flat) == 6:  # v, type, data: every wgchain entry
+            out.append((name, {flat[0]: flat[1], flat[2]: flat[3], flat[4]: flat[5]}))
+        else:
+            it = iter(flat or ())
+            out.append((name, dict(zip(it, it, strict=False))))
     return out
 
 
