@@ -29,14 +29,13 @@ from typing import Any, Final
 import hiredis
 import msgspec
 import redis
-from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from consumers.agent.desired import PeerRecord, PeerTable
 from shared import streams
 from shared.errors import DecodeError
 from shared.events import SCHEMA_VERSION, PeerUpsert, Retracted, effective, from_fields
 from shared.keys import Keys
-from shared.redis_log import START, Entry, as_str, id_key, read_after
+from shared.redis_log import START, Entry, as_str, id_key, read_after, read_replies
 from shared.validate import excerpt
 
 #: Entries of the peers stream read per batch.
@@ -201,7 +200,7 @@ class Follower:
             except TypeError:  # not a str, bytes, int or float: redis-py's own error
                 packed = conn.pack_commands(commands)
             conn.send_packed_command(packed)
-            replies = _read_replies(conn, len(commands))
+            replies = read_replies(conn, len(commands))
         except BaseException:
             self._conn = None  # in an unknown state: a new one next time
             conn.disconnect()
@@ -425,39 +424,6 @@ def _stream(items: Any) -> list[Entry]:
             it = iter(flat or ())
             out.append((name, dict(zip(it, it, strict=False))))
     return out
-
-
-def _read_replies(conn: Any, count: int) -> list[Any]:
-    """The next ``count`` raw replies on ``conn`` (an error reply as its exception).
-
-    On a connection parsed by hiredis, straight from its reader: one socket read
-    for all of them (redis-py's ``read_response`` costs some microseconds of Python per
-    reply, which a process of a hundred agents pays three times per agent per change).
-    Otherwise through ``read_response``."""
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    replies: list[Any] = []
-    if reader is not None:
-        while len(replies) < count:
-            reply = reader.gets()
-            if reply is NOT_ENOUGH_DATA:
-                try:
-                    parser.read_from_socket()  # type: ignore[union-attr]
-                except OSError as exc:  # as read_response says it
-                    raise redis.ConnectionError(f"Error while reading from Redis: {exc}") from exc
-            elif isinstance(reply, redis.ConnectionError):
-                raise reply
-            elif isinstance(reply, hiredis.PushNotification):  # RESP3: not a reply
-                parser.handle_push_response(reply)  # type: ignore[union-attr]
-            else:
-                replies.append(reply)
-        return replies
-    for _ in range(count):
-        try:
-            replies.append(conn.read_response())
-        except redis.ResponseError as exc:
-            replies.append(exc)
-    return replies
 
 
 def _raise_if_error(reply: object) -> None:
