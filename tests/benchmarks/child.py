@@ -24,6 +24,7 @@ PARTS = {
     "scanner": "b3_propagation:scanner_child",
     "apply": "b4_host:apply_child",
     "apply_hub": "b4_host:apply_hub_child",
+    "boot": "b4_host:boot_child",
     "api": "b5_access:api_child",
     "registry": "b5_access:registry_child",
     "fleet": "fleet:fleet_child",
