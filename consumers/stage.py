@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Generic, TypeVar
 
+import msgspec
 import redis
 
 from consumers import stage_reads as reads
@@ -29,7 +30,7 @@ from consumers.stage_retract import retract
 from shared import health, metrics
 from shared.collector import collector_paused
 from shared.errors import CommitConflict, DecodeError
-from shared.events import Retracted, from_fields
+from shared.events import Retracted, envelope_decoders, from_fields
 from shared.keys import Keys
 from shared.logs import brief, log
 from shared.redis_log import (
@@ -66,6 +67,8 @@ class Stage(Generic[S]):
         self.fold = fold
         #: Entry types this stage reads: the fold's, and retractions.
         self._reads = (*fold.accepts, Retracted)
+        #: (v, type) of an envelope of those types -> its payload's decoder (the fast path).
+        self._decoders = envelope_decoders(self._reads)
         self.client = client
         self.input = keys.input(fold.name)
         #: The fold's ``snapshot(state) -> bytes`` when it writes snapshots of its output.
@@ -276,15 +279,28 @@ class Stage(Generic[S]):
         flight, which a retraction must see; raises :class:`_Conflicted` when it conflicted)."""
         batch = Batch(position=entries[-1][0])
         decoded: list[tuple[str, Any]] = []
-        reads = self._reads
+        add = decoded.append
+        decoders = self._decoders
         retractions = False
         for entry_id, fields in entries:
             if poison and entry_id in poison:
                 batch.dead.append((entry_id, poison[entry_id], raw_fields(fields)))
                 continue
+            # the common envelope of an input type: its payload's decoder, nothing else
+            decoder = decoders.get((fields.get(b"v"), fields.get(b"type")))  # type: ignore[arg-type]
+            if decoder is not None:
+                try:
+                    entry = decoder.decode(fields[b"data"])
+                except (KeyError, msgspec.DecodeError):
+                    pass  # the full path names what is wrong
+                else:
+                    if type(entry) is Retracted:
+                        retractions = True
+                    add((entry_id, entry))
+                    continue
             try:
                 entry = from_fields(fields)
-                if not isinstance(entry, reads):
+                if not isinstance(entry, self._reads):
                     raise DecodeError(f"{type(entry).__name__} is not an input of {self.fold.name}")
             except DecodeError as exc:
                 self.log.warning("dead-lettering {}: {}", entry_id, exc)
@@ -292,7 +308,7 @@ class Stage(Generic[S]):
                 continue
             if type(entry) is Retracted:
                 retractions = True
-            decoded.append((entry_id, entry))
+            add((entry_id, entry))
         if not retractions:  # the common case: one fold call per entry, nothing else
             self._fold_all(decoded, batch)
         else:
