@@ -444,7 +444,7 @@ class _Step:
         )
 
 
-# --- quick steps (docs/design.md §8.3) ---------------------------------------------------
+# --- quick steps (docs/design.md §8.5) ---------------------------------------------------
 #
 # Most entries of a long registry stream are a live member's key change and a node joining
 # or leaving while no quarantine is due and nobody waits. Each function below folds such an
