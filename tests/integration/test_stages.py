@@ -342,14 +342,14 @@ def test_the_batch_after_a_full_one_is_read_ahead_while_it_folds(
     from consumers import stage as stage_module
 
     readers: list[tuple[str, int]] = []
-    real_read = stage_module.read_after
+    real_read = stage_module.read_entries
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         got = real_read(*args, **kwargs)
         readers.append((threading.current_thread().name.split("_")[0], len(got)))
         return got
 
-    monkeypatch.setattr(stage_module, "read_after", counted)
+    monkeypatch.setattr(stage_module, "read_entries", counted)
     nodes = grant_nodes(redis_client, 5)
     stage = Stage(redis_client, KEYS, REGISTRY)
     assert [stage.step(block_ms=None, count=2) for _ in range(4)] == [2, 2, 1, 0]
@@ -432,3 +432,32 @@ def test_the_stage_loop_decodes_as_from_fields_does(
     batch = stage._apply(entries, {})
     assert [(entry_id, reason) for entry_id, reason, _ in batch.dead] == reasons
     assert batch.outputs == fold(inputs)[1]
+    # the same fields as an XRANGE reply holds them (names and values in turn), as read_entries
+    # gives them: the same folds, the same dead letters (raw fields included)
+    flat = [
+        (entry_id, [x for pair in fields.items() for x in pair]) for entry_id, fields in entries
+    ]
+    again = Stage(redis_client, Keys(31337, "0x" + "e" * 40), REGISTRY)._apply(flat, {})
+    assert again.dead == batch.dead
+    assert again.outputs == batch.outputs
+
+
+def test_a_range_is_read_as_the_reply_holds_it(redis_client: redis.Redis) -> None:
+    """``read_entries`` gives each entry of a range as its flat list of names and values (no
+    dict per entry); a blocking read still gives dicts; the stage folds both alike."""
+    from consumers.stage import as_dict, raw_reader, read_entries
+
+    grant_nodes(redis_client, 3)
+    raw = raw_reader(redis_client)
+    ranged = read_entries(redis_client, raw, KEYS.events, redis_log.START, 10)
+    blocking = read_entries(redis_client, raw, KEYS.events, redis_log.START, 10, block_ms=10)
+    assert [type(fields) for _, fields in ranged] == [list] * 3
+    assert [(i, as_dict(f)) for i, f in ranged] == blocking
+    parsed: Any = redis_client.xrange(KEYS.events)  # the shared client still parses replies
+    assert [type(fields) for _, fields in parsed] == [dict] * 3
+    stage = Stage(redis_client, KEYS, REGISTRY)
+    drain(stage)
+    stage.close()
+    assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == [
+        f"node-{i}" for i in range(3)
+    ]
