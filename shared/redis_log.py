@@ -1,8 +1,10 @@
 """Redis Streams I/O: connecting, reading entries, and the atomic stage commit.
 
 A stage commits its input position, its state changes and its output entries in
-one Lua call that first checks the stored position is the one the stage started
-from; a stage killed at any instant either committed all of a batch or none of it.
+one transaction (``WATCH`` of the position, ``MULTI`` ... ``EXEC``; one Lua call on a
+Redis Cluster) that only lands if the stored position is the one the stage started
+from; a stage killed at any instant either committed all of a batch or none of it
+(docs/design.md §7.1).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar, cast
 
+import hiredis
 import msgspec
 import redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.cluster import RedisCluster
 from redis.exceptions import (
     AuthenticationError,
@@ -228,7 +232,15 @@ def as_str(value: bytes | str) -> str:
 
 
 _COMMIT_LUA: Final = lua.source("stage_commit")
+_SNAPSHOT_ID_LUA: Final = lua.source("stage_snapshot_id")
 _MSGPACK: Final = msgspec.msgpack.Encoder().encode
+#: RESP of one command, packed in C (redis-py's own packer loops in Python over every argument).
+_PACK: Final = cast(Callable[[tuple[Any, ...]], bytes], hiredis.pack_command)
+#: Fields per ``HSET`` / ``HDEL`` of a commit transaction (bounds one command's arguments).
+FIELDS_PER_COMMAND: Final = 1000
+_MULTI: Final = _PACK(("MULTI",))
+_EXEC: Final = _PACK(("EXEC",))
+_UNWATCH: Final = _PACK(("UNWATCH",))
 
 
 def pack_entries(items: Sequence[Any]) -> list[Any]:
@@ -260,9 +272,23 @@ class Batch:
     replace: bool = False
     #: A snapshot of the output as of this commit (written with the last output id).
     snapshot: bytes | None = None
-    #: The commit's arguments after the expected position (``StageStore.pack``), when packed
-    #: ahead of the commit (e.g. on the thread that made the batch).
-    packed: list[Any] | None = None
+    #: The commit packed ahead of it (``StageStore.pack``, e.g. on the thread that made the
+    #: batch): a :class:`Transaction`, or the commit script's arguments after the expected
+    #: position (Redis Cluster).
+    packed: Transaction | list[Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """A commit's writes as the body of one ``MULTI`` ... ``EXEC`` (the position's ``SET`` is
+    added at the commit, which knows the expected position)."""
+
+    #: The commands, RESP-encoded back to back.
+    body: bytes
+    #: How many commands ``body`` holds (each answers ``QUEUED``).
+    commands: int
+    #: Output entries appended (the commit's return value).
+    outputs: int
 
 
 class StageStore:
@@ -277,6 +303,7 @@ class StageStore:
         output: str,
         dead: str,
         snapshot: str | None = None,
+        script: bool | None = None,
     ) -> None:
         self.client = client
         self.position = position
@@ -287,6 +314,15 @@ class StageStore:
         # The commit script's KEYS, in its order (shared/lua/stage_commit.lua).
         self.keys = [position, state, output, dead] + ([snapshot] if snapshot is not None else [])
         self._commit = client.register_script(_COMMIT_LUA)
+        #: True: commit with the Lua script (the default on a Redis Cluster, whose client has
+        #: no single connection to hold a ``WATCH`` on); else with a transaction.
+        self.script = isinstance(client, RedisCluster) if script is None else script
+        #: ``XADD <output> * v <version> type %b data <%d bytes: %b>`` as a RESP template: the
+        #: envelope of ``shared.events.to_fields``, the type name's bulk string and data to fill.
+        self._xadd = (
+            b"*9\r\n$4\r\nXADD\r\n%b$1\r\n*\r\n$1\r\nv\r\n%b$4\r\ntype\r\n"
+            % (_bulk(output), _bulk(SCHEMA_VERSION))
+        ) + b"%b$4\r\ndata\r\n$%d\r\n%b\r\n"
 
     def load(self) -> tuple[str, dict[str, bytes]]:
         """The committed position (``START`` if none) and the whole state hash."""
@@ -328,8 +364,45 @@ class StageStore:
                     continue
             return (as_str(raw_pos) if raw_pos else START), built
 
+    def pack(self, batch: Batch) -> Transaction | list[Any]:
+        """``batch`` packed for :meth:`commit` (a :class:`Transaction`, or the script's
+        arguments after the expected position when :attr:`script`)."""
+        if self.script:
+            return self.pack_script(batch)
+        commands = []
+        state = self.state
+        if batch.replace:
+            commands.append(_PACK(("DEL", state)))
+        if batch.state_set:
+            pairs = list(batch.state_set.items())
+            for i in range(0, len(pairs), FIELDS_PER_COMMAND):
+                commands.append(_hset(state, pairs[i : i + FIELDS_PER_COMMAND]))
+        if batch.state_del:
+            gone = sorted(batch.state_del)
+            step = FIELDS_PER_COMMAND
+            commands += [
+                _PACK(("HDEL", state, *gone[i : i + step])) for i in range(0, len(gone), step)
+            ]
+        # One XADD per output, packed here from :attr:`_xadd` (a few times faster than a
+        # generic packer; the same bytes, see tests/integration/test_stage_commit.py).
+        xadd = self._xadd
+        names = _TYPE_NAMES
+        for item in batch.outputs:
+            data = encode(item)
+            name = names.get(type(item)) or _type_name(type(item))
+            commands.append(xadd % (name, len(data), data))
+        dead = self.dead
+        commands += [
+            _PACK(("XADD", dead, "*", "id", ident, "reason", reason, "raw", raw))
+            for ident, reason, raw in batch.dead
+        ]
+        if batch.snapshot is not None and self.snapshot is not None:
+            commands.append(_PACK(("HSET", self.snapshot, "data", batch.snapshot)))
+            commands.append(_PACK(("EVAL", _SNAPSHOT_ID_LUA, 2, self.output, self.snapshot)))
+        return Transaction(b"".join(commands), len(commands), len(batch.outputs))
+
     @staticmethod
-    def pack(batch: Batch) -> list[Any]:
+    def pack_script(batch: Batch) -> list[Any]:
         """The commit script's arguments for ``batch``, after the expected position."""
         state: list[str] = []
         for k, v in batch.state_set.items():  # values are JSON: UTF-8 (cmsgpack has no bin)
@@ -354,12 +427,13 @@ class StageStore:
         of output entries appended.
 
         Raises :class:`CommitConflict` when the stored position is not ``expected``
-        (another instance committed, or the store was reset).
+        (another instance committed, or the store was reset), or changes before the
+        commit lands: then nothing of ``batch`` was written.
         """
-        args = [
-            "" if expected == START else expected,
-            *(batch.packed if batch.packed is not None else self.pack(batch)),
-        ]
+        packed = batch.packed if batch.packed is not None else self.pack(batch)
+        if isinstance(packed, Transaction):
+            return self._commit_transaction(expected, batch.position, packed)
+        args = ["" if expected == START else expected, *packed]
         try:
             appended = self._commit(keys=self.keys, args=args)
         except redis.ResponseError as exc:
@@ -367,6 +441,100 @@ class StageStore:
                 raise CommitConflict(str(exc)) from exc
             raise
         return int(appended)
+
+    def _commit_transaction(self, expected: str, position: str, packed: Transaction) -> int:
+        """:meth:`commit` as ``WATCH position``, ``GET position`` (one round trip), then, if
+        it is ``expected``, ``MULTI``, the writes, ``SET position``, ``EXEC`` (a second one):
+        ``EXEC`` runs nothing if the position was written meanwhile (docs/design.md §7.1)."""
+        pool = self.client.connection_pool
+        conn: Any = pool.get_connection()
+        try:
+            conn.send_packed_command(
+                [_PACK(("WATCH", self.position)), _PACK(("GET", self.position))]
+            )
+            stored = read_replies(conn, 2)[1]
+            cur = as_str(stored) if stored else ""
+            want = "" if expected == START else expected
+            if cur != want:
+                conn.send_packed_command([_UNWATCH])
+                read_replies(conn, 1)
+                raise CommitConflict(f"CONFLICT position is {cur}, expected {want}")
+            tail = [_PACK(("SET", self.position, position))] if position != expected else []
+            conn.send_packed_command([_MULTI, packed.body, *tail, _EXEC])
+            replies = read_replies(conn, 2 + packed.commands + len(tail))
+        except CommitConflict:
+            pool.release(conn)
+            raise
+        except BaseException:
+            conn.disconnect()  # in an unknown state (a WATCH, a transaction half sent)
+            pool.release(conn)
+            raise
+        pool.release(conn)
+        done = replies[-1]
+        if done is None:
+            raise CommitConflict(f"CONFLICT position written during the commit, expected {want}")
+        for reply in (*replies[:-1], *(done if isinstance(done, list) else [done])):
+            if isinstance(reply, Exception):  # EXECABORT (nothing ran), or a command's error
+                raise reply
+        return packed.outputs
+
+
+#: The RESP bulk string of each output type's name (``type`` field of the envelope).
+_TYPE_NAMES: dict[type, bytes] = {}
+
+
+def _type_name(kind: type) -> bytes:
+    """The RESP bulk string of ``kind``'s name (kept in :data:`_TYPE_NAMES`)."""
+    bulk = _TYPE_NAMES[kind] = _bulk(kind.__name__)
+    return bulk
+
+
+def _bulk(value: str | int) -> bytes:
+    """``value`` as a RESP bulk string."""
+    raw = str(value).encode()
+    return b"$%d\r\n%b\r\n" % (len(raw), raw)
+
+
+def _hset(key: str, pairs: Sequence[tuple[str, bytes]]) -> bytes:
+    """RESP of ``HSET key field value ...`` for ``pairs`` (the same bytes as ``_PACK``)."""
+    parts = [b"*%d\r\n$4\r\nHSET\r\n%b" % (2 + 2 * len(pairs), _bulk(key))]
+    for name, value in pairs:
+        field = name.encode()
+        parts.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(field), field, len(value), value))
+    return b"".join(parts)
+
+
+def read_replies(conn: Any, count: int) -> list[Any]:
+    """The next ``count`` raw replies on ``conn``, an error reply as its exception object.
+
+    On a connection parsed by hiredis, straight from its reader: one socket read for all
+    of them (redis-py's ``read_response`` costs some microseconds of Python per reply; a
+    commit answers ``QUEUED`` once per command, and a process of a hundred agents reads
+    three replies per agent per change). Otherwise through ``read_response``."""
+    parser = getattr(conn, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    replies: list[Any] = []
+    if reader is None:
+        for _ in range(count):
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+    while len(replies) < count:
+        reply = reader.gets()
+        if reply is NOT_ENOUGH_DATA:
+            try:
+                parser.read_from_socket()  # type: ignore[union-attr]
+            except OSError as exc:  # as read_response says it
+                raise redis.ConnectionError(f"Error while reading from Redis: {exc}") from exc
+        elif isinstance(reply, redis.ConnectionError):
+            raise reply
+        elif isinstance(reply, hiredis.PushNotification):  # RESP3: not a reply
+            parser.handle_push_response(reply)  # type: ignore[union-attr]
+        else:
+            replies.append(reply)
+    return replies
 
 
 def _scan_pairs(client: Any, key: str) -> Iterator[tuple[str, bytes]]:
@@ -394,6 +562,7 @@ __all__ = [
     "Batch",
     "Entry",
     "StageStore",
+    "Transaction",
     "client_for",
     "connect",
     "id_key",
@@ -401,5 +570,6 @@ __all__ = [
     "log",
     "outage_retry",
     "read_after",
+    "read_replies",
     "redacted",
 ]

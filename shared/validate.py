@@ -10,6 +10,8 @@ import re
 
 #: Characters of a node id, and its length (1..64).
 NODE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: A valid node id whole (:func:`is_valid_node_id` in one match: it runs per stream entry).
+_NODE_ID_FULL = re.compile(r"(?!-)(?!\.\.?\Z)[A-Za-z0-9._-]{1,64}")
 #: Characters of a WireGuard public key in standard base64 (44 characters, one ``=``).
 WG_KEY_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 #: The base64 of 32 zero bytes (matches the pattern, is no key).
@@ -30,11 +32,7 @@ def is_valid_node_id(node_id: str) -> bool:
 
     A leading ``-`` would read as an option wherever the id reaches a command line.
     """
-    return (
-        bool(NODE_ID_RE.fullmatch(node_id))
-        and node_id not in {".", ".."}
-        and not node_id.startswith("-")
-    )
+    return _NODE_ID_FULL.fullmatch(node_id) is not None
 
 
 def is_valid_wg_key(key: str) -> bool:

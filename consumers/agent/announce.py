@@ -137,9 +137,12 @@ class Announcements:
         """node id -> announced endpoint (None: none, or nothing valid)."""
         wanted = sorted(nodes)
         endpoints: dict[str, str | None] = {}
+        # each node's key from one key's two ends (a fill reads 10,000 of them; the prefix
+        # and the network's tag hold no newline)
+        head, _, tail = self.keys.host_announce("\n").partition("\n")
         for start in range(0, len(wanted), MGET_CHUNK):
             chunk = wanted[start : start + MGET_CHUNK]
-            raw: Any = self.retry(self.client.mget, [self.keys.host_announce(n) for n in chunk])
+            raw: Any = self.retry(self.client.mget, [f"{head}{n}{tail}" for n in chunk])
             for node, value in zip(chunk, raw, strict=True):
                 endpoints[node] = announced_endpoint(value) if value is not None else None
         return endpoints

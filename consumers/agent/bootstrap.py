@@ -76,7 +76,8 @@ def bootstrap(agent: Agent) -> None:
     once caught up, while wireguard-go still applies the last request; the link goes
     up after its answer (:meth:`Interface.give_addresses` says why), and
     ``applied_position`` right after that. Whether the interface is empty is
-    found while the first reads run (:class:`_EmptyCheck`). The first
+    found while the first batch is read and folded and its announcements read
+    (:class:`_EmptyCheck`). The first
     batch of a fill is small, so that wireguard-go starts at once; each next one is
     larger, as wireguard-go takes several times longer per peer than the agent does.
     """
@@ -89,10 +90,13 @@ def bootstrap(agent: Agent) -> None:
         count = FIRST_FILL_SIZE if check is not None else CATCH_UP_SIZE
         while True:
             entries, _ = agent.retry(follower.read, None, count)
+            follower.fold(entries)
             if check is not None:
+                # the first batch folded and its announcements read while the check runs
+                # (neither touches the interface); then whether to fill
+                agent.read_announcements(set(follower.table.records))
                 fill, check = check.result(), None
                 count = count if fill else CATCH_UP_SIZE
-            follower.fold(entries)
             if fill:
                 fill = _fill(agent)
             if follower.caught_up:
@@ -159,8 +163,6 @@ def _early_addresses(agent: Agent) -> None:
 
 
 def _fill(agent: Agent) -> bool:
-    """Send the peers the last batch changed (see :func:`bootstrap`); False: stop
-    filling (it failed)."""
-    if agent.follower.replaced:  # the first batch: the announcements of its nodes
-        agent.read_announcements(set(agent.follower.table.records))
+    """Send the peers the last batch changed (see :func:`bootstrap`; the first batch's
+    announcements were read before); False: stop filling (it failed)."""
     return agent.apply_changes(full=False, fill=True)

@@ -29,14 +29,13 @@ from typing import Any, Final
 import hiredis
 import msgspec
 import redis
-from redis._parsers.hiredis import NOT_ENOUGH_DATA
 
 from consumers.agent.desired import PeerRecord, PeerTable
 from shared import streams
 from shared.errors import DecodeError
 from shared.events import SCHEMA_VERSION, PeerUpsert, Retracted, effective, from_fields
 from shared.keys import Keys
-from shared.redis_log import START, Entry, as_str, id_key, read_after
+from shared.redis_log import START, Entry, as_str, id_key, read_after, read_replies
 from shared.validate import excerpt
 
 #: Entries of the peers stream read per batch.
@@ -201,7 +200,7 @@ class Follower:
             except TypeError:  # not a str, bytes, int or float: redis-py's own error
                 packed = conn.pack_commands(commands)
             conn.send_packed_command(packed)
-            replies = _read_replies(conn, len(commands))
+            replies = read_replies(conn, len(commands))
         except BaseException:
             self._conn = None  # in an unknown state: a new one next time
             conn.disconnect()
@@ -309,17 +308,26 @@ class Follower:
         a clean fold of the canonical history.
         """
         retract_until = ""
+        # Entries come in stream order: once one is past the position, so are the rest,
+        # until a retraction moves the position (a snapshot may cover entries ahead).
+        covered: tuple[int, int] | None = id_key(self.position)
+        elsewhere_of = self._elsewhere if self.keep is not None else None
+        block = self.block
         for entry_id, fields in entries:
-            if id_key(entry_id) <= id_key(self.position):
-                continue  # already covered by a snapshot loaded in this batch
-            elsewhere = self._elsewhere(fields)
+            if covered is not None:
+                if id_key(entry_id) <= covered:
+                    continue  # already covered by a snapshot loaded in this batch
+                covered = None
+            elsewhere = elsewhere_of(fields) if elsewhere_of is not None else None
             if elsewhere is not None:  # about a node this table does not keep: its block only
                 if retract_until:
+                    self.block = block
                     self._retract(retract_until)
-                    retract_until = ""
+                    block, retract_until = self.block, ""
                     if id_key(entry_id) <= id_key(self.position):
+                        covered = id_key(self.position)
                         continue
-                self.block = max(self.block, elsewhere)
+                block = max(block, elsewhere)
                 self.position = entry_id
                 continue
             try:
@@ -328,20 +336,25 @@ class Follower:
                 self.log.bind(entry=entry_id).warning("peers entry ignored: {}", exc)
                 self.position = entry_id
                 continue
-            self.block = max(self.block, block_of(entry))
+            entry_block = getattr(entry, "block_number", 0)  # (block_of, inline: per entry)
+            if isinstance(entry_block, int) and entry_block > block:
+                block = entry_block
             if isinstance(entry, Retracted):
                 retract_until = entry_id
                 self.position = entry_id
                 continue
             if retract_until:
+                self.block = block
                 self._retract(retract_until)
-                retract_until = ""
+                block, retract_until = self.block, ""
                 if id_key(entry_id) <= id_key(self.position):
+                    covered = id_key(self.position)
                     continue
             problem = self.table.apply(entry)
             if problem:
                 self.log.bind(entry=entry_id).warning("peers entry ignored: {}", problem)
             self.position = entry_id
+        self.block = block
         if retract_until:
             self._retract(retract_until)
         if entries:
@@ -402,45 +415,15 @@ def _stream(items: Any) -> list[Entry]:
     """Raw stream entries ``[id, [field, value, ...]]`` as (id, fields)."""
     out: list[Entry] = []
     for entry_id, flat in items or ():
+        name = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
         if isinstance(flat, dict):  # parsed already (a cluster pipeline's reply)
-            out.append((as_str(entry_id), flat))
-            continue
-        it = iter(flat or ())
-        out.append((as_str(entry_id), dict(zip(it, it, strict=False))))
+            out.append((name, flat))
+        elif flat is not None and len(flat) == 6:  # v, type, data: every wgchain entry
+            out.append((name, {flat[0]: flat[1], flat[2]: flat[3], flat[4]: flat[5]}))
+        else:
+            it = iter(flat or ())
+            out.append((name, dict(zip(it, it, strict=False))))
     return out
-
-
-def _read_replies(conn: Any, count: int) -> list[Any]:
-    """The next ``count`` raw replies on ``conn`` (an error reply as its exception).
-
-    On a connection parsed by hiredis, straight from its reader: one socket read
-    for all of them (redis-py's ``read_response`` costs some microseconds of Python per
-    reply, which a process of a hundred agents pays three times per agent per change).
-    Otherwise through ``read_response``."""
-    parser = getattr(conn, "_parser", None)
-    reader = getattr(parser, "_reader", None)
-    replies: list[Any] = []
-    if reader is not None:
-        while len(replies) < count:
-            reply = reader.gets()
-            if reply is NOT_ENOUGH_DATA:
-                try:
-                    parser.read_from_socket()  # type: ignore[union-attr]
-                except OSError as exc:  # as read_response says it
-                    raise redis.ConnectionError(f"Error while reading from Redis: {exc}") from exc
-            elif isinstance(reply, redis.ConnectionError):
-                raise reply
-            elif isinstance(reply, hiredis.PushNotification):  # RESP3: not a reply
-                parser.handle_push_response(reply)  # type: ignore[union-attr]
-            else:
-                replies.append(reply)
-        return replies
-    for _ in range(count):
-        try:
-            replies.append(conn.read_response())
-        except redis.ResponseError as exc:
-            replies.append(exc)
-    return replies
 
 
 def _raise_if_error(reply: object) -> None:

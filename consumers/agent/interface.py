@@ -96,6 +96,9 @@ class Interface:
         self.own_public_key: str | None = None
         #: The request in flight (``wait=False``), until :meth:`settle`.
         self._in_flight: _InFlight | None = None
+        #: Addresses :meth:`give_addresses` gave the interface, its link left down (None:
+        #: none since the last :meth:`set_addresses`).
+        self._given: tuple[str, ...] | None = None
 
     def changes_to(self, target: Mapping[str, DesiredPeer]) -> dict[str, DesiredPeer | None]:
         """What differs between the model and ``target`` (node -> wanted peer, None: none)."""
@@ -207,12 +210,18 @@ class Interface:
     def set_addresses(self, addresses: tuple[str, ...], *, check: bool = False) -> None:
         """Give the interface ``addresses`` (and bring it up); ``check``: even if unchanged."""
         self.settle()
+        given, self._given = self._given, None
         wanted = self.wg is not None and addresses and (check or addresses != self.addresses)
-        if (
-            wanted
-            and self.wg is not None
-            and self.wg.set_addresses(self.ifname, addresses, self.pools)
-        ):
+        # given already (the end of a fill): only the link goes up, one ioctl, where
+        # reading the addresses again would be an ``ip`` process between the last answer
+        # and the applied position
+        link_up = getattr(self.wg, "link_up", None) if given == addresses and not check else None
+        if not wanted or self.wg is None:
+            pass
+        elif link_up is not None:
+            link_up(self.ifname)
+            self.log.info("address set to {}", ", ".join(addresses))
+        elif self.wg.set_addresses(self.ifname, addresses, self.pools):
             self.log.info("address set to {}", ", ".join(addresses))
         self.addresses = addresses
 
@@ -223,7 +232,9 @@ class Interface:
         make it start each one added after that and send it a handshake initiation (key
         exchanges): the end of the fill would be slower."""
         if self.wg is not None and addresses:
+            self._given = None
             self.wg.set_addresses(self.ifname, addresses, self.pools, up=False)
+            self._given = addresses
 
     def load_key(self, public_key: str) -> None:
         """Load the private key file into the interface (its public key is ``public_key``)."""

@@ -300,15 +300,18 @@ class DesiredPeers:
         new = None
         if now is None:
             now = self.clock()
-        self._schedule(node, record, now)
+        if record is not None and record.expires is not None:
+            self._schedule(node, record, now)
+        elif self._deadline_of:  # (_schedule of a pass that never expires, inline)
+            self._deadline_of.pop(node, None)
         if record is not None:
             problem, ip6 = facts or record_facts(record, self.pools)
             if problem:
                 self.skipped[node] = problem
-            elif self.policy.expired(record.expires, now):
+            elif record.expires is not None and self.policy.expired(record.expires, now):
                 self.skipped[node] = EXPIRED
             else:
-                note = ipv6_note(record, ip6, self.pools)
+                note = ipv6_note(record, ip6, self.pools) if record.ipv6 else None
                 if note:
                     self.skipped[node] = note
                 new = make_peer(record, ip6, self.endpoint_of, self.policy)

@@ -105,13 +105,16 @@ class PeerTable:
                 self._set(node, None)
                 return f"node {node}: invalid ipv4 {excerpt(entry.ipv4)}"
             share = _share
-            record = PeerRecord(
-                share(node),
-                share(entry.public_key),
-                share(ipv4),
-                share(ipv6) if ipv6 else None,
-                expires_of(entry.expires),
-            )
+            if share is _same:  # one agent in the process: nothing to share (no calls)
+                record = PeerRecord(node, entry.public_key, ipv4, ipv6, expires_of(entry.expires))
+            else:
+                record = PeerRecord(
+                    share(node),
+                    share(entry.public_key),
+                    share(ipv4),
+                    share(ipv6) if ipv6 else None,
+                    expires_of(entry.expires),
+                )
             self._set(node, record)
             return None
         if isinstance(entry, PeerRemove | AllocationPending):

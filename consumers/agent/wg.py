@@ -446,5 +446,10 @@ class Wg:
     ) -> bool:
         return set_addresses(ifname, cidrs, pools, up=up)
 
+    def link_up(self, ifname: str) -> None:
+        """Bring the link up, its addresses as they are (:meth:`Interface.set_addresses`
+        after a fill gave them)."""
+        link_up(ifname)
+
 
 __all__ = ["InterfaceState", "MemoryWireGuard", "Wg", "WireGuard", "parse_dump", "show_dump"]

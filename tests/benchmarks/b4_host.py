@@ -210,12 +210,19 @@ def apply_child(params: dict[str, Any]) -> dict[str, Any]:
             _wg("syncconf", ifname, str(full))
         syncconf_ms.append(t_sync[0] * 1000)
     # onto a fresh interface, as the agent's bootstrap finds it: a new wireguard-go, its
-    # key set, link down, no peers (its own ListenPort: the other interface holds this one)
+    # key set, link down, no peers (its own ListenPort: the other interface holds this one);
+    # alternating with bootstraps of fresh agents onto fresh interfaces (b4_apply.py)
     _write_private(full, re.sub(r"^ListenPort = .*\n", "", text, flags=re.M))
-    with _fresh_interface(params["key_file"]) as fresh:
-        with timer() as t_bulk:
-            _wg("syncconf", fresh, str(full))
-        assert len(_dump_peers(fresh)) == params["peers"]
+    bootstrap_samples = [run_.bootstrap_s]
+    syncconf_empty_samples = []
+    for n in range(max(1, params["boots"])):
+        if n:
+            bootstrap_samples.append(_boot_sample(params, n))
+        with _fresh_interface(params["key_file"]) as fresh:
+            with timer() as t_bulk:
+                _wg("syncconf", fresh, str(full))
+            assert len(_dump_peers(fresh)) == params["peers"]
+        syncconf_empty_samples.append(t_bulk[0])
     peers = sorted(_dump_peers(ifname).items())
     with _fresh_interface(params["key_file"]) as fresh, timer() as t_set:
         for i in range(0, len(peers), 500):
@@ -226,8 +233,8 @@ def apply_child(params: dict[str, Any]) -> dict[str, Any]:
             _wg(*argv)
     full.unlink()
     return {
-        "bootstrap_s": run_.bootstrap_s,
-        "syncconf_empty_s": t_bulk[0],
+        "bootstrap_samples_s": bootstrap_samples,
+        "syncconf_empty_samples_s": syncconf_empty_samples,
         "bulk_set_s": t_set[0],
         "wg_set_ms": wg_set_ms,
         "agent_ms": agent_ms,
@@ -240,6 +247,45 @@ def apply_child(params: dict[str, Any]) -> dict[str, Any]:
         "peak_rss": proc_status()["VmHWM"],
         "detected": run_.detected(),
     }
+
+
+def _boot_sample(params: dict[str, Any], n: int) -> float:
+    """Seconds a fresh agent (a process of its own, :func:`boot_child`) takes to fill a
+    fresh interface with the mesh."""
+    from common import child
+
+    answer: dict[str, Any] = child(
+        "boot",
+        {
+            "redis_url": params["redis_url"],
+            "key_file": params["key_file"],
+            "last_id": params["last_id"],
+            "peers": params["peers"],
+            "workdir": str(Path(params["workdir"]) / f"boot{n}"),
+        },
+        timeout=BOOT_TIMEOUT,
+    )
+    return float(answer["bootstrap_s"])
+
+
+def boot_child(params: dict[str, Any]) -> dict[str, Any]:
+    """One more ``B4.bootstrap`` sample: a fresh agent started on a fresh wireguard-go
+    interface (no key, no peers, link down: as the lab host's own) until it has applied
+    the mesh; in the mesh host's namespace (a child of :func:`apply_child`)."""
+    from consumers.agent.desired import Policy
+
+    with _fresh_interface(None) as fresh:
+        run_ = Running(
+            {**params, "contract": CONTRACT, "interface": fresh, "agent_changes": 0},
+            Policy(pool=POOL),
+        )
+        try:
+            run_.start(params["last_id"])
+            on_interface = len(_dump_peers(fresh))
+        finally:
+            run_.stop()
+    assert on_interface == params["peers"], (on_interface, params["peers"])
+    return {"bootstrap_s": run_.bootstrap_s}
 
 
 def apply_hub_child(params: dict[str, Any]) -> dict[str, Any]:
@@ -285,12 +331,14 @@ def apply_hub_child(params: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _fresh_interface(key_file: str) -> Iterator[str]:
-    """A new wireguard-go interface in this namespace with the host's key, deleted after."""
+def _fresh_interface(key_file: str | None) -> Iterator[str]:
+    """A new wireguard-go interface in this namespace with the host's key (None: none),
+    deleted after."""
     name = f"wgb4f{secrets.token_hex(2)}"
     subprocess.run(["wireguard-go", name], capture_output=True, timeout=60, check=True)
     try:
-        _wg("set", name, "private-key", key_file)
+        if key_file is not None:
+            _wg("set", name, "private-key", key_file)
         yield name
     finally:
         subprocess.run(["ip", "link", "del", name], capture_output=True, timeout=60, check=False)

@@ -6,7 +6,8 @@ import base64
 import json
 import stat
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.bootstrap import FIRST_FILL_SIZE
 from consumers.agent.follow import CATCH_UP_SIZE
 from consumers.agent.keys import generate_private_key_file, read_private_key
-from consumers.agent.render import PeerSpec
+from consumers.agent.render import InterfaceState, PeerSpec
 from consumers.agent.wg import MemoryWireGuard
 from shared import cli, health, metrics
 from shared.devnet.proc import wait_for
@@ -300,6 +301,120 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
         assert not agent.last_error
     conf = (tmp_path / "conf" / "wgtest0.conf").read_text()
     assert conf.count("[Peer]") == members
+
+
+@dataclass
+class LinkTwin(PipelinedTwin):
+    """:class:`PipelinedTwin` that, as the real interface, can bring the link up alone
+    (``link_up``: the addresses as they are)."""
+
+    address_calls: list[bool] = field(default_factory=list)  # ``up`` of each set_addresses
+    link_ups_at: list[int] = field(default_factory=list)  # answers read at each link_up
+
+    def set_addresses(
+        self, ifname: str, cidrs: Sequence[str], pools: Sequence[str], *, up: bool = True
+    ) -> bool:
+        self.address_calls.append(up)
+        return super().set_addresses(ifname, cidrs, pools, up=up)
+
+    def link_up(self, ifname: str) -> None:
+        self.link_ups_at.append(self.answers)
+        self.up = True
+
+
+def test_after_a_fill_the_link_goes_up_without_reading_the_addresses_again(
+    client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The addresses a fill gave the interface during its last batch are not read again
+    after the last answer (an ``ip`` process on the real interface): only the link goes
+    up, then the position is declared applied (docs/design.md §11.2)."""
+    key_file, public = own
+    members = CATCH_UP_SIZE + 100
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.peers, to_fields(upsert("a", public, "10.88.0.1")))  # type: ignore[arg-type]
+    for i in range(members):
+        key = base64.b64encode((i + 1).to_bytes(32, "big")).decode()
+        ip = f"10.88.{(i + 2) >> 8}.{(i + 2) & 0xFF}"
+        pipe.xadd(keys.peers, to_fields(upsert(f"n{i:05d}", key, ip)))  # type: ignore[arg-type]
+    last = pipe.execute()[-1].decode()
+    wg = LinkTwin()
+    agent = Agent(config(tmp_path, keys, key_file), client, wg)
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
+        assert wg.address_calls == [False]  # given once, the link left down
+        assert wg.link_ups_at == [wg.requests]  # up once, after every answer
+        assert wg.up
+        assert wg.addresses == {"10.88.0.1/16"}
+        assert len(wg.peers) == members
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+@dataclass
+class SlowCheckTwin(PipelinedTwin):
+    """:class:`PipelinedTwin` whose first look at the interface (the fill's empty check,
+    in a thread of its own) lasts until ``ready`` says so (or 5 s), as a ``wg show``
+    process on a loaded host; what ``ready`` said is kept."""
+
+    ready: Callable[[], bool] = lambda: True
+    ready_at_show: list[bool] = field(default_factory=list)
+
+    def show(self, ifname: str) -> InterfaceState:
+        if not self.ready_at_show:
+            self.ready_at_show.append(wait_until(self.ready, 5.0))
+        return super().show(ifname)
+
+
+def wait_until(condition: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``condition`` became true within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_first_batch_is_folded_while_the_interface_is_checked(
+    client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A fill's first request waits for the look at the interface (is it empty?); the
+    first batch is folded and its announcements read meanwhile, not after it
+    (docs/design.md §11.2), so the request goes out as soon as the look is done."""
+    key_file, public = own
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.peers, to_fields(upsert("a", public, "10.88.0.1")))  # type: ignore[arg-type]
+    for i in range(50):
+        key = base64.b64encode((i + 1).to_bytes(32, "big")).decode()
+        pipe.xadd(keys.peers, to_fields(upsert(f"n{i:05d}", key, f"10.88.1.{i + 2}")))  # type: ignore[arg-type]
+    last = pipe.execute()[-1].decode()
+    announced = set()
+    wg = SlowCheckTwin()
+    agent = Agent(config(tmp_path, keys, key_file), client, wg)
+    read = agent.announcements.read
+
+    def reading(nodes: Iterable[str]) -> dict[str, str | None]:
+        wanted = list(nodes)
+        announced.update(wanted)
+        return read(wanted)
+
+    agent.announcements.read = reading  # type: ignore[method-assign]
+    wg.ready = lambda: len(agent.follower.table.records) == 51 and len(announced) == 51
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert wg.ready_at_show == [True]  # folded and announcements read during the check
+    assert wg.requests == 1  # and still a fill
+    assert len(wg.peers) == 50
 
 
 def test_the_status_write_after_a_change_rides_on_a_read_that_blocks(
