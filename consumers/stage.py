@@ -477,10 +477,11 @@ def run_stage(
 
 
 def raw_reader(client: redis.Redis) -> redis.Redis:
-    """A client on ``client``'s connections that returns an XRANGE reply as the parser gives it:
-    (id, [name, value, ...]) per entry, no dict built (:func:`read_entries`)."""
+    """A client on ``client``'s connections that returns an XRANGE or XREAD reply as the parser
+    gives it: (id, [name, value, ...]) per entry, no dict built (:func:`read_entries`)."""
     raw = redis.Redis(connection_pool=client.connection_pool)
     raw.set_response_callback("XRANGE", _as_given)
+    raw.set_response_callback("XREAD", _as_given)
     return raw
 
 
@@ -497,14 +498,22 @@ def read_entries(
     *,
     block_ms: int | None = None,
 ) -> list[Entry]:
-    """:func:`~shared.redis_log.read_after`, a range (``block_ms`` None) read through ``raw``
-    (:func:`raw_reader`): each entry's fields the flat list of the reply, which the loop
-    reads without a dict per entry (a blocking read, and a client that decodes replies to
-    text, read through ``read_after``)."""
-    if block_ms is not None or client.connection_pool.connection_kwargs.get("decode_responses"):
+    """:func:`~shared.redis_log.read_after` through ``raw`` (:func:`raw_reader`): each entry's
+    fields the flat list of the reply, which the loop reads without a dict per entry (a client
+    that decodes replies to text: through ``read_after``)."""
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
         return list(read_after(client, stream, after, count, block_ms))
-    low = START if after == START else f"({after}"
-    reply: Any = raw.xrange(stream, min=low, count=count)
+    reply: Any
+    if block_ms is None:
+        reply = raw.xrange(stream, min=START if after == START else f"({after}", count=count)
+    else:  # {stream: entries} (RESP3) or [[stream, entries]] (RESP2); nothing: timed out
+        reply = raw.xread({stream: after}, count=count, block=block_ms)
+        if not reply:
+            reply = ()
+        elif isinstance(reply, dict):
+            (reply,) = reply.values()
+        else:
+            reply = reply[0][1]
     return [(ident.decode(), fields) for ident, fields in reply]
 
 

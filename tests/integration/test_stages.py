@@ -443,16 +443,21 @@ def test_the_stage_loop_decodes_as_from_fields_does(
 
 
 def test_a_range_is_read_as_the_reply_holds_it(redis_client: redis.Redis) -> None:
-    """``read_entries`` gives each entry of a range as its flat list of names and values (no
-    dict per entry); a blocking read still gives dicts; the stage folds both alike."""
+    """``read_entries`` gives each entry of a range or a blocking read as its flat list of names
+    and values (no dict per entry), the same entries ``read_after`` parses; the shared client
+    still parses; the stage folds them."""
     from consumers.stage import as_dict, raw_reader, read_entries
 
     grant_nodes(redis_client, 3)
     raw = raw_reader(redis_client)
     ranged = read_entries(redis_client, raw, KEYS.events, redis_log.START, 10)
     blocking = read_entries(redis_client, raw, KEYS.events, redis_log.START, 10, block_ms=10)
-    assert [type(fields) for _, fields in ranged] == [list] * 3
-    assert [(i, as_dict(f)) for i, f in ranged] == blocking
+    assert [type(fields) for _, fields in ranged + blocking] == [list] * 6
+    parsed = redis_log.read_after(redis_client, KEYS.events, redis_log.START, 10)
+    assert [(i, as_dict(f)) for i, f in ranged] == parsed
+    assert [(i, as_dict(f)) for i, f in blocking] == parsed
+    last = parsed[-1][0]
+    assert read_entries(redis_client, raw, KEYS.events, last, 10, block_ms=10) == []
     parsed: Any = redis_client.xrange(KEYS.events)  # the shared client still parses replies
     assert [type(fields) for _, fields in parsed] == [dict] * 3
     stage = Stage(redis_client, KEYS, REGISTRY)
