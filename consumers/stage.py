@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, Generic, TypeVar
 
+import msgspec
 import redis
 
 from consumers import stage_reads as reads
@@ -29,13 +30,12 @@ from consumers.stage_retract import retract
 from shared import health, metrics
 from shared.collector import collector_paused
 from shared.errors import CommitConflict, DecodeError
-from shared.events import Retracted, from_fields
+from shared.events import Retracted, envelope_decoders, from_fields
 from shared.keys import Keys
 from shared.logs import brief, log
 from shared.redis_log import (
     START,
     Batch,
-    Entry,
     StageStore,
     as_str,
     keep_going,
@@ -55,6 +55,11 @@ BLOCK_MS: Final = 1000
 SNAPSHOT_EVERY: Final = 1000
 
 S = TypeVar("S")
+#: A stream entry's fields: a dict, or (an XRANGE read, :func:`read_entries`) the flat list of
+#: names and values the reply holds.
+Fields = dict[bytes, bytes] | list[bytes]
+#: A stream entry as the stage reads it: (id, fields).
+Entry = tuple[str, Fields]
 
 
 class Stage(Generic[S]):
@@ -66,7 +71,11 @@ class Stage(Generic[S]):
         self.fold = fold
         #: Entry types this stage reads: the fold's, and retractions.
         self._reads = (*fold.accepts, Retracted)
+        #: (v, type) of an envelope of those types -> its payload's decoder (the fast path).
+        self._decoders = envelope_decoders(self._reads)
         self.client = client
+        #: The client that reads ranges of the input as they arrive (:func:`raw_reader`).
+        self._raw = raw_reader(client)
         self.input = keys.input(fold.name)
         #: The fold's ``snapshot(state) -> bytes`` when it writes snapshots of its output.
         self.snapshot_of: Callable[[S], bytes] | None = getattr(fold, "snapshot", None)
@@ -164,14 +173,20 @@ class Stage(Generic[S]):
             entries = ahead[2].result()
         if not entries:
             entries = redis_retry(
-                read_after, self.client, self.input, self.position, count, block_ms
+                read_entries,
+                self.client,
+                self._raw,
+                self.input,
+                self.position,
+                count,
+                block_ms=block_ms,
             )
         if len(entries) == count:
             if self._reader is None:
                 self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"{self.fold.name}-read")
             after = entries[-1][0]
             future = self._reader.submit(
-                redis_retry, read_after, self.client, self.input, after, count
+                redis_retry, read_entries, self.client, self._raw, self.input, after, count
             )
             self._ahead = (after, count, future)
         return entries
@@ -232,9 +247,7 @@ class Stage(Generic[S]):
         )
         return consumed
 
-    def _apply_chunk(
-        self, chunk: list[tuple[str, dict[bytes, bytes]]], settle: Callable[[], bool]
-    ) -> Batch | None:
+    def _apply_chunk(self, chunk: list[Entry], settle: Callable[[], bool]) -> Batch | None:
         """:meth:`_apply` ``chunk``, poisoned entries set aside; None when the commit in
         flight conflicted (the state was reloaded)."""
         poison: dict[str, str] = {}
@@ -268,7 +281,7 @@ class Stage(Generic[S]):
 
     def _apply(
         self,
-        entries: list[tuple[str, dict[bytes, bytes]]],
+        entries: Sequence[Entry],
         poison: dict[str, str],
         settle: Callable[[], bool] | None = None,
     ) -> Batch:
@@ -276,23 +289,43 @@ class Stage(Generic[S]):
         flight, which a retraction must see; raises :class:`_Conflicted` when it conflicted)."""
         batch = Batch(position=entries[-1][0])
         decoded: list[tuple[str, Any]] = []
-        reads = self._reads
+        add = decoded.append
+        decoders = self._decoders
         retractions = False
         for entry_id, fields in entries:
             if poison and entry_id in poison:
-                batch.dead.append((entry_id, poison[entry_id], raw_fields(fields)))
+                batch.dead.append((entry_id, poison[entry_id], raw_fields(as_dict(fields))))
                 continue
+            # the common envelope of an input type: its payload's decoder, nothing else
+            if isinstance(fields, dict):
+                key, data = (fields.get(b"v"), fields.get(b"type")), fields.get(b"data")
+            elif len(fields) == 6 and fields[0] == b"v" and fields[2] == b"type":
+                key, data = (fields[1], fields[3]), fields[5] if fields[4] == b"data" else None
+            else:
+                key, data = (None, None), None
+            decoder = decoders.get(key)  # type: ignore[arg-type]
+            if decoder is not None and data is not None:
+                try:
+                    entry = decoder.decode(data)
+                except msgspec.DecodeError:
+                    pass  # the full path names what is wrong
+                else:
+                    if type(entry) is Retracted:
+                        retractions = True
+                    add((entry_id, entry))
+                    continue
+            entry_fields = as_dict(fields)
             try:
-                entry = from_fields(fields)
-                if not isinstance(entry, reads):
+                entry = from_fields(entry_fields)
+                if not isinstance(entry, self._reads):
                     raise DecodeError(f"{type(entry).__name__} is not an input of {self.fold.name}")
             except DecodeError as exc:
                 self.log.warning("dead-lettering {}: {}", entry_id, exc)
-                batch.dead.append((entry_id, str(exc), raw_fields(fields)))
+                batch.dead.append((entry_id, str(exc), raw_fields(entry_fields)))
                 continue
             if type(entry) is Retracted:
                 retractions = True
-            decoded.append((entry_id, entry))
+            add((entry_id, entry))
         if not retractions:  # the common case: one fold call per entry, nothing else
             self._fold_all(decoded, batch)
         else:
@@ -441,6 +474,55 @@ def run_stage(
     if stage is not None:
         stage.after_step = after_step
         stage.run(stop)
+
+
+def raw_reader(client: redis.Redis) -> redis.Redis:
+    """A client on ``client``'s connections that returns an XRANGE or XREAD reply as the parser
+    gives it: (id, [name, value, ...]) per entry, no dict built (:func:`read_entries`)."""
+    raw = redis.Redis(connection_pool=client.connection_pool)
+    raw.set_response_callback("XRANGE", _as_given)
+    raw.set_response_callback("XREAD", _as_given)
+    return raw
+
+
+def _as_given(reply: Any, **_: Any) -> Any:
+    return reply
+
+
+def read_entries(
+    client: redis.Redis,
+    raw: redis.Redis,
+    stream: str,
+    after: str,
+    count: int,
+    *,
+    block_ms: int | None = None,
+) -> list[Entry]:
+    """:func:`~shared.redis_log.read_after` through ``raw`` (:func:`raw_reader`): each entry's
+    fields the flat list of the reply, which the loop reads without a dict per entry (a client
+    that decodes replies to text: through ``read_after``)."""
+    if client.connection_pool.connection_kwargs.get("decode_responses"):
+        return list(read_after(client, stream, after, count, block_ms))
+    reply: Any
+    if block_ms is None:
+        reply = raw.xrange(stream, min=START if after == START else f"({after}", count=count)
+    else:  # {stream: entries} (RESP3) or [[stream, entries]] (RESP2); nothing: timed out
+        reply = raw.xread({stream: after}, count=count, block=block_ms)
+        if not reply:
+            reply = ()
+        elif isinstance(reply, dict):
+            (reply,) = reply.values()
+        else:
+            reply = reply[0][1]
+    return [(ident.decode(), fields) for ident, fields in reply]
+
+
+def as_dict(fields: Fields) -> dict[bytes, bytes]:
+    """``fields`` as a dict (from a flat list: names and values in turn, the last of a name
+    kept, as the client's own parse does)."""
+    if isinstance(fields, dict):
+        return fields
+    return dict(zip(fields[::2], fields[1::2], strict=True))
 
 
 class _Conflicted(Exception):

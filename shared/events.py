@@ -367,6 +367,20 @@ def from_fields(fields: dict[bytes, bytes]) -> AnyEntry:
         raise DecodeError(f"bad {kind} payload: {exc}") from exc
 
 
+def envelope_decoders(
+    types: Iterable[type],
+) -> dict[tuple[bytes, bytes], msgspec.json.Decoder[Any]]:
+    """(``v``, ``type``) of an envelope as written today -> the decoder of its payload, for
+    the entry ``types`` among these (a reader's fast path: an entry it finds here decodes to
+    an instance of ``types`` or fails; anything else goes through :func:`from_fields`)."""
+    wanted = tuple(types)
+    return {
+        key: decoder
+        for key, decoder in _FAST.items()
+        if issubclass(_TYPES[key[1].decode()], wanted)
+    }
+
+
 def decode_chain_event(data: bytes) -> ChainEvent:
     """Decode a bare chain event from JSON (used by tests and tools)."""
     try:

@@ -321,9 +321,7 @@ class Follower:
             elsewhere = elsewhere_of(fields) if elsewhere_of is not None else None
             if elsewhere is not None:  # about a node this table does not keep: its block only
                 if retract_until:
-                    self.block = block
-                    self._retract(retract_until)
-                    block, retract_until = self.block, ""
+                    block, retract_until = self._retract_at(block, retract_until), ""
                     if id_key(entry_id) <= id_key(self.position):
                         covered = id_key(self.position)
                         continue
@@ -344,9 +342,7 @@ class Follower:
                 self.position = entry_id
                 continue
             if retract_until:
-                self.block = block
-                self._retract(retract_until)
-                block, retract_until = self.block, ""
+                block, retract_until = self._retract_at(block, retract_until), ""
                 if id_key(entry_id) <= id_key(self.position):
                     covered = id_key(self.position)
                     continue
@@ -385,6 +381,12 @@ class Follower:
         changes = self.table.changes
         self.table.changes = {}
         return changes if changes is not None else None
+
+    def _retract_at(self, block: int, until: str) -> int:
+        """:meth:`_retract` with the batch's block so far; the block after it."""
+        self.block = block
+        self._retract(until)
+        return self.block
 
     def _retract(self, until: str) -> None:
         """Make the table a clean fold of the effective stream up to ``until``.

@@ -182,6 +182,17 @@ class IpamFold:
     def apply(
         self, state: IpamState, entry_id: str, entry: Any
     ) -> tuple[IpamState, list[PeersChange]]:
+        quick = QUICK.get(type(entry))
+        if quick is not None:
+            out = quick(self, state, entry_id, entry)
+            if out is not None:
+                return state, out
+        return self._apply(state, entry_id, entry)
+
+    def _apply(
+        self, state: IpamState, entry_id: str, entry: Any
+    ) -> tuple[IpamState, list[PeersChange]]:
+        """The general step of :meth:`apply` (every entry the quick steps leave)."""
         if not isinstance(entry, _CHANGES):
             raise TypeError(f"ipam folds registry changes, not {type(entry).__name__}")
         block = entry.block_number
@@ -234,23 +245,32 @@ class IpamFold:
 
     def snapshot(self, state: IpamState) -> bytes:
         """The full peer set (every node holding an address), for ``Keys.snapshot``."""
-        peers: list[PeerUpsert] = []
-        add, addresses, clock = peers.append, self.addresses, state.clock
-        for node_id, address in sorted(state.nodes.items()):
-            if address.live:
-                v4, v6 = addresses(address.offset)
-                add(
-                    PeerUpsert(
-                        node_id,
-                        address.public_key,
-                        v4,
-                        "snapshot",
-                        "snapshot",
-                        clock,
-                        v6,
-                        address.expires,
-                    )
+        live = [(node_id, a) for node_id, a in state.nodes.items() if a.live]
+        live.sort()  # by node id (each node once)
+        clock = state.clock
+        if self.pool6 is not None:
+            addresses = self.addresses
+            peers = [
+                PeerUpsert(node_id, a.public_key, v4, "snapshot", "snapshot", clock, v6, a.expires)
+                for node_id, a in live
+                for v4, v6 in [addresses(a.offset)]
+            ]
+        else:  # addresses() inline: the /24's cached head, then the last octet
+            base, heads, head = self._base4, self._heads, self._head
+            peers = [
+                PeerUpsert(
+                    node_id,
+                    a.public_key,
+                    (heads.get(n >> 8) or head(n)) + _OCTETS[n & 255],
+                    "snapshot",
+                    "snapshot",
+                    clock,
+                    None,
+                    a.expires,
                 )
+                for node_id, a in live
+                for n in [base + a.offset]
+            ]
         return _encode(PeersSnapshot(peers))
 
     # --- helpers --------------------------------------------------------------------
@@ -321,11 +341,14 @@ class IpamFold:
     def addresses(self, offset: int) -> tuple[str, str | None]:
         """The IPv4 (and IPv6) address of ``offset``."""
         n = self._base4 + offset  # v4 is str(IPv4Address(n)), its first three octets cached
-        head = self._heads.get(n >> 8)
-        if head is None:
-            head = self._heads[n >> 8] = f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}."
+        head = self._heads.get(n >> 8) or self._head(n)
         v6 = str(ipaddress.IPv6Address(self._base6 + offset)) if self.pool6 else None
         return head + _OCTETS[n & 255], v6
+
+    def _head(self, n: int) -> str:
+        """ "a.b.c." of the IPv4 address ``n`` (cached for its /24)."""
+        head = self._heads[n >> 8] = f"{n >> 24}.{n >> 16 & 255}.{n >> 8 & 255}."
+        return head
 
 
 @dataclass(slots=True, eq=False)
@@ -420,6 +443,92 @@ class _Step:
             PeerUpsert(node_id, key, v4, self.cause, self.origin, self.block, v6, expires)
         )
 
+
+# --- quick steps (docs/design.md §8.5) ---------------------------------------------------
+#
+# Most entries of a long registry stream are a live member's key change and a node joining
+# or leaving while no quarantine is due and nobody waits. Each function below folds such an
+# entry in a few dictionary operations, with exactly the general step's result (state,
+# change marks, outputs); for anything else it returns None *before* changing anything but
+# the clock (which the general step sets the same way), and :meth:`IpamFold.apply` takes
+# the general step.
+
+
+def _tick(state: IpamState, block: int) -> bool:
+    """Move the clock to ``block``; False when a quarantine is due (the general step)."""
+    if block > state.clock:
+        state.clock = block
+        state.dirty.add(META_FIELD)
+    expiries = state.expiries
+    return not expiries or expiries[0][0] > state.clock
+
+
+def _quick_upsert(
+    fold: IpamFold, state: IpamState, entry_id: str, entry: NodeJoined | NodeChanged
+) -> list[PeersChange] | None:
+    """A ``NodeJoined``/``NodeChanged`` of a valid peer that holds its address, or that takes
+    a free one (it is not waiting for one)."""
+    node_id, key, expires = entry.node_id, entry.public_key, entry.expires
+    if not _tick(state, entry.block_number) or not (
+        is_valid_node_id(node_id) and is_valid_wg_key(key)
+    ):
+        return None
+    nodes = state.nodes
+    current = nodes.get(node_id)
+    if current is not None and current.live:
+        offset = current.offset
+        if current.public_key != key or current.expires != expires:
+            nodes[node_id] = Address(offset, True, key, expires)
+            state.dirty.add(NODE_FIELD + node_id)
+    else:
+        if node_id in state.pending:
+            return None
+        placed = fold.place(state, node_id)
+        if placed is None:
+            return None
+        offset = placed
+        dirty = state.dirty
+        if state.quarantine.pop(offset, None) is not None:
+            dirty.add(f"{QUARANTINE_FIELD}{offset}")
+        state.holder[offset] = node_id
+        state.blocked[offset] = 1
+        nodes[node_id] = Address(offset, True, key, expires)
+        dirty.add(NODE_FIELD + node_id)
+    v4, v6 = fold.addresses(offset)
+    return [PeerUpsert(node_id, key, v4, entry_id, entry.cause, entry.block_number, v6, expires)]
+
+
+def _quick_left(
+    fold: IpamFold, state: IpamState, entry_id: str, entry: NodeLeft
+) -> list[PeersChange] | None:
+    """A ``NodeLeft`` whose address goes into quarantine (nothing frees for a waiting node)."""
+    if fold.quarantine_blocks == 0 or not _tick(state, entry.block_number):
+        return None
+    node_id, block = entry.node_id, entry.block_number
+    out: list[PeersChange] = [PeerRemove(node_id, entry_id, entry.cause, block)]
+    if state.pending.pop(node_id, None) is not None:
+        state.dirty.add(PENDING_FIELD + node_id)
+    current = state.nodes.get(node_id)
+    if current is None or not current.live:
+        return out
+    offset = current.offset
+    del state.holder[offset]
+    state.nodes[node_id] = Address(offset, False, current.public_key, current.expires)
+    until = state.clock + fold.quarantine_blocks
+    state.quarantine[offset] = Quarantine(node_id, until)
+    dirty = state.dirty
+    dirty.add(NODE_FIELD + node_id)
+    dirty.add(f"{QUARANTINE_FIELD}{offset}")
+    heapq.heappush(state.expiries, (until, offset))
+    return out
+
+
+#: The quick step of each registry change type (None from it: take the general step).
+QUICK: Final[dict[type, Any]] = {
+    NodeJoined: _quick_upsert,
+    NodeChanged: _quick_upsert,
+    NodeLeft: _quick_left,
+}
 
 #: An ipam fold with the default pool (commands build theirs with ``from_settings``).
 FOLD: Final = IpamFold()

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import redis
 from factories import wg_key as key
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from consumers.ipam import commands as ipam_commands
 from consumers.ipam.allocate import IpamFold
@@ -18,7 +20,7 @@ from consumers.stage import Stage
 from shared import redis_log
 from shared.devnet.proc import wait_for
 from shared.devnet.redis_server import RedisServer
-from shared.errors import SettingsError
+from shared.errors import DecodeError, SettingsError
 from shared.events import (
     GENESIS_DIGEST,
     ChainEvent,
@@ -340,14 +342,14 @@ def test_the_batch_after_a_full_one_is_read_ahead_while_it_folds(
     from consumers import stage as stage_module
 
     readers: list[tuple[str, int]] = []
-    real_read = stage_module.read_after
+    real_read = stage_module.read_entries
 
     def counted(*args: Any, **kwargs: Any) -> Any:
         got = real_read(*args, **kwargs)
         readers.append((threading.current_thread().name.split("_")[0], len(got)))
         return got
 
-    monkeypatch.setattr(stage_module, "read_after", counted)
+    monkeypatch.setattr(stage_module, "read_entries", counted)
     nodes = grant_nodes(redis_client, 5)
     stage = Stage(redis_client, KEYS, REGISTRY)
     assert [stage.step(block_ms=None, count=2) for _ in range(4)] == [2, 2, 1, 0]
@@ -374,3 +376,93 @@ def test_a_read_ahead_from_a_position_another_instance_moved_commits_nothing_twi
     first.close()
     other.close()
     assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == [*nodes, "node-6"]
+
+
+#: Envelopes a stage may read: real ones, with a field changed or dropped, type or version swapped.
+ENVELOPE_ITEMS = [
+    LogEntry(1, "0xc0", 7, "0x07", "0x01", 0, 14, NodeAccessGranted(1, "node-a", "0xab", key(1))),
+    LogEntry(1, "0xc0", 8, "0x08", "0x02", 0, 16, NodeAccessGranted(2, "node-b", "0xcd", key(2))),
+    NodeJoined("node-a", 1, "0xab", key(1), "1-0", 7),
+]
+ENVELOPES = st.lists(
+    st.builds(
+        lambda item, v, kind, data, drop: {
+            **{k: val for k, val in _envelope(item).items() if k != drop},
+            **({b"v": v} if v is not None else {}),
+            **({b"type": kind} if kind is not None else {}),
+            **({b"data": data} if data is not None else {}),
+        },
+        st.sampled_from(ENVELOPE_ITEMS),
+        st.none() | st.none() | st.sampled_from([b"1", b"0", b"2", b"x", b""]),
+        st.none() | st.none() | st.sampled_from([b"LogEntry", b"NodeJoined", b"Nope", b"\xff"]),
+        st.none() | st.none() | st.binary(max_size=30),
+        st.none() | st.none() | st.sampled_from([b"v", b"type", b"data"]),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def _envelope(item: Any) -> dict[bytes, bytes]:
+    """The fields of ``item`` as a Redis client reads them back (bytes)."""
+    return {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in to_fields(item).items()}  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(envelopes=ENVELOPES)
+def test_the_stage_loop_decodes_as_from_fields_does(
+    redis_client: redis.Redis, envelopes: list[dict[bytes, bytes]]
+) -> None:
+    """The loop's envelope table (docs/design.md §7.2) folds what ``from_fields`` decodes to an
+    input and dead-letters everything else with ``from_fields``' reason."""
+    stage = Stage(redis_client, Keys(31337, "0x" + "e" * 40), REGISTRY)
+    entries = [(f"{n}-0", fields) for n, fields in enumerate(envelopes, 1)]
+    inputs: list[tuple[str, Any]] = []
+    reasons: list[tuple[str, str]] = []
+    for entry_id, fields in entries:
+        try:
+            entry = from_fields(fields)
+        except DecodeError as exc:
+            reasons.append((entry_id, str(exc)))
+            continue
+        if isinstance(entry, LogEntry):
+            inputs.append((entry_id, entry))
+        else:
+            reasons.append((entry_id, f"{type(entry).__name__} is not an input of registry"))
+    batch = stage._apply(entries, {})
+    assert [(entry_id, reason) for entry_id, reason, _ in batch.dead] == reasons
+    assert batch.outputs == fold(inputs)[1]
+    # the same fields as an XRANGE reply holds them (names and values in turn), as read_entries
+    # gives them: the same folds, the same dead letters (raw fields included)
+    flat = [
+        (entry_id, [x for pair in fields.items() for x in pair]) for entry_id, fields in entries
+    ]
+    again = Stage(redis_client, Keys(31337, "0x" + "e" * 40), REGISTRY)._apply(flat, {})
+    assert again.dead == batch.dead
+    assert again.outputs == batch.outputs
+
+
+def test_a_range_is_read_as_the_reply_holds_it(redis_client: redis.Redis) -> None:
+    """``read_entries`` gives each entry of a range or a blocking read as its flat list of names
+    and values (no dict per entry), the same entries ``read_after`` parses; the shared client
+    still parses; the stage folds them."""
+    from consumers.stage import as_dict, raw_reader, read_entries
+
+    grant_nodes(redis_client, 3)
+    raw = raw_reader(redis_client)
+    ranged = read_entries(redis_client, raw, KEYS.events, redis_log.START, 10)
+    blocking = read_entries(redis_client, raw, KEYS.events, redis_log.START, 10, block_ms=10)
+    assert [type(fields) for _, fields in ranged + blocking] == [list] * 6
+    parsed = redis_log.read_after(redis_client, KEYS.events, redis_log.START, 10)
+    assert [(i, as_dict(f)) for i, f in ranged] == parsed
+    assert [(i, as_dict(f)) for i, f in blocking] == parsed
+    last = parsed[-1][0]
+    assert read_entries(redis_client, raw, KEYS.events, last, 10, block_ms=10) == []
+    parsed: Any = redis_client.xrange(KEYS.events)  # the shared client still parses replies
+    assert [type(fields) for _, fields in parsed] == [dict] * 3
+    stage = Stage(redis_client, KEYS, REGISTRY)
+    drain(stage)
+    stage.close()
+    assert [c.node_id for _, c in read(redis_client, KEYS.registry)] == [
+        f"node-{i}" for i in range(3)
+    ]

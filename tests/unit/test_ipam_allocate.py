@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
+from unittest import mock
 
 import pytest
 from factories import wg_key as key
@@ -383,3 +384,64 @@ def test_pipeline_persist_and_reload_anywhere_equals_folding_straight(
     assert stored == ipam.dump(straight)
     assert state.pending == straight.pending
     assert state.blocked == straight.blocked
+
+
+def _marks(state: IpamState) -> tuple[object, ...]:
+    """Everything of ``state`` a dump leaves out: indexes, queue, heap and change marks."""
+    return (
+        state.blocked,
+        state.holder,
+        state.quarantine,
+        sorted(state.expiries),
+        list(state.pending.items()),
+        state.clock,
+        state.seq,
+        state.dirty,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(STREAMS, IPAMS)
+def test_quick_steps_equal_the_general_step(
+    changes: list[tuple[str, RegistryChange]], ipam: IpamFold
+) -> None:
+    """The common entries' quick steps (``allocate.QUICK``) change the state, its change
+    marks and the outputs exactly as the general step does (small pools: pending nodes,
+    quarantines falling due and exhausted pools all occur)."""
+    quick, out_quick = fold_all(ipam, changes)
+    with mock.patch.dict(allocate.QUICK, clear=True):
+        general, out_general = fold_all(ipam, changes)
+    assert out_quick == out_general
+    assert ipam.dump(quick) == ipam.dump(general)
+    assert _marks(quick) == _marks(general)
+    assert ipam.snapshot(quick) == ipam.snapshot(general)
+
+
+def test_quick_steps_take_the_common_entries() -> None:
+    """A join, key changes and a leave into quarantine are all quick; a hostile peer, a node
+    taking a quarantined address when it falls due and a leave without quarantine are not."""
+    taken: list[str] = []
+
+    def wrap(kind: type) -> object:
+        quick = allocate.QUICK[kind]
+
+        def recorded(*args: object) -> object:
+            out = quick(*args)
+            taken.append(kind.__name__ if out is not None else "general")
+            return out
+
+        return recorded
+
+    with mock.patch.dict(allocate.QUICK, {kind: wrap(kind) for kind in allocate.QUICK}):
+        run = Run(IpamFold("10.0.0.0/29", quarantine_blocks=2))
+        run(joined("node-a", 1), changed("node-a", 2), changed("node-a", 3, k=3), left("node-a", 4))
+        assert taken == ["NodeJoined", "NodeChanged", "NodeChanged", "NodeLeft"]
+        taken.clear()
+        run(joined("node-b", 9))  # node-a's quarantine falls due first
+        assert taken == ["general"]
+        with pytest.raises(DecodeError):
+            run(NodeChanged("node-b", 1, A, "not a key", "e10", 10))
+        assert taken == ["general", "general"]
+        taken.clear()
+        Run(IpamFold("10.0.0.0/29", quarantine_blocks=0))(joined("node-c", 1), left("node-c", 2))
+        assert taken == ["NodeJoined", "general"]
