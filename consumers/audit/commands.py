@@ -16,18 +16,20 @@ from consumers.audit import entries
 from consumers.audit import export as export_rows
 from consumers.audit import history as timeline
 from consumers.audit.entries import START, Decoded, decode, parse_id
-from consumers.audit.jobs import fetcher
 from consumers.audit.progress import enabled
 from consumers.audit.replay import Replay, render
 from consumers.audit.streams import read_stream
-from consumers.audit.verify import Verify
 from consumers.ipam.allocate import IpamFold
-from shared.chain.oneshot import DEFAULT_TIMEOUT, bounded_rpc, within
 from shared.cmdline import ADDRESSES, STREAM, with_chain_id, with_settings
 from shared.errors import SettingsError, WgchainError
 from shared.keys import Keys
 from shared.redis_log import as_str, connect
 from shared.settings import Settings
+
+#: ``verify``'s default ``--timeout`` (``shared.chain.oneshot.DEFAULT_TIMEOUT``, which is not
+#: imported here: ``verify``'s chain client, ABI codec and job queue are imported when it
+#: runs, so ``audit replay`` and the other commands start without them, docs/design.md §12.3).
+RPC_TIMEOUT = 30.0
 
 
 @click.group()
@@ -159,7 +161,7 @@ def history(
               help="Last block to re-read [default: the listener cursor's block].")  # fmt: skip
 @click.option("--max-problems", type=click.IntRange(min=1), default=20, show_default=True,
               help="Problem lines shown per check.")  # fmt: skip
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=DEFAULT_TIMEOUT,
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=RPC_TIMEOUT,
               show_default=True, metavar="SECONDS",
               help="Give up (one line, exit 1) when an RPC call gets no answer within SECONDS, "
                    "retries included.")  # fmt: skip
@@ -183,6 +185,10 @@ def verify(
     as_json: bool,
 ) -> None:
     """Re-read the chain: logs, digest chain and contract views; exits 1 on any mismatch."""
+    from consumers.audit.jobs import fetcher
+    from consumers.audit.verify import Verify
+    from shared.chain.oneshot import bounded_rpc, within
+
     if from_block is not None and to_block is not None and to_block < from_block:
         raise SettingsError("--to", f"{to_block} is before --from {from_block}")
     if not cfg.contract:

@@ -139,32 +139,44 @@ def live_side(job: LiveJob) -> LiveSide:
     registry_last, peers_last, states = job.registry_last, job.peers_last, job.states
     registry = _Plain()
     folded = run_fold_chunks(ipam, registry.pages(client, keys.registry, registry_last))
-    live_states = {stage: compare.state_digest(f) for stage, f in (states or {}).items()}
     if registry.broken or folded is None:
+        live_states = {stage: compare.state_digest(f) for stage, f in (states or {}).items()}
         return LiveSide(plain=False, live_states=live_states)
     state, peers_out = folded
     ipam_state = ipam.dump(state)
+    ipam_digest = compare.state_digest(ipam_state)
+    live_states = {
+        # the live ipam state is usually the fold's: digested once (compare.state_digests)
+        stage: compare.state_digests(f, ipam_state, ipam_digest)[0]
+        if stage == "ipam"
+        else compare.state_digest(f)
+        for stage, f in (states or {}).items()
+    }
     side = LiveSide(
         plain=True,
         registry_digest=registry.digest(),
         registry_last=registry.ids[-1] if registry.ids else START,
         ipam_state=ipam_state,
         live_states=live_states,
-        ipam_digest=compare.state_digest(ipam_state),
+        ipam_digest=ipam_digest,
     )
     n = 0
+    causes = {entry_id: n for n, entry_id in enumerate(registry.ids)}
+    content = compare.ContentHash()
     for chunk in rawpages.pages(client, keys.peers, peers_last):
-        mine = [encode(entry) for _, entry in peers_out[n : n + len(chunk)]]  # type: ignore[arg-type]
+        ours = peers_out[n : n + len(chunk)]
+        mine = [encode(entry) for _, entry in ours]  # type: ignore[arg-type]
         if _payloads(chunk) != mine:
             return side
+        # the content digest from the same bytes, causes numbered in place
+        content.update_joined(compare.numbered(mine, ours, causes), bool(mine))
         n += len(chunk)
     if n != len(peers_out):
         return side
-    causes = {entry_id: n for n, entry_id in enumerate(registry.ids)}
     return dataclasses.replace(
         side,
         peers_equal=True,
-        peers_digest=compare.content_digest_of(peers_out, causes),
+        peers_digest=content.hexdigest(),
         peers_count=len(peers_out),
     )
 

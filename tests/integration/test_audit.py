@@ -196,6 +196,19 @@ def test_replay_checks_the_live_side_in_a_second_process(world: World):
     assert side.ipam_state is not None
     assert side.registry_last == snap.registry_last
     assert compare.state_digest(side.ipam_state) == compare.state_digest(snap.states["ipam"])
+    # the peers content digest, computed from the live payloads with causes numbered
+    live_registry = decode(read_stream(world.client, world.keys.registry))
+    live_peers = decode(read_stream(world.client, world.keys.peers))
+    assert side.peers_digest == compare.content_digest(
+        compare.content(live_peers, compare.ordinals(live_registry))
+    )
+    # the live ipam state handed in is the fold's: its digest is the fold's
+    with_states = dataclasses.replace(job, ipam=IpamFold(POOL), states=snap.states)
+    digests = live_side(with_states).live_states
+    assert digests == {
+        "ipam": side.ipam_digest,
+        "registry": compare.state_digest(snap.states["registry"]),
+    }
     # the replay's own registry outputs are the live ones, byte for byte
     folded = run_fold(RegistryFold(), decode(read_stream(world.client, world.keys.events)))
     assert folded is not None
