@@ -22,6 +22,7 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 import redis
+from redis.cluster import RedisCluster
 
 from consumers import stage_reads as reads
 from consumers.fold import Fold
@@ -476,9 +477,12 @@ def run_stage(
         stage.run(stop)
 
 
-def raw_reader(client: redis.Redis) -> redis.Redis:
+def raw_reader(client: redis.Redis) -> redis.Redis | None:
     """A client on ``client``'s connections that returns an XRANGE or XREAD reply as the parser
-    gives it: (id, [name, value, ...]) per entry, no dict built (:func:`read_entries`)."""
+    gives it: (id, [name, value, ...]) per entry, no dict built (:func:`read_entries`). None for
+    a Redis Cluster client: it has no one pool to share, and its reads are parsed as usual."""
+    if isinstance(client, RedisCluster):
+        return None
     raw = redis.Redis(connection_pool=client.connection_pool)
     raw.set_response_callback("XRANGE", _as_given)
     raw.set_response_callback("XREAD", _as_given)
@@ -491,7 +495,7 @@ def _as_given(reply: Any, **_: Any) -> Any:
 
 def read_entries(
     client: redis.Redis,
-    raw: redis.Redis,
+    raw: redis.Redis | None,
     stream: str,
     after: str,
     count: int,
@@ -500,8 +504,8 @@ def read_entries(
 ) -> list[Entry]:
     """:func:`~shared.redis_log.read_after` through ``raw`` (:func:`raw_reader`): each entry's
     fields the flat list of the reply, which the loop reads without a dict per entry (a client
-    that decodes replies to text: through ``read_after``)."""
-    if client.connection_pool.connection_kwargs.get("decode_responses"):
+    that decodes replies to text, or no ``raw`` on a Redis Cluster: through ``read_after``)."""
+    if raw is None or client.connection_pool.connection_kwargs.get("decode_responses"):
         return list(read_after(client, stream, after, count, block_ms))
     reply: Any
     if block_ms is None:
