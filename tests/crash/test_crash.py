@@ -25,6 +25,7 @@ from harness import CrashFailure, Harness, Options
 
 from shared.devnet.anvil import anvil_binary
 from shared.devnet.netns import available
+from shared.devnet.proc import wait_for
 from shared.devnet.redis_server import redis_server_binary
 from shared.errors import ServiceUnavailable
 
@@ -73,10 +74,13 @@ class Tampered(Harness):
         self.client.hset(self.keys.state("ipam"), "tampered", "1")
         agent = next(s for s in self.services if s.name == "crash-a")
         assert agent.proc is not None
+        path = self.agents[0].config_path
+        # an agent killed early in the run and restarted may not have written its file yet
+        # (it writes it within a second of an apply, docs/design.md 11.4): wait for one
+        wait_for(path.exists, timeout=30, what=f"{path} written by crash-a")
         os.kill(agent.proc.pid, signal.SIGKILL)  # stopped for good: nothing repairs the file
         agent.proc.wait()
         agent.proc = None
-        path = self.agents[0].config_path
         path.write_text(path.read_text() + "\n[Peer]\nAllowedIPs = 0.0.0.0/0\n")
 
 
