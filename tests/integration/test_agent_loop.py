@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,6 +29,20 @@ from shared.devnet.redis_server import RedisServer
 from shared.errors import WireGuardError
 from shared.events import PeerRemove, PeerUpsert, to_fields
 from shared.keys import Keys
+
+
+@contextlib.contextmanager
+def running(agent: Agent) -> Iterator[None]:
+    """``agent.run`` on a thread for the block; stopped and joined after it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
 
 pytestmark = pytest.mark.integration
 
@@ -277,14 +292,8 @@ def test_bootstrap_fills_a_fresh_interface_batch_by_batch(
     last = pipe.execute()[-1].decode()
     wg = PipelinedTwin(refuse=refuse)
     agent = Agent(config(tmp_path, keys, key_file), client, wg)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with running(agent):
         wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
-    finally:
-        stop.set()
-        thread.join(timeout=30)
     assert {k: p.allowed_ips for k, p in wg.peers.items()} == wanted
     assert wg.requests >= (refuse or 3)  # one per catch-up batch (until the refused one)
     if not refuse:
@@ -339,19 +348,13 @@ def test_after_a_fill_the_link_goes_up_without_reading_the_addresses_again(
     last = pipe.execute()[-1].decode()
     wg = LinkTwin()
     agent = Agent(config(tmp_path, keys, key_file), client, wg)
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with running(agent):
         wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
         assert wg.address_calls == [False]  # given once, the link left down
         assert wg.link_ups_at == [wg.requests]  # up once, after every answer
         assert wg.up
         assert wg.addresses == {"10.88.0.1/16"}
         assert len(wg.peers) == members
-    finally:
-        stop.set()
-        thread.join(timeout=30)
 
 
 @dataclass
@@ -404,14 +407,8 @@ def test_the_first_batch_is_folded_while_the_interface_is_checked(
 
     agent.announcements.read = reading  # type: ignore[method-assign]
     wg.ready = lambda: len(agent.follower.table.records) == 51 and len(announced) == 51
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
+    with running(agent):
         wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
-    finally:
-        stop.set()
-        thread.join(timeout=30)
     assert wg.ready_at_show == [True]  # folded and announcements read during the check
     assert wg.requests == 1  # and still a fill
     assert len(wg.peers) == 50
