@@ -538,9 +538,13 @@ def read_replies(conn: Any, count: int) -> list[Any]:
             except redis.ResponseError as exc:
                 replies.append(exc)
         return replies
+    gets, append = reader.gets, replies.append
     while len(replies) < count:
-        reply = reader.gets()
-        if reply is NOT_ENOUGH_DATA:
+        reply = gets()
+        kind = type(reply)  # the common replies first (a commit reads one QUEUED per command)
+        if kind is bytes or kind is str or kind is list or kind is int or reply is None:
+            append(reply)
+        elif reply is NOT_ENOUGH_DATA:
             try:
                 parser.read_from_socket()  # type: ignore[union-attr]
             except OSError as exc:  # as read_response says it
@@ -550,7 +554,7 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         elif isinstance(reply, hiredis.PushNotification):  # RESP3: not a reply
             parser.handle_push_response(reply)  # type: ignore[union-attr]
         else:
-            replies.append(reply)
+            append(reply)
     return replies
 
 
