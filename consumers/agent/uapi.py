@@ -36,8 +36,15 @@ from shared.errors import KeyFileError, WireGuardError
 
 #: Where wireguard-go creates its control sockets (``IF.sock``).
 SOCKET_DIR: Final = Path("/var/run/wireguard")
-#: Seconds one request may take (connect, send, answer).
+#: Seconds one request may take (connect, send, answer), plus :data:`PEER_SECONDS` for
+#: each peer it sets or removes (:func:`request_timeout`).
 TIMEOUT: Final = 15.0
+#: Seconds more a request may take per peer in it: the answer waits for wireguard-go's
+#: work on every peer (about 0.2 ms each on the development VM, an X25519 and its queues
+#: and timers), and a fill's 2,000-peer request on a machine loaded to 40 and more took
+#: longer than a flat :data:`TIMEOUT`: the agent then rolled back a request that was only
+#: slow (docs/design.md §11.2).
+PEER_SECONDS: Final = 0.01
 #: Peers encoded per ``sendall`` (wireguard-go applies them while we encode the next).
 CHUNK_PEERS: Final = 256
 #: Longest answer read (bytes); ``errno=N`` and a blank line.
@@ -52,6 +59,11 @@ FILL_PEERS: Final = 256
 FILL_BUFFER: Final = 32 << 20
 #: The same threshold for an encoded request (bytes; a peer is 130 to 200 of them).
 FILL_BYTES: Final = FILL_PEERS * 128
+
+
+def request_timeout(peers: int) -> float:
+    """Seconds a request that sets or removes ``peers`` peers may take (:data:`TIMEOUT`)."""
+    return TIMEOUT + peers * PEER_SECONDS
 
 
 def socket_path(ifname: str, socket_dir: Path = SOCKET_DIR) -> Path:
@@ -161,8 +173,8 @@ def start_set_peers(
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     checked = [_checked(p) for p in peers]
-    large = len(removals) + len(checked) > FILL_PEERS
-    return _send(ifname, _request(removals, checked), large, socket_dir)
+    peers = len(removals) + len(checked)
+    return _send(ifname, _request(removals, checked), peers > FILL_PEERS, socket_dir, peers)
 
 
 def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerSpec]) -> bytes:
@@ -176,13 +188,16 @@ def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerSpec]) -> byte
 
 def send_set_peers(ifname: str, request: bytes, socket_dir: Path = SOCKET_DIR) -> Pending:
     """Send a request of :func:`encode_set_peers`; as :func:`start_set_peers`."""
-    return _send(ifname, (request,), len(request) > FILL_BYTES, socket_dir)
+    peers = request.count(b"public_key=")
+    return _send(ifname, (request,), len(request) > FILL_BYTES, socket_dir, peers)
 
 
-def _send(ifname: str, pieces: Iterable[bytes], large: bool, socket_dir: Path) -> Pending:
+def _send(
+    ifname: str, pieces: Iterable[bytes], large: bool, socket_dir: Path, peers: int
+) -> Pending:
     path = socket_path(ifname, socket_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(TIMEOUT)
+    sock.settimeout(request_timeout(peers))
     try:
         if large:
             _large_buffer(sock)
