@@ -173,8 +173,8 @@ def start_set_peers(
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     checked = [_checked(p) for p in peers]
-    peers = len(removals) + len(checked)
-    return _send(ifname, _request(removals, checked), peers > FILL_PEERS, socket_dir, peers)
+    count = len(removals) + len(checked)
+    return _send(ifname, _request(removals, checked), count > FILL_PEERS, socket_dir, count)
 
 
 def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerSpec]) -> bytes:
