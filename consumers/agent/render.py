@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
-from itertools import compress, count, repeat
+from itertools import compress, count
 from typing import Final
 
 from consumers.agent.desired import IPV4_RE, Desired, DesiredPeer, is_key, parse_endpoint
@@ -271,7 +271,8 @@ class PeerBlocks:
         were rendered or looked up (those of peers new or changed since the last call)."""
         before, blocks = self._peers, self._blocks
         have = list(map(peers.get, map(_NODE_ID, before)))
-        if len(before) != len(peers) or any(map(operator.is_, have, repeat(None))):
+        changed = list(compress(count(), map(operator.is_not, have, before)))
+        if len(before) != len(peers) or any(have[i] is None for i in changed):
             # a peer came or went: the order is made again, what stays keeps its block
             old_blocks = dict(zip(map(_NODE_ID, before), blocks, strict=True))
             old_peers = dict(zip(map(_NODE_ID, before), before, strict=True))
@@ -279,7 +280,7 @@ class PeerBlocks:
             have = list(map(peers.__getitem__, nodes))
             before = list(map(old_peers.get, nodes))  # type: ignore[arg-type]
             blocks = list(map(old_blocks.get, nodes))  # type: ignore[arg-type]
-        changed = list(compress(count(), map(operator.is_not, have, before)))
+            changed = list(compress(count(), map(operator.is_not, have, before)))
         # (every one of ``have`` is a peer by now; if this fails, nothing was kept)
         fresh = [peer_block(have[i]) for i in changed]  # type: ignore[arg-type]
         for i, block in zip(changed, fresh, strict=True):
