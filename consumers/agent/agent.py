@@ -39,6 +39,7 @@ from consumers.agent.interface import LOGGED_CHANGES as LOGGED
 from consumers.agent.interface import Changes, Interface, PipelineError, summary
 from consumers.agent.keys import public_key_from_file
 from consumers.agent.peerset import DesiredPeers
+from consumers.agent.render import keep_blocks
 from consumers.agent.state import AppliedState, Ident
 from consumers.agent.status import Status, status_fields
 from consumers.agent.wg import WireGuard
@@ -63,6 +64,7 @@ class Agent:
         Agent.created += 1
         if Agent.created == 2:
             share_strings()
+            keep_blocks()
         self.cfg = config
         self.client = client
         self.wg = wireguard

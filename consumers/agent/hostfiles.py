@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from consumers.agent import files
-from consumers.agent.desired import DesiredPeer
-from consumers.agent.render import PeerBlocks, render_head
+from consumers.agent.desired import Desired, DesiredPeer
+from consumers.agent.render import PeerBlocks, blocks_kept, render_chunks, render_head
 from consumers.agent.state import AppliedState, Ident, StateProblem, decode, encode_line
 from consumers.agent.state import encode_snapshot as encode_state
 
@@ -161,8 +161,8 @@ class HostFiles:
         self._unsynced = False
         self._results: list[tuple[str, Any]] = []
         self._writer = files.Writer.shared()
-        #: The config file's ``[Peer]`` blocks as last written (only its jobs touch it,
-        #: and they take turns).
+        #: The config file's ``[Peer]`` blocks as last written, once a process of several
+        #: agents keeps them (``render.keep_blocks``; only this file's jobs touch it, in turn).
         self._blocks = PeerBlocks()
 
     def remove_stale_temp_files(self) -> list[Path]:
@@ -264,20 +264,34 @@ class HostFiles:
         compare, self._compare = self._compare, False
 
         def job() -> None:
-            # the file's text is render_config's of the snapshot: the blocks of the peers
-            # that did not change since the last write are the ones it already has
-            head = render_head(
-                state.addresses,
-                state.fail_closed,
-                listen_port=self.listen_port,
-                private_key_file=self.key_file,
-            )
-            self._blocks.update(state.peers)
-            pieces = self._blocks.pieces(head)
+            # the file's text is render_config's of the snapshot
+            kept: list[bytes] | None = None
+            if blocks_kept():  # the blocks of the peers that did not change are kept ones
+                self._blocks.update(state.peers)
+                kept = self._blocks.pieces(
+                    render_head(
+                        state.addresses,
+                        state.fail_closed,
+                        listen_port=self.listen_port,
+                        private_key_file=self.key_file,
+                    )
+                )
+
+            def pieces() -> Iterable[bytes]:
+                if kept is not None:
+                    return kept
+                # one agent in this process: rendered whole, piece by piece as it is written
+                peers = tuple(state.peers[n] for n in sorted(state.peers))
+                desired = Desired(self.node_id, state.addresses, peers, state.fail_closed)
+                chunks = render_chunks(
+                    desired, listen_port=self.listen_port, private_key_file=self.key_file
+                )
+                return (chunk.encode() for chunk in chunks)
+
             try:
-                if not (compare and files.holds(self.config_path, pieces)):
+                if not (compare and files.holds(self.config_path, pieces())):
                     files.write_atomic(
-                        self.config_path, pieces, files.CONFIG_BACKUPS, make_dir=compare
+                        self.config_path, pieces(), files.CONFIG_BACKUPS, make_dir=compare
                     )
                     self._results.append(("config", len(state.peers)))
             except OSError as exc:

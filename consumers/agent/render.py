@@ -257,7 +257,8 @@ class PeerBlocks:
     :func:`render_config` of the peers written, whatever happened in between. The
     bytes of a block are shared by every agent of the process that holds that peer
     (:func:`peer_block`): an agent keeps two lists of pointers (some 160 KB at
-    10,000 peers), not a copy of the text."""
+    10,000 peers), not a copy of the text. Used across writes only once a process runs
+    several agents (:func:`keep_blocks`)."""
 
     __slots__ = ("_blocks", "_peers")
 
@@ -303,13 +304,33 @@ _NODE_ID: Final = operator.attrgetter("node_id")
 _shared_blocks: dict[DesiredPeer, bytes] = {}
 _shared_lock = threading.Lock()
 _prune_at = SHARED_BLOCKS_MIN
+#: Whether config files keep their blocks between writes (:func:`keep_blocks`).
+_keep_blocks = False
+
+
+def keep_blocks() -> None:
+    """From now on each config file keeps its ``[Peer]`` blocks between writes
+    (:class:`PeerBlocks`), one copy of each shared by the agents of the process: called
+    once a process runs several agents (the fleet benchmark: 125 agents of a 10,000-member
+    mesh per process, where rendering every file whole was most of their CPU). A process
+    of one agent renders its file whole at each write (some 15 ms at 10,000 peers, at most
+    once a second): keeping the blocks would cost it about 2 MiB (``B4.agent_rss``)."""
+    global _keep_blocks  # noqa: PLW0603 - one process-wide switch, flipped once
+    _keep_blocks = True
+
+
+def blocks_kept() -> bool:
+    """Whether :func:`keep_blocks` was called."""
+    return _keep_blocks
 
 
 def peer_block(peer: DesiredPeer) -> bytes:
-    """The encoded ``[Peer]`` block of ``peer`` (b"": it is invalid and left out), one copy
-    per process: the agents of a process (the fleet benchmark runs 125 per process, each
-    with the same 10,000 peers) share it. Equal peers render alike, so whichever copy
-    is returned is the right one."""
+    """The encoded ``[Peer]`` block of ``peer`` (b"": it is invalid and left out); once
+    blocks are kept (:func:`keep_blocks`), one copy per process, shared by its agents.
+    Equal peers render alike, so whichever copy is returned is the right one."""
+    if not _keep_blocks:
+        text = _peer_block(peer)
+        return text.encode() if text is not None else b""
     block = _shared_blocks.get(peer)
     if block is None:
         text = _peer_block(peer)

@@ -1,7 +1,8 @@
-"""The agent's config file against a real Redis, with the in-memory WireGuard twin: after
-each change it is written again from the blocks it already has (only the changed peers'
-``[Peer]`` blocks are rendered), and it equals render_config of the applied state through
-rotations, joins, leaves, a move and a fail closed (docs/design.md §11.4)."""
+"""The agent's config file against a real Redis, with the in-memory WireGuard twin, in a
+process of several agents: after each change it is written again from the blocks it already
+has (only the changed peers' ``[Peer]`` blocks are rendered), and it equals render_config of
+the applied state through rotations, joins, leaves, a move and a fail closed
+(docs/design.md §11.4)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ def running(agent: Agent) -> Iterator[None]:
 def test_the_config_file_renders_only_changed_peers_and_equals_the_applied_state(
     redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(render, "_keep_blocks", True)  # a process of several agents
     rendered: list[str] = []  # by the agent (this test's own render_config is not counted)
     real, test_thread = render._peer_block, threading.current_thread()
 
