@@ -9,9 +9,14 @@ socket: there :class:`consumers.agent.wg.Wg` runs ``wg``.
 
 Only peers go through here (added, updated, removed; IP endpoints only, as ``wg``
 would resolve a hostname first). The private key never does (``wg set IF private-key
-FILE``), and the interface is read with ``wg show IF dump``, which also derives its
-public key. A request is validated whole before its first byte is sent, because
-wireguard-go applies lines as they arrive: a request cut short is applied in part.
+FILE``), and the interface is read whole with ``wg show IF dump``, which also derives
+its public key. :func:`read_head` reads only what a start needs to know before it fills
+a fresh interface (its public key, listen port, whether it has peers) with one
+``get=1``, where ``wg show`` would be a process ahead of the fill's first request; the
+private key wireguard-go prints there is turned into the public key and dropped, as
+the parse of ``wg show IF dump`` drops it. A request is validated whole before its
+first byte is sent, because wireguard-go applies lines as they arrive: a request cut
+short is applied in part.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import binascii
 import socket
 import stat
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from consumers.agent.desired import is_key, parse_endpoint
+from consumers.agent.keys import public_key_of
 from consumers.agent.render import IPV4_ENDPOINT_RE, PeerSpec, is_ip_endpoint, normalise_ips
-from shared.errors import WireGuardError
+from shared.errors import KeyFileError, WireGuardError
 
 #: Where wireguard-go creates its control sockets (``IF.sock``).
 SOCKET_DIR: Final = Path("/var/run/wireguard")
@@ -35,6 +42,8 @@ TIMEOUT: Final = 15.0
 CHUNK_PEERS: Final = 256
 #: Longest answer read (bytes); ``errno=N`` and a blank line.
 MAX_ANSWER: Final = 256
+#: Longest line of a ``get=1`` answer read (bytes; a key line is 76).
+MAX_GET_LINE: Final = 4096
 #: A request of more peers than this (a bootstrap's fill) asks for a send buffer of
 #: :data:`FILL_BUFFER` bytes, so that sending never waits for wireguard-go to read: it
 #: applies the lines already sent while the agent encodes the next chunk (and, with
@@ -213,3 +222,61 @@ def _answer(sock: socket.socket) -> int:
     if name != "errno" or not value.lstrip("-").isdigit():
         raise OSError(f"unexpected answer {first[:40]!r}")
     return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHead:
+    """What :func:`read_head` found: the interface's public key (None: no private key
+    set), its listen port (0: none) and how many peers it has."""
+
+    public_key: str | None
+    listen_port: int
+    peers: int
+
+
+def read_head(ifname: str, socket_dir: Path = SOCKET_DIR) -> DeviceHead:
+    """The interface's public key, listen port and number of peers, from one ``get=1``
+    (module docstring); :class:`WireGuardError` when the socket does not answer it."""
+    path = socket_path(ifname, socket_dir)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(str(path))
+            sock.sendall(b"get=1\n\n")
+            with sock.makefile("rb") as answer:
+                return _parse_head(answer)
+    except OSError as exc:
+        raise WireGuardError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _parse_head(answer: Iterable[bytes]) -> DeviceHead:
+    """Parse a ``get=1`` answer down to a :class:`DeviceHead` (the private key is never
+    kept nor put into an error message)."""
+    public: str | None = None
+    port = peers = 0
+    errno: int | None = None
+    for raw in answer:
+        if len(raw) > MAX_GET_LINE:
+            raise OSError("unexpected answer (a line too long)")
+        line = raw.rstrip(b"\n")
+        if not line:
+            break
+        name, _, value = line.partition(b"=")
+        if name == b"public_key":
+            peers += 1
+        elif name == b"private_key":
+            try:
+                public = public_key_of(
+                    binascii.b2a_base64(bytes.fromhex(value.decode()), newline=False).decode()
+                )
+            except (ValueError, UnicodeDecodeError, KeyFileError):
+                raise OSError("unexpected answer (an unreadable private key)") from None
+        elif name == b"listen_port" and not peers:
+            port = int(value) if value.isdigit() else 0
+        elif name == b"errno":
+            errno = int(value) if value.lstrip(b"-").isdigit() else -1
+    if errno is None:
+        raise OSError("unexpected answer (no errno)")
+    if errno != 0:
+        raise OSError(f"get=1 refused (errno {errno})")
+    return DeviceHead(public, port, peers)
