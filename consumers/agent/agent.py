@@ -55,7 +55,8 @@ REDIS_RETRY_SECONDS: Final = 30.0
 class Agent:
     """One host's agent. ``wireguard`` is None in file-only mode (no ``wg``/``ip`` at all)."""
 
-    #: Agents created in this process; from the second on, their tables share strings.
+    #: Agents created in this process; from the second on, their tables share strings and
+    #: their config files keep their blocks (render.keep_blocks).
     created = 0
 
     def __init__(

@@ -123,3 +123,25 @@ def test_the_config_file_renders_only_changed_peers_and_equals_the_applied_state
     assert conf.read_text() == expected()  # (written at stop too)
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert read_private_key(key_file) not in conf.read_text()
+
+
+def test_a_second_agent_in_the_process_keeps_the_blocks(
+    redis_client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One agent renders its file whole (its blocks would cost it memory); from the second
+    agent of a process on, the files keep their blocks (docs/design.md §11.4)."""
+    monkeypatch.setattr(Agent, "created", 0)
+    monkeypatch.setattr(render, "_keep_blocks", False)
+    keys = network_keys()
+
+    def agent(node: str) -> Agent:
+        key_file = tmp_path / f"{node}.key"
+        generate_private_key_file(key_file)
+        cfg = AgentConfig(node_id=node, interface=f"wg{node}", private_key_file=key_file,
+                          keys=keys, config_dir=tmp_path / node)  # fmt: skip
+        return Agent(cfg, redis_client, MemoryWireGuard())
+
+    agent("a")
+    assert not render.blocks_kept()
+    agent("b")
+    assert render.blocks_kept()
