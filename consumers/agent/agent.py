@@ -39,6 +39,7 @@ from consumers.agent.interface import LOGGED_CHANGES as LOGGED
 from consumers.agent.interface import Changes, Interface, PipelineError, summary
 from consumers.agent.keys import public_key_from_file
 from consumers.agent.peerset import DesiredPeers
+from consumers.agent.render import keep_blocks
 from consumers.agent.state import AppliedState, Ident
 from consumers.agent.status import Status, status_fields
 from consumers.agent.wg import WireGuard
@@ -54,7 +55,8 @@ REDIS_RETRY_SECONDS: Final = 30.0
 class Agent:
     """One host's agent. ``wireguard`` is None in file-only mode (no ``wg``/``ip`` at all)."""
 
-    #: Agents created in this process; from the second on, their tables share strings.
+    #: Agents created in this process; from the second on, their tables share strings and
+    #: their config files keep their blocks (render.keep_blocks).
     created = 0
 
     def __init__(
@@ -63,6 +65,7 @@ class Agent:
         Agent.created += 1
         if Agent.created == 2:
             share_strings()
+            keep_blocks()
         self.cfg = config
         self.client = client
         self.wg = wireguard

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Final
 
 from consumers.agent.follow import CATCH_UP_SIZE
 from consumers.agent.keys import public_key_from_file
+from shared.collector import collector_paused
 from shared.errors import WireGuardError
 
 if TYPE_CHECKING:
@@ -77,12 +78,29 @@ def bootstrap(agent: Agent) -> None:
     up after its answer (:meth:`Interface.give_addresses` says why), and
     ``applied_position`` right after that. Whether the interface is empty is
     found while the first batch is read and folded and its announcements read
-    (:class:`_EmptyCheck`). The first
+    (:class:`_EmptyCheck`; on wireguard-go one ``get=1`` on its control socket, no
+    process). The cyclic collector is paused while catching up. The first
     batch of a fill is small, so that wireguard-go starts at once; each next one is
     larger, as wireguard-go takes several times longer per peer than the agent does.
     """
     follower = agent.follower
     check = _EmptyCheck(agent) if _may_fill(agent) else None
+    # (the catch-up builds an object or more per entry and makes no cycles: the cyclic
+    # collector would only walk them again and again, on the cores wireguard-go fills on)
+    with collector_paused():
+        fill = _catch_up(agent, check)
+    follower.last_entries = time.monotonic()
+    if not fill:  # (a fill read them batch by batch)
+        agent.read_announcements(set(follower.table.records))
+    else:
+        _early_addresses(agent)
+    agent.settle_fill()
+    agent.bootstrapped = True
+
+
+def _catch_up(agent: Agent, check: _EmptyCheck | None) -> bool:
+    """The loop of :func:`bootstrap`; whether the interface is being filled."""
+    follower = agent.follower
     try:
         follower.load_snapshot(newer_than=follower.position)
         agent.announcements.watch()
@@ -105,13 +123,7 @@ def bootstrap(agent: Agent) -> None:
     finally:
         if check is not None:  # (Redis failed before the first read: the next try checks again)
             check.thread.join()
-    follower.last_entries = time.monotonic()
-    if not fill:  # (a fill read them batch by batch)
-        agent.read_announcements(set(follower.table.records))
-    else:
-        _early_addresses(agent)
-    agent.settle_fill()
-    agent.bootstrapped = True
+    return fill
 
 
 def _may_fill(agent: Agent) -> bool:
@@ -121,9 +133,10 @@ def _may_fill(agent: Agent) -> bool:
 
 
 class _EmptyCheck:
-    """Whether the interface is empty, found in a thread of its own started at once: ``wg
-    show`` (and loading the private key into a fresh interface) run while the first reads
-    of the stream do, so that the first request of a fill goes out sooner. Nothing else
+    """Whether the interface is empty, found in a thread of its own started at once: the
+    look at the interface (:meth:`Interface.take_empty`) and loading the private key into
+    a fresh interface run while the first reads of the stream do, so that the first
+    request of a fill goes out sooner. Nothing else
     touches the interface until :meth:`result` (no request in flight yet, no state file:
     nothing to hold)."""
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from consumers.agent import files
 from consumers.agent.desired import Desired, DesiredPeer
-from consumers.agent.render import render_chunks
+from consumers.agent.render import PeerBlocks, blocks_kept, render_chunks, render_head
 from consumers.agent.state import AppliedState, Ident, StateProblem, decode, encode_line
 from consumers.agent.state import encode_snapshot as encode_state
 
@@ -161,6 +161,9 @@ class HostFiles:
         self._unsynced = False
         self._results: list[tuple[str, Any]] = []
         self._writer = files.Writer.shared()
+        #: The config file's ``[Peer]`` blocks as last written, once a process of several
+        #: agents keeps them (``render.keep_blocks``; only this file's jobs touch it, in turn).
+        self._blocks = PeerBlocks()
 
     def remove_stale_temp_files(self) -> list[Path]:
         names = (self.config_path.name, self.state.path.name, self.state.journal_path.name)
@@ -258,23 +261,39 @@ class HostFiles:
         self._collect()
 
     def _config_job(self, state: AppliedState) -> Callable[[], None]:
-        peers = tuple(state.peers[n] for n in sorted(state.peers))
-        desired = Desired(self.node_id, state.addresses, peers, state.fail_closed)
         compare, self._compare = self._compare, False
 
-        def pieces() -> Iterator[bytes]:
-            chunks = render_chunks(
-                desired, listen_port=self.listen_port, private_key_file=self.key_file
-            )
-            return (chunk.encode() for chunk in chunks)
-
         def job() -> None:
+            # the file's text is render_config's of the snapshot
+            kept: list[bytes] | None = None
+            if blocks_kept():  # the blocks of the peers that did not change are kept ones
+                self._blocks.update(state.peers)
+                kept = self._blocks.pieces(
+                    render_head(
+                        state.addresses,
+                        state.fail_closed,
+                        listen_port=self.listen_port,
+                        private_key_file=self.key_file,
+                    )
+                )
+
+            def pieces() -> Iterable[bytes]:
+                if kept is not None:
+                    return kept
+                # one agent in this process: rendered whole, piece by piece as it is written
+                peers = tuple(state.peers[n] for n in sorted(state.peers))
+                desired = Desired(self.node_id, state.addresses, peers, state.fail_closed)
+                chunks = render_chunks(
+                    desired, listen_port=self.listen_port, private_key_file=self.key_file
+                )
+                return (chunk.encode() for chunk in chunks)
+
             try:
                 if not (compare and files.holds(self.config_path, pieces())):
                     files.write_atomic(
                         self.config_path, pieces(), files.CONFIG_BACKUPS, make_dir=compare
                     )
-                    self._results.append(("config", len(peers)))
+                    self._results.append(("config", len(state.peers)))
             except OSError as exc:
                 self._results.append(("config-error", exc.strerror or str(exc)))
 

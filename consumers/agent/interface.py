@@ -23,7 +23,8 @@ from typing import Any, Final
 
 from consumers.agent.desired import DesiredPeer
 from consumers.agent.render import PeerSpec, is_ip_endpoint, normalise_ips, satisfied
-from consumers.agent.wg import InterfaceState, WireGuard
+from consumers.agent.uapi import DeviceHead
+from consumers.agent.wg import WireGuard
 from shared.errors import WireGuardError
 
 #: Changed peers named in one "applied" log line; more are counted.
@@ -256,7 +257,7 @@ class Interface:
             return 0
         state = self.wg.show(self.ifname)
         self.handshake_latest = max(state.handshakes.values(), default=0)
-        self._check_device(state)
+        self._check_device(state.public_key, state.listen_port)
         hostnames = {
             p.public_key: p.endpoint
             for p in self.applied.values()
@@ -279,25 +280,45 @@ class Interface:
         return operations
 
     def take_empty(self) -> bool:
-        """Read the interface whole; when it has no peers (a fresh interface), the model
-        is that (synced) and True is returned: a fill may then only add."""
+        """Read the interface; when it has no peers (a fresh interface), the model is that
+        (synced) and True is returned: a fill may then only add. On wireguard-go its
+        control socket says so (one ``get=1``, :meth:`Wg.head`), where ``wg show`` would
+        be a process between the agent's start and the fill's first request; elsewhere,
+        or when the socket does not answer, ``wg show``."""
         self.settle()
         if self.wg is None:
             return False
-        state = self.wg.show(self.ifname)
-        if state.peers:
+        head = self._head()
+        if head is None:
+            state = self.wg.show(self.ifname)
+            head = DeviceHead(state.public_key, state.listen_port, len(state.peers))
+        if head.peers:
             return False
-        self._check_device(state)
+        self._check_device(head.public_key, head.listen_port)
         self.handshake_latest = 0
         self.applied = {}
         self.synced = True
         return True
 
-    def _check_device(self, state: InterfaceState) -> None:
+    def _head(self) -> DeviceHead | None:
+        """The interface's key, listen port and number of peers through its control socket;
+        None: no control socket, or no answer (then ``wg show`` says)."""
+        head = getattr(self.wg, "head", None)
+        if head is None:
+            return None
+        try:
+            found: DeviceHead | None = head(self.ifname)
+        except WireGuardError as exc:
+            self.log.warning("{}: reading the interface with wg show instead", exc)
+            return None
+        return found
+
+    def _check_device(self, public_key: str | None, listen_port: int) -> None:
+        """The private key loaded and the listen port set when the interface has others."""
         assert self.wg is not None
-        if self.own_public_key and state.public_key != self.own_public_key:
+        if self.own_public_key and public_key != self.own_public_key:
             self.load_key(self.own_public_key)
-        if self.listen_port is not None and state.listen_port != self.listen_port:
+        if self.listen_port is not None and listen_port != self.listen_port:
             self.wg.set_listen_port(self.ifname, self.listen_port)
 
     # --- running the commands ----------------------------------------------------------

@@ -2,31 +2,42 @@
 
 - :func:`render_config` writes a wg-quick style file. It never holds the private
   key: a ``PostUp`` line points ``wg`` at the key file instead. :func:`render_chunks`
-  yields the same text in pieces (the agent writes a large file without holding it
-  whole).
+  yields the same text in pieces. The agent writes the same bytes from
+  :func:`render_head` and a :class:`PeerBlocks`, which keeps each peer's ``[Peer]``
+  block between two writes of the file, so a rewrite renders only the peers that
+  changed since the one before (docs/design.md §11.4).
 - :func:`diff_peers` compares the interface's peers with the wanted ones and lists
   the few ``wg set`` operations that turn one into the other; a peer that already
   matches produces no operation, so its session is never touched.
 
 Per-peer work is a few string checks (regular expressions first, :mod:`ipaddress`
-only for shapes they do not cover): rendering 10,000 peers takes milliseconds.
+only for shapes they do not cover), some 1.5 µs a peer: 15 ms for 10,000 peers, which a
+process of 125 mesh agents would spend per agent on every change without
+:class:`PeerBlocks`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import operator
 import re
+import sys
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import compress, count
 from typing import Final
 
 from consumers.agent.desired import IPV4_RE, Desired, DesiredPeer, is_key, parse_endpoint
 from shared.validate import is_valid_node_id
 
 HEADER = "# Written by the wgchain agent; every change is rewritten from the peers stream."
-#: Peers per piece yielded by :func:`render_chunks`.
+#: Peers per piece yielded by :func:`render_chunks` and :meth:`PeerBlocks.pieces`.
 CHUNK_PEERS: Final = 256
+#: Entries of the process's shared ``[Peer]`` blocks (:func:`peer_block`) at or above which
+#: the blocks no agent holds any more are dropped (the bound then doubles what is left).
+SHARED_BLOCKS_MIN: Final = 4096
 
 _V4_HOST_RE: Final = re.compile(rf"({IPV4_RE.pattern})/32")
 _V4_CIDR_RE: Final = re.compile(rf"{IPV4_RE.pattern}/(?:3[0-2]|[12]?[0-9])")
@@ -198,17 +209,12 @@ def render_chunks(
     private_key_file: str | None = None,
 ) -> Iterator[str]:
     """:func:`render_config`'s text in pieces of up to :data:`CHUNK_PEERS` peers."""
-    lines = [HEADER]
-    if desired.fail_closed:
-        lines.append(f"# FAIL CLOSED ({desired.fail_closed}): no peers until the chain agrees.")
-    lines += ["", "[Interface]"]
-    lines += [f"Address = {a}" for a in desired.addresses if _is_network(a)]
-    if listen_port:
-        lines.append(f"ListenPort = {int(listen_port)}")
-    lines.append("# PrivateKey is not stored here; it stays in its own 0600 file.")
-    if private_key_file and _safe_path(private_key_file):
-        lines.append(f"PostUp = wg set %i private-key {private_key_file}")
-    yield "\n".join(lines)
+    yield render_head(
+        desired.addresses,
+        desired.fail_closed,
+        listen_port=listen_port,
+        private_key_file=private_key_file,
+    )
     peers = desired.peers
     if any(peers[i].node_id > peers[i + 1].node_id for i in range(len(peers) - 1)):
         peers = tuple(sorted(peers, key=lambda p: p.node_id))
@@ -216,6 +222,136 @@ def render_chunks(
         blocks = (_peer_block(peer) for peer in peers[start : start + CHUNK_PEERS])
         yield "".join(block for block in blocks if block is not None)
     yield "\n"
+
+
+def render_head(
+    addresses: Iterable[str],
+    fail_closed: str | None,
+    *,
+    listen_port: int | None = None,
+    private_key_file: str | None = None,
+) -> str:
+    """The file's text before its first ``[Peer]``: the ``[Interface]`` section (only
+    valid addresses, never a private key)."""
+    lines = [HEADER]
+    if fail_closed:
+        lines.append(f"# FAIL CLOSED ({fail_closed}): no peers until the chain agrees.")
+    lines += ["", "[Interface]"]
+    lines += [f"Address = {a}" for a in addresses if _is_network(a)]
+    if listen_port:
+        lines.append(f"ListenPort = {int(listen_port)}")
+    lines.append("# PrivateKey is not stored here; it stays in its own 0600 file.")
+    if private_key_file and _safe_path(private_key_file):
+        lines.append(f"PostUp = wg set %i private-key {private_key_file}")
+    return "\n".join(lines)
+
+
+class PeerBlocks:
+    """The ``[Peer]`` blocks of one config file in node order, kept from one write of the
+    file to the next: :meth:`update` renders only the peers that are not, as objects, the
+    ones of the write before (a change of k peers renders k blocks, not the 10,000 of a
+    mesh host). Not thread-safe: one file's writes take turns (``files.Writer``).
+
+    What it keeps is a function of the peers it was given last (each block is
+    :func:`peer_block` of the peer beside it), so the file always equals
+    :func:`render_config` of the peers written, whatever happened in between. The
+    bytes of a block are shared by every agent of the process that holds that peer
+    (:func:`peer_block`): an agent keeps two lists of pointers (some 160 KB at
+    10,000 peers), not a copy of the text. Used across writes only once a process runs
+    several agents (:func:`keep_blocks`)."""
+
+    __slots__ = ("_blocks", "_peers")
+
+    def __init__(self) -> None:
+        #: The peers of the last :meth:`update` in node order, and the block of each.
+        self._peers: list[DesiredPeer] = []
+        self._blocks: list[bytes] = []
+
+    def update(self, peers: Mapping[str, DesiredPeer]) -> int:
+        """Take ``peers`` (node id -> peer) as the file's peers; returns how many blocks
+        were rendered or looked up (those of peers new or changed since the last call)."""
+        before, blocks = self._peers, self._blocks
+        have = list(map(peers.get, map(_NODE_ID, before)))
+        changed = list(compress(count(), map(operator.is_not, have, before)))
+        if len(before) != len(peers) or any(have[i] is None for i in changed):
+            # a peer came or went: the order is made again, what stays keeps its block
+            old_blocks = dict(zip(map(_NODE_ID, before), blocks, strict=True))
+            old_peers = dict(zip(map(_NODE_ID, before), before, strict=True))
+            nodes = sorted(peers)
+            have = list(map(peers.__getitem__, nodes))
+            before = list(map(old_peers.get, nodes))  # type: ignore[arg-type]
+            blocks = list(map(old_blocks.get, nodes))  # type: ignore[arg-type]
+            changed = list(compress(count(), map(operator.is_not, have, before)))
+        # (every one of ``have`` is a peer by now; if this fails, nothing was kept)
+        fresh = [peer_block(have[i]) for i in changed]  # type: ignore[arg-type]
+        for i, block in zip(changed, fresh, strict=True):
+            blocks[i] = block
+        self._peers, self._blocks = have, blocks  # type: ignore[assignment]
+        return len(changed)
+
+    def pieces(self, head: str) -> list[bytes]:
+        """The file's bytes: ``head`` (:func:`render_head`), the blocks, the last newline;
+        in pieces of :data:`CHUNK_PEERS` blocks."""
+        blocks = self._blocks
+        out = [head.encode()]
+        out += [b"".join(blocks[i : i + CHUNK_PEERS]) for i in range(0, len(blocks), CHUNK_PEERS)]
+        out.append(b"\n")
+        return out
+
+
+_NODE_ID: Final = operator.attrgetter("node_id")
+#: The ``[Peer]`` blocks rendered in this process, by peer (:func:`peer_block`).
+_shared_blocks: dict[DesiredPeer, bytes] = {}
+_shared_lock = threading.Lock()
+_prune_at = SHARED_BLOCKS_MIN
+#: Whether config files keep their blocks between writes (:func:`keep_blocks`).
+_keep_blocks = False
+
+
+def keep_blocks() -> None:
+    """From now on each config file keeps its ``[Peer]`` blocks between writes
+    (:class:`PeerBlocks`), one copy of each shared by the agents of the process: called
+    once a process runs several agents (the fleet benchmark: 125 agents of a 10,000-member
+    mesh per process, where rendering every file whole was most of their CPU). A process
+    of one agent renders its file whole at each write (some 15 ms at 10,000 peers, at most
+    once a second): keeping the blocks would cost it about 2 MiB (``B4.agent_rss``)."""
+    global _keep_blocks  # noqa: PLW0603 - one process-wide switch, flipped once
+    _keep_blocks = True
+
+
+def blocks_kept() -> bool:
+    """Whether :func:`keep_blocks` was called."""
+    return _keep_blocks
+
+
+def peer_block(peer: DesiredPeer) -> bytes:
+    """The encoded ``[Peer]`` block of ``peer`` (b"": it is invalid and left out); once
+    blocks are kept (:func:`keep_blocks`), one copy per process, shared by its agents.
+    Equal peers render alike, so whichever copy is returned is the right one."""
+    if not _keep_blocks:
+        text = _peer_block(peer)
+        return text.encode() if text is not None else b""
+    block = _shared_blocks.get(peer)
+    if block is None:
+        text = _peer_block(peer)
+        block = text.encode() if text is not None else b""
+        with _shared_lock:
+            block = _shared_blocks.setdefault(peer, block)
+            if len(_shared_blocks) >= _prune_at:
+                _prune_shared_blocks()
+    return block
+
+
+def _prune_shared_blocks() -> None:
+    """Drop the blocks that only :data:`_shared_blocks` holds (no agent's file has them any
+    more); the next prune comes when what is left has doubled. Under ``_shared_lock``."""
+    global _prune_at  # noqa: PLW0603 - the process-wide bound, moved with the prune
+    shared = _shared_blocks
+    for peer in list(shared):
+        block = shared[peer]
+        if not block or sys.getrefcount(block) <= 3:  # this dict, ``block``, the call's argument
+            del shared[peer]
+    _prune_at = max(SHARED_BLOCKS_MIN, 2 * len(shared))
 
 
 def _peer_block(peer: DesiredPeer) -> str | None:

@@ -9,9 +9,14 @@ socket: there :class:`consumers.agent.wg.Wg` runs ``wg``.
 
 Only peers go through here (added, updated, removed; IP endpoints only, as ``wg``
 would resolve a hostname first). The private key never does (``wg set IF private-key
-FILE``), and the interface is read with ``wg show IF dump``, which also derives its
-public key. A request is validated whole before its first byte is sent, because
-wireguard-go applies lines as they arrive: a request cut short is applied in part.
+FILE``), and the interface is read whole with ``wg show IF dump``, which also derives
+its public key. :func:`read_head` reads only what a start needs to know before it fills
+a fresh interface (its public key, listen port, whether it has peers) with one
+``get=1``, where ``wg show`` would be a process ahead of the fill's first request; the
+private key wireguard-go prints there is turned into the public key and dropped, as
+the parse of ``wg show IF dump`` drops it. A request is validated whole before its
+first byte is sent, because wireguard-go applies lines as they arrive: a request cut
+short is applied in part.
 """
 
 from __future__ import annotations
@@ -20,21 +25,32 @@ import binascii
 import socket
 import stat
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from consumers.agent.desired import is_key, parse_endpoint
+from consumers.agent.keys import public_key_of
 from consumers.agent.render import IPV4_ENDPOINT_RE, PeerSpec, is_ip_endpoint, normalise_ips
-from shared.errors import WireGuardError
+from shared.errors import KeyFileError, WireGuardError
 
 #: Where wireguard-go creates its control sockets (``IF.sock``).
 SOCKET_DIR: Final = Path("/var/run/wireguard")
-#: Seconds one request may take (connect, send, answer).
+#: Seconds one request may take (connect, send, answer), plus :data:`PEER_SECONDS` for
+#: each peer it sets or removes (:func:`request_timeout`).
 TIMEOUT: Final = 15.0
+#: Seconds more a request may take per peer in it: the answer waits for wireguard-go's
+#: work on every peer (about 0.2 ms each on the development VM, an X25519 and its queues
+#: and timers), and a fill's 2,000-peer request on a machine loaded to 40 and more took
+#: longer than a flat :data:`TIMEOUT`: the agent then rolled back a request that was only
+#: slow (docs/design.md §11.2).
+PEER_SECONDS: Final = 0.01
 #: Peers encoded per ``sendall`` (wireguard-go applies them while we encode the next).
 CHUNK_PEERS: Final = 256
 #: Longest answer read (bytes); ``errno=N`` and a blank line.
 MAX_ANSWER: Final = 256
+#: Longest line of a ``get=1`` answer read (bytes; a key line is 76).
+MAX_GET_LINE: Final = 4096
 #: A request of more peers than this (a bootstrap's fill) asks for a send buffer of
 #: :data:`FILL_BUFFER` bytes, so that sending never waits for wireguard-go to read: it
 #: applies the lines already sent while the agent encodes the next chunk (and, with
@@ -43,6 +59,11 @@ FILL_PEERS: Final = 256
 FILL_BUFFER: Final = 32 << 20
 #: The same threshold for an encoded request (bytes; a peer is 130 to 200 of them).
 FILL_BYTES: Final = FILL_PEERS * 128
+
+
+def request_timeout(peers: int) -> float:
+    """Seconds a request that sets or removes ``peers`` peers may take (:data:`TIMEOUT`)."""
+    return TIMEOUT + peers * PEER_SECONDS
 
 
 def socket_path(ifname: str, socket_dir: Path = SOCKET_DIR) -> Path:
@@ -152,8 +173,8 @@ def start_set_peers(
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     checked = [_checked(p) for p in peers]
-    large = len(removals) + len(checked) > FILL_PEERS
-    return _send(ifname, _request(removals, checked), large, socket_dir)
+    count = len(removals) + len(checked)
+    return _send(ifname, _request(removals, checked), count > FILL_PEERS, socket_dir, count)
 
 
 def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerSpec]) -> bytes:
@@ -167,13 +188,16 @@ def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerSpec]) -> byte
 
 def send_set_peers(ifname: str, request: bytes, socket_dir: Path = SOCKET_DIR) -> Pending:
     """Send a request of :func:`encode_set_peers`; as :func:`start_set_peers`."""
-    return _send(ifname, (request,), len(request) > FILL_BYTES, socket_dir)
+    peers = request.count(b"public_key=")
+    return _send(ifname, (request,), len(request) > FILL_BYTES, socket_dir, peers)
 
 
-def _send(ifname: str, pieces: Iterable[bytes], large: bool, socket_dir: Path) -> Pending:
+def _send(
+    ifname: str, pieces: Iterable[bytes], large: bool, socket_dir: Path, peers: int
+) -> Pending:
     path = socket_path(ifname, socket_dir)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(TIMEOUT)
+    sock.settimeout(request_timeout(peers))
     try:
         if large:
             _large_buffer(sock)
@@ -213,3 +237,61 @@ def _answer(sock: socket.socket) -> int:
     if name != "errno" or not value.lstrip("-").isdigit():
         raise OSError(f"unexpected answer {first[:40]!r}")
     return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceHead:
+    """What :func:`read_head` found: the interface's public key (None: no private key
+    set), its listen port (0: none) and how many peers it has."""
+
+    public_key: str | None
+    listen_port: int
+    peers: int
+
+
+def read_head(ifname: str, socket_dir: Path = SOCKET_DIR) -> DeviceHead:
+    """The interface's public key, listen port and number of peers, from one ``get=1``
+    (module docstring); :class:`WireGuardError` when the socket does not answer it."""
+    path = socket_path(ifname, socket_dir)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(TIMEOUT)
+            sock.connect(str(path))
+            sock.sendall(b"get=1\n\n")
+            with sock.makefile("rb") as answer:
+                return _parse_head(answer)
+    except OSError as exc:
+        raise WireGuardError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _parse_head(answer: Iterable[bytes]) -> DeviceHead:
+    """Parse a ``get=1`` answer down to a :class:`DeviceHead` (the private key is never
+    kept nor put into an error message)."""
+    public: str | None = None
+    port = peers = 0
+    errno: int | None = None
+    for raw in answer:
+        if len(raw) > MAX_GET_LINE:
+            raise OSError("unexpected answer (a line too long)")
+        line = raw.rstrip(b"\n")
+        if not line:
+            break
+        name, _, value = line.partition(b"=")
+        if name == b"public_key":
+            peers += 1
+        elif name == b"private_key":
+            try:
+                public = public_key_of(
+                    binascii.b2a_base64(bytes.fromhex(value.decode()), newline=False).decode()
+                )
+            except (ValueError, UnicodeDecodeError, KeyFileError):
+                raise OSError("unexpected answer (an unreadable private key)") from None
+        elif name == b"listen_port" and not peers:
+            port = int(value) if value.isdigit() else 0
+        elif name == b"errno":
+            errno = int(value) if value.lstrip(b"-").isdigit() else -1
+    if errno is None:
+        raise OSError("unexpected answer (no errno)")
+    if errno != 0:
+        raise OSError(f"get=1 refused (errno {errno})")
+    return DeviceHead(public, port, peers)

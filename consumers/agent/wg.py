@@ -423,6 +423,18 @@ class Wg:
         self._sockets.pop(ifname, None)  # the timer's full read: look for the socket again
         return show_dump(ifname)
 
+    def head(self, ifname: str) -> uapi_socket.DeviceHead | None:
+        """The interface's public key, listen port and number of peers through its control
+        socket (:func:`consumers.agent.uapi.read_head`: no process); None when it has none
+        (kernel WireGuard: then :meth:`show`)."""
+        if not (self.uapi and self._has_socket(ifname)):
+            return None
+        try:
+            return uapi_socket.read_head(ifname, self.socket_dir)
+        except WireGuardError:
+            self._sockets.pop(ifname, None)  # look again next time (wireguard-go restarted?)
+            raise
+
     def set_private_key(self, ifname: str, path: str) -> None:
         set_private_key(ifname, path)
 

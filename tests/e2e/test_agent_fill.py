@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,95 @@ def test_the_link_goes_up_after_the_fill(
         timeout=30,
         what="the config file",
     )
+
+
+class RequestLog(UapiProxy):
+    """The interface's control socket, relayed; every request in order, as (who, what):
+    who is ``agent`` (the agent process itself), ``agent's wg`` (a ``wg`` process it
+    started) or ``other`` (the test's own ``wg show``), told apart by the process on the
+    other end of the socket; what is ``get``, ``key`` (a ``set=1`` of the private key
+    only) or the number of peers a ``set=1`` names."""
+
+    def __init__(self, host: Host) -> None:
+        super().__init__(host.ifname)
+        self.agent_pid = 0
+        self.requests: list[tuple[str, str | int]] = []
+
+    def _who(self, conn: socket.socket) -> str:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
+        if pid == self.agent_pid:
+            return "agent"
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return "other"
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        return "agent's wg" if parent == self.agent_pid else "other"
+
+    def _relay(self, conn: socket.socket) -> None:
+        who = self._who(conn)
+        request = _read_request(conn)
+        if not request:
+            return  # ``wg`` connects once only to see whether the interface is there
+        if request.startswith(b"get=1"):
+            what: str | int = "get"
+        elif b"\nprivate_key=" in request and b"\npublic_key=" not in request:
+            what = "key"
+        else:
+            what = request.count(b"\npublic_key=")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            upstream.connect(str(self.real))
+            upstream.sendall(request)
+            answer = _read_answer(upstream)
+            if who != "other":
+                self.requests.append((who, what))
+            conn.sendall(answer)
+
+
+def test_a_fill_starts_without_a_wg_process_reading_the_interface(
+    lab: Lab, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Before a fill's first request the agent needs to know that the interface is empty
+    and to load its private key; on wireguard-go the look is one ``get=1`` of its own on
+    the control socket, not a ``wg show`` process (docs/design.md §11.2). The key is
+    loaded (by ``wg``, from its file) before the first peer goes in: wireguard-go derives
+    a key per peer from it, and would do so again for every peer on a later key."""
+    host = lab.add_host("first")
+    host.start_wireguard()
+    key_file = tmp_path / "own.key"
+    own = generate_private_key_file(key_file)
+    keys = Keys(31337, "0x" + secrets.token_hex(20))
+    client = redis.Redis.from_url(redis_server.url)
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.peers, to_fields(PeerUpsert("own", own, "10.88.0.1", "0-1", "0-1", 1)))  # type: ignore[arg-type]
+    members = 300
+    for i in range(2, members + 2):
+        upsert = PeerUpsert(f"n{i:05d}", wg_key(i), f"10.88.{i >> 8}.{i & 0xFF}", "0-1", "0-1", 1)
+        pipe.xadd(keys.peers, to_fields(upsert))  # type: ignore[arg-type]
+    pipe.execute()
+    client.close()
+    log = RequestLog(host).start()
+    try:
+        log.agent_pid = host.start_agent(
+            node="own",
+            redis_url=redis_server.unix_url,
+            chain_id=keys.chain_id,
+            contract=keys.contract,
+            private_key_file=key_file,
+            config_dir=tmp_path / "conf",
+            env={"WGCHAIN_RECONCILE_INTERVAL": "60"},
+        ).pid
+
+        def filled() -> bool:
+            dump = parse_dump(host.exec(["wg", "show", host.ifname, "dump"]).stdout)
+            return len(dump.peers) == members
+
+        wait_for(filled, timeout=60, interval=0.2, what="the interface filled")
+    finally:
+        log.stop()
+    first = next(i for i, (_, what) in enumerate(log.requests) if isinstance(what, int) and what)
+    assert log.requests[:first] == [("agent", "get"), ("agent's wg", "key")], log.requests
+    assert log.requests[first][0] == "agent"
+    dump = parse_dump(host.exec(["wg", "show", host.ifname, "dump"]).stdout)
+    assert dump.public_key == own

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import json
 import stat
 import threading
@@ -412,6 +413,44 @@ def test_the_first_batch_is_folded_while_the_interface_is_checked(
     assert wg.ready_at_show == [True]  # folded and announcements read during the check
     assert wg.requests == 1  # and still a fill
     assert len(wg.peers) == 50
+
+
+@dataclass
+class CollectorTwin(PipelinedTwin):
+    """:class:`PipelinedTwin` noting whether Python's cyclic collector was on at each
+    request."""
+
+    collector_on: list[bool] = field(default_factory=list)
+
+    def start_apply(
+        self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
+    ) -> SimpleNamespace:
+        self.collector_on.append(gc.isenabled())
+        return super().start_apply(ifname, removals, peers)
+
+
+def test_the_collector_is_paused_while_a_fill_catches_up(
+    client: redis.Redis, keys: Keys, own: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The catch-up builds objects for every entry and no cycles: the cyclic collector is
+    off while it runs (it would walk them again and again on the cores wireguard-go
+    fills on), and on again once the agent has caught up."""
+    key_file, public = own
+    pipe = client.pipeline(transaction=False)
+    pipe.xadd(keys.peers, to_fields(upsert("a", public, "10.88.0.1")))  # type: ignore[arg-type]
+    for i in range(CATCH_UP_SIZE + 100):
+        key = base64.b64encode((i + 1).to_bytes(32, "big")).decode()
+        ip = f"10.88.{(i + 2) >> 8}.{(i + 2) & 0xFF}"
+        pipe.xadd(keys.peers, to_fields(upsert(f"n{i:05d}", key, ip)))  # type: ignore[arg-type]
+    last = pipe.execute()[-1].decode()
+    wg = CollectorTwin()
+    agent = Agent(config(tmp_path, keys, key_file), client, wg)
+    assert gc.isenabled()
+    with running(agent):
+        wait_for(lambda: agent.applied_position == last, timeout=60, what="bootstrap")
+        assert gc.isenabled()  # on again once caught up
+    assert len(wg.collector_on) >= 3  # a fill, batch by batch
+    assert not any(wg.collector_on), wg.collector_on
 
 
 def test_the_status_write_after_a_change_rides_on_a_read_that_blocks(

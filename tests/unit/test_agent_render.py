@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from factories import wg_key as key
 
+from consumers.agent import render
 from consumers.agent.desired import Desired, DesiredPeer
 from consumers.agent.keys import generate_private_key_file, read_private_key
 from consumers.agent.render import (
@@ -154,3 +157,93 @@ def test_pure_modules_do_no_io() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The node ids of the ``[Peer]`` blocks rendered from now on."""
+    rendered: list[str] = []
+    real = render._peer_block
+
+    def counted(p: DesiredPeer) -> str | None:
+        rendered.append(p.node_id)
+        return real(p)
+
+    monkeypatch.setattr(render, "_peer_block", counted)
+    return rendered
+
+
+def test_peer_blocks_render_only_what_changed_and_equal_render_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Random rotations, moves, joins, leaves, hostile peers and a fail closed: after each,
+    the kept blocks give render_config's bytes, and only new or changed peers were rendered
+    (every key here is new to the process, so none is found among the shared blocks)."""
+    rendered = _counting(monkeypatch)
+    rng = random.Random(10)
+    fresh = iter(range(10**6))
+
+    def member(node: str, n: int) -> DesiredPeer:
+        endpoint = rng.choice([None, f"192.0.2.{n % 250 + 1}:51820", "vpn.example.org:1"])
+        return DesiredPeer(node, key(f"blocks-{next(fresh)}"), (f"10.88.{n // 250}.{n % 250 + 1}/32",),
+                           endpoint, rng.choice([0, 25]))  # fmt: skip
+
+    peers = {f"n{i:03}": member(f"n{i:03}", i) for i in range(60)}
+    blocks = render.PeerBlocks()
+    assert blocks.update(peers) == len(rendered) == 60
+    fail_closed: str | None = None
+    for step in range(120):
+        before = dict(peers)
+        what = rng.choice(["rotate", "rotate", "move", "join", "leave", "hostile", "close", "open"])
+        nodes = sorted(peers)
+        if what == "rotate" and nodes:
+            for node in rng.sample(nodes, min(len(nodes), rng.randint(1, 3))):
+                peers[node] = replace(member(node, 1), allowed_ips=peers[node].allowed_ips)
+        elif what == "move" and nodes:
+            node = rng.choice(nodes)
+            peers[node] = replace(peers[node], allowed_ips=(f"10.88.9.{step}/32",))
+        elif what == "join":
+            node = f"j{step:03}"
+            peers[node] = member(node, 300 + step)
+        elif what == "leave" and nodes:
+            del peers[rng.choice(nodes)]
+        elif what == "hostile":
+            node = rng.choice(["evil\n[Peer]", "x", f"h{step}"])
+            peers[node] = DesiredPeer(node, rng.choice(["not a key", key(f"blocks-{next(fresh)}")]),
+                                      ("10.88.7.7/32", f"PublicKey = {step}"), "192.0.2.1:1", 0)  # fmt: skip
+        elif what == "close":
+            fail_closed, peers = "not-live", {}
+        elif what == "open" and not peers:
+            fail_closed = None
+            peers = {f"o{step}-{i}": member(f"o{step}-{i}", i) for i in range(20)}
+        changed = sorted(n for n, p in peers.items() if before.get(n) is not p)
+        rendered.clear()
+        assert blocks.update(peers) == len(changed)
+        assert sorted(rendered) == changed
+        head = render.render_head(("10.88.0.1/16",), fail_closed, listen_port=51820,
+                                  private_key_file="/etc/wg/k")  # fmt: skip
+        want = render_config(
+            Desired("a", ("10.88.0.1/16",), tuple(peers.values()), fail_closed),
+            listen_port=51820,
+            private_key_file="/etc/wg/k",
+        )
+        assert b"".join(blocks.pieces(head)) == want.encode(), what
+
+
+def test_the_agents_of_a_process_share_one_copy_of_each_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Equal peers of two agents get the very same bytes; a flood of blocks nobody holds any
+    more (many rotations) does not pile up in the process."""
+    monkeypatch.setattr(render, "_keep_blocks", True)  # (as once a second agent starts)
+    mine = {f"s{i}": peer(f"s{i}", 1000 + i, f"10.88.3.{i + 1}") for i in range(50)}
+    theirs = {n: replace(p) for n, p in mine.items()}  # equal, not the same objects
+    a, b = render.PeerBlocks(), render.PeerBlocks()
+    a.update(mine)
+    b.update(theirs)
+    assert all(render.peer_block(p) is render.peer_block(theirs[n]) for n, p in mine.items())
+    held = [id(render.peer_block(p)) for p in mine.values()]  # (alive: a and b hold them)
+    for n in range(3 * render.SHARED_BLOCKS_MIN):
+        render.peer_block(peer(f"f{n}", 5000 + n, "10.88.4.4"))
+    assert len(render._shared_blocks) < render.SHARED_BLOCKS_MIN + len(mine)
+    assert [id(render.peer_block(replace(p))) for p in mine.values()] == held
+    assert b"".join(a.pieces("")) == b"".join(b.pieces(""))
