@@ -80,6 +80,9 @@ class Stage(Generic[S]):
         self.input = keys.input(fold.name)
         #: The fold's ``snapshot(state) -> bytes`` when it writes snapshots of its output.
         self.snapshot_of: Callable[[S], bytes] | None = getattr(fold, "snapshot", None)
+        #: The fold's ``snapshot_size(state) -> int``, the entries its snapshot holds (without
+        #: it they are counted in the snapshot's bytes: some 13 ms at 100,000 peers).
+        self.snapshot_size_of: Callable[[S], int] | None = getattr(fold, "snapshot_size", None)
         self.snapshot_key = keys.snapshot if self.snapshot_of else None
         #: Output entries kept when trimming (0: never trim); needs snapshots.
         self.retention = retention if self.snapshot_of else 0
@@ -342,6 +345,11 @@ class Stage(Generic[S]):
             or self._since_snapshot + len(batch.outputs) >= max(every, self._snapshot_size)
         ):
             batch.snapshot = self.snapshot_of(self.state)
+            batch.snapshot_entries = (
+                batch.snapshot.count(b'"node_id"')
+                if self.snapshot_size_of is None
+                else self.snapshot_size_of(self.state)
+            )
         return batch
 
     def _fold_all(self, decoded: list[tuple[str, Any]], batch: Batch) -> None:
@@ -403,7 +411,7 @@ class Stage(Generic[S]):
             self._since_snapshot += len(batch.outputs)
             return False
         self._since_snapshot = 0
-        self._snapshot_size = batch.snapshot.count(b'"node_id"')
+        self._snapshot_size = batch.snapshot_entries
         return True
 
     def _outputs_since_snapshot(self) -> int:

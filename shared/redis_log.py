@@ -272,6 +272,8 @@ class Batch:
     replace: bool = False
     #: A snapshot of the output as of this commit (written with the last output id).
     snapshot: bytes | None = None
+    #: How many entries ``snapshot`` holds (the stage's snapshot cadence counts them).
+    snapshot_entries: int = 0
     #: The commit packed ahead of it (``StageStore.pack``, e.g. on the thread that made the
     #: batch): a :class:`Transaction`, or the commit script's arguments after the expected
     #: position (Redis Cluster).
@@ -323,6 +325,16 @@ class StageStore:
             b"*9\r\n$4\r\nXADD\r\n%b$1\r\n*\r\n$1\r\nv\r\n%b$4\r\ntype\r\n"
             % (_bulk(output), _bulk(SCHEMA_VERSION))
         ) + b"%b$4\r\ndata\r\n$%d\r\n%b\r\n"
+        #: ``HSET <snapshot> data`` up to the data's bulk string, and the script that sets
+        #: the snapshot's id, both RESP (constants of this store).
+        self._snapshot_commands = (
+            None
+            if snapshot is None
+            else (
+                b"*4\r\n$4\r\nHSET\r\n%b$4\r\ndata\r\n" % _bulk(snapshot),
+                _PACK(("EVAL", _SNAPSHOT_ID_LUA, 2, output, snapshot)),
+            )
+        )
 
     def load(self) -> tuple[str, dict[str, bytes]]:
         """The committed position (``START`` if none) and the whole state hash."""
@@ -396,10 +408,15 @@ class StageStore:
             _PACK(("XADD", dead, "*", "id", ident, "reason", reason, "raw", raw))
             for ident, reason, raw in batch.dead
         ]
-        if batch.snapshot is not None and self.snapshot is not None:
-            commands.append(_PACK(("HSET", self.snapshot, "data", batch.snapshot)))
-            commands.append(_PACK(("EVAL", _SNAPSHOT_ID_LUA, 2, self.output, self.snapshot)))
-        return Transaction(b"".join(commands), len(commands), len(batch.outputs))
+        count = len(commands)
+        if batch.snapshot is not None and self._snapshot_commands is not None:
+            # The HSET of the data by hand: the header, the data as it is, CRLF (hiredis's
+            # packer copies a 20 MB snapshot several times: 38 ms, against 4 ms for the join).
+            hset, eval_id = self._snapshot_commands
+            snapshot = batch.snapshot
+            commands += (hset, b"$%d\r\n" % len(snapshot), snapshot, b"\r\n", eval_id)
+            count += 2
+        return Transaction(b"".join(commands), count, len(batch.outputs))
 
     @staticmethod
     def pack_script(batch: Batch) -> list[Any]:
@@ -521,9 +538,13 @@ def read_replies(conn: Any, count: int) -> list[Any]:
             except redis.ResponseError as exc:
                 replies.append(exc)
         return replies
+    gets, append = reader.gets, replies.append
     while len(replies) < count:
-        reply = reader.gets()
-        if reply is NOT_ENOUGH_DATA:
+        reply = gets()
+        kind = type(reply)  # the common replies first (a commit reads one QUEUED per command)
+        if kind is bytes or kind is str or kind is list or kind is int or reply is None:
+            append(reply)
+        elif reply is NOT_ENOUGH_DATA:
             try:
                 parser.read_from_socket()  # type: ignore[union-attr]
             except OSError as exc:  # as read_response says it
@@ -533,7 +554,7 @@ def read_replies(conn: Any, count: int) -> list[Any]:
         elif isinstance(reply, hiredis.PushNotification):  # RESP3: not a reply
             parser.handle_push_response(reply)  # type: ignore[union-attr]
         else:
-            replies.append(reply)
+            append(reply)
     return replies
 
 

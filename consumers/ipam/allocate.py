@@ -273,6 +273,10 @@ class IpamFold:
             ]
         return _encode(PeersSnapshot(peers))
 
+    def snapshot_size(self, state: IpamState) -> int:
+        """The peers :meth:`snapshot` holds: the nodes holding an address."""
+        return len(state.holder)
+
     # --- helpers --------------------------------------------------------------------
 
     def dump(self, state: IpamState) -> dict[str, bytes]:

@@ -126,6 +126,16 @@ def run(events: int, nodes: int) -> list[Result]:
                 "pipeline_registry_peak_rss_mib": mib(pipeline["registry"]["peak_rss"]),
                 "pipeline_ipam_peak_rss_mib": mib(pipeline["ipam"]["peak_rss"]),
                 "redis_cpu_s_pipeline": pipeline["redis_cpu_s"],
+                # INFO commandstats over the pipeline: per command, calls and microseconds
+                # of Redis per event (command execution only; the rest of redis_cpu_s is
+                # reading, parsing and answering).
+                "redis_calls_per_event": {
+                    k: round(c / events, 6) for k, (c, _) in sorted(pipeline["commands"].items())
+                },
+                "redis_us_per_event": {
+                    k: round(u / events, 3) for k, (_, u) in sorted(pipeline["commands"].items())
+                },
+                "redis_cpu_us_per_event": pipeline["redis_cpu_s"] * 1e6 / events,
                 # The serial run (one process: registry to the end, then ipam), as before.
                 "serial_events_per_s": events / fold_s,
                 "serial_ratio": (events / fold_s) / ceiling_per_s,
@@ -223,12 +233,14 @@ def _pipeline(client: redis.Redis, redis_url: str) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the stage processes of the pipeline did not start")
         cpu = _redis_cpu(client)
+        before = _commandstats(client)
         start = time.monotonic()
         client.rpush(GO_KEY, *procs)
         answers = {}
         for name, proc in procs.items():
             proc.proc.wait(timeout=STAGE_TIMEOUT_S)
             answers[name] = proc.finish()
+        commands = _commandstats(client, before)
     finally:
         for proc in procs.values():
             if proc.alive():
@@ -237,6 +249,7 @@ def _pipeline(client: redis.Redis, redis_url: str) -> dict[str, Any]:
         **answers,
         "start": start,
         "redis_cpu_s": _redis_cpu(client) - cpu,
+        "commands": commands,
         "registry_entries": int(client.xlen(keys.registry)),
         "peers_entries": int(client.xlen(keys.peers)),
         "live_nodes": answers["registry"]["live_nodes"],
@@ -282,6 +295,27 @@ def _replay(redis_url: str) -> str:
     verdicts = [f"{o['name']}: {o['status']}" for o in report["outcomes"]]
     assert all(o["status"] == "OK" for o in report["outcomes"]), verdicts
     return ", ".join(verdicts)
+
+
+def _commandstats(
+    client: redis.Redis, before: dict[str, tuple[int, int]] | None = None
+) -> dict[str, tuple[int, int]]:
+    """(calls, usec) per command from ``INFO commandstats``; with ``before``, the difference
+    (the two ``INFO`` calls left out). A command inside ``MULTI``/``EXEC`` is counted under its
+    own name (and its time again in ``exec``'s)."""
+    info: Any = client.info("commandstats")
+    now = {
+        key.removeprefix("cmdstat_"): (int(value["calls"]), int(value["usec"]))
+        for key, value in info.items()
+        if isinstance(value, dict)
+    }
+    if before is None:
+        return now
+    delta = {
+        k: (c - before.get(k, (0, 0))[0], u - before.get(k, (0, 0))[1]) for k, (c, u) in now.items()
+    }
+    delta["info"] = (delta.get("info", (1, 0))[0] - 1, delta.get("info", (1, 0))[1])
+    return {k: v for k, v in delta.items() if v[0] > 0}
 
 
 def _redis_cpu(client: redis.Redis) -> float:

@@ -11,6 +11,7 @@ import pytest
 import redis
 from factories import wg_key as key
 
+from shared import lua
 from shared.errors import CommitConflict
 from shared.events import SCHEMA_VERSION, NodeJoined, NodeLeft, encode, from_fields
 from shared.ids import START
@@ -134,9 +135,14 @@ def test_the_transaction_is_packed_as_the_generic_packer_packs_it(
         ],
         ("XADD", s.dead, "*", "id", "4-0", "reason", "bad entry", "raw", b"\x00raw"),
     ]
+    assert batch.snapshot is not None
+    commands += [  # the snapshot's data (packed by hand), then the script that sets its id
+        ("HSET", s.snapshot, "data", batch.snapshot),
+        ("EVAL", lua.source("stage_snapshot_id"), 2, s.output, s.snapshot),
+    ]
     packer: Any = hiredis.pack_command
-    assert packed.body.startswith(b"".join(packer(c) for c in commands))
-    assert packed.commands == len(commands) + 2  # and the snapshot's HSET and EVAL
+    assert packed.body == b"".join(packer(c) for c in commands)
+    assert packed.commands == len(commands)
     assert packed.outputs == 3
 
 

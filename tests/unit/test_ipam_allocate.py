@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Sequence
 from unittest import mock
 
+import msgspec
 import pytest
 from factories import wg_key as key
 from hypothesis import given, settings
@@ -29,6 +30,7 @@ from shared.events import (
     NodeLeft,
     PeerRemove,
     PeersChange,
+    PeersSnapshot,
     PeerUpsert,
     PublicKeyUpdated,
     RegistryChange,
@@ -415,6 +417,20 @@ def test_quick_steps_equal_the_general_step(
     assert ipam.dump(quick) == ipam.dump(general)
     assert _marks(quick) == _marks(general)
     assert ipam.snapshot(quick) == ipam.snapshot(general)
+
+
+@settings(max_examples=150, deadline=None)
+@given(STREAMS, IPAMS, st.data())
+def test_snapshot_size_is_the_number_of_peers_in_the_snapshot(
+    changes: list[tuple[str, RegistryChange]], ipam: IpamFold, data: st.DataObject
+) -> None:
+    """``snapshot_size`` (what the stage's snapshot cadence counts, instead of scanning the
+    snapshot's bytes) is the number of peers ``snapshot`` holds, anywhere in a fold."""
+    cut = data.draw(st.integers(0, len(changes)))
+    for part in (changes[:cut], changes):
+        state, _ = fold_all(ipam, part)
+        peers = msgspec.json.decode(ipam.snapshot(state), type=PeersSnapshot).peers
+        assert ipam.snapshot_size(state) == len(peers)
 
 
 def test_quick_steps_take_the_common_entries() -> None:
