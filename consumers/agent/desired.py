@@ -311,7 +311,9 @@ def make_peer(
     if ip6:
         allowed += (share(f"{ip6}/128"),)
     node = record.node_id
-    endpoint = endpoint_of(node) or policy.template_endpoint(node)
+    endpoint = endpoint_of(node)
+    if not endpoint:  # (no call when there is no template: a fill makes thousands)
+        endpoint = policy.template_endpoint(node) if policy.endpoint_template else None
     return DesiredPeer(node, record.public_key, allowed, endpoint, policy.keepalive, record.expires)
 
 

@@ -31,7 +31,13 @@ from typing import Final, Protocol
 
 from consumers.agent.desired import is_key, parse_endpoint
 from consumers.agent.keys import public_key_of
-from consumers.agent.render import IPV4_ENDPOINT_RE, PeerSpec, is_ip_endpoint, normalise_ips
+from consumers.agent.render import (
+    IPV4_ENDPOINT_RE,
+    V4_HOST_RE,
+    PeerSpec,
+    is_ip_endpoint,
+    normalise_ips,
+)
 from shared.errors import KeyFileError, WireGuardError
 
 #: Where wireguard-go creates its control sockets (``IF.sock``).
@@ -212,11 +218,32 @@ def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerFields]) -> by
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     pieces = [b"set=1\n", *_removal_lines(removals)]
-    lines = _peer_lines
-    checked = _checked_ips
-    pieces += [lines(p, checked(p)).encode() for p in peers]
+    pieces += [_checked_lines(p).encode() for p in peers]
     pieces.append(b"\n")
     return b"".join(pieces)
+
+
+def _checked_lines(peer: PeerFields) -> str:
+    """``peer``'s lines of a request, checked as :func:`_checked_ips` checks it; the common
+    shape (one /32, an IPv4 endpoint or none: all of a mesh fill's peers) by the same
+    checks inline (the first ones of each of :func:`_checked_ips`'s, which decide alone
+    for that shape), any other through :func:`_checked_ips`."""
+    ips, endpoint, keepalive = peer.allowed_ips, peer.endpoint, peer.keepalive
+    if (
+        len(ips) == 1
+        and V4_HOST_RE.fullmatch(ips[0])  # (normalise_ips's own test: canonical as it is)
+        and (endpoint is None or IPV4_ENDPOINT_RE.fullmatch(endpoint))
+        and type(keepalive) is int
+        and 0 <= keepalive <= 65535
+        and is_key(peer.public_key)
+    ):
+        line = "" if endpoint is None else f"endpoint={endpoint}\n"
+        return (
+            f"public_key={binascii.a2b_base64(peer.public_key).hex()}\n"
+            f"replace_allowed_ips=true\nallowed_ip={ips[0]}\n{line}"
+            f"persistent_keepalive_interval={keepalive}\n"
+        )
+    return _peer_lines(peer, _checked_ips(peer))
 
 
 def send_set_peers(ifname: str, request: bytes, socket_dir: Path = SOCKET_DIR) -> Pending:

@@ -139,6 +139,9 @@ def one_round(url: str, keys: Keys, key_file: Path, workdir: Path, parts: bool) 
         reconcile_interval=3600,
     )
     twin = FillTwin()
+    # one agent per process, as on a host: a second Agent would turn on the sharing of
+    # strings and config blocks between agents (Agent.__init__), which a host never does
+    Agent.created = 0
     agent = Agent(config, redis.Redis.from_url(url), twin)
     split: dict[str, float] = {}
     with timed_parts(agent, split) if parts else contextlib.nullcontext():

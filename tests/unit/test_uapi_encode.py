@@ -30,6 +30,8 @@ def key(i: int) -> str:
 
 GOOD = [
     DesiredPeer("a", key(1), ("10.88.0.2/32",), None, 25),
+    DesiredPeer("d", key(4), ("10.88.0.5/32",), "192.0.2.8:51820", 0),
+    DesiredPeer("e", key(6), ("10.88.0.6/32",), "[2001:db8::6]:51820", 25),
     DesiredPeer("b", key(2), ("10.88.0.3/32", "fd00::3/128"), "192.0.2.7:51820", 0, 99),
     # a spoke's hub: the pools after its own addresses (not the canonical order)
     DesiredPeer(
@@ -58,6 +60,7 @@ HOSTILE = [
     DesiredPeer("x", key(5), ("",), None, 25),
     DesiredPeer("x", key(5), ("10.88.0.9/32",), "evil.example:51820", 25),
     DesiredPeer("x", key(5), ("10.88.0.9/32",), "192.0.2.1:1\nremove=true", 25),
+    DesiredPeer("x", key(5), ("10.88.0.9/32",), "192.0.2.1:70000", 25),
     DesiredPeer("x", key(5), ("10.88.0.9/32",), None, 70000),
     DesiredPeer("x", key(5), ("10.88.0.9/32",), None, -1),
 ]
@@ -118,7 +121,8 @@ def test_a_fill_sends_its_desired_peers_checked(
     iface = interface(tmp_path)
     iface.apply({p.node_id: p for p in GOOD}, wait=False)
     iface.settle()
-    assert control_socket == [uapi.encode_set_peers([], GOOD)]
+    in_node_order = sorted(GOOD, key=lambda p: p.node_id)
+    assert control_socket == [uapi.encode_set_peers([], in_node_order)]
     assert iface.applied == {p.node_id: p for p in GOOD}
 
 
