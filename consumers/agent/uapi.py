@@ -218,7 +218,9 @@ def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerFields]) -> by
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
     pieces = [b"set=1\n", *_removal_lines(removals)]
-    pieces += [_checked_lines(p).encode() for p in peers]
+    for start in range(0, len(peers), CHUNK_PEERS):  # (a few pieces, not one per peer)
+        chunk = peers[start : start + CHUNK_PEERS]
+        pieces.append("".join([_checked_lines(p) for p in chunk]).encode())
     pieces.append(b"\n")
     return b"".join(pieces)
 
