@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from itertools import islice
 from typing import Final
 
 import redis
@@ -344,7 +345,7 @@ class Agent:
         moved (:meth:`bootstrap`)."""
         iface = self.iface
         other = addresses != iface.addresses or fail_closed != iface.fail_closed
-        before = {node: iface.applied.get(node) for node in list(changed)[:LOGGED]}
+        before = {node: iface.applied.get(node) for node in islice(changed, LOGGED)}
         if changed or other:
             position, block = (
                 (self.applied_position, self.applied_block)

@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from socket import inet_aton
 from typing import Final
 
 from consumers.agent.table import (
@@ -243,9 +244,10 @@ def pools_of(pool: str, pool6: str) -> Pools:
 
 
 def _in_pool4(ip: str, pools: Pools) -> bool:
-    a, b, c, d = ip.split(".")
-    value = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
-    return value & pools.mask4 == pools.net4
+    """Whether ``ip``, a canonical dotted quad (``IPV4_RE``, checked by every caller
+    first), is in the IPv4 pool (``inet_aton`` reads such a quad as ``ipaddress`` does,
+    at a third of the cost of splitting it: a fill judges thousands)."""
+    return int.from_bytes(inet_aton(ip), "big") & pools.mask4 == pools.net4
 
 
 def own_facts(
@@ -309,7 +311,9 @@ def make_peer(
     if ip6:
         allowed += (share(f"{ip6}/128"),)
     node = record.node_id
-    endpoint = endpoint_of(node) or policy.template_endpoint(node)
+    endpoint = endpoint_of(node)
+    if not endpoint:  # (no call when there is no template: a fill makes thousands)
+        endpoint = policy.template_endpoint(node) if policy.endpoint_template else None
     return DesiredPeer(node, record.public_key, allowed, endpoint, policy.keepalive, record.expires)
 
 

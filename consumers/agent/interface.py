@@ -124,8 +124,14 @@ class Interface:
         removals: list[str] = []
         sets: list[DesiredPeer] = []
         before: dict[str, DesiredPeer | None] = {}
+        applied = self.applied
         for node in sorted(changed):  # in node order, as the config file lists them
-            want, have = changed[node], self.applied.get(node)
+            want, have = changed[node], applied.get(node)
+            if have is None:  # a new peer (all of a fill's): nothing to compare or remove
+                if want is not None:
+                    before[node] = None
+                    sets.append(want)
+                continue
             if have == want:
                 continue
             before[node] = have
@@ -142,14 +148,12 @@ class Interface:
         if not before:
             return
         if self.wg is not None:
-            specs = [_spec(p) for p in sets]
             old = {p.public_key: _spec(p) for p in before.values() if p is not None}
             touched = removals + [p.public_key for p in sets]
-            send = None if wait else self._prepare(removals, specs)
+            send = None if wait else self._prepare(removals, sets)
             self.settle()
             pending = send() if send is not None else None
             if pending is not None:
-                applied = self.applied
 
                 def undo() -> None:
                     for node, peer in before.items():
@@ -161,7 +165,7 @@ class Interface:
                 self._in_flight = _InFlight(pending.wait, touched, old, undo, list(before))
             else:
                 try:
-                    self._run(removals, specs)
+                    self._run(removals, [_spec(p) for p in sets])
                 except WireGuardError:
                     self.synced = False
                     self._put_back(touched, old)
@@ -169,24 +173,27 @@ class Interface:
         for node in before:
             want = changed[node]
             if want is None:
-                self.applied.pop(node, None)
+                applied.pop(node, None)
             else:
-                self.applied[node] = want
+                applied[node] = want
 
-    def _prepare(self, removals: list[str], specs: list[PeerSpec]) -> Callable[[], Any] | None:
+    def _prepare(self, removals: list[str], sets: list[DesiredPeer]) -> Callable[[], Any] | None:
         """A function that sends a request without waiting for its answer, the request
         encoded already when the interface can (so that it goes out as soon as the one in
         flight is answered); None when the interface cannot send one (no control socket,
-        a hostname endpoint)."""
-        if not (removals or specs):
+        a hostname endpoint). ``prepare_apply`` encodes the desired peers themselves (it
+        validates every field as it encodes it: no :class:`PeerSpec` per peer, docs/design.md
+        §11.2)."""
+        if not (removals or sets):
             return None
         prepare = getattr(self.wg, "prepare_apply", None)
         if prepare is not None:
-            send: Callable[[], Any] | None = prepare(self.ifname, removals, specs)
+            send: Callable[[], Any] | None = prepare(self.ifname, removals, sets)
             return send
         start = getattr(self.wg, "start_apply", None)
         if start is None:
             return None
+        specs = [_spec(p) for p in sets]
         return lambda: start(self.ifname, removals, specs)
 
     @property

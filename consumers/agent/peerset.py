@@ -319,7 +319,8 @@ class DesiredPeers:
             self.peers.pop(node, None)
         else:
             self.peers[node] = new
-        if new != old:
+        # (a new peer, all of a fill's, needs no comparison of its fields)
+        if new is not old and (new is None or old is None or new != old):
             delta[node] = (old, new)
 
 

@@ -40,6 +40,8 @@ CHUNK_PEERS: Final = 256
 SHARED_BLOCKS_MIN: Final = 4096
 
 _V4_HOST_RE: Final = re.compile(rf"({IPV4_RE.pattern})/32")
+#: One canonical IPv4 host network (``10.88.0.6/32``): as :func:`normalise_ips` leaves it.
+V4_HOST_RE: Final = _V4_HOST_RE
 _V4_CIDR_RE: Final = re.compile(rf"{IPV4_RE.pattern}/(?:3[0-2]|[12]?[0-9])")
 #: A canonical ``IPv4:port`` endpoint, as :func:`parse_endpoint` returns one.
 IPV4_ENDPOINT_RE: Final = re.compile(

@@ -27,11 +27,17 @@ import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from consumers.agent.desired import is_key, parse_endpoint
 from consumers.agent.keys import public_key_of
-from consumers.agent.render import IPV4_ENDPOINT_RE, PeerSpec, is_ip_endpoint, normalise_ips
+from consumers.agent.render import (
+    IPV4_ENDPOINT_RE,
+    V4_HOST_RE,
+    PeerSpec,
+    is_ip_endpoint,
+    normalise_ips,
+)
 from shared.errors import KeyFileError, WireGuardError
 
 #: Where wireguard-go creates its control sockets (``IF.sock``).
@@ -83,8 +89,23 @@ def _hex(key: str) -> str:
     return binascii.a2b_base64(key).hex()
 
 
-def _checked(peer: PeerSpec) -> PeerSpec:
-    """``peer`` with canonical allowed IPs, or :class:`WireGuardError` if anything is off."""
+class PeerFields(Protocol):
+    """What a request needs of a peer: a :class:`PeerSpec`, or the agent's desired peer
+    itself (``consumers.agent.desired.DesiredPeer``: a fill encodes those directly)."""
+
+    @property
+    def public_key(self) -> str: ...
+    @property
+    def allowed_ips(self) -> tuple[str, ...]: ...
+    @property
+    def endpoint(self) -> str | None: ...
+    @property
+    def keepalive(self) -> int: ...
+
+
+def _checked_ips(peer: PeerFields) -> tuple[str, ...]:
+    """``peer``'s allowed IPs, canonical, or :class:`WireGuardError` if anything of the peer
+    is off (the checks of every request: nothing else validates on the way to here)."""
     if not is_key(peer.public_key):
         raise WireGuardError("refusing an invalid peer key")
     try:
@@ -100,13 +121,19 @@ def _checked(peer: PeerSpec) -> PeerSpec:
         raise WireGuardError("refusing an endpoint that is not an IP address")
     if not 0 <= peer.keepalive <= 65535:
         raise WireGuardError("refusing a keepalive out of range")
-    if ips == peer.allowed_ips:
+    return ips
+
+
+def _checked(peer: PeerFields) -> PeerSpec:
+    """``peer`` with canonical allowed IPs, or :class:`WireGuardError` if anything is off."""
+    ips = _checked_ips(peer)
+    if ips == peer.allowed_ips and isinstance(peer, PeerSpec):
         return peer
-    return PeerSpec(peer.public_key, ips, endpoint, peer.keepalive, peer.node_id)
+    return PeerSpec(peer.public_key, ips, peer.endpoint, peer.keepalive)
 
 
-def _peer_lines(peer: PeerSpec) -> str:
-    ips = peer.allowed_ips
+def _peer_lines(peer: PeerFields, ips: tuple[str, ...]) -> str:
+    """``peer``'s lines of a request, with ``ips`` (checked, :func:`_checked_ips`)."""
     if len(ips) == 1:  # the common case in one format (a fill encodes 10,000 of these)
         allowed = f"allowed_ip={ips[0]}\n"
     else:
@@ -119,13 +146,19 @@ def _peer_lines(peer: PeerSpec) -> str:
 
 
 def _request(removals: Sequence[str], peers: Sequence[PeerSpec]) -> Iterator[bytes]:
+    """The request's bytes in pieces; ``peers`` checked already (:func:`_checked`)."""
     yield b"set=1\n"
+    yield from _removal_lines(removals)
+    for start in range(0, len(peers), CHUNK_PEERS):
+        chunk = peers[start : start + CHUNK_PEERS]
+        yield "".join(_peer_lines(p, p.allowed_ips) for p in chunk).encode()
+    yield b"\n"
+
+
+def _removal_lines(removals: Sequence[str]) -> Iterator[bytes]:
     for start in range(0, len(removals), CHUNK_PEERS):
         chunk = removals[start : start + CHUNK_PEERS]
         yield "".join(f"public_key={_hex(key)}\nremove=true\n" for key in chunk).encode()
-    for start in range(0, len(peers), CHUNK_PEERS):
-        yield "".join(_peer_lines(p) for p in peers[start : start + CHUNK_PEERS]).encode()
-    yield b"\n"
 
 
 def set_peers(
@@ -177,13 +210,42 @@ def start_set_peers(
     return _send(ifname, _request(removals, checked), count > FILL_PEERS, socket_dir, count)
 
 
-def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerSpec]) -> bytes:
+def encode_set_peers(removals: Sequence[str], peers: Sequence[PeerFields]) -> bytes:
     """The request of :func:`set_peers`, validated and encoded whole, for
     :func:`send_set_peers` (a bootstrap's fill encodes the next batch while wireguard-go
-    still applies the one before)."""
+    still applies the one before). Each peer is checked and encoded in one step, from
+    the fields it has (no copy of it is made: a fill encodes thousands)."""
     if not all(is_key(key) for key in removals):
         raise WireGuardError("refusing an invalid peer key")
-    return b"".join(_request(removals, [_checked(p) for p in peers]))
+    pieces = [b"set=1\n", *_removal_lines(removals)]
+    for start in range(0, len(peers), CHUNK_PEERS):  # (a few pieces, not one per peer)
+        chunk = peers[start : start + CHUNK_PEERS]
+        pieces.append("".join([_checked_lines(p) for p in chunk]).encode())
+    pieces.append(b"\n")
+    return b"".join(pieces)
+
+
+def _checked_lines(peer: PeerFields) -> str:
+    """``peer``'s lines of a request, checked as :func:`_checked_ips` checks it; the common
+    shape (one /32, an IPv4 endpoint or none: all of a mesh fill's peers) by the same
+    checks inline (the first ones of each of :func:`_checked_ips`'s, which decide alone
+    for that shape), any other through :func:`_checked_ips`."""
+    ips, endpoint, keepalive = peer.allowed_ips, peer.endpoint, peer.keepalive
+    if (
+        len(ips) == 1
+        and V4_HOST_RE.fullmatch(ips[0])  # (normalise_ips's own test: canonical as it is)
+        and (endpoint is None or IPV4_ENDPOINT_RE.fullmatch(endpoint))
+        and type(keepalive) is int
+        and 0 <= keepalive <= 65535
+        and is_key(peer.public_key)
+    ):
+        line = "" if endpoint is None else f"endpoint={endpoint}\n"
+        return (
+            f"public_key={binascii.a2b_base64(peer.public_key).hex()}\n"
+            f"replace_allowed_ips=true\nallowed_ip={ips[0]}\n{line}"
+            f"persistent_keepalive_interval={keepalive}\n"
+        )
+    return _peer_lines(peer, _checked_ips(peer))
 
 
 def send_set_peers(ifname: str, request: bytes, socket_dir: Path = SOCKET_DIR) -> Pending:

@@ -391,7 +391,7 @@ class Wg:
             raise
 
     def prepare_apply(
-        self, ifname: str, removals: Sequence[str], peers: Sequence[PeerSpec]
+        self, ifname: str, removals: Sequence[str], peers: Sequence[uapi_socket.PeerFields]
     ) -> Callable[[], uapi_socket.Pending] | None:
         """:meth:`start_apply` in two steps: the request validated and encoded now, sent by
         the function returned (None: not possible, as for :meth:`start_apply`)."""

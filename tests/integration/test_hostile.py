@@ -242,6 +242,13 @@ def test_hostile_strings_are_rejected_recorded_and_never_reach_files_argv_or_log
             )
 
         wait_for(settled, timeout=DEADLINE, interval=0.2, what="the agent applied everything")
+        # the file follows the applied state within a second (docs/design.md §11.4): a file
+        # written between node-b's join and hk-update's removal may still hold both
+        wait_for(
+            lambda: re.findall(r"PublicKey = (\S+)", conf.read_text()) == [public_b],
+            timeout=10,
+            what="the config file to hold the applied peers",
+        )
         wait_for(lambda: public_b in host.exec(["wg", "show", host.ifname]).stdout, timeout=10)
 
     # rejected and recorded: every hostile token is an anomaly, never a member
