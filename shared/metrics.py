@@ -256,7 +256,14 @@ def backlog(client: redis.Redis, stream: str, position: str, cap: int = LAG_CAP)
 
 def agent_applied(network: str, started: float) -> None:
     """One agent reconcile that began at ``started`` (monotonic) is over."""
-    AGENT_APPLY.labels(label(network)).observe(time.monotonic() - started)
+    child = _AGENT_APPLY.get(network)
+    if child is None:  # (labels() validates and locks: per change, per agent of a process)
+        child = _AGENT_APPLY[network] = AGENT_APPLY.labels(label(network))
+    child.observe(time.monotonic() - started)
+
+
+#: ``AGENT_APPLY``'s child per network as given to :func:`agent_applied`.
+_AGENT_APPLY: dict[str, Any] = {}
 
 
 def agent_error(network: str) -> None:

@@ -21,6 +21,7 @@ The same ``XREAD`` can watch a second stream (``…:announcements``, see announc
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -116,6 +117,8 @@ class Follower:
     ) -> None:
         self.client = client
         self.keys = keys
+        #: The peers stream's key (``keys.peers`` builds it at every look).
+        self.peers_key = keys.peers
         self.keep = keep
         self.log = log
         self.table = PeerTable(keep)
@@ -147,7 +150,7 @@ class Follower:
         fields) is written first, in the same round trip. Blocks up to ``block_ms``
         (None: not at all, and ``also`` is not read)."""
         position = self.position
-        peers = self.keys.peers
+        peers = self.peers_key
         commands: list[tuple[Any, ...]] = []
         if status is not None:
             commands.append(("HSET", status[0], *(x for kv in status[1].items() for x in kv)))
@@ -199,7 +202,10 @@ class Follower:
                 packed: Any = [b"".join([hiredis.pack_command(c) for c in commands])]
             except TypeError:  # not a str, bytes, int or float: redis-py's own error
                 packed = conn.pack_commands(commands)
-            conn.send_packed_command(packed)
+            if len(packed) == 1 and _plain(conn):
+                packed = _send_at_once(conn, packed[0])
+            if packed:
+                conn.send_packed_command(packed)
             replies = read_replies(conn, len(commands))
         except BaseException:
             self._conn = None  # in an unknown state: a new one next time
@@ -222,7 +228,7 @@ class Follower:
         others: list[Any] = []
         pairs = got.items() if isinstance(got, dict) else (got or ())
         for name, items in pairs:
-            if as_str(name) == self.keys.peers:
+            if as_str(name) == self.peers_key:
                 entries = _stream(items)
             else:
                 others = _stream(items)
@@ -411,6 +417,27 @@ class Follower:
             table.apply(entry)
         self.log.info("peer table folded again up to {}", until)
         return table
+
+
+def _plain(conn: Any) -> bool:
+    """Whether ``conn`` is connected over a plain TCP or Unix socket (not TLS)."""
+    return conn._sock is not None and not isinstance(conn, redis.SSLConnection)
+
+
+def _send_at_once(conn: Any, data: bytes) -> list[bytes]:
+    """Write ``data`` on ``conn``'s socket in one ``write``; what is left to send the usual
+    way (``[]``: all of it went). A socket with a timeout sends with a ``poll`` before each
+    ``sendto``, each its own hand-over of the interpreter lock; a process of a hundred
+    agents, all woken by the same entry, pays that hand-over per agent per change, and
+    a request of one wake fits the socket's buffer (docs/design.md §11: one round trip
+    per wake)."""
+    try:
+        sent = os.write(conn._sock.fileno(), data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        return [data]  # the usual way says it as redis-py does (ConnectionError)
+    return [data[sent:]] if sent < len(data) else []
 
 
 def _stream(items: Any) -> list[Entry]:
