@@ -8,6 +8,9 @@ every request through to wireguard-go. While :attr:`UapiProxy.fail_key` is set (
 base64 public key), a ``set=1`` request that names that peer is cut there: the
 lines before it reach wireguard-go (and are applied), the rest never does, and the
 client is answered ``errno=-5``: a ``wg set`` that failed in the middle of a batch.
+
+:class:`StandIn` is a control socket with no wireguard-go behind it, for unit tests: it
+notes each request and answers it with canned text.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import contextlib
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -44,6 +48,41 @@ def _read_answer(conn: socket.socket) -> bytes:
             break
         data += chunk
     return data
+
+
+class StandIn:
+    """A control socket at ``path`` with no wireguard-go behind it: each connection's
+    request is read whole, appended to :attr:`requests` (``requests`` when given), then
+    answered with ``answer(request)``; one connection at a time. A client that gave up
+    before the answer is not an error. :meth:`close` stops it."""
+
+    def __init__(
+        self,
+        path: Path,
+        answer: Callable[[bytes], bytes],
+        requests: list[bytes] | None = None,
+    ) -> None:
+        self.requests: list[bytes] = [] if requests is None else requests
+        self._answer = answer
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(4)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            with conn:
+                request = _read_request(conn)
+                self.requests.append(request)
+                with contextlib.suppress(OSError):
+                    conn.sendall(self._answer(request))
+
+    def close(self) -> None:
+        self._server.close()
 
 
 class UapiProxy:

@@ -7,13 +7,11 @@ is a stand-in that records what it is sent and answers ``errno=0``."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from uapiproxy import StandIn
 
 from consumers.agent import uapi
 from consumers.agent.desired import DesiredPeer
@@ -76,34 +74,11 @@ def test_a_hostile_field_refuses_the_whole_request(bad: DesiredPeer) -> None:
 def control_socket(tmp_path: Path) -> Iterator[list[bytes]]:
     """A control socket for ``wg0`` in ``tmp_path``: each request it is sent is appended
     to the list (read whole, answered ``errno=0``)."""
-    requests: list[bytes] = []
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(uapi.socket_path("wg0", tmp_path)))
-    server.listen(4)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while not data.endswith(b"\n\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                requests.append(data)
-                with contextlib.suppress(OSError):
-                    conn.sendall(b"errno=0\n\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    stand_in = StandIn(uapi.socket_path("wg0", tmp_path), lambda _: b"errno=0\n\n")
     try:
-        yield requests
+        yield stand_in.requests
     finally:
-        server.close()
+        stand_in.close()
 
 
 def interface(tmp_path: Path) -> Interface:

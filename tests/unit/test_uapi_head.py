@@ -5,12 +5,11 @@ here a stand-in that answers with canned text."""
 from __future__ import annotations
 
 import base64
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from uapiproxy import StandIn
 
 from consumers.agent import uapi
 from consumers.agent.keys import public_key_of
@@ -30,30 +29,11 @@ def answering(socket_dir: Path) -> Iterator[list[bytes]]:
     """A control socket for ``wg0`` that answers each connection with the next text of the
     list (and notes each request in place of it)."""
     answers: list[bytes] = []
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(uapi.socket_path("wg0", socket_dir)))
-    server.listen(4)
-
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                request = b""
-                while not request.endswith(b"\n\n"):
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    request += chunk
-                conn.sendall(answers.pop(0))
-                answers.append(request)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    stand_in = StandIn(
+        uapi.socket_path("wg0", socket_dir), lambda _: answers.pop(0), requests=answers
+    )
     yield answers
-    server.close()
+    stand_in.close()
 
 
 def test_a_fresh_interface_has_no_key_port_or_peers(

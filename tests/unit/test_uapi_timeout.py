@@ -6,14 +6,12 @@ stand-in that answers ``errno=0`` after a delay."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from uapiproxy import StandIn
 
 from consumers.agent import uapi
 from consumers.agent.render import PeerSpec
@@ -30,30 +28,14 @@ def slow_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     allowance per peer to 10 ms."""
     monkeypatch.setattr(uapi, "TIMEOUT", 0.3)
     monkeypatch.setattr(uapi, "PEER_SECONDS", 0.01, raising=False)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(uapi.socket_path("wg0", tmp_path)))
-    server.listen(4)
 
-    def serve() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                request = b""
-                while not request.endswith(b"\n\n"):
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    request += chunk
-                time.sleep(DELAY)
-                with contextlib.suppress(OSError):  # (the client may have given up)
-                    conn.sendall(b"errno=0\n\n")
+    def slowly(_: bytes) -> bytes:
+        time.sleep(DELAY)
+        return b"errno=0\n\n"
 
-    threading.Thread(target=serve, daemon=True).start()
+    stand_in = StandIn(uapi.socket_path("wg0", tmp_path), slowly)
     yield tmp_path
-    server.close()
+    stand_in.close()
 
 
 def _peers(count: int) -> list[PeerSpec]:
