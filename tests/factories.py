@@ -169,6 +169,23 @@ def running_pipeline(cfg: Settings) -> Iterator[Pipeline]:
     assert not thread.is_alive()
 
 
+class _Runs(Protocol):
+    def run(self, stop: threading.Event) -> None: ...
+
+
+@contextlib.contextmanager
+def running_agent(agent: _Runs) -> Iterator[threading.Thread]:
+    """``agent.run`` on a thread for the block (yielded); stopped and joined after it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
 # --- a listener stepped by hand, and what it appended --------------------------------------
 
 

@@ -6,16 +6,15 @@ the applied state through rotations, joins, leaves, a move and a fail closed
 
 from __future__ import annotations
 
-import contextlib
 import random
 import stat
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from factories import network_keys
+from factories import running_agent as running
 from factories import wg_key as key
 
 from consumers.agent import render
@@ -28,19 +27,6 @@ from shared.events import PeerRemove, PeerUpsert, to_fields
 from shared.keys import Keys
 
 pytestmark = pytest.mark.integration
-
-
-@contextlib.contextmanager
-def running(agent: Agent) -> Iterator[None]:
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-    assert not thread.is_alive()
 
 
 def test_the_config_file_renders_only_changed_peers_and_equals_the_applied_state(
@@ -92,7 +78,7 @@ def test_the_config_file_renders_only_changed_peers_and_equals_the_applied_state
         wait_for(lambda: conf.exists() and conf.read_text() == expected(), timeout=30,
                  what=f"the config file at {position}")  # fmt: skip
 
-    with running(agent):
+    with running(agent) as thread:
         settled(redis_client.xrevrange(keys.peers, count=1)[0][0].decode())  # type: ignore[index]
         assert conf.read_text().count("[Peer]") == 200
         rendered.clear()
@@ -120,6 +106,7 @@ def test_the_config_file_renders_only_changed_peers_and_equals_the_applied_state
         assert "[Peer]" not in conf.read_text()
         settled(upsert("a", public, 0))
         assert conf.read_text().count("[Peer]") == len(nodes)
+    assert not thread.is_alive()
     assert conf.read_text() == expected()  # (written at stop too)
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     assert read_private_key(key_file) not in conf.read_text()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import gc
 import json
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 from factories import network_keys
+from factories import running_agent as running
 
 from consumers.agent.agent import Agent, AgentConfig
 from consumers.agent.bootstrap import FIRST_FILL_SIZE
@@ -30,20 +30,6 @@ from shared.devnet.redis_server import RedisServer
 from shared.errors import WireGuardError
 from shared.events import PeerRemove, PeerUpsert, to_fields
 from shared.keys import Keys
-
-
-@contextlib.contextmanager
-def running(agent: Agent) -> Iterator[None]:
-    """``agent.run`` on a thread for the block; stopped and joined after it."""
-    stop = threading.Event()
-    thread = threading.Thread(target=agent.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=30)
-
 
 pytestmark = pytest.mark.integration
 
