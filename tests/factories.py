@@ -186,6 +186,22 @@ def running_agent(agent: _Runs) -> Iterator[threading.Thread]:
         thread.join(timeout=30)
 
 
+def counting_renders(monkeypatch: Any) -> list[str]:
+    """The node ids of the config files' ``[Peer]`` blocks rendered from now on (in any
+    thread; ``monkeypatch`` undoes it)."""
+    from consumers.agent import render
+
+    rendered: list[str] = []
+    real = render._peer_block
+
+    def counted(peer: Any) -> str | None:
+        rendered.append(peer.node_id)
+        return real(peer)
+
+    monkeypatch.setattr(render, "_peer_block", counted)
+    return rendered
+
+
 # --- a listener stepped by hand, and what it appended --------------------------------------
 
 

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from factories import counting_renders
 from factories import wg_key as key
 
 from consumers.agent import render
@@ -37,14 +38,7 @@ def test_a_rewrite_renders_only_the_changed_peers_and_equals_the_applied_state(
     """In a process of several agents (the blocks are kept); a process of one agent renders
     its file whole at each write, to the same bytes."""
     monkeypatch.setattr(render, "_keep_blocks", several_agents)
-    rendered: list[str] = []
-    real = render._peer_block
-
-    def counted(p: DesiredPeer) -> str | None:
-        rendered.append(p.node_id)
-        return real(p)
-
-    monkeypatch.setattr(render, "_peer_block", counted)
+    rendered = counting_renders(monkeypatch)
     key_file = tmp_path / "wg0.key"
     errors: list[str] = []
     files = HostFiles(tmp_path / "conf" / "wg0.conf", IDENT, listen_port=51820,

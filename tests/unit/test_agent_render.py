@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from factories import counting_renders
 from factories import wg_key as key
 
 from consumers.agent import render
@@ -159,26 +160,13 @@ def test_pure_modules_do_no_io() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def _counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The node ids of the ``[Peer]`` blocks rendered from now on."""
-    rendered: list[str] = []
-    real = render._peer_block
-
-    def counted(p: DesiredPeer) -> str | None:
-        rendered.append(p.node_id)
-        return real(p)
-
-    monkeypatch.setattr(render, "_peer_block", counted)
-    return rendered
-
-
 def test_peer_blocks_render_only_what_changed_and_equal_render_config(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Random rotations, moves, joins, leaves, hostile peers and a fail closed: after each,
     the kept blocks give render_config's bytes, and only new or changed peers were rendered
     (every key here is new to the process, so none is found among the shared blocks)."""
-    rendered = _counting(monkeypatch)
+    rendered = counting_renders(monkeypatch)
     rng = random.Random(10)
     fresh = iter(range(10**6))
 
