@@ -61,10 +61,13 @@ class LinkWatch(UapiProxy):
             conn.sendall(answer)
 
 
-def test_the_link_goes_up_after_the_fill(
-    lab: Lab, redis_server: RedisServer, tmp_path: Path
-) -> None:
-    host = lab.add_host("fill")
+def _fresh_host(
+    lab: Lab, name: str, redis_server: RedisServer, tmp_path: Path, members: int
+) -> tuple[Host, Path, str, Keys, dict[str, str]]:
+    """A fresh wireguard-go host (no peers, link down), its private key file and public
+    key, and a ``peers`` stream of its node (``own``) and ``members`` others (their IPv4
+    by key)."""
+    host = lab.add_host(name)
     host.start_wireguard()
     key_file = tmp_path / "own.key"
     own = generate_private_key_file(key_file)
@@ -72,25 +75,39 @@ def test_the_link_goes_up_after_the_fill(
     client = redis.Redis.from_url(redis_server.url)
     pipe = client.pipeline(transaction=False)
     pipe.xadd(keys.peers, to_fields(PeerUpsert("own", own, "10.88.0.1", "0-1", "0-1", 1)))  # type: ignore[arg-type]
-    members = {}
-    for i in range(2, MEMBERS + 2):
+    ips = {}
+    for i in range(2, members + 2):
         key = wg_key(i)
-        members[key] = f"10.88.{i >> 8}.{i & 0xFF}"
-        upsert = PeerUpsert(f"n{i:05d}", key, members[key], "0-1", "0-1", 1)
+        ips[key] = f"10.88.{i >> 8}.{i & 0xFF}"
+        upsert = PeerUpsert(f"n{i:05d}", key, ips[key], "0-1", "0-1", 1)
         pipe.xadd(keys.peers, to_fields(upsert))  # type: ignore[arg-type]
     pipe.execute()
     client.close()
+    return host, key_file, own, keys, ips
+
+
+def _start_agent(
+    host: Host, redis_server: RedisServer, keys: Keys, key_file: Path, tmp_path: Path
+) -> int:
+    """The agent of node ``own`` on ``host`` (the ``wgchain agent`` command); its pid."""
+    return host.start_agent(
+        node="own",
+        redis_url=redis_server.unix_url,
+        chain_id=keys.chain_id,
+        contract=keys.contract,
+        private_key_file=key_file,
+        config_dir=tmp_path / "conf",
+        env={"WGCHAIN_RECONCILE_INTERVAL": "60"},
+    ).pid
+
+
+def test_the_link_goes_up_after_the_fill(
+    lab: Lab, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    host, key_file, _, keys, members = _fresh_host(lab, "fill", redis_server, tmp_path, MEMBERS)
     watch = LinkWatch(host).start()
     try:
-        host.start_agent(
-            node="own",
-            redis_url=redis_server.unix_url,
-            chain_id=keys.chain_id,
-            contract=keys.contract,
-            private_key_file=key_file,
-            config_dir=tmp_path / "conf",
-            env={"WGCHAIN_RECONCILE_INTERVAL": "60"},
-        )
+        _start_agent(host, redis_server, keys, key_file, tmp_path)
 
         def filled() -> bool:
             dump = parse_dump(host.exec(["wg", "show", host.ifname, "dump"]).stdout)
@@ -167,31 +184,11 @@ def test_a_fill_starts_without_a_wg_process_reading_the_interface(
     the control socket, not a ``wg show`` process (docs/design.md §11.2). The key is
     loaded (by ``wg``, from its file) before the first peer goes in: wireguard-go derives
     a key per peer from it, and would do so again for every peer on a later key."""
-    host = lab.add_host("first")
-    host.start_wireguard()
-    key_file = tmp_path / "own.key"
-    own = generate_private_key_file(key_file)
-    keys = Keys(31337, "0x" + secrets.token_hex(20))
-    client = redis.Redis.from_url(redis_server.url)
-    pipe = client.pipeline(transaction=False)
-    pipe.xadd(keys.peers, to_fields(PeerUpsert("own", own, "10.88.0.1", "0-1", "0-1", 1)))  # type: ignore[arg-type]
     members = 300
-    for i in range(2, members + 2):
-        upsert = PeerUpsert(f"n{i:05d}", wg_key(i), f"10.88.{i >> 8}.{i & 0xFF}", "0-1", "0-1", 1)
-        pipe.xadd(keys.peers, to_fields(upsert))  # type: ignore[arg-type]
-    pipe.execute()
-    client.close()
+    host, key_file, own, keys, _ = _fresh_host(lab, "first", redis_server, tmp_path, members)
     log = RequestLog(host).start()
     try:
-        log.agent_pid = host.start_agent(
-            node="own",
-            redis_url=redis_server.unix_url,
-            chain_id=keys.chain_id,
-            contract=keys.contract,
-            private_key_file=key_file,
-            config_dir=tmp_path / "conf",
-            env={"WGCHAIN_RECONCILE_INTERVAL": "60"},
-        ).pid
+        log.agent_pid = _start_agent(host, redis_server, keys, key_file, tmp_path)
 
         def filled() -> bool:
             dump = parse_dump(host.exec(["wg", "show", host.ifname, "dump"]).stdout)
